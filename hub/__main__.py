@@ -1,0 +1,5 @@
+"""``python -m hub`` runs the console script."""
+
+from hub.cli import main
+
+main()

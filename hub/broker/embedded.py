@@ -1,0 +1,748 @@
+"""The embedded broker: a real single-node Apache Kafka (KRaft) run by the hub itself.
+
+Nothing is emulated. The jars come from Maven Central through ``deploy/local/pom.xml``; Maven runs
+once and the resulting classpath is cached under ``<state dir>/jars``, keyed by a hash of the pom,
+so later starts cost one JVM start and nothing else. A broker directory (``<state dir>/broker`` by
+default) holds everything one broker owns::
+
+    server.properties   rewritten at every start (ports may change)
+    kafka-logs/         the KRaft metadata log and the topic data, formatted on first start
+    broker.log          the JVM's stdout and stderr (broker.log.1 is the previous start's)
+    broker.pid          present while the broker runs
+    .lock               serialises start/stop/status between processes
+
+The broker listens on loopback only and runs in its own process group, so Ctrl-C in the terminal
+that started it reaches the hub, which then stops the broker in order (see ``hub broker start
+--foreground``) instead of the JVM dying half-way through a write.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from hub.errors import BrokerError, BrokerStartFailed, ConfigError, PrerequisiteMissing
+from hub.settings import Settings
+
+#: The Kafka release the pom pins; docs/KAFKA.md says why this one.
+KAFKA_VERSION = "4.4.0"
+MIN_JAVA_VERSION = 17
+DEFAULT_PORT = 9092
+LOOPBACK = "127.0.0.1"
+#: Broker-side record batch limit: above the hub's own 1 MiB payload limit plus headers and batch
+#: overhead, so an oversized payload is rejected by the hub with a receipt, never by the broker.
+MESSAGE_MAX_BYTES = 2 * 1024 * 1024
+DEFAULT_WAIT_TIMEOUT = 90.0
+DEFAULT_STOP_TIMEOUT = 30.0
+
+#: Where the pom and the log4j2 configuration live: the ``deploy/local`` folder of the checkout.
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "local"
+
+#: Kafka's own start script uses a 1 GiB heap; half is plenty for one developer's broker, and G1
+#: with a short pause target is what that script chooses too.
+JVM_OPTIONS: tuple[str, ...] = (
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-Djava.awt.headless=true",
+)
+
+INSTALL_HINT = (
+    "install them, e.g. `sudo apt-get install openjdk-17-jre-headless maven` (Debian/Ubuntu) "
+    "or `brew install openjdk@17 maven` (macOS); or point HUB_BOOTSTRAP_SERVERS at an existing "
+    "Kafka broker instead of starting the embedded one"
+)
+
+#: How a long operation reports what it is doing (Maven downloads, formatting); one line a call.
+Progress = Callable[[str], None]
+
+# Metadata request, version 4: the oldest version Kafka 4.x still serves (KIP-896 removed 0-3) and
+# the newest one without the "flexible" encoding, so it fits in a few struct.pack calls.
+_METADATA_API_KEY = 3
+_METADATA_VERSION = 4
+_PROBE_CLIENT_ID = b"hub-broker-probe"
+_PROBE_CORRELATION_ID = 0x4855_4221
+
+
+def stderr_progress(line: str) -> None:
+    """Default progress sink: one line on stderr, flushed so it shows before a long wait."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class BrokerLayout:
+    """Where one embedded broker keeps its files, and where the shared jar classpath cache is."""
+
+    #: The broker directory: data, properties, log, pid file.
+    root: Path
+    #: Classpath cache; shared by every broker directory so Maven runs once per pom change.
+    jars_dir: Path
+    #: Folder with ``pom.xml`` and ``log4j2.properties``.
+    deploy_dir: Path = DEPLOY_DIR
+
+    @classmethod
+    def from_settings(cls, settings: Settings, root: Path | None = None) -> BrokerLayout:
+        """The default layout under ``settings.state_dir``, or broker files under ``root``."""
+        return cls(
+            root=(root or settings.state_dir / "broker").expanduser().resolve(),
+            jars_dir=settings.state_dir.expanduser().resolve() / "jars",
+        )
+
+    @property
+    def data_dir(self) -> Path:
+        """Kafka's ``log.dirs``: KRaft metadata and topic partitions."""
+        return self.root / "kafka-logs"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.root / "server.properties"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "broker.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def pom_file(self) -> Path:
+        return self.deploy_dir / "pom.xml"
+
+    @property
+    def log4j_config(self) -> Path:
+        return self.deploy_dir / "log4j2.properties"
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What ``status()`` found: ``pid`` is set while the process lives, even before it answers."""
+
+    pid: int | None
+    answering: bool
+    bootstrap: str | None
+    data_dir: Path
+    log_file: Path
+
+    @property
+    def running(self) -> bool:
+        """The broker process is alive and answers Kafka requests: clients can use it."""
+        return self.pid is not None and self.answering
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """The executables found by :func:`check_prerequisites`."""
+
+    java: str
+    #: ``None`` only when Maven was not asked for (the classpath is already cached) and is absent.
+    mvn: str | None
+
+
+# --- prerequisites and jars ----------------------------------------------------------------------
+
+
+def find_java() -> str | None:
+    """``$JAVA_HOME/bin/java`` when set (the usual way to pick one of several JDKs), else PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        candidate = Path(java_home) / "bin" / "java"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("java")
+
+
+def java_major_version(java: str) -> int | None:
+    """The feature release of a ``java`` executable (8, 11, 17, 21...), or None if unreadable."""
+    try:
+        result = subprocess.run(  # noqa: S603 - the executable was found by find_java
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    # `java -version` writes to stderr: `openjdk version "17.0.15"`, `java version "1.8.0_402"`.
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    # Before Java 9 the feature release was the second number of "1.x".
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def _prerequisite_error(missing: list[str]) -> PrerequisiteMissing:
+    return PrerequisiteMissing("the embedded Kafka broker needs " + " and ".join(missing), hint=INSTALL_HINT)
+
+
+def check_prerequisites(*, maven: bool = True) -> Toolchain:
+    """Find Java 17+ and, unless ``maven`` is False, Maven; name everything missing at once."""
+    missing: list[str] = []
+    java = find_java()
+    if java is None:
+        missing.append(f"Java {MIN_JAVA_VERSION} or newer (no `java` in JAVA_HOME or on PATH)")
+    else:
+        version = java_major_version(java)
+        if version is None:
+            missing.append(f"Java {MIN_JAVA_VERSION} or newer (cannot read the version of {java})")
+        elif version < MIN_JAVA_VERSION:
+            missing.append(f"Java {MIN_JAVA_VERSION} or newer ({java} is Java {version})")
+    mvn = shutil.which("mvn")
+    if maven and mvn is None:
+        missing.append("Maven (no `mvn` on PATH; it downloads the Kafka jars once)")
+    if missing or java is None:  # (java is None is already in missing; repeated to narrow the type)
+        raise _prerequisite_error(missing)
+    return Toolchain(java=java, mvn=mvn)
+
+
+def _classpath_cache_file(layout: BrokerLayout) -> Path:
+    try:
+        pom = layout.pom_file.read_bytes()
+    except OSError as exc:
+        raise BrokerError(
+            f"cannot read {layout.pom_file}",
+            hint="the embedded broker runs from a source checkout of the hub (deploy/local/)",
+        ) from exc
+    # Keyed by content, so editing the Kafka version in the pom resolves again exactly once.
+    return layout.jars_dir / f"classpath-{hashlib.sha256(pom).hexdigest()[:16]}.txt"
+
+
+def cached_classpath(layout: BrokerLayout) -> str | None:
+    """The cached classpath for the current pom, if every jar it names is still on disk."""
+    try:
+        classpath = _classpath_cache_file(layout).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    # Someone may have cleaned ~/.m2 since: a classpath with a missing jar is resolved again.
+    if classpath and all(Path(jar).is_file() for jar in classpath.split(os.pathsep)):
+        return classpath
+    return None
+
+
+def resolve_classpath(layout: BrokerLayout, *, progress: Progress = stderr_progress) -> str:
+    """The broker's Java classpath; runs Maven the first time (minutes) and caches the answer."""
+    cached = cached_classpath(layout)
+    if cached is not None:
+        return cached
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise _prerequisite_error(["Maven (no `mvn` on PATH; it downloads the Kafka jars once)"])
+    cache_file = _classpath_cache_file(layout)
+    layout.jars_dir.mkdir(parents=True, exist_ok=True)
+    # Per-process name, then an atomic rename: two first starts at once both succeed.
+    partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")
+    progress(
+        f"Resolving the Kafka {KAFKA_VERSION} jars with Maven (first start only; "
+        "this can take a few minutes)..."
+    )
+    command = [
+        mvn,
+        "--batch-mode",  # one plain line per download instead of a redrawn progress bar
+        "-Dstyle.color=never",
+        "--file",
+        str(layout.pom_file),
+        "dependency:build-classpath",
+        f"-Dmdep.outputFile={partial}",
+    ]
+    output: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(  # noqa: S603 - fixed arguments, executable from PATH lookup
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=layout.jars_dir,
+    ) as maven:
+        for line in maven.stdout or ():
+            output.append(line.rstrip())
+            # Jars are what take time; the many small poms would only scroll the screen.
+            if line.startswith("Downloaded from") and ".jar " in line:
+                progress("  fetched " + line.split()[3].rsplit("/", 1)[-1])
+    if maven.returncode != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        raise BrokerStartFailed(
+            f"Maven could not resolve the Kafka jars (exit code {maven.returncode}):\n" + "\n".join(output),
+            hint="check network access to Maven Central (or your Maven mirror settings)",
+        )
+    os.replace(partial, cache_file)
+    progress("Kafka jars ready; classpath cached in " + str(cache_file))
+    return cache_file.read_text(encoding="utf-8").strip()
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def _free_ports(count: int) -> list[int]:
+    # All sockets stay open until every port is known, so the kernel cannot hand one out twice.
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def choose_ports(port: int, controller_port: int | None = None) -> tuple[int, int]:
+    """(client port, controller port): 0 means a free port; the controller defaults to port + 1."""
+    if controller_port is None:
+        controller_port = 0 if port == 0 else port + 1
+    for value in (port, controller_port):
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"port {value} is outside 0-65535", hint="pick a port such as 9092, or 0")
+    free = iter(_free_ports([port, controller_port].count(0)))
+    client, controller = (value or next(free) for value in (port, controller_port))
+    if client == controller:
+        raise ConfigError(
+            f"the client and controller ports are both {client}",
+            hint="give the controller its own port",
+        )
+    return client, controller
+
+
+def port_in_use(port: int) -> bool:
+    """True if something already listens on ``127.0.0.1:port`` (or on all interfaces)."""
+    with socket.socket() as sock:
+        # The JVM binds with SO_REUSEADDR too, so a port held only by TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return True
+    return False
+
+
+def _properties_escape(value: str) -> str:
+    """Java .properties escaping; Kafka reads the file as ISO-8859-1, so non-ASCII is \\u-escaped."""
+    escaped: list[str] = []
+    for char in value.replace("\\", "\\\\"):
+        if " " <= char <= "~":
+            escaped.append(char)
+        else:
+            utf16 = char.encode("utf-16-be")
+            escaped.extend(
+                f"\\u{int.from_bytes(utf16[i : i + 2], 'big'):04x}" for i in range(0, len(utf16), 2)
+            )
+    return "".join(escaped)
+
+
+def render_server_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
+    """The broker's server.properties, each setting preceded by the reason for it."""
+    client = f"{LOOPBACK}:{port}"
+    controller = f"{LOOPBACK}:{controller_port}"
+    settings: list[tuple[str, str, str]] = [
+        ("process.roles", "broker,controller", "one process is the whole cluster (KRaft)"),
+        ("node.id", "1", "the only node"),
+        ("controller.quorum.bootstrap.servers", controller, "a dynamic quorum of this node"),
+        (
+            "listeners",
+            f"PLAINTEXT://{client},CONTROLLER://{controller}",
+            "loopback only: a development broker has no authentication",
+        ),
+        ("advertised.listeners", f"PLAINTEXT://{client}", "what clients are told to connect to"),
+        ("controller.listener.names", "CONTROLLER", "the listener the KRaft quorum uses"),
+        (
+            "listener.security.protocol.map",
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "plaintext on loopback",
+        ),
+        ("log.dirs", str(data_dir), "data and KRaft metadata, formatted on first start"),
+        (
+            "auto.create.topics.enable",
+            "false",
+            "the hub creates its topics with their partition count; an auto-created 1-partition"
+            " source topic makes faust fail with PartitionsMismatch",
+        ),
+        ("num.partitions", "1", "default for topics created without a count (tests)"),
+        (
+            "offsets.topic.replication.factor",
+            "1",
+            "one broker: internal topics cannot have more replicas",
+        ),
+        (
+            "offsets.topic.num.partitions",
+            "10",
+            "the default 50 makes the first consumer group wait for 50 partitions to be created",
+        ),
+        ("transaction.state.log.replication.factor", "1", "one broker (idempotence, faust)"),
+        ("transaction.state.log.min.isr", "1", "one broker"),
+        (
+            "group.initial.rebalance.delay.ms",
+            "0",
+            "consumers (faust workers, tests) get partitions at once instead of after 3 s",
+        ),
+        (
+            "message.max.bytes",
+            str(MESSAGE_MAX_BYTES),
+            "above the hub's 1 MiB payload limit: oversized payloads are rejected by the hub"
+            " (with a receipt), never by the broker",
+        ),
+    ]
+    lines = [
+        "# Written by hub.broker.embedded at every start: edits here are overwritten.",
+        f"# Apache Kafka {KAFKA_VERSION}, single node, KRaft. See docs/KAFKA.md.",
+    ]
+    for key, value, reason in settings:
+        lines += ["", f"# {reason}", f"{key}={_properties_escape(value)}"]
+    return "\n".join(lines) + "\n"
+
+
+def read_bootstrap(properties_file: Path) -> str | None:
+    """The ``host:port`` a rendered server.properties advertises to clients, if readable."""
+    try:
+        text = properties_file.read_text(encoding="latin-1")
+    except FileNotFoundError:
+        return None
+    match = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def random_cluster_id() -> str:
+    """A KRaft cluster id as ``kafka-storage random-uuid`` makes it, without starting a JVM."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Kafka's Uuid.randomUuid() also rejects ids starting with "-": they read as CLI options.
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def probe_metadata(bootstrap: str, *, timeout: float = 2.0) -> int:
+    """Ask the broker at ``host:port`` for cluster metadata; return how many brokers it lists.
+
+    A KRaft broker answers only once it has caught up with the metadata log and been unfenced, so
+    a non-zero answer means clients can use it. Raises OSError when there is no (valid) answer.
+    """
+    host, _, port = bootstrap.rpartition(":")
+    header = struct.pack(
+        ">hhih", _METADATA_API_KEY, _METADATA_VERSION, _PROBE_CORRELATION_ID, len(_PROBE_CLIENT_ID)
+    )
+    # Body: an empty topic list (not null, which means "all topics") and no auto-creation.
+    request = header + _PROBE_CLIENT_ID + struct.pack(">i?", 0, False)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        (size,) = struct.unpack(">i", _receive_exactly(sock, 4))
+        response = _receive_exactly(sock, size)
+    # Response header: correlation id; body v4 starts with throttle_time_ms, then the broker array.
+    correlation_id, _throttle_ms, broker_count = struct.unpack_from(">iii", response)
+    if correlation_id != _PROBE_CORRELATION_ID:
+        raise ConnectionError(f"unexpected Kafka response (correlation id {correlation_id})")
+    return int(broker_count)
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the broker closed the connection")
+        data += chunk
+    return bytes(data)
+
+
+def _answers(bootstrap: str) -> bool:
+    try:
+        return probe_metadata(bootstrap) > 0
+    except (OSError, struct.error):
+        return False
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and certainly not our broker to reuse
+    return True
+
+
+def is_broker_process(pid: int, properties_file: Path) -> bool:
+    """True if ``pid`` is a live ``kafka.Kafka`` JVM started with this ``server.properties``.
+
+    The command line check keeps a recycled pid (the broker died, another program got its number)
+    from being mistaken for the broker. Without /proc (macOS) liveness is all that can be checked.
+    """
+    if not _process_exists(pid):
+        return False
+    proc = Path("/proc")
+    if not (proc / "self").exists():
+        return True
+    try:
+        arguments = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in arguments and os.fsencode(properties_file) in arguments
+
+
+def read_pid_file(layout: BrokerLayout) -> int | None:
+    """The pid of this layout's running broker; a stale or garbled pid file is removed."""
+    try:
+        text = layout.pid_file.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if text.isdigit() and is_broker_process(int(text), layout.properties_file):
+        return int(text)
+    layout.pid_file.unlink(missing_ok=True)
+    return None
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a text file, for error messages; empty if the file does not exist."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines)).rstrip()
+    except FileNotFoundError:
+        return ""
+
+
+@contextlib.contextmanager
+def _locked(layout: BrokerLayout) -> Iterator[None]:
+    # An advisory lock held while the pid file is read and the JVM launched: two `hub` processes
+    # starting at once would otherwise both see "not running" and start two brokers on one dir.
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with layout.lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class EmbeddedBroker:
+    """Start, find and stop the broker of one :class:`BrokerLayout`.
+
+    Usable as a context manager (``with EmbeddedBroker(layout, port=0) as broker:``), which starts
+    on entry and, on exit, stops the broker only if this object started it.
+    """
+
+    def __init__(
+        self,
+        layout: BrokerLayout,
+        *,
+        port: int = DEFAULT_PORT,
+        controller_port: int | None = None,
+        progress: Progress = stderr_progress,
+    ) -> None:
+        self.layout = layout
+        self.port = port
+        self.controller_port = controller_port
+        self.progress = progress
+        #: ``host:port`` for clients, once :meth:`start` returned.
+        self.bootstrap: str | None = None
+        #: The broker's process id, once :meth:`start` returned.
+        self.pid: int | None = None
+        #: True if this object launched the JVM (False when start() found one already running).
+        self.started = False
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.started:
+            self.stop()
+
+    def start(self, wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> str:
+        """Start the broker (or find the one already running here); return its bootstrap address.
+
+        Raises PrerequisiteMissing without Java 17+/Maven and BrokerStartFailed, quoting the end of
+        the broker log, if the broker exits or does not answer within ``wait_timeout`` seconds.
+        """
+        with _locked(self.layout):
+            pid = read_pid_file(self.layout)
+            if pid is None:
+                pid = self._launch()
+                self.started = True
+        bootstrap = read_bootstrap(self.layout.properties_file)
+        if bootstrap is None:
+            raise BrokerError(
+                f"{self.layout.properties_file} names no client listener",
+                hint="stop the broker (`hub broker stop`) and start it again",
+            )
+        try:
+            self._wait_until_answering(pid, bootstrap, wait_timeout)
+        except BaseException:
+            # Ctrl-C or a timeout: a half-started JVM must not outlive the command that made it.
+            if self.started:
+                self.stop(timeout=10.0)
+                self.started = False
+            raise
+        self.bootstrap, self.pid = bootstrap, pid
+        return bootstrap
+
+    def _launch(self) -> int:
+        layout = self.layout
+        toolchain = check_prerequisites(maven=cached_classpath(layout) is None)
+        classpath = resolve_classpath(layout, progress=self.progress)
+        port, controller_port = choose_ports(self.port, self.controller_port)
+        for candidate in (port, controller_port):
+            if port_in_use(candidate):
+                raise BrokerStartFailed(
+                    f"port {candidate} on {LOOPBACK} is already in use",
+                    hint="another broker may be running (`hub broker status`); choose another "
+                    "--port, or use that broker through HUB_BOOTSTRAP_SERVERS",
+                )
+        layout.properties_file.write_text(
+            render_server_properties(port=port, controller_port=controller_port, data_dir=layout.data_dir),
+            encoding="latin-1",
+        )
+        # Keep the previous start's log, but make the tail quoted on failure this start's own.
+        if layout.log_file.exists():
+            os.replace(layout.log_file, layout.log_file.with_name(layout.log_file.name + ".1"))
+        java = [
+            toolchain.java,
+            *JVM_OPTIONS,
+            "-cp",
+            classpath,
+            f"-Dlog4j2.configurationFile={layout.log4j_config}",
+        ]
+        with layout.log_file.open("ab") as log:
+            if not (layout.data_dir / "meta.properties").exists():
+                self._format_storage(java, log)
+            self._process = subprocess.Popen(  # noqa: S603 - arguments built above, no shell
+                [*java, "kafka.Kafka", str(layout.properties_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Own session and process group: the terminal's Ctrl-C reaches the hub, not the
+                # JVM, and a background `hub broker start` may exit while the broker keeps running.
+                start_new_session=True,
+            )
+        layout.pid_file.write_text(f"{self._process.pid}\n", encoding="ascii")
+        return self._process.pid
+
+    def _format_storage(self, java: list[str], log: IO[bytes]) -> None:
+        self.progress(f"Formatting new Kafka storage in {self.layout.data_dir}")
+        result = subprocess.run(  # noqa: S603 - arguments built by _launch, no shell
+            [
+                *java,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "--cluster-id",
+                random_cluster_id(),
+                "--config",
+                str(self.layout.properties_file),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            log.flush()
+            raise BrokerStartFailed(
+                f"formatting the Kafka storage failed (exit code {result.returncode}):\n"
+                + tail(self.layout.log_file),
+                hint=f"see {self.layout.log_file}; removing {self.layout.data_dir} starts afresh",
+            )
+
+    def _alive(self, pid: int) -> bool:
+        if self._process is not None and self._process.pid == pid:
+            # Our own child: poll() also reaps it, where a kill(0) probe would see a zombie.
+            return self._process.poll() is None
+        return is_broker_process(pid, self.layout.properties_file)
+
+    def _wait_until_answering(self, pid: int, bootstrap: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not _answers(bootstrap):
+            if not self._alive(pid):
+                raise BrokerStartFailed(
+                    f"the Kafka broker (pid {pid}) exited during start-up; last lines of "
+                    f"{self.layout.log_file}:\n{tail(self.layout.log_file)}",
+                    hint="the log above says why; if the data is disposable, removing "
+                    f"{self.layout.data_dir} starts afresh",
+                )
+            if time.monotonic() > deadline:
+                raise BrokerStartFailed(
+                    f"the Kafka broker (pid {pid}) did not answer on {bootstrap} within "
+                    f"{timeout:.0f} s; last lines of {self.layout.log_file}:\n"
+                    f"{tail(self.layout.log_file)}",
+                    hint="`hub broker stop`, then start again; a slow machine may need a longer wait",
+                )
+            time.sleep(0.2)
+
+    def wait(self) -> int:
+        """Block until the broker this object started exits; return its exit code."""
+        if self._process is None:
+            raise BrokerError("this EmbeddedBroker did not start the broker process")
+        return self._process.wait()
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> int | None:
+        """Stop this layout's broker: SIGTERM, SIGKILL after ``timeout`` s. Return its pid, if any.
+
+        Kafka shuts down cleanly on SIGTERM (closes logs, leaves the quorum), which keeps the next
+        start fast; SIGKILL is the fallback for a JVM that hangs.
+        """
+        with _locked(self.layout):
+            pid = read_pid_file(self.layout)
+            if pid is None:
+                return None
+            self._signal(pid, signal.SIGTERM)
+            if not self._wait_for_exit(pid, timeout):
+                self._signal(pid, signal.SIGKILL)
+                if not self._wait_for_exit(pid, 10.0):
+                    raise BrokerError(
+                        f"the Kafka broker (pid {pid}) survived SIGKILL",
+                        hint="the process is stuck in the kernel (disk or NFS); check `ps`",
+                    )
+            self.layout.pid_file.unlink(missing_ok=True)
+            self._process = self.pid = None
+            return pid
+
+    @staticmethod
+    def _signal(pid: int, signum: signal.Signals) -> None:
+        # The JVM leads its own process group (start_new_session): signal any helper it forked too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signum)
+
+    def _wait_for_exit(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def status(self) -> BrokerStatus:
+        """Whether this layout's broker runs and answers, and where its files are."""
+        with _locked(self.layout):
+            pid = read_pid_file(self.layout)
+        bootstrap = read_bootstrap(self.layout.properties_file) if pid is not None else None
+        return BrokerStatus(
+            pid=pid,
+            answering=bootstrap is not None and _answers(bootstrap),
+            bootstrap=bootstrap,
+            data_dir=self.layout.data_dir,
+            log_file=self.layout.log_file,
+        )

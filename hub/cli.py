@@ -1,0 +1,231 @@
+"""The `hub` console script: one entry point, every command; errors say what to do, never a trace."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hub.broker.cli import broker
+from hub.errors import ConfigError, HubError
+from hub.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console()
+err = Console(stderr=True)
+
+#: Exit codes scripts can rely on.
+EXIT_FAILURE = 1  # the command ran and found a problem (rejects, not running)
+EXIT_USAGE = 2  # configuration, broker or usage error: nothing was done
+
+
+def friendly_errors(command: F) -> F:
+    """Turn a HubError into its message and hint on stderr, and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except HubError as exc:
+            err.print(f"[red]error[/red] {exc}", highlight=False, markup=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.version_option(package_name="hub")
+def main() -> None:
+    """Integration hub for shared medical records on Apache Kafka."""
+
+
+@main.command()
+@friendly_errors
+def worker() -> None:
+    """Run one ingest worker in the foreground (Ctrl-C stops it)."""
+    from hub.streams.worker import run_worker  # noqa: PLC0415 - faust is slow to import
+
+    run_worker(Settings())
+
+
+@main.command()
+@click.option("--source", "source_id", required=True, help="Registered source id to sign as.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the receipts.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for receipts.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@friendly_errors
+def publish(source_id: str, wait: bool, timeout: float, paths: tuple[Path, ...]) -> None:
+    """Sign FHIR files or folders as SOURCE and send them to hub.ingest.v1.
+
+    Exits 0 when every input was accepted (or a known duplicate), 1 when any was rejected.
+    """
+    from hub.kafka.clients import end_offsets, producer  # noqa: PLC0415
+    from hub.publish import fhir_files, publications_for_file  # noqa: PLC0415
+    from hub.sources.registry import load_sources  # noqa: PLC0415
+    from hub.topics import TopicNames  # noqa: PLC0415
+
+    settings = Settings()
+    topics = TopicNames(settings.topic_prefix)
+    source = load_sources(settings.sources_file).get(source_id)
+    if source is None:
+        raise ConfigError(
+            f"source {source_id!r} is not in {settings.sources_file}",
+            hint="register it there first (`hub config check` validates the file)",
+        )
+    files = list(fhir_files(list(paths)))
+    start = {topics.receipts: end_offsets(settings.bootstrap_servers, topics.receipts)} if wait else {}
+    sender = producer(settings.bootstrap_servers)
+    sent: dict[str, str] = {}
+    with _progress() as progress:
+        task = progress.add_task("publishing", total=len(files))
+        for path in files:
+            for pub in publications_for_file(
+                path, source_id=source.id, secret=source.secrets[0], max_bytes=settings.max_payload_bytes
+            ):
+                sender.send(topics.ingest, key=pub.key, value=pub.value, headers=list(pub.headers))
+                sent[pub.key.decode()] = pub.label
+            progress.advance(task)
+        sender.flush()
+    sender.close()
+    out.print(f"sent {len(sent)} records from {len(files)} files to {topics.ingest}")
+    if wait:
+        rejected = _await_receipts(settings, topics.receipts, start, sent, timeout)
+        sys.exit(EXIT_FAILURE if rejected else 0)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+def _await_receipts(
+    settings: Settings,
+    receipts_topic: str,
+    start: dict[str, dict[int, int]],
+    sent: dict[str, str],
+    timeout: float,
+) -> int:
+    """Follow receipts until every sent message has one; print a summary; return the reject count."""
+    from hub.kafka.clients import read  # noqa: PLC0415
+
+    waiting = set(sent)
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    with _progress() as progress:
+        task = progress.add_task("receipts", total=len(sent))
+        for record in read(
+            settings.bootstrap_servers, [receipts_topic], start=start, idle_timeout=timeout, deadline=deadline
+        ):
+            receipt = record.json_value() or {}
+            message_id = receipt.get("message_id")
+            if message_id not in waiting:
+                continue
+            waiting.discard(message_id)
+            status = receipt["status"]
+            counts[status] = counts.get(status, 0) + 1
+            if status == "rejected":
+                error = receipt["error"]
+                err.print(f"rejected {sent[message_id]}: {error['code']}: {error['detail']}", markup=False)
+            progress.advance(task)
+            if not waiting:
+                break
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    out.print(f"receipts: {summary or 'none'}")
+    if waiting:
+        err.print(
+            f"[yellow]{len(waiting)} receipts not seen within {timeout:.0f} s[/yellow]: "
+            "is a worker running? (`hub worker`)"
+        )
+        return len(waiting) + counts.get("rejected", 0)
+    return counts.get("rejected", 0)
+
+
+_TOPIC_ALIASES = {"ingest", "receipts", "dlq", "pathway", "audit", "alerts"}
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the newest.")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Keep waiting for records.")
+@click.option("--max", "limit", type=int, default=None, help="Stop after this many records.")
+@friendly_errors
+def tail(topic: str, from_beginning: bool, follow: bool, limit: int | None) -> None:
+    """Print a topic's records as they arrive (TOPIC: a name, or ingest|receipts|dlq|pathway|...)."""
+    from hub.kafka.clients import read  # noqa: PLC0415
+    from hub.topics import TopicNames  # noqa: PLC0415
+
+    settings = Settings()
+    names = TopicNames(settings.topic_prefix)
+    name = getattr(names, topic) if topic in _TOPIC_ALIASES else topic
+    shown = 0
+    try:
+        for record in read(
+            settings.bootstrap_servers,
+            [name],
+            from_beginning=from_beginning,
+            idle_timeout=None if follow else 3.0,  # type: ignore[arg-type]
+        ):
+            _print_record(record)
+            shown += 1
+            if limit is not None and shown >= limit:
+                break
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_record(record: Any) -> None:
+    key = record.key.decode(errors="replace") if record.key else None
+    out.rule(f"{record.topic}/{record.partition}/{record.offset}  key={key}", style="dim")
+    headers = {k: v.decode(errors="replace") for k, v in record.headers if k != "hub-signature"}
+    if headers:
+        out.print_json(json.dumps(headers))
+    value = record.json_value()
+    if value is not None:
+        out.print_json(json.dumps(value))
+    else:
+        out.print(f"<{len(record.value or b'')} bytes, not JSON>")
+
+
+@main.group()
+def config() -> None:
+    """Configuration files."""
+
+
+@config.command("check")
+@friendly_errors
+def config_check() -> None:
+    """Validate the source registry against its schema and resolve every secret reference."""
+    from hub.sources.registry import load_sources  # noqa: PLC0415
+
+    settings = Settings()
+    registry = load_sources(settings.sources_file)
+    out.print(f"{settings.sources_file}: {len(registry)} sources, all secrets resolved")
+    settings.pseudonym_key_bytes()
+    out.print("pseudonymisation key: present")
+
+
+@main.command()
+@click.option("--patients", default=50, show_default=True, help="Synthetic patients in the demo feed.")
+@click.option("--no-demo", is_flag=True, help="Start broker and worker only, without the demo feed.")
+@friendly_errors
+def run(patients: int, no_demo: bool) -> None:
+    """Run everything on the embedded broker, with a demo feed (Ctrl-C stops it all)."""
+    from hub.run import run_everything  # noqa: PLC0415
+
+    run_everything(patients=patients, demo=not no_demo)
+
+
+main.add_command(broker)

@@ -1,0 +1,1 @@
+"""Ingest: authenticate, decode, validate and split what sources publish, as pure functions."""

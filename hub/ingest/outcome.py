@@ -1,0 +1,65 @@
+"""What ingest sees (a record) and what it decides (accepted events or a reject with a code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from hub.errors import ErrorCode
+from hub.pathway.event import PathwayEvent
+
+
+@dataclass(frozen=True)
+class KafkaCoordinates:
+    """Where a record sits in Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def as_dict(self) -> dict[str, str | int]:
+        """The ``{topic, partition, offset}`` object of receipts and provenance."""
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclass(frozen=True)
+class IngestRecord:
+    """One record of ``hub.ingest.v1`` as the pure core sees it: bytes, headers and position."""
+
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    origin: KafkaCoordinates
+    timestamp: datetime
+
+    def header(self, name: str) -> str | None:
+        """A header's text (first occurrence, case-insensitive), or None when absent."""
+        wanted = name.lower()
+        for key, raw in self.headers:
+            if key.lower() == wanted:
+                return raw.decode("utf-8", errors="replace") if raw is not None else None
+        return None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that produces no events; ``detail`` never quotes clinical content."""
+
+    code: ErrorCode
+    detail: str
+    source_id: str | None = None
+    message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A record turned into pathway events (possibly none, for reference-only resources)."""
+
+    source_id: str
+    message_id: str | None
+    events: tuple[PathwayEvent, ...]
+
+
+IngestOutcome = Accepted | Rejected

@@ -1,0 +1,160 @@
+"""From one ``hub.ingest.v1`` record to pathway events or one reject: the pure ingest core."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hub.errors import ErrorCode
+from hub.identity.network_id import NETWORK_ID_SYSTEM, PatientKey
+from hub.ingest import decode as decoding
+from hub.ingest import signature
+from hub.ingest.outcome import Accepted, IngestOutcome, IngestRecord, Rejected
+from hub.ingest.split import PATIENT_FIELD, Entry, split_entries
+from hub.normalise.pathway_kind import occurred_at, pathway_kind
+from hub.normalise.time import utc_iso
+from hub.pathway.event import PathwayEvent, event_id_for
+from hub.sources.registry import Source, SourceRegistry
+
+SOURCE_HEADER = "hub-source"
+SIGNATURE_HEADER = "hub-signature"
+MESSAGE_ID_HEADER = "hub-message-id"
+CONTENT_TYPE_HEADER = "content-type"
+
+_PRINTABLE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class IngestContext:
+    """What ingest needs besides the record: registry, limits and the pseudonymisation key."""
+
+    registry: SourceRegistry
+    pseudonym_key: bytes = field(repr=False)
+    max_payload_bytes: int = 1024 * 1024
+    signature_tolerance_seconds: int = 300
+    allow_test_ins: bool = False
+
+
+def printable_id(text: str | None) -> str | None:
+    """A header value fit to echo in a receipt, or None: receipts never echo arbitrary bytes."""
+    return text if text is not None and _PRINTABLE_ID.match(text) else None
+
+
+def message_id_of(record: IngestRecord) -> str | None:
+    """The source's idempotency key; one with unusual characters is kept as its hash."""
+    raw = record.header(MESSAGE_ID_HEADER)
+    if raw is None or printable_id(raw) is not None:
+        return raw
+    return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+def _normalised(resource: dict[str, Any], patient_id: str) -> dict[str, Any]:
+    """The resource with its patient named by network id (the source's own reference is local)."""
+    copy = dict(resource)
+    network_identifier = {"system": NETWORK_ID_SYSTEM, "value": patient_id}
+    if copy["resourceType"] == "Patient":
+        copy["identifier"] = [*copy.get("identifier", ()), network_identifier]
+    else:
+        field_name = PATIENT_FIELD[copy["resourceType"]]
+        copy[field_name] = {"reference": f"Patient/{patient_id}", "identifier": network_identifier}
+    return copy
+
+
+def _security_labels(resource: dict[str, Any]) -> tuple[str, ...]:
+    labels = (resource.get("meta") or {}).get("security", ())
+    return tuple(sorted({str(label["code"]) for label in labels if label.get("code")}))
+
+
+def _event(
+    entry: Entry,
+    patient: PatientKey,
+    *,
+    source: Source,
+    record: IngestRecord,
+    decoded: decoding.Decoded,
+    key: bytes,
+) -> PathwayEvent:
+    patient_id = patient.network_id(key)
+    resource = _normalised(entry.resource, patient_id)
+    steps = [f"decoded:{decoded.media}/fhir-{decoded.fhir_version}"]
+    if entry.index is not None:
+        steps.append(f"bundle-entry:{entry.index}")
+    steps.append(f"patient-id:{patient.basis}")
+    when = occurred_at(resource, source.time_zone)
+    if when is None:
+        steps.append("occurred-at:unknown, recorded-at used")
+    return PathwayEvent(
+        event_id=event_id_for(patient_id, resource),
+        patient_id=patient_id,
+        kind=pathway_kind(resource),
+        occurred_at=utc_iso(when or record.timestamp),
+        recorded_at=utc_iso(record.timestamp),
+        source_id=source.id,
+        source_organization={
+            "system": source.organization_system,
+            "value": source.organization_value,
+        },
+        resource=resource,
+        ingest=record.origin.as_dict(),
+        steps=tuple(steps),
+        sensitivity=_security_labels(resource),
+    )
+
+
+def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetime) -> IngestOutcome:
+    """Authenticate, decode, validate and split one record; never raises on bad input."""
+    claimed_source = record.header(SOURCE_HEADER)
+    message_id = message_id_of(record)
+    source = context.registry.get(claimed_source) if claimed_source else None
+    if source is None:
+        detail = "no hub-source header" if not claimed_source else "hub-source is not registered"
+        return Rejected(ErrorCode.SOURCE_UNKNOWN, detail, printable_id(claimed_source), message_id)
+
+    def reject(code: ErrorCode, detail: str) -> Rejected:
+        return Rejected(code, detail, source.id, message_id)
+
+    value = record.value or b""
+    if len(value) > context.max_payload_bytes:
+        return reject(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"body is {len(value)} bytes, limit {context.max_payload_bytes}; split the Bundle",
+        )
+    bad_signature = signature.verify(
+        record.header(SIGNATURE_HEADER),
+        secrets=source.secrets,
+        source_id=source.id,
+        value=value,
+        now=int(now.timestamp()),
+        tolerance_seconds=context.signature_tolerance_seconds,
+    )
+    if bad_signature is not None:
+        return reject(*bad_signature)
+    if not value.strip():
+        return reject(ErrorCode.PAYLOAD_MALFORMED, "empty body")
+    content_type = decoding.parse_content_type(record.header(CONTENT_TYPE_HEADER))
+    if isinstance(content_type, Rejected):
+        return reject(content_type.code, content_type.detail)
+    decoded = decoding.decode(value, content_type, default_version=source.default_fhir_version)
+    if isinstance(decoded, Rejected):
+        return reject(decoded.code, decoded.detail)
+    entries = split_entries(decoded.resource, source, allow_test_ins=context.allow_test_ins)
+    if isinstance(entries, Rejected):
+        return reject(entries.code, entries.detail)
+
+    events: dict[str, PathwayEvent] = {}
+    for entry in entries:
+        if entry.patient is None:
+            continue
+        event = _event(
+            entry,
+            entry.patient,
+            source=source,
+            record=record,
+            decoded=decoded,
+            key=context.pseudonym_key,
+        )
+        events.setdefault(event.event_id, event)  # one event per fact, even inside one Bundle
+    return Accepted(source.id, message_id, tuple(events.values()))

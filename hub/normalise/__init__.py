@@ -1,0 +1,1 @@
+"""Normalisation of validated FHIR into pathway facts: kinds, times, patient references."""

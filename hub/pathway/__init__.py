@@ -1,0 +1,1 @@
+"""The unified patient pathway: its event envelope and deterministic event ids."""

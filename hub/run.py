@@ -1,0 +1,135 @@
+"""``hub run`` / ``make run``: embedded broker, one worker and a demo feed, stopped together by Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from hub.broker.embedded import BrokerLayout, EmbeddedBroker
+from hub.errors import HubError
+from hub.settings import Settings
+
+console = Console(stderr=True)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_SOURCES_FILE = PROJECT_ROOT / "config" / "sources.demo.json"
+#: Everything `make run` creates: secrets, worker log, demo feed. Git ignores it.
+DEMO_STATE = PROJECT_ROOT / ".hub"
+
+
+@dataclass(frozen=True)
+class DemoEnvironment:
+    """Files and variables that make a fresh clone's demo run."""
+
+    environ: dict[str, str]
+    secrets_dir: Path
+
+
+def _ensure_secret(path: Path) -> None:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+        path.chmod(0o600)
+
+
+def prepare_demo_environment() -> DemoEnvironment:
+    """Create the demo's secret files once (never committed) and the worker's environment."""
+    secrets_dir = DEMO_STATE / "secrets"
+    from hub.demo.generator import DEMO_SOURCES  # noqa: PLC0415
+
+    for source in DEMO_SOURCES:
+        _ensure_secret(secrets_dir / f"{source.id}.key")
+    _ensure_secret(secrets_dir / "pseudonym.key")
+    environ = {
+        "HUB_SOURCES_FILE": str(DEMO_SOURCES_FILE),
+        "HUB_PSEUDONYM_KEY_FILE": str(secrets_dir / "pseudonym.key"),
+        # The demo's INS use the test NIR system (.10), never real identities.
+        "HUB_ALLOW_TEST_INS": "true",
+        "HUB_LOG_JSON": "true",
+    }
+    return DemoEnvironment(environ, secrets_dir)
+
+
+def _publish_demo(settings: Settings, environ: dict[str, str], patients: int) -> None:
+    from hub.demo.generator import generate_feed, write_feed  # noqa: PLC0415
+
+    feed_dir = DEMO_STATE / "demo-feed"
+    count = write_feed(feed_dir, generate_feed(patients=patients, seed=7, now=datetime.now(UTC)))
+    console.print(f"demo feed: {count} FHIR messages for {patients} synthetic patients in {feed_dir}")
+    for source_dir in sorted(p for p in feed_dir.iterdir() if p.is_dir()):
+        subprocess.run(  # noqa: S603 - our own console script, fixed arguments
+            [sys.executable, "-m", "hub", "publish", "--source", source_dir.name, str(source_dir)],
+            env=os.environ | environ,
+            check=False,
+        )
+
+
+def run_everything(*, patients: int, demo: bool) -> None:
+    """Start broker and worker, publish the demo feed, then wait for Ctrl-C and stop both."""
+    env = prepare_demo_environment()
+    os.environ.update(env.environ)
+    settings = Settings()
+    broker = EmbeddedBroker(BrokerLayout.from_settings(settings))
+    bootstrap = broker.start()
+    os.environ["HUB_BOOTSTRAP_SERVERS"] = bootstrap
+    settings = Settings()
+    worker_log = DEMO_STATE / "worker.log"
+    worker: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        from hub.streams.worker import create_contract_topics  # noqa: PLC0415
+
+        create_contract_topics(settings)
+        with worker_log.open("ab") as log_file:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "hub", "worker"],
+                env=dict(os.environ),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        console.print(f"worker started (pid {worker.pid}), log: {worker_log}")
+        if demo:
+            _publish_demo(settings, env.environ, patients)
+        console.print(
+            "\n[bold]The hub is running.[/bold] In another terminal:\n"
+            "  .venv/bin/hub tail pathway --from-beginning   # the unified patient pathway\n"
+            "  .venv/bin/hub tail receipts --from-beginning  # one receipt per input\n"
+            "  .venv/bin/hub tail dlq --from-beginning       # rejects, with their error codes\n"
+            f"  tail -f {worker_log}                            # the worker's log (JSON, redacted)\n"
+            f"Kafka: {bootstrap}. Press Ctrl-C to stop everything.\n"
+        )
+        while not stopping:
+            if worker.poll() is not None:
+                raise HubError(
+                    f"the worker stopped (exit {worker.returncode})",
+                    hint=f"read {worker_log} for the reason",
+                )
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping worker and broker...")
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        broker.stop()
+        console.print("stopped.")

@@ -1,0 +1,38 @@
+"""Every Kafka topic of the public contract, named once; schemas/asyncapi.yaml must agree (tested)."""
+
+from __future__ import annotations
+
+INGEST = "hub.ingest.v1"
+RECEIPTS = "hub.receipts.v1"
+DLQ = "hub.dlq.v1"
+PATHWAY = "hub.pathway.v1"
+AUDIT = "hub.audit.v1"
+ALERTS = "hub.alerts.v1"
+
+#: Per-recipient pathway copies: ``hub.pathway.<recipient>.v1``.
+RECIPIENT_PATHWAY_TEMPLATE = "hub.pathway.{recipient}.v1"
+
+#: Topics the hub creates at start, in the order they appear in the contract.
+CONTRACT_TOPICS: tuple[str, ...] = (INGEST, RECEIPTS, DLQ, PATHWAY, AUDIT, ALERTS)
+
+
+def recipient_pathway(recipient_id: str) -> str:
+    """Name of one recipient's pathway topic."""
+    return RECIPIENT_PATHWAY_TEMPLATE.format(recipient=recipient_id)
+
+
+class TopicNames:
+    """The contract's topic names under an optional prefix (tests isolate themselves with one)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.ingest = prefix + INGEST
+        self.receipts = prefix + RECEIPTS
+        self.dlq = prefix + DLQ
+        self.pathway = prefix + PATHWAY
+        self.audit = prefix + AUDIT
+        self.alerts = prefix + ALERTS
+
+    def contract(self) -> tuple[str, ...]:
+        """Every contract topic under this prefix."""
+        return tuple(self.prefix + name for name in CONTRACT_TOPICS)
