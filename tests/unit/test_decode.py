@@ -75,7 +75,10 @@ def test_unknown_media_type_is_malformed(header: str) -> None:
         (b"   \n", ErrorCode.PAYLOAD_MALFORMED),
         (b"not json", ErrorCode.PAYLOAD_MALFORMED),
         (b'{"resourceType": "Patient",', ErrorCode.PAYLOAD_MALFORMED),
-        ('{"resourceType":"Patient","name":[{"family":"Müller"}]}'.encode("latin-1"), ErrorCode.PAYLOAD_MALFORMED),
+        (
+            '{"resourceType":"Patient","name":[{"family":"Müller"}]}'.encode("latin-1"),
+            ErrorCode.PAYLOAD_MALFORMED,
+        ),
         ('{"resourceType":"Patient","id":"p1"}'.encode("utf-16"), ErrorCode.PAYLOAD_MALFORMED),
         (b"\xff\xfe\xfa", ErrorCode.PAYLOAD_MALFORMED),
         (b'{"resourceType":"Patient","x":1' + b"0" * 5000 + b"}", ErrorCode.PAYLOAD_MALFORMED),
@@ -102,7 +105,7 @@ def test_unknown_media_type_is_malformed(header: str) -> None:
     ],
 )
 def test_body_that_is_not_a_json_object(body: bytes, code: ErrorCode) -> None:
-    """Empty, non-JSON or non-UTF-8 bodies are ``payload.malformed``; JSON that is no object is ``fhir.invalid``."""
+    """Empty, non-JSON or non-UTF-8 bodies are ``payload.malformed``; a non-object is ``fhir.invalid``."""
     assert rejected(body).code is code
 
 
@@ -146,7 +149,13 @@ def test_unknown_resource_type_is_fhir_invalid(document: dict[str, Any]) -> None
 
 
 @pytest.mark.parametrize(
-    "name", ["observation-hba1c.json", "patient-ins-vali.json", "encounter-imp-finished.json", "bundle-transaction.json"]
+    "name",
+    [
+        "observation-hba1c.json",
+        "patient-ins-vali.json",
+        "encounter-imp-finished.json",
+        "bundle-transaction.json",
+    ],
 )
 def test_fixtures_are_valid_r4(name: str, fixture_bytes: Callable[[str], bytes]) -> None:
     """Real FHIR R4 shapes decode, and the JSON path hands on the document exactly as parsed."""
@@ -174,7 +183,14 @@ def _patient_with(fhir: Loader, **changes: Any) -> dict[str, Any]:
         ({"name": [{"family": [FAMILY]}]}, "name.0.family"),
         ({"familyName": FAMILY}, "familyName"),
     ],
-    ids=["bad gender code", "name as date", "name as boolean", "name as string", "family as list", "extra field"],
+    ids=[
+        "bad gender code",
+        "name as date",
+        "name as boolean",
+        "name as string",
+        "family as list",
+        "extra field",
+    ],
 )
 def test_invalid_patient_detail_does_not_quote_the_value(
     fhir: Loader, change: dict[str, Any], where: str
@@ -189,7 +205,7 @@ def test_invalid_patient_detail_does_not_quote_the_value(
 
 @pytest.mark.parametrize("status", ["DUPONTEL", "FINAL", "done", ""])
 def test_bad_status_code_is_fhir_invalid(fhir: Loader, status: str) -> None:
-    """An Observation status outside its required value set is ``fhir.invalid`` (the detail names ``status``)."""
+    """An Observation status outside its required value set is ``fhir.invalid``, naming ``status``."""
     observation = fhir("observation-hba1c.json")
     observation["status"] = status
     result = rejected(json.dumps(observation).encode())
@@ -200,7 +216,17 @@ def test_bad_status_code_is_fhir_invalid(fhir: Loader, status: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "status", ["registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"]
+    "status",
+    [
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    ],
 )
 def test_every_r4_observation_status_is_accepted(fhir: Loader, status: str) -> None:
     """All eight R4 ObservationStatus codes are valid, including those fhir.resources lists as '+'."""

@@ -1,4 +1,4 @@
-"""The ``hub-signature`` scheme (DESIGN.md section 2): HMAC-SHA256 over ``f"{t}.{source}.".encode() + value``."""
+"""The ``hub-signature`` scheme (DESIGN.md section 2): HMAC-SHA256 over ``f"{t}.{source}." + value``."""
 
 from __future__ import annotations
 
@@ -78,7 +78,9 @@ def test_malformed_header_is_invalid(header: str) -> None:
 
 def test_wrong_key_is_invalid() -> None:
     """A MAC made with a key the source does not hold is ``signature.invalid``."""
-    assert check(sign(b"someone-else-key-0123456789abcdef", SOURCE, VALUE, NOW)) is ErrorCode.SIGNATURE_INVALID
+    assert (
+        check(sign(b"someone-else-key-0123456789abcdef", SOURCE, VALUE, NOW)) is ErrorCode.SIGNATURE_INVALID
+    )
 
 
 def test_tampered_value_is_invalid() -> None:
@@ -102,7 +104,7 @@ def test_timestamp_is_covered_by_the_mac() -> None:
 
 @pytest.mark.parametrize("skew", [-TOLERANCE - 1, -86_400, TOLERANCE + 1, 86_400], ids=str)
 def test_expired_beyond_tolerance(skew: int) -> None:
-    """A valid MAC whose time is further than the tolerance from the hub's clock, past or future, is expired."""
+    """A valid MAC whose time is beyond the tolerance from the hub's clock, past or future, is expired."""
     assert check(sign(SECRET, SOURCE, VALUE, NOW + skew)) is ErrorCode.SIGNATURE_EXPIRED
 
 

@@ -74,7 +74,7 @@ def test_qualified_ins_links_by_ins(fhir: Loader, gp: Source) -> None:
 
 @pytest.mark.parametrize("reliability", ["PROV", "VIDE", "DOUTE", None])
 def test_ins_without_vali_is_local(fhir: Loader, gp: Source, reliability: str | None) -> None:
-    """Without VALI (provisional, empty, doubtful, or no extension) the INS may not link: the local IPP is used."""
+    """Without VALI (provisional, empty, doubtful, absent) the INS may not link: the local IPP is used."""
     patient = fhir("patient-ins-vali.json")
     if reliability is None:
         del patient["extension"]
@@ -86,7 +86,7 @@ def test_ins_without_vali_is_local(fhir: Loader, gp: Source, reliability: str | 
 
 
 def test_unqualified_patient_without_local_identifier_uses_its_id(fhir: Loader, gp: Source) -> None:
-    """With neither a qualified INS nor an identifier in the source's systems, the resource id names the patient."""
+    """With no qualified INS and no identifier in the source's systems, the resource id names the patient."""
     patient = fhir("patient-ins-vali.json")
     del patient["extension"]
     patient["identifier"] = [i for i in patient["identifier"] if i["system"] != GP_LOCAL_SYSTEM]
@@ -180,7 +180,11 @@ def test_literal_reference_outside_a_bundle_is_local(fhir: Loader, gp: Source) -
 
 @pytest.mark.parametrize(
     "reference",
-    ["Patient/pat-dupont/_history/3", "https://dpi.example.org/fhir/Patient/pat-dupont", "Patient/pat-dupont/"],
+    [
+        "Patient/pat-dupont/_history/3",
+        "https://dpi.example.org/fhir/Patient/pat-dupont",
+        "Patient/pat-dupont/",
+    ],
 )
 def test_reference_forms_of_the_same_patient(fhir: Loader, gp: Source, reference: str) -> None:
     """Version-specific, absolute and trailing-slash references name the same patient as ``Patient/<id>``."""
@@ -203,8 +207,10 @@ def test_reference_forms_of_the_same_patient(fhir: Loader, gp: Source, reference
     ],
     ids=["unknown urn", "group", "no id", "contained", "foreign identifier", "display only", "absent"],
 )
-def test_unresolvable_subject_names_the_entry_index(fhir: Loader, gp: Source, subject: dict[str, Any] | None) -> None:
-    """An entry whose patient cannot be identified is ``patient.unresolved``, and the detail names its index."""
+def test_unresolvable_subject_names_the_entry_index(
+    fhir: Loader, gp: Source, subject: dict[str, Any] | None
+) -> None:
+    """An entry whose patient cannot be identified is ``patient.unresolved``; the detail names its index."""
     bundle = fhir("bundle-transaction.json")
     bundle["entry"].append({"resource": observation(subject)})
     result = reject(bundle, gp)
@@ -221,7 +227,12 @@ def test_unresolvable_single_resource_has_no_entry_prefix(gp: Source) -> None:
 
 @pytest.mark.parametrize(
     ("resource_type", "field"),
-    [("Encounter", "subject"), ("EpisodeOfCare", "patient"), ("Immunization", "patient"), ("Coverage", "beneficiary")],
+    [
+        ("Encounter", "subject"),
+        ("EpisodeOfCare", "patient"),
+        ("Immunization", "patient"),
+        ("Coverage", "beneficiary"),
+    ],
 )
 def test_patient_field_per_resource_type(gp: Source, resource_type: str, field: str) -> None:
     """Each patient-compartment type names its patient in its own element (subject, patient, beneficiary)."""
@@ -233,7 +244,10 @@ def test_reference_data_makes_no_patient(fhir: Loader, gp: Source) -> None:
     """Organization and Practitioner are about no patient: they are kept, with no patient (so no event)."""
     split = entries(fhir("bundle-transaction.json"), gp)
     reference_data = [entry for entry in split if entry.patient is None]
-    assert sorted(entry.resource["resourceType"] for entry in reference_data) == ["Organization", "Practitioner"]
+    assert sorted(entry.resource["resourceType"] for entry in reference_data) == [
+        "Organization",
+        "Practitioner",
+    ]
 
 
 def test_delete_entries_carry_no_resource(fhir: Loader, gp: Source) -> None:
@@ -254,7 +268,9 @@ def test_nested_bundle_is_fhir_invalid(fhir: Loader, gp: Source) -> None:
     assert "entry 6" in result.detail
 
 
-@pytest.mark.parametrize("bundle_type", ["searchset", "history", "transaction-response", "batch-response", None])
+@pytest.mark.parametrize(
+    "bundle_type", ["searchset", "history", "transaction-response", "batch-response", None]
+)
 def test_non_ingestable_bundle_types(fhir: Loader, gp: Source, bundle_type: str | None) -> None:
     """Search results, histories and responses are not facts to ingest: ``fhir.invalid``."""
     bundle = fhir("bundle-transaction.json")

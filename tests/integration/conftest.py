@@ -1,0 +1,157 @@
+"""Integration fixtures: a hub worker process on the session's real broker, with its own topics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from hub.kafka.clients import Record, read
+from hub.topics import TopicNames
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SYNTHEA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "synthea-r4"
+PARTITIONS = 3
+
+
+@dataclass(frozen=True)
+class TestSource:
+    """A source registered for one test, with its secret in the worker's environment."""
+
+    id: str
+    secret: bytes
+    patient_system: str
+    time_zone: str = "Europe/Paris"
+
+
+SOURCES = (
+    TestSource(
+        "synthea", b"synthea-test-secret-0123456789abcdef", "https://github.com/synthetichealth/synthea"
+    ),
+    TestSource(
+        "gp-test", b"gp-test-secret-0123456789abcdef012345", "urn:hub:test:gp:patient", "America/Guadeloupe"
+    ),
+)
+
+
+@dataclass
+class HubEnv:
+    """Everything a test needs to talk to its own worker: environment, topic names, clients."""
+
+    environ: dict[str, str]
+    topics: TopicNames
+    bootstrap: str
+    work_dir: Path
+    log_file: Path
+
+    def source(self, source_id: str) -> TestSource:
+        return next(s for s in SOURCES if s.id == source_id)
+
+    def send(self, records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> int:
+        """Produce (key, value, headers) records to the ingest topic; return how many."""
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            max_request_size=8 * 1024 * 1024,
+        )
+        count = 0
+        for key, value, headers in records:
+            producer.send(self.topics.ingest, key=key, value=value, headers=headers)
+            count += 1
+        producer.flush()
+        producer.close()
+        return count
+
+    def collect(self, topic: str, count: int, *, timeout: float = 120.0) -> list[Record]:
+        """Read a topic from the start until ``count`` records arrived or ``timeout`` passed."""
+        records: list[Record] = []
+        for record in read(
+            self.bootstrap, [topic], idle_timeout=timeout, deadline=time.monotonic() + timeout
+        ):
+            records.append(record)
+            if len(records) >= count:
+                break
+        return records
+
+    def settle(self, topic: str, *, quiet: float = 3.0) -> list[Record]:
+        """Every record of a topic once nothing new arrives for ``quiet`` seconds."""
+        return list(read(self.bootstrap, [topic], idle_timeout=quiet))
+
+    def cli(self, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+        """Run ``hub ARGS`` as a user would, with this test's environment."""
+        return subprocess.run(
+            [sys.executable, "-m", "hub", *args],
+            env=os.environ | self.environ,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+@pytest.fixture
+def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path) -> HubEnv:
+    """A source registry, secrets, pseudonym key and a unique topic prefix for one test."""
+    name = unique_name("hub")
+    sources_file = tmp_path / "sources.json"
+    environ = {
+        "HUB_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "HUB_TOPIC_PREFIX": f"{name}.",
+        "HUB_APP_ID": name,
+        "HUB_SOURCES_FILE": str(sources_file),
+        "HUB_PSEUDONYM_KEY": "integration-test-pseudonym-key",
+        "HUB_ALLOW_TEST_INS": "true",
+        "HUB_TOPIC_PARTITIONS": str(PARTITIONS),
+        "HUB_LOG_LEVEL": "info",
+        "HUB_LOG_JSON": "true",
+    }
+    registry: dict[str, Any] = {"sources": []}
+    for source in SOURCES:
+        variable = "HUB_TEST_SECRET_" + source.id.upper().replace("-", "_")
+        environ[variable] = source.secret.decode()
+        registry["sources"].append(
+            {
+                "id": source.id,
+                "kind": "gp" if source.id.startswith("gp") else "hospital",
+                "organization": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "330781196"},
+                "time_zone": source.time_zone,
+                "patient_identifier_systems": [source.patient_system],
+                "secrets": [{"env": variable}],
+            }
+        )
+    sources_file.write_text(json.dumps(registry), encoding="utf-8")
+    return HubEnv(environ, TopicNames(f"{name}."), kafka_bootstrap, tmp_path, tmp_path / "worker.log")
+
+
+@pytest.fixture
+def worker(hub_env: HubEnv) -> Iterator[subprocess.Popen[bytes]]:
+    """One `hub worker` process for the test; stopped (and its log checked for crashes) after."""
+    with hub_env.log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub", "worker"],
+            env=os.environ | hub_env.environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,629 @@
+"""The pure ingest core end to end: one record in, events or one reject out (hub/ingest/pipeline.py),
+and the receipts and DLQ headers made from the outcome (hub/ingest/receipts.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.errors import ErrorCode
+from hub.identity.network_id import INS_NIR, INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
+from hub.ingest.outcome import Accepted, IngestOutcome, IngestRecord, KafkaCoordinates, Rejected
+from hub.ingest.pipeline import IngestContext, process_ingest
+from hub.ingest.receipts import (
+    ERROR_CODE_HEADER,
+    ERROR_DETAIL_HEADER,
+    ORIGIN_HEADER,
+    dlq_headers,
+    receipt,
+    receipt_key,
+)
+from hub.pathway.event import PathwayEvent
+
+Loader = Callable[[str], dict[str, Any]]
+RecordBuilder = Callable[..., IngestRecord]
+
+GP_ID = "gp-cabinet-lamentin"
+HOSPITAL_ID = "chu-guadeloupe"
+HOSPITAL_SECRET = b"chu-unit-test-secret-fedcba9876543210"
+PSEUDONYM_KEY = b"unit-test-pseudonym-key-0123456789abcdef"
+TEST_INS = "248039263001064"
+FAMILY = "DUPONTEL"
+INGEST = {"topic": "hub.ingest.v1", "partition": 2, "offset": 1234}
+JSON = "application/fhir+json"
+PATIENT = b'{"resourceType":"Patient","id":"p1"}'
+BUNDLE_OF = b'{"resourceType":"Bundle","type":"collection","entry":[{"resource":%s}]}'
+NOW_SECONDS = 1_714_730_400  # the tests' clock, 2024-05-03T10:00:00Z
+
+
+@pytest.fixture
+def run(context: IngestContext, now: datetime) -> Callable[..., IngestOutcome]:
+    """process_ingest at the tests' clock (2024-05-03T10:00Z) with the shared context unless given one."""
+
+    def process(record: IngestRecord, ctx: IngestContext | None = None) -> IngestOutcome:
+        return process_ingest(record, ctx or context, now=now)
+
+    return process
+
+
+def accepted(outcome: IngestOutcome) -> Accepted:
+    assert isinstance(outcome, Accepted), outcome
+    return outcome
+
+
+def rejected(outcome: IngestOutcome) -> Rejected:
+    assert isinstance(outcome, Rejected), outcome
+    return outcome
+
+
+def ins_network_id(value: str = TEST_INS, system: str = INS_TEST_NIR) -> str:
+    return PatientKey("ins", system, value).network_id(PSEUDONYM_KEY)
+
+
+# --- every reject code ---------------------------------------------------------------------------------
+
+
+def test_source_unknown_without_header(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """No ``hub-source`` header is ``source.unknown``, with no source in the outcome."""
+    result = rejected(run(make_record(fhir("observation-hba1c.json"), source_id=None, signed=False)))
+    assert (result.code, result.source_id) == (ErrorCode.SOURCE_UNKNOWN, None)
+    assert "no hub-source" in result.detail
+
+
+def test_source_unknown_with_unregistered_id(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """An unregistered ``hub-source`` is ``source.unknown``; a plain claimed id is echoed, odd text is not."""
+    result = rejected(run(make_record(fhir("observation-hba1c.json"), source_id="gp-unknown")))
+    assert (result.code, result.source_id) == (ErrorCode.SOURCE_UNKNOWN, "gp-unknown")
+    odd = rejected(run(make_record(fhir("observation-hba1c.json"), source_id="gp unknown\n<script>")))
+    assert (odd.code, odd.source_id) == (ErrorCode.SOURCE_UNKNOWN, None)
+
+
+@pytest.mark.parametrize(
+    ("record_args", "code"),
+    [
+        ({"signed": False}, ErrorCode.SIGNATURE_MISSING),
+        ({"headers": [("hub-signature", b"t=abc")], "signed": False}, ErrorCode.SIGNATURE_INVALID),
+        ({"secret": HOSPITAL_SECRET}, ErrorCode.SIGNATURE_INVALID),
+        ({"sign_as": HOSPITAL_ID, "secret": HOSPITAL_SECRET}, ErrorCode.SIGNATURE_INVALID),
+        ({"at": NOW_SECONDS - 3600}, ErrorCode.SIGNATURE_EXPIRED),
+        ({"at": NOW_SECONDS + 3600}, ErrorCode.SIGNATURE_EXPIRED),
+    ],
+    ids=["missing", "malformed", "wrong key", "replayed from another source", "too old", "too far ahead"],
+)
+def test_signature_rejects(
+    run: Callable[..., IngestOutcome],
+    make_record: RecordBuilder,
+    fhir: Loader,
+    record_args: dict[str, Any],
+    code: ErrorCode,
+) -> None:
+    """Missing, malformed, wrongly keyed, replayed and stale signatures each have their own code."""
+    result = rejected(run(make_record(fhir("observation-hba1c.json"), **record_args)))
+    assert (result.code, result.source_id) == (code, GP_ID)
+
+
+def test_tampered_body_is_signature_invalid(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """A body changed after signing fails the signature check."""
+    record = make_record(fhir("observation-hba1c.json"))
+    tampered = dataclasses.replace(record, value=(record.value or b"").replace(b"7.4", b"5.4"))
+    assert rejected(run(tampered)).code is ErrorCode.SIGNATURE_INVALID
+
+
+def test_payload_too_large_uses_the_configured_limit(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, context: IngestContext
+) -> None:
+    """A body over ``max_payload_bytes`` is ``payload.too_large``; the same body passes at a larger limit."""
+    record = make_record(fhir("bundle-transaction.json"))
+    size = len(record.value or b"")
+    small = dataclasses.replace(context, max_payload_bytes=size - 1)
+    result = rejected(run(record, small))
+    assert result.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert str(size) in result.detail
+    accepted(run(record, dataclasses.replace(context, max_payload_bytes=size)))
+
+
+def test_size_is_checked_before_the_signature(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, context: IngestContext
+) -> None:
+    """An oversize body is refused by size before any HMAC is computed over it, signed or not."""
+    small = dataclasses.replace(context, max_payload_bytes=1024)
+    assert rejected(run(make_record(b"x" * 2048, signed=False), small)).code is ErrorCode.PAYLOAD_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "code"),
+    [
+        (b"", None, ErrorCode.PAYLOAD_MALFORMED),
+        (None, None, ErrorCode.PAYLOAD_MALFORMED),
+        (b"{not json", None, ErrorCode.PAYLOAD_MALFORMED),
+        (b'{"resourceType":"Patient"}', "text/plain", ErrorCode.PAYLOAD_MALFORMED),
+        (b"<Patient", "application/fhir+xml", ErrorCode.PAYLOAD_MALFORMED),
+        (b'{"resourceType":"Observation","status":"DUPONTEL"}', None, ErrorCode.FHIR_INVALID),
+        (PATIENT, f"{JSON}; fhirVersion=5.0", ErrorCode.FHIR_VERSION_UNSUPPORTED),
+        (PATIENT, f"{JSON}; fhirVersion=3.0", ErrorCode.FHIR_VERSION_UNSUPPORTED),
+        (b'{"resourceType":"Observation","status":"final","code":{"text":"A1c"}}', None,
+         ErrorCode.PATIENT_UNRESOLVED),
+    ],
+    ids=["empty", "null value", "not json", "unknown media", "bad xml", "invalid fhir", "R5", "STU3",
+         "no subject"],
+)  # fmt: skip
+def test_body_rejects(
+    run: Callable[..., IngestOutcome],
+    make_record: RecordBuilder,
+    body: bytes | None,
+    content_type: str | None,
+    code: ErrorCode,
+) -> None:
+    """Signed bodies that cannot be read, validated or tied to a patient are rejected with their code."""
+    result = rejected(run(make_record(body, content_type=content_type)))
+    assert (result.code, result.source_id) == (code, GP_ID)
+
+
+def test_every_ingest_reject_code_is_reachable() -> None:
+    """The reject tests above cover every ingest code of the contract (DESIGN.md section 2)."""
+    covered = {
+        ErrorCode.SOURCE_UNKNOWN, ErrorCode.SIGNATURE_MISSING, ErrorCode.SIGNATURE_INVALID,
+        ErrorCode.SIGNATURE_EXPIRED, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.PAYLOAD_MALFORMED,
+        ErrorCode.FHIR_INVALID, ErrorCode.FHIR_VERSION_UNSUPPORTED, ErrorCode.PATIENT_UNRESOLVED,
+    }  # fmt: skip
+    # config.* and broker.* are raised, not receipted; hub.* means the hub itself failed (a bug).
+    ingest_codes = {code for code in ErrorCode if not code.value.startswith(("config.", "broker.", "hub."))}
+    assert ingest_codes == covered
+
+
+def test_bundle_with_one_bad_entry_is_rejected_whole(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """All or nothing: one unresolvable entry rejects the Bundle, and its good entries make no events."""
+    bundle = fhir("bundle-transaction.json")
+    bundle["entry"].append(
+        {"resource": {**bundle["entry"][3]["resource"], "subject": {"reference": "urn:uuid:missing"}}}
+    )
+    result = rejected(run(make_record(bundle)))
+    assert result.code is ErrorCode.PATIENT_UNRESOLVED
+    assert result.detail.startswith("entry 6:")
+    assert not hasattr(result, "events")
+
+
+def test_bundle_with_one_invalid_entry_is_rejected_whole(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """All or nothing: one entry failing validation rejects the Bundle, good entries included."""
+    bundle = fhir("bundle-transaction.json")
+    bundle["entry"][1]["resource"]["status"] = "DUPONTEL"
+    result = rejected(run(make_record(bundle)))
+    assert result.code is ErrorCode.FHIR_INVALID
+    assert "entry.1" in result.detail
+
+
+# --- accepted events -------------------------------------------------------------------------------------
+
+
+def test_transaction_bundle_events(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """A transaction makes one event per patient resource, all for the INS's network id, none for the rest."""
+    outcome = accepted(run(make_record(fhir("bundle-transaction.json"), message_id="tx-2024-05-03-001")))
+    assert outcome.source_id == GP_ID
+    assert outcome.message_id == "tx-2024-05-03-001"
+    assert [event.kind for event in outcome.events] == [
+        "patient", "encounter.discharge", "condition", "observation",
+    ]  # fmt: skip
+    assert {event.patient_id for event in outcome.events} == {ins_network_id()}
+
+
+def test_event_ids_are_deterministic_across_runs(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """Processing the same input twice (redelivery, other offset, later) gives the same event ids."""
+    first = accepted(run(make_record(fhir("bundle-transaction.json"))))
+    again = make_record(
+        fhir("bundle-transaction.json"),
+        origin=KafkaCoordinates("hub.ingest.v1", 5, 99),
+        timestamp=now + timedelta(minutes=1),
+    )
+    second = accepted(run(again))
+    assert [e.event_id for e in first.events] == [e.event_id for e in second.events]
+    assert len({e.event_id for e in first.events}) == len(first.events)
+
+
+def test_same_fact_from_two_sources_has_one_event_id(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """The same clinical fact about the same INS patient, sent by a GP and a hospital, has one event id."""
+    observation = fhir("observation-hba1c.json")
+    observation["subject"] = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
+    from_gp = dict(observation, id="gp-obs-1", meta={"lastUpdated": "2024-05-02T09:00:00+02:00"})
+    from_hospital = dict(observation, id="lab-77812", meta={"versionId": "3"})
+    gp_event = accepted(run(make_record(from_gp))).events[0]
+    hospital_event = accepted(
+        run(make_record(from_hospital, source_id=HOSPITAL_ID, secret=HOSPITAL_SECRET))
+    ).events[0]
+    assert gp_event.event_id == hospital_event.event_id
+    assert gp_event.patient_id == hospital_event.patient_id == ins_network_id()
+    assert (gp_event.source_id, hospital_event.source_id) == (GP_ID, HOSPITAL_ID)
+
+
+def test_different_facts_have_different_event_ids(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """Another value of the same test is another fact."""
+    observation = fhir("observation-hba1c.json")
+    first = accepted(run(make_record(observation))).events[0]
+    observation["valueQuantity"]["value"] = 8.1
+    second = accepted(run(make_record(observation))).events[0]
+    assert first.event_id != second.event_id
+
+
+def test_patient_reference_is_rewritten_to_the_network_id(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """The source's local patient reference becomes ``Patient/<network id>``, with the network identifier."""
+    event = accepted(run(make_record(fhir("observation-hba1c.json")))).events[0]
+    patient_id = PatientKey("local", GP_ID, "pat-dupont").network_id(PSEUDONYM_KEY)
+    assert event.patient_id == patient_id
+    assert event.resource["subject"] == {
+        "reference": f"Patient/{patient_id}",
+        "identifier": {"system": NETWORK_ID_SYSTEM, "value": patient_id},
+    }
+    assert "pat-dupont" not in json.dumps(event.resource["subject"])
+
+
+def test_input_resource_is_not_modified(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fixture_bytes: Callable[[str], bytes]
+) -> None:
+    """Normalisation copies: the decoded input keeps the source's own reference."""
+    body = fixture_bytes("bundle-transaction.json")
+    outcome = accepted(run(make_record(body)))
+    assert json.loads(body)["entry"][3]["resource"]["subject"]["reference"].startswith("urn:uuid:")
+    assert outcome.events[3].resource["subject"]["reference"].startswith("Patient/pt-")
+
+
+def test_patient_resource_gains_the_network_id(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """A Patient keeps its identifiers (the qualified INS among them) and gains the network id last."""
+    original = fhir("patient-ins-vali.json")
+    event = accepted(run(make_record(original))).events[0]
+    assert event.kind == "patient"
+    identifiers = event.resource["identifier"]
+    assert identifiers[:-1] == original["identifier"]
+    assert identifiers[-1] == {"system": NETWORK_ID_SYSTEM, "value": ins_network_id()}
+
+
+def test_times_are_utc_z_strings(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """occurred_at comes from the resource (offset applied), recorded_at from the record; both UTC ``Z``."""
+    events = {e.kind: e for e in accepted(run(make_record(fhir("bundle-transaction.json")))).events}
+    assert events["observation"].occurred_at == "2024-05-02T06:15:00.000Z"
+    assert events["encounter.discharge"].occurred_at == "2024-05-03T09:00:00.000Z"  # period.end
+    assert events["observation"].recorded_at == "2024-05-03T10:00:00.000Z"
+    for event in events.values():
+        assert event.occurred_at.endswith("Z")
+        assert event.recorded_at.endswith("Z")
+
+
+def test_naive_times_are_read_in_the_source_time_zone(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """A partial date (``2019-06``) means its first instant in the source's zone: Guadeloupe is UTC-4."""
+    events = {e.kind: e for e in accepted(run(make_record(fhir("bundle-transaction.json")))).events}
+    assert events["condition"].occurred_at == "2019-06-01T04:00:00.000Z"
+
+
+def test_unknown_occurrence_falls_back_to_recorded_at(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """A resource that does not say when it happened uses the record time, and the provenance says so."""
+    patient_event = accepted(run(make_record(fhir("patient-ins-vali.json")))).events[0]
+    assert patient_event.occurred_at == patient_event.recorded_at == "2024-05-03T10:00:00.000Z"
+    assert "occurred-at:unknown, recorded-at used" in patient_event.steps
+
+
+def test_date_out_of_datetime_range_does_not_crash(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """Year 0001 is valid FHIR but before datetime.min in UTC east of Greenwich: recorded_at is used."""
+    observation = fhir("observation-hba1c.json")
+    observation["effectiveDateTime"] = "0001-01-01"
+    observation.pop("issued")
+    observation.pop("meta")
+    record = make_record(observation, source_id=HOSPITAL_ID, secret=HOSPITAL_SECRET)  # Europe/Paris
+    event = accepted(run(record)).events[0]
+    assert event.occurred_at == event.recorded_at
+
+
+def test_provenance_carries_ingest_coordinates(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """Each event's provenance names the ingest record (topic, partition, offset) and the steps taken."""
+    events = accepted(run(make_record(fhir("bundle-transaction.json")))).events
+    observation = events[3].to_dict()
+    assert observation["provenance"]["ingest"] == INGEST
+    assert observation["provenance"]["steps"] == ["decoded:json/fhir-4.0", "bundle-entry:3", "patient-id:ins"]
+    assert observation["source"] == {
+        "id": GP_ID,
+        "organization": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "970000001"},
+    }
+
+
+def test_event_envelope_matches_the_contract(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """The envelope has exactly the contract's fields and serialises to JSON."""
+    event = accepted(run(make_record(fhir("observation-hba1c.json")))).events[0]
+    envelope = json.loads(event.to_json())
+    assert set(envelope) == {
+        "event_id", "patient_id", "kind", "occurred_at", "recorded_at", "source", "sensitivity", "resource",
+        "provenance",
+    }  # fmt: skip
+    assert envelope == event.to_dict()
+
+
+def test_security_labels_become_sensitivity(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """``meta.security`` codes are carried, sorted and unique, as the event's sensitivity."""
+    observation = fhir("observation-hba1c.json")
+    confidentiality = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+    act_code = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+    observation["meta"]["security"] = [
+        {"system": act_code, "code": "HIV"},
+        {"system": confidentiality, "code": "R"},
+        {"system": act_code, "code": "HIV"},
+    ]
+    event = accepted(run(make_record(observation))).events[0]
+    assert event.sensitivity == ("HIV", "R")
+
+
+def test_duplicate_facts_inside_one_bundle_give_one_event(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """The same fact twice in one Bundle (only ids differ) gives one event."""
+    bundle = fhir("bundle-transaction.json")
+    copy = json.loads(json.dumps(bundle["entry"][3]))
+    copy["fullUrl"] = "urn:uuid:11111111-2222-4333-8444-555555555555"
+    copy["resource"]["id"] = "duplicate"
+    bundle["entry"].append(copy)
+    events = accepted(run(make_record(bundle))).events
+    assert [event.kind for event in events].count("observation") == 1
+    assert len(events) == 4
+
+
+def test_reference_only_input_is_accepted_without_events(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """An Organization alone is accepted with no pathway event."""
+    organization = fhir("bundle-transaction.json")["entry"][4]["resource"]
+    assert accepted(run(make_record(organization))).events == ()
+
+
+def test_xml_input_makes_the_same_event_as_json(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fixture_bytes: Callable[[str], bytes]
+) -> None:
+    """A Patient sent as FHIR XML makes the same event as the same Patient sent as JSON."""
+    from_xml = accepted(
+        run(make_record(fixture_bytes("patient-ins-vali.xml"), content_type="application/fhir+xml"))
+    ).events[0]
+    from_json = accepted(run(make_record(fixture_bytes("patient-ins-vali.json")))).events[0]
+    assert from_xml.event_id == from_json.event_id
+    assert from_xml.resource == from_json.resource
+    assert from_xml.steps[0] == "decoded:xml/fhir-4.0"
+
+
+@pytest.mark.parametrize(
+    "message_id", ["msg-0001", "urn:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427", "a" * 128]
+)
+def test_plain_message_id_is_echoed(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, message_id: str
+) -> None:
+    """A plain ``hub-message-id`` is carried to the outcome (and so the receipt) as sent."""
+    outcome = accepted(run(make_record(fhir("observation-hba1c.json"), message_id=message_id)))
+    assert outcome.message_id == message_id
+
+
+@pytest.mark.parametrize("message_id", ["DUPONTEL Jeanne 1948-03-12", "x" * 129, "id\nwith\tcontrol"])
+def test_unusual_message_id_is_kept_as_a_hash(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, message_id: str
+) -> None:
+    """A message id with unusual characters is kept as a stable hash: receipts never echo arbitrary text."""
+    first = accepted(run(make_record(fhir("observation-hba1c.json"), message_id=message_id)))
+    again = accepted(run(make_record(fhir("observation-hba1c.json"), message_id=message_id)))
+    assert first.message_id is not None
+    assert first.message_id == again.message_id
+    assert first.message_id.startswith("sha256:")
+    assert "DUPONTEL" not in first.message_id
+
+
+def test_absent_message_id_is_none(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """Without ``hub-message-id`` the outcome has no message id."""
+    assert accepted(run(make_record(fhir("observation-hba1c.json")))).message_id is None
+
+
+# --- receipts and DLQ -------------------------------------------------------------------------------------
+
+
+def test_rejected_receipt(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """A reject's receipt has status rejected, the code and detail, no event ids, and no clinical data."""
+    record = make_record(fhir("patient-ins-vali.json"), secret=HOSPITAL_SECRET, message_id="msg-42")
+    outcome = run(record)
+    body = receipt(outcome, record.origin, at=now)
+    assert body == {
+        "ingest": INGEST,
+        "source": GP_ID,
+        "message_id": "msg-42",
+        "status": "rejected",
+        "error": {
+            "code": "signature.invalid",
+            "detail": "hub-signature does not match any key of the source",
+        },
+        "event_ids": [],
+        "at": "2024-05-03T10:00:00.000Z",
+    }
+    text = json.dumps(body)
+    assert FAMILY not in text
+    assert TEST_INS not in text
+    assert receipt_key(outcome) == GP_ID
+
+
+def test_rejected_receipt_for_unknown_source(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """A receipt for a record with no source has ``source: null`` and is keyed ``unknown``."""
+    record = make_record(fhir("observation-hba1c.json"), source_id=None, signed=False)
+    outcome = run(record)
+    assert receipt(outcome, record.origin, at=now)["source"] is None
+    assert receipt_key(outcome) == "unknown"
+
+
+def test_accepted_receipt(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """An accepted receipt lists the event ids, has no error, and carries no clinical data."""
+    record = make_record(fhir("bundle-transaction.json"), message_id="tx-1")
+    outcome = accepted(run(record))
+    body = receipt(outcome, record.origin, at=now)
+    assert body == {
+        "ingest": INGEST,
+        "source": GP_ID,
+        "message_id": "tx-1",
+        "status": "accepted",
+        "error": None,
+        "event_ids": [event.event_id for event in outcome.events],
+        "at": "2024-05-03T10:00:00.000Z",
+    }
+    text = json.dumps(body)
+    assert FAMILY not in text
+    assert TEST_INS not in text
+    assert receipt_key(outcome) == GP_ID
+
+
+def test_duplicate_receipt(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """A repeat of a known message is receipted ``duplicate`` with the ids of the first delivery."""
+    record = make_record(fhir("observation-hba1c.json"), message_id="msg-7")
+    outcome = run(record)
+    body = receipt(outcome, record.origin, at=now, duplicate_of=("e-1", "e-2"))
+    assert (body["status"], body["event_ids"], body["error"]) == ("duplicate", ["e-1", "e-2"], None)
+
+
+def test_dlq_headers_keep_the_original_and_append_the_reject(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """DLQ headers are the original headers, unchanged and in order, then code, detail and origin."""
+    record = make_record(
+        fhir("observation-hba1c.json"),
+        content_type="application/fhir+json; fhirVersion=5.0",
+        message_id="msg-9",
+        headers=[
+            ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ("x-raw", b"\xff\x00"),
+        ],
+    )
+    result = rejected(run(record))
+    headers = dlq_headers(record.headers, result, record.origin)
+    assert headers[: len(record.headers)] == list(record.headers)
+    assert headers[len(record.headers) :] == [
+        (ERROR_CODE_HEADER, b"fhir.version.unsupported"),
+        (ERROR_DETAIL_HEADER, result.detail.encode()),
+        (ORIGIN_HEADER, b"hub.ingest.v1/2/1234"),
+    ]
+
+
+# --- robustness ------------------------------------------------------------------------------------------
+
+
+def _assert_outcome(outcome: IngestOutcome) -> None:
+    assert isinstance(outcome, Accepted | Rejected)
+    if isinstance(outcome, Rejected):
+        assert isinstance(outcome.code, ErrorCode)
+        assert isinstance(outcome.detail, str)
+
+
+def test_never_raises_on_random_bytes(run: Callable[..., IngestOutcome], make_record: RecordBuilder) -> None:
+    """Random, correctly signed bytes as JSON or XML always give an outcome, never an exception."""
+    rng = random.Random(20240503)  # noqa: S311 - seeded fuzzing, not cryptography
+    content_types = [None, "application/fhir+xml", "application/fhir+json; fhirVersion=4.0"]
+    for n in range(300):
+        body = rng.randbytes(rng.randint(0, 400))
+        if n % 5 == 0:  # start some like a document, so the parsers get past the first byte
+            body = rng.choice([b"{", b"<", b'{"resourceType":"', b"<Bundle "]) + body
+        _assert_outcome(run(make_record(body, content_type=content_types[n % 3])))
+
+
+def test_never_raises_on_truncated_bundles(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fixture_bytes: Callable[[str], bytes]
+) -> None:
+    """Every truncation of a valid Bundle (a cut-off transfer) is a reject, never an exception."""
+    body = fixture_bytes("bundle-transaction.json")
+    for end in range(0, len(body), 37):
+        outcome = run(make_record(body[:end]))
+        _assert_outcome(outcome)
+        assert isinstance(outcome, Rejected)
+
+
+@pytest.mark.parametrize(
+    ("header", "body"),
+    [
+        ("t=²,v1=00", b"{}"),
+        (None, b'{"resourceType":"Patient","id":"p","x":1' + b"9" * 4400 + b"}"),
+        (None, BUNDLE_OF % b'{"resourceType":"Nope"}'),
+        (None, BUNDLE_OF % b'{"id":"x"}'),
+        (None, BUNDLE_OF % b'{"resourceType":7}'),
+        (None, b'{"resourceType":"Coding","code":"x"}'),
+    ],
+    ids=["unicode digit in t", "huge integer", "unknown entry type", "entry without type",
+         "numeric entry type", "data type as resource"],
+)  # fmt: skip
+def test_regressions_that_used_to_raise(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, header: str | None, body: bytes
+) -> None:
+    """Inputs that once escaped as exceptions (ValueError, KeyError, TypeError) are now rejects."""
+    extra = [("hub-signature", header.encode())] if header else []
+    outcome = run(make_record(body, signed=header is None, headers=extra))
+    assert isinstance(outcome, Rejected)
+
+
+def test_realistic_synthea_bundle(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, synthea_bundle_path: Path
+) -> None:
+    """A real Synthea R4 transaction is accepted whole: one patient, an event per clinical entry."""
+    body = synthea_bundle_path.read_bytes()
+    document = json.loads(body)
+    reference_data = {"Organization", "Practitioner", "Location", "PractitionerRole"}
+    clinical = [
+        entry for entry in document["entry"] if entry["resource"]["resourceType"] not in reference_data
+    ]
+    outcome = accepted(run(make_record(body)))
+    events: tuple[PathwayEvent, ...] = outcome.events
+    assert 0 < len(events) <= len(clinical)
+    assert len({event.event_id for event in events}) == len(events)
+    assert len({event.patient_id for event in events}) == 1
+    assert {"patient", "observation", "condition"} <= {event.kind for event in events}
+    patient = next(e["resource"] for e in document["entry"] if e["resource"]["resourceType"] == "Patient")
+    family = patient["name"][0]["family"]
+    for event in events:
+        assert event.occurred_at.endswith("Z")
+        assert event.ingest == INGEST
+        if event.kind != "patient":
+            assert family not in json.dumps(event.resource.get("subject"))
+    assert INS_NIR not in json.dumps([e.patient_id for e in events])
