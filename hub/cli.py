@@ -200,6 +200,22 @@ def _print_record(record: Any) -> None:
 
 
 @main.group()
+def topics() -> None:
+    """The contract's Kafka topics."""
+
+
+@topics.command("create")
+@friendly_errors
+def topics_create() -> None:
+    """Create the missing contract topics with the configured partitions and replication."""
+    from hub.streams.worker import create_contract_topics  # noqa: PLC0415
+
+    settings = Settings()
+    created = create_contract_topics(settings)
+    out.print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else " (all existed)"))
+
+
+@main.group()
 def config() -> None:
     """Configuration files."""
 

@@ -81,6 +81,9 @@ _METADATA_VERSION = 4
 _PROBE_CLIENT_ID = b"hub-broker-probe"
 _PROBE_CORRELATION_ID = 0x4855_4221
 
+# Maven's batch-mode line for a finished download: "[INFO] Downloaded from central: https://.../x.jar (25 kB at ...)".
+_DOWNLOADED_JAR = re.compile(r"Downloaded from .*/([^/\s]+\.jar) \(")
+
 
 def stderr_progress(line: str) -> None:
     """Default progress sink: one line on stderr, flushed so it shows before a long wait."""
@@ -215,7 +218,8 @@ def check_prerequisites(*, maven: bool = True) -> Toolchain:
     return Toolchain(java=java, mvn=mvn)
 
 
-def _classpath_cache_file(layout: BrokerLayout) -> Path:
+def classpath_cache_file(layout: BrokerLayout) -> Path:
+    """Where the classpath for the current pom is cached (the name holds a hash of the pom)."""
     try:
         pom = layout.pom_file.read_bytes()
     except OSError as exc:
@@ -230,7 +234,7 @@ def _classpath_cache_file(layout: BrokerLayout) -> Path:
 def cached_classpath(layout: BrokerLayout) -> str | None:
     """The cached classpath for the current pom, if every jar it names is still on disk."""
     try:
-        classpath = _classpath_cache_file(layout).read_text(encoding="utf-8").strip()
+        classpath = classpath_cache_file(layout).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
     # Someone may have cleaned ~/.m2 since: a classpath with a missing jar is resolved again.
@@ -247,7 +251,7 @@ def resolve_classpath(layout: BrokerLayout, *, progress: Progress = stderr_progr
     mvn = shutil.which("mvn")
     if mvn is None:
         raise _prerequisite_error(["Maven (no `mvn` on PATH; it downloads the Kafka jars once)"])
-    cache_file = _classpath_cache_file(layout)
+    cache_file = classpath_cache_file(layout)
     layout.jars_dir.mkdir(parents=True, exist_ok=True)
     # Per-process name, then an atomic rename: two first starts at once both succeed.
     partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")
@@ -276,8 +280,9 @@ def resolve_classpath(layout: BrokerLayout, *, progress: Progress = stderr_progr
         for line in maven.stdout or ():
             output.append(line.rstrip())
             # Jars are what take time; the many small poms would only scroll the screen.
-            if line.startswith("Downloaded from") and ".jar " in line:
-                progress("  fetched " + line.split()[3].rsplit("/", 1)[-1])
+            downloaded = _DOWNLOADED_JAR.search(line)
+            if downloaded:
+                progress("  fetched " + downloaded.group(1))
     if maven.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         raise BrokerStartFailed(
@@ -637,6 +642,13 @@ class EmbeddedBroker:
                 # JVM, and a background `hub broker start` may exit while the broker keeps running.
                 start_new_session=True,
             )
+        # Popen returns once exec has begun, but the kernel publishes the new command line a moment
+        # later; a `hub broker status` reading the pid file in between would judge it stale.
+        deadline = time.monotonic() + 5.0
+        while not is_broker_process(self._process.pid, layout.properties_file):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                break  # _wait_until_answering reports the failure with the log
+            time.sleep(0.005)
         layout.pid_file.write_text(f"{self._process.pid}\n", encoding="ascii")
         return self._process.pid
 

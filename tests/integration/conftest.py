@@ -136,7 +136,9 @@ def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: P
 
 @pytest.fixture
 def worker(hub_env: HubEnv) -> Iterator[subprocess.Popen[bytes]]:
-    """One `hub worker` process for the test; stopped (and its log checked for crashes) after."""
+    """One `hub worker` process for the test, on topics created first (as `hub run` does); stopped after."""
+    result = hub_env.cli("topics", "create", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
     with hub_env.log_file.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "hub", "worker"],

@@ -1,0 +1,2355 @@
+"""STU3 (3.0) and R5 (5.0) resources converted to canonical R4, element by element.
+
+The rules follow the official FHIR conversion maps, R3↔R4 and R4↔R5, as HL7's reference converter
+(``org.hl7.fhir.convertors``, packages ``conv30_40`` and ``conv40_50``) implements them; each rule below
+cites the map it comes from ("R3→R4", "R5→R4"). The converter is conservative:
+
+- every source element is copied, moved to its R4 home, dropped, or refused: an element no rule
+  names is refused, so nothing is ever lost without a step saying so;
+- an element is dropped only when it carries no clinical meaning; one that does and has no R4 home
+  makes the resource :class:`Unconvertible` (the caller rejects it as ``fhir.version.unsupported``);
+- a resource type outside :data:`SUPPORTED_TYPES` is refused rather than guessed, and a Bundle is
+  converted entry by entry, all or nothing;
+- the result is validated with the R4B models (DESIGN.md section 4) before it is returned.
+
+Details and steps name resource types and elements, never values: they reach receipts and logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+STU3 = "3.0"
+R5 = "5.0"
+_VERSION_NAMES = {STU3: "STU3", R5: "R5"}
+
+#: R4 resource types that STU3 and R5 resources are converted to (STU3 ProcedureRequest → ServiceRequest).
+SUPPORTED_TYPES: frozenset[str] = frozenset(
+    {
+        "Patient",
+        "Practitioner",
+        "Organization",
+        "Encounter",
+        "EpisodeOfCare",
+        "Condition",
+        "Observation",
+        "Procedure",
+        "MedicationRequest",
+        "MedicationStatement",
+        "AllergyIntolerance",
+        "DiagnosticReport",
+        "ServiceRequest",
+        "DocumentReference",
+        "CareTeam",
+        "Consent",
+        "Bundle",
+    }
+)
+
+_CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+_CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+_ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+_ALLERGY_VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
+_ALLERGY_TYPE = "http://hl7.org/fhir/allergy-intolerance-type"
+_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+_ADHERENCE = "http://hl7.org/fhir/CodeSystem/medication-statement-adherence"
+_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+_LOINC = "http://loinc.org"
+_CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+_STU3_CONSENT_CATEGORY = "http://hl7.org/fhir/consentcategorycodes"
+_ATTESTATION_MODE = "http://hl7.org/fhir/composition-attestation-mode"
+_RELATIONSHIP_TYPE = "http://hl7.org/fhir/document-relationship-type"
+_URI_SYSTEM = "urn:ietf:rfc:3986"
+#: HL7's cross-version extensions, which the R3→R4 converter uses for the few STU3 elements it keeps
+#: although R4 has no element for them.
+_STU3_EXTENSION = "http://hl7.org/fhir/3.0/StructureDefinition/extension-"
+
+#: Resource types the maps rename; a reference to any other type R4 lacks is refused.
+_RENAMED_TYPES = {
+    STU3: {
+        "ProcedureRequest": "ServiceRequest",
+        "ReferralRequest": "ServiceRequest",
+        "BodySite": "BodyStructure",
+        "Sequence": "MolecularSequence",
+    },
+    R5: {"DeviceUsage": "DeviceUseStatement"},
+}
+#: R4B types absent from R4: the R4B models accept them, canonical R4 must not name them.
+_R4B_ONLY_TYPES = frozenset(
+    {
+        "AdministrableProductDefinition",
+        "Citation",
+        "ClinicalUseDefinition",
+        "Evidence",
+        "EvidenceReport",
+        "Ingredient",
+        "ManufacturedItemDefinition",
+        "MedicinalProductDefinition",
+        "NutritionProduct",
+        "PackagedProductDefinition",
+        "RegulatedAuthorization",
+        "SubscriptionStatus",
+        "SubscriptionTopic",
+    }
+)
+#: Extension value types R5 added; the R4B models accept some of them, R4 has none.
+_R5_ONLY_VALUES = frozenset(
+    {
+        "valueInteger64",
+        "valueCodeableReference",
+        "valueRatioRange",
+        "valueAvailability",
+        "valueExtendedContactDetail",
+        "valueMonetaryComponent",
+        "valueVirtualServiceDetail",
+    }
+)
+#: A resource type in a URL: ``Type``, ``Type/id``, ``Type/id/_history/v``, ``Type?search``, relative
+#: or after a base URL.
+_URL_TYPE = re.compile(
+    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)(?=(?:/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?)?(?:\?.*)?$)"
+)
+_REFERENCE_KEYS = frozenset({"reference", "type", "identifier", "display", "id", "extension"})
+_ELEMENT_BASE = ("id", "extension", "modifierExtension")
+_VALIDATION_ERRORS_SHOWN = 3
+_UNSIGNED_INT_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Converted:
+    """The R4 resource, and what was done to it (short step strings that name elements, not values)."""
+
+    resource: dict[str, Any]
+    steps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unconvertible:
+    """Why the resource cannot be converted: names the resource type and element, never a value."""
+
+    detail: str
+
+
+class _Refused(Exception):  # noqa: N818 - internal: unwinds a conversion, never leaves this module
+    """Unwinds a conversion from any depth; :func:`convert_to_r4` turns it into :class:`Unconvertible`."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class _Run:
+    """One conversion: the source version and the steps taken (in order, without repeats)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.name = _VERSION_NAMES[version]
+        self.prefix = ""
+        self._steps: dict[str, None] = {}
+
+    def note(self, step: str) -> None:
+        self._steps.setdefault(f"{self.prefix}{step}", None)
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return tuple(self._steps)
+
+
+class _Element:
+    """One source element (a resource or a backbone element) read field by field into its R4 form.
+
+    ``done()`` refuses any field left unread, so an element no rule names is never silently lost.
+    ``keeps_base=False`` is for an element that disappears in R4 (its content moves elsewhere): its
+    extensions would then have no home, so they are left unread and refused; its ``id`` is dropped.
+    """
+
+    def __init__(self, source: Mapping[str, Any], path: str, run: _Run, *, keeps_base: bool = True) -> None:
+        self.source = source
+        self.path = path
+        self.run = run
+        self.out: dict[str, Any] = {}
+        self._unread = set(source)
+        if keeps_base:
+            self.keep(*_ELEMENT_BASE)
+        else:
+            self._unread.discard("id")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.source
+
+    def take(self, name: str) -> Any:
+        """The source value (None when absent), marked as handled; its ``_name`` is not."""
+        self._unread.discard(name)
+        return self.source.get(name)
+
+    def keep(self, *names: str) -> None:
+        """Copy elements whose R4 form is the same, with their primitive extensions (``_name``)."""
+        for name in names:
+            for key in (name, f"_{name}"):
+                if key in self.source:
+                    self.out[key] = self.source[key]
+                    self._unread.discard(key)
+
+    def move(self, name: str, target: str, rule: str) -> None:
+        """An element whose content is unchanged but whose R4 name differs."""
+        for key, target_key in ((name, target), (f"_{name}", f"_{target}")):
+            if key in self.source:
+                self.out[target_key] = self.source[key]
+                self._unread.discard(key)
+                self.run.note(f"{self.path}.{name} → {target} ({rule})")
+
+    def drop(self, name: str, why: str) -> None:
+        """An element with no R4 home and no clinical meaning."""
+        for key in (name, f"_{name}"):
+            if key in self.source:
+                self._unread.discard(key)
+                self.run.note(f"{self.path}.{name} dropped ({why})")
+
+    def refuse(self, name: str, why: str) -> None:
+        if name in self.source or f"_{name}" in self.source:
+            self.fail(name, why)
+
+    def fail(self, name: str, why: str) -> NoReturn:
+        raise _Refused(f"{self.path}.{name}: {why}")
+
+    def done(self) -> dict[str, Any]:
+        if self._unread:
+            self.fail(min(self._unread).lstrip("_"), "R4 has no element for it")
+        return self.out
+
+
+_Fill = Callable[[_Element], None]
+
+
+def _same(*codes: str) -> dict[str, str]:
+    return {code: code for code in codes}
+
+
+def _recode(el: _Element, name: str, codes: Mapping[str, str], rule: str = "") -> None:
+    """A code copied into R4's value set; a code R4 has no equivalent for is refused."""
+    el.keep(name)
+    code = el.out.get(name)
+    if code is None:
+        return
+    if not isinstance(code, str) or code not in codes:
+        el.fail(name, "the code has no R4 equivalent")
+    if codes[code] != code:
+        el.out[name] = codes[code]
+        el.run.note(f"{el.path}.{name} recoded into the R4 value set ({rule})")
+
+
+def _listify(el: _Element, name: str, rule: str, target: str | None = None) -> None:
+    """A 0..1 element that R4 made a list."""
+    value = el.take(name)
+    if value is not None:
+        el.out[target or name] = [value]
+        el.run.note(f"{el.path}.{name} → list {target or name} ({rule})")
+
+
+def _one(el: _Element, name: str, rule: str, target: str | None = None) -> None:
+    """A list that R4 holds as a single element: one item converts, more are refused."""
+    items = el.take(name)
+    if items is None:
+        return
+    if len(items) > 1:
+        el.fail(name, "R4 holds only one")
+    el.out[target or name] = items[0]
+    el.run.note(f"{el.path}.{name} → single {target or name} ({rule})")
+
+
+def _each(el: _Element, name: str, fill: _Fill, target: str | None = None) -> None:
+    """Each item of a list of backbone elements, converted by ``fill``."""
+    items = el.take(name)
+    if items is None:
+        return
+    converted = []
+    for item in items:
+        sub = _Element(item, f"{el.path}.{name}", el.run)
+        fill(sub)
+        converted.append(sub.done())
+    el.out[target or name] = converted
+
+
+def _single(el: _Element, name: str, fill: _Fill, target: str | None = None) -> None:
+    """A 0..1 backbone element, converted by ``fill``."""
+    value = el.take(name)
+    if value is not None:
+        sub = _Element(value, f"{el.path}.{name}", el.run)
+        fill(sub)
+        el.out[target or name] = sub.done()
+
+
+def _codes(concept: object, system: str) -> set[str]:
+    """The codes of one system in a CodeableConcept."""
+    if not isinstance(concept, Mapping):
+        return set()
+    return {
+        coding["code"]
+        for coding in concept.get("coding") or ()
+        if coding.get("system") == system and isinstance(coding.get("code"), str)
+    }
+
+
+def _reference_type(reference: object) -> str | None:
+    """The resource type a Reference names, when it says."""
+    if not isinstance(reference, Mapping):
+        return None
+    literal = reference.get("reference")
+    if isinstance(literal, str) and (match := _URL_TYPE.search(literal)):
+        return match["type"]
+    declared = reference.get("type")
+    return declared if isinstance(declared, str) else None
+
+
+def _only_types(el: _Element, name: str, reference: object, allowed: frozenset[str]) -> None:
+    """Refuse a reference to a type the R4 element does not allow (unknown types pass)."""
+    named = _reference_type(reference)
+    if named is not None and named not in allowed:
+        el.fail(name, "R4 does not allow a reference to that resource type here")
+
+
+def _add_extension(el: _Element, url: str, value_key: str, value: Any) -> None:
+    el.out["extension"] = [*el.out.get("extension", ()), {"url": url, value_key: value}]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data types
+
+
+_DOSAGE_SAME = (
+    "sequence",
+    "text",
+    "additionalInstruction",
+    "patientInstruction",
+    "timing",
+    "site",
+    "route",
+    "method",
+    "maxDosePerAdministration",
+    "maxDosePerLifetime",
+)
+_STU3_DOSE_AND_RATE = ("doseQuantity", "doseRange", "rateRatio", "rateRange", "rateQuantity")
+
+
+def _stu3_dosage(el: _Element) -> None:
+    el.keep(*_DOSAGE_SAME, "asNeededBoolean", "asNeededCodeableConcept", "maxDosePerPeriod")
+    # R3→R4 Dosage: dose[x] and rate[x] moved into the repeating doseAndRate.
+    dose_and_rate = {name: el.take(name) for name in _STU3_DOSE_AND_RATE if name in el}
+    if dose_and_rate:
+        el.out["doseAndRate"] = [dose_and_rate]
+        el.run.note(f"{el.path}.dose[x] and rate[x] → doseAndRate (R3→R4)")
+
+
+def _r5_dosage(el: _Element) -> None:
+    el.keep(*_DOSAGE_SAME, "doseAndRate")
+    # R5→R4 Dosage: asNeeded (boolean) + asNeededFor (list) are R4's asNeeded[x] choice; a reason
+    # implies "as needed" (R5 invariant dos-1), so one reason is asNeededCodeableConcept.
+    if "asNeededFor" in el:
+        _one(el, "asNeededFor", "R5→R4", "asNeededCodeableConcept")
+        el.take("asNeeded")
+    else:
+        el.move("asNeeded", "asNeededBoolean", "R5→R4")
+    _one(el, "maxDosePerPeriod", "R5→R4")
+
+
+def _dosages(el: _Element, name: str, fill: _Fill) -> None:
+    _each(el, name, fill)
+
+
+def _r5_attachment(el: _Element) -> None:
+    el.keep("contentType", "language", "data", "url", "hash", "title", "creation")
+    size = el.take("size")
+    if size is not None:
+        # R5 made size an integer64, which JSON carries as a string; R4 has an unsignedInt.
+        try:
+            value = int(str(size))
+        except ValueError:
+            el.fail("size", "not an integer")
+        if not 0 <= value <= _UNSIGNED_INT_MAX:
+            el.fail("size", "too large for R4's unsignedInt")
+        el.out["size"] = value
+    for name in ("height", "width", "frames", "duration", "pages"):
+        el.drop(name, "R5 presentation detail, no R4 element")
+
+
+def _r5_attachments(el: _Element, name: str, *, single: bool = False) -> None:
+    if single:
+        _single(el, name, _r5_attachment)
+    else:
+        _each(el, name, _r5_attachment)
+
+
+def _codeable_references(el: _Element, name: str) -> tuple[list[Any], list[Any]]:
+    """The concepts and the references of an R5 list of CodeableReference."""
+    concepts: list[Any] = []
+    references: list[Any] = []
+    for item in el.take(name) or ():
+        sub = _Element(item, f"{el.path}.{name}", el.run, keeps_base=False)
+        concept, reference = sub.take("concept"), sub.take("reference")
+        sub.done()
+        if concept is not None:
+            concepts.append(concept)
+        if reference is not None:
+            references.append(reference)
+    return concepts, references
+
+
+def _split(el: _Element, name: str, concept_target: str | None, reference_target: str | None) -> None:
+    """R5→R4: a CodeableReference list is R4's pair of CodeableConcept and Reference lists; a side
+    without an R4 element (target None) is refused."""
+    if name not in el:
+        return
+    concepts, references = _codeable_references(el, name)
+    for items, target, kind in (
+        (concepts, concept_target, "code"),
+        (references, reference_target, "reference"),
+    ):
+        if not items:
+            continue
+        if target is None:
+            el.fail(name, f"R4 has no element for a {kind} here")
+        el.out[target] = [*el.out.get(target, ()), *items]
+        el.run.note(f"{el.path}.{name} → {target} (R5→R4 CodeableReference)")
+
+
+def _single_concept(el: _Element, name: str, target: str | None = None) -> None:
+    """R5→R4: a 0..1 CodeableReference that R4 holds as a CodeableConcept."""
+    value = el.take(name)
+    if value is None:
+        return
+    sub = _Element(value, f"{el.path}.{name}", el.run, keeps_base=False)
+    concept = sub.take("concept")
+    sub.refuse("reference", "R4 holds only a code here")
+    sub.done()
+    el.out[target or name] = concept
+    el.run.note(f"{el.path}.{name} → {target or name} (R5→R4 CodeableReference)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# STU3 → R4
+
+
+def _stu3_context_to_encounter(el: _Element) -> None:
+    # R3→R4: context (Encounter | EpisodeOfCare) became encounter (Encounter only).
+    _only_types(el, "context", el.source.get("context"), frozenset({"Encounter"}))
+    el.move("context", "encounter", "R3→R4")
+
+
+def _stu3_requester(el: _Element) -> None:
+    """R3→R4: requester {agent, onBehalfOf} became a Reference to the agent; onBehalfOf goes to HL7's
+    cross-version extension, as the reference converter does for MedicationRequest."""
+    requester = el.take("requester")
+    if requester is None:
+        return
+    sub = _Element(requester, f"{el.path}.requester", el.run, keeps_base=False)
+    agent, on_behalf_of = sub.take("agent"), sub.take("onBehalfOf")
+    sub.done()
+    el.out["requester"] = agent
+    el.run.note(f"{el.path}.requester.agent → requester (R3→R4)")
+    if on_behalf_of is not None:
+        resource_type = el.path.split(".")[0]
+        url = f"{_STU3_EXTENSION}{resource_type}.requester.onBehalfOf"
+        _add_extension(el, url, "valueReference", on_behalf_of)
+        el.run.note(f"{el.path}.requester.onBehalfOf → cross-version extension (R3→R4)")
+
+
+def _stu3_patient(el: _Element) -> None:
+    el.refuse("animal", "R4 has no animal patients")
+    el.keep(
+        "identifier",
+        "active",
+        "name",
+        "telecom",
+        "gender",
+        "birthDate",
+        "deceasedBoolean",
+        "deceasedDateTime",
+        "address",
+        "maritalStatus",
+        "multipleBirthBoolean",
+        "multipleBirthInteger",
+        "photo",
+        "contact",
+        "communication",
+        "generalPractitioner",
+        "managingOrganization",
+        "link",
+    )
+
+
+def _stu3_practitioner(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "active",
+        "name",
+        "telecom",
+        "address",
+        "gender",
+        "birthDate",
+        "photo",
+        "qualification",
+        "communication",
+    )
+
+
+def _stu3_organization(el: _Element) -> None:
+    el.keep(
+        "identifier", "active", "type", "name", "alias", "telecom", "address", "partOf", "contact", "endpoint"
+    )
+
+
+_ENCOUNTER_STATUS = _same(
+    "planned",
+    "arrived",
+    "triaged",
+    "in-progress",
+    "onleave",
+    "finished",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+)
+
+
+def _stu3_encounter_diagnosis(el: _Element) -> None:
+    el.keep("condition", "rank")
+    el.move("role", "use", "R3→R4")
+
+
+def _stu3_encounter(el: _Element) -> None:
+    _recode(el, "status", _ENCOUNTER_STATUS)
+    if "class" not in el:
+        el.fail("class", "R4 requires the encounter class")
+    el.keep(
+        "identifier",
+        "statusHistory",
+        "class",
+        "classHistory",
+        "type",
+        "priority",
+        "subject",
+        "episodeOfCare",
+        "participant",
+        "period",
+        "length",
+        "account",
+        "hospitalization",
+        "location",
+        "serviceProvider",
+        "partOf",
+    )
+    el.move("incomingReferral", "basedOn", "R3→R4")
+    _listify(el, "appointment", "R3→R4")
+    el.move("reason", "reasonCode", "R3→R4")
+    _each(el, "diagnosis", _stu3_encounter_diagnosis)
+
+
+_EPISODE_STATUS = _same(
+    "planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"
+)
+
+
+def _stu3_episode_of_care(el: _Element) -> None:
+    _recode(el, "status", _EPISODE_STATUS)
+    el.keep(
+        "identifier",
+        "statusHistory",
+        "type",
+        "diagnosis",
+        "patient",
+        "managingOrganization",
+        "period",
+        "referralRequest",
+        "careManager",
+        "team",
+        "account",
+    )
+
+
+_ONSET = ("onsetDateTime", "onsetAge", "onsetPeriod", "onsetRange", "onsetString")
+_ABATEMENT = ("abatementDateTime", "abatementAge", "abatementPeriod", "abatementRange", "abatementString")
+_STU3_CONDITION_CLINICAL = frozenset({"active", "recurrence", "inactive", "remission", "resolved"})
+_STU3_CONDITION_VERIFICATION = frozenset(
+    {"provisional", "differential", "confirmed", "refuted", "entered-in-error"}
+)
+_ABATED = frozenset({"inactive", "resolved", "remission"})
+
+
+def _concept(system: str, code: str) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code}]}
+
+
+def _stu3_status_concept(el: _Element, name: str, system: str, allowed: frozenset[str]) -> str | None:
+    """R3→R4: a status code became a CodeableConcept in the matching HL7 code system."""
+    code = el.take(name)
+    if code is None:
+        return None
+    if code not in allowed:
+        el.fail(name, "the code has no R4 equivalent")
+    el.out[name] = _concept(system, code)
+    el.run.note(f"{el.path}.{name} code → CodeableConcept (R3→R4)")
+    return str(code)
+
+
+def _stu3_condition_statuses(el: _Element) -> None:
+    if el.source.get("verificationStatus") == "unknown":
+        # condition-ver-status has no "unknown" in R4: the element's absence says the same.
+        el.drop("verificationStatus", "the R4 code system has no unknown, absence means it")
+        verification = None
+    else:
+        verification = _stu3_status_concept(
+            el, "verificationStatus", _CONDITION_VERIFICATION, _STU3_CONDITION_VERIFICATION
+        )
+    clinical = _stu3_status_concept(el, "clinicalStatus", _CONDITION_CLINICAL, _STU3_CONDITION_CLINICAL)
+    if verification == "entered-in-error" and clinical is not None:
+        # R4 invariant con-5: no clinical status on a record entered in error.
+        del el.out["clinicalStatus"]
+        el.run.note(f"{el.path}.clinicalStatus dropped (R4 con-5, record entered in error)")
+    abated = el.take("abatementBoolean")
+    if abated is not None:
+        # R4 dropped abatementBoolean: "true" is what the clinical status inactive/resolved/remission
+        # already says (STU3 con-4), "false" says nothing; "true" with any other status is refused.
+        if abated and clinical not in _ABATED:
+            el.fail("abatementBoolean", "R4 can only say it through the clinical status")
+        el.run.note(f"{el.path}.abatementBoolean dropped (R3→R4, carried by clinicalStatus)")
+
+
+def _stu3_condition(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "category",
+        "severity",
+        "code",
+        "bodySite",
+        "subject",
+        *_ONSET,
+        *_ABATEMENT,
+        "asserter",
+        "evidence",
+        "note",
+    )
+    _stu3_condition_statuses(el)
+    _stu3_context_to_encounter(el)
+    el.move("assertedDate", "recordedDate", "R3→R4")
+    _listify(el, "stage", "R3→R4")
+
+
+_OBSERVATION_STATUS = _same(
+    "registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"
+)
+_OBSERVATION_VALUES = (
+    "valueQuantity",
+    "valueCodeableConcept",
+    "valueString",
+    "valueBoolean",
+    "valueInteger",
+    "valueRange",
+    "valueRatio",
+    "valueTime",
+    "valueDateTime",
+    "valuePeriod",
+)
+_OBSERVATION_RELATED = {"has-member": "hasMember", "derived-from": "derivedFrom"}
+
+
+def _stu3_observation_component(el: _Element) -> None:
+    el.keep("code", *_OBSERVATION_VALUES, "valueSampledData", "dataAbsentReason", "referenceRange")
+    el.refuse("valueAttachment", "R4 Observation values cannot be attachments")
+    _listify(el, "interpretation", "R3→R4")
+
+
+def _stu3_observation_related(el: _Element) -> None:
+    # R3→R4: related {type, target} became hasMember and derivedFrom; its other types
+    # (sequel-to, replaces, qualified-by, interfered-by) have no R4 element.
+    for item in el.take("related") or ():
+        sub = _Element(item, f"{el.path}.related", el.run, keeps_base=False)
+        kind, target = sub.take("type"), sub.take("target")
+        sub.done()
+        if kind not in _OBSERVATION_RELATED:
+            el.fail("related", "only has-member and derived-from have an R4 element")
+        name = _OBSERVATION_RELATED[kind]
+        el.out[name] = [*el.out.get(name, ()), target]
+        el.run.note(f"{el.path}.related → {name} (R3→R4)")
+
+
+def _stu3_observation(el: _Element) -> None:
+    _recode(el, "status", _OBSERVATION_STATUS)
+    el.keep(
+        "identifier",
+        "basedOn",
+        "category",
+        "code",
+        "subject",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "issued",
+        "performer",
+        *_OBSERVATION_VALUES,
+        "valueSampledData",
+        "dataAbsentReason",
+        "bodySite",
+        "method",
+        "specimen",
+        "device",
+        "referenceRange",
+    )
+    el.refuse("valueAttachment", "R4 Observation values cannot be attachments")
+    _stu3_context_to_encounter(el)
+    _listify(el, "interpretation", "R3→R4")
+    comment = el.take("comment")
+    if comment is not None:
+        el.out["note"] = [{"text": comment}]
+        el.run.note(f"{el.path}.comment → note (R3→R4)")
+    _stu3_observation_related(el)
+    _each(el, "component", _stu3_observation_component)
+
+
+_STU3_PROCEDURE_STATUS = {
+    "preparation": "preparation",
+    "in-progress": "in-progress",
+    "suspended": "on-hold",
+    "aborted": "stopped",
+    "completed": "completed",
+    "entered-in-error": "entered-in-error",
+    "unknown": "unknown",
+}
+
+
+def _stu3_procedure_performer(el: _Element) -> None:
+    el.keep("actor", "onBehalfOf")
+    el.move("role", "function", "R3→R4")
+
+
+def _stu3_procedure(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "basedOn",
+        "partOf",
+        "category",
+        "code",
+        "subject",
+        "performedDateTime",
+        "performedPeriod",
+        "location",
+        "reasonCode",
+        "reasonReference",
+        "bodySite",
+        "outcome",
+        "report",
+        "complication",
+        "complicationDetail",
+        "followUp",
+        "note",
+        "focalDevice",
+        "usedReference",
+        "usedCode",
+    )
+    el.refuse("definition", "a protocol Reference cannot become R4's canonical instantiatesCanonical")
+    _recode(el, "status", _STU3_PROCEDURE_STATUS, "R3→R4: suspended is on-hold, aborted is stopped")
+    not_done = el.take("notDone")
+    if not_done and el.out.get("status") != "entered-in-error":
+        # R3→R4: the notDone flag became the status not-done.
+        el.out["status"] = "not-done"
+        el.run.note(f"{el.path}.notDone → status (R3→R4)")
+    elif not_done is not None:
+        el.run.note(f"{el.path}.notDone dropped (R3→R4, status says it)")
+    el.move("notDoneReason", "statusReason", "R3→R4")
+    _stu3_context_to_encounter(el)
+    _each(el, "performer", _stu3_procedure_performer)
+
+
+_STU3_REQUEST_STATUS = {
+    "draft": "draft",
+    "active": "active",
+    "suspended": "on-hold",
+    "cancelled": "revoked",
+    "completed": "completed",
+    "entered-in-error": "entered-in-error",
+    "unknown": "unknown",
+}
+_REQUEST_INTENT = _same(
+    "proposal",
+    "plan",
+    "directive",
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "option",
+)
+_REQUEST_PRIORITY = _same("routine", "urgent", "asap", "stat")
+
+
+def _stu3_procedure_request(el: _Element) -> None:
+    """R3→R4: ProcedureRequest became ServiceRequest."""
+    el.keep(
+        "identifier",
+        "basedOn",
+        "replaces",
+        "requisition",
+        "doNotPerform",
+        "category",
+        "code",
+        "subject",
+        "occurrenceDateTime",
+        "occurrencePeriod",
+        "occurrenceTiming",
+        "asNeededBoolean",
+        "asNeededCodeableConcept",
+        "authoredOn",
+        "performerType",
+        "reasonCode",
+        "reasonReference",
+        "supportingInfo",
+        "specimen",
+        "bodySite",
+        "note",
+        "relevantHistory",
+    )
+    _recode(el, "status", _STU3_REQUEST_STATUS, "R3→R4: suspended is on-hold, cancelled is revoked")
+    _recode(el, "intent", _REQUEST_INTENT)
+    _recode(el, "priority", _REQUEST_PRIORITY)
+    el.refuse("definition", "a protocol Reference cannot become R4's canonical instantiatesCanonical")
+    _stu3_context_to_encounter(el)
+    _stu3_requester(el)
+    _listify(el, "performer", "R3→R4")
+
+
+_MEDICATION_REQUEST_STATUS = _same(
+    "active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"
+)
+
+
+def _stu3_substitution(el: _Element) -> None:
+    el.keep("reason")
+    el.move("allowed", "allowedBoolean", "R3→R4")
+
+
+def _stu3_medication_request(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "basedOn",
+        "groupIdentifier",
+        "medicationCodeableConcept",
+        "medicationReference",
+        "subject",
+        "supportingInformation",
+        "authoredOn",
+        "recorder",
+        "reasonCode",
+        "reasonReference",
+        "note",
+        "dispenseRequest",
+        "priorPrescription",
+        "detectedIssue",
+        "eventHistory",
+    )
+    _recode(el, "status", _MEDICATION_REQUEST_STATUS)
+    _recode(el, "intent", _REQUEST_INTENT)
+    _recode(el, "priority", _REQUEST_PRIORITY)
+    el.refuse("definition", "a protocol Reference cannot become R4's canonical instantiatesCanonical")
+    _stu3_context_to_encounter(el)
+    _stu3_requester(el)
+    _listify(el, "category", "R3→R4")
+    _dosages(el, "dosageInstruction", _stu3_dosage)
+    _single(el, "substitution", _stu3_substitution)
+
+
+_STU3_STATEMENT_STATUS = _same("active", "completed", "entered-in-error", "intended", "stopped", "on-hold")
+
+
+def _stu3_taken(el: _Element) -> None:
+    """R3→R4 dropped ``taken`` (y | n | unk | na): R4 says it with the status.
+
+    y: the status already says the medication is (or was) taken. n: status not-taken, with
+    reasonNotTaken as statusReason, unless the status says it anyway (intended, entered-in-error).
+    unk: status unknown ("the state of the medication use is not currently known"), rather than a
+    status that would claim use. na: only where the status already implies no use.
+    """
+    taken = el.take("taken")
+    status = el.out.get("status")
+    settled = status in {"intended", "entered-in-error"}
+    if taken == "n" and not settled:
+        el.out["status"] = "not-taken"
+    elif taken == "unk" and status != "entered-in-error":
+        el.out["status"] = "unknown"
+    elif taken == "na" and not settled:
+        el.fail("taken", "not-applicable has no R4 equivalent for this status")
+    if taken is not None:
+        el.run.note(f"{el.path}.taken → status (R3→R4)")
+    el.move("reasonNotTaken", "statusReason", "R3→R4")
+
+
+def _stu3_medication_statement(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "basedOn",
+        "partOf",
+        "context",
+        "category",
+        "medicationCodeableConcept",
+        "medicationReference",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "dateAsserted",
+        "informationSource",
+        "subject",
+        "derivedFrom",
+        "reasonCode",
+        "reasonReference",
+        "note",
+    )
+    _recode(el, "status", _STU3_STATEMENT_STATUS)
+    _stu3_taken(el)
+    _dosages(el, "dosage", _stu3_dosage)
+
+
+def _stu3_allergy_intolerance(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "type",
+        "category",
+        "criticality",
+        "code",
+        "patient",
+        *_ONSET,
+        "recorder",
+        "asserter",
+        "lastOccurrence",
+        "note",
+        "reaction",
+    )
+    _stu3_status_concept(
+        el, "clinicalStatus", _ALLERGY_CLINICAL, frozenset({"active", "inactive", "resolved"})
+    )
+    _stu3_status_concept(
+        el,
+        "verificationStatus",
+        _ALLERGY_VERIFICATION,
+        frozenset({"unconfirmed", "confirmed", "refuted", "entered-in-error"}),
+    )
+    el.move("assertedDate", "recordedDate", "R3→R4")
+
+
+_REPORT_STATUS = _same(
+    "registered",
+    "partial",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "appended",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+)
+
+
+def _stu3_report_performers(el: _Element) -> None:
+    """R3→R4: performer {role, actor} became a Reference to the actor; the role goes to HL7's
+    cross-version extension on that reference, as the reference converter does."""
+    performers = el.take("performer")
+    if performers is None:
+        return
+    converted = []
+    for item in performers:
+        sub = _Element(item, f"{el.path}.performer", el.run, keeps_base=False)
+        actor, role = dict(sub.take("actor")), sub.take("role")
+        sub.done()
+        if role is not None:
+            url = f"{_STU3_EXTENSION}DiagnosticReport.performer.role"
+            actor["extension"] = [*actor.get("extension", ()), {"url": url, "valueCodeableConcept": role}]
+            el.run.note(f"{el.path}.performer.role → cross-version extension (R3→R4)")
+        converted.append(actor)
+    el.out["performer"] = converted
+    el.run.note(f"{el.path}.performer.actor → performer (R3→R4)")
+
+
+def _stu3_diagnostic_report(el: _Element) -> None:
+    _recode(el, "status", _REPORT_STATUS)
+    el.keep(
+        "identifier",
+        "basedOn",
+        "code",
+        "subject",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "issued",
+        "specimen",
+        "result",
+        "imagingStudy",
+        "conclusion",
+        "presentedForm",
+    )
+    _listify(el, "category", "R3→R4")
+    _stu3_context_to_encounter(el)
+    _stu3_report_performers(el)
+    el.move("image", "media", "R3→R4")
+    el.move("codedDiagnosis", "conclusionCode", "R3→R4")
+
+
+_DOCUMENT_STATUS = _same("current", "superseded", "entered-in-error")
+_DOC_STATUS = _same("preliminary", "final", "amended", "entered-in-error")
+
+
+def _stu3_document_context(el: _Element) -> None:
+    el.keep("event", "period", "facilityType", "practiceSetting", "sourcePatientInfo")
+    _listify(el, "encounter", "R3→R4")
+    related = el.take("related")
+    if related is None:
+        return
+    # R3→R4: related {identifier, ref} became a plain Reference carrying both.
+    references = []
+    for item in related:
+        sub = _Element(item, f"{el.path}.related", el.run, keeps_base=False)
+        reference, identifier = dict(sub.take("ref") or {}), sub.take("identifier")
+        sub.done()
+        if identifier is not None:
+            if "identifier" in reference:
+                el.fail("related", "two identifiers for one R4 reference")
+            reference["identifier"] = identifier
+        references.append(reference)
+    el.out["related"] = references
+    el.run.note(f"{el.path}.related → Reference (R3→R4)")
+
+
+def _stu3_document_reference(el: _Element) -> None:
+    _recode(el, "status", _DOCUMENT_STATUS)
+    _recode(el, "docStatus", _DOC_STATUS)
+    el.keep(
+        "masterIdentifier",
+        "identifier",
+        "type",
+        "subject",
+        "author",
+        "authenticator",
+        "custodian",
+        "relatesTo",
+        "description",
+        "securityLabel",
+        "content",
+    )
+    _listify(el, "class", "R3→R4", "category")
+    el.move("indexed", "date", "R3→R4")
+    created = el.take("created")
+    if created is not None:
+        # The document's own creation time has no R4 element: HL7's cross-version extension keeps it.
+        _add_extension(el, f"{_STU3_EXTENSION}DocumentReference.created", "valueDateTime", created)
+        el.run.note(f"{el.path}.created → cross-version extension (R3→R4)")
+    _single(el, "context", _stu3_document_context)
+
+
+_CARE_TEAM_STATUS = _same("proposed", "active", "suspended", "inactive", "entered-in-error")
+
+
+def _stu3_care_team_participant(el: _Element) -> None:
+    el.keep("member", "onBehalfOf", "period")
+    _listify(el, "role", "R3→R4")
+
+
+def _stu3_care_team(el: _Element) -> None:
+    _recode(el, "status", _CARE_TEAM_STATUS)
+    el.keep(
+        "identifier",
+        "category",
+        "name",
+        "subject",
+        "period",
+        "managingOrganization",
+        "reasonCode",
+        "reasonReference",
+        "note",
+    )
+    _stu3_context_to_encounter(el)
+    _each(el, "participant", _stu3_care_team_participant)
+
+
+_CONSENT_STATUS = _same("draft", "proposed", "active", "rejected", "inactive", "entered-in-error")
+#: STU3 consent categories that are not privacy consents (advance directives, research).
+_STU3_NOT_PRIVACY = frozenset({"acd", "dnr", "hcd", "polst", "research", "rsdid", "rsreid"})
+_PROVISION_SAME = ("period", "action", "securityLabel", "purpose", "dataPeriod", "data")
+
+
+def _consent_actor(el: _Element) -> None:
+    if "role" not in el or "reference" not in el:
+        el.fail("actor", "R4 needs both the role and the reference")
+    el.keep("role", "reference")
+
+
+def _stu3_consent_except(el: _Element) -> None:
+    el.keep("type", "class", *_PROVISION_SAME)
+    _each(el, "actor", _consent_actor)
+    codes = el.take("code")
+    if codes is not None:
+        # R3→R4: except.code (Coding) became provision.code (CodeableConcept).
+        el.out["code"] = [{"coding": [coding]} for coding in codes]
+        el.run.note(f"{el.path}.code → CodeableConcept (R3→R4)")
+
+
+def _stu3_consent_scope(el: _Element) -> None:
+    """R4 requires a scope that STU3 lacks. STU3 Consent records privacy choices ("permits or denies
+    recipients ... to perform actions"), so the scope is patient-privacy, unless a category says the
+    consent is an advance directive or a research consent."""
+    categories = el.source.get("category")
+    if not categories:
+        el.fail("category", "R4 requires a category")
+    if any(_codes(category, _STU3_CONSENT_CATEGORY) & _STU3_NOT_PRIVACY for category in categories):
+        el.fail("category", "not a privacy consent, R4's scope cannot be chosen")
+    el.keep("category")
+    el.out["scope"] = _concept(_CONSENT_SCOPE, "patient-privacy")
+    el.run.note(f"{el.path}.scope set to patient privacy (R3→R4, STU3 Consent is a privacy consent)")
+
+
+def _stu3_consent_provision(el: _Element) -> None:
+    """R3→R4: the rule elements of STU3 Consent became its root provision, and each except a nested
+    provision, as the reference converter maps them."""
+    root = _Element(
+        {name: el.take(name) for name in (*_PROVISION_SAME, "actor") if name in el}, el.path, el.run
+    )
+    root.keep(*_PROVISION_SAME)
+    _each(root, "actor", _consent_actor)
+    _each(el, "except", _stu3_consent_except, "provision")
+    provision = root.done()
+    if "provision" in el.out:
+        provision["provision"] = el.out.pop("provision")
+    if provision:
+        el.out["provision"] = provision
+        el.run.note(f"{el.path} rules → provision (R3→R4)")
+
+
+def _stu3_consent(el: _Element) -> None:
+    _recode(el, "status", _CONSENT_STATUS)
+    el.keep("patient", "dateTime", "organization", "policy", "sourceAttachment", "sourceReference")
+    _stu3_consent_scope(el)
+    _listify(el, "identifier", "R3→R4")
+    el.move("consentingParty", "performer", "R3→R4")
+    identifier = el.take("sourceIdentifier")
+    if identifier is not None:
+        # R4 source[x] lost Identifier; a logical Reference carries it.
+        el.out["sourceReference"] = {"identifier": identifier}
+        el.run.note(f"{el.path}.sourceIdentifier → sourceReference (R3→R4)")
+    rule = el.take("policyRule")
+    if rule is not None:
+        # R3→R4 as the reference converter maps it: the policy URI becomes a coding of RFC 3986.
+        el.out["policyRule"] = _concept(_URI_SYSTEM, rule)
+        el.run.note(f"{el.path}.policyRule uri → CodeableConcept (R3→R4)")
+    _stu3_consent_provision(el)
+
+
+# ---------------------------------------------------------------------------------------------------
+# R5 → R4
+
+
+def _r5_participants(el: _Element) -> None:
+    """R5→R4: participant {function, actor} is R4's recorder (function author) and asserter
+    (function informant), as the reference converter maps them; other functions have no R4 element."""
+    targets = {"author": "recorder", "informant": "asserter"}
+    for item in el.take("participant") or ():
+        sub = _Element(item, f"{el.path}.participant", el.run, keeps_base=False)
+        function, actor = sub.take("function"), sub.take("actor")
+        sub.done()
+        codes = _codes(function, _PARTICIPANT_TYPE)
+        target = targets.get(codes.pop()) if len(codes) == 1 else None
+        if target is None:
+            el.fail("participant", "only author and informant participants have an R4 element")
+        if target in el.out:
+            el.fail("participant", "R4 holds one recorder and one asserter")
+        el.out[target] = actor
+        el.run.note(f"{el.path}.participant → {target} (R5→R4)")
+
+
+def _r5_medication(el: _Element) -> None:
+    """R5→R4: medication (CodeableReference) is R4's medication[x] choice."""
+    medication = el.take("medication")
+    if medication is None:
+        return
+    sub = _Element(medication, f"{el.path}.medication", el.run, keeps_base=False)
+    concept, reference = sub.take("concept"), sub.take("reference")
+    sub.done()
+    if concept is not None and reference is not None:
+        el.fail("medication", "R4 holds either a code or a reference")
+    if concept is not None:
+        el.out["medicationCodeableConcept"] = concept
+    else:
+        el.out["medicationReference"] = reference
+    el.run.note(f"{el.path}.medication → medication[x] (R5→R4)")
+
+
+def _r5_rendered_dosage(el: _Element, dosages: str) -> None:
+    # The rendered text repeats the structured dosage; alone it would be the only dosage.
+    if dosages not in el:
+        el.refuse("renderedDosageInstruction", "R4 has no element for a dosage given only as text")
+    el.drop("renderedDosageInstruction", "R5 rendering of the structured dosage kept")
+
+
+def _r5_patient(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "active",
+        "name",
+        "telecom",
+        "gender",
+        "birthDate",
+        "deceasedBoolean",
+        "deceasedDateTime",
+        "address",
+        "maritalStatus",
+        "multipleBirthBoolean",
+        "multipleBirthInteger",
+        "contact",
+        "communication",
+        "generalPractitioner",
+        "managingOrganization",
+        "link",
+    )
+    _r5_attachments(el, "photo")
+
+
+def _r5_practitioner(el: _Element) -> None:
+    el.keep("identifier", "active", "name", "telecom", "address", "gender", "birthDate", "qualification")
+    el.refuse("deceasedBoolean", "R4 Practitioner cannot record a death")
+    el.refuse("deceasedDateTime", "R4 Practitioner cannot record a death")
+    _r5_attachments(el, "photo")
+    communication = el.take("communication")
+    if communication is not None:
+        # R5→R4: communication {language, preferred} is R4's list of languages.
+        languages = []
+        for item in communication:
+            sub = _Element(item, f"{el.path}.communication", el.run, keeps_base=False)
+            languages.append(sub.take("language"))
+            sub.drop("preferred", "R5 language preference, no R4 element")
+            sub.done()
+        el.out["communication"] = languages
+        el.run.note(f"{el.path}.communication.language → communication (R5→R4)")
+
+
+def _r5_organization_contact(el: _Element) -> None:
+    el.keep("purpose", "telecom", "address")
+    _one(el, "name", "R5→R4")
+    el.refuse("organization", "R4 Organization.contact has no organization")
+    el.refuse("period", "R4 Organization.contact has no period")
+
+
+def _r5_organization(el: _Element) -> None:
+    el.keep("identifier", "active", "type", "name", "alias", "partOf", "endpoint")
+    el.drop("description", "R5 free-text description of the organisation")
+    el.drop("qualification", "R5 organisation accreditation, not clinical")
+    contacts = el.take("contact")
+    if contacts is None:
+        return
+    # R5 moved Organization.telecom and .address into contact: a contact that names no purpose,
+    # person or organisation is the organisation's own, R4's telecom and address.
+    people = []
+    for item in contacts:
+        if any(name in item for name in ("purpose", "name", "organization", "period")):
+            sub = _Element(item, f"{el.path}.contact", el.run)
+            _r5_organization_contact(sub)
+            people.append(sub.done())
+            continue
+        sub = _Element(item, f"{el.path}.contact", el.run, keeps_base=False)
+        telecom, address = sub.take("telecom"), sub.take("address")
+        sub.done()
+        if telecom:
+            el.out["telecom"] = [*el.out.get("telecom", ()), *telecom]
+        if address:
+            el.out["address"] = [*el.out.get("address", ()), address]
+        el.run.note(f"{el.path}.contact → telecom and address (R5→R4)")
+    if people:
+        el.out["contact"] = people
+
+
+_R5_ENCOUNTER_STATUS = {
+    "planned": "planned",
+    "in-progress": "in-progress",
+    # R5 on-hold: "begun, but on hold, e.g. because the patient is temporarily on leave" is R4 onleave.
+    "on-hold": "onleave",
+    # Discharged: the encounter ended for the patient, administration is still open: R4 finished.
+    "discharged": "finished",
+    "completed": "finished",
+    "cancelled": "cancelled",
+    "entered-in-error": "entered-in-error",
+    "unknown": "unknown",
+}  # R5 discontinued (ended prematurely) has no R4 code: refused.
+_ENCOUNTER_INDIVIDUALS = frozenset({"Practitioner", "PractitionerRole", "RelatedPerson"})
+
+
+def _r5_encounter_class(el: _Element) -> None:
+    """R5→R4: class (list of CodeableConcept) is R4's single class Coding: the one coding, or the one
+    v3 ActCode coding among several."""
+    classes = el.take("class") or []
+    if len(classes) != 1:
+        el.fail("class", "R4 needs exactly one encounter class")
+    codings = classes[0].get("coding") or []
+    act = [coding for coding in codings if coding.get("system") == _ACT_CODE]
+    chosen = act if len(act) == 1 else codings
+    if len(chosen) != 1:
+        el.fail("class", "R4 needs exactly one encounter class coding")
+    el.out["class"] = chosen[0]
+    el.run.note(f"{el.path}.class → class Coding (R5→R4)")
+
+
+def _r5_encounter_participant(el: _Element) -> None:
+    el.keep("type", "period")
+    _only_types(el, "actor", el.source.get("actor"), _ENCOUNTER_INDIVIDUALS)
+    el.move("actor", "individual", "R5→R4")
+
+
+def _r5_encounter_location(el: _Element) -> None:
+    el.keep("location", "status", "period")
+    el.move("form", "physicalType", "R5→R4")
+
+
+def _r5_encounter_reasons(el: _Element) -> None:
+    """R5→R4: reason {use, value} is R4's reasonCode and reasonReference; the use (chief complaint,
+    reason for visit...) only qualifies the reason, which R4 keeps."""
+    for item in el.take("reason") or ():
+        sub = _Element(item, f"{el.path}.reason", el.run, keeps_base=False)
+        sub.drop("use", "R5 qualifier of the reason")
+        _split(sub, "value", "reasonCode", "reasonReference")
+        sub.done()
+        for name in ("reasonCode", "reasonReference"):
+            if name in sub.out:
+                el.out[name] = [*el.out.get(name, ()), *sub.out[name]]
+
+
+def _r5_diagnoses(el: _Element, use_target: str) -> None:
+    """R5→R4: diagnosis {condition (CodeableReference list), use} is one R4 diagnosis per referenced
+    condition; a diagnosis given only as a code has no R4 element."""
+    diagnoses = el.take("diagnosis")
+    if diagnoses is None:
+        return
+    converted = []
+    for item in diagnoses:
+        sub = _Element(item, f"{el.path}.diagnosis", el.run, keeps_base=False)
+        uses = sub.take("use")
+        if isinstance(uses, list):
+            if len(uses) > 1:
+                sub.fail("use", "R4 holds only one")
+            uses = uses[0] if uses else None
+        concepts, references = _codeable_references(sub, "condition")
+        sub.done()
+        if concepts:
+            el.fail("diagnosis", "R4 needs a reference to the condition")
+        for reference in references:
+            converted.append({"condition": reference, **({use_target: uses} if uses is not None else {})})
+    el.out["diagnosis"] = converted
+    el.run.note(f"{el.path}.diagnosis → diagnosis per condition (R5→R4)")
+
+
+def _r5_encounter_hospitalization(el: _Element) -> None:
+    """R5→R4: admission, with the diet and arrangements R5 moved up, is R4's hospitalization."""
+    moved = ("dietPreference", "specialArrangement", "specialCourtesy")
+    admission = dict(el.take("admission") or {})
+    for name in moved:
+        if name in el:
+            admission[name] = el.take(name)
+    if not admission:
+        return
+    sub = _Element(admission, f"{el.path}.admission", el.run)
+    sub.keep(
+        "preAdmissionIdentifier",
+        "origin",
+        "admitSource",
+        "reAdmission",
+        "destination",
+        "dischargeDisposition",
+        *moved,
+    )
+    el.out["hospitalization"] = sub.done()
+    el.run.note(f"{el.path}.admission → hospitalization (R5→R4)")
+
+
+def _r5_encounter(el: _Element) -> None:
+    _recode(el, "status", _R5_ENCOUNTER_STATUS, "R5→R4")
+    el.keep(
+        "identifier",
+        "type",
+        "priority",
+        "subject",
+        "episodeOfCare",
+        "basedOn",
+        "appointment",
+        "length",
+        "account",
+        "serviceProvider",
+        "partOf",
+    )
+    _r5_encounter_class(el)
+    _one(el, "serviceType", "R5→R4")
+    if "serviceType" in el.out:
+        el.out["serviceType"] = _r5_service_type(el, el.out["serviceType"])
+    el.refuse("subjectStatus", "R4 has no element for the patient's status in the encounter")
+    el.refuse("careTeam", "R4 Encounter cannot reference a care team")
+    el.refuse("virtualService", "R4 has no element for virtual service details")
+    el.move("actualPeriod", "period", "R5→R4")
+    el.drop("plannedStartDate", "R5 planning date, no R4 element")
+    el.drop("plannedEndDate", "R5 planning date, no R4 element")
+    _each(el, "participant", _r5_encounter_participant)
+    _r5_encounter_reasons(el)
+    _r5_diagnoses(el, "use")
+    _r5_encounter_hospitalization(el)
+    _each(el, "location", _r5_encounter_location)
+
+
+def _r5_service_type(el: _Element, value: Mapping[str, Any]) -> Any:
+    sub = _Element(value, f"{el.path}.serviceType", el.run, keeps_base=False)
+    concept = sub.take("concept")
+    sub.refuse("reference", "R4 holds only a code here")
+    sub.done()
+    return concept
+
+
+def _r5_episode_of_care(el: _Element) -> None:
+    _recode(el, "status", _EPISODE_STATUS)
+    el.keep(
+        "identifier",
+        "statusHistory",
+        "type",
+        "patient",
+        "managingOrganization",
+        "period",
+        "referralRequest",
+        "careManager",
+        "account",
+    )
+    el.move("careTeam", "team", "R5→R4")
+    el.refuse("reason", "R4 EpisodeOfCare has no reason")
+    _r5_diagnoses(el, "role")
+
+
+def _r5_condition(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "verificationStatus",
+        "category",
+        "severity",
+        "code",
+        "bodySite",
+        "subject",
+        "encounter",
+        *_ONSET,
+        *_ABATEMENT,
+        "recordedDate",
+        "stage",
+        "note",
+    )
+    if "unknown" in _codes(el.source.get("clinicalStatus"), _CONDITION_CLINICAL):
+        # R5 added "unknown" to condition-clinical; in R4 the element's absence says it.
+        el.drop("clinicalStatus", "the R4 code system has no unknown, absence means it")
+    else:
+        el.keep("clinicalStatus")
+    _r5_participants(el)
+    concepts, references = _codeable_references(el, "evidence")
+    evidence = [{"code": [concept]} for concept in concepts] + [{"detail": [ref]} for ref in references]
+    if evidence:
+        # R5→R4: evidence (CodeableReference) is R4's evidence {code, detail}.
+        el.out["evidence"] = evidence
+        el.run.note(f"{el.path}.evidence → evidence code and detail (R5→R4)")
+
+
+def _r5_reference_range(el: _Element) -> None:
+    el.keep("low", "high", "type", "appliesTo", "age", "text")
+    el.refuse("normalValue", "R4 reference ranges have no normal value code")
+
+
+def _r5_observation_values(el: _Element) -> None:
+    el.keep(*_OBSERVATION_VALUES, "dataAbsentReason", "interpretation")
+    el.refuse("valueAttachment", "R4 Observation values cannot be attachments")
+    el.refuse("valueReference", "R4 Observation values cannot be references")
+    el.refuse("valueSampledData", "R5 changed SampledData (interval, offsets)")
+    _each(el, "referenceRange", _r5_reference_range)
+
+
+def _r5_observation_component(el: _Element) -> None:
+    el.keep("code")
+    _r5_observation_values(el)
+
+
+def _r5_observation(el: _Element) -> None:
+    _recode(el, "status", _OBSERVATION_STATUS)
+    el.keep(
+        "identifier",
+        "basedOn",
+        "partOf",
+        "category",
+        "code",
+        "subject",
+        "focus",
+        "encounter",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "effectiveTiming",
+        "effectiveInstant",
+        "issued",
+        "performer",
+        "note",
+        "bodySite",
+        "method",
+        "specimen",
+        "device",
+        "hasMember",
+        "derivedFrom",
+    )
+    _r5_observation_values(el)
+    el.drop("instantiatesCanonical", "R5 link to the observation's definition")
+    el.drop("instantiatesReference", "R5 link to the observation's definition")
+    el.refuse("triggeredBy", "R4 cannot say which observation triggered this one")
+    el.refuse("bodyStructure", "R4 Observation cannot reference a body structure")
+    _each(el, "component", _r5_observation_component)
+
+
+_PROCEDURE_STATUS = _same(
+    "preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error", "unknown"
+)
+_PERFORMED = ("DateTime", "Period", "String", "Age", "Range")
+
+
+def _r5_procedure_performer(el: _Element) -> None:
+    el.keep("function", "actor", "onBehalfOf")
+    el.refuse("period", "R4 procedure performers have no period")
+
+
+def _r5_procedure(el: _Element) -> None:
+    _recode(el, "status", _PROCEDURE_STATUS)
+    el.keep(
+        "identifier",
+        "instantiatesCanonical",
+        "instantiatesUri",
+        "basedOn",
+        "partOf",
+        "statusReason",
+        "code",
+        "subject",
+        "encounter",
+        "recorder",
+        "location",
+        "bodySite",
+        "outcome",
+        "report",
+        "followUp",
+        "note",
+        "focalDevice",
+    )
+    _one(el, "category", "R5→R4")
+    el.refuse("focus", "R4 Procedure has no focus")
+    el.refuse("supportingInfo", "R4 Procedure has no supporting information")
+    el.refuse("occurrenceTiming", "R4 performed[x] has no Timing")
+    for kind in _PERFORMED:
+        el.move(f"occurrence{kind}", f"performed{kind}", "R5→R4")
+    el.drop("recorded", "R5 date of the record, not of the procedure")
+    el.move("reportedReference", "asserter", "R5→R4")
+    el.drop("reportedBoolean", "R5 provenance flag, no R4 element")
+    _each(el, "performer", _r5_procedure_performer)
+    _split(el, "reason", "reasonCode", "reasonReference")
+    _split(el, "complication", "complication", "complicationDetail")
+    _split(el, "used", "usedCode", "usedReference")
+
+
+_SERVICE_REQUEST_STATUS = _same(
+    "draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"
+)
+
+
+def _r5_patient_instruction(el: _Element) -> None:
+    instructions = el.take("patientInstruction")
+    if instructions is None:
+        return
+    if len(instructions) != 1:
+        el.fail("patientInstruction", "R4 holds only one instruction")
+    sub = _Element(instructions[0], f"{el.path}.patientInstruction", el.run, keeps_base=False)
+    text = sub.take("instructionMarkdown")
+    sub.refuse("instructionReference", "R4 holds the instruction as text only")
+    sub.done()
+    el.out["patientInstruction"] = text
+    el.run.note(f"{el.path}.patientInstruction → patientInstruction text (R5→R4)")
+
+
+def _r5_service_request(el: _Element) -> None:
+    _recode(el, "status", _SERVICE_REQUEST_STATUS)
+    _recode(el, "intent", _REQUEST_INTENT)
+    _recode(el, "priority", _REQUEST_PRIORITY)
+    el.keep(
+        "identifier",
+        "instantiatesCanonical",
+        "instantiatesUri",
+        "basedOn",
+        "replaces",
+        "requisition",
+        "doNotPerform",
+        "category",
+        "quantityQuantity",
+        "quantityRatio",
+        "quantityRange",
+        "subject",
+        "encounter",
+        "occurrenceDateTime",
+        "occurrencePeriod",
+        "occurrenceTiming",
+        "asNeededBoolean",
+        "asNeededCodeableConcept",
+        "authoredOn",
+        "requester",
+        "performerType",
+        "performer",
+        "insurance",
+        "specimen",
+        "bodySite",
+        "note",
+        "relevantHistory",
+    )
+    _single_concept(el, "code")
+    el.refuse("orderDetail", "R5 structured order details have no R4 form")
+    el.refuse("focus", "R4 ServiceRequest has no focus")
+    el.refuse("bodyStructure", "R4 ServiceRequest cannot reference a body structure")
+    _split(el, "location", "locationCode", "locationReference")
+    _split(el, "reason", "reasonCode", "reasonReference")
+    _split(el, "supportingInfo", None, "supportingInfo")
+    _r5_patient_instruction(el)
+
+
+_R5_MEDICATION_REQUEST_STATUS = _MEDICATION_REQUEST_STATUS  # R5 ended has no R4 code: refused.
+
+
+def _r5_dispense_request(el: _Element) -> None:
+    el.keep(
+        "initialFill",
+        "dispenseInterval",
+        "validityPeriod",
+        "numberOfRepeatsAllowed",
+        "quantity",
+        "expectedSupplyDuration",
+    )
+    el.move("dispenser", "performer", "R5→R4")
+    el.refuse("dispenserInstruction", "R4 has no instructions for the dispenser")
+    el.refuse("doseAdministrationAid", "R4 has no dose administration aid")
+
+
+def _r5_reported(el: _Element) -> None:
+    """R5→R4: reported (boolean) and informationSource are R4's reported[x]: the one source, which
+    implies a reported record, or else the flag."""
+    sources = el.source.get("informationSource")
+    if sources:
+        if el.source.get("reported") is False:
+            el.fail("informationSource", "R4 cannot name a source of a record that is not reported")
+        _one(el, "informationSource", "R5→R4", "reportedReference")
+        el.take("reported")
+    else:
+        el.take("informationSource")
+        el.move("reported", "reportedBoolean", "R5→R4")
+
+
+def _r5_medication_request(el: _Element) -> None:
+    _recode(el, "status", _R5_MEDICATION_REQUEST_STATUS)
+    _recode(el, "intent", _REQUEST_INTENT)
+    _recode(el, "priority", _REQUEST_PRIORITY)
+    el.keep(
+        "identifier",
+        "basedOn",
+        "priorPrescription",
+        "groupIdentifier",
+        "statusReason",
+        "category",
+        "doNotPerform",
+        "subject",
+        "encounter",
+        "supportingInformation",
+        "authoredOn",
+        "requester",
+        "performerType",
+        "recorder",
+        "courseOfTherapyType",
+        "insurance",
+        "note",
+        "substitution",
+        "eventHistory",
+    )
+    _r5_medication(el)
+    _r5_reported(el)
+    _one(el, "performer", "R5→R4")
+    el.refuse("device", "R4 MedicationRequest has no device")
+    el.refuse("effectiveDosePeriod", "R4 has no overall dosage period")
+    el.drop("statusChanged", "R5 date of the last status change")
+    _r5_rendered_dosage(el, "dosageInstruction")
+    _dosages(el, "dosageInstruction", _r5_dosage)
+    _split(el, "reason", "reasonCode", "reasonReference")
+    _single(el, "dispenseRequest", _r5_dispense_request)
+
+
+#: R5 adherence codes and the R4 status that says the same.
+_ADHERENCE_STATUS = {
+    "taking": "active",
+    "taking-as-directed": "active",
+    "not-taking": "not-taken",
+    "on-hold": "on-hold",
+    "on-hold-as-directed": "on-hold",
+    "stopped": "stopped",
+    "stopped-as-directed": "stopped",
+    "unknown": "unknown",
+}  # the *-not-as-directed codes say the patient departs from the plan: R4 cannot, so refused.
+
+
+def _r5_statement_status(el: _Element) -> None:
+    """R5 split R4's status in two: status says whether the record stands (recorded | entered-in-error
+    | draft), adherence whether the medication is taken. R4's status is the adherence for a recorded
+    statement; without adherence it is unknown, rather than a status that would claim use."""
+    status = el.take("status")
+    adherence = el.take("adherence")
+    if status == "draft":
+        el.fail("status", "R4 has no draft medication statements")
+    if status == "entered-in-error":
+        el.keep("status")
+        el.run.note(f"{el.path}.adherence dropped (record entered in error)") if adherence else None
+        return
+    if adherence is None:
+        el.out["status"] = "unknown"
+        el.run.note(f"{el.path}.status → unknown (R5→R4, no adherence given)")
+        return
+    sub = _Element(adherence, f"{el.path}.adherence", el.run, keeps_base=False)
+    codes, reason = _codes(sub.take("code"), _ADHERENCE), sub.take("reason")
+    sub.done()
+    mapped = _ADHERENCE_STATUS.get(codes.pop()) if len(codes) == 1 else None
+    if mapped is None:
+        el.fail("adherence", "the adherence code has no R4 status")
+    el.out["status"] = mapped
+    if reason is not None:
+        el.out["statusReason"] = [reason]
+    el.run.note(f"{el.path}.adherence → status and statusReason (R5→R4)")
+
+
+def _r5_medication_statement(el: _Element) -> None:
+    el.refuse("_status", "R4 status has another meaning")
+    _r5_statement_status(el)
+    el.keep(
+        "identifier",
+        "partOf",
+        "subject",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "dateAsserted",
+        "derivedFrom",
+        "note",
+    )
+    _one(el, "category", "R5→R4")
+    _r5_medication(el)
+    el.move("encounter", "context", "R5→R4")
+    _one(el, "informationSource", "R5→R4")
+    el.refuse("effectiveTiming", "R4 effective[x] has no Timing")
+    el.refuse("relatedClinicalInformation", "R4 MedicationStatement has no related information")
+    _split(el, "reason", "reasonCode", "reasonReference")
+    _r5_rendered_dosage(el, "dosage")
+    _dosages(el, "dosage", _r5_dosage)
+
+
+def _r5_reaction(el: _Element) -> None:
+    el.keep("substance", "description", "onset", "severity", "exposureRoute", "note")
+    _split(el, "manifestation", "manifestation", None)
+
+
+def _r5_allergy_intolerance(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "clinicalStatus",
+        "category",
+        "criticality",
+        "code",
+        "patient",
+        "encounter",
+        *_ONSET,
+        "recordedDate",
+        "lastOccurrence",
+        "note",
+    )
+    # R5 added "presumed" (a high certainty) under unconfirmed (low certainty in R4): no R4 code.
+    if "presumed" in _codes(el.source.get("verificationStatus"), _ALLERGY_VERIFICATION):
+        el.fail("verificationStatus", "the code has no R4 equivalent")
+    el.keep("verificationStatus")
+    kind = el.take("type")
+    if kind is not None:
+        # R5→R4: type became a CodeableConcept; R4's is the code allergy | intolerance.
+        codes = _codes(kind, _ALLERGY_TYPE) & {"allergy", "intolerance"}
+        if len(codes) != 1:
+            el.fail("type", "R4 needs the code allergy or intolerance")
+        el.out["type"] = codes.pop()
+        el.run.note(f"{el.path}.type CodeableConcept → code (R5→R4)")
+    _r5_participants(el)
+    _each(el, "reaction", _r5_reaction)
+
+
+def _r5_diagnostic_report(el: _Element) -> None:
+    _recode(el, "status", _REPORT_STATUS)  # R5 modified has no R4 code: refused.
+    el.keep(
+        "identifier",
+        "basedOn",
+        "category",
+        "code",
+        "subject",
+        "encounter",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "issued",
+        "performer",
+        "resultsInterpreter",
+        "specimen",
+        "result",
+        "media",
+        "conclusion",
+        "conclusionCode",
+    )
+    for study in el.source.get("study") or ():
+        _only_types(el, "study", study, frozenset({"ImagingStudy"}))
+    el.move("study", "imagingStudy", "R5→R4")
+    el.refuse("note", "R4 DiagnosticReport has no note")
+    el.refuse("composition", "R4 DiagnosticReport has no composition")
+    el.refuse("supportingInfo", "R4 DiagnosticReport has no supporting information")
+    _r5_attachments(el, "presentedForm")
+
+
+def _r5_document_content(el: _Element) -> None:
+    _single(el, "attachment", _r5_attachment)
+    profiles = el.take("profile")
+    if profiles is None:
+        return
+    # R5→R4: profile (list of coding | uri | canonical) is R4's single format Coding.
+    if len(profiles) != 1:
+        el.fail("profile", "R4 holds only one format")
+    sub = _Element(profiles[0], f"{el.path}.profile", el.run, keeps_base=False)
+    coding = sub.take("valueCoding")
+    sub.done()
+    if coding is None:
+        el.fail("profile", "R4 holds the format as a Coding only")
+    el.out["format"] = coding
+    el.run.note(f"{el.path}.profile → format (R5→R4)")
+
+
+def _r5_document_relates_to(el: _Element) -> None:
+    el.keep("target")
+    codes = _codes(el.take("code"), _RELATIONSHIP_TYPE) & {"replaces", "transforms", "signs", "appends"}
+    if len(codes) != 1:
+        el.fail("code", "R4 needs one of its four relationship codes")
+    el.out["code"] = codes.pop()
+    el.run.note(f"{el.path}.code CodeableConcept → code (R5→R4)")
+
+
+def _r5_document_attesters(el: _Element) -> None:
+    """R5→R4: the official attester is R4's authenticator, as the reference converter maps it."""
+    for item in el.take("attester") or ():
+        sub = _Element(item, f"{el.path}.attester", el.run, keeps_base=False)
+        mode, party = sub.take("mode"), sub.take("party")
+        sub.refuse("time", "R4 has no attestation time")
+        sub.done()
+        if _codes(mode, _ATTESTATION_MODE) != {"official"} or "authenticator" in el.out:
+            el.fail("attester", "R4 has only one official authenticator")
+        el.out["authenticator"] = party
+        el.run.note(f"{el.path}.attester → authenticator (R5→R4)")
+
+
+def _r5_document_context(el: _Element) -> None:
+    """R5→R4: the context elements R5 moved up go back into R4's context."""
+    context: dict[str, Any] = {}
+    encounters = el.take("context")
+    for reference in encounters or ():
+        _only_types(el, "context", reference, frozenset({"Encounter", "EpisodeOfCare"}))
+    if encounters:
+        context["encounter"] = encounters
+    concepts, references = _codeable_references(el, "event")
+    if references:
+        el.fail("event", "R4 holds events as codes only")
+    if concepts:
+        context["event"] = concepts
+    for name in ("period", "facilityType", "practiceSetting"):
+        if name in el:
+            context[name] = el.take(name)
+    if "basedOn" in el:
+        # R4 context.related holds "related identifiers or resources", the orders included.
+        context["related"] = el.take("basedOn")
+    if context:
+        el.out["context"] = context
+        el.run.note(f"{el.path} context elements → context (R5→R4)")
+
+
+def _r5_document_reference(el: _Element) -> None:
+    _recode(el, "status", _DOCUMENT_STATUS)
+    _recode(el, "docStatus", _DOC_STATUS)
+    el.keep(
+        "identifier",
+        "type",
+        "category",
+        "subject",
+        "date",
+        "author",
+        "custodian",
+        "description",
+        "securityLabel",
+    )
+    el.drop("version", "R5 version label of the document reference")
+    el.refuse("modality", "R4 DocumentReference has no modality")
+    el.refuse("bodySite", "R4 DocumentReference has no body site")
+    _r5_document_attesters(el)
+    _each(el, "relatesTo", _r5_document_relates_to)
+    _each(el, "content", _r5_document_content)
+    _r5_document_context(el)
+
+
+def _r5_care_team_participant(el: _Element) -> None:
+    el.keep("member", "onBehalfOf")
+    _listify(el, "role", "R5→R4")
+    el.move("coveragePeriod", "period", "R5→R4")
+    el.refuse("coverageTiming", "R4 care team participants have a period only")
+
+
+def _r5_care_team(el: _Element) -> None:
+    _recode(el, "status", _CARE_TEAM_STATUS)
+    el.keep("identifier", "category", "name", "subject", "period", "managingOrganization", "telecom", "note")
+    _split(el, "reason", "reasonCode", "reasonReference")
+    _each(el, "participant", _r5_care_team_participant)
+
+
+_R5_CONSENT_STATUS = _same("draft", "active", "inactive", "entered-in-error")  # not-done, unknown: no R4 code
+#: Category codings that tell R4's Consent scope (v3 ActConsentType, privacy LOINC documents).
+_SCOPE_BY_CATEGORY = {
+    **{
+        (_ACT_CODE, code): "patient-privacy"
+        for code in ("ICOL", "IDSCL", "INFA", "INFAO", "INFASO", "IRDSCL")
+    },
+    **{(_ACT_CODE, code): "research" for code in ("RESEARCH", "RSDID", "RSREID")},
+    **{(_LOINC, code): "patient-privacy" for code in ("57016-8", "57017-6", "64292-6")},
+}
+_CONSENT_ORGANIZATIONS = frozenset({"Organization"})
+
+
+def _r5_consent_scope(el: _Element) -> None:
+    """R4 requires the scope that R5 folded into category: a consentscope coding, or a category
+    coding that can only be one scope; anything else is refused rather than guessed."""
+    categories = el.source.get("category")
+    if not categories:
+        el.fail("category", "R4 requires a category")
+    scopes = set()
+    for category in categories:
+        scopes |= _codes(category, _CONSENT_SCOPE)
+        for coding in category.get("coding") or ():
+            scope = _SCOPE_BY_CATEGORY.get((coding.get("system"), coding.get("code")))
+            if scope is not None:
+                scopes.add(scope)
+    if len(scopes) != 1:
+        el.fail("category", "no single R4 scope can be read from it")
+    el.keep("category")
+    el.out["scope"] = _concept(_CONSENT_SCOPE, scopes.pop())
+    el.run.note(f"{el.path}.scope read from category (R5→R4)")
+
+
+def _r5_consent_provision(el: _Element, decision: str | None) -> None:
+    """One R5 provision as an R4 nested provision. R5 provisions carry no type: each level negates
+    the one above it, starting from Consent.decision (R5 definition of decision)."""
+    el.keep(*_PROVISION_SAME, "code")
+    if decision is not None:
+        el.out["type"] = "deny" if decision == "permit" else "permit"
+    _each(el, "actor", _consent_actor)
+    classes = [*(el.take("resourceType") or ()), *(el.take("documentType") or ())]
+    if classes:
+        # R5 split R4's class into resourceType and documentType.
+        el.out["class"] = classes
+        el.run.note(f"{el.path}.resourceType and documentType → class (R5→R4)")
+    el.refuse("expression", "R4 provisions have no computable expression")
+    nested = el.take("provision")
+    if nested is not None:
+        el.out["provision"] = [_r5_provision(item, el, el.out["type"]) for item in nested]
+
+
+def _r5_provision(item: Mapping[str, Any], parent: _Element, decision: str) -> dict[str, Any]:
+    sub = _Element(item, f"{parent.path}.provision", parent.run)
+    _r5_consent_provision(sub, decision)
+    return sub.done()
+
+
+def _r5_consent_rules(el: _Element) -> None:
+    """R5→R4: the base decision is the type of R4's root provision (as R4's own examples and this hub
+    write it), the period its period, and R5's provisions its nested provisions."""
+    decision = el.take("decision")
+    provisions = el.take("provision")
+    root: dict[str, Any] = {}
+    if decision is not None:
+        root["type"] = decision
+    elif provisions:
+        el.fail("provision", "without a decision the provisions have no R4 type")
+    if "period" in el:
+        root["period"] = el.take("period")
+    if provisions:
+        root["provision"] = [_r5_provision(item, el, str(decision)) for item in provisions]
+    if root:
+        el.out["provision"] = root
+        el.run.note(f"{el.path}.decision, period and provision → provision (R5→R4)")
+
+
+def _r5_consent_verification(el: _Element) -> None:
+    el.keep("verified", "verifiedWith")
+    el.refuse("verificationType", "R4 verification has no type")
+    el.refuse("verifiedBy", "R4 verification has no verifier")
+    _one(el, "verificationDate", "R5→R4")
+
+
+def _r5_consent_parties(el: _Element) -> None:
+    # R4 performer is "either the grantor or the grantee"; R4 organization is the consent's custodian,
+    # which R5 split into manager and controller (reference converter: both go to organization).
+    for name, target, allowed in (
+        ("grantor", "performer", None),
+        ("grantee", "performer", None),
+        ("manager", "organization", _CONSENT_ORGANIZATIONS),
+        ("controller", "organization", _CONSENT_ORGANIZATIONS),
+    ):
+        references = el.take(name)
+        if references is None:
+            continue
+        for reference in references:
+            if allowed is not None:
+                _only_types(el, name, reference, allowed)
+        el.out[target] = [*el.out.get(target, ()), *references]
+        el.run.note(f"{el.path}.{name} → {target} (R5→R4)")
+
+
+def _r5_consent(el: _Element) -> None:
+    _recode(el, "status", _R5_CONSENT_STATUS)
+    el.keep("identifier")
+    _r5_consent_scope(el)
+    _only_types(el, "subject", el.source.get("subject"), frozenset({"Patient"}))
+    el.move("subject", "patient", "R5→R4")
+    el.move("date", "dateTime", "R5→R4")
+    _r5_consent_parties(el)
+    if "sourceAttachment" in el and "sourceReference" in el:
+        el.fail("sourceReference", "R4 holds one source")
+    if "sourceAttachment" in el:
+        _r5_attachments(el, "sourceAttachment")
+        _one(el, "sourceAttachment", "R5→R4") if False else None
+    _one(el, "sourceReference", "R5→R4")
+    _one(el, "regulatoryBasis", "R5→R4", "policyRule")
+    policy_basis = el.take("policyBasis")
+    if policy_basis is not None:
+        sub = _Element(policy_basis, f"{el.path}.policyBasis", el.run, keeps_base=False)
+        url = sub.take("url")
+        sub.refuse("reference", "R4 policies are URIs only")
+        sub.done()
+        el.out["policy"] = [{"uri": url}]
+        el.run.note(f"{el.path}.policyBasis.url → policy (R5→R4)")
+    el.refuse("policyText", "R4 Consent has no policy text reference")
+    _each(el, "verification", _r5_consent_verification)
+    _r5_consent_rules(el)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bundles and the resource frame
+
+
+_BUNDLE_TYPE = _same(
+    "document",
+    "message",
+    "transaction",
+    "transaction-response",
+    "batch",
+    "batch-response",
+    "history",
+    "searchset",
+    "collection",
+)
+
+
+def _renamed_url(el: _Element, name: str) -> None:
+    """A URL naming a resource type: renamed where the maps rename the type."""
+    url = el.take(name)
+    if url is None:
+        return
+    el.out[name] = _rename_in_url(url, f"{el.path}.{name}", el.run) if isinstance(url, str) else url
+    el.keep(f"_{name}")
+
+
+def _bundle_request(el: _Element) -> None:
+    el.keep("method", "ifNoneMatch", "ifModifiedSince", "ifMatch", "ifNoneExist")
+    _renamed_url(el, "url")
+
+
+def _bundle_response(el: _Element) -> None:
+    el.keep("status", "etag", "lastModified")
+    _renamed_url(el, "location")
+    el.refuse("outcome", "an OperationOutcome cannot be converted yet")
+
+
+def _bundle_entry(el: _Element) -> None:
+    el.keep("link", "search")
+    _renamed_url(el, "fullUrl")
+    resource = el.take("resource")
+    if resource is not None:
+        el.out["resource"] = _convert_resource(resource, el.run)
+    _single(el, "request", _bundle_request)
+    _single(el, "response", _bundle_response)
+
+
+def _bundle(el: _Element) -> None:
+    """Bundles are all or nothing in this hub: one entry that cannot be converted refuses the Bundle."""
+    _recode(el, "type", _BUNDLE_TYPE)
+    el.keep("identifier", "timestamp", "total", "link")
+    el.refuse("signature", "the Signature type differs between versions")
+    el.refuse("issues", "an OperationOutcome cannot be converted yet")
+    entries = el.take("entry")
+    if entries is None:
+        return
+    converted = []
+    prefix = el.run.prefix
+    for index, entry in enumerate(entries):
+        el.run.prefix = f"{prefix}entry[{index}] "
+        try:
+            sub = _Element(entry, "Bundle.entry", el.run)
+            _bundle_entry(sub)
+            converted.append(sub.done())
+        except _Refused as refused:
+            raise _Refused(f"Bundle.entry[{index}]: {refused.detail}") from None
+        finally:
+            el.run.prefix = prefix
+    el.out["entry"] = converted
+
+
+_STU3_CONVERTERS: dict[str, _Fill] = {
+    "Patient": _stu3_patient,
+    "Practitioner": _stu3_practitioner,
+    "Organization": _stu3_organization,
+    "Encounter": _stu3_encounter,
+    "EpisodeOfCare": _stu3_episode_of_care,
+    "Condition": _stu3_condition,
+    "Observation": _stu3_observation,
+    "Procedure": _stu3_procedure,
+    "ProcedureRequest": _stu3_procedure_request,
+    "MedicationRequest": _stu3_medication_request,
+    "MedicationStatement": _stu3_medication_statement,
+    "AllergyIntolerance": _stu3_allergy_intolerance,
+    "DiagnosticReport": _stu3_diagnostic_report,
+    "DocumentReference": _stu3_document_reference,
+    "CareTeam": _stu3_care_team,
+    "Consent": _stu3_consent,
+    "Bundle": _bundle,
+}
+_R5_CONVERTERS: dict[str, _Fill] = {
+    "Patient": _r5_patient,
+    "Practitioner": _r5_practitioner,
+    "Organization": _r5_organization,
+    "Encounter": _r5_encounter,
+    "EpisodeOfCare": _r5_episode_of_care,
+    "Condition": _r5_condition,
+    "Observation": _r5_observation,
+    "Procedure": _r5_procedure,
+    "ServiceRequest": _r5_service_request,
+    "MedicationRequest": _r5_medication_request,
+    "MedicationStatement": _r5_medication_statement,
+    "AllergyIntolerance": _r5_allergy_intolerance,
+    "DiagnosticReport": _r5_diagnostic_report,
+    "DocumentReference": _r5_document_reference,
+    "CareTeam": _r5_care_team,
+    "Consent": _r5_consent,
+    "Bundle": _bundle,
+}
+_CONVERTERS = {STU3: _STU3_CONVERTERS, R5: _R5_CONVERTERS}
+
+
+def _type_label(resource_type: object) -> str:
+    if isinstance(resource_type, str) and resource_type.isalpha() and len(resource_type) <= 40:
+        return resource_type
+    return "a resource without a known type"
+
+
+def _meta(el: _Element) -> None:
+    meta = el.take("meta")
+    if meta is None:
+        return
+    meta = dict(meta)
+    if meta.pop("profile", None) is not None or meta.pop("_profile", None) is not None:
+        # The source version's profiles do not apply to the R4 form.
+        el.run.note(f"{el.path}.meta.profile dropped (profiles of the source version)")
+    if meta:
+        el.out["meta"] = meta
+
+
+def _contained(el: _Element) -> None:
+    contained = el.take("contained")
+    if contained is None:
+        return
+    try:
+        el.out["contained"] = [_convert_resource(resource, el.run) for resource in contained]
+    except _Refused as refused:
+        raise _Refused(f"{el.path}.contained: {refused.detail}") from None
+
+
+def _convert_resource(resource: Mapping[str, Any], run: _Run) -> dict[str, Any]:
+    source_type = resource.get("resourceType")
+    fill = _CONVERTERS[run.version].get(source_type) if isinstance(source_type, str) else None
+    if fill is None:
+        raise _Refused(f"{_type_label(source_type)} cannot be converted from {run.name} yet")
+    target_type = _RENAMED_TYPES[run.version].get(str(source_type), str(source_type))
+    el = _Element(resource, str(source_type), run)
+    el.take("resourceType")
+    if target_type != source_type:
+        run.note(f"{source_type} → {target_type} ({run.name} map)")
+    el.keep("implicitRules", "language", "text")
+    _meta(el)
+    _contained(el)
+    fill(el)
+    return {"resourceType": target_type, **el.done()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# References, extensions, and the R4 check
+
+
+@cache
+def _is_r4_type(name: str) -> bool:
+    from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
+    from fhir.resources.R4B.resource import Resource  # noqa: PLC0415
+
+    if name in _R4B_ONLY_TYPES:
+        return False
+    try:
+        return issubclass(get_fhir_model_class(name), Resource)
+    except (KeyError, ValueError):
+        return False
+
+
+@cache
+def _source_model(name: str, version: str) -> Any:
+    """The source version's model of a concrete resource type, or None."""
+    if version == STU3:
+        from fhir.resources.STU3 import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
+        from fhir.resources.STU3.resource import Resource  # noqa: PLC0415
+    else:
+        from fhir.resources import get_fhir_model_class  # noqa: PLC0415
+        from fhir.resources.resource import Resource  # noqa: PLC0415
+    if not name.isalpha() or name in {"Resource", "DomainResource"}:
+        return None
+    try:
+        model_class = get_fhir_model_class(name)
+    except (KeyError, ValueError):
+        return None
+    return model_class if issubclass(model_class, Resource) else None
+
+
+def _r4_type(name: str, path: str, run: _Run) -> str:
+    """The R4 name of a resource type a reference or URL names; a type the source version has and R4
+    lacks is refused (a name that is no resource type at all is left alone)."""
+    renamed = _RENAMED_TYPES[run.version].get(name)
+    if renamed is not None:
+        run.note(f"references to {name} → {renamed} ({run.name} map)")
+        return renamed
+    if not _is_r4_type(name) and _source_model(name, run.version) is not None:
+        raise _Refused(f"{path}: refers to a resource type R4 does not have")
+    return name
+
+
+def _rename_in_url(url: str, path: str, run: _Run) -> str:
+    match = _URL_TYPE.search(url)
+    if match is None:
+        return url
+    return url[: match.start("type")] + _r4_type(match["type"], path, run) + url[match.end("type") :]
+
+
+def _nodes(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every JSON object under ``value``, with an element path (restarting at each resource)."""
+    if isinstance(value, dict):
+        resource_type = value.get("resourceType")
+        path = resource_type if isinstance(resource_type, str) else path
+        yield path, value
+        for key, child in value.items():
+            if isinstance(child, dict | list):
+                yield from _nodes(child, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _nodes(item, path)
+
+
+def _finish(resource: dict[str, Any], run: _Run) -> None:
+    """What the type-by-type rules leave to one pass over the result: references (renamed types,
+    types R4 lacks) and, from R5, extension values of types R4 lacks or changed."""
+    for path, node in _nodes(resource, resource["resourceType"]):
+        literal = node.get("reference")
+        if isinstance(literal, str):
+            node["reference"] = _rename_in_url(literal, path, run)
+        declared = node.get("type")
+        if isinstance(declared, str) and set(node) <= _REFERENCE_KEYS and declared.isalpha():
+            node["type"] = _r4_type(declared, path, run)
+        if run.version == R5 and isinstance(node.get("url"), str):
+            _r5_extension_value(node, path, run)
+
+
+def _r5_extension_value(extension: dict[str, Any], path: str, run: _Run) -> None:
+    if _R5_ONLY_VALUES & set(extension):
+        raise _Refused(f"{path}: an extension value type R4 does not have")
+    for key, fill in (("valueAttachment", _r5_attachment), ("valueDosage", _r5_dosage)):
+        if key in extension:
+            sub = _Element(extension[key], f"{path}.{key}", run)
+            fill(sub)
+            extension[key] = sub.done()
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    # Locations and error types only: pydantic's messages and inputs may quote patient data.
+    errors = exc.errors(include_input=False, include_url=False, include_context=False)
+    shown = [
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in errors[:_VALIDATION_ERRORS_SHOWN]
+    ]
+    more = len(errors) - len(shown)
+    return "; ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _r4_problem(resource: dict[str, Any]) -> str | None:
+    from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
+
+    try:
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    except ValidationError as exc:
+        return _validation_detail(exc)
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable as R4 ({type(exc).__name__})"
+    return None
+
+
+def validate_version(document: Mapping[str, Any], version: str) -> str | None:
+    """Validate a raw STU3 or R5 resource with its own version's model: None, or what is wrong
+    (element locations and error types only, never values)."""
+    if version not in _VERSION_NAMES:
+        return "only STU3 (3.0) and R5 (5.0) are validated here"
+    resource_type = document.get("resourceType")
+    model_class = _source_model(resource_type, version) if isinstance(resource_type, str) else None
+    if model_class is None:
+        return "no known FHIR resourceType"
+    try:
+        model_class.model_validate(document)
+    except ValidationError as exc:
+        return _validation_detail(exc)
+    except (ValueError, KeyError, TypeError) as exc:
+        # fhir.resources raises these on some bad nested resourceType values instead of validating.
+        return f"unreadable as {_VERSION_NAMES[version]} ({type(exc).__name__})"
+    except RecursionError:
+        return "FHIR nesting is too deep"
+    return None
+
+
+def convert_to_r4(document: Mapping[str, Any], version: str) -> Converted | Unconvertible:
+    """Convert a validated STU3 ("3.0") or R5 ("5.0") resource, or Bundle, to canonical R4.
+
+    The input is not modified. The result has been validated with the R4B models.
+    """
+    if version not in _VERSION_NAMES:
+        return Unconvertible("only STU3 (3.0) and R5 (5.0) are converted to R4")
+    run = _Run(version)
+    try:
+        resource = _convert_resource(copy.deepcopy(dict(document)), run)
+        _finish(resource, run)
+    except _Refused as refused:
+        return Unconvertible(refused.detail)
+    problem = _r4_problem(resource)
+    if problem is not None:
+        return Unconvertible(
+            f"{resource['resourceType']}: the converted resource is not valid R4 ({problem})"
+        )
+    return Converted(resource, run.steps)
