@@ -16,13 +16,12 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
 
-from hub.broker.embedded import BrokerLayout, EmbeddedBroker, probe_metadata
+from hub.broker.embedded import MESSAGE_MAX_BYTES, BrokerLayout, EmbeddedBroker, probe_metadata
 from hub.errors import HubError
 from hub.settings import Settings
 
@@ -62,12 +61,17 @@ def _testcontainers_kafka() -> Iterator[str]:
         .with_kraft()
         # The same broker behaviour the embedded one has (see render_server_properties).
         .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
-        .with_env("KAFKA_MESSAGE_MAX_BYTES", str(2 * 1024 * 1024))
+        .with_env("KAFKA_MESSAGE_MAX_BYTES", str(MESSAGE_MAX_BYTES))
         .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
         .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
     )
     with container:
         yield container.get_bootstrap_server()
+
+
+def _no_broker(reason: str) -> BaseException:
+    # A failure, never a skip (DESIGN.md section 3); pytrace=False: the reason is the whole story.
+    return pytest.fail.Exception(f"no Kafka broker for the tests: {reason}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -79,9 +83,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             probe_metadata(first, timeout=10.0)
         except OSError as exc:
-            pytest.fail(
-                f"HUB_TEST_KAFKA_BOOTSTRAP={existing}: {first} does not answer ({exc})", pytrace=False
-            )
+            raise _no_broker(
+                f"HUB_TEST_KAFKA_BOOTSTRAP={existing}: {first} does not answer ({exc})"
+            ) from None
         yield existing
         return
     if _docker_answers():
@@ -95,11 +99,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         bootstrap = broker.start()
     except HubError as exc:
-        pytest.fail(
-            "no Kafka broker for the tests: HUB_TEST_KAFKA_BOOTSTRAP is not set, no Docker engine "
-            f"answers, and the embedded broker cannot start:\n{exc}",
-            pytrace=False,
-        )
+        raise _no_broker(
+            "HUB_TEST_KAFKA_BOOTSTRAP is not set, no Docker engine answers, and the embedded broker "
+            f"cannot start:\n{exc}"
+        ) from None
     try:
         yield bootstrap
     finally:
@@ -127,8 +130,7 @@ def _create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> Non
             wait_for_metadata=True,
         )
     finally:
-        with suppress(Exception):
-            admin.close()
+        admin.close()
 
 
 @pytest.fixture

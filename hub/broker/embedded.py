@@ -81,7 +81,8 @@ _METADATA_VERSION = 4
 _PROBE_CLIENT_ID = b"hub-broker-probe"
 _PROBE_CORRELATION_ID = 0x4855_4221
 
-# Maven's batch-mode line for a finished download: "[INFO] Downloaded from central: https://.../x.jar (25 kB at ...)".
+# Maven's batch-mode line for a finished download:
+# "[INFO] Downloaded from central: https://.../x.jar (25 kB at 1.9 MB/s)".
 _DOWNLOADED_JAR = re.compile(r"Downloaded from .*/([^/\s]+\.jar) \(")
 
 
@@ -582,21 +583,21 @@ class EmbeddedBroker:
         Raises PrerequisiteMissing without Java 17+/Maven and BrokerStartFailed, quoting the end of
         the broker log, if the broker exits or does not answer within ``wait_timeout`` seconds.
         """
-        with _locked(self.layout):
-            pid = read_pid_file(self.layout)
-            if pid is None:
-                pid = self._launch()
-                self.started = True
-        bootstrap = read_bootstrap(self.layout.properties_file)
-        if bootstrap is None:
-            raise BrokerError(
-                f"{self.layout.properties_file} names no client listener",
-                hint="stop the broker (`hub broker stop`) and start it again",
-            )
         try:
+            with _locked(self.layout):
+                pid = read_pid_file(self.layout)
+                if pid is None:
+                    self.started = True
+                    pid = self._launch()
+            bootstrap = read_bootstrap(self.layout.properties_file)
+            if bootstrap is None:
+                raise BrokerError(
+                    f"{self.layout.properties_file} names no client listener",
+                    hint="stop the broker (`hub broker stop`) and start it again",
+                )
             self._wait_until_answering(pid, bootstrap, wait_timeout)
         except BaseException:
-            # Ctrl-C or a timeout: a half-started JVM must not outlive the command that made it.
+            # Ctrl-C, a timeout, a crash: a half-started JVM must not outlive the command that made it.
             if self.started:
                 self.stop(timeout=10.0)
                 self.started = False
@@ -642,42 +643,53 @@ class EmbeddedBroker:
                 # JVM, and a background `hub broker start` may exit while the broker keeps running.
                 start_new_session=True,
             )
-        # Popen returns once exec has begun, but the kernel publishes the new command line a moment
-        # later; a `hub broker status` reading the pid file in between would judge it stale.
-        deadline = time.monotonic() + 5.0
-        while not is_broker_process(self._process.pid, layout.properties_file):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                break  # _wait_until_answering reports the failure with the log
-            time.sleep(0.005)
-        layout.pid_file.write_text(f"{self._process.pid}\n", encoding="ascii")
+        try:
+            # Popen returns once exec has begun, but the kernel publishes the new command line a
+            # moment later; a `hub broker status` reading the pid file in between would judge it
+            # stale and delete it.
+            deadline = time.monotonic() + 5.0
+            while not is_broker_process(self._process.pid, layout.properties_file):
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    break  # _wait_until_answering reports the failure with the log
+                time.sleep(0.005)
+        finally:
+            # Even when interrupted: stop() finds the JVM to end through this file.
+            layout.pid_file.write_text(f"{self._process.pid}\n", encoding="ascii")
         return self._process.pid
 
     def _format_storage(self, java: list[str], log: IO[bytes]) -> None:
         self.progress(f"Formatting new Kafka storage in {self.layout.data_dir}")
-        result = subprocess.run(  # noqa: S603 - arguments built by _launch, no shell
-            [
-                *java,
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "--cluster-id",
-                random_cluster_id(),
-                "--config",
-                str(self.layout.properties_file),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
+        command = [
+            *java,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "--cluster-id",
+            random_cluster_id(),
+            "--config",
+            str(self.layout.properties_file),
+        ]
+        try:
+            subprocess.run(  # noqa: S603 - arguments built by _launch, no shell
+                command,
+                check=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=300,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            # Not str(exc): it would quote the whole classpath.
+            reason = (
+                f"exit code {exc.returncode}"
+                if isinstance(exc, subprocess.CalledProcessError)
+                else f"no result after {exc.timeout:.0f} s"
+            )
             log.flush()
             raise BrokerStartFailed(
-                f"formatting the Kafka storage failed (exit code {result.returncode}):\n"
-                + tail(self.layout.log_file),
+                f"formatting the Kafka storage failed ({reason}):\n{tail(self.layout.log_file)}",
                 hint=f"see {self.layout.log_file}; removing {self.layout.data_dir} starts afresh",
-            )
+            ) from exc
 
     def _alive(self, pid: int) -> bool:
         if self._process is not None and self._process.pid == pid:
@@ -718,6 +730,9 @@ class EmbeddedBroker:
         """
         with _locked(self.layout):
             pid = read_pid_file(self.layout)
+            if pid is None and self._process is not None and self._process.poll() is None:
+                # Our own JVM, interrupted before its command line was visible to read_pid_file.
+                pid = self._process.pid
             if pid is None:
                 return None
             self._signal(pid, signal.SIGTERM)

@@ -137,7 +137,7 @@ class Unconvertible:
     detail: str
 
 
-class _Refused(Exception):  # noqa: N818 - internal: unwinds a conversion, never leaves this module
+class _Refused(Exception):
     """Unwinds a conversion from any depth; :func:`convert_to_r4` turns it into :class:`Unconvertible`."""
 
     def __init__(self, detail: str) -> None:
@@ -359,10 +359,6 @@ def _r5_dosage(el: _Element) -> None:
     _one(el, "maxDosePerPeriod", "R5→R4")
 
 
-def _dosages(el: _Element, name: str, fill: _Fill) -> None:
-    _each(el, name, fill)
-
-
 def _r5_attachment(el: _Element) -> None:
     el.keep("contentType", "language", "data", "url", "hash", "title", "creation")
     size = el.take("size")
@@ -377,13 +373,6 @@ def _r5_attachment(el: _Element) -> None:
         el.out["size"] = value
     for name in ("height", "width", "frames", "duration", "pages"):
         el.drop(name, "R5 presentation detail, no R4 element")
-
-
-def _r5_attachments(el: _Element, name: str, *, single: bool = False) -> None:
-    if single:
-        _single(el, name, _r5_attachment)
-    else:
-        _each(el, name, _r5_attachment)
 
 
 def _codeable_references(el: _Element, name: str) -> tuple[list[Any], list[Any]]:
@@ -419,17 +408,30 @@ def _split(el: _Element, name: str, concept_target: str | None, reference_target
         el.run.note(f"{el.path}.{name} → {target} (R5→R4 CodeableReference)")
 
 
-def _single_concept(el: _Element, name: str, target: str | None = None) -> None:
-    """R5→R4: a 0..1 CodeableReference that R4 holds as a CodeableConcept."""
-    value = el.take(name)
-    if value is None:
-        return
+def _concept_of(el: _Element, name: str, value: Mapping[str, Any]) -> Any:
     sub = _Element(value, f"{el.path}.{name}", el.run, keeps_base=False)
     concept = sub.take("concept")
     sub.refuse("reference", "R4 holds only a code here")
     sub.done()
-    el.out[target or name] = concept
-    el.run.note(f"{el.path}.{name} → {target or name} (R5→R4 CodeableReference)")
+    el.run.note(f"{el.path}.{name} → CodeableConcept (R5→R4 CodeableReference)")
+    return concept
+
+
+def _single_concept(el: _Element, name: str) -> None:
+    """R5→R4: a 0..1 CodeableReference that R4 holds as a CodeableConcept."""
+    value = el.take(name)
+    if value is not None:
+        el.out[name] = _concept_of(el, name, value)
+
+
+def _one_concept(el: _Element, name: str) -> None:
+    """R5→R4: a CodeableReference list that R4 holds as one CodeableConcept."""
+    items = el.take(name)
+    if items is None:
+        return
+    if len(items) > 1:
+        el.fail(name, "R4 holds only one")
+    el.out[name] = _concept_of(el, name, items[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -859,7 +861,7 @@ def _stu3_medication_request(el: _Element) -> None:
     _stu3_context_to_encounter(el)
     _stu3_requester(el)
     _listify(el, "category", "R3→R4")
-    _dosages(el, "dosageInstruction", _stu3_dosage)
+    _each(el, "dosageInstruction", _stu3_dosage)
     _single(el, "substitution", _stu3_substitution)
 
 
@@ -909,7 +911,7 @@ def _stu3_medication_statement(el: _Element) -> None:
     )
     _recode(el, "status", _STU3_STATEMENT_STATUS)
     _stu3_taken(el)
-    _dosages(el, "dosage", _stu3_dosage)
+    _each(el, "dosage", _stu3_dosage)
 
 
 def _stu3_allergy_intolerance(el: _Element) -> None:
@@ -962,7 +964,7 @@ def _stu3_report_performers(el: _Element) -> None:
     converted = []
     for item in performers:
         sub = _Element(item, f"{el.path}.performer", el.run, keeps_base=False)
-        actor, role = dict(sub.take("actor")), sub.take("role")
+        actor, role = dict(sub.take("actor") or {}), sub.take("role")
         sub.done()
         if role is not None:
             url = f"{_STU3_EXTENSION}DiagnosticReport.performer.role"
@@ -1109,20 +1111,17 @@ def _stu3_consent_scope(el: _Element) -> None:
 
 
 def _stu3_consent_provision(el: _Element) -> None:
-    """R3→R4: the rule elements of STU3 Consent became its root provision, and each except a nested
-    provision, as the reference converter maps them."""
-    root = _Element(
-        {name: el.take(name) for name in (*_PROVISION_SAME, "actor") if name in el}, el.path, el.run
-    )
+    """R3→R4: the rule elements of STU3 Consent became its root provision (with no type: the base
+    policy is policyRule), and each except a nested provision, as the reference converter maps them."""
+    rules = {name: el.take(name) for name in (*_PROVISION_SAME, "actor", "except") if name in el}
+    if not rules:
+        return
+    root = _Element(rules, el.path, el.run, keeps_base=False)
     root.keep(*_PROVISION_SAME)
     _each(root, "actor", _consent_actor)
-    _each(el, "except", _stu3_consent_except, "provision")
-    provision = root.done()
-    if "provision" in el.out:
-        provision["provision"] = el.out.pop("provision")
-    if provision:
-        el.out["provision"] = provision
-        el.run.note(f"{el.path} rules → provision (R3→R4)")
+    _each(root, "except", _stu3_consent_except, "provision")
+    el.out["provision"] = root.done()
+    el.run.note(f"{el.path} rules and except → provision (R3→R4)")
 
 
 def _stu3_consent(el: _Element) -> None:
@@ -1210,14 +1209,14 @@ def _r5_patient(el: _Element) -> None:
         "managingOrganization",
         "link",
     )
-    _r5_attachments(el, "photo")
+    _each(el, "photo", _r5_attachment)
 
 
 def _r5_practitioner(el: _Element) -> None:
     el.keep("identifier", "active", "name", "telecom", "address", "gender", "birthDate", "qualification")
     el.refuse("deceasedBoolean", "R4 Practitioner cannot record a death")
     el.refuse("deceasedDateTime", "R4 Practitioner cannot record a death")
-    _r5_attachments(el, "photo")
+    _each(el, "photo", _r5_attachment)
     communication = el.take("communication")
     if communication is not None:
         # R5→R4: communication {language, preferred} is R4's list of languages.
@@ -1383,9 +1382,7 @@ def _r5_encounter(el: _Element) -> None:
         "partOf",
     )
     _r5_encounter_class(el)
-    _one(el, "serviceType", "R5→R4")
-    if "serviceType" in el.out:
-        el.out["serviceType"] = _r5_service_type(el, el.out["serviceType"])
+    _one_concept(el, "serviceType")
     el.refuse("subjectStatus", "R4 has no element for the patient's status in the encounter")
     el.refuse("careTeam", "R4 Encounter cannot reference a care team")
     el.refuse("virtualService", "R4 has no element for virtual service details")
@@ -1397,14 +1394,6 @@ def _r5_encounter(el: _Element) -> None:
     _r5_diagnoses(el, "use")
     _r5_encounter_hospitalization(el)
     _each(el, "location", _r5_encounter_location)
-
-
-def _r5_service_type(el: _Element, value: Mapping[str, Any]) -> Any:
-    sub = _Element(value, f"{el.path}.serviceType", el.run, keeps_base=False)
-    concept = sub.take("concept")
-    sub.refuse("reference", "R4 holds only a code here")
-    sub.done()
-    return concept
 
 
 def _r5_episode_of_care(el: _Element) -> None:
@@ -1615,9 +1604,6 @@ def _r5_service_request(el: _Element) -> None:
     _r5_patient_instruction(el)
 
 
-_R5_MEDICATION_REQUEST_STATUS = _MEDICATION_REQUEST_STATUS  # R5 ended has no R4 code: refused.
-
-
 def _r5_dispense_request(el: _Element) -> None:
     el.keep(
         "initialFill",
@@ -1647,7 +1633,7 @@ def _r5_reported(el: _Element) -> None:
 
 
 def _r5_medication_request(el: _Element) -> None:
-    _recode(el, "status", _R5_MEDICATION_REQUEST_STATUS)
+    _recode(el, "status", _MEDICATION_REQUEST_STATUS)  # R5 ended has no R4 code: refused.
     _recode(el, "intent", _REQUEST_INTENT)
     _recode(el, "priority", _REQUEST_PRIORITY)
     el.keep(
@@ -1678,7 +1664,7 @@ def _r5_medication_request(el: _Element) -> None:
     el.refuse("effectiveDosePeriod", "R4 has no overall dosage period")
     el.drop("statusChanged", "R5 date of the last status change")
     _r5_rendered_dosage(el, "dosageInstruction")
-    _dosages(el, "dosageInstruction", _r5_dosage)
+    _each(el, "dosageInstruction", _r5_dosage)
     _split(el, "reason", "reasonCode", "reasonReference")
     _single(el, "dispenseRequest", _r5_dispense_request)
 
@@ -1706,7 +1692,8 @@ def _r5_statement_status(el: _Element) -> None:
         el.fail("status", "R4 has no draft medication statements")
     if status == "entered-in-error":
         el.keep("status")
-        el.run.note(f"{el.path}.adherence dropped (record entered in error)") if adherence else None
+        if adherence is not None:
+            el.run.note(f"{el.path}.adherence dropped (the record is entered in error)")
         return
     if adherence is None:
         el.out["status"] = "unknown"
@@ -1725,7 +1712,6 @@ def _r5_statement_status(el: _Element) -> None:
 
 
 def _r5_medication_statement(el: _Element) -> None:
-    el.refuse("_status", "R4 status has another meaning")
     _r5_statement_status(el)
     el.keep(
         "identifier",
@@ -1745,7 +1731,7 @@ def _r5_medication_statement(el: _Element) -> None:
     el.refuse("relatedClinicalInformation", "R4 MedicationStatement has no related information")
     _split(el, "reason", "reasonCode", "reasonReference")
     _r5_rendered_dosage(el, "dosage")
-    _dosages(el, "dosage", _r5_dosage)
+    _each(el, "dosage", _r5_dosage)
 
 
 def _r5_reaction(el: _Element) -> None:
@@ -1809,7 +1795,7 @@ def _r5_diagnostic_report(el: _Element) -> None:
     el.refuse("note", "R4 DiagnosticReport has no note")
     el.refuse("composition", "R4 DiagnosticReport has no composition")
     el.refuse("supportingInfo", "R4 DiagnosticReport has no supporting information")
-    _r5_attachments(el, "presentedForm")
+    _each(el, "presentedForm", _r5_attachment)
 
 
 def _r5_document_content(el: _Element) -> None:
@@ -2024,10 +2010,14 @@ def _r5_consent(el: _Element) -> None:
     _r5_consent_parties(el)
     if "sourceAttachment" in el and "sourceReference" in el:
         el.fail("sourceReference", "R4 holds one source")
-    if "sourceAttachment" in el:
-        _r5_attachments(el, "sourceAttachment")
-        _one(el, "sourceAttachment", "R5→R4") if False else None
     _one(el, "sourceReference", "R5→R4")
+    if "sourceAttachment" in el:
+        _each(el, "sourceAttachment", _r5_attachment)
+        attachments = el.out.pop("sourceAttachment")
+        if len(attachments) > 1:
+            el.fail("sourceAttachment", "R4 holds one source")
+        el.out["sourceAttachment"] = attachments[0]
+        el.run.note(f"{el.path}.sourceAttachment → single sourceAttachment (R5→R4)")
     _one(el, "regulatoryBasis", "R5→R4", "policyRule")
     policy_basis = el.take("policyBasis")
     if policy_basis is not None:
@@ -2165,7 +2155,8 @@ def _meta(el: _Element) -> None:
     if meta is None:
         return
     meta = dict(meta)
-    if meta.pop("profile", None) is not None or meta.pop("_profile", None) is not None:
+    profiles = meta.pop("profile", None), meta.pop("_profile", None)
+    if profiles != (None, None):
         # The source version's profiles do not apply to the R4 form.
         el.run.note(f"{el.path}.meta.profile dropped (profiles of the source version)")
     if meta:
@@ -2219,19 +2210,19 @@ def _is_r4_type(name: str) -> bool:
 @cache
 def _source_model(name: str, version: str) -> Any:
     """The source version's model of a concrete resource type, or None."""
-    if version == STU3:
-        from fhir.resources.STU3 import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
-        from fhir.resources.STU3.resource import Resource  # noqa: PLC0415
-    else:
-        from fhir.resources import get_fhir_model_class  # noqa: PLC0415
-        from fhir.resources.resource import Resource  # noqa: PLC0415
+    from fhir.resources import get_fhir_model_class as r5_class  # noqa: PLC0415 - heavy import, once
+    from fhir.resources.resource import Resource as R5Resource  # noqa: PLC0415
+    from fhir.resources.STU3 import get_fhir_model_class as stu3_class  # noqa: PLC0415
+    from fhir.resources.STU3.resource import Resource as Stu3Resource  # noqa: PLC0415
+
     if not name.isalpha() or name in {"Resource", "DomainResource"}:
         return None
+    lookup, base = (stu3_class, Stu3Resource) if version == STU3 else (r5_class, R5Resource)
     try:
-        model_class = get_fhir_model_class(name)
+        model_class = lookup(name)
     except (KeyError, ValueError):
         return None
-    return model_class if issubclass(model_class, Resource) else None
+    return model_class if issubclass(model_class, base) else None
 
 
 def _r4_type(name: str, path: str, run: _Run) -> str:
