@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -73,16 +74,28 @@ def _publish_demo(settings: Settings, environ: dict[str, str], patients: int) ->
         )
 
 
+def _say(message: str) -> None:
+    """Print, but never let a closed terminal or pipe stop the shutdown that follows."""
+    with contextlib.suppress(OSError):
+        console.print(message)
+
+
+def _stop_worker(worker: subprocess.Popen[bytes] | None) -> None:
+    if worker is not None and worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
 def run_everything(*, patients: int, demo: bool) -> None:
     """Start broker and worker, publish the demo feed, then wait for Ctrl-C and stop both."""
     env = prepare_demo_environment()
     os.environ.update(env.environ)
     settings = Settings()
     broker = EmbeddedBroker(BrokerLayout.from_settings(settings))
-    bootstrap = broker.start()
-    os.environ["HUB_BOOTSTRAP_SERVERS"] = bootstrap
-    settings = Settings()
-    worker_log = DEMO_STATE / "worker.log"
     worker: subprocess.Popen[bytes] | None = None
     stopping = False
 
@@ -90,28 +103,35 @@ def run_everything(*, patients: int, demo: bool) -> None:
         nonlocal stopping
         stopping = True
 
+    # Ctrl-C raises KeyboardInterrupt; a closed terminal or `kill` asks politely too.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     try:
+        bootstrap = broker.start()
+        os.environ["HUB_BOOTSTRAP_SERVERS"] = bootstrap
+        settings = Settings()
         from hub.streams.worker import create_contract_topics  # noqa: PLC0415
 
         create_contract_topics(settings)
+        worker_log = DEMO_STATE / "worker.log"
         with worker_log.open("ab") as log_file:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "hub", "worker"],
                 env=dict(os.environ),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                # Its own session: Ctrl-C reaches `hub run`, which then stops it in order.
                 start_new_session=True,
             )
-        console.print(f"worker started (pid {worker.pid}), log: {worker_log}")
+        _say(f"worker started (pid {worker.pid}), log: {worker_log}")
         if demo:
             _publish_demo(settings, env.environ, patients)
-        console.print(
+        _say(
             "\n[bold]The hub is running.[/bold] In another terminal:\n"
             "  .venv/bin/hub tail pathway --from-beginning   # the unified patient pathway\n"
             "  .venv/bin/hub tail receipts --from-beginning  # one receipt per input\n"
             "  .venv/bin/hub tail dlq --from-beginning       # rejects, with their error codes\n"
-            f"  tail -f {worker_log}                            # the worker's log (JSON, redacted)\n"
+            f"  tail -f {worker_log}   # the worker's log (JSON, redacted)\n"
             f"Kafka: {bootstrap}. Press Ctrl-C to stop everything.\n"
         )
         while not stopping:
@@ -124,12 +144,8 @@ def run_everything(*, patients: int, demo: bool) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        console.print("stopping worker and broker...")
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        broker.stop()
-        console.print("stopped.")
+        # Stop first, talk after: the terminal may already be gone.
+        _stop_worker(worker)
+        if broker.started:  # a broker that was already running before `hub run` keeps running
+            broker.stop()
+        _say("stopped.")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, NoReturn
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 STU3 = "3.0"
 R5 = "5.0"
@@ -87,7 +87,6 @@ _R4B_ONLY_TYPES = frozenset(
         "AdministrableProductDefinition",
         "Citation",
         "ClinicalUseDefinition",
-        "Evidence",
         "EvidenceReport",
         "Ingredient",
         "ManufacturedItemDefinition",
@@ -297,24 +296,6 @@ def _codes(concept: object, system: str) -> set[str]:
     }
 
 
-def _reference_type(reference: object) -> str | None:
-    """The resource type a Reference names, when it says."""
-    if not isinstance(reference, Mapping):
-        return None
-    literal = reference.get("reference")
-    if isinstance(literal, str) and (match := _URL_TYPE.search(literal)):
-        return match["type"]
-    declared = reference.get("type")
-    return declared if isinstance(declared, str) else None
-
-
-def _only_types(el: _Element, name: str, reference: object, allowed: frozenset[str]) -> None:
-    """Refuse a reference to a type the R4 element does not allow (unknown types pass)."""
-    named = _reference_type(reference)
-    if named is not None and named not in allowed:
-        el.fail(name, "R4 does not allow a reference to that resource type here")
-
-
 def _add_extension(el: _Element, url: str, value_key: str, value: Any) -> None:
     el.out["extension"] = [*el.out.get("extension", ()), {"url": url, value_key: value}]
 
@@ -350,7 +331,7 @@ def _stu3_dosage(el: _Element) -> None:
 def _r5_dosage(el: _Element) -> None:
     el.keep(*_DOSAGE_SAME, "doseAndRate")
     # R5→R4 Dosage: asNeeded (boolean) + asNeededFor (list) are R4's asNeeded[x] choice; a reason
-    # implies "as needed" (R5 invariant dos-1), so one reason is asNeededCodeableConcept.
+    # implies "as needed" (an R5 Dosage invariant), so one reason is asNeededCodeableConcept.
     if "asNeededFor" in el:
         _one(el, "asNeededFor", "R5→R4", "asNeededCodeableConcept")
         el.take("asNeeded")
@@ -439,8 +420,8 @@ def _one_concept(el: _Element, name: str) -> None:
 
 
 def _stu3_context_to_encounter(el: _Element) -> None:
-    # R3→R4: context (Encounter | EpisodeOfCare) became encounter (Encounter only).
-    _only_types(el, "context", el.source.get("context"), frozenset({"Encounter"}))
+    # R3→R4: context became encounter; R4 allows an Encounter only there (an EpisodeOfCare context is
+    # refused by the R4 reference check).
     el.move("context", "encounter", "R3→R4")
 
 
@@ -754,7 +735,7 @@ def _stu3_procedure(el: _Element) -> None:
         "usedCode",
     )
     el.refuse("definition", "a protocol Reference cannot become R4's canonical instantiatesCanonical")
-    _recode(el, "status", _STU3_PROCEDURE_STATUS, "R3→R4: suspended is on-hold, aborted is stopped")
+    _recode(el, "status", _STU3_PROCEDURE_STATUS, "R3→R4 Procedure status map")
     not_done = el.take("notDone")
     if not_done and el.out.get("status") != "entered-in-error":
         # R3→R4: the notDone flag became the status not-done.
@@ -816,7 +797,7 @@ def _stu3_procedure_request(el: _Element) -> None:
         "note",
         "relevantHistory",
     )
-    _recode(el, "status", _STU3_REQUEST_STATUS, "R3→R4: suspended is on-hold, cancelled is revoked")
+    _recode(el, "status", _STU3_REQUEST_STATUS, "R3→R4 request status map")
     _recode(el, "intent", _REQUEST_INTENT)
     _recode(el, "priority", _REQUEST_PRIORITY)
     el.refuse("definition", "a protocol Reference cannot become R4's canonical instantiatesCanonical")
@@ -1277,7 +1258,6 @@ _R5_ENCOUNTER_STATUS = {
     "entered-in-error": "entered-in-error",
     "unknown": "unknown",
 }  # R5 discontinued (ended prematurely) has no R4 code: refused.
-_ENCOUNTER_INDIVIDUALS = frozenset({"Practitioner", "PractitionerRole", "RelatedPerson"})
 
 
 def _r5_encounter_class(el: _Element) -> None:
@@ -1292,12 +1272,11 @@ def _r5_encounter_class(el: _Element) -> None:
     if len(chosen) != 1:
         el.fail("class", "R4 needs exactly one encounter class coding")
     el.out["class"] = chosen[0]
-    el.run.note(f"{el.path}.class → class Coding (R5→R4)")
+    el.run.note(f"{el.path}.class → class Coding (R5→R4, R4 holds one coding)")
 
 
 def _r5_encounter_participant(el: _Element) -> None:
     el.keep("type", "period")
-    _only_types(el, "actor", el.source.get("actor"), _ENCOUNTER_INDIVIDUALS)
     el.move("actor", "individual", "R5→R4")
 
 
@@ -1789,8 +1768,6 @@ def _r5_diagnostic_report(el: _Element) -> None:
         "conclusion",
         "conclusionCode",
     )
-    for study in el.source.get("study") or ():
-        _only_types(el, "study", study, frozenset({"ImagingStudy"}))
     el.move("study", "imagingStudy", "R5→R4")
     el.refuse("note", "R4 DiagnosticReport has no note")
     el.refuse("composition", "R4 DiagnosticReport has no composition")
@@ -1841,8 +1818,6 @@ def _r5_document_context(el: _Element) -> None:
     """R5→R4: the context elements R5 moved up go back into R4's context."""
     context: dict[str, Any] = {}
     encounters = el.take("context")
-    for reference in encounters or ():
-        _only_types(el, "context", reference, frozenset({"Encounter", "EpisodeOfCare"}))
     if encounters:
         context["encounter"] = encounters
     concepts, references = _codeable_references(el, "event")
@@ -1908,7 +1883,6 @@ _SCOPE_BY_CATEGORY = {
     **{(_ACT_CODE, code): "research" for code in ("RESEARCH", "RSDID", "RSREID")},
     **{(_LOINC, code): "patient-privacy" for code in ("57016-8", "57017-6", "64292-6")},
 }
-_CONSENT_ORGANIZATIONS = frozenset({"Organization"})
 
 
 def _r5_consent_scope(el: _Element) -> None:
@@ -1931,12 +1905,11 @@ def _r5_consent_scope(el: _Element) -> None:
     el.run.note(f"{el.path}.scope read from category (R5→R4)")
 
 
-def _r5_consent_provision(el: _Element, decision: str | None) -> None:
+def _r5_consent_provision(el: _Element, decision: str) -> None:
     """One R5 provision as an R4 nested provision. R5 provisions carry no type: each level negates
     the one above it, starting from Consent.decision (R5 definition of decision)."""
     el.keep(*_PROVISION_SAME, "code")
-    if decision is not None:
-        el.out["type"] = "deny" if decision == "permit" else "permit"
+    el.out["type"] = "deny" if decision == "permit" else "permit"
     _each(el, "actor", _consent_actor)
     classes = [*(el.take("resourceType") or ()), *(el.take("documentType") or ())]
     if classes:
@@ -1984,18 +1957,15 @@ def _r5_consent_verification(el: _Element) -> None:
 def _r5_consent_parties(el: _Element) -> None:
     # R4 performer is "either the grantor or the grantee"; R4 organization is the consent's custodian,
     # which R5 split into manager and controller (reference converter: both go to organization).
-    for name, target, allowed in (
-        ("grantor", "performer", None),
-        ("grantee", "performer", None),
-        ("manager", "organization", _CONSENT_ORGANIZATIONS),
-        ("controller", "organization", _CONSENT_ORGANIZATIONS),
+    for name, target in (
+        ("grantor", "performer"),
+        ("grantee", "performer"),
+        ("manager", "organization"),
+        ("controller", "organization"),
     ):
         references = el.take(name)
         if references is None:
             continue
-        for reference in references:
-            if allowed is not None:
-                _only_types(el, name, reference, allowed)
         el.out[target] = [*el.out.get(target, ()), *references]
         el.run.note(f"{el.path}.{name} → {target} (R5→R4)")
 
@@ -2004,7 +1974,6 @@ def _r5_consent(el: _Element) -> None:
     _recode(el, "status", _R5_CONSENT_STATUS)
     el.keep("identifier")
     _r5_consent_scope(el)
-    _only_types(el, "subject", el.source.get("subject"), frozenset({"Patient"}))
     el.move("subject", "patient", "R5→R4")
     el.move("date", "dateTime", "R5→R4")
     _r5_consent_parties(el)
@@ -2274,7 +2243,7 @@ def _finish(resource: dict[str, Any], run: _Run) -> None:
 
 def _r5_extension_value(extension: dict[str, Any], path: str, run: _Run) -> None:
     if _R5_ONLY_VALUES & set(extension):
-        raise _Refused(f"{path}: an extension value type R4 does not have")
+        raise _Refused(f"{path}: a value type R4 does not have")
     for key, fill in (("valueAttachment", _r5_attachment), ("valueDosage", _r5_dosage)):
         if key in extension:
             sub = _Element(extension[key], f"{path}.{key}", run)
@@ -2292,16 +2261,52 @@ def _validation_detail(exc: ValidationError) -> str:
     return "; ".join(shown) + (f" (+{more} more)" if more > 0 else "")
 
 
+def _referenced_type(reference: BaseModel) -> str | None:
+    """The R4 resource type a Reference names, when it names one."""
+    literal, declared = getattr(reference, "reference", None), getattr(reference, "type", None)
+    match = _URL_TYPE.search(literal) if isinstance(literal, str) else None
+    named = match["type"] if match else declared
+    return named if isinstance(named, str) and _is_r4_type(named) else None
+
+
+def _reference_problem(model: BaseModel, path: str) -> str | None:
+    """A reference to a resource type its R4 element does not allow: R5 widened many of them (an
+    Encounter based on a CarePlan...), and STU3's context allowed an EpisodeOfCare where R4's
+    encounter does not. The R4B models list the allowed types but do not check them."""
+    from fhir.resources.R4B.resource import Resource  # noqa: PLC0415 - heavy import, once
+
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        types = extra.get("enum_reference_types")
+        allowed = frozenset(str(kind) for kind in types) if isinstance(types, list) else {"Resource"}
+        where = f"{path}.{field.alias or name}"
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, BaseModel):
+                continue
+            named = _referenced_type(item) if "Resource" not in allowed else None
+            if named is not None and named not in allowed:
+                return f"{where}: R4 does not allow a reference to that resource type here"
+            inner_path = item.get_resource_type() if isinstance(item, Resource) else where
+            problem = _reference_problem(item, inner_path)
+            if problem is not None:
+                return problem
+    return None
+
+
 def _r4_problem(resource: dict[str, Any]) -> str | None:
+    """What makes the converted resource invalid R4: a model validation error (element locations and
+    error types), or a reference R4 does not allow."""
     from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
 
+    resource_type = resource["resourceType"]
     try:
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        model = get_fhir_model_class(resource_type).model_validate(resource)
     except ValidationError as exc:
-        return _validation_detail(exc)
+        return f"{resource_type}: the converted resource is not valid R4 ({_validation_detail(exc)})"
     except (ValueError, KeyError, TypeError) as exc:
-        return f"unreadable as R4 ({type(exc).__name__})"
-    return None
+        return f"{resource_type}: the converted resource is unreadable as R4 ({type(exc).__name__})"
+    return _reference_problem(model, resource_type)
 
 
 def validate_version(document: Mapping[str, Any], version: str) -> str | None:
@@ -2339,8 +2344,4 @@ def convert_to_r4(document: Mapping[str, Any], version: str) -> Converted | Unco
     except _Refused as refused:
         return Unconvertible(refused.detail)
     problem = _r4_problem(resource)
-    if problem is not None:
-        return Unconvertible(
-            f"{resource['resourceType']}: the converted resource is not valid R4 ({problem})"
-        )
-    return Converted(resource, run.steps)
+    return Unconvertible(problem) if problem is not None else Converted(resource, run.steps)
