@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck unit functional integration bench clean broker-stop
+.PHONY: run test install lint typecheck unit corpus functional integration bench clean broker-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,14 +14,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Test data only: the official FHIR R4 examples (CC0), pinned in package.json / package-lock.json.
+EXAMPLES := node_modules/hl7.fhir.r4.examples
+
+$(EXAMPLES): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $(EXAMPLES)
+
 run: install
 	$(BIN)/hub run
 
-test: install lint typecheck
-	$(BIN)/pytest tests/unit tests/functional tests/integration
+test: install lint typecheck $(EXAMPLES)
+	$(BIN)/pytest tests/unit tests/corpus tests/functional tests/integration
 
 unit: install
 	$(BIN)/pytest tests/unit
+
+corpus: install $(EXAMPLES)
+	$(BIN)/pytest tests/corpus
 
 functional: install
 	$(BIN)/pytest tests/functional

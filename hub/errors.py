@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     FHIR_INVALID = "fhir.invalid"
     FHIR_VERSION_UNSUPPORTED = "fhir.version.unsupported"
     PATIENT_UNRESOLVED = "patient.unresolved"
+    #: One input names two patients (or one patient with two contradicting identifiers).
+    PATIENT_AMBIGUOUS = "patient.ambiguous"
     #: The hub itself failed on this record (a bug); kept in the DLQ for replay after the fix.
     INTERNAL = "hub.internal_error"
     # Operating errors, raised as exceptions.

@@ -9,11 +9,16 @@ PATHWAY = "hub.pathway.v1"
 AUDIT = "hub.audit.v1"
 ALERTS = "hub.alerts.v1"
 
+#: Internal: accepted inputs on their way to identity resolution, keyed by patient.
+IDENTITY = "hub.identity.v1"
+
 #: Per-recipient pathway copies: ``hub.pathway.<recipient>.v1``.
 RECIPIENT_PATHWAY_TEMPLATE = "hub.pathway.{recipient}.v1"
 
 #: Topics the hub creates at start, in the order they appear in the contract.
 CONTRACT_TOPICS: tuple[str, ...] = (INGEST, RECEIPTS, DLQ, PATHWAY, AUDIT, ALERTS)
+#: Topics between the hub's own stages; documented in asyncapi.yaml, not for outside consumers.
+INTERNAL_TOPICS: tuple[str, ...] = (IDENTITY,)
 
 
 def recipient_pathway(recipient_id: str) -> str:
@@ -32,7 +37,12 @@ class TopicNames:
         self.pathway = prefix + PATHWAY
         self.audit = prefix + AUDIT
         self.alerts = prefix + ALERTS
+        self.identity = prefix + IDENTITY
 
     def contract(self) -> tuple[str, ...]:
         """Every contract topic under this prefix."""
         return tuple(self.prefix + name for name in CONTRACT_TOPICS)
+
+    def internal(self) -> tuple[str, ...]:
+        """The hub's internal topics under this prefix."""
+        return tuple(self.prefix + name for name in INTERNAL_TOPICS)

@@ -1,4 +1,4 @@
-"""Recipients and their subscriptions, loaded from a JSON file validated by ``schemas/recipients.schema.json``."""
+"""Recipients and their subscriptions, from a JSON file validated by ``schemas/recipients.schema.json``."""
 
 from __future__ import annotations
 
@@ -184,6 +184,8 @@ def parse_recipients(document: Any, *, origin: str) -> RecipientRegistry:
 def load_recipients(path: Path) -> RecipientRegistry:
     """Read and validate the recipient registry file; raises ConfigError on any fault."""
     document = read_json_config(
-        path, what="recipient registry", hint="set HUB_RECIPIENTS_FILE to the right file"
+        path,
+        what="recipient registry",
+        hint="point the hub at the right recipients file (config/recipients.demo.json for the demo)",
     )
     return parse_recipients(document, origin=str(path))

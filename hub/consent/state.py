@@ -7,7 +7,7 @@ exception: it comes back marked ``corrupt`` so the policy denies, and says why i
 
 Every record keeps the instant of the version it came from (``as_of``); an older version of the same
 resource arriving later (a replay, a late resend) is ignored, so a stale "active" cannot undo a
-revocation or reopen a closed stay.
+revocation or reopen a closed stay. A late revocation, though, still applies.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from hub.consent.recipients import Identifier
@@ -30,8 +30,8 @@ CONSENT_UNINTERPRETABLE = "consent.uninterpretable"
 #: Version of the JSON shape written by :meth:`PatientShareState.to_json`.
 STATE_FORMAT = 1
 
-PERMIT = "permit"
-DENY = "deny"
+PERMIT: Final = "permit"
+DENY: Final = "deny"
 ProvisionType = Literal["permit", "deny"]
 
 CONSENT_SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
@@ -322,7 +322,15 @@ def apply(
     return handler(state, resource, _Context(event_id, occurred_at, source_id))
 
 
-_Keyed = TypeVar("_Keyed", CareTeamRecord, Involvement, ConsentRecord)
+class _Versioned(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def as_of(self) -> datetime: ...
+
+
+_Keyed = TypeVar("_Keyed", bound=_Versioned)
 
 
 def _upsert(records: tuple[_Keyed, ...], record: _Keyed) -> tuple[tuple[_Keyed, ...], bool]:
@@ -333,7 +341,8 @@ def _upsert(records: tuple[_Keyed, ...], record: _Keyed) -> tuple[tuple[_Keyed, 
     current = next((item for item in records if item.key == record.key), None)
     if current is not None and current.as_of > record.as_of:
         return records, False
-    return (*(item for item in records if item.key != record.key), record), True
+    kept = tuple(item for item in records if item.key != record.key)
+    return (*kept, record), True
 
 
 def _resource_key(resource: Mapping[str, Any], context: _Context) -> tuple[str, bool]:
@@ -378,14 +387,13 @@ def _apply_patient(state: PatientShareState, resource: Mapping[str, Any], contex
     if current is None and not parties:
         return StateUpdate(state, False, (*steps, "Patient declares no GP by identifier"))
     others = tuple(gp for gp in state.general_practitioners if gp.source_id != context.source_id)
-    declared = (GpDeclaration(context.source_id, tuple(parties), context.occurred_at),) if parties else ()
+    # An emptied declaration is kept, like withdrawn records, to go on guarding against stale ones.
+    declared = GpDeclaration(context.source_id, tuple(parties), context.occurred_at)
     steps.append(f"declared GPs from {context.source_id}: {len(parties)}")
-    return StateUpdate(replace(state, general_practitioners=others + declared), True, tuple(steps))
+    return StateUpdate(replace(state, general_practitioners=(*others, declared)), True, tuple(steps))
 
 
-def _apply_care_team(
-    state: PatientShareState, resource: Mapping[str, Any], context: _Context
-) -> StateUpdate:
+def _apply_care_team(state: PatientShareState, resource: Mapping[str, Any], context: _Context) -> StateUpdate:
     key, _ = _resource_key(resource, context)
     status = str(resource.get("status", ""))
     steps: list[str] = []
@@ -440,7 +448,9 @@ def _involvement_update(
     organization = _reference_identifier(resource.get(organization_field))
     name = "Encounter" if kind == "encounter" else "EpisodeOfCare"
     if organization is None:
-        return StateUpdate(state, False, (f"{name}.{organization_field} names no organisation by identifier",))
+        return StateUpdate(
+            state, False, (f"{name}.{organization_field} names no organisation by identifier",)
+        )
     if status in open_statuses:
         record = Involvement(key, kind, organization, True, None, context.occurred_at)
     elif status in ended_statuses:
@@ -448,7 +458,9 @@ def _involvement_update(
         end_text = period.get("end") if isinstance(period, dict) else None
         ended = _instant(end_text, upper=True) if isinstance(end_text, str) else None
         # No readable end: the event's own time is the latest instant the stay is known to have lasted.
-        record = Involvement(key, kind, organization, False, ended or context.occurred_at, context.occurred_at)
+        record = Involvement(
+            key, kind, organization, False, ended or context.occurred_at, context.occurred_at
+        )
     else:
         # Planned, cancelled, entered in error...: kept, neither open nor ended, so it never counts.
         record = Involvement(key, kind, organization, False, None, context.occurred_at)
@@ -498,6 +510,11 @@ def _apply_consent(
     if parsed is None:
         return StateUpdate(state, False, ("Consent scope does not govern sharing: ignored",))
     consents, fresh = _upsert(state.consents, parsed)
+    if not fresh and parsed.status in REVOKING_STATUSES:
+        # A revocation errs on the patient's side: it applies even when it arrives after a newer
+        # version, and keeps that version's instant so no older "active" can follow it.
+        newest = max(consent.as_of for consent in state.consents if consent.key == parsed.key)
+        consents, fresh = _upsert(state.consents, replace(parsed, as_of=newest))
     if not fresh:
         return StateUpdate(state, False, ("Consent older than the version already applied: ignored",))
     effect = f"{parsed.provision.type} in force" if parsed.in_force and parsed.provision else "not in force"
@@ -543,9 +560,7 @@ def parse_consent(
         return ConsentRejected(str(refused))
 
 
-def _parse_consent(
-    resource: Mapping[str, Any], patient_id: str, context: _Context
-) -> ConsentRecord | None:
+def _parse_consent(resource: Mapping[str, Any], patient_id: str, context: _Context) -> ConsentRecord | None:
     patient = resource.get("patient")
     if not isinstance(patient, dict) or not (patient.get("reference") or patient.get("identifier")):
         raise _Refused("Consent.patient is missing")
@@ -555,7 +570,9 @@ def _parse_consent(
     status = resource.get("status")
     if status not in CONSENT_STATUSES:
         raise _Refused("Consent.status is missing or unknown")
-    scopes = {code for system, code in _concept_codes(resource.get("scope")) if system == CONSENT_SCOPE_SYSTEM}
+    scopes = {
+        code for system, code in _concept_codes(resource.get("scope")) if system == CONSENT_SCOPE_SYSTEM
+    }
     if not scopes:
         raise _Refused("Consent.scope is missing or not from the consentscope code system")
     sharing = scopes & SHARING_SCOPES

@@ -1,17 +1,59 @@
-"""Deterministic synthetic feed of French patients, as the demo sources would publish it (FHIR R4)."""
+"""Deterministic synthetic feed of French patients, as six demo sources of one region would publish it.
+
+Each patient has one GP practice (Guadeloupe or Lyon), the hospital of their area and the lab; each
+source names them with its own identifier, codes problems and results in its own vocabulary (mapped to
+ICD-10, SNOMED CT and LOINC by ``config/conceptmaps/<source id>.conceptmap.json``) and units, and
+writes its own FHIR version and format:
+
+=================================== ====== ===== =================================================
+source                              FHIR   media what it sends
+=================================== ====== ===== =================================================
+``demo-gp-cabinet-lamentin``         R4     JSON  GP practice, America/Guadeloupe. Patient ids
+                                                  ``GP1-nnnnnn``; problems local + ICD-10; capillary
+                                                  glucose in g/L, weight in kg.
+``demo-gp-maison-sante-lyon``        R4     JSON  GP practice, Europe/Paris. Ids ``GP2-nnnnnn``;
+                                                  problems local + ICD-10; glucose mg/dL, weight kg.
+                                                  Writes every date-time **without offset** (local
+                                                  wall-clock time, a real-world bug), including night
+                                                  house calls at 02:30 on DST-change days (tagged
+                                                  ``dst-gap`` / ``dst-overlap``).
+``demo-gp-cabinet-basse-terre``      R5     JSON  GP practice, America/Guadeloupe. Ids ``BTnnnnnnnn``;
+                                                  problems local + SNOMED CT; glucose mmol/L, weight
+                                                  lb. Records objections only (no R5 form for the
+                                                  demo's actor-limited permits).
+``demo-hospital-chu``                R4     JSON  Hospital (FINESS 690999990), Europe/Paris, Lyon
+                                                  patients. IPP ``IPP-nnnnnn``; problems local + ICD-10;
+                                                  glucose g/L, creatinine mg/L, HbA1c %.
+``demo-hospital-chu-pointe-a-pitre`` STU3   XML   Hospital (FINESS 971999990), America/Guadeloupe,
+                                                  Guadeloupe patients. IPP ``97nnnnnnn``; problems and
+                                                  requests in local codes only; glucose mmol/L,
+                                                  creatinine µmol/L, HbA1c mmol/mol. Often admits
+                                                  without INS and sends the Patient again with the
+                                                  qualified INS later (tagged ``late-ins:*``).
+``demo-lab-bio``                     R4     JSON  Lab, Europe/Paris, everyone. Ids ``LAB-nnnnnn``;
+                                                  HbA1c % or mmol/mol, glucose mg/dL or mmol/L,
+                                                  creatinine mg/dL or µmol/L, weight kg or lb.
+=================================== ====== ===== =================================================
+
+The GP practices also copy some lab reports into a later visit bundle, with the same LOINC code, value,
+unit and instant: the same fact from two sources (tagged ``duplicate-of:<lab message id>``, listed by
+:func:`cross_source_duplicates`). Hospital contacts are stays (admission bundle, lab panel, discharge,
+follow-up request) and emergency visits. Every INS is in the test NIR system (``…1.4.10``).
+"""
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hub.demo import dialects
 from hub.demo import vocabulary as vocab
 from hub.demo.identifiers import fr_nir_key, luhn_digit
 
@@ -41,16 +83,30 @@ _DISCHARGE_DISPOSITION = "http://terminology.hl7.org/CodeSystem/discharge-dispos
 _CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 _PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
+#: Scenario tags of :attr:`DemoMessage.scenarios`.
+NAIVE_TIME = "naive-time"  # every date-time of the message is local wall-clock time without offset
+DST_GAP = "dst-gap"  # … and one of them does not exist (spring forward)
+DST_OVERLAP = "dst-overlap"  # … and one of them happens twice (fall back)
+LATE_INS_WITHOUT = "late-ins:without-ins"  # a hospital Patient without the INS the person has
+LATE_INS_UPDATE = "late-ins:update"  # the same hospital's Patient again, now with the qualified INS
+DUPLICATE_OF = "duplicate-of:"  # + the lab message id whose results this GP message repeats
+
 
 @dataclass(frozen=True)
 class DemoSource:
-    """A connected system of the demo: its id, kind, organisation, patient ids and clock."""
+    """A connected system of the demo: its id, kind, organisation, patient ids, clock and dialect."""
 
     id: str
     kind: str
     organization_finess_or_id: str
     patient_identifier_system: str
     time_zone: str
+    fhir_version: str = dialects.R4
+    media: str = "json"
+    #: Writes date-times without offset (local wall-clock time): invalid FHIR the hub repairs.
+    naive_times: bool = False
+    #: The standard system it writes beside its local problem codes; None: local codes only.
+    problem_system: str | None = vocab.ICD10
 
     @property
     def organization_identifier(self) -> Json:
@@ -66,45 +122,98 @@ class DemoSource:
 
 @dataclass(frozen=True)
 class DemoMessage:
-    """One message a demo source publishes: a transaction Bundle or a single resource."""
+    """One message a demo source publishes: a transaction Bundle or a single resource.
+
+    ``resource`` is what the source sends, in its FHIR version (``"3.0"``, ``"4.0"`` or ``"5.0"``) and
+    with its quirks (naive times); ``media`` says whether it goes out as JSON or XML. ``scenarios``
+    tags the messages that exercise a normalisation rule (see the constants of this module).
+    """
 
     source_id: str
     message_id: str
     resource: Json
+    fhir_version: str = dialects.R4
+    media: str = "json"
+    scenarios: tuple[str, ...] = ()
+
+    @property
+    def file_name(self) -> str:
+        """``<message id>.json`` or ``<message id>.xml``."""
+        return f"{self.message_id}.{self.media}"
+
+    @property
+    def content_type(self) -> str:
+        """The content-type a sender that names its FHIR version would give."""
+        return f"application/fhir+{self.media}; fhirVersion={self.fhir_version}"
+
+    def body(self) -> bytes:
+        """The bytes the source sends: indented JSON, or XML written by the version's FHIR models."""
+        return dialects.serialise(self.resource, version=self.fhir_version, media=self.media)
 
 
 LAMENTIN = DemoSource(
-    "demo-gp-cabinet-lamentin",
+    vocab.LAMENTIN,
     "gp",
     "demo-org-cabinet-lamentin",
-    "urn:hub:demo:demo-gp-cabinet-lamentin:patient",
+    f"urn:hub:demo:{vocab.LAMENTIN}:patient",
     "America/Guadeloupe",
 )
 LYON = DemoSource(
-    "demo-gp-maison-sante-lyon",
+    vocab.LYON,
     "gp",
     "demo-org-maison-sante-lyon",
-    "urn:hub:demo:demo-gp-maison-sante-lyon:patient",
+    f"urn:hub:demo:{vocab.LYON}:patient",
     "Europe/Paris",
+    naive_times=True,
+)
+BASSE_TERRE = DemoSource(
+    vocab.BASSE_TERRE,
+    "gp",
+    "demo-org-cabinet-basse-terre",
+    f"urn:hub:demo:{vocab.BASSE_TERRE}:patient",
+    "America/Guadeloupe",
+    fhir_version=dialects.R5,
+    problem_system=vocab.SNOMED,
 )
 HOSPITAL = DemoSource(
-    "demo-hospital-chu",
+    vocab.CHU,
     "hospital",
     "690999990",  # fictional FINESS (valid Luhn key)
-    "urn:hub:demo:demo-hospital-chu:patient",
+    f"urn:hub:demo:{vocab.CHU}:patient",
     "Europe/Paris",
+)
+CHU_PAP = DemoSource(
+    vocab.CHU_PAP,
+    "hospital",
+    "971999990",  # fictional FINESS in Guadeloupe (971), valid Luhn key
+    f"urn:hub:demo:{vocab.CHU_PAP}:patient",
+    "America/Guadeloupe",
+    fhir_version=dialects.STU3,
+    media="xml",
+    problem_system=None,
 )
 LAB = DemoSource(
-    "demo-lab-bio",
+    vocab.LAB,
     "lab",
     "demo-org-lab-bio",
-    "urn:hub:demo:demo-lab-bio:patient",
+    f"urn:hub:demo:{vocab.LAB}:patient",
     "Europe/Paris",
 )
-DEMO_SOURCES: tuple[DemoSource, ...] = (LAMENTIN, LYON, HOSPITAL, LAB)
+DEMO_SOURCES: tuple[DemoSource, ...] = (LAMENTIN, LYON, BASSE_TERRE, HOSPITAL, CHU_PAP, LAB)
+_SOURCES_BY_ID = {source.id: source for source in DEMO_SOURCES}
 
-_LOCAL_ID_PREFIX = {LAMENTIN.id: "GP1", LYON.id: "GP2", HOSPITAL.id: "IPP", LAB.id: "LAB"}
-_HOME_AREA = {LAMENTIN.id: vocab.GUADELOUPE, LYON.id: vocab.LYON_AREA}
+#: Each software numbers its patients its own way.
+_LOCAL_ID_FORMAT = {
+    LAMENTIN.id: "GP1-{:06d}",
+    LYON.id: "GP2-{:06d}",
+    BASSE_TERRE.id: "BT{:08d}",
+    HOSPITAL.id: "IPP-{:06d}",
+    CHU_PAP.id: "97{:07d}",
+    LAB.id: "LAB-{:06d}",
+}
+_HOME_AREA = {LAMENTIN.id: vocab.GUADELOUPE, LYON.id: vocab.LYON_AREA, BASSE_TERRE.id: vocab.BASSE_TERRE_AREA}
+#: The hospital of each practice's area.
+_HOSPITAL_OF = {LAMENTIN.id: CHU_PAP, BASSE_TERRE.id: CHU_PAP, LYON.id: HOSPITAL}
 
 
 @dataclass(frozen=True)
@@ -131,13 +240,29 @@ _GPS = {
         _Professional(_rpps(4), "Roux", "Christophe", vocab.PHYSICIAN),
         _Professional(_rpps(5), "Lambert", "Sophie", vocab.PHYSICIAN),
     ),
+    BASSE_TERRE.id: (
+        _Professional(_rpps(10), "Jean-Baptiste", "Rémy", vocab.PHYSICIAN),
+        _Professional(_rpps(11), "Bélizaire", "Léonie", vocab.PHYSICIAN),
+    ),
 }
 _NURSES = {
     LAMENTIN.id: _Professional(_rpps(6), "Bélizaire", "Josiane", vocab.NURSE),
     LYON.id: _Professional(_rpps(7), "Vincent", "Léa", vocab.NURSE),
+    BASSE_TERRE.id: _Professional(_rpps(12), "Alexis", "Monique", vocab.NURSE),
 }
-_ONCOLOGIST = _Professional(_rpps(8), "Moreau", "Philippe", vocab.PHYSICIAN)
-_GERIATRICIAN = _Professional(_rpps(9), "Garcia", "Camille", vocab.PHYSICIAN)
+_ONCOLOGISTS = {
+    HOSPITAL.id: _Professional(_rpps(8), "Moreau", "Philippe", vocab.PHYSICIAN),
+    CHU_PAP.id: _Professional(_rpps(13), "Ramassamy", "Isabelle", vocab.PHYSICIAN),
+}
+_GERIATRICIANS = {
+    HOSPITAL.id: _Professional(_rpps(9), "Garcia", "Camille", vocab.PHYSICIAN),
+    CHU_PAP.id: _Professional(_rpps(14), "Céleste", "Gérard", vocab.PHYSICIAN),
+}
+#: The physician who signs a hospital's discharge requests.
+_HOSPITALISTS = {
+    HOSPITAL.id: _Professional(_rpps(15), "Lefebvre", "Nicolas", vocab.PHYSICIAN),
+    CHU_PAP.id: _Professional(_rpps(16), "Jean-Baptiste", "Catherine", vocab.PHYSICIAN),
+}
 
 #: How a stay ends, by the patient's main problem (HL7 discharge-disposition codes).
 _DISPOSITIONS = {
@@ -145,6 +270,7 @@ _DISPOSITIONS = {
     "dementia": (("home", "Home"), ("snf", "Skilled nursing facility"), ("long", "Long-term care")),
 }
 _HOME = (("home", "Home"),)
+_LB = 0.45359237  # kg per international pound, exact by definition
 
 
 @dataclass(frozen=True)
@@ -153,6 +279,7 @@ class _Person:
 
     index: int
     gp_source: DemoSource
+    hospital: DemoSource
     gp: _Professional
     profile: str
     gender: str
@@ -167,24 +294,30 @@ class _Person:
     ins: str | None
     diagnoses: tuple[str, ...]
     poorly_controlled: bool
+    weight_kg: float
 
     def local_id(self, source: DemoSource) -> str:
         # Indexed, not random, so that one feed never gives two patients the same local id.
-        return f"{_LOCAL_ID_PREFIX[source.id]}-{self.index + 1:06d}"
+        return _LOCAL_ID_FORMAT[source.id].format(self.index + 1)
 
 
 @dataclass
 class _FeedState:
-    """What one patient's draw depends on in the ones before: only whether an objection exists."""
+    """What one patient's draw depends on in the ones before: whether an objection exists, and which
+    daylight-saving changes a night call already fell on."""
 
     objection_given: bool = False
+    night_calls: set[str] = field(default_factory=set)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # by identity: two messages may be equal in content
 class _Pending:
     at: datetime
     source: DemoSource
     resource: Json
+    tags: list[str] = field(default_factory=list)
+    #: Lab messages whose results this GP message repeats.
+    duplicates_of: list[_Pending] = field(default_factory=list)
 
 
 def generate_feed(*, patients: int, seed: int, now: datetime) -> Iterator[DemoMessage]:
@@ -201,35 +334,162 @@ def generate_feed(*, patients: int, seed: int, now: datetime) -> Iterator[DemoMe
     pending: list[_Pending] = []
     for index in range(patients):
         pending.extend(_PatientFeed(index, seed, now, state).messages())
-    # Stable sort: messages of one instant keep the order they were drawn in.
-    pending.sort(key=lambda item: item.at)
+    # By instant (not wall-clock time, which repeats when clocks go back); a stable sort keeps
+    # messages of one instant in the order they were drawn.
+    pending.sort(key=lambda item: item.at.timestamp())
     counters: dict[str, int] = {}
-    messages = []
+    ids: dict[_Pending, str] = {}
     for item in pending:
         n = counters[item.source.id] = counters.get(item.source.id, 0) + 1
-        messages.append(DemoMessage(item.source.id, f"{item.source.id}-{n:06d}", item.resource))
-    return iter(messages)
+        ids[item] = f"{item.source.id}-{n:06d}"
+    return iter([_message(item, ids) for item in pending])
+
+
+def _message(item: _Pending, ids: dict[_Pending, str]) -> DemoMessage:
+    source = item.source
+    resource = dialects.in_version(item.resource, source.fhir_version)
+    tags = list(item.tags)
+    if source.naive_times:
+        resource = dialects.without_offsets(resource)
+        tags.insert(0, NAIVE_TIME)
+    tags.extend(DUPLICATE_OF + ids[original] for original in item.duplicates_of)
+    return DemoMessage(source.id, ids[item], resource, source.fhir_version, source.media, tuple(tags))
 
 
 def write_feed(directory: Path, messages: Iterable[DemoMessage]) -> int:
-    """Write each message to ``directory/<source id>/<message id>.json``; return how many."""
+    """Write each message to ``directory/<source id>/<message id>.json`` (or ``.xml``); return how many.
+
+    The FHIR version is not in the file: the source's ``default_fhir_version`` in the registry says it.
+    """
     count = 0
     for message in messages:
         for name in (message.source_id, message.message_id):
             if Path(name).name != name or name in {"", ".", ".."}:
                 raise ValueError(f"not a plain file name: {name!r}")
+        if message.media not in dialects.MEDIA:
+            raise ValueError(f"unknown media {message.media!r}")
         folder = directory / message.source_id
         folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(message.resource, ensure_ascii=False, indent=2)
-        (folder / f"{message.message_id}.json").write_text(text + "\n", encoding="utf-8")
+        (folder / message.file_name).write_bytes(message.body())
         count += 1
     return count
 
+
+# -- what a test needs to find the scenarios ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LateIns:
+    """A hospital that first sent a patient without INS, then again with the qualified INS."""
+
+    source_id: str
+    local_id: str
+    ins: str
+    #: Messages whose Patient has the hospital's local id only, in feed order.
+    without_ins: tuple[str, ...]
+    #: The message with the Patient again, local id and INS: it links the two identities.
+    update: str
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """One lab result that a GP practice sent again: same LOINC code, value, unit and instant."""
+
+    original: str  # the lab's message id
+    original_entry: int | None  # its Bundle entry, or None for a single Observation
+    repeat: str  # the GP practice's message id
+    repeat_entry: int  # the entry of the GP's visit Bundle
+    loinc: str
+    effective: datetime  # the instant, aware
+
+
+def _resources(message: DemoMessage) -> Iterator[tuple[int | None, Json]]:
+    resource = message.resource
+    if resource["resourceType"] == "Bundle":
+        yield from enumerate(entry["resource"] for entry in resource["entry"])
+    else:
+        yield None, resource
+
+
+def _identifier_value(patient: Json, system: str) -> str | None:
+    return next((str(i["value"]) for i in patient.get("identifier", ()) if i.get("system") == system), None)
+
+
+def late_ins_cases(messages: Iterable[DemoMessage]) -> list[LateIns]:
+    """The late-INS cases of a feed, in the order of their updates."""
+    feed = list(messages)
+    without: dict[tuple[str, str], list[str]] = {}
+    cases = []
+    for message in feed:
+        if LATE_INS_WITHOUT not in message.scenarios and LATE_INS_UPDATE not in message.scenarios:
+            continue
+        system = _SOURCES_BY_ID[message.source_id].patient_identifier_system
+        for _index, resource in _resources(message):
+            if resource["resourceType"] != "Patient":
+                continue
+            local_id = _identifier_value(resource, system)
+            if local_id is None:
+                continue
+            key = (message.source_id, local_id)
+            if LATE_INS_WITHOUT in message.scenarios:
+                without.setdefault(key, []).append(message.message_id)
+                continue
+            ins = _identifier_value(resource, INS_TEST_SYSTEM)
+            if ins is not None:
+                cases.append(LateIns(*key, ins, tuple(without.get(key, ())), message.message_id))
+    return cases
+
+
+def _observation_fact(resource: Json, zone: ZoneInfo) -> tuple[str, float, str, datetime] | None:
+    """LOINC code, value, UCUM unit and effective instant (a naive time read in ``zone``)."""
+    if resource["resourceType"] != "Observation" or "valueQuantity" not in resource:
+        return None
+    loinc = next((c["code"] for c in resource["code"]["coding"] if c.get("system") == vocab.LOINC), None)
+    effective = datetime.fromisoformat(resource["effectiveDateTime"])
+    if effective.tzinfo is None:
+        effective = effective.replace(tzinfo=zone)
+    quantity = resource["valueQuantity"]
+    return None if loinc is None else (loinc, float(quantity["value"]), str(quantity["code"]), effective)
+
+
+def cross_source_duplicates(messages: Iterable[DemoMessage]) -> list[Duplicate]:
+    """Every lab result repeated by a GP practice, found from the ``duplicate-of:`` tags."""
+    feed = list(messages)
+    by_id = {message.message_id: message for message in feed}
+    found = []
+    for repeat in feed:
+        zone = ZoneInfo(_SOURCES_BY_ID[repeat.source_id].time_zone)
+        facts = [(index, _observation_fact(resource, zone)) for index, resource in _resources(repeat)]
+        for tag in repeat.scenarios:
+            if not tag.startswith(DUPLICATE_OF):
+                continue
+            original = by_id[tag.removeprefix(DUPLICATE_OF)]
+            lab_zone = ZoneInfo(_SOURCES_BY_ID[original.source_id].time_zone)
+            for original_index, resource in _resources(original):
+                fact = _observation_fact(resource, lab_zone)
+                for repeat_index, repeated in facts:
+                    if fact is not None and repeated == fact and repeat_index is not None:
+                        found.append(
+                            Duplicate(
+                                original.message_id,
+                                original_index,
+                                repeat.message_id,
+                                repeat_index,
+                                fact[0],
+                                fact[3],
+                            )
+                        )
+    return found
+
+
+# -- patients -----------------------------------------------------------------------------------------
 
 #: Share of patients per profile; the rest ("other") are healthy or have a common chronic problem.
 _PROFILES = (("diabetes", 0.30), ("cancer", 0.10), ("dementia", 0.10))
 #: Age range per profile, in whole years at `now`; dementia patients are all over 75.
 _AGES = {"diabetes": (40, 85), "cancer": (40, 85), "dementia": (77, 95), "other": (18, 80)}
+#: Share of patients per GP practice, in this order; the rest go to the last one.
+_GP_SHARES = ((LAMENTIN, 0.35), (BASSE_TERRE, 0.30), (LYON, 1.0))
 
 
 def _draw_profile(rng: random.Random) -> str:
@@ -241,8 +501,17 @@ def _draw_profile(rng: random.Random) -> str:
     return "other"
 
 
+def _draw_gp_source(rng: random.Random) -> DemoSource:
+    draw = rng.random()
+    for source, share in _GP_SHARES:
+        if draw < share:
+            return source
+        draw -= share
+    return _GP_SHARES[-1][0]
+
+
 def _draw_person(index: int, rng: random.Random, now: datetime) -> _Person:
-    gp_source = LAMENTIN if rng.random() < 0.5 else LYON
+    gp_source = _draw_gp_source(rng)
     profile = _draw_profile(rng)
     gender = rng.choice(("female", "male"))
     low, high = _AGES[profile]
@@ -250,7 +519,7 @@ def _draw_person(index: int, rng: random.Random, now: datetime) -> _Person:
     age_days = round(365.25 * rng.randint(low, high)) + rng.randrange(365)
     birth_date = now.date() - timedelta(days=age_days)
     home_area = _HOME_AREA[gp_source.id]
-    other_area = vocab.LYON_AREA if gp_source is LAMENTIN else vocab.GUADELOUPE
+    other_area = vocab.LYON_AREA if gp_source is not LYON else vocab.GUADELOUPE + vocab.BASSE_TERRE_AREA
     where = rng.random()
     birth_place = rng.choice(home_area if where < 0.6 else other_area if where < 0.85 else vocab.ELSEWHERE)
     ins = None
@@ -264,6 +533,7 @@ def _draw_person(index: int, rng: random.Random, now: datetime) -> _Person:
     return _Person(
         index=index,
         gp_source=gp_source,
+        hospital=_HOSPITAL_OF[gp_source.id],
         gp=rng.choice(_GPS[gp_source.id]),
         profile=profile,
         gender=gender,
@@ -280,6 +550,7 @@ def _draw_person(index: int, rng: random.Random, now: datetime) -> _Person:
         ins=ins,
         diagnoses=_draw_diagnoses(profile, gender, rng),
         poorly_controlled=rng.random() < 0.5,
+        weight_kg=rng.uniform(50, 105),
     )
 
 
@@ -301,6 +572,49 @@ def _draw_diagnoses(profile: str, gender: str, rng: random.Random) -> tuple[str,
     return tuple(main + [name for name, chance in extra if rng.random() < chance])
 
 
+@cache
+def _dst_changes(zone_name: str, first: date, last: date) -> tuple[tuple[date, str], ...]:
+    """Days from ``first`` to ``last`` on which the zone's clocks change: ``gap`` (spring forward) or
+    ``overlap`` (fall back)."""
+    zone = ZoneInfo(zone_name)
+    changes = []
+    day = first
+    while day <= last:
+        before = datetime.combine(day, time(0), tzinfo=zone).utcoffset()
+        after = datetime.combine(day, time(12), tzinfo=zone).utcoffset()
+        if before is not None and after is not None and before != after:
+            changes.append((day, "gap" if after > before else "overlap"))
+        day += timedelta(days=1)
+    return tuple(changes)
+
+
+@dataclass(frozen=True)
+class _Visit:
+    """A GP visit already drawn, which a later lab report may be copied into."""
+
+    start: datetime
+    number: int
+    pending: _Pending
+    subject: Json
+    encounter: Json
+
+
+@dataclass(frozen=True)
+class _LabReport:
+    collected: datetime
+    issued: datetime
+    #: Each result: the message that carries it, the test and the quantity as the lab wrote it.
+    results: tuple[tuple[_Pending, vocab.LabTest, Json], ...]
+
+
+@dataclass
+class _HospitalPatient:
+    """A Patient a hospital sent inside a contact's bundle (emergency visit or admission)."""
+
+    pending: _Pending
+    entry: Json
+
+
 class _PatientFeed:
     """Draws every message about one patient, from every source that sees them."""
 
@@ -311,7 +625,11 @@ class _PatientFeed:
         self.now = now
         self.state = state
         self.person = _draw_person(index, self.rng, now)
+        self.gp_source = self.person.gp_source
+        self.hospital = self.person.hospital
         self.pending: list[_Pending] = []
+        self.visits: list[_Visit] = []
+        self.hospital_patients: list[_HospitalPatient] = []
 
     def messages(self) -> list[_Pending]:
         rng, person = self.rng, self.person
@@ -330,10 +648,13 @@ class _PatientFeed:
                 self._gp_registration(back, known)
             else:
                 self._gp_visit(number, back, new_at.get(number, ()), referrals.get(number, ()))
+        self._night_call(first)
         found_at = next((n for n, names in new_at.items() if names[:1] == person.diagnoses[:1]), 0)
         diagnosed_back = visit_days[found_at]
+        self._emergency_visit(first)
         self._hospital_stay(diagnosed_back, referred="oncology" in referrals.get(1, ()))
-        self._lab_results(first)
+        self._late_ins()
+        self._gp_copies(self._lab_results(first))
         self._consent(visit_days)
         self._care_team(diagnosed_back)
         return self.pending
@@ -364,14 +685,16 @@ class _PatientFeed:
     def _urn(self) -> str:
         return f"urn:uuid:{uuid.UUID(int=self.rng.getrandbits(128), version=4)}"
 
-    def _emit(self, at: datetime, source: DemoSource, resource: Json) -> None:
-        self.pending.append(_Pending(at, source, resource))
+    def _emit(self, at: datetime, source: DemoSource, resource: Json, *tags: str) -> _Pending:
+        pending = _Pending(at, source, resource, list(tags))
+        self.pending.append(pending)
+        return pending
 
     # -- GP ---------------------------------------------------------------------------------------
 
     def _gp_registration(self, back: int, known: tuple[str, ...]) -> None:
         """The first visit: Patient, their GP, the encounter and the problems already known."""
-        person, source = self.person, self.person.gp_source
+        person, source = self.person, self.gp_source
         start = self._office_hours(back, source)
         patient_url, gp_url, encounter_url = self._urn(), self._urn(), self._urn()
         patient = _patient(person, source, general_practitioner=_ref(gp_url))
@@ -383,31 +706,37 @@ class _PatientFeed:
         for name in known:
             onset = person.birth_date + timedelta(days=365 * self.rng.randint(20, 60))
             onset = min(onset, start.date() - timedelta(days=30))
-            condition = _condition(name, source, _ref(patient_url), _ref(encounter_url), start)
+            condition = _condition(
+                vocab.DIAGNOSES[name], source, _ref(patient_url), _ref(encounter_url), start
+            )
             condition["onsetDateTime"] = onset.isoformat()
             entries.append(_entry(self._urn(), condition))
-        self._emit(start, source, _bundle(entries))
+        entries.extend(self._vitals(0, start, _ref(patient_url), _ref(encounter_url), _ref(gp_url)))
+        pending = self._emit(start, source, _bundle(entries))
+        self.visits.append(_Visit(start, 0, pending, _ref(patient_url), _ref(encounter_url)))
 
     def _gp_visit(self, number: int, back: int, found: tuple[str, ...], referrals: tuple[str, ...]) -> None:
         """A later visit: the patient is named by the practice's own id, not sent again."""
-        person, source = self.person, self.person.gp_source
+        person, source = self.person, self.gp_source
         start = self._office_hours(back, source)
         subject = _identifier_ref("Patient", source.patient_identifier_system, person.local_id(source))
         gp = _identifier_ref("Practitioner", RPPS_SYSTEM, person.gp.rpps)
         encounter_url = self._urn()
         entries = [_entry(encounter_url, self._gp_encounter(number, start, subject, gp))]
         for name in found:
-            condition = _condition(name, source, subject, _ref(encounter_url), start)
+            condition = _condition(vocab.DIAGNOSES[name], source, subject, _ref(encounter_url), start)
             condition["onsetDateTime"] = _instant(start)
             entries.append(_entry(self._urn(), condition))
         entries.extend(
             _entry(self._urn(), self._referral(kind, start, subject, gp, _ref(encounter_url)))
             for kind in referrals
         )
-        self._emit(start, source, _bundle(entries))
+        entries.extend(self._vitals(number, start, subject, _ref(encounter_url), gp))
+        pending = self._emit(start, source, _bundle(entries))
+        self.visits.append(_Visit(start, number, pending, subject, _ref(encounter_url)))
 
     def _gp_encounter(self, number: int, start: datetime, subject: Json, gp: Json) -> Json:
-        source = self.person.gp_source
+        source = self.gp_source
         return {
             "resourceType": "Encounter",
             "identifier": [
@@ -422,57 +751,107 @@ class _PatientFeed:
             "participant": [{"individual": gp}],
             "period": {
                 "start": _instant(start),
-                "end": _instant(start + timedelta(minutes=self.rng.choice((15, 20, 30)))),
+                "end": _instant(_later(start, minutes=self.rng.choice((15, 20, 30)))),
             },
             "serviceProvider": {"type": "Organization", "identifier": source.organization_identifier},
         }
 
+    def _vitals(self, number: int, at: datetime, subject: Json, encounter: Json, gp: Json) -> list[Json]:
+        """What the GP measures in the office, in the practice's own units: weight, capillary glucose."""
+        person, rng, source = self.person, self.rng, self.gp_source
+        measured: list[tuple[vocab.LabTest, Json]] = []
+        if rng.random() < 0.5:
+            kg = person.weight_kg + rng.uniform(-2, 2)
+            measured.append(_weight(kg, lb=source is BASSE_TERRE))
+        if person.profile == "diabetes" and rng.random() < 0.6:
+            mg_dl = rng.uniform(150, 280) if person.poorly_controlled else rng.uniform(100, 170)
+            measured.append(_capillary_glucose(mg_dl, source))
+        return [
+            _entry(
+                self._urn(),
+                _observation(
+                    source,
+                    test,
+                    quantity,
+                    subject,
+                    result_id=f"M-{person.index + 1:06d}-{number + 1:02d}-{n + 1}",
+                    effective=at,
+                    encounter=encounter,
+                    performer=gp,
+                ),
+            )
+            for n, (test, quantity) in enumerate(measured)
+        ]
+
+    def _night_call(self, registered_back: int) -> None:
+        """A night house call at 02:30 on a day the clocks change, from a practice that writes naive times.
+
+        The feed's first such patients get one each, on the latest spring-forward day (02:30 does not
+        exist) and the latest fall-back day (02:30 happens twice) after their registration.
+        """
+        person, source = self.person, self.gp_source
+        if not source.naive_times:
+            return
+        zone = ZoneInfo(source.time_zone)
+        today = self.now.astimezone(zone).date()
+        changes = _dst_changes(source.time_zone, today - timedelta(days=registered_back - 1), today)
+        for kind in ("gap", "overlap"):
+            days = [day for day, change in changes if change == kind and (today - day).days >= 2]
+            if kind in self.state.night_calls or not days:
+                continue
+            self.state.night_calls.add(kind)
+            # fold=0: in a gap the offset before the change, in an overlap the first occurrence; the
+            # hub reads a naive time the same way, so its repaired instant is this one.
+            start = datetime.combine(max(days), time(2, 30), tzinfo=zone)
+            visit = {
+                "resourceType": "Encounter",
+                "identifier": [
+                    {"system": source.local_system("encounter"), "value": f"VD-{person.index + 1:06d}-01"}
+                ],
+                "status": "finished",
+                "class": {"system": _ACT_CODE, "code": "HH", "display": "home health"},
+                "subject": _identifier_ref(
+                    "Patient", source.patient_identifier_system, person.local_id(source)
+                ),
+                "participant": [{"individual": _identifier_ref("Practitioner", RPPS_SYSTEM, person.gp.rpps)}],
+                "period": {"start": _instant(start), "end": _instant(_later(start, minutes=20))},
+                "serviceProvider": {"type": "Organization", "identifier": source.organization_identifier},
+            }
+            self._emit(start, source, visit, DST_GAP if kind == "gap" else DST_OVERLAP)
+            return
+
     def _referral(self, kind: str, at: datetime, subject: Json, gp: Json, encounter: Json) -> Json:
-        source, main = self.person.gp_source, self.person.diagnoses[0]
-        local = source.local_system("referral")
-        if kind == "palliative":
-            codings = [
-                {"system": local, "code": "ADR-PALL", "display": "Adressage soins palliatifs"},
-                {
-                    "system": vocab.SNOMED,
-                    "code": "306237005",
-                    "display": "Referral to palliative care service",
-                },
-            ]
-            text = "Adressage à l'équipe de soins palliatifs"
-        else:
-            codings = [{"system": local, "code": "ADR-ONCO", "display": "Adressage oncologie"}]
-            text = "Adressage en oncologie"
-        diagnosis = vocab.DIAGNOSES[main]
+        source = self.gp_source
+        referral = vocab.REFERRALS[kind]
         request: Json = {
             "resourceType": "ServiceRequest",
             "status": "active",
             "intent": "order",
-            "category": [
-                {"coding": [{"system": vocab.SNOMED, "code": "3457005", "display": "Patient referral"}]}
-            ],
+            "category": [_patient_referral()],
             "priority": "urgent" if kind == "oncology" else "routine",
-            "code": {"coding": codings, "text": text},
+            "code": _referral_code(referral, source),
             "subject": subject,
             "encounter": encounter,
             "authoredOn": _instant(at),
             "requester": gp,
-            "reasonCode": [
-                {"coding": [{"system": vocab.ICD10, "code": diagnosis.icd10, "display": diagnosis.display}]}
-            ],
+            "reasonCode": [_problem_code(vocab.DIAGNOSES[self.person.diagnoses[0]], source)],
         }
         if kind == "oncology":
-            request["performer"] = [{"type": "Organization", "identifier": HOSPITAL.organization_identifier}]
+            request["performer"] = [
+                {"type": "Organization", "identifier": self.hospital.organization_identifier}
+            ]
         return request
 
     def _consent(self, visit_days: list[int]) -> None:
         """For about one patient in ten, a consent given at the GP; the feed's first is an objection."""
         if self.rng.random() >= 0.1:
             return
-        person, source = self.person, self.person.gp_source
+        person, source = self.person, self.gp_source
         objection = not self.state.objection_given or self.rng.random() < 0.2
         self.state.objection_given = True
         at = self._office_hours(self.rng.choice(visit_days[1:] or visit_days), source)
+        if not objection and source.fhir_version == dialects.R5:
+            return  # see dialects._r5_consent: the R5 practice records objections only
         provision: Json = {"type": "deny" if objection else "permit", "period": {"start": _instant(at)}}
         if not objection:
             # Consent to share with the hospital, which is outside the care team until it treats them.
@@ -481,7 +860,7 @@ class _PatientFeed:
                     "role": {"coding": [{"system": _PARTICIPATION_TYPE, "code": "IRCP"}]},
                     "reference": {
                         "type": "Organization",
-                        "identifier": HOSPITAL.organization_identifier,
+                        "identifier": self.hospital.organization_identifier,
                     },
                 }
             ]
@@ -503,16 +882,16 @@ class _PatientFeed:
 
     def _care_team(self, diagnosed_back: int) -> None:
         """A home care team for some cancer and dementia patients, declared by their GP."""
-        person, source = self.person, self.person.gp_source
+        person, source, hospital = self.person, self.gp_source, self.hospital
         chance = {"cancer": 0.3, "dementia": 0.4}.get(person.profile, 0.0)
         if diagnosed_back < 3 or self.rng.random() >= chance:
             return
         at = self._office_hours(self.rng.randint(1, diagnosed_back - 1), source)
         members = [(person.gp, source), (_NURSES[source.id], source)]
         if person.profile == "cancer":
-            members.append((_ONCOLOGIST, HOSPITAL))
+            members.append((_ONCOLOGISTS[hospital.id], hospital))
         elif self.rng.random() < 0.5:
-            members.append((_GERIATRICIAN, HOSPITAL))
+            members.append((_GERIATRICIANS[hospital.id], hospital))
         team = {
             "resourceType": "CareTeam",
             "status": "active",
@@ -544,11 +923,86 @@ class _PatientFeed:
         }
         self._emit(at, source, team)
 
-    # -- hospital -----------------------------------------------------------------------------------
+    def _gp_copies(self, reports: list[_LabReport]) -> None:
+        """Some lab reports imported by the GP software and sent again inside the next visit's bundle.
+
+        Only for patients with a qualified INS, which both the lab and the practice send: the same
+        person for the hub, the same LOINC code, value, unit and instant, so the same clinical fact.
+        """
+        person, source = self.person, self.gp_source
+        if person.ins is None:
+            return
+        for report in reports:
+            if self.rng.random() >= 0.4:
+                continue
+            after = report.issued.timestamp() + 86400
+            visit = next((v for v in self.visits if v.start.timestamp() > after), None)
+            if visit is None:
+                continue
+            entries = visit.pending.resource["entry"]
+            for lab_message, test, quantity in report.results:
+                if test is vocab.BODY_WEIGHT:
+                    continue  # the GP weighs the patient itself
+                copy = _observation(
+                    source,
+                    test,
+                    dict(quantity),
+                    visit.subject,
+                    result_id=f"R-{person.index + 1:06d}-{visit.number + 1:02d}-{len(entries) + 1}",
+                    effective=report.collected,
+                    issued=report.issued,
+                    encounter=visit.encounter,
+                    performer={"type": "Organization", "identifier": LAB.organization_identifier},
+                )
+                entries.append(_entry(self._urn(), copy))
+                if lab_message not in visit.pending.duplicates_of:
+                    visit.pending.duplicates_of.append(lab_message)
+
+    # -- hospitals ----------------------------------------------------------------------------------
+
+    def _hospital_patient(self, url: str) -> Json:
+        person, hospital = self.person, self.hospital
+        gp = _identifier_ref("Practitioner", RPPS_SYSTEM, person.gp.rpps)
+        patient = _patient(person, hospital, general_practitioner=gp)
+        return _entry(url, patient, _if_none_exist(patient["identifier"][0]))
+
+    def _emergency_visit(self, first: int) -> None:
+        """Some patients pass through the emergency department of their area's hospital."""
+        person, rng, hospital = self.person, self.rng, self.hospital
+        chance = {"diabetes": 0.3, "dementia": 0.3}.get(person.profile, 0.15)
+        if rng.random() >= chance:
+            return
+        arrived = self._local(rng.randint(2, first - 1), rng.randrange(24), rng.randrange(60), hospital)
+        left = _later(arrived, minutes=rng.randint(150, 540))
+        if person.profile == "diabetes" and rng.random() < 0.5:
+            reason = vocab.EMERGENCY_DIAGNOSES["hypoglycaemia"]
+        else:
+            reasons = [
+                diagnosis
+                for name, diagnosis in vocab.EMERGENCY_DIAGNOSES.items()
+                if name != "hypoglycaemia" and hospital.id in diagnosis.local
+            ]
+            reason = rng.choice(reasons)
+        patient_url, encounter_url = self._urn(), self._urn()
+        visit_id = {"system": hospital.local_system("encounter"), "value": f"URG-{person.index + 1:06d}"}
+        visit = _hospital_encounter(hospital, visit_id, _ref(patient_url), "finished", ("EMER", "emergency"))
+        visit["period"] = {"start": _instant(arrived), "end": _instant(left)}
+        visit["hospitalization"] = {
+            "dischargeDisposition": {
+                "coding": [{"system": _DISCHARGE_DISPOSITION, "code": "home", "display": "Home"}]
+            }
+        }
+        condition = _condition(
+            reason, hospital, _ref(patient_url), _ref(encounter_url), arrived, category="encounter-diagnosis"
+        )
+        patient = self._hospital_patient(patient_url)
+        bundle = _bundle([patient, _entry(encounter_url, visit), _entry(self._urn(), condition)])
+        self.hospital_patients.append(_HospitalPatient(self._emit(left, hospital, bundle), patient))
 
     def _hospital_stay(self, diagnosed_back: int, *, referred: bool) -> None:
-        """An admission (bundle with the hospital's own Patient) and, once over, a discharge."""
-        person, rng = self.person, self.rng
+        """An admission (bundle with the hospital's own Patient), the admission lab panel and, once the
+        stay is over, the discharge and sometimes a follow-up request."""
+        person, rng, hospital = self.person, self.rng, self.hospital
         chance = {"cancer": 0.5, "dementia": 0.3, "diabetes": 0.1}.get(person.profile, 0.05)
         if not person.diagnoses or diagnosed_back < 3 or not (referred or rng.random() < chance):
             return
@@ -556,53 +1010,129 @@ class _PatientFeed:
             admitted_back = max(diagnosed_back - rng.randint(7, 30), 1)
         else:
             admitted_back = rng.randint(1, diagnosed_back - 1)
-        admitted = self._local(admitted_back, rng.randint(6, 22), rng.randrange(60), HOSPITAL)
-        stay_id = {
-            "system": HOSPITAL.local_system("encounter"),
-            "value": f"SEJ-{person.index + 1:06d}",
-        }
+        admitted = self._local(admitted_back, rng.randint(6, 22), rng.randrange(60), hospital)
+        stay_id = {"system": hospital.local_system("encounter"), "value": f"SEJ-{person.index + 1:06d}"}
         patient_url, encounter_url = self._urn(), self._urn()
-        patient = _patient(
-            person,
-            HOSPITAL,
-            general_practitioner=_identifier_ref("Practitioner", RPPS_SYSTEM, person.gp.rpps),
+        admission = _hospital_encounter(
+            hospital, stay_id, _ref(patient_url), "in-progress", ("IMP", "inpatient encounter")
         )
-        admission = _hospital_encounter(stay_id, _ref(patient_url), "in-progress")
         admission["period"] = {"start": _instant(admitted)}
+        main = vocab.DIAGNOSES[person.diagnoses[0]]
         condition = _condition(
-            person.diagnoses[0],
-            HOSPITAL,
-            _ref(patient_url),
-            _ref(encounter_url),
-            admitted,
-            category="encounter-diagnosis",
+            main, hospital, _ref(patient_url), _ref(encounter_url), admitted, category="encounter-diagnosis"
         )
-        bundle = _bundle(
-            [
-                _entry(patient_url, patient, _if_none_exist(patient["identifier"][0])),
-                _entry(encounter_url, admission),
-                _entry(self._urn(), condition),
-            ]
-        )
-        self._emit(admitted, HOSPITAL, bundle)
+        patient = self._hospital_patient(patient_url)
+        bundle = _bundle([patient, _entry(encounter_url, admission), _entry(self._urn(), condition)])
+        self.hospital_patients.append(_HospitalPatient(self._emit(admitted, hospital, bundle), patient))
+        subject = _identifier_ref("Patient", hospital.patient_identifier_system, person.local_id(hospital))
+        stay = {"type": "Encounter", "identifier": stay_id}
+        self._admission_panel(admitted, subject, stay)
         discharged_back = admitted_back - rng.randint(1, 14)
         if discharged_back < 1:
             return  # still in hospital: the encounter stays open
-        discharged = self._local(discharged_back, rng.randint(10, 17), rng.randrange(60), HOSPITAL)
+        discharged = self._local(discharged_back, rng.randint(10, 17), rng.randrange(60), hospital)
         code, display = rng.choice(_DISPOSITIONS.get(person.profile, _HOME))
-        subject = _identifier_ref("Patient", HOSPITAL.patient_identifier_system, person.local_id(HOSPITAL))
-        discharge = _hospital_encounter(stay_id, subject, "finished")
+        discharge = _hospital_encounter(
+            hospital, stay_id, subject, "finished", ("IMP", "inpatient encounter")
+        )
         discharge["period"] = {"start": _instant(admitted), "end": _instant(discharged)}
         discharge["hospitalization"] = {
             "dischargeDisposition": {
                 "coding": [{"system": _DISCHARGE_DISPOSITION, "code": code, "display": display}]
             }
         }
-        self._emit(discharged, HOSPITAL, discharge)
+        self._emit(discharged, hospital, discharge)
+        if person.profile == "cancer" and rng.random() < 0.3:
+            kind = "palliative"
+        elif rng.random() < 0.5:
+            kind = "follow_up"
+        else:
+            return
+        request: Json = {
+            "resourceType": "ServiceRequest",
+            "identifier": [
+                {"system": hospital.local_system("request"), "value": f"DEM-{person.index + 1:06d}"}
+            ],
+            "status": "active",
+            "intent": "order",
+            "category": [_patient_referral()],
+            "priority": "routine",
+            "code": _referral_code(vocab.REFERRALS[kind], hospital),
+            "subject": subject,
+            "encounter": stay,
+            "authoredOn": _instant(discharged),
+            "requester": _identifier_ref("Practitioner", RPPS_SYSTEM, _HOSPITALISTS[hospital.id].rpps),
+            "reasonCode": [_problem_code(main, hospital)],
+        }
+        if kind == "follow_up":
+            request["performer"] = [_identifier_ref("Practitioner", RPPS_SYSTEM, person.gp.rpps)]
+        self._emit(discharged, hospital, request)
+
+    def _admission_panel(self, admitted: datetime, subject: Json, stay: Json) -> None:
+        """Blood tests and weight at admission, in the hospital's units, as one bundle of Observations."""
+        person, rng, hospital = self.person, self.rng, self.hospital
+        taken = _later(admitted, minutes=rng.randint(20, 90))
+        issued = _later(taken, minutes=rng.randint(60, 240))
+        if issued >= self.now:
+            return
+        pap = hospital is CHU_PAP
+        diabetic = person.profile == "diabetes"
+        mg_dl = rng.uniform(150, 300) if diabetic else rng.uniform(75, 120)
+        panel = [
+            _glucose_molar(mg_dl) if pap else _glucose_g_l(mg_dl),
+            _creatinine_hospital(
+                rng.uniform(1.6, 2.6) if "ckd" in person.diagnoses else rng.uniform(0.6, 1.2), pap
+            ),
+            _weight(person.weight_kg + rng.uniform(-3, 1), lb=False),
+        ]
+        if diabetic:
+            percent = rng.uniform(8.2, 11.0) if person.poorly_controlled else rng.uniform(6.0, 7.8)
+            panel.append(_hba1c(percent, ifcc=pap))
+        performer = {"type": "Organization", "identifier": hospital.organization_identifier}
+        entries = [
+            _entry(
+                self._urn(),
+                _observation(
+                    hospital,
+                    test,
+                    quantity,
+                    subject,
+                    result_id=f"BIO-{person.index + 1:06d}-{n + 1}",
+                    effective=taken,
+                    issued=issued,
+                    encounter=stay,
+                    performer=performer,
+                ),
+            )
+            for n, (test, quantity) in enumerate(panel)
+        ]
+        self._emit(issued, hospital, _bundle(entries))
+
+    def _late_ins(self) -> None:
+        """The Guadeloupe hospital often admits without calling the INS service: its first messages
+        carry its own id only, and the Patient is sent again with the qualified INS hours later."""
+        person, hospital = self.person, self.hospital
+        if person.ins is None or hospital is not CHU_PAP or not self.hospital_patients:
+            return
+        if self.rng.random() >= 0.6:
+            return
+        first = min(self.hospital_patients, key=lambda contact: contact.pending.at.timestamp())
+        update_at = _later(first.pending.at, minutes=self.rng.randint(120, 72 * 60))
+        if update_at >= self.now:
+            return  # not yet qualified when the feed ends
+        for contact in self.hospital_patients:
+            if contact.pending.at.timestamp() < update_at.timestamp():
+                gp = contact.entry["resource"].get("generalPractitioner", [None])[0]
+                contact.entry["resource"] = _patient(
+                    person, hospital, general_practitioner=gp, with_ins=False
+                )
+                contact.pending.tags.append(LATE_INS_WITHOUT)
+        gp = _identifier_ref("Practitioner", RPPS_SYSTEM, person.gp.rpps)
+        self._emit(update_at, hospital, _patient(person, hospital, general_practitioner=gp), LATE_INS_UPDATE)
 
     # -- lab --------------------------------------------------------------------------------------
 
-    def _lab_results(self, first: int) -> None:
+    def _lab_results(self, first: int) -> list[_LabReport]:
         """Diabetics every 3 to 5 months, some others once; the lab's first report has its Patient."""
         person, rng = self.person, self.rng
         if person.profile == "diabetes":
@@ -613,22 +1143,23 @@ class _PatientFeed:
         elif rng.random() < 0.5:
             days = [rng.randint(1, first - 1)]
         else:
-            return
+            return []
         units = _LabUnits(
             hba1c_ifcc=rng.random() < 0.3,
             glucose_mmol=rng.random() < 0.25,
             creatinine_umol=rng.random() < 0.5,
             weight_lb=rng.random() < 0.15,
         )
-        weight = rng.uniform(50, 105)
+        reports = []
         for number, back in enumerate(days):
             collected = self._local(back, rng.randint(7, 11), rng.randrange(60), LAB)
             issued = collected + timedelta(hours=rng.randint(4, 9))
             report = f"R{person.index + 1:06d}-{number + 1:02d}"
             results = [
                 (f"{report}-{n + 1}", test, quantity)
-                for n, (test, quantity) in enumerate(self._panel(units, weight))
+                for n, (test, quantity) in enumerate(self._panel(units, person.weight_kg))
             ]
+            carried: list[tuple[_Pending, vocab.LabTest, Json]] = []
             if number > 0:
                 for result_id, test, quantity in results:
                     observation = _lab_observation(
@@ -639,7 +1170,8 @@ class _PatientFeed:
                         collected=collected,
                         issued=issued,
                     )
-                    self._emit(issued, LAB, observation)
+                    carried.append((self._emit(issued, LAB, observation), test, quantity))
+                reports.append(_LabReport(collected, issued, tuple(carried)))
                 continue
             patient_url = self._urn()
             patient = _patient(person, LAB, general_practitioner=None)
@@ -658,7 +1190,13 @@ class _PatientFeed:
                 )
                 for result_id, test, quantity in results
             )
-            self._emit(issued, LAB, _bundle(entries))
+            message = self._emit(issued, LAB, _bundle(entries))
+            reports.append(
+                _LabReport(
+                    collected, issued, tuple((message, test, quantity) for _id, test, quantity in results)
+                )
+            )
+        return reports
 
     def _lab_subject(self) -> Json:
         """Later results name the patient by INS (when qualified) or by the lab's own id."""
@@ -719,7 +1257,7 @@ def _lab_observation(
         "category": [{"coding": [{"system": _OBSERVATION_CATEGORY, "code": test.category}]}],
         "code": {
             "coding": [
-                {"system": LAB.local_system("test"), "code": test.local_code},
+                {"system": LAB.local_system("test"), "code": test.local_code(LAB.id)[0]},
                 {"system": vocab.LOINC, "code": test.loinc, "display": test.display},
             ]
         },
@@ -729,6 +1267,44 @@ def _lab_observation(
         "performer": [{"type": "Organization", "identifier": LAB.organization_identifier}],
         "valueQuantity": quantity,
     }
+
+
+def _observation(
+    source: DemoSource,
+    test: vocab.LabTest,
+    quantity: Json,
+    subject: Json,
+    *,
+    result_id: str,
+    effective: datetime,
+    encounter: Json,
+    performer: Json,
+    issued: datetime | None = None,
+) -> Json:
+    """A measurement as a GP practice or a hospital records it: its own code and LOINC, on its clock."""
+    zone = ZoneInfo(source.time_zone)
+    code, label = test.local_code(source.id)
+    observation: Json = {
+        "resourceType": "Observation",
+        "identifier": [{"system": source.local_system("result"), "value": result_id}],
+        "status": "final",
+        "category": [{"coding": [{"system": _OBSERVATION_CATEGORY, "code": test.category}]}],
+        "code": {
+            "coding": [
+                {"system": source.local_system("test"), "code": code, "display": label},
+                {"system": vocab.LOINC, "code": test.loinc, "display": test.display},
+            ],
+            "text": label,
+        },
+        "subject": subject,
+        "encounter": encounter,
+        "effectiveDateTime": _instant(effective.astimezone(zone)),
+    }
+    if issued is not None:
+        observation["issued"] = _instant(issued.astimezone(zone))
+    observation["performer"] = [performer]
+    observation["valueQuantity"] = quantity
+    return observation
 
 
 def _quantity(value: float, unit: str, code: str) -> Json:
@@ -750,15 +1326,40 @@ def _glucose(mg_dl: float, *, mmol: bool) -> tuple[vocab.LabTest, Json]:
     return vocab.GLUCOSE, _quantity(round(mg_dl), "mg/dL", "mg/dL")
 
 
+def _glucose_g_l(mg_dl: float) -> tuple[vocab.LabTest, Json]:
+    """Glycaemia as French hospital labs print it, in g/L."""
+    return vocab.GLUCOSE, _quantity(round(mg_dl / 100, 2), "g/L", "g/L")
+
+
+def _glucose_molar(mg_dl: float) -> tuple[vocab.LabTest, Json]:
+    return vocab.GLUCOSE_MOLAR, _quantity(round(mg_dl / 18.016, 1), "mmol/L", "mmol/L")
+
+
+def _capillary_glucose(mg_dl: float, source: DemoSource) -> tuple[vocab.LabTest, Json]:
+    """A finger-stick glucose on the practice's meter: g/L (Lamentin), mg/dL (Lyon), mmol/L (Basse-Terre)."""
+    if source is BASSE_TERRE:
+        return vocab.CAPILLARY_GLUCOSE_MOLAR, _quantity(round(mg_dl / 18.016, 1), "mmol/L", "mmol/L")
+    if source is LAMENTIN:
+        return vocab.CAPILLARY_GLUCOSE, _quantity(round(mg_dl / 100, 2), "g/L", "g/L")
+    return vocab.CAPILLARY_GLUCOSE, _quantity(round(mg_dl), "mg/dL", "mg/dL")
+
+
 def _creatinine(mg_dl: float, *, umol: bool) -> tuple[vocab.LabTest, Json]:
     if umol:
         return vocab.CREATININE, _quantity(round(mg_dl * 88.42), "µmol/L", "umol/L")
     return vocab.CREATININE, _quantity(round(mg_dl, 2), "mg/dL", "mg/dL")
 
 
+def _creatinine_hospital(mg_dl: float, molar: bool) -> tuple[vocab.LabTest, Json]:
+    """µmol/L under the molar code in Pointe-à-Pitre, mg/L (French labs) in Lyon."""
+    if molar:
+        return vocab.CREATININE_MOLAR, _quantity(round(mg_dl * 88.42), "µmol/L", "umol/L")
+    return vocab.CREATININE, _quantity(round(mg_dl * 10, 1), "mg/L", "mg/L")
+
+
 def _weight(kg: float, *, lb: bool) -> tuple[vocab.LabTest, Json]:
     if lb:
-        return vocab.BODY_WEIGHT, _quantity(round(kg / 0.45359237, 1), "lb", "[lb_av]")
+        return vocab.BODY_WEIGHT, _quantity(round(kg / _LB, 1), "lb", "[lb_av]")
     return vocab.BODY_WEIGHT, _quantity(round(kg, 1), "kg", "kg")
 
 
@@ -767,6 +1368,12 @@ def _weight(kg: float, *, lb: bool) -> tuple[vocab.LabTest, Json]:
 
 def _instant(moment: datetime) -> str:
     return moment.isoformat(timespec="seconds")
+
+
+def _later(moment: datetime, *, minutes: int) -> datetime:
+    """``minutes`` of real time after ``moment``, on its clock (wall-clock arithmetic is wrong across a
+    daylight-saving change)."""
+    return (moment.astimezone(UTC) + timedelta(minutes=minutes)).astimezone(moment.tzinfo)
 
 
 def _ref(urn: str) -> Json:
@@ -794,8 +1401,12 @@ def _bundle(entries: list[Json]) -> Json:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def _patient(person: _Person, source: DemoSource, *, general_practitioner: Json | None) -> Json:
-    """The Patient as ``source`` records them: its own id first, then the INS when qualified."""
+def _patient(
+    person: _Person, source: DemoSource, *, general_practitioner: Json | None, with_ins: bool = True
+) -> Json:
+    """The Patient as ``source`` records them: its own id first, then the INS when qualified and known
+    to the source (``with_ins``)."""
+    ins = person.ins if with_ins else None
     identifiers: list[Json] = [
         {
             "use": "usual",
@@ -804,14 +1415,14 @@ def _patient(person: _Person, source: DemoSource, *, general_practitioner: Json 
             "value": person.local_id(source),
         }
     ]
-    extensions = [_reliability("VALI" if person.ins is not None else "PROV")]
-    if person.ins is not None:
+    extensions = [_reliability("VALI" if ins is not None else "PROV")]
+    if ins is not None:
         identifiers.append(
             {
                 "use": "official",
                 "type": {"coding": [{"system": _IDENTIFIER_TYPE_FR, "code": "INS-NIR-TEST"}]},
                 "system": INS_TEST_SYSTEM,
-                "value": person.ins,
+                "value": ins,
             }
         )
         extensions.append(
@@ -871,8 +1482,36 @@ def _practitioner(professional: _Professional) -> Json:
     }
 
 
+def _problem_code(diagnosis: vocab.Diagnosis, source: DemoSource) -> Json:
+    """A problem in the source's local vocabulary, with the standard code the source writes beside it."""
+    local_code, local_display = diagnosis.local[source.id]
+    codings = [{"system": source.local_system("condition"), "code": local_code, "display": local_display}]
+    if source.problem_system == vocab.ICD10:
+        codings.append({"system": vocab.ICD10, "code": diagnosis.icd10, "display": diagnosis.display})
+    elif source.problem_system == vocab.SNOMED:
+        codings.append(
+            {"system": vocab.SNOMED, "code": diagnosis.snomed, "display": diagnosis.snomed_display}
+        )
+    return {"coding": codings, "text": local_display}
+
+
+def _referral_code(referral: vocab.Referral, source: DemoSource) -> Json:
+    """A referral in the source's local code, with its exact SNOMED CT code unless the source writes
+    local codes only."""
+    local_code, local_display = referral.local[source.id]
+    codings = [{"system": source.local_system("referral"), "code": local_code, "display": local_display}]
+    if referral.snomed is not None and source.problem_system is not None:
+        codings.append({"system": vocab.SNOMED, "code": referral.snomed[0], "display": referral.snomed[1]})
+    return {"coding": codings, "text": referral.text}
+
+
+def _patient_referral() -> Json:
+    code, display = vocab.PATIENT_REFERRAL
+    return {"coding": [{"system": vocab.SNOMED, "code": code, "display": display}]}
+
+
 def _condition(
-    name: str,
+    diagnosis: vocab.Diagnosis,
     source: DemoSource,
     subject: Json,
     encounter: Json,
@@ -880,33 +1519,28 @@ def _condition(
     *,
     category: str = "problem-list-item",
 ) -> Json:
-    """A problem coded both in the source's local vocabulary and in ICD-10."""
-    diagnosis = vocab.DIAGNOSES[name]
-    local_code, local_display = diagnosis.local[source.id]
+    """A problem coded in the source's local vocabulary (and the standard one it writes, if any)."""
     return {
         "resourceType": "Condition",
         "clinicalStatus": {"coding": [{"system": _CONDITION_CLINICAL, "code": "active"}]},
         "verificationStatus": {"coding": [{"system": _CONDITION_VERIFICATION, "code": "confirmed"}]},
         "category": [{"coding": [{"system": _CONDITION_CATEGORY, "code": category}]}],
-        "code": {
-            "coding": [
-                {"system": source.local_system("condition"), "code": local_code, "display": local_display},
-                {"system": vocab.ICD10, "code": diagnosis.icd10, "display": diagnosis.display},
-            ],
-            "text": local_display,
-        },
+        "code": _problem_code(diagnosis, source),
         "subject": subject,
         "encounter": encounter,
         "recordedDate": _instant(recorded),
     }
 
 
-def _hospital_encounter(stay_id: Json, subject: Json, status: str) -> Json:
+def _hospital_encounter(
+    hospital: DemoSource, stay_id: Json, subject: Json, status: str, encounter_class: tuple[str, str]
+) -> Json:
+    code, display = encounter_class
     return {
         "resourceType": "Encounter",
         "identifier": [stay_id],
         "status": status,
-        "class": {"system": _ACT_CODE, "code": "IMP", "display": "inpatient encounter"},
+        "class": {"system": _ACT_CODE, "code": code, "display": display},
         "subject": subject,
-        "serviceProvider": {"type": "Organization", "identifier": HOSPITAL.organization_identifier},
+        "serviceProvider": {"type": "Organization", "identifier": hospital.organization_identifier},
     }

@@ -6,22 +6,26 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from lxml import etree
 from pydantic import ValidationError
 
 from hub.errors import ErrorCode
 from hub.ingest.outcome import Rejected
+from hub.normalise import versions
+from hub.normalise.instants import fix_naive_times_before_validation, naive_time_step
 
 JSON_MEDIA = "application/fhir+json"
 XML_MEDIA = "application/fhir+xml"
 _JSON_ALIASES = frozenset({JSON_MEDIA, "application/json", "application/json+fhir"})
 _XML_ALIASES = frozenset({XML_MEDIA, "application/xml", "text/xml", "application/xml+fhir"})
 
-#: FHIR versions by the short form of the ``fhirVersion`` media-type parameter.
-_VERSION_NAMES = {"3.0": "STU3", "4.0": "R4", "4.3": "R4B", "5.0": "R5"}
-#: Versions ingest reads today: R4 and R4B share fhir.resources' R4B models (DESIGN.md section 4).
+#: Versions read natively: R4 and R4B share fhir.resources' R4B models (DESIGN.md section 4).
 READABLE_VERSIONS = frozenset({"4.0", "4.3"})
+#: Versions converted to R4 first (hub/normalise/versions.py).
+CONVERTED_VERSIONS = frozenset({"3.0", "5.0"})
+KNOWN_VERSIONS = READABLE_VERSIONS | CONVERTED_VERSIONS
 _VALIDATION_ERRORS_SHOWN = 3
 
 # fhir.resources records required bindings as ``enum_values`` but checks none of them, and it cuts
@@ -56,6 +60,7 @@ class Decoded:
     resource: dict[str, Any]
     fhir_version: str
     media: str
+    steps: tuple[str, ...] = ()
 
 
 def parse_content_type(header: str | None) -> ContentType | Rejected:
@@ -189,38 +194,30 @@ def _check_resource(resource: dict[str, Any], where: str = "") -> Rejected | Non
     return None
 
 
-def decode(value: bytes, content_type: ContentType, *, default_version: str) -> Decoded | Rejected:
-    """Parse and validate one body once; later stages carry the plain data, not the model."""
-    version = content_type.fhir_version or default_version
+def _xml_document(value: bytes, version: str) -> dict[str, Any] | Rejected:
+    """FHIR XML read with the model of its version, as JSON-shaped data (the models validate it)."""
+    resource_type = _xml_root_type(value)
+    if isinstance(resource_type, Rejected):
+        return resource_type
+    model_class = _model_class(resource_type) if version in READABLE_VERSIONS else None
     if version not in READABLE_VERSIONS:
-        name = _VERSION_NAMES.get(version, version[:10])
-        return Rejected(
-            ErrorCode.FHIR_VERSION_UNSUPPORTED,
-            f"FHIR {name} is not accepted yet; send R4 (fhirVersion=4.0) or R4B (4.3)",
-        )
-    if content_type.media == "xml":
-        resource_type = _xml_root_type(value)
-        if isinstance(resource_type, Rejected):
-            return resource_type
-        model_class = _model_class(resource_type)
-        if model_class is None:
-            return Rejected(ErrorCode.FHIR_INVALID, f"unknown resource type {resource_type[:40]!r}")
-        try:
-            model = model_class.model_validate_xml(value)
-        except ValidationError as exc:
-            return Rejected(ErrorCode.FHIR_INVALID, _validation_detail(exc))
-        except (ValueError, KeyError, TypeError, etree.LxmlError) as exc:
-            # fhir.resources' XML reader raises KeyError on an unknown element, for one.
-            return Rejected(ErrorCode.FHIR_INVALID, f"XML cannot be read as FHIR ({type(exc).__name__})")
-        except RecursionError:
-            return Rejected(ErrorCode.PAYLOAD_MALFORMED, "FHIR nesting is too deep")
-        resource = json.loads(model.model_dump_json(exclude_none=True))
-        rejected = _check_resource(resource)
-        return rejected if rejected is not None else Decoded(resource, version, "xml")
+        model_class = versions.source_model(resource_type, version)
+    if model_class is None:
+        return Rejected(ErrorCode.FHIR_INVALID, f"unknown resource type {resource_type[:40]!r}")
+    try:
+        model = model_class.model_validate_xml(value)
+    except ValidationError as exc:
+        return Rejected(ErrorCode.FHIR_INVALID, _validation_detail(exc))
+    except (ValueError, KeyError, TypeError, etree.LxmlError) as exc:
+        # fhir.resources' XML reader raises KeyError on an unknown element, for one.
+        return Rejected(ErrorCode.FHIR_INVALID, f"XML cannot be read as FHIR ({type(exc).__name__})")
+    except RecursionError:
+        return Rejected(ErrorCode.PAYLOAD_MALFORMED, "FHIR nesting is too deep")
+    document: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True))
+    return document
 
-    document = _parse_json(value)
-    if isinstance(document, Rejected):
-        return document
+
+def _validate_r4(document: dict[str, Any]) -> Rejected | None:
     model_class = _model_class(document.get("resourceType"))
     if model_class is None:
         return Rejected(ErrorCode.FHIR_INVALID, "no known FHIR resourceType")
@@ -233,5 +230,55 @@ def decode(value: bytes, content_type: ContentType, *, default_version: str) -> 
         return Rejected(ErrorCode.FHIR_INVALID, f"JSON cannot be read as FHIR ({type(exc).__name__})")
     except RecursionError:
         return Rejected(ErrorCode.PAYLOAD_MALFORMED, "FHIR nesting is too deep")
-    rejected = _check_resource(document)
-    return rejected if rejected is not None else Decoded(document, version, "json")
+    return _check_resource(document)
+
+
+def _to_r4(document: dict[str, Any], version: str) -> tuple[dict[str, Any], tuple[str, ...]] | Rejected:
+    """An STU3 or R5 document validated in its own version, then converted (the converter re-validates)."""
+    problem = versions.validate_version(document, version)
+    if problem is not None:
+        return Rejected(ErrorCode.FHIR_INVALID, problem)
+    converted = versions.convert_to_r4(document, version)
+    if isinstance(converted, versions.Unconvertible):
+        return Rejected(ErrorCode.FHIR_VERSION_UNSUPPORTED, converted.detail)
+    rejected = _check_resource(converted.resource)
+    return rejected if rejected is not None else (converted.resource, converted.steps)
+
+
+def decode(
+    value: bytes, content_type: ContentType, *, default_version: str, zone: ZoneInfo
+) -> Decoded | Rejected:
+    """Parse, repair naive times, convert to R4 and validate one body, once.
+
+    Later stages carry the plain data, never the model (validation costs ~250 us a resource).
+    """
+    version = content_type.fhir_version or default_version
+    if version not in KNOWN_VERSIONS:
+        return Rejected(
+            ErrorCode.FHIR_VERSION_UNSUPPORTED,
+            f"fhirVersion {version[:10]!r} is not one of {', '.join(sorted(KNOWN_VERSIONS))}",
+        )
+    steps: list[str] = [f"decoded:{content_type.media}/fhir-{version}"]
+    if content_type.media == "xml":
+        document = _xml_document(value, version)
+    else:
+        document = _parse_json(value)
+        if isinstance(document, dict):
+            # fhir.resources refuses a time without offset; real software sends them, so read the
+            # source's wall clock before validating.
+            document, repaired = fix_naive_times_before_validation(document, zone)
+            if repaired:
+                steps.append(naive_time_step(zone))
+    if isinstance(document, Rejected):
+        return document
+    if version in READABLE_VERSIONS:
+        # The XML reader already validated with the model; JSON is validated here, once.
+        rejected = _check_resource(document) if content_type.media == "xml" else _validate_r4(document)
+        if rejected is not None:
+            return rejected
+        return Decoded(document, version, content_type.media, tuple(steps))
+    converted = _to_r4(document, version)
+    if isinstance(converted, Rejected):
+        return converted
+    resource, conversion_steps = converted
+    return Decoded(resource, version, content_type.media, (*steps, *conversion_steps))

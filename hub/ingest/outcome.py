@@ -54,12 +54,28 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class IdentityLink:
+    """An input showed that a source-local patient id and a qualified-INS id are one person."""
+
+    local_id: str
+    ins_id: str
+
+
+@dataclass(frozen=True)
 class Accepted:
-    """A record turned into pathway events (possibly none, for reference-only resources)."""
+    """A record turned into pathway events (possibly none, for reference-only resources).
+
+    ``patient_id`` is the network id the events were made under (the INS one when the input
+    carries a qualified INS); the identity stage may still route them to a linked, surviving id.
+    """
 
     source_id: str
     message_id: str | None
     events: tuple[PathwayEvent, ...]
+    patient_id: str | None = None
+    link: IdentityLink | None = None
+    #: (system, code) of local codes no ConceptMap of the source maps; counted per source.
+    unmapped_codes: tuple[tuple[str, str], ...] = ()
 
 
 IngestOutcome = Accepted | Rejected

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from hub.errors import ErrorCode
-from hub.identity.network_id import NETWORK_ID_SYSTEM, PatientKey
+from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.ingest import decode as decoding
 from hub.ingest import signature
-from hub.ingest.outcome import Accepted, IngestOutcome, IngestRecord, Rejected
+from hub.ingest.outcome import Accepted, IdentityLink, IngestOutcome, IngestRecord, Rejected
 from hub.ingest.split import PATIENT_FIELD, Entry, split_entries
+from hub.normalise.codes import CodeMapper
+from hub.normalise.instants import normalise_instants
 from hub.normalise.pathway_kind import occurred_at, pathway_kind
 from hub.normalise.time import utc_iso
+from hub.normalise.units import normalise_quantities
 from hub.pathway.event import PathwayEvent, event_id_for
 from hub.sources.registry import Source, SourceRegistry
 
@@ -29,13 +34,15 @@ _PRINTABLE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 @dataclass(frozen=True)
 class IngestContext:
-    """What ingest needs besides the record: registry, limits and the pseudonymisation key."""
+    """What ingest needs besides the record: registry, limits, code maps and the pseudonym key."""
 
     registry: SourceRegistry
     pseudonym_key: bytes = field(repr=False)
     max_payload_bytes: int = 1024 * 1024
     signature_tolerance_seconds: int = 300
     allow_test_ins: bool = False
+    #: Each source's ConceptMaps, loaded once (``hub.normalise.codes.load_concept_maps``).
+    code_mappers: Mapping[str, CodeMapper] = field(default_factory=dict)
 
 
 def printable_id(text: str | None) -> str | None:
@@ -51,12 +58,13 @@ def message_id_of(record: IngestRecord) -> str | None:
     return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
-def _normalised(resource: dict[str, Any], patient_id: str) -> dict[str, Any]:
+def with_patient(resource: dict[str, Any], patient_id: str) -> dict[str, Any]:
     """The resource with its patient named by network id (the source's own reference is local)."""
     copy = dict(resource)
     network_identifier = {"system": NETWORK_ID_SYSTEM, "value": patient_id}
     if copy["resourceType"] == "Patient":
-        copy["identifier"] = [*copy.get("identifier", ()), network_identifier]
+        others = [i for i in copy.get("identifier", ()) if i.get("system") != NETWORK_ID_SYSTEM]
+        copy["identifier"] = [*others, network_identifier]
     else:
         field_name = PATIENT_FIELD[copy["resourceType"]]
         copy[field_name] = {"reference": f"Patient/{patient_id}", "identifier": network_identifier}
@@ -68,21 +76,45 @@ def _security_labels(resource: dict[str, Any]) -> tuple[str, ...]:
     return tuple(sorted({str(label["code"]) for label in labels if label.get("code")}))
 
 
+@dataclass(frozen=True)
+class _Normalised:
+    resource: dict[str, Any]
+    steps: tuple[str, ...]
+    unmapped: tuple[tuple[str, str], ...]
+
+
+#: The mapper of a source without ConceptMaps: it maps nothing, but still marks and reports local codes.
+_NO_MAPS = CodeMapper(MappingProxyType({}))
+
+
+def normalise_resource(resource: dict[str, Any], source: Source, mapper: CodeMapper | None) -> _Normalised:
+    """Codes, units and instants of one validated R4 resource, as the source's profile says.
+
+    Codes come first: a local test code the source's ConceptMap maps to LOINC names the analyte whose
+    unit is then converted. Without a mapper, local codes are still marked unmapped and reported.
+    """
+    mapping = (mapper or _NO_MAPS).map_resource(resource)
+    resource, unit_steps = normalise_quantities(mapping.resource)
+    resource, instant_steps = normalise_instants(resource, source.time_zone)
+    return _Normalised(resource, (*mapping.steps, *unit_steps, *instant_steps), mapping.unmapped)
+
+
 def _event(
     entry: Entry,
-    patient: PatientKey,
+    patient_id: str,
     *,
     source: Source,
     record: IngestRecord,
     decoded: decoding.Decoded,
-    key: bytes,
+    normalised: _Normalised,
+    basis: str,
 ) -> PathwayEvent:
-    patient_id = patient.network_id(key)
-    resource = _normalised(entry.resource, patient_id)
-    steps = [f"decoded:{decoded.media}/fhir-{decoded.fhir_version}"]
+    resource = with_patient(normalised.resource, patient_id)
+    steps = list(decoded.steps)
     if entry.index is not None:
         steps.append(f"bundle-entry:{entry.index}")
-    steps.append(f"patient-id:{patient.basis}")
+    steps.extend(normalised.steps)
+    steps.append(f"patient-id:{basis}")
     when = occurred_at(resource, source.time_zone)
     if when is None:
         steps.append("occurred-at:unknown, recorded-at used")
@@ -137,24 +169,38 @@ def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetim
     content_type = decoding.parse_content_type(record.header(CONTENT_TYPE_HEADER))
     if isinstance(content_type, Rejected):
         return reject(content_type.code, content_type.detail)
-    decoded = decoding.decode(value, content_type, default_version=source.default_fhir_version)
+    decoded = decoding.decode(
+        value, content_type, default_version=source.default_fhir_version, zone=source.time_zone
+    )
     if isinstance(decoded, Rejected):
         return reject(decoded.code, decoded.detail)
-    entries = split_entries(decoded.resource, source, allow_test_ins=context.allow_test_ins)
-    if isinstance(entries, Rejected):
-        return reject(entries.code, entries.detail)
+    split = split_entries(decoded.resource, source, allow_test_ins=context.allow_test_ins)
+    if isinstance(split, Rejected):
+        return reject(split.code, split.detail)
+    if split.patient is None:
+        return Accepted(source.id, message_id, ())
 
+    key = context.pseudonym_key
+    patient_id = split.patient.routing.network_id(key)
+    link = None
+    if split.patient.local is not None and split.patient.ins is not None:
+        link = IdentityLink(split.patient.local.network_id(key), patient_id)
+    mapper = context.code_mappers.get(source.id)
     events: dict[str, PathwayEvent] = {}
-    for entry in entries:
-        if entry.patient is None:
+    unmapped: list[tuple[str, str]] = []
+    for entry in split.entries:
+        if not entry.about_patient:
             continue
+        normalised = normalise_resource(entry.resource, source, mapper)
+        unmapped.extend(normalised.unmapped)
         event = _event(
             entry,
-            entry.patient,
+            patient_id,
             source=source,
             record=record,
             decoded=decoded,
-            key=context.pseudonym_key,
+            normalised=normalised,
+            basis=split.patient.routing.basis,
         )
         events.setdefault(event.event_id, event)  # one event per fact, even inside one Bundle
-    return Accepted(source.id, message_id, tuple(events.values()))
+    return Accepted(source.id, message_id, tuple(events.values()), patient_id, link, tuple(unmapped))

@@ -20,9 +20,14 @@ def receipt(
     origin: KafkaCoordinates,
     *,
     at: datetime,
-    duplicate_of: tuple[str, ...] | None = None,
+    status: str | None = None,
+    event_ids: tuple[str, ...] | list[str] | None = None,
 ) -> dict[str, Any]:
-    """The receipt for one ingest record; ``duplicate_of`` marks a repeat of a known message."""
+    """The receipt for one ingest record.
+
+    For an accepted input, ``status`` may say ``duplicate`` and ``event_ids`` replace the outcome's
+    own (the identity stage knows which facts were already published).
+    """
     if isinstance(outcome, Rejected):
         return {
             "ingest": origin.as_dict(),
@@ -37,9 +42,9 @@ def receipt(
         "ingest": origin.as_dict(),
         "source": outcome.source_id,
         "message_id": outcome.message_id,
-        "status": "accepted" if duplicate_of is None else "duplicate",
+        "status": status or "accepted",
         "error": None,
-        "event_ids": list(duplicate_of) if duplicate_of is not None else [e.event_id for e in outcome.events],
+        "event_ids": list(event_ids) if event_ids is not None else [e.event_id for e in outcome.events],
         "at": utc_iso(at),
     }
 

@@ -2177,7 +2177,7 @@ def _is_r4_type(name: str) -> bool:
 
 
 @cache
-def _source_model(name: str, version: str) -> Any:
+def source_model(name: str, version: str) -> Any:
     """The source version's model of a concrete resource type, or None."""
     from fhir.resources import get_fhir_model_class as r5_class  # noqa: PLC0415 - heavy import, once
     from fhir.resources.resource import Resource as R5Resource  # noqa: PLC0415
@@ -2201,7 +2201,7 @@ def _r4_type(name: str, path: str, run: _Run) -> str:
     if renamed is not None:
         run.note(f"references to {name} → {renamed} ({run.name} map)")
         return renamed
-    if not _is_r4_type(name) and _source_model(name, run.version) is not None:
+    if not _is_r4_type(name) and source_model(name, run.version) is not None:
         raise _Refused(f"{path}: refers to a resource type R4 does not have")
     return name
 
@@ -2315,7 +2315,7 @@ def validate_version(document: Mapping[str, Any], version: str) -> str | None:
     if version not in _VERSION_NAMES:
         return "only STU3 (3.0) and R5 (5.0) are validated here"
     resource_type = document.get("resourceType")
-    model_class = _source_model(resource_type, version) if isinstance(resource_type, str) else None
+    model_class = source_model(resource_type, version) if isinstance(resource_type, str) else None
     if model_class is None:
         return "no known FHIR resourceType"
     try:

@@ -29,7 +29,8 @@ class Source:
     patient_identifier_systems: tuple[str, ...]
     default_fhir_version: str = "4.0"
     software: str = ""
-    code_mappings: tuple[str, ...] = ()
+    #: ConceptMap files, absolute paths (the registry file gives them relative to itself).
+    code_mappings: tuple[Path, ...] = ()
     #: One key normally, two during a rotation's overlap window. Never logged (see repr).
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
 
@@ -109,7 +110,7 @@ def parse_sources(document: Any, *, origin: str, base: Path, environ: Mapping[st
             patient_identifier_systems=tuple(raw["patient_identifier_systems"]),
             default_fhir_version=raw.get("default_fhir_version", "4.0"),
             software=raw.get("software", ""),
-            code_mappings=tuple(raw.get("code_mappings", ())),
+            code_mappings=tuple((base / path).resolve() for path in raw.get("code_mappings", ())),
             secrets=tuple(
                 _resolve_secret(ref, where=f"{where}.secrets.{n}", base=base, environ=environ)
                 for n, ref in enumerate(raw["secrets"])

@@ -7,12 +7,16 @@ from typing import Any
 
 import faust
 
+from hub.identity.stage import IdentityStage
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext
 from hub.logging import bind_kafka_coordinates, clear_bound
 from hub.settings import Settings
-from hub.streams.routing import IngestRouter
+from hub.streams.routing import IdentityRouter, IngestRouter, Outgoing
 from hub.topics import TopicNames
+
+#: Largest record between stages: one input's normalised events are bigger than the input.
+INTERNAL_RECORD_LIMIT = 16 * 1024 * 1024
 
 
 def ingest_record(message: Any) -> IngestRecord:
@@ -38,8 +42,8 @@ def create_app(settings: Settings, context: IngestContext) -> faust.App:
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
         # The hub's payload limit is checked by the hub; Kafka must carry what it receives.
-        producer_max_request_size=4 * settings.max_payload_bytes,
-        consumer_max_fetch_size=4 * settings.max_payload_bytes,
+        producer_max_request_size=INTERNAL_RECORD_LIMIT,
+        consumer_max_fetch_size=INTERNAL_RECORD_LIMIT,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         # A faust table write needs its changelog; keep the defaults' at-least-once guarantee.
@@ -60,23 +64,48 @@ def create_app(settings: Settings, context: IngestContext) -> faust.App:
         )
 
     ingest_topic = raw_topic(topics.ingest)
-    outputs = {name: raw_topic(name) for name in (topics.receipts, topics.dlq, topics.pathway)}
-    seen = app.Table(
-        "ingest-message-ids",
-        default=None,
-        partitions=settings.topic_partitions,
+    identity_topic = raw_topic(topics.identity)
+    outputs = {
+        name: raw_topic(name) for name in (topics.receipts, topics.dlq, topics.pathway, topics.identity)
+    }
+
+    def table(name: str) -> Any:
+        # Co-partitioned with hub.identity.v1: each worker remembers only its own patients.
+        return app.Table(name, default=None, partitions=settings.topic_partitions)
+
+    ingest_router = IngestRouter(context, topics)
+    identity_router = IdentityRouter(
+        IdentityStage(
+            aliases=table("identity-aliases"),
+            seen_messages=table("identity-seen-messages"),
+            seen_events=table("identity-seen-events"),
+        ),
+        topics,
     )
-    router = IngestRouter(context, topics, seen)
+
+    async def send_all(outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers))
 
     @app.agent(ingest_topic, concurrency=1)
     async def ingest(stream: Any) -> None:
-        """Route each ingest record; faust commits its offset only after the sends are flushed."""
+        """Authenticate, validate and normalise each input; faust commits after the sends flush."""
         async for event in stream.events():
             message = event.message
             bind_kafka_coordinates(message.topic, message.partition, message.offset)
             try:
-                for out in router.route(ingest_record(message), message.key):
-                    await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers))
+                await send_all(ingest_router.route(ingest_record(message), message.key))
+            finally:
+                clear_bound()
+
+    @app.agent(identity_topic, concurrency=1)
+    async def identity(stream: Any) -> None:
+        """Resolve each input's patient, drop known facts, publish the pathway and the receipt."""
+        async for event in stream.events():
+            message = event.message
+            bind_kafka_coordinates(message.topic, message.partition, message.offset)
+            try:
+                await send_all(identity_router.route(message.value))
             finally:
                 clear_bound()
 

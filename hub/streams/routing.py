@@ -1,17 +1,18 @@
-"""What the ingest agent sends for one record: the pure core's outcome turned into Kafka records."""
+"""What the agents send for one record: the pure cores' outcomes turned into Kafka records."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from hub.errors import ErrorCode
-from hub.ingest.outcome import Accepted, IngestOutcome, IngestRecord, Rejected
+from hub.identity.stage import IdentityStage, input_record, link_record
+from hub.ingest.outcome import IngestOutcome, IngestRecord, Rejected
 from hub.ingest.pipeline import SOURCE_HEADER, IngestContext, message_id_of, printable_id, process_ingest
 from hub.ingest.receipts import dlq_headers, receipt, receipt_key
 from hub.logging import get_logger
+from hub.normalise.codes import UnmappedCounter
 from hub.topics import TopicNames
 
 log = get_logger(__name__)
@@ -34,19 +35,18 @@ def _json(document: object) -> bytes:
 
 
 class IngestRouter:
-    """Decides, for one ingest record, every record to send: events, one receipt, maybe a DLQ copy.
+    """Decides, for one ingest record, every record to send.
 
-    ``seen`` remembers ``(source, hub-message-id)`` → event ids, so a resent message is receipted
-    ``duplicate`` and publishes nothing again. In the worker it is a faust table, co-partitioned with
-    the ingest topic: sources key their records by message id so a resend lands on the same partition.
+    A reject goes to the DLQ with its receipt, and an input about no patient gets its receipt
+    here. An input with events goes on to the identity stage (``hub.identity.v1``), keyed by its
+    patient, which publishes the events and the receipt; when the input links a local id to a
+    qualified INS, a link record keyed by the local id goes first.
     """
 
-    def __init__(
-        self, context: IngestContext, topics: TopicNames, seen: MutableMapping[str, list[str]]
-    ) -> None:
+    def __init__(self, context: IngestContext, topics: TopicNames) -> None:
         self.context = context
         self.topics = topics
-        self.seen = seen
+        self.unmapped = UnmappedCounter()
 
     def outcome_for(self, record: IngestRecord, *, now: datetime) -> IngestOutcome:
         """The pure outcome; a bug in the core becomes a reject so the partition keeps moving."""
@@ -64,47 +64,75 @@ class IngestRouter:
     def route(
         self, record: IngestRecord, key: bytes | None, *, now: datetime | None = None
     ) -> list[Outgoing]:
-        """Every record to produce for this input, receipt last."""
+        """Every record to produce for this input."""
         at = now or datetime.now(UTC)
         outcome = self.outcome_for(record, now=at)
-        out: list[Outgoing] = []
-        duplicate_of: tuple[str, ...] | None = None
         if isinstance(outcome, Rejected):
-            out.append(
+            log.info("ingest.rejected", code=str(outcome.code), source=outcome.source_id)
+            return [
                 Outgoing(
                     self.topics.dlq,
                     key,
                     record.value,
                     tuple(dlq_headers(record.headers, outcome, record.origin)),
+                ),
+                Outgoing(
+                    self.topics.receipts,
+                    receipt_key(outcome).encode(),
+                    _json(receipt(outcome, record.origin, at=at)),
+                ),
+            ]
+        self.unmapped.add(outcome.source_id, outcome.unmapped_codes)
+        if outcome.patient_id is None:
+            log.info("ingest.accepted", source=outcome.source_id, events=0)
+            return [
+                Outgoing(
+                    self.topics.receipts,
+                    receipt_key(outcome).encode(),
+                    _json(receipt(outcome, record.origin, at=at)),
                 )
-            )
-            log.info("ingest.rejected", code=str(outcome.code), source=outcome.source_id)
-        else:
-            duplicate_of = self._publish_or_recall(outcome, out)
-        out.append(
-            Outgoing(
-                self.topics.receipts,
-                receipt_key(outcome).encode(),
-                _json(receipt(outcome, record.origin, at=at, duplicate_of=duplicate_of)),
-            )
-        )
-        return out
-
-    def _publish_or_recall(self, outcome: Accepted, out: list[Outgoing]) -> tuple[str, ...] | None:
-        memo_key = f"{outcome.source_id}\x1f{outcome.message_id}" if outcome.message_id else None
-        if memo_key is not None and memo_key in self.seen:
-            log.info("ingest.duplicate", source=outcome.source_id)
-            return tuple(self.seen[memo_key])
-        for event in outcome.events:
+            ]
+        out = []
+        if outcome.link is not None:
             out.append(
                 Outgoing(
-                    self.topics.pathway,
-                    event.patient_id.encode(),
-                    event.to_json(),
-                    ((EVENT_ID_HEADER, event.event_id.encode()),),
+                    self.topics.identity,
+                    outcome.link.local_id.encode(),
+                    _json(link_record(outcome.link, outcome, record.origin, record.timestamp)),
                 )
             )
-        if memo_key is not None:
-            self.seen[memo_key] = [event.event_id for event in outcome.events]
+        out.append(
+            Outgoing(
+                self.topics.identity,
+                outcome.patient_id.encode(),
+                _json(input_record(outcome, record.origin, record.timestamp)),
+            )
+        )
         log.info("ingest.accepted", source=outcome.source_id, events=len(outcome.events))
-        return None
+        return out
+
+
+class IdentityRouter:
+    """The identity stage's sends as Kafka records: pathway events keyed by patient, receipts by source."""
+
+    def __init__(self, stage: IdentityStage, topics: TopicNames) -> None:
+        self.stage = stage
+        self.topics = topics
+
+    def route(self, value: bytes, *, now: datetime | None = None) -> list[Outgoing]:
+        """Every record to produce for one ``hub.identity.v1`` record."""
+        sends = self.stage.handle(json.loads(value), now=now or datetime.now(UTC))
+        out = []
+        for send in sends:
+            if send.topic == "pathway":
+                out.append(
+                    Outgoing(
+                        self.topics.pathway,
+                        send.key.encode(),
+                        _json(send.value),
+                        ((EVENT_ID_HEADER, send.value["event_id"].encode()),),
+                    )
+                )
+            else:
+                out.append(Outgoing(self.topics.receipts, send.key.encode(), _json(send.value)))
+        return out

@@ -1,4 +1,4 @@
-"""The ingest agent's routing, in process: what it sends for each outcome, without a broker."""
+"""The agents' routing, in process: what the ingest and identity agents send per record, without a broker."""
 
 from __future__ import annotations
 
@@ -10,29 +10,37 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from hub.errors import ErrorCode
+from hub.identity.network_id import INS_NIR, PatientKey
+from hub.identity.stage import IdentityStage
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext
 from hub.ingest.signature import sign
+from hub.schemas import schema_errors
 from hub.settings import Settings
 from hub.sources.registry import Source, SourceRegistry
 from hub.streams import routing
 from hub.streams.app import create_app
-from hub.streams.routing import IngestRouter
+from hub.streams.routing import EVENT_ID_HEADER, IdentityRouter, IngestRouter, Outgoing
 from hub.topics import TopicNames
 
 NOW = datetime(2025, 3, 30, 0, 30, tzinfo=UTC)
 SECRET = b"functional-secret-0123456789abcdef"
+KEY = b"k" * 32
+LOCAL_SYSTEM = "urn:hub:test:patient"
 SOURCE = Source(
     id="gp-func",
     kind="gp",
     organization_system="urn:oid:1.2.250.1.71.4.2.2",
     organization_value="971000000",
     time_zone=ZoneInfo("America/Guadeloupe"),
-    patient_identifier_systems=("urn:hub:test:patient",),
+    patient_identifier_systems=(LOCAL_SYSTEM,),
     secrets=(SECRET,),
 )
-CONTEXT = IngestContext(registry=SourceRegistry({SOURCE.id: SOURCE}), pseudonym_key=b"k" * 32)
+CONTEXT = IngestContext(registry=SourceRegistry({SOURCE.id: SOURCE}), pseudonym_key=KEY)
 TOPICS = TopicNames("f.")
+INS = "185057800608436"
+LOCAL_ID = PatientKey("local", SOURCE.id, "P-1").network_id(KEY)
+INS_ID = PatientKey("ins", INS_NIR, INS).network_id(KEY)
 
 
 def record(resource: dict[str, Any], *, message_id: str | None = "msg-1", offset: int = 7) -> IngestRecord:
@@ -48,55 +56,111 @@ def record(resource: dict[str, Any], *, message_id: str | None = "msg-1", offset
 
 CONDITION = {
     "resourceType": "Condition",
-    "subject": {"identifier": {"system": "urn:hub:test:patient", "value": "P-1"}},
+    "subject": {"identifier": {"system": LOCAL_SYSTEM, "value": "P-1"}},
     "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
     "recordedDate": "2025-03-29",
 }
+QUALIFIED_PATIENT = {
+    "resourceType": "Patient",
+    "extension": [
+        {
+            "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability",
+            "extension": [
+                {
+                    "url": "identityReliability",
+                    "valueCoding": {
+                        "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445",
+                        "code": "VALI",
+                    },
+                }
+            ],
+        }
+    ],
+    "identifier": [{"system": INS_NIR, "value": INS}, {"system": LOCAL_SYSTEM, "value": "P-1"}],
+    "gender": "female",
+}
+ORGANIZATION = {"resourceType": "Organization", "name": "Cabinet"}
 
 
-def test_an_accepted_record_sends_its_events_then_one_receipt() -> None:
-    """Accepted: pathway events keyed by network patient id, then exactly one receipt, last."""
-    sent = IngestRouter(CONTEXT, TOPICS, {}).route(record(CONDITION), b"msg-1", now=NOW)
-    assert [out.topic for out in sent] == [TOPICS.pathway, TOPICS.receipts]
-    event = json.loads(sent[0].value or b"")
-    assert sent[0].key == event["patient_id"].encode()
-    assert dict(sent[0].headers)["hub-event-id"].decode() == event["event_id"]
-    receipt = json.loads(sent[1].value or b"")
-    assert receipt["status"] == "accepted"
-    assert receipt["event_ids"] == [event["event_id"]]
-    assert sent[1].key == SOURCE.id.encode()
+def ingest_router() -> IngestRouter:
+    return IngestRouter(CONTEXT, TOPICS)
+
+
+def identity_router() -> IdentityRouter:
+    return IdentityRouter(IdentityStage({}, {}, {}), TOPICS)
+
+
+def value_of(out: Outgoing) -> dict[str, Any]:
+    assert out.value is not None
+    document: dict[str, Any] = json.loads(out.value)
+    return document
+
+
+def through_both(ingest: IngestRouter, identity: IdentityRouter, rec: IngestRecord) -> list[Outgoing]:
+    """Every record sent for one input: ingest's, then the identity agent's for each identity record."""
+    sent = []
+    for out in ingest.route(rec, None, now=NOW):
+        sent.append(out)
+        if out.topic == TOPICS.identity:
+            assert out.value is not None
+            sent.extend(identity.route(out.value, now=NOW))
+    return sent
+
+
+# --- the ingest agent ----------------------------------------------------------------------------------
+
+
+def test_an_accepted_record_goes_to_the_identity_topic_keyed_by_patient_without_a_receipt() -> None:
+    """Accepted with events: one input record on hub.identity.v1 keyed by its patient id; no receipt yet."""
+    [out] = ingest_router().route(record(CONDITION), b"msg-1", now=NOW)
+    assert out.topic == TOPICS.identity
+    assert out.key == LOCAL_ID.encode()
+    value = value_of(out)
+    assert (value["type"], value["patient_id"], value["source"], value["message_id"]) == (
+        "input", LOCAL_ID, SOURCE.id, "msg-1",
+    )  # fmt: skip
+    assert value["ingest"] == {"topic": TOPICS.ingest, "partition": 1, "offset": 7}
+    [event] = value["events"]
+    assert event["patient_id"] == LOCAL_ID
+    assert schema_errors("pathway-event.schema.json", event) == []
+
+
+def test_a_record_linking_local_id_and_ins_sends_the_link_first() -> None:
+    """A Patient with local id and qualified INS: a link record keyed by local id, then its input by INS."""
+    link, inp = ingest_router().route(record(QUALIFIED_PATIENT), None, now=NOW)
+    assert (link.topic, inp.topic) == (TOPICS.identity, TOPICS.identity)
+    assert link.key == LOCAL_ID.encode()
+    assert (value_of(link)["type"], value_of(link)["local_id"], value_of(link)["ins_id"]) == (
+        "link", LOCAL_ID, INS_ID,
+    )  # fmt: skip
+    assert inp.key == INS_ID.encode()
+    assert value_of(inp)["patient_id"] == INS_ID
+    assert INS not in (link.value or b"").decode()
 
 
 def test_a_rejected_record_goes_to_the_dlq_unchanged_with_a_receipt() -> None:
     """Rejected: the original bytes and headers to the DLQ, plus code, detail and origin; then a receipt."""
     bad = record({"resourceType": "Condition", "subject": {"reference": "Group/x"}})
-    sent = IngestRouter(CONTEXT, TOPICS, {}).route(bad, b"k", now=NOW)
+    sent = ingest_router().route(bad, b"k", now=NOW)
     assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.receipts]
     assert sent[0].value == bad.value and sent[0].key == b"k"
     headers = dict(sent[0].headers)
     assert headers["hub-error-code"] == b"patient.unresolved"
     assert headers["hub-origin"] == f"{TOPICS.ingest}/1/7".encode()
     assert list(sent[0].headers[: len(bad.headers)]) == list(bad.headers)
+    receipt = value_of(sent[1])
+    assert (receipt["status"], receipt["error"]["code"]) == ("rejected", "patient.unresolved")
+    assert sent[1].key == SOURCE.id.encode()
+    assert schema_errors("receipt.schema.json", receipt) == []
 
 
-def test_a_resent_message_id_is_receipted_duplicate_and_sends_no_event() -> None:
-    """The second copy of one message id publishes nothing and repeats the first event ids."""
-    seen: dict[str, list[str]] = {}
-    router = IngestRouter(CONTEXT, TOPICS, seen)
-    first = router.route(record(CONDITION), b"msg-1", now=NOW)
-    again = router.route(record(CONDITION, offset=8), b"msg-1", now=NOW)
-    assert [out.topic for out in again] == [TOPICS.receipts]
-    receipt = json.loads(again[0].value or b"")
-    assert receipt["status"] == "duplicate"
-    assert receipt["event_ids"] == json.loads(first[-1].value or b"")["event_ids"]
-
-
-def test_without_a_message_id_the_same_fact_keeps_its_event_id() -> None:
-    """No idempotency key: the fact is published again, under the same deterministic event id."""
-    router = IngestRouter(CONTEXT, TOPICS, {})
-    one = router.route(record(CONDITION, message_id=None), None, now=NOW)
-    two = router.route(record(CONDITION, message_id=None, offset=9), None, now=NOW)
-    assert json.loads(one[0].value or b"")["event_id"] == json.loads(two[0].value or b"")["event_id"]
+def test_an_input_about_no_patient_gets_its_receipt_at_ingest() -> None:
+    """Accepted with no event (an Organization): only an ``accepted`` receipt, with no event ids."""
+    [out] = ingest_router().route(record(ORGANIZATION), b"msg-1", now=NOW)
+    assert (out.topic, out.key) == (TOPICS.receipts, SOURCE.id.encode())
+    receipt = value_of(out)
+    assert (receipt["status"], receipt["event_ids"], receipt["message_id"]) == ("accepted", [], "msg-1")
+    assert schema_errors("receipt.schema.json", receipt) == []
 
 
 def test_a_bug_in_the_core_becomes_a_reject_and_the_partition_moves_on(
@@ -108,20 +172,104 @@ def test_a_bug_in_the_core_becomes_a_reject_and_the_partition_moves_on(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(routing, "process_ingest", explode)
-    sent = IngestRouter(CONTEXT, TOPICS, {}).route(record(CONDITION), b"msg-1", now=NOW)
+    sent = ingest_router().route(record(CONDITION), b"msg-1", now=NOW)
     assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.receipts]
-    receipt = json.loads(sent[1].value or b"")
+    assert dict(sent[0].headers)["hub-error-code"] == b"hub.internal_error"
+    receipt = value_of(sent[1])
     assert receipt["error"]["code"] == ErrorCode.INTERNAL
     assert receipt["source"] == SOURCE.id
+    assert receipt["message_id"] == "msg-1"
 
 
-def test_the_app_declares_the_contract_topics_with_one_ingest_agent() -> None:
-    """The faust app consumes the ingest topic with one agent of concurrency 1, and a co-partitioned table."""
+def test_unmapped_codes_are_counted_per_source() -> None:
+    """The ingest router counts unmapped local codes by source and code system."""
+    router = ingest_router()
+    local_code = dict(CONDITION, code={"coding": [{"system": "urn:local:codes", "code": "X"}]})
+    router.route(record(local_code), None, now=NOW)
+    router.route(record(local_code, offset=8), None, now=NOW)
+    assert router.unmapped.snapshot() == {(SOURCE.id, "urn:local:codes"): 2}
+
+
+# --- the identity agent ---------------------------------------------------------------------------------
+
+
+def test_the_identity_router_publishes_events_keyed_by_patient_then_the_receipt() -> None:
+    """Identity stage sends become pathway records (key patient id, hub-event-id header), then a receipt."""
+    [forwarded] = ingest_router().route(record(CONDITION), None, now=NOW)
+    assert forwarded.value is not None
+    event_out, receipt_out = identity_router().route(forwarded.value, now=NOW)
+    assert (event_out.topic, receipt_out.topic) == (TOPICS.pathway, TOPICS.receipts)
+    event = value_of(event_out)
+    assert event_out.key == event["patient_id"].encode() == LOCAL_ID.encode()
+    assert dict(event_out.headers) == {EVENT_ID_HEADER: event["event_id"].encode()}
+    receipt = value_of(receipt_out)
+    assert receipt_out.key == SOURCE.id.encode()
+    assert receipt_out.headers == ()
+    assert (receipt["status"], receipt["event_ids"]) == ("accepted", [event["event_id"]])
+    assert receipt["at"] == "2025-03-30T00:30:00.000Z"
+
+
+def test_a_link_then_a_local_input_are_published_under_the_ins_id() -> None:
+    """End to end in process: link record → patient.linked; a later local-only input goes under the INS id."""
+    ingest, identity = ingest_router(), identity_router()
+    first = through_both(ingest, identity, record(QUALIFIED_PATIENT, message_id="m-1"))
+    assert [out.topic for out in first] == [
+        TOPICS.identity, TOPICS.pathway, TOPICS.identity, TOPICS.pathway, TOPICS.receipts,
+    ]  # fmt: skip
+    assert value_of(first[1])["kind"] == "patient.linked"
+    assert {out.key for out in first if out.topic == TOPICS.pathway} == {INS_ID.encode()}
+    later = through_both(ingest, identity, record(CONDITION, message_id="m-2", offset=8))
+    [forwarded, published, receipt] = later
+    assert forwarded.key == LOCAL_ID.encode()
+    assert published.key == INS_ID.encode()
+    assert value_of(published)["patient_id"] == INS_ID
+    assert value_of(published)["provenance"]["steps"][-1] == "patient-id:linked"
+    assert value_of(receipt)["event_ids"] == [value_of(published)["event_id"]]
+
+
+def test_a_resent_message_id_is_receipted_duplicate_and_sends_no_event() -> None:
+    """The second copy of one message id publishes nothing and repeats the first event ids."""
+    ingest, identity = ingest_router(), identity_router()
+    first = through_both(ingest, identity, record(CONDITION))
+    again = through_both(ingest, identity, record(CONDITION, offset=8))
+    assert [out.topic for out in again] == [TOPICS.identity, TOPICS.receipts]
+    receipt = value_of(again[-1])
+    assert receipt["status"] == "duplicate"
+    assert receipt["event_ids"] == value_of(first[-1])["event_ids"]
+    assert receipt["ingest"]["offset"] == 8
+
+
+def test_without_a_message_id_the_same_fact_is_a_duplicate_with_its_event_id() -> None:
+    """No idempotency key: the known fact is not published again; the receipt names its event id."""
+    ingest, identity = ingest_router(), identity_router()
+    one = through_both(ingest, identity, record(CONDITION, message_id=None))
+    two = through_both(ingest, identity, record(CONDITION, message_id=None, offset=9))
+    event_id = value_of(one[1])["event_id"]
+    assert [out.topic for out in two] == [TOPICS.identity, TOPICS.receipts]
+    assert (value_of(two[-1])["status"], value_of(two[-1])["event_ids"]) == ("duplicate", [event_id])
+
+
+def test_a_linked_event_is_published_once_per_link() -> None:
+    """The same link seen again (another input with local id and INS) makes no second patient.linked event."""
+    ingest, identity = ingest_router(), identity_router()
+    through_both(ingest, identity, record(QUALIFIED_PATIENT, message_id="m-1"))
+    patient = dict(QUALIFIED_PATIENT, gender="male")
+    again = through_both(ingest, identity, record(patient, message_id="m-2", offset=8))
+    kinds = [value_of(out)["kind"] for out in again if out.topic == TOPICS.pathway]
+    assert kinds == ["patient"]
+
+
+# --- the app ---------------------------------------------------------------------------------------------
+
+
+def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tables() -> None:
+    """Two agents (ingest, identity), each of concurrency 1, and three identity tables co-partitioned."""
     settings = Settings(topic_prefix="f.", topic_partitions=4, bootstrap_servers="127.0.0.1:1")
     app = create_app(settings, CONTEXT)
     agents = list(app.agents.values())
-    assert len(agents) == 1
-    assert agents[0].concurrency == 1
-    assert agents[0].channel.get_topic_name() == TOPICS.ingest
-    table = app.tables["ingest-message-ids"]
-    assert table.partitions == 4
+    assert sorted(agent.channel.get_topic_name() for agent in agents) == sorted(
+        [TOPICS.ingest, TOPICS.identity]
+    )
+    assert [agent.concurrency for agent in agents] == [1, 1]
+    for name in ("identity-aliases", "identity-seen-messages", "identity-seen-events"):
+        assert app.tables[name].partitions == 4, name

@@ -32,14 +32,30 @@ class TestSource:
     secret: bytes
     patient_system: str
     time_zone: str = "Europe/Paris"
+    kind: str = "hospital"
+    fhir_version: str = "4.0"
+    code_mappings: tuple[str, ...] = ()
 
 
+CONCEPT_MAPS = PROJECT_ROOT / "tests" / "fixtures" / "conceptmaps"
 SOURCES = (
     TestSource(
         "synthea", b"synthea-test-secret-0123456789abcdef", "https://github.com/synthetichealth/synthea"
     ),
     TestSource(
-        "gp-test", b"gp-test-secret-0123456789abcdef012345", "urn:hub:test:gp:patient", "America/Guadeloupe"
+        "gp-test",
+        b"gp-test-secret-0123456789abcdef012345",
+        "urn:hub:test:gp:patient",
+        "America/Guadeloupe",
+        kind="gp",
+        code_mappings=(str(CONCEPT_MAPS / "test-gp.conceptmap.json"),),
+    ),
+    TestSource(
+        "hospital-stu3",
+        b"hospital-stu3-secret-0123456789abcdef",
+        "urn:hub:test:hospital:ipp",
+        "Europe/Paris",
+        fhir_version="3.0",
     ),
 )
 
@@ -123,10 +139,12 @@ def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: P
         registry["sources"].append(
             {
                 "id": source.id,
-                "kind": "gp" if source.id.startswith("gp") else "hospital",
+                "kind": source.kind,
                 "organization": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "330781196"},
                 "time_zone": source.time_zone,
                 "patient_identifier_systems": [source.patient_system],
+                "default_fhir_version": source.fhir_version,
+                "code_mappings": list(source.code_mappings),
                 "secrets": [{"env": variable}],
             }
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -14,19 +16,26 @@ from hub.ingest.outcome import Rejected
 
 JSON = ContentType("json", None)
 XML = ContentType("xml", None)
+VERSIONS = Path(__file__).resolve().parents[1] / "fixtures" / "fhir-versions"
+UTC_ZONE = ZoneInfo("UTC")
+PARIS = ZoneInfo("Europe/Paris")
 FAMILY = "DUPONTEL"  # the fixtures' patient family name: must never be echoed in a detail
 
 Loader = Callable[[str], dict[str, Any]]
 
 
-def decoded(value: bytes, content_type: ContentType = JSON, *, default_version: str = "4.0") -> Decoded:
-    result = decode(value, content_type, default_version=default_version)
+def decoded(
+    value: bytes, content_type: ContentType = JSON, *, default_version: str = "4.0", zone: ZoneInfo = UTC_ZONE
+) -> Decoded:
+    result = decode(value, content_type, default_version=default_version, zone=zone)
     assert isinstance(result, Decoded), result
     return result
 
 
-def rejected(value: bytes, content_type: ContentType = JSON, *, default_version: str = "4.0") -> Rejected:
-    result = decode(value, content_type, default_version=default_version)
+def rejected(
+    value: bytes, content_type: ContentType = JSON, *, default_version: str = "4.0", zone: ZoneInfo = UTC_ZONE
+) -> Rejected:
+    result = decode(value, content_type, default_version=default_version, zone=zone)
     assert isinstance(result, Rejected), result
     return result
 
@@ -289,20 +298,25 @@ def test_many_errors_are_summarised(fhir: Loader) -> None:
 # --- FHIR versions --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("version", "name"), [("3.0", "STU3"), ("5.0", "R5"), ("1.0", "1.0")])
-def test_unsupported_versions(fhir: Loader, version: str, name: str) -> None:
-    """STU3 and R5 (named in the header) are ``fhir.version.unsupported``, with the version in the detail."""
+@pytest.mark.parametrize("version", ["1.0", "1.4", "2.0", "4.1", "6.0"])
+def test_unknown_versions_are_unsupported(fhir: Loader, version: str) -> None:
+    """A fhirVersion other than STU3, R4, R4B or R5 is ``fhir.version.unsupported``, naming the version."""
     body = json.dumps(fhir("observation-hba1c.json")).encode()
     result = rejected(body, ContentType("json", version))
     assert result.code is ErrorCode.FHIR_VERSION_UNSUPPORTED
-    assert name in result.detail
+    assert version in result.detail
 
 
-def test_source_default_version_applies_without_header(fhir: Loader) -> None:
-    """Without a fhirVersion parameter the source's default version decides (here STU3: unsupported)."""
-    body = json.dumps(fhir("observation-hba1c.json")).encode()
-    assert rejected(body, default_version="3.0").code is ErrorCode.FHIR_VERSION_UNSUPPORTED
-    assert decoded(body, ContentType("json", "4.0"), default_version="3.0").fhir_version == "4.0"
+def test_source_default_version_applies_without_header(fixture_bytes: Callable[[str], bytes]) -> None:
+    """Without a fhirVersion parameter the source's default version decides; a header overrides it."""
+    body = fixture_bytes("observation-hba1c.json")
+    assert decoded(body, default_version="4.3").fhir_version == "4.3"
+    assert rejected(body, default_version="1.0").code is ErrorCode.FHIR_VERSION_UNSUPPORTED
+    assert decoded(body, ContentType("json", "4.0"), default_version="1.0").fhir_version == "4.0"
+    stu3 = (VERSIONS / "stu3" / "condition.json").read_bytes()
+    from_default = decoded(stu3, default_version="3.0")
+    assert from_default.fhir_version == "3.0"
+    assert from_default.steps[0] == "decoded:json/fhir-3.0"
 
 
 def test_r4b_is_read(fhir: Loader) -> None:
@@ -376,3 +390,142 @@ def test_xml_that_is_not_valid_fhir(body: bytes) -> None:
     result = rejected(body, XML)
     assert result.code is ErrorCode.FHIR_INVALID
     assert FAMILY not in result.detail
+
+
+# --- naive times, read in the source's zone before validation ------------------------------------------
+
+
+def _with_effective(fhir: Loader, when: str) -> bytes:
+    observation = fhir("observation-hba1c.json")
+    observation["effectiveDateTime"] = when
+    return json.dumps(observation).encode()
+
+
+def test_naive_time_in_the_spring_forward_gap_is_read_in_the_source_zone(fhir: Loader) -> None:
+    """A naive 02:30 on 2025-03-30 (Paris DST gap) becomes 03:30+02:00, and the step names the zone."""
+    result = decoded(_with_effective(fhir, "2025-03-30T02:30:00"), zone=PARIS)
+    assert result.resource["effectiveDateTime"] == "2025-03-30T03:30:00+02:00"
+    assert result.steps == ("decoded:json/fhir-4.0", "naive-time-read-in:Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("naive", "repaired"),
+    [
+        ("2025-03-30T01:30:00", "2025-03-30T01:30:00+01:00"),
+        ("2025-03-30T03:30:00", "2025-03-30T03:30:00+02:00"),
+        ("2025-10-26T02:30:00", "2025-10-26T02:30:00+02:00"),
+    ],
+    ids=["before the change", "after the change", "ambiguous autumn hour"],
+)
+def test_naive_times_around_the_change_take_the_offset_in_force(
+    fhir: Loader, naive: str, repaired: str
+) -> None:
+    """A naive time takes the source zone's offset at that moment; an ambiguous one its first occurrence."""
+    result = decoded(_with_effective(fhir, naive), zone=PARIS)
+    assert result.resource["effectiveDateTime"] == repaired
+
+
+def test_times_with_an_offset_are_left_as_sent(fixture_bytes: Callable[[str], bytes]) -> None:
+    """Nothing to repair: the document is handed on as parsed and no naive-time step is recorded."""
+    result = decoded(fixture_bytes("observation-hba1c.json"), zone=PARIS)
+    assert result.resource == json.loads(fixture_bytes("observation-hba1c.json"))
+    assert result.steps == ("decoded:json/fhir-4.0",)
+
+
+# --- STU3 and R5, converted to R4 -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "name", "resource_type", "converted_type"),
+    [
+        ("3.0", "stu3/condition.json", "Condition", "Condition"),
+        ("3.0", "stu3/procedurerequest.json", "ProcedureRequest", "ServiceRequest"),
+        ("3.0", "stu3/bundle-transaction.json", "Bundle", "Bundle"),
+        ("5.0", "r5/encounter.json", "Encounter", "Encounter"),
+        ("5.0", "r5/medicationrequest.json", "MedicationRequest", "MedicationRequest"),
+        ("5.0", "r5/bundle-collection.json", "Bundle", "Bundle"),
+    ],
+)
+def test_stu3_and_r5_json_decode_to_r4_with_conversion_steps(
+    version: str, name: str, resource_type: str, converted_type: str
+) -> None:
+    """STU3 and R5 JSON are validated in their version, converted to R4, and the conversion is recorded."""
+    body = (VERSIONS / name).read_bytes()
+    assert json.loads(body)["resourceType"] == resource_type
+    result = decoded(body, ContentType("json", version))
+    assert result.resource["resourceType"] == converted_type
+    assert (result.fhir_version, result.media) == (version, "json")
+    assert result.steps[0] == f"decoded:json/fhir-{version}"
+    arrow = "R3→R4" if version == "3.0" else "R5→R4"
+    assert any(arrow in step for step in result.steps[1:])
+
+
+def test_stu3_condition_statuses_become_r4_codeable_concepts() -> None:
+    """STU3's code-typed Condition statuses are R4 CodeableConcepts after conversion (R3→R4 map)."""
+    result = decoded((VERSIONS / "stu3" / "condition.json").read_bytes(), ContentType("json", "3.0"))
+    assert result.resource["clinicalStatus"]["coding"][0]["code"] == "resolved"
+    assert "assertedDate" not in result.resource
+    assert result.resource["recordedDate"] == "2013-04-04"
+    assert "Condition.clinicalStatus code → CodeableConcept (R3→R4)" in result.steps
+
+
+def test_stu3_xml_is_read_with_the_stu3_model_and_converted() -> None:
+    """STU3 XML is read with the STU3 model, then converted to the same R4 form as JSON would be."""
+    result = decoded((VERSIONS / "stu3" / "condition.xml").read_bytes(), ContentType("xml", "3.0"))
+    assert (result.fhir_version, result.media) == ("3.0", "xml")
+    assert result.resource["resourceType"] == "Condition"
+    assert result.resource["encounter"] == {"reference": "Encounter/example"}
+    assert result.resource["clinicalStatus"]["coding"][0]["code"] == "active"
+    assert result.steps[0] == "decoded:xml/fhir-3.0"
+    assert "Condition.context → encounter (R3→R4)" in result.steps
+
+
+def test_r5_xml_is_read_with_the_r5_model_and_converted() -> None:
+    """R5 XML is read with the R5 model, then converted to R4."""
+    result = decoded((VERSIONS / "r5" / "encounter.xml").read_bytes(), ContentType("xml", "5.0"))
+    assert result.resource["resourceType"] == "Encounter"
+    assert "Encounter.actualPeriod → period (R5→R4)" in result.steps
+
+
+def test_naive_time_in_stu3_json_is_repaired_before_validation() -> None:
+    """Naive times are repaired in STU3 input too, before it is validated and converted."""
+    condition = json.loads((VERSIONS / "stu3" / "condition.json").read_bytes())
+    condition["onsetDateTime"] = "2025-03-30T02:30:00"
+    result = decoded(json.dumps(condition).encode(), ContentType("json", "3.0"), zone=PARIS)
+    assert result.resource["onsetDateTime"] == "2025-03-30T03:30:00+02:00"
+    assert result.steps[:2] == ("decoded:json/fhir-3.0", "naive-time-read-in:Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("version", "name", "resource_type"),
+    [("3.0", "stu3/referralrequest.json", "ReferralRequest"), ("5.0", "r5/transport.json", "Transport")],
+)
+def test_unconvertible_resource_is_version_unsupported(version: str, name: str, resource_type: str) -> None:
+    """A resource the converter refuses is ``fhir.version.unsupported``, its detail naming the type."""
+    result = rejected((VERSIONS / name).read_bytes(), ContentType("json", version))
+    assert result.code is ErrorCode.FHIR_VERSION_UNSUPPORTED
+    assert resource_type in result.detail
+
+
+def test_invalid_stu3_is_fhir_invalid() -> None:
+    """A document labelled STU3 that is not valid STU3 (here an R4-shaped status) is ``fhir.invalid``."""
+    condition = json.loads((VERSIONS / "stu3" / "condition.json").read_bytes())
+    condition["clinicalStatus"] = {"coding": [{"code": "resolved"}]}
+    result = rejected(json.dumps(condition).encode(), ContentType("json", "3.0"))
+    assert result.code is ErrorCode.FHIR_INVALID
+    assert "clinicalStatus" in result.detail
+
+
+def test_invalid_stu3_detail_does_not_quote_the_value() -> None:
+    """An STU3 validation detail names the element, never the patient data in it."""
+    condition = json.loads((VERSIONS / "stu3" / "condition.json").read_bytes())
+    condition["subject"] = {"reference": "Patient/f201", "display": [FAMILY]}
+    result = rejected(json.dumps(condition).encode(), ContentType("json", "3.0"))
+    assert result.code is ErrorCode.FHIR_INVALID
+    assert FAMILY not in result.detail
+
+
+def test_unknown_stu3_resource_type_is_fhir_invalid() -> None:
+    """A resourceType STU3 does not have is ``fhir.invalid`` in STU3 as in R4."""
+    result = rejected(b'{"resourceType":"Nope","id":"x"}', ContentType("json", "3.0"))
+    assert result.code is ErrorCode.FHIR_INVALID

@@ -15,8 +15,15 @@ import pytest
 
 from hub.errors import ErrorCode
 from hub.identity.network_id import INS_NIR, INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
-from hub.ingest.outcome import Accepted, IngestOutcome, IngestRecord, KafkaCoordinates, Rejected
-from hub.ingest.pipeline import IngestContext, process_ingest
+from hub.ingest.outcome import (
+    Accepted,
+    IdentityLink,
+    IngestOutcome,
+    IngestRecord,
+    KafkaCoordinates,
+    Rejected,
+)
+from hub.ingest.pipeline import IngestContext, process_ingest, with_patient
 from hub.ingest.receipts import (
     ERROR_CODE_HEADER,
     ERROR_DETAIL_HEADER,
@@ -25,6 +32,8 @@ from hub.ingest.receipts import (
     receipt,
     receipt_key,
 )
+from hub.normalise.codes import ICD10, LOINC, SNOMED_CT, UNMAPPED_URL, load_concept_maps
+from hub.normalise.units import ORIGINAL_QUANTITY_URL
 from hub.pathway.event import PathwayEvent
 
 Loader = Callable[[str], dict[str, Any]]
@@ -40,7 +49,17 @@ INGEST = {"topic": "hub.ingest.v1", "partition": 2, "offset": 1234}
 JSON = "application/fhir+json"
 PATIENT = b'{"resourceType":"Patient","id":"p1"}'
 BUNDLE_OF = b'{"resourceType":"Bundle","type":"collection","entry":[{"resource":%s}]}'
+TWO_PATIENTS = (
+    b'{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Patient","id":"p1"}},'
+    b'{"resource":{"resourceType":"Patient","id":"p2"}}]}'
+)
 NOW_SECONDS = 1_714_730_400  # the tests' clock, 2024-05-03T10:00:00Z
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+GP_MAP = FIXTURES / "conceptmaps" / "test-gp.conceptmap.json"
+CONFIG_MAPS = Path(__file__).resolve().parents[2] / "config" / "conceptmaps"
+GP_CONDITION = "urn:test:gp:condition"
+DEMO_LAB_TEST = "urn:hub:demo:demo-lab-bio:test"
+R5_TRANSPORT = (FIXTURES / "fhir-versions" / "r5" / "transport.json").read_bytes()
 
 
 @pytest.fixture
@@ -152,13 +171,17 @@ def test_size_is_checked_before_the_signature(
         (b'{"resourceType":"Patient"}', "text/plain", ErrorCode.PAYLOAD_MALFORMED),
         (b"<Patient", "application/fhir+xml", ErrorCode.PAYLOAD_MALFORMED),
         (b'{"resourceType":"Observation","status":"DUPONTEL"}', None, ErrorCode.FHIR_INVALID),
-        (PATIENT, f"{JSON}; fhirVersion=5.0", ErrorCode.FHIR_VERSION_UNSUPPORTED),
-        (PATIENT, f"{JSON}; fhirVersion=3.0", ErrorCode.FHIR_VERSION_UNSUPPORTED),
+        (PATIENT, f"{JSON}; fhirVersion=1.0", ErrorCode.FHIR_VERSION_UNSUPPORTED),
+        (PATIENT, f"{JSON}; fhirVersion=6.0", ErrorCode.FHIR_VERSION_UNSUPPORTED),
+        (R5_TRANSPORT, f"{JSON}; fhirVersion=5.0", ErrorCode.FHIR_VERSION_UNSUPPORTED),
+        (b'{"resourceType":"Patient","id":"p1","gender":{"text":"f"}}', f"{JSON}; fhirVersion=3.0",
+         ErrorCode.FHIR_INVALID),
         (b'{"resourceType":"Observation","status":"final","code":{"text":"A1c"}}', None,
          ErrorCode.PATIENT_UNRESOLVED),
+        (TWO_PATIENTS, None, ErrorCode.PATIENT_AMBIGUOUS),
     ],
-    ids=["empty", "null value", "not json", "unknown media", "bad xml", "invalid fhir", "R5", "STU3",
-         "no subject"],
+    ids=["empty", "null value", "not json", "unknown media", "bad xml", "invalid fhir", "FHIR 1.0",
+         "FHIR 6.0", "unconvertible R5", "invalid STU3", "no subject", "two patients"],
 )  # fmt: skip
 def test_body_rejects(
     run: Callable[..., IngestOutcome],
@@ -178,6 +201,7 @@ def test_every_ingest_reject_code_is_reachable() -> None:
         ErrorCode.SOURCE_UNKNOWN, ErrorCode.SIGNATURE_MISSING, ErrorCode.SIGNATURE_INVALID,
         ErrorCode.SIGNATURE_EXPIRED, ErrorCode.PAYLOAD_TOO_LARGE, ErrorCode.PAYLOAD_MALFORMED,
         ErrorCode.FHIR_INVALID, ErrorCode.FHIR_VERSION_UNSUPPORTED, ErrorCode.PATIENT_UNRESOLVED,
+        ErrorCode.PATIENT_AMBIGUOUS,
     }  # fmt: skip
     # config.* and broker.* are raised, not receipted; hub.* means the hub itself failed (a bug).
     ingest_codes = {code for code in ErrorCode if not code.value.startswith(("config.", "broker.", "hub."))}
@@ -350,11 +374,14 @@ def test_date_out_of_datetime_range_does_not_crash(
 def test_provenance_carries_ingest_coordinates(
     run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
 ) -> None:
-    """Each event's provenance names the ingest record (topic, partition, offset) and the steps taken."""
+    """Each event's provenance names the ingest record (topic, partition, offset) and the steps taken, in
+    order: decoding, the Bundle entry, normalisation (here instants to UTC), then the patient's basis."""
     events = accepted(run(make_record(fhir("bundle-transaction.json")))).events
     observation = events[3].to_dict()
     assert observation["provenance"]["ingest"] == INGEST
-    assert observation["provenance"]["steps"] == ["decoded:json/fhir-4.0", "bundle-entry:3", "patient-id:ins"]
+    assert observation["provenance"]["steps"] == [
+        "decoded:json/fhir-4.0", "bundle-entry:3", "instants-utc", "patient-id:ins",
+    ]  # fmt: skip
     assert observation["source"] == {
         "id": GP_ID,
         "organization": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "970000001"},
@@ -519,11 +546,21 @@ def test_accepted_receipt(
 def test_duplicate_receipt(
     run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
 ) -> None:
-    """A repeat of a known message is receipted ``duplicate`` with the ids of the first delivery."""
+    """The identity stage's receipt for known facts says ``duplicate`` and names the ids it was given."""
     record = make_record(fhir("observation-hba1c.json"), message_id="msg-7")
     outcome = run(record)
-    body = receipt(outcome, record.origin, at=now, duplicate_of=("e-1", "e-2"))
+    body = receipt(outcome, record.origin, at=now, status="duplicate", event_ids=("e-1", "e-2"))
     assert (body["status"], body["event_ids"], body["error"]) == ("duplicate", ["e-1", "e-2"], None)
+    assert (body["source"], body["message_id"]) == (GP_ID, "msg-7")
+
+
+def test_receipt_status_and_ids_apply_to_accepted_outcomes_only(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """A rejected receipt stays ``rejected`` with no event ids, whatever status or ids are passed."""
+    record = make_record(fhir("observation-hba1c.json"), secret=HOSPITAL_SECRET)
+    body = receipt(run(record), record.origin, at=now, status="duplicate", event_ids=("e-1",))
+    assert (body["status"], body["event_ids"]) == ("rejected", [])
 
 
 def test_dlq_headers_keep_the_original_and_append_the_reject(
@@ -532,7 +569,7 @@ def test_dlq_headers_keep_the_original_and_append_the_reject(
     """DLQ headers are the original headers, unchanged and in order, then code, detail and origin."""
     record = make_record(
         fhir("observation-hba1c.json"),
-        content_type="application/fhir+json; fhirVersion=5.0",
+        content_type="application/fhir+json; fhirVersion=6.0",
         message_id="msg-9",
         headers=[
             ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
@@ -627,3 +664,246 @@ def test_realistic_synthea_bundle(
         if event.kind != "patient":
             assert family not in json.dumps(event.resource.get("subject"))
     assert INS_NIR not in json.dumps([e.patient_id for e in events])
+
+
+# --- normalisation in the event: units, instants, codes -------------------------------------------------
+
+
+def _hba1c_ifcc(fhir: Loader) -> dict[str, Any]:
+    observation = fhir("observation-hba1c.json")
+    observation["valueQuantity"] = {
+        "value": 57, "unit": "mmol/mol", "system": "http://unitsofmeasure.org", "code": "mmol/mol",
+    }  # fmt: skip
+    del observation["referenceRange"]
+    return observation
+
+
+def _with_maps(context: IngestContext, *paths: Path, source_id: str = GP_ID) -> IngestContext:
+    return dataclasses.replace(context, code_mappers={source_id: load_concept_maps(paths)})
+
+
+def _condition(*codings: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/pat-dupont"},
+        "code": {"coding": [{"system": system, "code": code} for system, code in codings]},
+        "recordedDate": "2024-05-02",
+    }
+
+
+def test_hba1c_in_mmol_per_mol_is_published_in_percent(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """An HbA1c in IFCC mmol/mol is published in % NGSP; the original quantity is kept in an extension."""
+    event = accepted(run(make_record(_hba1c_ifcc(fhir)))).events[0]
+    quantity = event.resource["valueQuantity"]
+    assert (quantity["value"], quantity["code"], quantity["system"]) == (
+        7.37,
+        "%",
+        "http://unitsofmeasure.org",
+    )
+    assert quantity["extension"] == [
+        {
+            "url": ORIGINAL_QUANTITY_URL,
+            "valueQuantity": {
+                "value": 57, "unit": "mmol/mol", "system": "http://unitsofmeasure.org", "code": "mmol/mol",
+            },
+        }
+    ]  # fmt: skip
+    assert "unit:4548-4:mmol/mol->%" in event.steps
+
+
+def test_the_same_hba1c_in_either_unit_is_one_fact_apart_from_the_original(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """Conversion happens before the event id is computed: the converted value is what the id covers."""
+    converted = accepted(run(make_record(_hba1c_ifcc(fhir)))).events[0]
+    again = accepted(run(make_record(_hba1c_ifcc(fhir)))).events[0]
+    assert converted.event_id == again.event_id
+    plain = accepted(run(make_record(fhir("observation-hba1c.json")))).events[0]
+    assert plain.event_id != converted.event_id
+
+
+def test_instants_with_an_offset_are_published_in_utc(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """Every date-time with a time part is published in UTC ``Z``; a date alone is left as sent."""
+    event = accepted(run(make_record(fhir("observation-hba1c.json")))).events[0]
+    assert event.resource["effectiveDateTime"] == "2024-05-02T06:15:00Z"
+    assert event.resource["issued"] == "2024-05-02T09:40:00Z"
+    assert "instants-utc" in event.steps
+    condition = accepted(run(make_record(_condition(("http://snomed.info/sct", "44054006"))))).events[0]
+    assert condition.resource["recordedDate"] == "2024-05-02"
+
+
+def test_naive_time_is_read_in_the_source_zone_across_the_dst_change(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """A naive 02:30 from a Paris source on 2025-03-30 (no such wall time) is 01:30Z, and the step says so."""
+    observation = fhir("observation-hba1c.json")
+    observation["effectiveDateTime"] = "2025-03-30T02:30:00"
+    record = make_record(observation, source_id=HOSPITAL_ID, secret=HOSPITAL_SECRET)
+    event = accepted(run(record)).events[0]
+    assert event.resource["effectiveDateTime"] == "2025-03-30T01:30:00Z"
+    assert event.occurred_at == "2025-03-30T01:30:00.000Z"
+    assert "naive-time-read-in:Europe/Paris" in event.steps
+
+
+def test_local_code_gains_the_standard_code_of_the_source_concept_map(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, context: IngestContext
+) -> None:
+    """A local code keeps its coding and gains the ICD-10 and SNOMED CT codes of the source's ConceptMap."""
+    outcome = accepted(run(make_record(_condition((GP_CONDITION, "DT2"))), _with_maps(context, GP_MAP)))
+    event = outcome.events[0]
+    codings = event.resource["code"]["coding"]
+    assert codings[0] == {"system": GP_CONDITION, "code": "DT2"}
+    assert {(c["system"], c["code"]) for c in codings[1:]} == {(ICD10, "E11.9"), (SNOMED_CT, "44054006")}
+    assert f"code-mapped:{GP_CONDITION}|DT2->{ICD10}|E11.9" in event.steps
+    assert outcome.unmapped_codes == ()
+
+
+def test_concept_maps_apply_only_to_their_source(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, context: IngestContext
+) -> None:
+    """Another source's ConceptMaps are not applied: the hospital's unknown local code stays unmapped."""
+    record = make_record(_condition((GP_CONDITION, "DT2")), source_id=HOSPITAL_ID, secret=HOSPITAL_SECRET)
+    outcome = accepted(run(record, _with_maps(context, GP_MAP)))
+    assert len(outcome.events[0].resource["code"]["coding"]) == 1
+    assert outcome.unmapped_codes == ((GP_CONDITION, "DT2"),)
+
+
+def test_demo_concept_map_maps_a_demo_local_code(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, context: IngestContext
+) -> None:
+    """The shipped demo ConceptMaps load and map their source's local condition codes to ICD-10."""
+    path = CONFIG_MAPS / "demo-gp-cabinet-lamentin.conceptmap.json"
+    mapper = load_concept_maps([path])
+    (system, code), targets = next(iter(mapper.targets.items()))
+    outcome = accepted(run(make_record(_condition((system, code))), _with_maps(context, path)))
+    added = {(c["system"], c["code"]) for c in outcome.events[0].resource["code"]["coding"][1:]}
+    assert {(target.system, target.code) for target in targets} <= added
+    assert outcome.unmapped_codes == ()
+
+
+def test_unmapped_local_codes_are_reported_and_marked(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, context: IngestContext
+) -> None:
+    """A local code no ConceptMap of the source maps passes through, marked unmapped, and is reported."""
+    outcome = accepted(run(make_record(_condition((GP_CONDITION, "INCONNU"))), _with_maps(context, GP_MAP)))
+    concept = outcome.events[0].resource["code"]
+    assert concept["coding"] == [{"system": GP_CONDITION, "code": "INCONNU"}]
+    assert concept["extension"] == [{"url": UNMAPPED_URL, "valueBoolean": True}]
+    assert outcome.unmapped_codes == ((GP_CONDITION, "INCONNU"),)
+    assert f"code-unmapped:{GP_CONDITION}|INCONNU" in outcome.events[0].steps
+
+
+def test_unmapped_codes_are_reported_for_a_source_without_concept_maps(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder
+) -> None:
+    """A source with no ConceptMap at all still has its local codes marked unmapped and reported."""
+    outcome = accepted(run(make_record(_condition((GP_CONDITION, "DT2")))))
+    assert outcome.unmapped_codes == ((GP_CONDITION, "DT2"),)
+    assert outcome.events[0].resource["code"]["extension"] == [{"url": UNMAPPED_URL, "valueBoolean": True}]
+
+
+def test_standard_codes_are_not_reported_unmapped(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """Standard and FHIR-shared codes need no map: nothing is reported for the LOINC-coded HbA1c."""
+    assert accepted(run(make_record(fhir("observation-hba1c.json")))).unmapped_codes == ()
+
+
+def test_local_lab_code_mapped_to_loinc_gets_its_unit_converted(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, context: IngestContext
+) -> None:
+    """A lab's local code mapped to LOINC by its ConceptMap is converted like a LOINC-coded result."""
+    observation = _hba1c_ifcc(fhir)
+    observation["code"] = {"coding": [{"system": DEMO_LAB_TEST, "code": "HBA1C-IFCC"}]}
+    ctx = _with_maps(context, CONFIG_MAPS / "demo-lab-bio.conceptmap.json")
+    event = accepted(run(make_record(observation), ctx)).events[0]
+    assert (LOINC, "59261-8") in {(c["system"], c["code"]) for c in event.resource["code"]["coding"]}
+    assert (event.resource["valueQuantity"]["value"], event.resource["valueQuantity"]["code"]) == (7.37, "%")
+    assert "unit:59261-8:mmol/mol->%" in event.steps
+
+
+# --- the input's patient: patient_id and identity link ---------------------------------------------------
+
+
+def test_patient_with_local_id_and_qualified_ins_links_them(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """A Patient showing its local IPP and a qualified INS is published under the INS id, with a link."""
+    outcome = accepted(run(make_record(fhir("patient-ins-vali.json"))))
+    local_id = PatientKey("local", GP_ID, "IPP-004217").network_id(PSEUDONYM_KEY)
+    assert outcome.patient_id == ins_network_id()
+    assert outcome.link == IdentityLink(local_id=local_id, ins_id=ins_network_id())
+    assert [event.patient_id for event in outcome.events] == [ins_network_id()]
+
+
+def test_every_entry_of_a_bundle_with_local_id_and_ins_is_keyed_by_the_ins(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """Entries that name the Patient by its local id are published under the INS id too, with one link."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": fhir("patient-ins-vali.json")}, {"resource": fhir("observation-hba1c.json")}],
+    }
+    outcome = accepted(run(make_record(bundle)))
+    assert {event.patient_id for event in outcome.events} == {ins_network_id()}
+    assert outcome.link is not None
+    assert outcome.link.ins_id == outcome.patient_id == ins_network_id()
+    observation = outcome.events[1]
+    assert observation.resource["subject"]["reference"] == f"Patient/{ins_network_id()}"
+
+
+@pytest.mark.parametrize("case", ["local only", "ins only", "ins not validated", "test ins refused"])
+def test_no_link_without_both_a_local_id_and_a_qualified_ins(
+    run: Callable[..., IngestOutcome],
+    make_record: RecordBuilder,
+    fhir: Loader,
+    context: IngestContext,
+    case: str,
+) -> None:
+    """``link`` is None unless the input shows both a local id and a qualified INS of its patient."""
+    ctx = context
+    if case == "local only":
+        resource = fhir("observation-hba1c.json")
+    elif case == "ins only":
+        resource = fhir("observation-hba1c.json")
+        resource["subject"] = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
+    elif case == "ins not validated":
+        resource = fhir("patient-ins-vali.json")
+        del resource["extension"]
+    else:
+        resource = fhir("patient-ins-vali.json")
+        ctx = dataclasses.replace(context, allow_test_ins=False)
+    outcome = accepted(run(make_record(resource), ctx))
+    assert outcome.link is None
+    assert outcome.patient_id == outcome.events[0].patient_id
+
+
+def test_reference_data_has_no_patient_id(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """An input about no patient has neither patient id nor link nor unmapped codes."""
+    organization = fhir("bundle-transaction.json")["entry"][4]["resource"]
+    outcome = accepted(run(make_record(organization)))
+    assert (outcome.patient_id, outcome.link, outcome.unmapped_codes) == (None, None, ())
+
+
+def test_with_patient_names_the_patient_by_network_id() -> None:
+    """``with_patient`` copies: a Patient's old network identifier is replaced, a subject is rewritten."""
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:x", "value": "1"}, {"system": NETWORK_ID_SYSTEM, "value": "pt-old"}],
+    }
+    assert with_patient(patient, "pt-new")["identifier"] == [
+        {"system": "urn:x", "value": "1"}, {"system": NETWORK_ID_SYSTEM, "value": "pt-new"},
+    ]  # fmt: skip
+    assert patient["identifier"][1]["value"] == "pt-old"
+    episode = {"resourceType": "EpisodeOfCare", "patient": {"reference": "Patient/local-1"}}
+    assert with_patient(episode, "pt-new")["patient"] == {
+        "reference": "Patient/pt-new", "identifier": {"system": NETWORK_ID_SYSTEM, "value": "pt-new"},
+    }  # fmt: skip
+    assert episode["patient"] == {"reference": "Patient/local-1"}

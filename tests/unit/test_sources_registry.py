@@ -40,7 +40,8 @@ def write(folder: Path, *sources: dict[str, Any], name: str = "sources.json") ->
 
 
 def test_valid_file_loads(tmp_path: Path) -> None:
-    """A valid registry loads every source with its profile and its secrets resolved (env and file)."""
+    """A valid registry loads every source with its profile, its secrets resolved (env and file), and its
+    ConceptMap paths made absolute from the registry file's folder."""
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "chu.key").write_text(HOSPITAL_SECRET + "\n", encoding="utf-8")
     hospital = source_entry(
@@ -69,7 +70,9 @@ def test_valid_file_loads(tmp_path: Path) -> None:
     )
     chu = registry.get("chu-guadeloupe")
     assert chu is not None
-    assert (chu.default_fhir_version, chu.code_mappings) == ("4.3", ("mappings/chu-lab.json",))
+    mapping = (tmp_path / "mappings" / "chu-lab.json").resolve()
+    assert (chu.default_fhir_version, chu.code_mappings) == ("4.3", (mapping,))
+    assert mapping.is_absolute()
     assert chu.secrets == (HOSPITAL_SECRET.encode(),)  # read from the file, trailing newline stripped
     assert registry.get("gp-unknown") is None
 

@@ -1,0 +1,255 @@
+"""FHIR R4 AuditEvents for ``hub.audit.v1``: share decisions, ingest rejects, refused Consents.
+
+How a record reads (docs/CONSENT.md says it for a data-protection officer):
+
+- ``type`` is DICOM 110106 *Export* for a share decision, 110107 *Import* for an ingest reject,
+  110110 *Patient Record* for a refused Consent; ``subtype`` (``urn:hub:audit-event-subtype``) names
+  which: ``share-decision``, ``ingest-reject``, ``consent-rejected``.
+- ``outcome`` is ``0`` (success) when the event was sent, ``4`` (minor failure: not done, as an HTTP
+  4xx) when it was withheld or refused; ``outcomeDesc`` repeats verdict, rule and reason in words.
+- The first entity carries ``detail`` entries ``verdict``, ``rule``, ``reason``, ``policy``,
+  ``policy_version``: the machine-readable decision.
+- The patient appears by network patient id only: never a name, never an INS.
+- ``id`` is deterministic: a redelivered decision yields the same AuditEvent id, so consumers
+  de-duplicate.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from hub.consent.policy import FinalDecision
+from hub.consent.recipients import Recipient
+from hub.consent.state import PERMIT, ConsentRejected
+from hub.identity.network_id import NETWORK_ID_SYSTEM
+from hub.ingest.outcome import KafkaCoordinates, Rejected
+from hub.normalise.time import utc_iso
+from hub.topics import recipient_pathway
+
+#: Namespace of every AuditEvent id, so ids are stable across processes, versions and machines.
+AUDIT_ID_NAMESPACE = uuid.UUID("43aa72b5-0acb-449e-84ce-f608131e11cc")
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SUBTYPE_SYSTEM = "urn:hub:audit-event-subtype"
+COMPONENT_SYSTEM = "urn:hub:component"
+SOURCE_SYSTEM = "urn:hub:source"
+RECIPIENT_SYSTEM = "urn:hub:recipient"
+EVENT_ID_SYSTEM = "urn:hub:pathway-event-id"
+KAFKA_RECORD_SYSTEM = "urn:hub:kafka-record"
+_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+
+OUTCOME_SUCCESS = "0"
+#: "The action was not successful due to some kind of minor failure (often equivalent to an HTTP 400
+#: response)": a withheld event, a rejected record or a refused Consent is not done, by design.
+OUTCOME_NOT_DONE = "4"
+
+_EXPORT = {"system": DCM, "code": "110106", "display": "Export"}
+_IMPORT = {"system": DCM, "code": "110107", "display": "Import"}
+_PATIENT_RECORD = {"system": DCM, "code": "110110", "display": "Patient Record"}
+_SOURCE_ROLE = {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]}
+_DESTINATION_ROLE = {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]}
+_SYSTEM_OBJECT = {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"}
+_PERSON = {"system": _ENTITY_TYPE, "code": "1", "display": "Person"}
+_PATIENT_ROLE = {"system": _OBJECT_ROLE, "code": "1", "display": "Patient"}
+_DOMAIN_RESOURCE_ROLE = {"system": _OBJECT_ROLE, "code": "4", "display": "Domain Resource"}
+_JOB_ROLE = {"system": _OBJECT_ROLE, "code": "20", "display": "Job"}
+
+
+def audit_id(kind: str, *parts: str) -> str:
+    """The deterministic AuditEvent id of one audited act."""
+    return str(uuid.uuid5(AUDIT_ID_NAMESPACE, "|".join((kind, *parts))))
+
+
+def _subtype(code: str) -> list[dict[str, str]]:
+    return [{"system": SUBTYPE_SYSTEM, "code": code}]
+
+
+def _component(name: str) -> dict[str, Any]:
+    return {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": name}}
+
+
+def _observer(name: str) -> dict[str, Any]:
+    return {
+        "observer": _component(name),
+        "type": [{"system": _SOURCE_TYPE, "code": "4", "display": "Application Server"}],
+    }
+
+
+def _detail(name: str, value: str) -> dict[str, str]:
+    return {"type": name, "valueString": value}
+
+
+def _source_agent(source_id: str | None, *, requestor: bool) -> dict[str, Any]:
+    who: dict[str, Any] = (
+        {"identifier": {"system": SOURCE_SYSTEM, "value": source_id}}
+        if source_id
+        else {"display": "unregistered source"}
+    )
+    return {"type": _SOURCE_ROLE, "who": who, "requestor": requestor}
+
+
+def _event_id(event: Mapping[str, Any]) -> str:
+    value = event.get("event_id")
+    return value if isinstance(value, str) and value else "unreadable"
+
+
+def _patient_entity(event: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The patient by network id only, or nothing when the envelope does not say."""
+    patient_id = event.get("patient_id")
+    if not isinstance(patient_id, str) or not patient_id:
+        return []
+    return [
+        {
+            "what": {"type": "Patient", "identifier": {"system": NETWORK_ID_SYSTEM, "value": patient_id}},
+            "type": _PERSON,
+            "role": _PATIENT_ROLE,
+        }
+    ]
+
+
+def _aware(recorded: datetime) -> str:
+    if recorded.utcoffset() is None:
+        raise ValueError("recorded must be timezone-aware")
+    return utc_iso(recorded)
+
+
+def audit_event(
+    decision: FinalDecision,
+    *,
+    event: Mapping[str, Any],
+    recipient: Recipient | str,
+    recorded: datetime,
+) -> dict[str, Any]:
+    """The AuditEvent of one share decision, permit or deny; ``recipient`` is an id when unregistered."""
+    recipient_id = recipient if isinstance(recipient, str) else recipient.id
+    event_id = _event_id(event)
+    if isinstance(recipient, str):
+        recipient_agent: dict[str, Any] = {
+            "type": _DESTINATION_ROLE,
+            "who": {"identifier": {"system": RECIPIENT_SYSTEM, "value": recipient_id}},
+            "name": recipient_id,
+            "requestor": False,
+        }
+    else:
+        recipient_agent = {
+            "type": _DESTINATION_ROLE,
+            "who": {"type": "Organization", "identifier": recipient.organization.to_json()},
+            "altId": recipient.kafka_principal,
+            "name": recipient.id,
+            "requestor": False,
+        }
+    source = event.get("source")
+    details = [
+        _detail("verdict", decision.verdict),
+        _detail("rule", decision.rule),
+        _detail("reason", decision.reason),
+        _detail("policy", decision.policy),
+        _detail("policy_version", decision.policy_version),
+        _detail("recipient", recipient_id),
+        _detail("topic", recipient_pathway(recipient_id)),
+    ]
+    if isinstance(event.get("kind"), str):
+        details.append(_detail("kind", event["kind"]))
+    if isinstance(source, dict) and isinstance(source.get("id"), str):
+        details.append(_detail("source", source["id"]))
+    permitted = decision.verdict == PERMIT
+    return {
+        "resourceType": "AuditEvent",
+        "id": audit_id("share", event_id, recipient_id, decision.policy_version),
+        "type": _EXPORT,
+        "subtype": _subtype("share-decision"),
+        "action": "R",
+        "recorded": _aware(recorded),
+        "outcome": OUTCOME_SUCCESS if permitted else OUTCOME_NOT_DONE,
+        "outcomeDesc": f"{decision.verdict} by {decision.rule}: {decision.reason}",
+        "purposeOfEvent": [{"coding": [{"system": _ACT_REASON, "code": "TREAT", "display": "treatment"}]}],
+        "agent": [
+            {"type": _SOURCE_ROLE, "who": _component("hub-share"), "requestor": False},
+            recipient_agent,
+        ],
+        "source": _observer("hub-share"),
+        "entity": [
+            {
+                "what": {"identifier": {"system": EVENT_ID_SYSTEM, "value": event_id}},
+                "type": _SYSTEM_OBJECT,
+                "role": _DOMAIN_RESOURCE_ROLE,
+                "detail": details,
+            },
+            *_patient_entity(event),
+        ],
+    }
+
+
+def audit_reject(rejected: Rejected, *, origin: KafkaCoordinates, recorded: datetime) -> dict[str, Any]:
+    """The AuditEvent of one rejected ingest record: source, Kafka coordinates, code; no clinical data."""
+    details = [
+        _detail("code", str(rejected.code)),
+        _detail("detail", rejected.detail),
+        _detail("topic", origin.topic),
+        _detail("partition", str(origin.partition)),
+        _detail("offset", str(origin.offset)),
+    ]
+    if rejected.message_id:
+        details.append(_detail("message_id", rejected.message_id))
+    return {
+        "resourceType": "AuditEvent",
+        "id": audit_id("reject", str(origin), str(rejected.code)),
+        "type": _IMPORT,
+        "subtype": _subtype("ingest-reject"),
+        "action": "C",
+        "recorded": _aware(recorded),
+        "outcome": OUTCOME_NOT_DONE,
+        "outcomeDesc": f"{rejected.code}: {rejected.detail}",
+        "agent": [
+            _source_agent(rejected.source_id, requestor=True),
+            {"type": _DESTINATION_ROLE, "who": _component("hub-ingest"), "requestor": False},
+        ],
+        "source": _observer("hub-ingest"),
+        "entity": [
+            {
+                "what": {"identifier": {"system": KAFKA_RECORD_SYSTEM, "value": str(origin)}},
+                "type": _SYSTEM_OBJECT,
+                "role": _JOB_ROLE,
+                "detail": details,
+            }
+        ],
+    }
+
+
+def audit_consent_rejected(
+    rejection: ConsentRejected, *, event: Mapping[str, Any], recorded: datetime
+) -> dict[str, Any]:
+    """The AuditEvent of a Consent the hub refused to apply (the patient's state did not change)."""
+    event_id = _event_id(event)
+    source = event.get("source")
+    source_id = source.get("id") if isinstance(source, dict) else None
+    return {
+        "resourceType": "AuditEvent",
+        "id": audit_id("consent-rejected", event_id),
+        "type": _PATIENT_RECORD,
+        "subtype": _subtype("consent-rejected"),
+        "action": "U",
+        "recorded": _aware(recorded),
+        "outcome": OUTCOME_NOT_DONE,
+        "outcomeDesc": f"{rejection.code}: {rejection.detail}",
+        "agent": [
+            _source_agent(source_id if isinstance(source_id, str) else None, requestor=True),
+            {"type": _DESTINATION_ROLE, "who": _component("hub-share"), "requestor": False},
+        ],
+        "source": _observer("hub-share"),
+        "entity": [
+            {
+                "what": {"identifier": {"system": EVENT_ID_SYSTEM, "value": event_id}},
+                "type": _SYSTEM_OBJECT,
+                "role": _DOMAIN_RESOURCE_ROLE,
+                "detail": [_detail("code", rejection.code), _detail("detail", rejection.detail)],
+            },
+            *_patient_entity(event),
+        ],
+    }

@@ -1,0 +1,196 @@
+"""The identity stage: one network patient per person, duplicates dropped, receipts for accepted inputs.
+
+It reads ``hub.identity.v1``, keyed by the network id an input's events were made under (the
+qualified-INS id when the input carried one, else the source-local id), so everything it
+remembers is local to its partition:
+
+- ``aliases``: a source-local id found (by a later input carrying a qualified INS) to be the same
+  person as an INS id. Later events routed under the local id are published under the INS id,
+  after one ``patient.linked`` event. The first INS seen for a local id wins: a later, different
+  INS for it is refused as an identity conflict and logged, never silently merged.
+- ``seen_messages``: ``(source, hub-message-id)`` → event ids, so a resent message is a duplicate.
+- ``seen_events``: recent event ids per routing id, so the same fact sent again, or by another
+  source about the same INS, is published once; its input's receipt then says ``duplicate``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hub.identity.network_id import NETWORK_ID_SYSTEM
+from hub.ingest.outcome import Accepted, IdentityLink, KafkaCoordinates
+from hub.ingest.pipeline import with_patient
+from hub.ingest.receipts import receipt
+from hub.logging import get_logger
+from hub.normalise.time import utc_iso
+from hub.pathway.event import EVENT_ID_NAMESPACE, PathwayEvent
+
+log = get_logger(__name__)
+
+#: How many event ids are remembered per routing id for de-duplication (oldest forgotten first).
+SEEN_EVENTS_PER_PATIENT = 5000
+
+INPUT_RECORD = "input"
+LINK_RECORD = "link"
+
+
+@dataclass(frozen=True)
+class Send:
+    """One record the stage produces: to the pathway, or a receipt."""
+
+    topic: str  # "pathway" or "receipts"
+    key: str
+    value: dict[str, Any]
+
+
+def input_record(outcome: Accepted, origin: KafkaCoordinates, recorded_at: datetime) -> dict[str, Any]:
+    """What ingest forwards for an accepted input with events, keyed by ``outcome.patient_id``."""
+    return {
+        "type": INPUT_RECORD,
+        "patient_id": outcome.patient_id,
+        "source": outcome.source_id,
+        "message_id": outcome.message_id,
+        "ingest": origin.as_dict(),
+        "recorded_at": utc_iso(recorded_at),
+        "events": [event.to_dict() for event in outcome.events],
+    }
+
+
+def link_record(
+    link: IdentityLink, outcome: Accepted, origin: KafkaCoordinates, recorded_at: datetime
+) -> dict[str, Any]:
+    """What ingest forwards, keyed by ``link.local_id``, when an input reveals a qualified INS."""
+    organization = outcome.events[0].source_organization if outcome.events else {}
+    return {
+        "type": LINK_RECORD,
+        "local_id": link.local_id,
+        "ins_id": link.ins_id,
+        "source": outcome.source_id,
+        "organization": organization,
+        "ingest": origin.as_dict(),
+        "recorded_at": utc_iso(recorded_at),
+    }
+
+
+def linked_event(record: dict[str, Any]) -> PathwayEvent:
+    """The ``patient.linked`` event: the local id is replaced by the INS id from now on."""
+    local_id, ins_id = record["local_id"], record["ins_id"]
+    resource = {
+        "resourceType": "Patient",
+        "identifier": [{"system": NETWORK_ID_SYSTEM, "value": ins_id}],
+        "link": [
+            {
+                "other": {
+                    "reference": f"Patient/{local_id}",
+                    "identifier": {"system": NETWORK_ID_SYSTEM, "value": local_id},
+                },
+                "type": "replaces",
+            }
+        ],
+    }
+    return PathwayEvent(
+        event_id=str(uuid.uuid5(EVENT_ID_NAMESPACE, f"patient.linked|{local_id}|{ins_id}")),
+        patient_id=ins_id,
+        kind="patient.linked",
+        occurred_at=record["recorded_at"],
+        recorded_at=record["recorded_at"],
+        source_id=record["source"],
+        source_organization=record["organization"],
+        resource=resource,
+        ingest=record["ingest"],
+        steps=("identity:qualified-ins-links-local-id",),
+    )
+
+
+def _under(event: dict[str, Any], surviving: str) -> dict[str, Any]:
+    """An event made under a local id, moved to the id that local id was linked to.
+
+    The event id stays: receipts already named it, and consumers de-duplicate on it.
+    """
+    return {
+        **event,
+        "patient_id": surviving,
+        "resource": with_patient(event["resource"], surviving),
+        "provenance": {**event["provenance"], "steps": [*event["provenance"]["steps"], "patient-id:linked"]},
+    }
+
+
+class IdentityStage:
+    """Handles one ``hub.identity.v1`` record at a time; the mappings are faust tables in the worker."""
+
+    def __init__(
+        self,
+        aliases: MutableMapping[str, str],
+        seen_messages: MutableMapping[str, list[str]],
+        seen_events: MutableMapping[str, list[str]],
+    ) -> None:
+        self.aliases = aliases
+        self.seen_messages = seen_messages
+        self.seen_events = seen_events
+
+    def handle(self, record: dict[str, Any], *, now: datetime) -> list[Send]:
+        """Every record to produce for one identity-stage record, in order."""
+        if record.get("type") == LINK_RECORD:
+            return self._link(record)
+        return self._input(record, now)
+
+    def _link(self, record: dict[str, Any]) -> list[Send]:
+        local_id, ins_id = record["local_id"], record["ins_id"]
+        current = self.aliases.get(local_id)
+        if current == ins_id:
+            return []
+        if current is not None:
+            log.warning("identity.conflict", local_id=local_id, linked_to=current, claimed=ins_id)
+            return []
+        self.aliases[local_id] = ins_id
+        event = linked_event(record)
+        log.info("identity.linked", local_id=local_id, ins_id=ins_id)
+        return [Send("pathway", ins_id, event.to_dict())]
+
+    def _input(self, record: dict[str, Any], now: datetime) -> list[Send]:
+        routing_id = record["patient_id"]
+        surviving = self.aliases.get(routing_id, routing_id)
+        origin = KafkaCoordinates(**record["ingest"])
+        all_ids = [event["event_id"] for event in record["events"]]
+        memo = f"{record['source']}\x1f{record['message_id']}" if record.get("message_id") else None
+        if memo is not None and memo in self.seen_messages:
+            return [self._receipt(record, origin, now, "duplicate", self.seen_messages[memo])]
+        seen = self.seen_events.get(routing_id) or []
+        known = set(seen)
+        sends: list[Send] = []
+        for event in record["events"]:
+            if event["event_id"] in known:
+                continue
+            known.add(event["event_id"])
+            sends.append(
+                Send("pathway", surviving, _under(event, surviving) if surviving != routing_id else event)
+            )
+        fresh = [s.value["event_id"] for s in sends]
+        if fresh:
+            self.seen_events[routing_id] = [*seen, *fresh][-SEEN_EVENTS_PER_PATIENT:]
+        if memo is not None:
+            self.seen_messages[memo] = all_ids
+        status = "accepted" if fresh or not all_ids else "duplicate"
+        sends.append(self._receipt(record, origin, now, status, all_ids))
+        return sends
+
+    @staticmethod
+    def _receipt(
+        record: dict[str, Any], origin: KafkaCoordinates, now: datetime, status: str, event_ids: list[str]
+    ) -> Send:
+        accepted = Accepted(record["source"], record.get("message_id"), ())
+        return Send(
+            "receipts",
+            record["source"],
+            receipt(accepted, origin, at=now, status=status, event_ids=event_ids),
+        )
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    """Compact JSON for Kafka."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,235 @@
+"""AuditEvents of hub.audit.v1 (hub/consent/audit.py): valid FHIR R4, one deterministic id per decision,
+the rule and policy version carried, and the patient by network id only."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+
+from hub.consent.audit import (
+    EVENT_ID_SYSTEM,
+    OUTCOME_NOT_DONE,
+    OUTCOME_SUCCESS,
+    audit_consent_rejected,
+    audit_event,
+    audit_reject,
+)
+from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision
+from hub.consent.recipients import FINESS_SYSTEM, Identifier, Recipient, Subscription
+from hub.consent.state import CONSENT_UNINTERPRETABLE, ConsentRejected
+from hub.errors import ErrorCode
+from hub.identity.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM
+from hub.ingest.outcome import KafkaCoordinates, Rejected
+
+RECORDED = datetime(2026, 11, 22, 12, 30, 15, 250_000, tzinfo=UTC)
+PATIENT = "pt-" + "a" * 24
+INS = "255086920100146"
+EVENT_ID = "0b7a3c1e-4d2f-5a6b-8c9d-0e1f2a3b4c5d"
+HOSPITAL = Recipient(
+    id="demo-hospital-chu",
+    kind="hospital",
+    organization=Identifier(FINESS_SYSTEM, "690999990"),
+    kafka_principal="User:demo-hospital-chu",
+    subscription=Subscription(kinds=("*",)),
+)
+
+
+def patient_event() -> dict[str, Any]:
+    """A pathway event whose resource is a Patient with name, birth date and a qualified INS."""
+    return {
+        "event_id": EVENT_ID,
+        "patient_id": PATIENT,
+        "kind": "patient",
+        "occurred_at": "2026-11-01T10:00:00.000Z",
+        "recorded_at": "2026-11-01T10:00:05.000Z",
+        "source": {"id": "demo-gp-cabinet-lamentin", "organization": {"system": "urn:x", "value": "y"}},
+        "sensitivity": [],
+        "resource": {
+            "resourceType": "Patient",
+            "identifier": [
+                {"system": INS_TEST_NIR, "value": INS},
+                {"system": NETWORK_ID_SYSTEM, "value": PATIENT},
+            ],
+            "name": [{"family": "Céleste", "given": ["Maryse"]}],
+            "birthDate": "1955-08-12",
+        },
+        "provenance": {"ingest": {"topic": "hub.ingest.v1", "partition": 0, "offset": 3}, "steps": []},
+    }
+
+
+def final(verdict: Any, rule: str, reason: str = "because", version: str = POLICY_VERSION) -> FinalDecision:
+    vote = Decision(verdict, rule, reason)
+    return FinalDecision(verdict, rule, reason, "hub-secret-partage@2026-11-22.1", version, (vote,))
+
+
+def details(audit: dict[str, Any]) -> dict[str, str]:
+    return {d["type"]: d["valueString"] for d in audit["entity"][0]["detail"]}
+
+
+def assert_no_identity(audit: dict[str, Any]) -> None:
+    text = json.dumps(audit, ensure_ascii=False)
+    for secret in (INS, "Céleste", "Maryse", "1955-08-12", INS_TEST_NIR):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("decision", "outcome"),
+    [
+        (final("permit", "care_team", "the recipient is the patient's declared GP"), OUTCOME_SUCCESS),
+        (final("deny", "objection", "the patient objects to sharing with everyone"), OUTCOME_NOT_DONE),
+        (
+            final("deny", "subscription_filter", "not requested: kind patient is not subscribed"),
+            OUTCOME_NOT_DONE,
+        ),
+        (
+            final("deny", "state_unavailable", "the patient's state is corrupt: stored state unreadable"),
+            OUTCOME_NOT_DONE,
+        ),
+    ],
+    ids=["permit", "objection", "not requested", "corrupt state"],
+)
+def test_share_decision_audit_is_valid_fhir(decision: FinalDecision, outcome: str) -> None:
+    """Permit and deny both give an R4 AuditEvent (Export) with the rule, verdict and policy version."""
+    audit = audit_event(decision, event=patient_event(), recipient=HOSPITAL, recorded=RECORDED)
+    AuditEvent.model_validate(audit)
+    assert audit["type"]["code"] == "110106"
+    assert audit["subtype"][0]["code"] == "share-decision"
+    assert audit["outcome"] == outcome
+    assert audit["recorded"] == "2026-11-22T12:30:15.250Z"
+    assert audit["outcomeDesc"] == f"{decision.verdict} by {decision.rule}: {decision.reason}"
+    assert details(audit) == {
+        "verdict": decision.verdict,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "policy": "hub-secret-partage@2026-11-22.1",
+        "policy_version": POLICY_VERSION,
+        "recipient": "demo-hospital-chu",
+        "topic": "hub.pathway.demo-hospital-chu.v1",
+        "kind": "patient",
+        "source": "demo-gp-cabinet-lamentin",
+    }
+    assert audit["entity"][0]["what"]["identifier"] == {"system": EVENT_ID_SYSTEM, "value": EVENT_ID}
+
+
+def test_agents_are_the_hub_and_the_recipient() -> None:
+    """The hub exports (not a requestor); the recipient is named by organisation and Kafka principal."""
+    audit = audit_event(
+        final("permit", "care_team"), event=patient_event(), recipient=HOSPITAL, recorded=RECORDED
+    )
+    hub, recipient = audit["agent"]
+    assert hub["requestor"] is False
+    assert hub["who"]["identifier"]["value"] == "hub-share"
+    assert recipient["requestor"] is False
+    assert recipient["who"] == {
+        "type": "Organization",
+        "identifier": {"system": FINESS_SYSTEM, "value": "690999990"},
+    }
+    assert (recipient["altId"], recipient["name"]) == ("User:demo-hospital-chu", "demo-hospital-chu")
+
+
+def test_patient_appears_by_network_id_only() -> None:
+    """The patient entity carries the network id; no name, birth date or INS appears anywhere."""
+    audit = audit_event(
+        final("permit", "care_team"), event=patient_event(), recipient=HOSPITAL, recorded=RECORDED
+    )
+    patient = audit["entity"][1]
+    assert patient["what"] == {
+        "type": "Patient",
+        "identifier": {"system": NETWORK_ID_SYSTEM, "value": PATIENT},
+    }
+    assert patient["role"]["code"] == "1"
+    assert_no_identity(audit)
+
+
+def test_audit_id_is_deterministic_per_event_recipient_and_policy_version() -> None:
+    """A redelivered decision gets the same id; another recipient or policy version another one."""
+    event = patient_event()
+
+    def audit_id(decision: FinalDecision, recipient: Recipient | str = HOSPITAL) -> str:
+        return str(audit_event(decision, event=event, recipient=recipient, recorded=RECORDED)["id"])
+
+    first = audit_id(final("permit", "care_team"))
+    assert first == audit_id(final("permit", "care_team"))
+    assert first != audit_id(final("permit", "care_team"), "demo-gp-cabinet-lamentin")
+    assert first != audit_id(final("permit", "care_team", version="2027-01-01.1"))
+
+
+def test_unknown_recipient_is_audited_by_id() -> None:
+    """A decision for an id not in the registry is still a valid AuditEvent naming that id."""
+    audit = audit_event(
+        final("deny", "deny_by_default", "unknown recipient: not in the recipient registry"),
+        event=patient_event(),
+        recipient="gone-recipient",
+        recorded=RECORDED,
+    )
+    AuditEvent.model_validate(audit)
+    assert audit["agent"][1]["who"]["identifier"]["value"] == "gone-recipient"
+
+
+def test_unreadable_event_is_still_audited() -> None:
+    """Even an envelope without ids gives a valid AuditEvent (with no patient entity)."""
+    audit = audit_event(
+        final("deny", "deny_by_default", "the event envelope cannot be read"),
+        event={"kind": 3},
+        recipient=HOSPITAL,
+        recorded=RECORDED,
+    )
+    AuditEvent.model_validate(audit)
+    assert len(audit["entity"]) == 1
+
+
+def test_ingest_reject_audit() -> None:
+    """A rejected record is audited with source, Kafka coordinates and code, no clinical data."""
+    rejected = Rejected(
+        ErrorCode.SIGNATURE_INVALID, "HMAC does not match", "demo-lab-bio", "demo-lab-bio-000042"
+    )
+    origin = KafkaCoordinates("hub.ingest.v1", 2, 1234)
+    audit = audit_reject(rejected, origin=origin, recorded=RECORDED)
+    AuditEvent.model_validate(audit)
+    assert (audit["type"]["code"], audit["outcome"], audit["action"]) == ("110107", OUTCOME_NOT_DONE, "C")
+    assert audit["agent"][0]["who"]["identifier"]["value"] == "demo-lab-bio"
+    assert audit["agent"][0]["requestor"] is True
+    assert details(audit) == {
+        "code": "signature.invalid",
+        "detail": "HMAC does not match",
+        "topic": "hub.ingest.v1",
+        "partition": "2",
+        "offset": "1234",
+        "message_id": "demo-lab-bio-000042",
+    }
+    assert audit["id"] == audit_reject(rejected, origin=origin, recorded=datetime.now(UTC))["id"]
+
+
+def test_reject_from_an_unregistered_source() -> None:
+    """A reject with no registered source names none and stays valid."""
+    rejected = Rejected(ErrorCode.SOURCE_UNKNOWN, "hub-source is not registered")
+    audit = audit_reject(rejected, origin=KafkaCoordinates("hub.ingest.v1", 0, 1), recorded=RECORDED)
+    AuditEvent.model_validate(audit)
+    assert audit["agent"][0]["who"] == {"display": "unregistered source"}
+
+
+def test_consent_rejected_audit() -> None:
+    """A refused Consent is audited (Patient Record, update not done) with its code, patient by network id."""
+    event = {**patient_event(), "kind": "consent"}
+    rejection = ConsentRejected("provision.actor[0].reference names no one by identifier (system and value)")
+    audit = audit_consent_rejected(rejection, event=event, recorded=RECORDED)
+    AuditEvent.model_validate(audit)
+    assert (audit["type"]["code"], audit["action"], audit["outcome"]) == ("110110", "U", OUTCOME_NOT_DONE)
+    assert details(audit) == {"code": CONSENT_UNINTERPRETABLE, "detail": rejection.detail}
+    assert audit["agent"][0]["who"]["identifier"]["value"] == "demo-gp-cabinet-lamentin"
+    assert_no_identity(audit)
+
+
+def test_naive_recorded_is_a_bug() -> None:
+    """The recorded instant must be timezone-aware."""
+    with pytest.raises(ValueError, match="aware"):
+        audit_event(
+            final("permit", "care_team"),
+            event=patient_event(),
+            recipient=HOSPITAL,
+            recorded=datetime(2026, 11, 22),  # noqa: DTZ001
+        )

@@ -1,0 +1,457 @@
+"""The identity stage (hub/identity/stage.py): links, aliases, duplicates, receipts; dicts as tables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from hub.identity import stage as stage_module
+from hub.identity.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
+from hub.identity.stage import (
+    INPUT_RECORD,
+    LINK_RECORD,
+    SEEN_EVENTS_PER_PATIENT,
+    IdentityStage,
+    Send,
+    encode,
+    input_record,
+    link_record,
+    linked_event,
+)
+from hub.ingest.outcome import Accepted, IdentityLink, IngestOutcome, IngestRecord, KafkaCoordinates
+from hub.ingest.pipeline import IngestContext, process_ingest
+from hub.schemas import schema_errors
+
+Loader = Callable[[str], dict[str, Any]]
+RecordBuilder = Callable[..., IngestRecord]
+
+GP_ID = "gp-cabinet-lamentin"
+GP_LOCAL_SYSTEM = "urn:oid:1.2.250.1.71.4.2.7.9999"
+HOSPITAL_ID = "chu-guadeloupe"
+HOSPITAL_SECRET = b"chu-unit-test-secret-fedcba9876543210"
+PSEUDONYM_KEY = b"unit-test-pseudonym-key-0123456789abcdef"
+TEST_INS = "248039263001064"
+OTHER_INS = "248039263001065"
+INS_ID = PatientKey("ins", INS_TEST_NIR, TEST_INS).network_id(PSEUDONYM_KEY)
+LOCAL_ID = PatientKey("local", GP_ID, "IPP-004217").network_id(PSEUDONYM_KEY)
+FROM_HOSPITAL: dict[str, Any] = {"source_id": HOSPITAL_ID, "secret": HOSPITAL_SECRET}
+RECEIPT_SCHEMA = "receipt.schema.json"
+EVENT_SCHEMA = "pathway-event.schema.json"
+
+
+class Tables:
+    """The stage's three tables as plain dicts, kept so a test can look inside."""
+
+    def __init__(self) -> None:
+        self.aliases: dict[str, str] = {}
+        self.seen_messages: dict[str, list[str]] = {}
+        self.seen_events: dict[str, list[str]] = {}
+
+    def stage(self) -> IdentityStage:
+        return IdentityStage(self.aliases, self.seen_messages, self.seen_events)
+
+
+@pytest.fixture
+def tables() -> Tables:
+    """Empty tables."""
+    return Tables()
+
+
+@pytest.fixture
+def stage(tables: Tables) -> IdentityStage:
+    """A stage over the empty tables."""
+    return tables.stage()
+
+
+class Feed:
+    """Builds signed ingest records and returns what ingest forwards for them, through JSON as on Kafka."""
+
+    def __init__(
+        self, context: IngestContext, now: datetime, make_record: RecordBuilder, fhir: Loader
+    ) -> None:
+        self.context, self.now, self.make_record, self.fhir = context, now, make_record, fhir
+
+    def records(self, resource: dict[str, Any], **record_args: Any) -> list[dict[str, Any]]:
+        """The link record (when the input shows one) and the input record, as on hub.identity.v1."""
+        record = self.make_record(resource, **record_args)
+        outcome = accepted(process_ingest(record, self.context, now=self.now))
+        out = []
+        if outcome.link is not None:
+            out.append(link_record(outcome.link, outcome, record.origin, record.timestamp))
+        out.append(input_record(outcome, record.origin, record.timestamp))
+        decoded: list[dict[str, Any]] = [json.loads(encode(value)) for value in out]
+        return decoded
+
+
+@pytest.fixture
+def feed(context: IngestContext, now: datetime, make_record: RecordBuilder, fhir: Loader) -> Feed:
+    """The record feed of these tests."""
+    return Feed(context, now, make_record, fhir)
+
+
+def accepted(outcome: IngestOutcome) -> Accepted:
+    assert isinstance(outcome, Accepted), outcome
+    return outcome
+
+
+def pathway(sends: list[Send]) -> list[Send]:
+    return [send for send in sends if send.topic == "pathway"]
+
+
+def the_receipt(sends: list[Send]) -> dict[str, Any]:
+    receipts = [send for send in sends if send.topic == "receipts"]
+    assert len(receipts) == 1, sends
+    assert sends[-1] is receipts[0], "the receipt comes last"
+    return receipts[0].value
+
+
+def by_ipp(fhir: Loader) -> dict[str, Any]:
+    """The HbA1c, naming its patient by the GP's local IPP only (no INS)."""
+    observation = fhir("observation-hba1c.json")
+    observation["subject"] = {"identifier": {"system": GP_LOCAL_SYSTEM, "value": "IPP-004217"}}
+    return observation
+
+
+def by_ins(fhir: Loader, value: float = 7.4) -> dict[str, Any]:
+    """The HbA1c, naming its patient by the qualified (test) INS only."""
+    observation = fhir("observation-hba1c.json")
+    observation["subject"] = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
+    observation["valueQuantity"]["value"] = value
+    return observation
+
+
+def link(ins_id: str = INS_ID, local_id: str = LOCAL_ID) -> dict[str, Any]:
+    """A link record as ingest writes it."""
+    return {
+        "type": LINK_RECORD,
+        "local_id": local_id,
+        "ins_id": ins_id,
+        "source": GP_ID,
+        "organization": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "970000001"},
+        "ingest": {"topic": "hub.ingest.v1", "partition": 2, "offset": 1234},
+        "recorded_at": "2024-05-03T10:00:00.000Z",
+    }
+
+
+# --- records ingest forwards ---------------------------------------------------------------------------
+
+
+def test_a_patient_with_local_id_and_ins_forwards_a_link_then_its_input(feed: Feed) -> None:
+    """An input showing a local id and a qualified INS forwards a link record, then its input under the INS."""
+    link_value, input_value = feed.records(feed.fhir("patient-ins-vali.json"), message_id="m-1")
+    assert link_value["type"] == LINK_RECORD
+    assert (link_value["local_id"], link_value["ins_id"]) == (LOCAL_ID, INS_ID)
+    assert link_value["organization"] == {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "970000001"}
+    assert input_value["type"] == INPUT_RECORD
+    assert (input_value["patient_id"], input_value["source"], input_value["message_id"]) == (
+        INS_ID,
+        GP_ID,
+        "m-1",
+    )
+    assert input_value["recorded_at"] == "2024-05-03T10:00:00.000Z"
+    assert [event["patient_id"] for event in input_value["events"]] == [INS_ID]
+
+
+# --- links ---------------------------------------------------------------------------------------------
+
+
+def test_a_link_aliases_the_local_id_and_publishes_one_linked_event(
+    stage: IdentityStage, tables: Tables, now: datetime
+) -> None:
+    """A link record remembers local id → INS id and publishes one ``patient.linked`` event under the INS id."""
+    [send] = stage.handle(link(), now=now)
+    assert tables.aliases == {LOCAL_ID: INS_ID}
+    assert (send.topic, send.key) == ("pathway", INS_ID)
+    event = send.value
+    assert (event["kind"], event["patient_id"]) == ("patient.linked", INS_ID)
+    assert event["resource"]["identifier"] == [{"system": NETWORK_ID_SYSTEM, "value": INS_ID}]
+    assert event["resource"]["link"][0]["other"]["reference"] == f"Patient/{LOCAL_ID}"
+    assert event["resource"]["link"][0]["type"] == "replaces"
+    assert event["occurred_at"] == event["recorded_at"] == "2024-05-03T10:00:00.000Z"
+    assert schema_errors(EVENT_SCHEMA, event) == []
+
+
+def test_a_repeated_link_is_idempotent(stage: IdentityStage, tables: Tables, now: datetime) -> None:
+    """The same link again (another input of the same patient, or a redelivery) publishes nothing."""
+    first = stage.handle(link(), now=now)
+    assert stage.handle(link(), now=now) == []
+    assert tables.aliases == {LOCAL_ID: INS_ID}
+    assert linked_event(link()).event_id == first[0].value["event_id"]
+
+
+def test_a_conflicting_link_changes_nothing(stage: IdentityStage, tables: Tables, now: datetime) -> None:
+    """A second, different INS for a linked local id is an identity conflict: no alias change, no event."""
+    stage.handle(link(), now=now)
+    other_ins_id = PatientKey("ins", INS_TEST_NIR, OTHER_INS).network_id(PSEUDONYM_KEY)
+    assert stage.handle(link(ins_id=other_ins_id), now=now) == []
+    assert tables.aliases == {LOCAL_ID: INS_ID}
+
+
+def test_an_input_under_a_linked_local_id_is_published_under_the_ins_id(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """After a link, an input routed under the local id is published under the INS id, its event id unchanged."""
+    stage.handle(link(), now=now)
+    [record] = feed.records(by_ipp(feed.fhir), message_id="m-2")
+    assert record["patient_id"] == LOCAL_ID
+    original = record["events"][0]
+    sends = stage.handle(record, now=now)
+    [published] = pathway(sends)
+    assert published.key == INS_ID
+    event = published.value
+    assert event["event_id"] == original["event_id"]
+    assert event["patient_id"] == INS_ID
+    assert event["resource"]["subject"] == {
+        "reference": f"Patient/{INS_ID}",
+        "identifier": {"system": NETWORK_ID_SYSTEM, "value": INS_ID},
+    }
+    assert event["provenance"]["steps"] == [*original["provenance"]["steps"], "patient-id:linked"]
+    assert LOCAL_ID not in json.dumps(event)
+    receipt = the_receipt(sends)
+    assert (receipt["status"], receipt["event_ids"]) == ("accepted", [original["event_id"]])
+    assert schema_errors(EVENT_SCHEMA, event) == []
+
+
+def test_an_input_under_an_unlinked_local_id_is_published_as_it_came(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """Without a link, an input's events are published unchanged under the id ingest made them under."""
+    [record] = feed.records(by_ipp(feed.fhir))
+    [published] = pathway(stage.handle(record, now=now))
+    assert published.key == LOCAL_ID
+    assert published.value == record["events"][0]
+
+
+# --- duplicates ----------------------------------------------------------------------------------------
+
+
+def test_the_same_message_twice_is_a_duplicate(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """A resent message id publishes nothing; its receipt says ``duplicate`` with the first event ids."""
+    *_, first_record = feed.records(feed.fhir("bundle-transaction.json"), message_id="tx-1")
+    first = stage.handle(first_record, now=now)
+    first_ids = the_receipt(first)["event_ids"]
+    assert [send.value["event_id"] for send in pathway(first)] == first_ids
+    *_, again_record = feed.records(feed.fhir("bundle-transaction.json"), message_id="tx-1")
+    again = stage.handle(again_record, now=now + timedelta(minutes=5))
+    assert pathway(again) == []
+    receipt = the_receipt(again)
+    assert (receipt["status"], receipt["event_ids"], receipt["message_id"]) == (
+        "duplicate",
+        first_ids,
+        "tx-1",
+    )
+
+
+def test_the_same_message_id_from_another_source_is_not_a_duplicate_by_id(
+    stage: IdentityStage, tables: Tables, feed: Feed, now: datetime
+) -> None:
+    """Message ids are per source: another source's ``m-1`` with new facts is accepted."""
+    [gp_record] = feed.records(by_ins(feed.fhir), message_id="m-1")
+    stage.handle(gp_record, now=now)
+    [hospital_record] = feed.records(by_ins(feed.fhir, 8.2), message_id="m-1", **FROM_HOSPITAL)
+    sends = stage.handle(hospital_record, now=now)
+    assert len(pathway(sends)) == 1
+    assert the_receipt(sends)["status"] == "accepted"
+    assert len(tables.seen_messages) == 2
+
+
+def test_the_same_fact_from_another_source_is_a_duplicate(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """A fact the GP sent, sent again by the hospital, is not published again; the receipt names its id."""
+    [from_gp] = feed.records(by_ins(feed.fhir), message_id="gp-1")
+    [event_id] = the_receipt(stage.handle(from_gp, now=now))["event_ids"]
+    [from_hospital] = feed.records(by_ins(feed.fhir), message_id="lab-9", **FROM_HOSPITAL)
+    sends = stage.handle(from_hospital, now=now)
+    assert pathway(sends) == []
+    receipt = the_receipt(sends)
+    assert (receipt["status"], receipt["event_ids"], receipt["source"]) == (
+        "duplicate",
+        [event_id],
+        HOSPITAL_ID,
+    )
+
+
+def test_the_same_fact_without_message_id_is_a_duplicate(
+    stage: IdentityStage,
+    tables: Tables,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """Without ``hub-message-id`` nothing is remembered by message, but a known fact is still a duplicate."""
+    [first] = feed.records(by_ins(feed.fhir))
+    assert the_receipt(stage.handle(first, now=now))["status"] == "accepted"
+    assert tables.seen_messages == {}
+    [again] = feed.records(by_ins(feed.fhir))
+    sends = stage.handle(again, now=now)
+    assert pathway(sends) == []
+    assert the_receipt(sends)["status"] == "duplicate"
+
+
+def test_a_partly_new_input_is_accepted_and_publishes_only_the_new_facts(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """An input with a known fact and a new one is ``accepted``; only the new event is sent, both ids receipted."""
+    [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
+    [known_id] = the_receipt(stage.handle(single, now=now))["event_ids"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": by_ins(feed.fhir)}, {"resource": by_ins(feed.fhir, 8.1)}],
+    }
+    [record] = feed.records(bundle, message_id="m-2")
+    sends = stage.handle(record, now=now)
+    [published] = pathway(sends)
+    assert published.value["event_id"] != known_id
+    receipt = the_receipt(sends)
+    assert receipt["status"] == "accepted"
+    assert receipt["event_ids"] == [known_id, published.value["event_id"]]
+
+
+def test_a_redelivered_input_after_a_partial_one_is_a_duplicate_by_message(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """The message memory keeps every event id of the input, not only the new ones."""
+    [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
+    stage.handle(single, now=now)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": by_ins(feed.fhir)}, {"resource": by_ins(feed.fhir, 8.1)}],
+    }
+    [record] = feed.records(bundle, message_id="m-2")
+    first_ids = the_receipt(stage.handle(record, now=now))["event_ids"]
+    again = stage.handle(record, now=now)
+    assert pathway(again) == []
+    assert the_receipt(again)["event_ids"] == first_ids
+
+
+# --- contract -------------------------------------------------------------------------------------------
+
+
+def test_receipts_and_events_match_the_contract(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """Every receipt (accepted, duplicate) and pathway event (plain, linked, aliased) the stage makes is valid."""
+    sends: list[Send] = []
+    for value in feed.records(feed.fhir("patient-ins-vali.json"), message_id="p-1"):
+        sends += stage.handle(value, now=now)
+    for value in feed.records(feed.fhir("bundle-transaction.json"), message_id="tx-1"):
+        sends += stage.handle(value, now=now)
+        sends += stage.handle(value, now=now)
+    for value in feed.records(by_ipp(feed.fhir)):
+        sends += stage.handle(value, now=now)
+    statuses = {send.value["status"] for send in sends if send.topic == "receipts"}
+    kinds = {send.value["kind"] for send in sends if send.topic == "pathway"}
+    assert statuses == {"accepted", "duplicate"}
+    assert {"patient.linked", "patient", "observation"} <= kinds
+    for send in sends:
+        schema = RECEIPT_SCHEMA if send.topic == "receipts" else EVENT_SCHEMA
+        assert schema_errors(schema, send.value) == [], send
+        if send.topic == "receipts":
+            assert send.key == send.value["source"]
+        else:
+            assert send.key == send.value["patient_id"]
+
+
+def test_receipts_name_the_ingest_record(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """The stage's receipt names the ingest record's coordinates and the stage's clock, as ingest's would."""
+    origin = KafkaCoordinates("hub.ingest.v1", 5, 77)
+    [record] = feed.records(by_ins(feed.fhir), message_id="m-1", origin=origin)
+    receipt = the_receipt(stage.handle(record, now=now + timedelta(seconds=3)))
+    assert receipt["ingest"] == {"topic": "hub.ingest.v1", "partition": 5, "offset": 77}
+    assert receipt["at"] == "2024-05-03T10:00:03.000Z"
+    assert receipt["error"] is None
+
+
+# --- memory ---------------------------------------------------------------------------------------------
+
+
+def test_seen_events_are_bounded_per_patient(
+    stage: IdentityStage,
+    tables: Tables,
+    feed: Feed,
+    now: datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the last SEEN_EVENTS_PER_PATIENT event ids are kept per routing id; the oldest are forgotten."""
+    assert SEEN_EVENTS_PER_PATIENT > 0
+    monkeypatch.setattr(stage_module, "SEEN_EVENTS_PER_PATIENT", 3)
+    ids = []
+    for n in range(5):
+        [record] = feed.records(by_ins(feed.fhir, 6.0 + n / 10), message_id=f"m-{n}")
+        ids += the_receipt(stage.handle(record, now=now))["event_ids"]
+    assert tables.seen_events == {INS_ID: ids[-3:]}
+    [oldest_again] = feed.records(by_ins(feed.fhir, 6.0), message_id="m-again")
+    assert len(pathway(stage.handle(oldest_again, now=now))) == 1  # forgotten, so published again
+
+
+def test_seen_events_are_kept_per_routing_id(
+    stage: IdentityStage,
+    tables: Tables,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """Event ids are remembered under the id the input was routed by (the partition's own key)."""
+    [by_local] = feed.records(by_ipp(feed.fhir))
+    [by_ins_id] = feed.records(by_ins(feed.fhir))
+    stage.handle(by_local, now=now)
+    stage.handle(by_ins_id, now=now)
+    assert set(tables.seen_events) == {LOCAL_ID, INS_ID}
+
+
+def test_tables_hold_json_values_only(
+    stage: IdentityStage,
+    tables: Tables,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """Table values are plain strings and lists of strings (faust tables store them as JSON)."""
+    for value in feed.records(feed.fhir("patient-ins-vali.json"), message_id="p-1"):
+        stage.handle(value, now=now)
+    for table in (tables.aliases, tables.seen_messages, tables.seen_events):
+        assert json.loads(json.dumps(table)) == table
+    assert tables.seen_messages == {f"{GP_ID}\x1fp-1": tables.seen_events[INS_ID]}
+
+
+def test_encode_is_compact_utf8_json() -> None:
+    """Records between stages are compact UTF-8 JSON, non-ASCII kept as is."""
+    assert encode({"a": "é", "b": [1, 2]}) == '{"a":"é","b":[1,2]}'.encode()
+
+
+def test_identity_link_is_what_the_link_record_carries(
+    context: IngestContext, make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """The link record is keyed and built from ``Accepted.link``: local id and INS id, nothing clinical."""
+    record = make_record(fhir("patient-ins-vali.json"))
+    outcome = accepted(process_ingest(record, context, now=now))
+    assert outcome.link == IdentityLink(LOCAL_ID, INS_ID)
+    value = link_record(outcome.link, outcome, record.origin, record.timestamp)
+    text = json.dumps(value)
+    assert TEST_INS not in text
+    assert "DUPONTEL" not in text
+    assert "IPP-004217" not in text
