@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     PATIENT_UNRESOLVED = "patient.unresolved"
     #: One input names two patients (or one patient with two contradicting identifiers).
     PATIENT_AMBIGUOUS = "patient.ambiguous"
+    #: A Consent the share stage cannot interpret; it changes nothing and is audited.
+    CONSENT_UNINTERPRETABLE = "consent.uninterpretable"
     #: The hub itself failed on this record (a bug); kept in the DLQ for replay after the fix.
     INTERNAL = "hub.internal_error"
     # Operating errors, raised as exceptions.

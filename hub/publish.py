@@ -88,9 +88,19 @@ def message_id_for(value: bytes) -> str:
 
 
 def publications_for_file(
-    path: Path, *, source_id: str, secret: bytes, max_bytes: int, now: int | None = None
+    path: Path,
+    *,
+    source_id: str,
+    secret: bytes,
+    max_bytes: int,
+    now: int | None = None,
+    fhir_version: str | None = None,
 ) -> list[Publication]:
-    """Signed records for one file (several when a large Bundle is split)."""
+    """Signed records for one file (several when a large Bundle is split).
+
+    ``fhir_version`` ("3.0", "4.0", "5.0"...) is sent as the content-type's ``fhirVersion`` parameter;
+    without it the hub reads the file in the source's ``default_fhir_version``.
+    """
     raw = path.read_bytes()
     if path.suffix.lower() == ".xml":
         bodies, media = [raw], "application/fhir+xml"
@@ -106,6 +116,8 @@ def publications_for_file(
                 if isinstance(document, dict):
                     # Compact JSON first; split only what still does not fit.
                     bodies = [_dumps(part) for part in split_bundle(document, max_bytes)]
+    if fhir_version is not None:
+        media += f"; fhirVersion={fhir_version}"
     timestamp = int(time.time()) if now is None else now
     publications = []
     for n, body in enumerate(bodies):

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     state_dir: Path = Field(default_factory=default_state_dir)
     sources_file: Path = Path("config/sources.json")
+    #: Who may receive the pathway; without a file nobody does (deny by default).
+    recipients_file: Path | None = None
+    #: The shared-secret and consent policy (sensitive code sets, recency window).
+    policy_file: Path = Path(__file__).resolve().parent.parent / "config" / "policy.json"
     topic_partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     #: faust table store: ``memory://`` for tests and demos, ``rocksdb://`` in production.

@@ -91,7 +91,8 @@ def serialise(resource: Json, *, version: str, media: str) -> bytes:
         return (json.dumps(resource, ensure_ascii=False, indent=2) + "\n").encode()
     if media == "xml":
         model = model_class(version, str(resource["resourceType"])).model_validate(resource)
-        return str(model.model_dump_xml(pretty_print=True)).encode()
+        xml = model.model_dump_xml(pretty_print=True)  # bytes, with an XML declaration saying UTF-8
+        return xml if isinstance(xml, bytes) else str(xml).encode()
     raise ValueError(f"unknown media {media!r}")
 
 

@@ -1,44 +1,34 @@
 """Deterministic synthetic feed of French patients, as six demo sources of one region would publish it.
 
-Each patient has one GP practice (Guadeloupe or Lyon), the hospital of their area and the lab; each
+Each patient has one GP practice (Guadeloupe or Lyon), the hospital of their area and the lab. Each
 source names them with its own identifier, codes problems and results in its own vocabulary (mapped to
-ICD-10, SNOMED CT and LOINC by ``config/conceptmaps/<source id>.conceptmap.json``) and units, and
-writes its own FHIR version and format:
+ICD-10, SNOMED CT and LOINC by ``config/conceptmaps/<source id>.conceptmap.json``), measures in its own
+units, and writes its own FHIR version and format:
 
-=================================== ====== ===== =================================================
-source                              FHIR   media what it sends
-=================================== ====== ===== =================================================
-``demo-gp-cabinet-lamentin``         R4     JSON  GP practice, America/Guadeloupe. Patient ids
-                                                  ``GP1-nnnnnn``; problems local + ICD-10; capillary
-                                                  glucose in g/L, weight in kg.
-``demo-gp-maison-sante-lyon``        R4     JSON  GP practice, Europe/Paris. Ids ``GP2-nnnnnn``;
-                                                  problems local + ICD-10; glucose mg/dL, weight kg.
-                                                  Writes every date-time **without offset** (local
-                                                  wall-clock time, a real-world bug), including night
-                                                  house calls at 02:30 on DST-change days (tagged
-                                                  ``dst-gap`` / ``dst-overlap``).
-``demo-gp-cabinet-basse-terre``      R5     JSON  GP practice, America/Guadeloupe. Ids ``BTnnnnnnnn``;
-                                                  problems local + SNOMED CT; glucose mmol/L, weight
-                                                  lb. Records objections only (no R5 form for the
-                                                  demo's actor-limited permits).
-``demo-hospital-chu``                R4     JSON  Hospital (FINESS 690999990), Europe/Paris, Lyon
-                                                  patients. IPP ``IPP-nnnnnn``; problems local + ICD-10;
-                                                  glucose g/L, creatinine mg/L, HbA1c %.
-``demo-hospital-chu-pointe-a-pitre`` STU3   XML   Hospital (FINESS 971999990), America/Guadeloupe,
-                                                  Guadeloupe patients. IPP ``97nnnnnnn``; problems and
-                                                  requests in local codes only; glucose mmol/L,
-                                                  creatinine µmol/L, HbA1c mmol/mol. Often admits
-                                                  without INS and sends the Patient again with the
-                                                  qualified INS later (tagged ``late-ins:*``).
-``demo-lab-bio``                     R4     JSON  Lab, Europe/Paris, everyone. Ids ``LAB-nnnnnn``;
-                                                  HbA1c % or mmol/mol, glucose mg/dL or mmol/L,
-                                                  creatinine mg/dL or µmol/L, weight kg or lb.
-=================================== ====== ===== =================================================
+- ``demo-gp-cabinet-lamentin`` (GP, America/Guadeloupe; R4 JSON): patient ids ``GP1-nnnnnn``; problems
+  local + ICD-10; capillary glucose in g/L, weight in kg.
+- ``demo-gp-maison-sante-lyon`` (GP, Europe/Paris; R4 JSON): ids ``GP2-nnnnnn``; problems local + ICD-10;
+  capillary glucose in mg/dL, weight in kg. Writes every date-time **without offset** (local wall-clock
+  time, a real-world bug the hub repairs), including night house calls at 02:30 on the days the clocks
+  change (tagged ``dst-gap``: that time does not exist; ``dst-overlap``: it happens twice).
+- ``demo-gp-cabinet-basse-terre`` (GP, America/Guadeloupe; R5 JSON): ids ``BTnnnnnnnn``; problems local +
+  SNOMED CT; capillary glucose in mmol/L, weight in lb. Records objections only (R5 has no direct form
+  for the demo's actor-limited permits).
+- ``demo-hospital-chu`` (hospital, FINESS 690999990, Europe/Paris, Lyon patients; R4 JSON): IPP
+  ``IPP-nnnnnn``; problems local + ICD-10; glucose in g/L, creatinine in mg/L, HbA1c in %.
+- ``demo-hospital-chu-pointe-a-pitre`` (hospital, FINESS 971999990, America/Guadeloupe, Guadeloupe
+  patients; STU3 XML): IPP ``97nnnnnnn``; problems and requests in local codes only; glucose in mmol/L,
+  creatinine in µmol/L, HbA1c in mmol/mol. Often admits without INS and sends the Patient again with the
+  qualified INS hours later (tagged ``late-ins:*``, listed by :func:`late_ins_cases`).
+- ``demo-lab-bio`` (lab, Europe/Paris, everyone; R4 JSON): ids ``LAB-nnnnnn``; per patient, HbA1c in % or
+  mmol/mol, glucose in mg/dL or mmol/L, creatinine in mg/dL or µmol/L, weight in kg or lb.
 
-The GP practices also copy some lab reports into a later visit bundle, with the same LOINC code, value,
-unit and instant: the same fact from two sources (tagged ``duplicate-of:<lab message id>``, listed by
-:func:`cross_source_duplicates`). Hospital contacts are stays (admission bundle, lab panel, discharge,
-follow-up request) and emergency visits. Every INS is in the test NIR system (``…1.4.10``).
+GP practices: registration bundle (Patient, GP, visit, known problems), visit bundles (problems found,
+referrals, office measurements), consents, home care teams. Hospitals: emergency visits and stays
+(admission bundle, admission lab panel, discharge, follow-up request). The GP practices also copy some lab
+reports into a later visit bundle with the same LOINC code, value, unit and instant, about the same INS:
+one clinical fact from two sources (tagged ``duplicate-of:<lab message id>``, listed by
+:func:`cross_source_duplicates`). Every INS is in the test NIR system (``…1.4.10``).
 """
 
 from __future__ import annotations
@@ -271,6 +261,7 @@ _DISPOSITIONS = {
 }
 _HOME = (("home", "Home"),)
 _LB = 0.45359237  # kg per international pound, exact by definition
+_LATE_INS_AT_LEAST = 3
 
 
 @dataclass(frozen=True)
@@ -303,11 +294,12 @@ class _Person:
 
 @dataclass
 class _FeedState:
-    """What one patient's draw depends on in the ones before: whether an objection exists, and which
-    daylight-saving changes a night call already fell on."""
+    """What one patient's draw depends on in the ones before: whether an objection exists, which
+    daylight-saving changes a night call already fell on, and how many late-INS cases there are."""
 
     objection_given: bool = False
     night_calls: set[str] = field(default_factory=set)
+    late_ins_given: int = 0
 
 
 @dataclass(eq=False)  # by identity: two messages may be equal in content
@@ -573,18 +565,17 @@ def _draw_diagnoses(profile: str, gender: str, rng: random.Random) -> tuple[str,
 
 
 @cache
-def _dst_changes(zone_name: str, first: date, last: date) -> tuple[tuple[date, str], ...]:
-    """Days from ``first`` to ``last`` on which the zone's clocks change: ``gap`` (spring forward) or
-    ``overlap`` (fall back)."""
+def _dst_changes(zone_name: str, today: date) -> tuple[tuple[date, str], ...]:
+    """Days of the two years to ``today`` on which the zone's clocks change: ``gap`` (spring forward)
+    or ``overlap`` (fall back)."""
     zone = ZoneInfo(zone_name)
     changes = []
-    day = first
-    while day <= last:
+    for back in range(731, -1, -1):
+        day = today - timedelta(days=back)
         before = datetime.combine(day, time(0), tzinfo=zone).utcoffset()
         after = datetime.combine(day, time(12), tzinfo=zone).utcoffset()
         if before is not None and after is not None and before != after:
             changes.append((day, "gap" if after > before else "overlap"))
-        day += timedelta(days=1)
     return tuple(changes)
 
 
@@ -794,9 +785,12 @@ class _PatientFeed:
             return
         zone = ZoneInfo(source.time_zone)
         today = self.now.astimezone(zone).date()
-        changes = _dst_changes(source.time_zone, today - timedelta(days=registered_back - 1), today)
         for kind in ("gap", "overlap"):
-            days = [day for day, change in changes if change == kind and (today - day).days >= 2]
+            days = [
+                day
+                for day, change in _dst_changes(source.time_zone, today)
+                if change == kind and 2 <= (today - day).days < registered_back
+            ]
             if kind in self.state.night_calls or not days:
                 continue
             self.state.night_calls.add(kind)
@@ -1110,11 +1104,14 @@ class _PatientFeed:
 
     def _late_ins(self) -> None:
         """The Guadeloupe hospital often admits without calling the INS service: its first messages
-        carry its own id only, and the Patient is sent again with the qualified INS hours later."""
+        carry its own id only, and the Patient is sent again with the qualified INS hours later.
+
+        Half of its patients with an INS, and always the feed's first three, so every feed has some.
+        """
         person, hospital = self.person, self.hospital
         if person.ins is None or hospital is not CHU_PAP or not self.hospital_patients:
             return
-        if self.rng.random() >= 0.6:
+        if self.rng.random() >= 0.5 and self.state.late_ins_given >= _LATE_INS_AT_LEAST:
             return
         first = min(self.hospital_patients, key=lambda contact: contact.pending.at.timestamp())
         update_at = _later(first.pending.at, minutes=self.rng.randint(120, 72 * 60))
@@ -1129,6 +1126,7 @@ class _PatientFeed:
                 contact.pending.tags.append(LATE_INS_WITHOUT)
         gp = _identifier_ref("Practitioner", RPPS_SYSTEM, person.gp.rpps)
         self._emit(update_at, hospital, _patient(person, hospital, general_practitioner=gp), LATE_INS_UPDATE)
+        self.state.late_ins_given += 1
 
     # -- lab --------------------------------------------------------------------------------------
 

@@ -7,13 +7,26 @@ from typing import Any
 
 import faust
 
+from hub.consent import PolicyConfig, RecipientRegistry, load_policy
+from hub.consent.share import ShareStage
 from hub.identity.stage import IdentityStage
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext
 from hub.logging import bind_kafka_coordinates, clear_bound
 from hub.settings import Settings
-from hub.streams.routing import IdentityRouter, IngestRouter, Outgoing
+from hub.streams.routing import IdentityRouter, IngestRouter, Outgoing, ShareRouter
 from hub.topics import TopicNames
+
+#: The faust tables of the worker; their changelog topics are created before faust starts (see
+#: ``hub.streams.worker.create_contract_topics``): when faust creates them itself at start-up, the
+#: consumer can miss them in its first metadata and wait on their recovery forever.
+TABLES = ("identity-aliases", "identity-seen-messages", "identity-seen-events", "share-state")
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """faust's name for a table's changelog topic."""
+    return f"{app_id}-{table}-changelog"
+
 
 #: Largest record between stages: one input's normalised events are bigger than the input.
 INTERNAL_RECORD_LIMIT = 16 * 1024 * 1024
@@ -31,8 +44,14 @@ def ingest_record(message: Any) -> IngestRecord:
     )
 
 
-def create_app(settings: Settings, context: IngestContext) -> faust.App:
-    """A faust app with the ingest agent; call once per worker process."""
+def create_app(
+    settings: Settings,
+    context: IngestContext,
+    *,
+    recipients: RecipientRegistry | None = None,
+    policy: PolicyConfig | None = None,
+) -> faust.App:
+    """The faust app: ingest, identity and share agents; call once per worker process."""
     topics = TopicNames(settings.topic_prefix)
     app = faust.App(
         settings.app_id,
@@ -65,22 +84,43 @@ def create_app(settings: Settings, context: IngestContext) -> faust.App:
 
     ingest_topic = raw_topic(topics.ingest)
     identity_topic = raw_topic(topics.identity)
+    pathway_topic = raw_topic(topics.pathway)
+    recipients = recipients or RecipientRegistry({})
     outputs = {
-        name: raw_topic(name) for name in (topics.receipts, topics.dlq, topics.pathway, topics.identity)
+        name: raw_topic(name)
+        for name in (
+            topics.receipts,
+            topics.dlq,
+            topics.pathway,
+            topics.identity,
+            topics.audit,
+            *(topics.prefix + recipient.topic for recipient in recipients),
+        )
     }
 
     def table(name: str) -> Any:
-        # Co-partitioned with hub.identity.v1: each worker remembers only its own patients.
+        # Co-partitioned with the topic of its agent (hub.identity.v1 or hub.pathway.v1, both keyed
+        # by patient): each worker remembers only its own patients.
         return app.Table(name, default=None, partitions=settings.topic_partitions)
 
     ingest_router = IngestRouter(context, topics)
     identity_router = IdentityRouter(
         IdentityStage(
-            aliases=table("identity-aliases"),
-            seen_messages=table("identity-seen-messages"),
-            seen_events=table("identity-seen-events"),
+            aliases=table(TABLES[0]),
+            seen_messages=table(TABLES[1]),
+            seen_events=table(TABLES[2]),
         ),
         topics,
+    )
+
+    share_router = ShareRouter(
+        ShareStage(
+            recipients,
+            policy or load_policy(settings.policy_file),
+            table(TABLES[3]),
+            topic_prefix=topics.prefix,
+            audit_topic=topics.audit,
+        )
     )
 
     async def send_all(outgoing: list[Outgoing]) -> None:
@@ -106,6 +146,17 @@ def create_app(settings: Settings, context: IngestContext) -> faust.App:
             bind_kafka_coordinates(message.topic, message.partition, message.offset)
             try:
                 await send_all(identity_router.route(message.value))
+            finally:
+                clear_bound()
+
+    @app.agent(pathway_topic, concurrency=1)
+    async def share(stream: Any) -> None:
+        """Decide each event for each recipient: audit every decision, send what is permitted."""
+        async for event in stream.events():
+            message = event.message
+            bind_kafka_coordinates(message.topic, message.partition, message.offset)
+            try:
+                await send_all(share_router.route(message.value))
             finally:
                 clear_bound()
 

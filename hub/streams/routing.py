@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from hub.consent.share import ShareStage
 from hub.errors import ErrorCode
 from hub.identity.stage import IdentityStage, input_record, link_record
 from hub.ingest.outcome import IngestOutcome, IngestRecord, Rejected
@@ -136,3 +137,23 @@ class IdentityRouter:
             else:
                 out.append(Outgoing(self.topics.receipts, send.key.encode(), _json(send.value)))
         return out
+
+
+class ShareRouter:
+    """The share stage's records: AuditEvents keyed by patient, recipient copies keyed by patient."""
+
+    def __init__(self, stage: ShareStage) -> None:
+        self.stage = stage
+
+    def route(self, value: bytes, *, now: datetime | None = None) -> list[Outgoing]:
+        """Every record to produce for one ``hub.pathway.v1`` event."""
+        try:
+            event = json.loads(value)
+        except ValueError:
+            # Only the hub writes this topic; an unreadable record is a bug, and nothing leaves.
+            log.error("share.unreadable_event")
+            return []
+        return [
+            Outgoing(share.topic, share.key.encode(), _json(share.value))
+            for share in self.stage.handle(event, now=now)
+        ]

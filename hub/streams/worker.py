@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import faust
 
+from hub.consent import PolicyConfig, RecipientRegistry, load_policy, load_recipients
 from hub.ingest.pipeline import IngestContext
 from hub.kafka.admin import ensure_topics
 from hub.logging import configure_logging, get_logger
 from hub.normalise.codes import load_concept_maps
 from hub.settings import Settings
 from hub.sources.registry import load_sources
-from hub.streams.app import INTERNAL_RECORD_LIMIT, create_app
+from hub.streams.app import INTERNAL_RECORD_LIMIT, TABLES, changelog_topic, create_app
 from hub.topics import TopicNames
 
 log = get_logger(__name__)
@@ -33,23 +34,48 @@ def ingest_context(settings: Settings) -> IngestContext:
     )
 
 
+def share_config(settings: Settings) -> tuple[RecipientRegistry, PolicyConfig]:
+    """The recipients (none without a file: deny by default) and the policy."""
+    recipients = (
+        load_recipients(settings.recipients_file)
+        if settings.recipients_file is not None
+        else RecipientRegistry({})
+    )
+    return recipients, load_policy(settings.policy_file)
+
+
 def create_contract_topics(settings: Settings) -> list[str]:
-    """Create the contract's and the internal topics; return those created."""
+    """Create the contract's topics, every recipient's and the internal ones; return those created."""
     names = TopicNames(settings.topic_prefix)
+    recipients, _ = share_config(settings)
     created = ensure_topics(
         settings.bootstrap_servers,
-        names.contract(),
+        [*names.contract(), *(names.prefix + recipient.topic for recipient in recipients)],
         partitions=settings.topic_partitions,
         replication_factor=settings.replication_factor,
         # Bodies up to the hub's limit must fit, with headers, in one Kafka record.
         configs={"max.message.bytes": str(2 * settings.max_payload_bytes)},
     )
-    return created + ensure_topics(
+    created += ensure_topics(
         settings.bootstrap_servers,
         names.internal(),
         partitions=settings.topic_partitions,
         replication_factor=settings.replication_factor,
         configs={"max.message.bytes": str(INTERNAL_RECORD_LIMIT)},
+    )
+    created += ensure_topics(
+        settings.bootstrap_servers,
+        [changelog_topic(settings.app_id, table) for table in TABLES],
+        partitions=settings.topic_partitions,
+        replication_factor=settings.replication_factor,
+        configs={"cleanup.policy": "compact", "max.message.bytes": str(INTERNAL_RECORD_LIMIT)},
+    )
+    # faust's leader-election topic has one partition by design.
+    return created + ensure_topics(
+        settings.bootstrap_servers,
+        [f"{settings.app_id}-__assignor-__leader"],
+        partitions=1,
+        replication_factor=settings.replication_factor,
     )
 
 
@@ -59,7 +85,8 @@ def run_worker(settings: Settings) -> None:
     context = ingest_context(settings)
     created = create_contract_topics(settings)
     log.info("worker.starting", sources=len(context.registry), topics_created=created)
-    app = create_app(settings, context)
+    recipients, policy = share_config(settings)
+    app = create_app(settings, context, recipients=recipients, policy=policy)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

@@ -60,6 +60,35 @@ SOURCES = (
 )
 
 
+RPPS = "urn:oid:1.2.250.1.71.4.2.1"
+FINESS = "urn:oid:1.2.250.1.71.4.2.2"
+#: Three recipients: a hospital, a GP practice, and an organisation with no part in anyone's care.
+RECIPIENTS = (
+    {
+        "id": "hosp-a",
+        "kind": "hospital",
+        "organization": {"system": FINESS, "value": "970100228"},
+        "kafka_principal": "User:hosp-a",
+        "subscription": {"kinds": ["*"]},
+    },
+    {
+        "id": "gp-dr-x",
+        "kind": "gp",
+        "organization": {"system": "urn:hub:test:organization", "value": "cabinet-x"},
+        "practitioners": [{"system": RPPS, "value": "10009900019"}],
+        "kafka_principal": "User:gp-dr-x",
+        "subscription": {"kinds": ["*"]},
+    },
+    {
+        "id": "outsider",
+        "kind": "hospital",
+        "organization": {"system": FINESS, "value": "750000001"},
+        "kafka_principal": "User:outsider",
+        "subscription": {"kinds": ["*"]},
+    },
+)
+
+
 @dataclass
 class HubEnv:
     """Everything a test needs to talk to its own worker: environment, topic names, clients."""
@@ -149,6 +178,9 @@ def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: P
             }
         )
     sources_file.write_text(json.dumps(registry), encoding="utf-8")
+    recipients_file = tmp_path / "recipients.json"
+    recipients_file.write_text(json.dumps({"recipients": list(RECIPIENTS)}), encoding="utf-8")
+    environ["HUB_RECIPIENTS_FILE"] = str(recipients_file)
     return HubEnv(environ, TopicNames(f"{name}."), kafka_bootstrap, tmp_path, tmp_path / "worker.log")
 
 

@@ -52,12 +52,14 @@ def mixed_inputs(env: HubEnv) -> tuple[list[tuple[bytes, bytes | None, Headers]]
 
     feed = list(generate_feed(patients=100, seed=11, now=datetime(2026, 11, 1, tzinfo=UTC)))
     for message in feed:
-        value = json.dumps(message.resource).encode()
+        value = message.body()
         # The demo sources are registered in this test under one GP source id.
         add(
             f"ok-{message.message_id}",
             value,
-            signed(env, "gp-test", value, f"ok-{message.message_id}"),
+            signed(
+                env, "gp-test", value, f"ok-{message.message_id}", **{"content-type": message.content_type}
+            ),
             "accepted",
         )
 
@@ -101,14 +103,14 @@ def mixed_inputs(env: HubEnv) -> tuple[list[tuple[bytes, bytes | None, Headers]]
         invalid = json.dumps(observation({"reference": "Patient/p-1"}, status=f"bogus-{n}")).encode()
         add(f"invalid-{n}", invalid, signed(env, "gp-test", invalid, f"invalid-{n}"), "fhir.invalid")
         add(
-            f"stu3-{n}",
+            f"dstu2-{n}",
             good,
             signed(
                 env,
                 "gp-test",
                 good,
-                f"stu3-{n}",
-                **{"content-type": "application/fhir+json; fhirVersion=3.0"},
+                f"dstu2-{n}",
+                **{"content-type": "application/fhir+json; fhirVersion=1.0"},
             ),
             "fhir.version.unsupported",
         )

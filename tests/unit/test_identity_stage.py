@@ -141,7 +141,7 @@ def link(ins_id: str = INS_ID, local_id: str = LOCAL_ID) -> dict[str, Any]:
 
 
 def test_a_patient_with_local_id_and_ins_forwards_a_link_then_its_input(feed: Feed) -> None:
-    """An input showing a local id and a qualified INS forwards a link record, then its input under the INS."""
+    """An input showing a local id and a qualified INS forwards a link record, then its input under INS."""
     link_value, input_value = feed.records(feed.fhir("patient-ins-vali.json"), message_id="m-1")
     assert link_value["type"] == LINK_RECORD
     assert (link_value["local_id"], link_value["ins_id"]) == (LOCAL_ID, INS_ID)
@@ -162,7 +162,7 @@ def test_a_patient_with_local_id_and_ins_forwards_a_link_then_its_input(feed: Fe
 def test_a_link_aliases_the_local_id_and_publishes_one_linked_event(
     stage: IdentityStage, tables: Tables, now: datetime
 ) -> None:
-    """A link record remembers local id → INS id and publishes one ``patient.linked`` event under the INS id."""
+    """A link record remembers local id → INS id and publishes one ``patient.linked`` event under the INS."""
     [send] = stage.handle(link(), now=now)
     assert tables.aliases == {LOCAL_ID: INS_ID}
     assert (send.topic, send.key) == ("pathway", INS_ID)
@@ -196,7 +196,7 @@ def test_an_input_under_a_linked_local_id_is_published_under_the_ins_id(
     feed: Feed,
     now: datetime,
 ) -> None:
-    """After a link, an input routed under the local id is published under the INS id, its event id unchanged."""
+    """After a link, an input routed under the local id is published under the INS id, event ids unchanged."""
     stage.handle(link(), now=now)
     [record] = feed.records(by_ipp(feed.fhir), message_id="m-2")
     assert record["patient_id"] == LOCAL_ID
@@ -307,7 +307,7 @@ def test_a_partly_new_input_is_accepted_and_publishes_only_the_new_facts(
     feed: Feed,
     now: datetime,
 ) -> None:
-    """An input with a known fact and a new one is ``accepted``; only the new event is sent, both ids receipted."""
+    """A known fact and a new one: ``accepted``, only the new event is sent, both ids are receipted."""
     [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
     [known_id] = the_receipt(stage.handle(single, now=now))["event_ids"]
     bundle = {
@@ -352,7 +352,7 @@ def test_receipts_and_events_match_the_contract(
     feed: Feed,
     now: datetime,
 ) -> None:
-    """Every receipt (accepted, duplicate) and pathway event (plain, linked, aliased) the stage makes is valid."""
+    """Every receipt (accepted, duplicate) and event (plain, linked, aliased) the stage makes is valid."""
     sends: list[Send] = []
     for value in feed.records(feed.fhir("patient-ins-vali.json"), message_id="p-1"):
         sends += stage.handle(value, now=now)

@@ -203,8 +203,11 @@ def test_every_ingest_reject_code_is_reachable() -> None:
         ErrorCode.FHIR_INVALID, ErrorCode.FHIR_VERSION_UNSUPPORTED, ErrorCode.PATIENT_UNRESOLVED,
         ErrorCode.PATIENT_AMBIGUOUS,
     }  # fmt: skip
-    # config.* and broker.* are raised, not receipted; hub.* means the hub itself failed (a bug).
-    ingest_codes = {code for code in ErrorCode if not code.value.startswith(("config.", "broker.", "hub."))}
+    # config.* and broker.* are raised, not receipted; hub.* means the hub itself failed (a bug);
+    # consent.* belongs to the share stage, which audits rather than rejects.
+    ingest_codes = {
+        code for code in ErrorCode if not code.value.startswith(("config.", "broker.", "hub.", "consent."))
+    }
     assert ingest_codes == covered
 
 
@@ -894,7 +897,7 @@ def test_reference_data_has_no_patient_id(
 
 def test_with_patient_names_the_patient_by_network_id() -> None:
     """``with_patient`` copies: a Patient's old network identifier is replaced, a subject is rewritten."""
-    patient = {
+    patient: dict[str, Any] = {
         "resourceType": "Patient",
         "identifier": [{"system": "urn:x", "value": "1"}, {"system": NETWORK_ID_SYSTEM, "value": "pt-old"}],
     }

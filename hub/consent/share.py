@@ -1,0 +1,102 @@
+"""The share stage: for each pathway event and each recipient, decide, audit, and send what is allowed.
+
+Runs on ``hub.pathway.v1`` (keyed by network patient id), so a patient's consent and care-team state
+(a faust table) and the events after a change are processed in order on one partition: an objection
+applies to every event processed after it, on every recipient topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hub.consent.audit import audit_consent_rejected, audit_event
+from hub.consent.minimise import recipient_copy
+from hub.consent.policy import PolicyConfig, decide
+from hub.consent.recipients import RecipientRegistry
+from hub.consent.state import ConsentRejected, PatientShareState, apply
+from hub.logging import get_logger
+from hub.normalise.time import parse_fhir_datetime
+
+log = get_logger(__name__)
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+@dataclass(frozen=True)
+class Share:
+    """One record to produce: a recipient copy (``topic`` is the recipient's) or an AuditEvent."""
+
+    topic: str
+    key: str
+    value: dict[str, Any]
+
+
+class ShareStage:
+    """Applies each event to its patient's state, then decides per recipient; ``states`` is a table."""
+
+    def __init__(
+        self,
+        recipients: RecipientRegistry,
+        policy: PolicyConfig,
+        states: MutableMapping[str, Any],
+        *,
+        topic_prefix: str,
+        audit_topic: str,
+    ) -> None:
+        self.recipients = recipients
+        self.policy = policy
+        self.states = states
+        self.topic_prefix = topic_prefix
+        self.audit_topic = audit_topic
+
+    def state_of(self, patient_id: str) -> PatientShareState:
+        """The patient's sharing state; a new patient starts empty, a corrupt entry denies everything."""
+        stored = self.states.get(patient_id)
+        return PatientShareState.empty(patient_id) if stored is None else PatientShareState.from_json(stored)
+
+    def handle(self, event: dict[str, Any], *, now: datetime | None = None) -> list[Share]:
+        """Every record to produce for one pathway event: audits first, copies after."""
+        at = now or datetime.now(UTC)
+        patient_id = str(event.get("patient_id"))
+        state = self.state_of(patient_id)
+        occurred = parse_fhir_datetime(str(event.get("occurred_at", "")), UTC_ZONE) or at
+        update = apply(
+            state,
+            event.get("resource") or {},
+            event_id=str(event.get("event_id")),
+            occurred_at=occurred,
+            source_id=str((event.get("source") or {}).get("id")),
+        )
+        shares: list[Share] = []
+        if isinstance(update, ConsentRejected):
+            log.warning("share.consent_rejected", code=update.code, patient_id=patient_id)
+            shares.append(
+                Share(self.audit_topic, patient_id, audit_consent_rejected(update, event=event, recorded=at))
+            )
+        elif update.changed:
+            state = update.state
+            self.states[patient_id] = state.to_json()
+        copies: list[Share] = []
+        for recipient in self.recipients:
+            decision = decide(event, recipient, state, now=at, policy=self.policy)
+            shares.append(
+                Share(
+                    self.audit_topic,
+                    patient_id,
+                    audit_event(decision, event=event, recipient=recipient, recorded=at),
+                )
+            )
+            if decision.permitted:
+                copies.append(
+                    Share(
+                        self.topic_prefix + recipient.topic,
+                        patient_id,
+                        recipient_copy(event, recipient, decision),
+                    )
+                )
+        # Audit records go first: no copy ever leaves without its decision on record.
+        return shares + copies

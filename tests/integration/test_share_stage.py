@@ -1,0 +1,161 @@
+"""Issue 4 on a real broker: each recipient gets what the shared secret and consent allow, audited."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from typing import Any
+
+from hub.ingest.signature import sign
+
+from .conftest import FINESS, RECIPIENTS, RPPS, HubEnv
+
+PATIENT_URL = "urn:uuid:3f9a0a6e-5555-4a8a-9b1e-0c1d2e3f4a5b"
+
+
+def entry(resource: dict[str, Any]) -> dict[str, Any]:
+    return {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}
+
+
+def admission() -> dict[str, Any]:
+    """A GP's bundle: the patient declares Dr X as GP and is in hospital A; a diabetes diagnosis."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": PATIENT_URL,
+                "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": "urn:hub:test:gp:patient", "value": "GP-2001"}],
+                    "generalPractitioner": [{"identifier": {"system": RPPS, "value": "10009900019"}}],
+                    "birthDate": "1948-02-11",
+                },
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            entry(
+                {
+                    "resourceType": "Encounter",
+                    "status": "in-progress",
+                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                    "subject": {"reference": PATIENT_URL},
+                    "serviceProvider": {"identifier": {"system": FINESS, "value": "970100228"}},
+                    "period": {"start": "2026-11-20T08:00:00-04:00"},
+                }
+            ),
+            entry(
+                {
+                    "resourceType": "Condition",
+                    "subject": {"reference": PATIENT_URL},
+                    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "E11.9"}]},
+                    "recordedDate": "2026-11-20",
+                }
+            ),
+        ],
+    }
+
+
+def for_patient(resource: dict[str, Any]) -> dict[str, Any]:
+    return {**resource, "subject" if "subject" in resource else "patient": {"reference": "Patient/GP-2001"}}
+
+
+OBJECTION = {
+    "resourceType": "Consent",
+    "status": "active",
+    "scope": {
+        "coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+        ]
+    },
+    "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+    "patient": {"reference": "Patient/GP-2001"},
+    "dateTime": "2026-11-21T10:00:00-04:00",
+    "policyRule": {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]
+    },
+    "provision": {"type": "deny"},
+}
+RESULT = {
+    "resourceType": "Observation",
+    "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+    "subject": {"reference": "Patient/GP-2001"},
+    "effectiveDateTime": "2026-11-21T11:00:00-04:00",
+    "valueQuantity": {"value": 8.6, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"},
+}
+
+
+def detail(audit: dict[str, Any], name: str) -> str:
+    """One machine-readable detail of a share decision's AuditEvent (verdict, rule, recipient...)."""
+    return next(str(d["valueString"]) for d in audit["entity"][0]["detail"] if d["type"] == name)
+
+
+def publish(env: HubEnv, resource: dict[str, Any], message_id: str) -> None:
+    value = json.dumps(resource).encode()
+    secret = env.source("gp-test").secret
+    env.send(
+        [
+            (
+                message_id.encode(),
+                value,
+                [
+                    ("hub-source", b"gp-test"),
+                    ("hub-signature", sign(secret, "gp-test", value, int(time.time())).encode()),
+                    ("hub-message-id", message_id.encode()),
+                ],
+            )
+        ]
+    )
+
+
+def test_each_recipient_gets_what_it_may_and_an_objection_stops_what_follows(
+    hub_env: HubEnv, worker: subprocess.Popen[bytes]
+) -> None:
+    """Care team (declared GP, treating hospital) receives, an outsider never; after an objection, nobody."""
+    publish(hub_env, admission(), "adm-1")
+    assert len(hub_env.collect(hub_env.topics.receipts, 1)) == 1
+    publish(hub_env, OBJECTION, "objection-1")
+    publish(hub_env, RESULT, "result-after-objection")
+    receipts = [r.json_value() for r in hub_env.collect(hub_env.topics.receipts, 3)]
+    assert [r["status"] for r in receipts] == ["accepted"] * 3
+    ids = {r["message_id"]: set(r["event_ids"]) for r in receipts}
+
+    events = [r.json_value() for r in hub_env.settle(hub_env.topics.pathway)]
+    audits = [r.json_value() for r in hub_env.settle(hub_env.topics.audit)]
+    assert worker.poll() is None, "the worker died"
+    # Exactly one AuditEvent per (event, recipient) decision, permit or deny.
+    decisions = Counter(
+        (audit["entity"][0]["what"]["identifier"]["value"], detail(audit, "recipient")) for audit in audits
+    )
+    expected = {(e["event_id"], r["id"]) for e in events for r in RECIPIENTS}
+    assert set(decisions) == expected
+    assert set(decisions.values()) == {1}
+
+    received = {
+        r["id"]: {
+            c.json_value()["event_id"]
+            for c in hub_env.settle(f"{hub_env.topics.prefix}hub.pathway.{r['id']}.v1")
+        }
+        for r in RECIPIENTS
+    }
+    # The hospital joins the care team with its encounter, so it gets the admission from that event on
+    # (the Patient entry, processed first, went before the hospital treated anyone).
+    patient_event = next(e["event_id"] for e in events if e["kind"] == "patient")
+    assert received["hosp-a"] == ids["adm-1"] - {patient_event}, (
+        "the treating hospital: the stay, nothing after"
+    )
+    assert received["gp-dr-x"] == ids["adm-1"], "the declared GP gets the admission, nothing after"
+    assert received["outsider"] == set(), "outside the care team, without consent: nothing"
+    # The result published after the objection reached nobody, and the audit says which rule.
+    after = ids["result-after-objection"]
+    rules = {
+        detail(audit, "rule")
+        for audit in audits
+        if audit["entity"][0]["what"]["identifier"]["value"] in after
+    }
+    assert rules == {"objection"}
+    # Recipient copies carry the decision that let them through.
+    copy = hub_env.settle(f"{hub_env.topics.prefix}hub.pathway.gp-dr-x.v1")[0].json_value()
+    assert copy["decision"]["basis"] == "care_team"
