@@ -28,7 +28,7 @@ from hub.ingest.pipeline import with_patient
 from hub.ingest.receipts import receipt
 from hub.logging import get_logger
 from hub.normalise.time import utc_iso
-from hub.pathway.event import EVENT_ID_NAMESPACE, PathwayEvent
+from hub.pathway.event import EVENT_ID_NAMESPACE, PathwayEvent, event_id_for
 
 log = get_logger(__name__)
 
@@ -43,7 +43,7 @@ LINK_RECORD = "link"
 class Send:
     """One record the stage produces: to the pathway, or a receipt."""
 
-    topic: str  # "pathway" or "receipts"
+    topic: str  # "pathway", "receipts", or "identity" (an input moved to its surviving patient)
     key: str
     value: dict[str, Any]
 
@@ -110,12 +110,15 @@ def linked_event(record: dict[str, Any]) -> PathwayEvent:
 def _under(event: dict[str, Any], surviving: str) -> dict[str, Any]:
     """An event made under a local id, moved to the id that local id was linked to.
 
-    The event id stays: receipts already named it, and consumers de-duplicate on it.
+    Its id is made again under the surviving id, so the same fact sent by another source about
+    the same person has the same id (and is published once).
     """
+    resource = with_patient(event["resource"], surviving)
     return {
         **event,
+        "event_id": event_id_for(surviving, resource),
         "patient_id": surviving,
-        "resource": with_patient(event["resource"], surviving),
+        "resource": resource,
         "provenance": {**event["provenance"], "steps": [*event["provenance"]["steps"], "patient-id:linked"]},
     }
 
@@ -155,7 +158,14 @@ class IdentityStage:
     def _input(self, record: dict[str, Any], now: datetime) -> list[Send]:
         routing_id = record["patient_id"]
         surviving = self.aliases.get(routing_id, routing_id)
+        if surviving != routing_id:
+            # Everything about one person is decided on the surviving id's partition, where its
+            # seen facts and messages live: send the input there, once.
+            return [Send("identity", surviving, {**record, "patient_id": surviving})]
         origin = KafkaCoordinates(**record["ingest"])
+        # An input moved here from a linked local id: its events take this id (and their ids with it).
+        events = [_under(e, routing_id) if e["patient_id"] != routing_id else e for e in record["events"]]
+        record = {**record, "events": events}
         all_ids = [event["event_id"] for event in record["events"]]
         memo = f"{record['source']}\x1f{record['message_id']}" if record.get("message_id") else None
         if memo is not None and memo in self.seen_messages:
@@ -167,9 +177,7 @@ class IdentityStage:
             if event["event_id"] in known:
                 continue
             known.add(event["event_id"])
-            sends.append(
-                Send("pathway", surviving, _under(event, surviving) if surviving != routing_id else event)
-            )
+            sends.append(Send("pathway", routing_id, event))
         fresh = [s.value["event_id"] for s in sends]
         if fresh:
             self.seen_events[routing_id] = [*seen, *fresh][-SEEN_EVENTS_PER_PATIENT:]

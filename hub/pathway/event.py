@@ -20,9 +20,40 @@ def canonical_json(document: Any) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+LOINC = "http://loinc.org"
+
+
+def _measurement_fact(resource: dict[str, Any]) -> Any:
+    """What makes two Observations one measurement: analyte, instant and value, nothing else.
+
+    A lab result copied into a GP's record comes back with the GP's identifiers, local codes,
+    encounter and performer; after normalisation (LOINC, canonical UCUM unit, UTC instant) its
+    analyte, instant and value still match the lab's, and that is the fact. Observations without
+    those three parts fall back to the whole content.
+    """
+    loinc = sorted(
+        str(coding.get("code"))
+        for coding in (resource.get("code") or {}).get("coding", ())
+        if coding.get("system") == LOINC and coding.get("code")
+    )
+    quantity = resource.get("valueQuantity") or {}
+    instant = resource.get("effectiveDateTime") or resource.get("effectiveInstant")
+    if not loinc or "value" not in quantity or not isinstance(instant, str) or "T" not in instant:
+        return None
+    return {
+        "loinc": loinc,
+        "instant": instant,
+        "value": quantity["value"],
+        "unit": quantity.get("code") or quantity.get("unit"),
+        "status": resource.get("status"),
+    }
+
+
 def event_id_for(patient_id: str, resource: dict[str, Any]) -> str:
-    """One id per clinical fact: the same normalised content for the same patient, whoever sent it."""
-    fact = {k: v for k, v in resource.items() if k not in _VOLATILE_FIELDS}
+    """One id per clinical fact: the same normalised fact about the same patient, whoever sent it."""
+    fact = _measurement_fact(resource) if resource.get("resourceType") == "Observation" else None
+    if fact is None:
+        fact = {k: v for k, v in resource.items() if k not in _VOLATILE_FIELDS}
     digest = hashlib.sha256(canonical_json(fact)).hexdigest()
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{patient_id}|{resource['resourceType']}|{digest}"))
 

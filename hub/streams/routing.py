@@ -134,6 +134,8 @@ class IdentityRouter:
                         ((EVENT_ID_HEADER, send.value["event_id"].encode()),),
                     )
                 )
+            elif send.topic == "identity":
+                out.append(Outgoing(self.topics.identity, send.key.encode(), _json(send.value)))
             else:
                 out.append(Outgoing(self.topics.receipts, send.key.encode(), _json(send.value)))
         return out

@@ -97,13 +97,16 @@ def value_of(out: Outgoing) -> dict[str, Any]:
 
 
 def through_both(ingest: IngestRouter, identity: IdentityRouter, rec: IngestRecord) -> list[Outgoing]:
-    """Every record sent for one input: ingest's, then the identity agent's for each identity record."""
-    sent = []
-    for out in ingest.route(rec, None, now=NOW):
+    """Every record sent for one input: ingest's, then the identity agent's for each identity record
+    (including those the identity agent sends back to itself, moving an input to its surviving id)."""
+    sent: list[Outgoing] = []
+    pending = list(ingest.route(rec, None, now=NOW))
+    while pending:
+        out = pending.pop(0)
         sent.append(out)
         if out.topic == TOPICS.identity:
             assert out.value is not None
-            sent.extend(identity.route(out.value, now=NOW))
+            pending[:0] = identity.route(out.value, now=NOW)
     return sent
 
 
@@ -219,8 +222,9 @@ def test_a_link_then_a_local_input_are_published_under_the_ins_id() -> None:
     assert value_of(first[1])["kind"] == "patient.linked"
     assert {out.key for out in first if out.topic == TOPICS.pathway} == {INS_ID.encode()}
     later = through_both(ingest, identity, record(CONDITION, message_id="m-2", offset=8))
-    [forwarded, published, receipt] = later
+    [forwarded, moved, published, receipt] = later
     assert forwarded.key == LOCAL_ID.encode()
+    assert (moved.topic, moved.key) == (TOPICS.identity, INS_ID.encode())
     assert published.key == INS_ID.encode()
     assert value_of(published)["patient_id"] == INS_ID
     assert value_of(published)["provenance"]["steps"][-1] == "patient-id:linked"

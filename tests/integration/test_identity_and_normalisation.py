@@ -186,7 +186,9 @@ def test_a_gp_and_a_hospital_on_different_versions_make_one_patient(
     send_as(hub_env, "hospital-stu3", stu3_xml(later_result), "chu-lab-1", xml_stu3)
     # The GP resends its visit under a new message id: every fact in it is already known.
     send_as(hub_env, "gp-test", json.dumps(gp_bundle()).encode(), "gp-visit-1-resent", json_r4)
-    receipts = receipts_for(hub_env, 5)
+    # The hospital forwards the GP's HbA1c, in its own version and naming the patient its own way.
+    send_as(hub_env, "hospital-stu3", stu3_xml(hba1c({"reference": "Patient/H-77"})), "chu-copy-1", xml_stu3)
+    receipts = receipts_for(hub_env, 6)
     assert worker.poll() is None, "the worker died"
     assert {m: r["status"] for m, r in receipts.items()} == {
         "gp-visit-1": "accepted",
@@ -194,8 +196,11 @@ def test_a_gp_and_a_hospital_on_different_versions_make_one_patient(
         "chu-ins-1": "accepted",
         "chu-lab-1": "accepted",
         "gp-visit-1-resent": "duplicate",
+        "chu-copy-1": "duplicate",
     }
     assert receipts["gp-visit-1-resent"]["event_ids"] == receipts["gp-visit-1"]["event_ids"]
+    # One fact, one id: the hospital's copy names the GP's event.
+    assert set(receipts["chu-copy-1"]["event_ids"]) < set(receipts["gp-visit-1"]["event_ids"])
 
     events = [r.json_value() for r in hub_env.settle(hub_env.topics.pathway)]
     for event in events:
