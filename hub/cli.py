@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hub.broker.cli import broker
 from hub.errors import ConfigError, HubError
 from hub.settings import Settings
+from hub.sources.cli import sources
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console()
@@ -245,3 +246,4 @@ def run(patients: int, no_demo: bool) -> None:
 
 
 main.add_command(broker)
+main.add_command(sources)

@@ -18,7 +18,10 @@ RECIPIENT_PATHWAY_TEMPLATE = "hub.pathway.{recipient}.v1"
 #: Topics the hub creates at start, in the order they appear in the contract.
 CONTRACT_TOPICS: tuple[str, ...] = (INGEST, RECEIPTS, DLQ, PATHWAY, AUDIT, ALERTS)
 #: Topics between the hub's own stages; documented in asyncapi.yaml, not for outside consumers.
-INTERNAL_TOPICS: tuple[str, ...] = (IDENTITY,)
+#: Internal: a linked identity's sharing state on its way to the surviving id.
+SHARE_MERGE = "hub.share-merge.v1"
+
+INTERNAL_TOPICS: tuple[str, ...] = (IDENTITY, SHARE_MERGE)
 
 
 def recipient_pathway(recipient_id: str) -> str:
@@ -38,6 +41,7 @@ class TopicNames:
         self.audit = prefix + AUDIT
         self.alerts = prefix + ALERTS
         self.identity = prefix + IDENTITY
+        self.share_merge = prefix + SHARE_MERGE
 
     def contract(self) -> tuple[str, ...]:
         """Every contract topic under this prefix."""

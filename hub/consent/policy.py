@@ -270,6 +270,8 @@ def state_unavailable(
         return Decision(DENY, STATE_UNAVAILABLE, "no care-team and consent state for this patient")
     if state.corrupt:
         return Decision(DENY, STATE_UNAVAILABLE, f"the patient's state is corrupt: {state.corrupt_reason}")
+    if state.awaiting:
+        return Decision(DENY, STATE_UNAVAILABLE, "the state of a linked identity is still being merged")
     if view is not None and state.patient_id != view.patient_id:
         return Decision(DENY, STATE_UNAVAILABLE, "the state belongs to another patient")
     return None

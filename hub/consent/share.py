@@ -3,12 +3,18 @@
 Runs on ``hub.pathway.v1`` (keyed by network patient id), so a patient's consent and care-team state
 (a faust table) and the events after a change are processed in order on one partition: an objection
 applies to every event processed after it, on every recipient topic.
+
+When identity finds that a local id is the same person as an INS id (``patient.linked``), the local
+id's state lives on another partition. The INS id's state is then marked *awaiting* it (every
+decision denies), a request goes to ``hub.share-merge.v1`` keyed by the local id, that partition
+answers with its state keyed by the INS id, and the two are merged: nothing recorded under either
+identity, an objection least of all, is ever skipped.
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -46,12 +52,14 @@ class ShareStage:
         *,
         topic_prefix: str,
         audit_topic: str,
+        merge_topic: str,
     ) -> None:
         self.recipients = recipients
         self.policy = policy
         self.states = states
         self.topic_prefix = topic_prefix
         self.audit_topic = audit_topic
+        self.merge_topic = merge_topic
 
     def state_of(self, patient_id: str) -> PatientShareState:
         """The patient's sharing state; a new patient starts empty, a corrupt entry denies everything."""
@@ -63,10 +71,22 @@ class ShareStage:
         at = now or datetime.now(UTC)
         patient_id = str(event.get("patient_id"))
         state = self.state_of(patient_id)
+        merge_requests: list[Share] = []
+        if event.get("kind") == "patient.linked":
+            local_id = _replaced_id(event)
+            if local_id is not None and local_id not in state.awaiting and not state.corrupt:
+                state = replace(state, awaiting=(*state.awaiting, local_id))
+                self.states[patient_id] = state.to_json()
+                merge_requests.append(
+                    Share(self.merge_topic, local_id, {"type": "request", "from": local_id, "to": patient_id})
+                )
         occurred = parse_fhir_datetime(str(event.get("occurred_at", "")), UTC_ZONE) or at
+        # A patient.linked event carries a Patient that only says who is who: applied as a Patient,
+        # it would read as "this source now declares no GP".
+        resource = {} if event.get("kind") == "patient.linked" else event.get("resource") or {}
         update = apply(
             state,
-            event.get("resource") or {},
+            resource,
             event_id=str(event.get("event_id")),
             occurred_at=occurred,
             source_id=str((event.get("source") or {}).get("id")),
@@ -99,4 +119,31 @@ class ShareStage:
                     )
                 )
         # Audit records go first: no copy ever leaves without its decision on record.
-        return shares + copies
+        return merge_requests + shares + copies
+
+    def handle_merge(self, record: dict[str, Any]) -> list[Share]:
+        """One step of merging a linked identity's state (see the module docstring)."""
+        if record.get("type") == "request":
+            stored = self.states.get(record["from"])
+            return [Share(self.merge_topic, record["to"], {**record, "type": "state", "state": stored})]
+        target = self.state_of(record["to"])
+        other = (
+            PatientShareState.empty(record["to"])
+            if record.get("state") is None
+            else replace(PatientShareState.from_json(record["state"]), patient_id=record["to"], awaiting=())
+        )
+        merged = target.merged_with(other)
+        self.states[record["to"]] = replace(
+            merged, awaiting=tuple(i for i in target.awaiting if i != record["from"])
+        ).to_json()
+        log.info("share.states_merged", patient_id=record["to"], linked=record["from"])
+        return []
+
+
+def _replaced_id(event: dict[str, Any]) -> str | None:
+    """The local id a ``patient.linked`` event says is now this patient."""
+    for link in (event.get("resource") or {}).get("link", ()):
+        value = ((link.get("other") or {}).get("identifier") or {}).get("value")
+        if isinstance(value, str):
+            return value
+    return None

@@ -183,6 +183,28 @@ class PatientShareState:
     #: True when the stored state could not be read: every decision for the patient is a deny.
     corrupt: bool = False
     corrupt_reason: str = ""
+    #: Linked local ids whose state has not been merged in yet: until it has, every decision is a
+    #: deny (an objection recorded under the other identity must not be missed).
+    awaiting: tuple[str, ...] = ()
+
+    def merged_with(self, other: PatientShareState) -> PatientShareState:
+        """This state and another identity's of the same person, as one; the later version of a
+        record wins, as when applying resources one by one. A corrupt side makes the result corrupt."""
+        if self.corrupt or other.corrupt:
+            return PatientShareState.corrupted(self.patient_id, "a linked identity's state is corrupt")
+        merged = self
+        for team in other.care_teams:
+            merged = replace(merged, care_teams=_upsert(merged.care_teams, team)[0])
+        for involvement in other.involvements:
+            merged = replace(merged, involvements=_upsert(merged.involvements, involvement)[0])
+        for consent in other.consents:
+            merged = replace(merged, consents=_upsert(merged.consents, consent)[0])
+        for gp in other.general_practitioners:
+            current = next((g for g in merged.general_practitioners if g.source_id == gp.source_id), None)
+            if current is None or current.as_of < gp.as_of:
+                others = tuple(g for g in merged.general_practitioners if g.source_id != gp.source_id)
+                merged = replace(merged, general_practitioners=(*others, gp))
+        return merged
 
     @classmethod
     def empty(cls, patient_id: str) -> PatientShareState:
@@ -200,6 +222,8 @@ class PatientShareState:
         if self.corrupt:
             document["corrupt"] = self.corrupt_reason
             return document
+        if self.awaiting:
+            document["awaiting"] = list(self.awaiting)
         document["general_practitioners"] = [
             {
                 "source": gp.source_id,
@@ -783,6 +807,7 @@ def _state_from_json(document: Any) -> PatientShareState:
         return PatientShareState.corrupted(patient_id, _text(document["corrupt"]))
     return PatientShareState(
         patient_id=patient_id,
+        awaiting=tuple(_text(local_id) for local_id in document.get("awaiting", ())),
         general_practitioners=tuple(
             GpDeclaration(
                 _text(gp["source"]), tuple(_party_from(p) for p in gp["parties"]), _instant_from(gp["as_of"])

@@ -1,7 +1,8 @@
-"""The faust app: topics, tables and the ingest agent, built from settings by an entry point."""
+"""The faust app: topics, tables and the thin agents of every stage, built from settings by an entry point."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,6 +86,7 @@ def create_app(
     ingest_topic = raw_topic(topics.ingest)
     identity_topic = raw_topic(topics.identity)
     pathway_topic = raw_topic(topics.pathway)
+    merge_topic = raw_topic(topics.share_merge)
     recipients = recipients or RecipientRegistry({})
     outputs = {
         name: raw_topic(name)
@@ -94,6 +96,7 @@ def create_app(
             topics.pathway,
             topics.identity,
             topics.audit,
+            topics.share_merge,
             *(topics.prefix + recipient.topic for recipient in recipients),
         )
     }
@@ -120,44 +123,35 @@ def create_app(
             table(TABLES[3]),
             topic_prefix=topics.prefix,
             audit_topic=topics.audit,
+            merge_topic=topics.share_merge,
         )
     )
 
-    async def send_all(outgoing: list[Outgoing]) -> None:
-        for out in outgoing:
-            await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers))
+    def agent(name: str, topic: faust.TopicT, route: Callable[[Any], list[Outgoing]]) -> None:
+        """A thin agent: for each record, bind its coordinates, route it, send the result.
 
-    @app.agent(ingest_topic, concurrency=1)
-    async def ingest(stream: Any) -> None:
-        """Authenticate, validate and normalise each input; faust commits after the sends flush."""
-        async for event in stream.events():
-            message = event.message
-            bind_kafka_coordinates(message.topic, message.partition, message.offset)
-            try:
-                await send_all(ingest_router.route(ingest_record(message), message.key))
-            finally:
-                clear_bound()
+        concurrency=1: with more, faust can commit offsets past unfinished events (DESIGN.md 4).
+        """
 
-    @app.agent(identity_topic, concurrency=1)
-    async def identity(stream: Any) -> None:
-        """Resolve each input's patient, drop known facts, publish the pathway and the receipt."""
-        async for event in stream.events():
-            message = event.message
-            bind_kafka_coordinates(message.topic, message.partition, message.offset)
-            try:
-                await send_all(identity_router.route(message.value))
-            finally:
-                clear_bound()
+        async def process(stream: Any) -> None:
+            async for event in stream.events():
+                message = event.message
+                bind_kafka_coordinates(message.topic, message.partition, message.offset)
+                try:
+                    for out in route(message):
+                        await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers))
+                finally:
+                    clear_bound()
 
-    @app.agent(pathway_topic, concurrency=1)
-    async def share(stream: Any) -> None:
-        """Decide each event for each recipient: audit every decision, send what is permitted."""
-        async for event in stream.events():
-            message = event.message
-            bind_kafka_coordinates(message.topic, message.partition, message.offset)
-            try:
-                await send_all(share_router.route(message.value))
-            finally:
-                clear_bound()
+        app.agent(topic, name=name, concurrency=1)(process)
+
+    # Authenticate, validate and normalise each input.
+    agent("ingest", ingest_topic, lambda m: ingest_router.route(ingest_record(m), m.key))
+    # Resolve each input's patient, drop known facts, publish the pathway and the receipt.
+    agent("identity", identity_topic, lambda m: identity_router.route(m.value))
+    # Decide each event for each recipient: audit every decision, send what is permitted.
+    agent("share", pathway_topic, lambda m: share_router.route(m.value))
+    # Carry a linked identity's sharing state to the surviving id (co-partitioned with the pathway).
+    agent("share-merge", merge_topic, lambda m: share_router.route_merge(m.value))
 
     return app

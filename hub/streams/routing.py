@@ -159,3 +159,10 @@ class ShareRouter:
             Outgoing(share.topic, share.key.encode(), _json(share.value))
             for share in self.stage.handle(event, now=now)
         ]
+
+    def route_merge(self, value: bytes) -> list[Outgoing]:
+        """Every record to produce for one ``hub.share-merge.v1`` record."""
+        return [
+            Outgoing(share.topic, share.key.encode(), _json(share.value))
+            for share in self.stage.handle_merge(json.loads(value))
+        ]

@@ -167,7 +167,7 @@ def receipts_for(env: HubEnv, count: int) -> dict[str, dict[str, Any]]:
     return {r.json_value()["message_id"]: r.json_value() for r in records}
 
 
-def test_a_gp_and_a_hospital_on_different_versions_make_one_patient(
+def test_a_gp_and_a_hospital_on_different_versions_make_one_patient(  # noqa: PLR0915 - one scenario, end to end
     hub_env: HubEnv, worker: subprocess.Popen[bytes]
 ) -> None:
     """R4 GP (local id + INS) and STU3 XML hospital (own id, INS later): one patient, linked, normalised."""

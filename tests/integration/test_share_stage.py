@@ -159,3 +159,66 @@ def test_each_recipient_gets_what_it_may_and_an_objection_stops_what_follows(
     # Recipient copies carry the decision that let them through.
     copy = hub_env.settle(f"{hub_env.topics.prefix}hub.pathway.gp-dr-x.v1")[0].json_value()
     assert copy["decision"]["basis"] == "care_team"
+
+
+INS = {"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "277037500100123"}
+
+
+def patient(local_id: str, *, with_ins: bool) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:hub:test:gp:patient", "value": local_id}],
+        "generalPractitioner": [{"identifier": {"system": RPPS, "value": "10009900019"}}],
+    }
+    if with_ins:
+        resource["identifier"].append(INS)
+        resource["extension"] = [
+            {
+                "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability",
+                "extension": [
+                    {
+                        "url": "identityReliability",
+                        "valueCoding": {
+                            "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445",
+                            "code": "VALI",
+                        },
+                    }
+                ],
+            }
+        ]
+    return resource
+
+
+def test_an_objection_made_under_a_local_id_still_holds_after_the_identity_is_linked(
+    hub_env: HubEnv, worker: subprocess.Popen[bytes]
+) -> None:
+    """Objection recorded before the INS was known; after the link, nothing about the person leaves."""
+    publish(hub_env, patient("GP-3001", with_ins=False), "p-local")
+    publish(hub_env, {**OBJECTION, "patient": {"reference": "Patient/GP-3001"}}, "objection-local")
+    assert len(hub_env.collect(hub_env.topics.receipts, 2)) == 2
+    publish(hub_env, patient("GP-3001", with_ins=True), "p-qualified")
+    assert len(hub_env.collect(hub_env.topics.receipts, 3)) == 3
+    time.sleep(3)  # the merge of the two identities' states takes two hops on hub.share-merge.v1
+    later = {**RESULT, "subject": {"identifier": INS}}
+    publish(hub_env, later, "result-by-ins")
+    receipts = {
+        r.json_value()["message_id"]: r.json_value() for r in hub_env.collect(hub_env.topics.receipts, 4)
+    }
+    assert {r["status"] for r in receipts.values()} == {"accepted"}
+    time.sleep(2)
+    audits = [r.json_value() for r in hub_env.settle(hub_env.topics.audit)]
+    after_link = set(receipts["p-qualified"]["event_ids"]) | set(receipts["result-by-ins"]["event_ids"])
+    received = {
+        r["id"]: {
+            c.json_value()["event_id"]
+            for c in hub_env.settle(f"{hub_env.topics.prefix}hub.pathway.{r['id']}.v1")
+        }
+        for r in RECIPIENTS
+    }
+    assert all(not (ids & after_link) for ids in received.values()), "an objected patient's data left"
+    result_rules = {
+        detail(audit, "rule")
+        for audit in audits
+        if audit["entity"][0]["what"]["identifier"]["value"] in set(receipts["result-by-ins"]["event_ids"])
+    }
+    assert result_rules == {"objection"}, "the objection made under the local id decides, once merged"

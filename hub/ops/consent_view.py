@@ -1,0 +1,225 @@
+"""``hub consent show``, the pure part: one patient's last share state from changelog records, as text.
+
+The share stage keeps each patient's :class:`~hub.consent.state.PatientShareState` in the faust table
+``share-state``; its changelog topic (``<app id>-share-state-changelog``, compacted) holds, for each
+patient, records keyed by the JSON-encoded network patient id (``"pt-..."``, quotes included) whose
+values are the state's JSON. The last record of a key is the state that decides; a tombstone (no
+value) means the state was deleted.
+
+What is shown is what the policy reads: identifiers (system and value), statuses, codes, periods and
+instants. No name, no clinical content.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from hub.consent.recipients import NETWORK_SYSTEM, Identifier
+from hub.consent.state import Involvement, PatientShareState, Period, Provision
+from hub.kafka.clients import Record
+
+LookupStatus = Literal["present", "absent", "deleted", "corrupt"]
+
+
+@dataclass(frozen=True)
+class StateLookup:
+    """What the changelog says about one patient: its last state, or why there is none to show."""
+
+    patient_id: str
+    status: LookupStatus
+    state: PatientShareState | None = None
+    #: ``topic/partition/offset`` and time of the record that holds the last value.
+    where: str | None = None
+    timestamp_ms: int | None = None
+    reason: str = ""
+
+    @property
+    def found(self) -> bool:
+        """True when a readable state decides for the patient."""
+        return self.status == "present"
+
+
+def key_of(record: Record) -> str | None:
+    """The patient id a changelog record is keyed by (JSON string; raw text accepted), or None."""
+    if record.key is None:
+        return None
+    try:
+        key = json.loads(record.key)
+    except (ValueError, UnicodeDecodeError):
+        return record.key.decode(errors="replace")
+    return key if isinstance(key, str) else None
+
+
+def last_state(records: Iterable[Record], patient_id: str) -> StateLookup:
+    """The last value of ``patient_id``'s key in changelog records (in topic order): last value wins."""
+    last: Record | None = None
+    for record in records:
+        if key_of(record) == patient_id:
+            last = record
+    if last is None:
+        return StateLookup(
+            patient_id, "absent", reason="no share state: the hub has no event for this patient"
+        )
+    where = f"{last.topic}/{last.partition}/{last.offset}"
+    if last.value is None or last.value.strip() == b"null":
+        return StateLookup(
+            patient_id, "deleted", where=where, timestamp_ms=last.timestamp_ms, reason="the state was deleted"
+        )
+    state = PatientShareState.from_json(last.value)
+    if state.corrupt:
+        reason = state.corrupt_reason or "stored state unreadable"
+        return StateLookup(
+            patient_id, "corrupt", state, where=where, timestamp_ms=last.timestamp_ms, reason=reason
+        )
+    if state.patient_id != patient_id:
+        return StateLookup(
+            patient_id,
+            "corrupt",
+            state,
+            where=where,
+            timestamp_ms=last.timestamp_ms,
+            reason="the stored state belongs to another patient",
+        )
+    return StateLookup(patient_id, "present", state, where=where, timestamp_ms=last.timestamp_ms)
+
+
+# -- text ---------------------------------------------------------------------------------------------
+
+
+def _party(party: Identifier | None) -> str:
+    return "-" if party is None else f"{party.system}|{party.value}"
+
+
+def _instant(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _period(period: Period) -> str:
+    if period.start is None and period.end is None:
+        return "unbounded"
+    start = "…" if period.start is None else _instant(period.start)
+    end = "…" if period.end is None else _instant(period.end)
+    return f"{start} → {end}"
+
+
+def _involvement(item: Involvement, name: str) -> str:
+    if item.open:
+        state = "open"
+    elif item.ended_at is not None:
+        state = f"ended at {_instant(item.ended_at)}"
+    else:
+        state = "neither open nor ended (does not count)"
+    return f"  {item.kind:<9} {name}  {state}  (as of {_instant(item.as_of)}; {item.key})"
+
+
+def _provision(provision: Provision, depth: int) -> list[str]:
+    indent = "    " + "  " * depth
+    head = "exception " if depth else ""
+    parts = [
+        f"{head}{provision.type}",
+        f"actors {', '.join(_party(actor) for actor in provision.actors) or 'anyone'}",
+        f"labels {', '.join(sorted(provision.labels)) or '-'}",
+        f"period {_period(provision.period)}",
+    ]
+    if provision.data_period.start or provision.data_period.end:
+        parts.append(f"data period {_period(provision.data_period)}")
+    if provision.classes:
+        parts.append(f"classes {', '.join(provision.classes)}")
+    if provision.actions:
+        parts.append(f"actions {', '.join(provision.actions)}")
+    if provision.unchecked:
+        parts.append(f"unchecked {', '.join(provision.unchecked)}")
+    lines = [indent + "  ".join(parts)]
+    for child in provision.provisions:
+        lines.extend(_provision(child, depth + 1))
+    return lines
+
+
+def _section(title: str, lines: Sequence[str]) -> list[str]:
+    return [f"{title}:", *(lines or ["  none"])]
+
+
+def render_state(lookup: StateLookup) -> list[str]:
+    """The lines ``hub consent show`` prints: the state that decides, or why there is none."""
+    if lookup.status == "absent":
+        return [f"patient {lookup.patient_id}: {lookup.reason}"]
+    origin = f"changelog {lookup.where}" + (
+        f", written {_instant(datetime.fromtimestamp(lookup.timestamp_ms / 1000, tz=UTC))}"
+        if lookup.timestamp_ms is not None and lookup.timestamp_ms >= 0
+        else ""
+    )
+    if lookup.status == "deleted":
+        return [f"patient {lookup.patient_id}: no share state ({lookup.reason}; {origin})"]
+    if lookup.status == "corrupt" or lookup.state is None:
+        return [
+            f"patient {lookup.patient_id}: share state CORRUPT ({lookup.reason}; {origin})",
+            "every decision for this patient is a deny (rule state_unavailable) until the state is rebuilt",
+        ]
+    state = lookup.state
+    lines = [f"share state of patient {state.patient_id} ({origin})"]
+    lines += _section(
+        "declared GPs",
+        [
+            f"  from {gp.source_id} (as of {_instant(gp.as_of)}): "
+            + (", ".join(_party(party) for party in gp.parties) or "none (declaration emptied)")
+            for gp in state.general_practitioners
+        ],
+    )
+    teams: list[str] = []
+    for team in state.care_teams:
+        teams.append(
+            f"  {team.key}  status {team.status or '-'}  period {_period(team.period)}"
+            f"  from {team.source_id} (as of {_instant(team.as_of)})"
+        )
+        teams.extend(
+            f"    member {_party(member.member)}  on behalf of {_party(member.on_behalf_of)}"
+            f"  period {_period(member.period)}"
+            for member in team.members
+        )
+        if not team.members:
+            teams.append("    no member named by identifier")
+    lines += _section("care teams", teams)
+    lines += _section(
+        "organisations involved",
+        [
+            _involvement(item, _party(item.organization))
+            for item in state.involvements
+            if item.organization.system != NETWORK_SYSTEM
+        ],
+    )
+    lines += _section(
+        "network enrolments",
+        [
+            _involvement(item, item.organization.value)
+            for item in state.involvements
+            if item.organization.system == NETWORK_SYSTEM
+        ],
+    )
+    consents: list[str] = []
+    for consent in state.consents:
+        consents.append(
+            f"  {consent.key}  status {consent.status}"
+            + ("  IN FORCE" if consent.in_force else "  not in force")
+            + f"  scope {consent.scope}  from {consent.source_id} event {consent.event_id}"
+            f" (as of {_instant(consent.as_of)})"
+        )
+        if consent.provision is not None:
+            consents.extend(_provision(consent.provision, 0))
+    lines += _section("consents", consents)
+    return lines
+
+
+def to_json(lookup: StateLookup) -> dict[str, Any]:
+    """``hub consent show --json``: status, origin, and the stored state as the share stage reads it."""
+    return {
+        "patient_id": lookup.patient_id,
+        "status": lookup.status,
+        "where": lookup.where,
+        "timestamp_ms": lookup.timestamp_ms,
+        "reason": lookup.reason or None,
+        "state": lookup.state.to_json() if lookup.state is not None and lookup.found else None,
+    }

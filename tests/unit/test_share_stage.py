@@ -1,0 +1,146 @@
+"""The share stage in process: state per patient, one audit per decision, and merging linked identities."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hub.consent import load_policy
+from hub.consent.recipients import parse_recipients
+from hub.consent.share import ShareStage
+from hub.identity.stage import linked_event
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+RPPS = "urn:oid:1.2.250.1.71.4.2.1"
+POLICY = load_policy(Path(__file__).resolve().parents[2] / "config" / "policy.json")
+RECIPIENTS = parse_recipients(
+    {
+        "recipients": [
+            {
+                "id": "gp-x",
+                "kind": "gp",
+                "organization": {"system": "urn:test:org", "value": "cabinet-x"},
+                "practitioners": [{"system": RPPS, "value": "10009900019"}],
+                "kafka_principal": "User:gp-x",
+                "subscription": {"kinds": ["*"]},
+            }
+        ]
+    },
+    origin="test",
+)
+
+
+def stage(states: dict[str, Any]) -> ShareStage:
+    return ShareStage(
+        RECIPIENTS, POLICY, states, topic_prefix="t.", audit_topic="t.audit", merge_topic="t.merge"
+    )
+
+
+def event(patient_id: str, resource: dict[str, Any], n: int, kind: str) -> dict[str, Any]:
+    return {
+        "event_id": f"00000000-0000-5000-8000-{n:012d}",
+        "patient_id": patient_id,
+        "kind": kind,
+        "occurred_at": "2026-11-22T10:00:00.000Z",
+        "recorded_at": "2026-11-22T10:00:00.000Z",
+        "source": {"id": "gp-src", "organization": {"system": "urn:test:org", "value": "src"}},
+        "sensitivity": [],
+        "resource": resource,
+        "provenance": {"ingest": {"topic": "hub.ingest.v1", "partition": 0, "offset": n}, "steps": []},
+    }
+
+
+def declaring_gp(patient_id: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:hub:network-patient-id", "value": patient_id}],
+        "generalPractitioner": [{"identifier": {"system": RPPS, "value": "10009900019"}}],
+    }
+
+
+OBJECTION = {
+    "resourceType": "Consent",
+    "status": "active",
+    "scope": {
+        "coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+        ]
+    },
+    "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+    "dateTime": "2026-11-21T10:00:00Z",
+    "provision": {"type": "deny"},
+}
+CONDITION = {
+    "resourceType": "Condition",
+    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10"}]},
+}
+
+
+def copies(shares: list[Any]) -> list[Any]:
+    return [s for s in shares if s.topic == "t.hub.pathway.gp-x.v1"]
+
+
+def audits(shares: list[Any]) -> list[Any]:
+    return [s for s in shares if s.topic == "t.audit"]
+
+
+def link(local_id: str, ins_id: str) -> dict[str, Any]:
+    return linked_event(
+        {
+            "local_id": local_id,
+            "ins_id": ins_id,
+            "source": "gp-src",
+            "organization": {"system": "urn:test:org", "value": "src"},
+            "ingest": {"topic": "hub.ingest.v1", "partition": 0, "offset": 9},
+            "recorded_at": "2026-11-22T10:00:00.000Z",
+        }
+    ).to_dict()
+
+
+def test_the_declared_gp_receives_and_every_decision_is_audited_once() -> None:
+    """A Patient declaring the GP, then a diagnosis: both reach the GP, one AuditEvent per decision."""
+    sharing = stage({})
+    first = sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
+    second = sharing.handle(
+        event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 2, "condition"), now=NOW
+    )
+    assert len(copies(first)) == len(copies(second)) == 1
+    assert len(audits(first)) == len(audits(second)) == 1
+
+
+def test_a_link_denies_until_the_other_identitys_state_is_merged_then_its_objection_holds() -> None:
+    """patient.linked: the survivor waits for the local id's state (deny meanwhile); once merged, an
+    objection recorded under the local id applies to the survivor."""
+    states: dict[str, Any] = {}
+    sharing = stage(states)
+    sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
+    sharing.handle(
+        event("pt-local", {**OBJECTION, "patient": {"reference": "Patient/pt-local"}}, 2, "consent"), now=NOW
+    )
+    linked = sharing.handle(link("pt-local", "pt-x"), now=NOW)
+    [request] = [s for s in linked if s.topic == "t.merge"]
+    assert (request.key, request.value["type"]) == ("pt-local", "request")
+    condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 3, "condition")
+    waiting = sharing.handle(condition, now=NOW)
+    assert copies(waiting) == []
+    [answer] = sharing.handle_merge(request.value)
+    assert (answer.key, answer.value["type"]) == ("pt-x", "state")
+    assert sharing.handle_merge(answer.value) == []
+    assert states["pt-x"].get("awaiting") is None
+    after = sharing.handle({**condition, "event_id": "00000000-0000-5000-8000-000000000004"}, now=NOW)
+    assert copies(after) == []
+    [audit] = audits(after)
+    rules = {d["valueString"] for d in audit.value["entity"][0]["detail"] if d["type"] == "rule"}
+    assert rules == {"objection"}
+
+
+def test_a_link_to_an_identity_without_state_just_clears_the_wait() -> None:
+    """A local id the share stage never saw has no state: the merge brings nothing and sharing resumes."""
+    sharing = stage({})
+    sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
+    [request] = [s for s in sharing.handle(link("pt-new", "pt-x"), now=NOW) if s.topic == "t.merge"]
+    [answer] = sharing.handle_merge(request.value)
+    sharing.handle_merge(answer.value)
+    condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 5, "condition")
+    assert len(copies(sharing.handle(condition, now=NOW))) == 1
