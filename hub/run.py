@@ -23,6 +23,7 @@ console = Console(stderr=True)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SOURCES_FILE = PROJECT_ROOT / "config" / "sources.demo.json"
+DEMO_RECIPIENTS_FILE = PROJECT_ROOT / "config" / "recipients.demo.json"
 #: Everything `make run` creates: secrets, worker log, demo feed. Git ignores it.
 DEMO_STATE = PROJECT_ROOT / ".hub"
 
@@ -52,6 +53,7 @@ def prepare_demo_environment() -> DemoEnvironment:
     _ensure_secret(secrets_dir / "pseudonym.key")
     environ = {
         "HUB_SOURCES_FILE": str(DEMO_SOURCES_FILE),
+        "HUB_RECIPIENTS_FILE": str(DEMO_RECIPIENTS_FILE),
         "HUB_PSEUDONYM_KEY_FILE": str(secrets_dir / "pseudonym.key"),
         # The demo's INS use the test NIR system (.10), never real identities.
         "HUB_ALLOW_TEST_INS": "true",
@@ -131,6 +133,8 @@ def run_everything(*, patients: int, demo: bool) -> None:
             "  .venv/bin/hub tail pathway --from-beginning   # the unified patient pathway\n"
             "  .venv/bin/hub tail receipts --from-beginning  # one receipt per input\n"
             "  .venv/bin/hub tail dlq --from-beginning       # rejects, with their error codes\n"
+            "  .venv/bin/hub tail hub.pathway.demo-hospital-chu.v1 --from-beginning  # what one hospital may see\n"
+            "  .venv/bin/hub tail audit --from-beginning     # every share decision, as a FHIR AuditEvent\n"
             f"  tail -f {worker_log}   # the worker's log (JSON, redacted)\n"
             f"Kafka: {bootstrap}. Press Ctrl-C to stop everything.\n"
         )

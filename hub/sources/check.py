@@ -222,7 +222,9 @@ class _Memory:
         self.messages: dict[str, str] = {}  # message id -> label
         self.aliases: dict[str, tuple[str, str]] = {}  # local id -> (INS id, label of the linking part)
 
-    def identity(self, outcome: Accepted, basis: Literal["ins", "local"], label: str) -> IdentityReport | None:
+    def identity(
+        self, outcome: Accepted, basis: Literal["ins", "local"], label: str
+    ) -> IdentityReport | None:
         if outcome.patient_id is None:
             return None
         link = outcome.link

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from hub.errors import ConfigError, HubError
 from hub.settings import Settings
-from hub.sources.check import FileReport, PartReport, Totals, check_files, totals
+from hub.sources.check import FileReport, IdentityReport, PartReport, Totals, check_files, totals
 from hub.sources.registry import Source
 
 #: Same as ``hub.cli``: the command ran and found a problem (a record would be rejected).
@@ -33,7 +33,7 @@ EXIT_USAGE = 2
 
 #: The key network ids are computed with when the hub's own is not configured. Ids made with it are
 #: shown and forgotten; they are not the ids a hub with a real key publishes.
-THROWAWAY_PSEUDONYM_KEY = "hub-sources-check-throwaway-pseudonym-key"  # noqa: S105 - not a secret
+THROWAWAY_PSEUDONYM_KEY = "hub-sources-check-throwaway-pseudonym-key"
 
 #: ``--fhir-version`` values: the hub's version numbers and their usual names.
 _VERSIONS = {"3.0": "3.0", "stu3": "3.0", "4.0": "4.0", "r4": "4.0", "4.3": "4.3", "r4b": "4.3"}
@@ -187,16 +187,8 @@ def _print_part(console: Console, part: PartReport, *, show_resources: bool) -> 
         _line(console, f"{part.label}: accepted{read_as}, {len(part.events)} event(s)", "bold green")
     if part.resend_of is not None:
         _line(console, f"  resend    same body as {part.resend_of}: the hub answers duplicate")
-    identity = part.identity
-    if identity is not None:
-        _line(console, f"  patient   {identity.patient_id} (basis: {identity.basis})")
-        if identity.links_local_id is not None:
-            _line(
-                console,
-                f"  link      local id {identity.links_local_id} -> {identity.patient_id}: "
-                "patient.linked the first time the hub sees it",
-                "cyan",
-            )
+    if part.identity is not None:
+        _print_identity(console, part.identity)
     for event in part.events:
         when = event.occurred_at + (
             "" if event.occurred_at_from_resource else " (no date in it: recorded-at)"
@@ -224,6 +216,32 @@ def _print_part(console: Console, part: PartReport, *, show_resources: bool) -> 
         )
         for count in part.conversions:
             _line(console, f"  version     {count.item}  x{count.count}")
+
+
+def _print_identity(console: Console, identity: IdentityReport) -> None:
+    _line(console, f"  patient   {identity.patient_id} (basis: {identity.basis})")
+    if identity.conflicts_with is not None:
+        _line(
+            console,
+            f"  conflict  local id {identity.links_local_id} is already linked to "
+            f"{identity.conflicts_with} by {identity.linked_by}: the first INS wins, "
+            "the hub logs identity.conflict and links nothing",
+            "yellow",
+        )
+    elif identity.links_local_id is not None:
+        _line(
+            console,
+            f"  link      local id {identity.links_local_id} -> {identity.patient_id}: "
+            "patient.linked the first time the hub sees it",
+            "cyan",
+        )
+    if identity.routed_to is not None:
+        _line(
+            console,
+            f"  routed    to {identity.routed_to}, the id {identity.linked_by} linked it to: "
+            "the events below are published under it",
+            "cyan",
+        )
 
 
 def _print_summary(console: Console, reports: list[FileReport], summary: Totals) -> None:
