@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck unit corpus functional integration bench clean broker-stop
+.PHONY: run test install lint typecheck unit corpus functional integration clean broker-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,14 +40,11 @@ integration: install
 	$(BIN)/pytest tests/integration
 
 lint: install
-	$(BIN)/ruff check hub tests bench
-	$(BIN)/ruff format --check hub tests bench
+	$(BIN)/ruff check hub tests
+	$(BIN)/ruff format --check hub tests
 
 typecheck: install
 	$(BIN)/mypy
-
-bench: install
-	$(BIN)/hub bench
 
 broker-stop: install
 	$(BIN)/hub broker stop

@@ -133,7 +133,7 @@ def run_everything(*, patients: int, demo: bool) -> None:
             "  .venv/bin/hub tail pathway --from-beginning   # the unified patient pathway\n"
             "  .venv/bin/hub tail receipts --from-beginning  # one receipt per input\n"
             "  .venv/bin/hub tail dlq --from-beginning       # rejects, with their error codes\n"
-            "  .venv/bin/hub tail hub.pathway.demo-hospital-chu.v1 --from-beginning  # what one hospital may see\n"
+            "  .venv/bin/hub tail hub.pathway.demo-hospital-chu.v1 --from-beginning  # one hospital's view\n"
             "  .venv/bin/hub tail audit --from-beginning     # every share decision, as a FHIR AuditEvent\n"
             f"  tail -f {worker_log}   # the worker's log (JSON, redacted)\n"
             f"Kafka: {bootstrap}. Press Ctrl-C to stop everything.\n"

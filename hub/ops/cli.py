@@ -126,7 +126,9 @@ def read_to_end(
     try:
         begin, end = _assign(consumer, topics)
         done = dict(begin)
-        task = progress.add_task(description, total=sum(end[tp] - begin[tp] for tp in end)) if progress else None
+        task = (
+            progress.add_task(description, total=sum(end[tp] - begin[tp] for tp in end)) if progress else None
+        )
         while end:
             if deadline is not None and time.monotonic() > deadline:
                 raise BrokerError(

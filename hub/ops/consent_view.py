@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from hub.consent.recipients import NETWORK_SYSTEM, Identifier
-from hub.consent.state import Involvement, PatientShareState, Period, Provision
+from hub.consent.state import ConsentRecord, Involvement, PatientShareState, Period, Provision
 from hub.kafka.clients import Record
 
 LookupStatus = Literal["present", "absent", "deleted", "corrupt"]
@@ -143,8 +143,24 @@ def _section(title: str, lines: Sequence[str]) -> list[str]:
     return [f"{title}:", *(lines or ["  none"])]
 
 
-def render_state(lookup: StateLookup) -> list[str]:
-    """The lines ``hub consent show`` prints: the state that decides, or why there is none."""
+def _force(consent: ConsentRecord, at: datetime) -> str:
+    """Whether a consent applies at ``at``: only an active one does, and within its period."""
+    if not consent.in_force or consent.provision is None:
+        return "not in force"
+    period = consent.provision.period
+    if period.end is not None and at >= period.end:
+        return "expired"
+    if period.start is not None and at < period.start:
+        return "not yet in force"
+    return "IN FORCE"
+
+
+def render_state(lookup: StateLookup, *, now: datetime | None = None) -> list[str]:
+    """The lines ``hub consent show`` prints: the state that decides, or why there is none.
+
+    ``now`` (default: the clock) says whether each consent's period covers the present.
+    """
+    at = now or datetime.now(UTC)
     if lookup.status == "absent":
         return [f"patient {lookup.patient_id}: {lookup.reason}"]
     origin = f"changelog {lookup.where}" + (
@@ -203,7 +219,7 @@ def render_state(lookup: StateLookup) -> list[str]:
     for consent in state.consents:
         consents.append(
             f"  {consent.key}  status {consent.status}"
-            + ("  IN FORCE" if consent.in_force else "  not in force")
+            + f"  {_force(consent, at)}"
             + f"  scope {consent.scope}  from {consent.source_id} event {consent.event_id}"
             f" (as of {_instant(consent.as_of)})"
         )

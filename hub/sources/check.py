@@ -50,6 +50,7 @@ _PER_RESOURCE_PREFIXES = (
 _DECODED = "decoded:"
 _NAIVE_TIME = "naive-time-"
 _INSTANT_UNREADABLE = "instant-unreadable:"
+_UNIT_UNKNOWN = "unit-unknown:"
 _PATIENT_ID = "patient-id:"
 _OCCURRED_UNKNOWN = "occurred-at:unknown"
 _CODE_MAPPED = "code-mapped:"
@@ -122,8 +123,8 @@ class PartReport:
     units: tuple[Count, ...] = ()
     #: ``naive-time-*`` and ``instant-unreadable:*`` steps, by events carrying them.
     instants: tuple[Count, ...] = ()
-    #: How many events carry one of the ``instants`` steps.
-    events_with_instant_steps: int = 0
+    #: How many events carry a ``naive-time-*`` step (naive times read in the source's zone).
+    events_with_naive_times: int = 0
     #: Version conversion rules (STU3/R5 to R4), entry positions left out, by entries they applied to.
     conversions: tuple[Count, ...] = ()
     #: The label of an earlier part with the same body (the same ``hub-message-id``): a resend.
@@ -145,9 +146,13 @@ class PartReport:
         return sum(c.count for c in self.units if c.item.startswith("unit:"))
 
     @property
-    def instant_repairs(self) -> int:
-        """Events carrying a naive-time or unreadable-instant step."""
-        return self.events_with_instant_steps
+    def warnings(self) -> int:
+        """Values passed through as sent, with a step saying so: unknown units and unreadable instants."""
+        return sum(
+            c.count
+            for c in (*self.units, *self.instants)
+            if c.item.startswith((_UNIT_UNKNOWN, _INSTANT_UNREADABLE))
+        )
 
     @property
     def repeats(self) -> int:
@@ -186,7 +191,8 @@ class Totals:
     unmapped: int  # occurrences
     unmapped_distinct: int
     unit_conversions: int
-    instant_repairs: int
+    naive_time_events: int
+    warnings: int
     converted_parts: int  # parts read as STU3 or R5 and converted
     links: int
 
@@ -243,14 +249,13 @@ class _Memory:
             conflicts_with=conflict[0] if conflict is not None else None,
         )
 
-    def event(self, event: PathwayEvent, identity: IdentityReport | None, label: str) -> EventReport:
+    def event(self, event: PathwayEvent, identity: IdentityReport | None) -> EventReport:
         """The event as the identity stage would publish it: under the surviving id when linked."""
         resource = event.resource
         event_id = event.event_id
         if identity is not None and identity.routed_to is not None:
             resource = with_patient(resource, identity.routed_to)
             event_id = event_id_for(identity.routed_to, resource)
-        repeat_of = self.events.setdefault(event_id, label)
         return EventReport(
             event_id=event_id,
             kind=event.kind,
@@ -258,8 +263,13 @@ class _Memory:
             occurred_at=event.occurred_at,
             occurred_at_from_resource=not any(s.startswith(_OCCURRED_UNKNOWN) for s in event.steps),
             resource=resource,
-            repeat_of=repeat_of if repeat_of != label else None,
+            repeat_of=self.events.get(event_id),
         )
+
+    def remember(self, events: Iterable[EventReport], label: str) -> None:
+        """The part's events, for the parts after it (the hub publishes each event id once)."""
+        for event in events:
+            self.events.setdefault(event.event_id, label)
 
 
 def _accepted_part(outcome: Accepted, base: dict[str, Any], memory: _Memory, label: str) -> PartReport:
@@ -268,7 +278,7 @@ def _accepted_part(outcome: Accepted, base: dict[str, Any], memory: _Memory, lab
     instants: list[str] = []
     mapped: list[str] = []
     basis: Literal["ins", "local"] = "local"
-    with_instant_steps = 0
+    naive_events = 0
     for n, event in enumerate(outcome.events):
         input_steps, own = _split_steps(event.steps)
         if n == 0:
@@ -278,12 +288,13 @@ def _accepted_part(outcome: Accepted, base: dict[str, Any], memory: _Memory, lab
             s for s in dict.fromkeys([*input_steps, *own]) if s.startswith((_NAIVE_TIME, _INSTANT_UNREADABLE))
         ]
         instants.extend(instant_steps)
-        with_instant_steps += bool(instant_steps)
+        naive_events += any(s.startswith(_NAIVE_TIME) for s in instant_steps)
         mapped.extend(s.removeprefix(_CODE_MAPPED) for s in own if s.startswith(_CODE_MAPPED))
         if f"{_PATIENT_ID}ins" in own:
             basis = "ins"
     identity = memory.identity(outcome, basis, label)
-    events = tuple(memory.event(event, identity, label) for event in outcome.events)
+    events = tuple(memory.event(event, identity) for event in outcome.events)
+    memory.remember(events, label)
     read_as = next((s.removeprefix(_DECODED) for s in decoding if s.startswith(_DECODED)), None)
     conversions = [
         _ENTRY_PREFIX.sub("", step) for step in decoding if not step.startswith((_DECODED, _NAIVE_TIME))
@@ -298,7 +309,7 @@ def _accepted_part(outcome: Accepted, base: dict[str, Any], memory: _Memory, lab
         mapped=_counts(mapped),
         units=_counts(units),
         instants=_counts(instants),
-        events_with_instant_steps=with_instant_steps,
+        events_with_naive_times=naive_events,
         conversions=_counts(conversions),
     )
 
@@ -314,10 +325,12 @@ def check_files(
 ) -> list[FileReport]:
     """What the hub would do with each file (folders: their .json and .xml files, recursively, sorted).
 
-    Each file is signed with the source's first registry secret at ``now`` and split at ``max_bytes``
-    as ``hub publish`` does; ``.xml`` files are sent as FHIR XML. ``fhir_version`` ("3.0", "4.0",
-    "4.3", "5.0") is sent as the content-type's ``fhirVersion``; without it the source's default applies.
-    Raises ConfigError when the source is not registered or a file cannot be read.
+    Each file is signed with the source's first registry secret at ``now`` and split at ``max_bytes`` as
+    ``hub publish`` does (the sender's limit; the hub's own is ``context.max_payload_bytes``). ``.xml``
+    files are sent as FHIR XML. ``fhir_version`` ("3.0", "4.0", "4.3", "5.0") is sent as the
+    content-type's ``fhirVersion``; without it the source's default applies. Files are checked in the
+    order given, and what the identity stage would remember (links, event and message ids) carries from
+    one to the next. Raises ConfigError when the source is not registered or a file cannot be read.
     """
     source = context.registry.get(source_id)
     if source is None:
@@ -387,7 +400,8 @@ def totals(reports: Sequence[FileReport]) -> Totals:
         unmapped=sum(unmapped.values()),
         unmapped_distinct=len(unmapped),
         unit_conversions=sum(part.unit_conversions for part in parts),
-        instant_repairs=sum(part.instant_repairs for part in parts),
+        naive_time_events=sum(part.events_with_naive_times for part in parts),
+        warnings=sum(part.warnings for part in parts),
         converted_parts=sum(1 for part in parts if part.converted),
         links=sum(1 for part in parts if part.identity is not None and part.identity.links_local_id),
     )

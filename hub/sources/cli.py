@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hub.errors import ConfigError, HubError
+from hub.publish import fhir_files
 from hub.settings import Settings
 from hub.sources.check import FileReport, IdentityReport, PartReport, Totals, check_files, totals
 from hub.sources.registry import Source
@@ -35,10 +36,11 @@ EXIT_USAGE = 2
 #: shown and forgotten; they are not the ids a hub with a real key publishes.
 THROWAWAY_PSEUDONYM_KEY = "hub-sources-check-throwaway-pseudonym-key"
 
-#: ``--fhir-version`` values: the hub's version numbers and their usual names.
-_VERSIONS = {"3.0": "3.0", "stu3": "3.0", "4.0": "4.0", "r4": "4.0", "4.3": "4.3", "r4b": "4.3"}
-_VERSIONS |= {"5.0": "5.0", "r5": "5.0"}
 _VERSION_NAMES = {"3.0": "STU3", "4.0": "R4", "4.3": "R4B", "5.0": "R5"}
+#: ``--fhir-version`` values: the hub's version numbers, and their usual names (lower case).
+_VERSIONS = {version: version for version in _VERSION_NAMES} | {
+    name.lower(): version for version, name in _VERSION_NAMES.items()
+}
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -127,19 +129,20 @@ def check(source_id: str, paths: tuple[Path, ...], fhir_version: str | None, sho
             hint="register it there first (`hub config check` validates the file); registered: "
             + (", ".join(sorted(context.registry.sources)) or "none"),
         )
+    files = list(fhir_files(list(paths)))
+    if not files:
+        raise click.UsageError("no .json or .xml file in the paths given")
     version = _VERSIONS[fhir_version.lower()] if fhir_version else None
     console = _console()
     _print_header(console, settings, source, version, throwaway=throwaway)
     reports = check_files(
-        list(paths),
+        files,
         source_id=source.id,
         context=context,
         max_bytes=settings.max_payload_bytes,
         fhir_version=version,
         now=datetime.now(UTC),
     )
-    if not reports:
-        raise click.UsageError("no .json or .xml file in the paths given")
     for report in reports:
         for part in report.parts:
             _print_part(console, part, show_resources=show_resources)
@@ -191,7 +194,7 @@ def _print_part(console: Console, part: PartReport, *, show_resources: bool) -> 
         _print_identity(console, part.identity)
     for event in part.events:
         when = event.occurred_at + (
-            "" if event.occurred_at_from_resource else " (no date in it: recorded-at)"
+            "" if event.occurred_at_from_resource else " (no readable date in it: recorded-at)"
         )
         repeat = f" (repeat of an event of {event.repeat_of}: published once)" if event.repeat_of else ""
         _line(console, f"  event     {event.kind:<20} {event.resource_type:<20} {when}{repeat}")
@@ -254,7 +257,8 @@ def _print_summary(console: Console, reports: list[FileReport], summary: Totals)
         "repeats",
         "unmapped",
         "units",
-        "naive times",
+        "naive",
+        "warnings",
         "read as",
     )
     footers = (
@@ -265,7 +269,8 @@ def _print_summary(console: Console, reports: list[FileReport], summary: Totals)
         str(summary.repeats),
         f"{summary.unmapped} ({summary.unmapped_distinct} codes)",
         str(summary.unit_conversions),
-        str(summary.instant_repairs),
+        str(summary.naive_time_events),
+        str(summary.warnings),
         f"{summary.converted_parts} converted",
     )
     for name, footer in zip(columns, footers, strict=True):
@@ -291,7 +296,8 @@ def _print_summary(console: Console, reports: list[FileReport], summary: Totals)
             str(sum(part.repeats for part in parts)),
             str(sum(c.count for part in parts for c in part.unmapped)),
             str(sum(part.unit_conversions for part in parts)),
-            str(sum(part.instant_repairs for part in parts)),
+            str(sum(part.events_with_naive_times for part in parts)),
+            str(sum(part.warnings for part in parts)),
             Text(", ".join(read_as) + (" converted" if converted else "")),
             Text("/".join(bases) + (" + link" if linked else "")),
         )
