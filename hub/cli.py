@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hub.broker.cli import broker
 from hub.errors import ConfigError, HubError
+from hub.gateway.cli import gateway
 from hub.ops.cli import consent, trace
 from hub.settings import Settings
 from hub.sources.cli import sources
@@ -247,6 +248,7 @@ def run(patients: int, no_demo: bool) -> None:
 
 
 main.add_command(broker)
+main.add_command(gateway)
 main.add_command(trace)
 main.add_command(consent)
 main.add_command(sources)

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     pseudonym_key_file: Path | None = None
     log_level: str = "info"
     log_json: bool = True
+    #: The alert gateway (`hub gateway serve`) listens on loopback unless told otherwise.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+    #: SQLite file of the alerts and their read/dismissed state; None: <state_dir>/gateway/alerts.sqlite3.
+    gateway_state_file: Path | None = None
+    #: SHA-256 hashes of the GPs' bearer tokens; None: <state_dir>/gateway/gp-tokens.json.
+    gateway_tokens_file: Path | None = None
 
     def pseudonym_key_bytes(self) -> bytes:
         """The pseudonymisation key, from ``HUB_PSEUDONYM_KEY`` or ``HUB_PSEUDONYM_KEY_FILE``."""

@@ -515,7 +515,7 @@ def _event_view(
         ingest=coordinates(provenance.get("ingest")) if isinstance(provenance, dict) else None,
         where=where(record),
         decisions=tuple(decisions),
-        undecided=undecided,
+        undecided=undecided if decisions else (),
         unaudited_copies=unaudited,
         refusals=refusals,
     )
@@ -570,8 +570,8 @@ def render(trace: Trace) -> list[str]:
         )
         if receipt.detail:
             lines.append(f"  error: {receipt.detail}")
-        if receipt.reject_audited is not None:
-            lines.append(f"  reject AuditEvent: {'recorded' if receipt.reject_audited else 'not found'}")
+        if receipt.reject_audited:
+            lines.append("  reject AuditEvent: recorded")
         lines.append(f"  events: {', '.join(receipt.event_ids) if receipt.event_ids else 'none'}")
     for reject in trace.rejects:
         lines.append(f"DLQ {reject.where}: {reject.code}  input {reject.origin}  source {reject.source}")

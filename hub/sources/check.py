@@ -99,6 +99,11 @@ class IdentityReport:
     #: one: the hub keeps the first link and logs ``identity.conflict``; this link is not made.
     conflicts_with: str | None = None
 
+    @property
+    def links(self) -> bool:
+        """Whether the hub would link ``links_local_id`` to ``patient_id`` (a ``patient.linked`` event)."""
+        return self.links_local_id is not None and self.conflicts_with is None
+
 
 @dataclass(frozen=True)
 class PartReport:
@@ -194,7 +199,8 @@ class Totals:
     naive_time_events: int
     warnings: int
     converted_parts: int  # parts read as STU3 or R5 and converted
-    links: int
+    links: int  # parts that would link a local id to an INS id
+    conflicts: int  # parts that name another INS for a local id already linked
 
     @property
     def ok(self) -> bool:
@@ -403,5 +409,6 @@ def totals(reports: Sequence[FileReport]) -> Totals:
         naive_time_events=sum(part.events_with_naive_times for part in parts),
         warnings=sum(part.warnings for part in parts),
         converted_parts=sum(1 for part in parts if part.converted),
-        links=sum(1 for part in parts if part.identity is not None and part.identity.links_local_id),
+        links=sum(1 for part in parts if part.identity is not None and part.identity.links),
+        conflicts=sum(1 for part in parts if part.identity is not None and part.identity.conflicts_with),
     )

@@ -199,6 +199,7 @@ def _print_part(console: Console, part: PartReport, *, show_resources: bool) -> 
         repeat = f" (repeat of an event of {event.repeat_of}: published once)" if event.repeat_of else ""
         _line(console, f"  event     {event.kind:<20} {event.resource_type:<20} {when}{repeat}")
         if show_resources:
+            _line(console, f"    event_id {event.event_id}")
             text = json.dumps(event.resource, indent=2, ensure_ascii=False)
             _line(console, "\n".join("    " + row for row in text.splitlines()), "dim")
     for name, counts, style in (
@@ -275,31 +276,29 @@ def _print_summary(console: Console, reports: list[FileReport], summary: Totals)
     )
     for name, footer in zip(columns, footers, strict=True):
         table.add_column(name, footer=Text(footer))
-    table.add_column("patient", footer=Text(f"{summary.links} link(s)"))
+    conflicts = f", {summary.conflicts} conflict(s)" if summary.conflicts else ""
+    table.add_column("patient", footer=Text(f"{summary.links} link(s){conflicts}"))
     for report in reports:
-        parts = report.parts
-        rejected = [part for part in parts if part.rejected]
-        outcome = (
-            Text(", ".join(sorted({str(part.code) for part in rejected})), style="red")
-            if rejected
-            else Text("accepted", style="green")
-        )
-        read_as = sorted({part.read_as for part in parts if part.read_as})
-        converted = any(part.converted for part in parts)
-        bases = sorted({part.identity.basis for part in parts if part.identity is not None})
-        linked = any(part.identity is not None and part.identity.links_local_id for part in parts)
+        figures = totals([report])
+        codes = sorted({str(part.code) for part in report.parts if part.rejected})
+        read_as = sorted({part.read_as for part in report.parts if part.read_as})
+        identities = [part.identity for part in report.parts if part.identity is not None]
+        patient = "/".join(sorted({identity.basis for identity in identities}))
+        patient += " + link" if figures.links else ""
+        patient += " + conflict" if figures.conflicts else ""
+        patient += " -> routed" if any(identity.routed_to for identity in identities) else ""
         table.add_row(
             Text(report.path.name),
-            str(len(parts)),
-            outcome,
-            str(report.events),
-            str(sum(part.repeats for part in parts)),
-            str(sum(c.count for part in parts for c in part.unmapped)),
-            str(sum(part.unit_conversions for part in parts)),
-            str(sum(part.events_with_naive_times for part in parts)),
-            str(sum(part.warnings for part in parts)),
-            Text(", ".join(read_as) + (" converted" if converted else "")),
-            Text("/".join(bases) + (" + link" if linked else "")),
+            str(figures.parts),
+            Text(", ".join(codes), style="red") if codes else Text("accepted", style="green"),
+            str(figures.events),
+            str(figures.repeats),
+            str(figures.unmapped),
+            str(figures.unit_conversions),
+            str(figures.naive_time_events),
+            str(figures.warnings),
+            Text(", ".join(read_as) + (" converted" if figures.converted_parts else "")),
+            Text(patient),
         )
     console.print()
     console.print(table)

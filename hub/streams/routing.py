@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from hub.consent.audit import audit_reject
 from hub.consent.share import ShareStage
 from hub.errors import ErrorCode
 from hub.identity.stage import IdentityStage, input_record, link_record
@@ -76,6 +77,12 @@ class IngestRouter:
                     key,
                     record.value,
                     tuple(dlq_headers(record.headers, outcome, record.origin)),
+                ),
+                # Every reject is audited too (DESIGN.md 2): which source, where, and the code.
+                Outgoing(
+                    self.topics.audit,
+                    receipt_key(outcome).encode(),
+                    _json(audit_reject(outcome, origin=record.origin, recorded=at)),
                 ),
                 Outgoing(
                     self.topics.receipts,

@@ -145,15 +145,15 @@ def test_a_rejected_record_goes_to_the_dlq_unchanged_with_a_receipt() -> None:
     """Rejected: the original bytes and headers to the DLQ, plus code, detail and origin; then a receipt."""
     bad = record({"resourceType": "Condition", "subject": {"reference": "Group/x"}})
     sent = ingest_router().route(bad, b"k", now=NOW)
-    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.receipts]
+    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit, TOPICS.receipts]
     assert sent[0].value == bad.value and sent[0].key == b"k"
     headers = dict(sent[0].headers)
     assert headers["hub-error-code"] == b"patient.unresolved"
     assert headers["hub-origin"] == f"{TOPICS.ingest}/1/7".encode()
     assert list(sent[0].headers[: len(bad.headers)]) == list(bad.headers)
-    receipt = value_of(sent[1])
+    receipt = value_of(sent[2])
     assert (receipt["status"], receipt["error"]["code"]) == ("rejected", "patient.unresolved")
-    assert sent[1].key == SOURCE.id.encode()
+    assert sent[2].key == SOURCE.id.encode()
     assert schema_errors("receipt.schema.json", receipt) == []
 
 
@@ -176,9 +176,9 @@ def test_a_bug_in_the_core_becomes_a_reject_and_the_partition_moves_on(
 
     monkeypatch.setattr(routing, "process_ingest", explode)
     sent = ingest_router().route(record(CONDITION), b"msg-1", now=NOW)
-    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.receipts]
+    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit, TOPICS.receipts]
     assert dict(sent[0].headers)["hub-error-code"] == b"hub.internal_error"
-    receipt = value_of(sent[1])
+    receipt = value_of(sent[2])
     assert receipt["error"]["code"] == ErrorCode.INTERNAL
     assert receipt["source"] == SOURCE.id
     assert receipt["message_id"] == "msg-1"

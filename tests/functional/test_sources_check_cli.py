@@ -133,6 +133,7 @@ def test_show_resources_prints_the_canonical_resource(samples: Path) -> None:
     assert resource["effectiveDateTime"] == "2025-03-30T06:15:00Z"
     assert resource["valueQuantity"]["code"] == "mmol/L"
     assert resource["valueQuantity"]["extension"][0]["valueQuantity"]["unit"] == "g/L"
+    assert any(line.startswith("    event_id ") for line in result.output.splitlines())
 
 
 @pytest.mark.usefixtures("registry")

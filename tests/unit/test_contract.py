@@ -4,23 +4,41 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fhir.resources.R4B.auditevent import AuditEvent
 from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
+from hub.consent import policy as rules
+from hub.consent.audit import audit_consent_rejected, audit_event, audit_reject
+from hub.consent.minimise import recipient_copy
+from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision, PolicyConfig
+from hub.consent.recipients import FINESS_SYSTEM, Identifier, Recipient, RecipientRegistry, Subscription
+from hub.consent.share import ShareStage
+from hub.consent.state import ConsentRejected, PatientShareState
 from hub.errors import ErrorCode
 from hub.identity.network_id import NETWORK_ID_SYSTEM, PatientKey
-from hub.ingest.outcome import Accepted, KafkaCoordinates, Rejected
+from hub.identity.stage import input_record, link_record, linked_event
+from hub.ingest.outcome import Accepted, IdentityLink, KafkaCoordinates, Rejected
 from hub.ingest.receipts import dlq_headers, receipt
 from hub.ingest.signature import sign
 from hub.normalise.time import utc_iso
 from hub.pathway.event import PathwayEvent, event_id_for
 from hub.schemas import SCHEMAS_DIR, schema_errors
-from hub.topics import CONTRACT_TOPICS, INGEST, RECIPIENT_PATHWAY_TEMPLATE
+from hub.topics import (
+    AUDIT,
+    CONTRACT_TOPICS,
+    INGEST,
+    INTERNAL_TOPICS,
+    RECIPIENT_PATHWAY_TEMPLATE,
+    SHARE_MERGE,
+)
 
 ASYNCAPI = SCHEMAS_DIR / "asyncapi.yaml"
 JSON_SCHEMAS = sorted(SCHEMAS_DIR.glob("*.json"))
@@ -44,6 +62,17 @@ INGEST_REJECT_CODES = frozenset(
 
 AT = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 ORIGIN = KafkaCoordinates(INGEST, 3, 42)
+KEY = b"k" * 32
+#: Where asyncapi.yaml sits for $ref resolution: beside the JSON Schemas, whose $id share this base.
+ASYNCAPI_URI = "https://hub.example.org/schemas/asyncapi.yaml"
+POLICY = "hub-secret-partage@2026-11-22.1"
+HOSPITAL = Recipient(
+    id="demo-hospital-chu",
+    kind="hospital",
+    organization=Identifier(FINESS_SYSTEM, "690999990"),
+    kafka_principal="User:demo-hospital-chu",
+    subscription=Subscription(kinds=("*",), fields="summary"),
+)
 
 
 def _asyncapi() -> dict[str, Any]:
@@ -71,8 +100,31 @@ def _schema(name: str) -> dict[str, Any]:
     return document
 
 
+def _payload_validator(message: str) -> Draft202012Validator:
+    """A validator for the payload schema of ``components.messages.<message>`` in asyncapi.yaml.
+
+    Inline schemas there use ``#/components/...`` and ``./<file>.schema.json`` refs, so the whole
+    document and every JSON Schema in schemas/ are registered, the document beside the files.
+    """
+    files = [json.loads(path.read_text(encoding="utf-8")) for path in JSON_SCHEMAS]
+    registry: Registry[Any] = Registry().with_resources(
+        [(ASYNCAPI_URI, DRAFT202012.create_resource(_asyncapi()))]
+        + [(schema["$id"], DRAFT202012.create_resource(schema)) for schema in files if "$id" in schema]
+    )
+    pointer = f"{ASYNCAPI_URI}#/components/messages/{message}/payload/schema"
+    return Draft202012Validator({"$ref": pointer}, registry=registry)
+
+
+def _payload_errors(message: str, document: Any) -> list[str]:
+    return [error.message for error in _payload_validator(message).iter_errors(document)]
+
+
+def _decision(verdict: Any, rule: str, reason: str = "because") -> FinalDecision:
+    return FinalDecision(verdict, rule, reason, POLICY, POLICY_VERSION, (Decision(verdict, rule, reason),))
+
+
 def _event(**overrides: Any) -> PathwayEvent:
-    patient_id = PatientKey("ins", "urn:oid:1.2.250.1.213.1.4.8", "1840512345678").network_id(b"k" * 32)
+    patient_id = PatientKey("ins", "urn:oid:1.2.250.1.213.1.4.8", "1840512345678").network_id(KEY)
     resource = {
         "resourceType": "Observation",
         "status": "final",
@@ -102,9 +154,24 @@ def _event(**overrides: Any) -> PathwayEvent:
 
 
 def test_asyncapi_channels_are_the_contract_topics() -> None:
-    """The channel addresses of asyncapi.yaml are hub.topics' contract topics plus the recipient template."""
+    """The channel addresses of asyncapi.yaml are hub.topics' contract and internal topics plus the
+    recipient template."""
     addresses = {channel["address"] for channel in _asyncapi()["channels"].values()}
-    assert addresses == set(CONTRACT_TOPICS) | {RECIPIENT_PATHWAY_TEMPLATE}
+    assert addresses == set(CONTRACT_TOPICS) | set(INTERNAL_TOPICS) | {RECIPIENT_PATHWAY_TEMPLATE}
+
+
+def test_asyncapi_internal_channels_say_so() -> None:
+    """Each internal topic's channel says it is not for outside consumers, and so do its messages,
+    whose payload schemas are inline (no file of the public contract describes them)."""
+    document = _asyncapi()
+    internal = [c for c in document["channels"].values() if c["address"] in INTERNAL_TOPICS]
+    assert len(internal) == len(INTERNAL_TOPICS)
+    for channel in internal:
+        assert "internal: not for outside consumers" in channel["description"].lower()
+        for ref in channel["messages"].values():
+            message = document["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
+            assert "internal: not for outside consumers" in message["description"].lower()
+            assert "$ref" not in message["payload"]["schema"]
 
 
 def test_asyncapi_recipient_channel_declares_its_parameter() -> None:
@@ -253,3 +320,150 @@ def test_pathway_event_with_bad_fields_fails() -> None:
     assert schema_errors(
         "pathway-event.schema.json", _event(occurred_at="2024-05-01T10:30:00+02:00").to_dict()
     )
+
+
+AUDIT_CASES = {
+    "permit": lambda: audit_event(
+        _decision("permit", rules.CARE_TEAM, "the recipient is the patient's declared GP"),
+        event=_event().to_dict(),
+        recipient=HOSPITAL,
+        recorded=AT,
+    ),
+    "deny": lambda: audit_event(
+        _decision("deny", rules.OBJECTION, "the patient objects to sharing with everyone"),
+        event=_event().to_dict(),
+        recipient=HOSPITAL,
+        recorded=AT,
+    ),
+    "unknown recipient": lambda: audit_event(
+        _decision("deny", rules.DENY_BY_DEFAULT, "unknown recipient: not in the recipient registry"),
+        event=_event().to_dict(),
+        recipient="gone-recipient",
+        recorded=AT,
+    ),
+    "unreadable event": lambda: audit_event(
+        _decision("deny", rules.DENY_BY_DEFAULT, "the event envelope cannot be read"),
+        event={"kind": 3},
+        recipient=HOSPITAL,
+        recorded=AT,
+    ),
+    "consent rejected": lambda: audit_consent_rejected(
+        ConsentRejected("provision.period.end is before its start"),
+        event=_event(kind="consent").to_dict(),
+        recorded=AT,
+    ),
+    "ingest reject": lambda: audit_reject(
+        Rejected(ErrorCode.SIGNATURE_INVALID, "HMAC does not match", "lab-biomed", "lab-biomed-000042"),
+        origin=ORIGIN,
+        recorded=AT,
+    ),
+    "reject of an unregistered source": lambda: audit_reject(
+        Rejected(ErrorCode.SOURCE_UNKNOWN, "hub-source is not registered"), origin=ORIGIN, recorded=AT
+    ),
+}
+
+
+@pytest.mark.parametrize("case", AUDIT_CASES)
+def test_audit_events_match_schema_and_fhir(case: str) -> None:
+    """Every AuditEvent hub.consent.audit builds validates against audit-event.schema.json, against
+    the auditEvent message of asyncapi.yaml, and as a FHIR AuditEvent."""
+    audit = AUDIT_CASES[case]()
+    assert schema_errors("audit-event.schema.json", audit) == []
+    assert _payload_errors("auditEvent", audit) == []
+    AuditEvent.model_validate(audit)
+
+
+def test_audit_schema_can_fail() -> None:
+    """An outcome contradicting the verdict, a missing rule, or a patient named by INS is invalid."""
+    permit = AUDIT_CASES["permit"]()
+    assert schema_errors("audit-event.schema.json", {**permit, "outcome": "4"})
+    entity, patient = permit["entity"]
+    no_rule = {**entity, "detail": [d for d in entity["detail"] if d["type"] != "rule"]}
+    assert schema_errors("audit-event.schema.json", {**permit, "entity": [no_rule, patient]})
+    by_ins = {
+        **patient,
+        "what": {
+            "type": "Patient",
+            "identifier": {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "184051234567812"},
+        },
+    }
+    assert schema_errors("audit-event.schema.json", {**permit, "entity": [entity, by_ins]})
+    reject = AUDIT_CASES["ingest reject"]()
+    assert schema_errors("audit-event.schema.json", {**reject, "outcome": "0"})
+
+
+def test_audit_schema_knows_every_rule_and_reject_code() -> None:
+    """The schema's rule names are the policy's, and its ingest-reject codes the receipts' codes."""
+    defs = _schema("audit-event.schema.json")["$defs"]
+    detail_rules = defs["decisionEntity"]["properties"]["detail"]["items"]["allOf"]
+    (rule_enum,) = [
+        rule["then"]["properties"]["valueString"]["enum"]
+        for rule in detail_rules
+        if rule["if"]["properties"]["type"]["const"] == "rule"
+    ]
+    policy_rules = {
+        rules.DENY_BY_DEFAULT, rules.STATE_UNAVAILABLE, rules.OBJECTION, rules.CARE_TEAM,
+        rules.EXPLICIT_CONSENT, rules.PRODUCER_ORGANIZATION, rules.SENSITIVITY, rules.SUBSCRIPTION_FILTER,
+    }  # fmt: skip
+    assert set(rule_enum) == policy_rules
+    code = defs["kafkaRecordEntity"]["properties"]["detail"]["prefixItems"][0]
+    assert set(code["properties"]["valueString"]["enum"]) == INGEST_REJECT_CODES
+
+
+def test_recipient_copy_matches_schema_and_carries_the_decision() -> None:
+    """recipient_copy(...) validates against pathway-event.schema.json and the recipient message of
+    asyncapi.yaml, with its decision; the unified topic's message refuses it (no decision there)."""
+    event = _event().to_dict()
+    copy = recipient_copy(event, HOSPITAL, _decision("permit", rules.CARE_TEAM))
+    assert copy["decision"] == {"basis": rules.CARE_TEAM, "policy": POLICY, "policy_version": POLICY_VERSION}
+    assert schema_errors("pathway-event.schema.json", copy) == []
+    assert _payload_errors("recipientPathwayEvent", copy) == []
+    assert _payload_errors("recipientPathwayEvent", event) != []
+    assert _payload_errors("pathwayEvent", event) == []
+    assert _payload_errors("pathwayEvent", copy) != []
+
+
+def test_identity_records_match_the_inline_schemas() -> None:
+    """input_record(...) and link_record(...) validate against their inline asyncapi.yaml schemas,
+    and the patient.linked event the identity stage makes from a link is a valid pathway event."""
+    local_id = PatientKey("local", "urn:hub:demo:gp:patient", "GP1-000001").network_id(KEY)
+    event = _event()
+    identity_link = IdentityLink(local_id, event.patient_id)
+    outcome = Accepted("lab-biomed", "m1", (event,), patient_id=event.patient_id, link=identity_link)
+    record = input_record(outcome, ORIGIN, AT)
+    assert record["type"] == "input"
+    assert _payload_errors("identityInput", record) == []
+    assert _payload_errors("identityInput", {**record, "events": []}) != []
+    assert _payload_errors("identityInput", {**record, "type": "link"}) != []
+    link = link_record(identity_link, outcome, ORIGIN, AT)
+    assert _payload_errors("identityLink", link) == []
+    assert _payload_errors("identityLink", {**link, "ins_id": "1840512345678"}) != []
+    linked = linked_event(link).to_dict()
+    assert linked["kind"] == "patient.linked"
+    assert _payload_errors("pathwayEvent", linked) == []
+
+
+def test_share_merge_records_match_the_inline_schemas() -> None:
+    """The share stage's merge request (on patient.linked) and its answer validate against their
+    inline asyncapi.yaml schemas."""
+    local_id = PatientKey("local", "urn:hub:demo:gp:patient", "GP1-000001").network_id(KEY)
+    event = _event()
+    outcome = Accepted("lab-biomed", "m1", (event,), patient_id=event.patient_id)
+    linked = linked_event(link_record(IdentityLink(local_id, event.patient_id), outcome, ORIGIN, AT))
+    states: dict[str, Any] = {local_id: PatientShareState.empty(local_id).to_json()}
+    stage = ShareStage(
+        RecipientRegistry({}),
+        PolicyConfig(id="hub-secret-partage", version="1", recency=timedelta(days=90), sensitive_codes={}),
+        states,
+        topic_prefix="",
+        audit_topic=AUDIT,
+        merge_topic=SHARE_MERGE,
+    )
+    (request,) = [s for s in stage.handle(linked.to_dict(), now=AT) if s.topic == SHARE_MERGE]
+    assert request.key == local_id
+    assert _payload_errors("shareMergeRequest", request.value) == []
+    (answer,) = stage.handle_merge(request.value)
+    assert answer.key == event.patient_id
+    assert _payload_errors("shareMergeState", answer.value) == []
+    assert _payload_errors("shareMergeState", {**answer.value, "state": None}) == []
+    assert _payload_errors("shareMergeState", {**answer.value, "state": "corrupt"}) != []

@@ -4,6 +4,10 @@ subscriptions, and errors that name the file and the field."""
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,10 @@ from hub.consent.recipients import (
     load_recipients,
 )
 from hub.consent.sensitivity import CodeSet
-from hub.demo.generator import _GPS, _NURSES, DEMO_SOURCES
+from hub.demo.generator import _GPS, _NURSES, DEMO_SOURCES, generate_feed
 from hub.errors import ConfigError, ErrorCode
 from hub.normalise.codes import CIM10
+from hub.normalise.pathway_kind import _KIND_BY_TYPE, pathway_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "recipients.demo.json"
@@ -45,37 +50,132 @@ def write(folder: Path, *recipients: dict[str, Any]) -> Path:
     return path
 
 
+#: Every pathway kind the hub makes: one per resource type it names, the three encounter steps, and
+#: the identity stage's patient.linked; other resource types keep their FHIR name (snake_case).
+KNOWN_KINDS = frozenset(
+    {
+        *_KIND_BY_TYPE.values(),
+        *(
+            pathway_kind({"resourceType": "Encounter", "class": {"code": cls}, "status": status})
+            for cls, status in (("IMP", "in-progress"), ("IMP", "finished"), ("AMB", "finished"))
+        ),
+        "patient.linked",
+    }
+)
+DEMO_GP_PRACTICES = tuple(source.id for source in DEMO_SOURCES if source.kind == "gp")
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in a parsed document, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def _rpps(reference: Any) -> str | None:
+    """The RPPS number a reference names by identifier, or None."""
+    identifier = reference.get("identifier") if isinstance(reference, dict) else None
+    if isinstance(identifier, dict) and identifier.get("system") == RPPS_SYSTEM:
+        return str(identifier["value"])
+    return None
+
+
+@cache
+def practice_rpps_in_demo_feed() -> dict[str, frozenset[str]]:
+    """Per GP source of the demo feed, the RPPS numbers of the practice's own professionals as the
+    feed names them: Practitioner resources, declared GPs (Patient.generalPractitioner) and CareTeam
+    members acting on behalf of the practice (a nurse, never the hospital's specialists)."""
+    organizations = {source.id: source.organization_identifier for source in DEMO_SOURCES}
+    found: dict[str, set[str]] = defaultdict(set)
+    for message in generate_feed(patients=50, seed=7, now=datetime(2026, 11, 22, 12, tzinfo=UTC)):
+        if message.source_id not in DEMO_GP_PRACTICES:
+            continue
+        named: list[str | None] = []
+        for node in _walk(message.resource):
+            if node.get("resourceType") == "Practitioner":
+                named.extend(
+                    i.get("value") for i in node.get("identifier", ()) if i.get("system") == RPPS_SYSTEM
+                )
+            named.extend(_rpps(gp) for gp in node.get("generalPractitioner", ()))
+            if node.get("onBehalfOf", {}).get("identifier") == organizations[message.source_id]:
+                named.append(_rpps(node.get("member")))
+        found[message.source_id].update(value for value in named if value)
+    return {source: frozenset(values) for source, values in found.items()}
+
+
 def test_demo_registry_matches_the_demo_feed() -> None:
-    """The demo recipients are the demo hospital (same FINESS), both GP practices with the RPPS the
-    demo generator gives their GPs and nurse, and the oncology network team."""
+    """The demo recipients are both demo hospitals (same FINESS as their sources), the three GP
+    practices with the RPPS the demo generator gives their GPs and nurse, and the oncology network team."""
     registry = load_recipients(DEMO)
     assert [r.id for r in registry] == [
         "demo-hospital-chu",
+        "demo-hospital-chu-pointe-a-pitre",
         "demo-gp-cabinet-lamentin",
         "demo-gp-maison-sante-lyon",
+        "demo-gp-cabinet-basse-terre",
         "onco-guadeloupe-team",
     ]
     sources = {source.id: source for source in DEMO_SOURCES}
-    for practice in ("demo-gp-cabinet-lamentin", "demo-gp-maison-sante-lyon"):
+    assert DEMO_GP_PRACTICES == (
+        "demo-gp-cabinet-lamentin",
+        "demo-gp-maison-sante-lyon",
+        "demo-gp-cabinet-basse-terre",
+    )
+    for practice in DEMO_GP_PRACTICES:
         recipient = registry.get(practice)
         assert recipient is not None
+        assert recipient.kind == "gp"
         assert recipient.organization.to_json() == sources[practice].organization_identifier
         staff = {Identifier(RPPS_SYSTEM, p.rpps) for p in (*_GPS[practice], _NURSES[practice])}
         assert set(recipient.practitioners) == staff
-    hospital = registry.get("demo-hospital-chu")
-    assert hospital is not None
-    assert hospital.organization == Identifier(FINESS_SYSTEM, "690999990")
-    assert hospital.organization.to_json() == sources["demo-hospital-chu"].organization_identifier
     sources_file = json.loads((ROOT / "config" / "sources.demo.json").read_text(encoding="utf-8"))
-    assert {"system": FINESS_SYSTEM, "value": "690999990"} in [
-        s["organization"] for s in sources_file["sources"]
-    ]
+    registered = {s["id"]: s["organization"] for s in sources_file["sources"]}
+    for hospital_id, finess in (
+        ("demo-hospital-chu", "690999990"),
+        ("demo-hospital-chu-pointe-a-pitre", "971999990"),
+    ):
+        hospital = registry.get(hospital_id)
+        assert hospital is not None
+        assert hospital.kind == "hospital"
+        assert hospital.organization == Identifier(FINESS_SYSTEM, finess)
+        assert hospital.organization.to_json() == sources[hospital_id].organization_identifier
+        assert hospital.organization.to_json() == registered[hospital_id]
     network = registry.get("onco-guadeloupe-team")
     assert network is not None
     assert (network.kind, network.network) == ("network", "onco-guadeloupe")
     assert Identifier(NETWORK_SYSTEM, "onco-guadeloupe") in network.parties
     assert network.topic == "hub.pathway.onco-guadeloupe-team.v1"
     assert registry.get("unknown") is None
+
+
+@pytest.mark.parametrize("practice", DEMO_GP_PRACTICES)
+def test_demo_practice_lists_every_rpps_its_feed_names(practice: str) -> None:
+    """Every RPPS number the demo generator writes for a practice's own professionals (its GPs as
+    Practitioner and declared GP, its nurse in home care teams) is listed by that practice's recipient,
+    so the consent policy recognises them."""
+    recipient = load_recipients(DEMO).get(practice)
+    assert recipient is not None
+    in_feed = practice_rpps_in_demo_feed().get(practice, frozenset())
+    assert in_feed, f"the demo feed names no professional of {practice}"
+    listed = {p.value for p in recipient.practitioners if p.system == RPPS_SYSTEM}
+    assert in_feed <= listed, f"{practice} does not list {sorted(in_feed - listed)}"
+
+
+def test_demo_subscriptions_ask_for_known_kinds() -> None:
+    """Every demo recipient's subscription names kinds the hub makes: an exact kind, a family with at
+    least one member (encounter.*), or everything."""
+    for recipient in load_recipients(DEMO):
+        for kind in recipient.subscription.kinds:
+            if kind == "*":
+                continue
+            if kind.endswith(".*"):
+                assert any(k.startswith(kind[:-1]) for k in KNOWN_KINDS), f"{recipient.id}: {kind}"
+            else:
+                assert kind in KNOWN_KINDS, f"{recipient.id}: {kind}"
 
 
 @pytest.mark.parametrize(

@@ -310,7 +310,9 @@ def test_identity_links_routes_and_conflicts_across_the_files_of_one_check(
     assert second.events[0].resource["subject"]["reference"] == f"Patient/{ins_id}"
     assert third.identity is not None
     assert (third.identity.conflicts_with, third.identity.linked_by) == (ins_id, "1-patient.json")
-    assert totals(check(tmp_path)).links == 2  # inputs that carry a link, conflicting or not
+    assert (first.identity.links, third.identity.links) == (True, False)
+    summary = totals(check(tmp_path))
+    assert (summary.links, summary.conflicts) == (1, 1)
 
 
 def test_the_same_body_twice_is_a_resend(check: Callable[..., list[FileReport]], tmp_path: Path) -> None:
@@ -340,4 +342,56 @@ def test_totals_add_up(check: Callable[..., list[FileReport]], tmp_path: Path) -
     summary = totals(check(tmp_path))
     assert (summary.files, summary.parts, summary.accepted, summary.rejected) == (3, 3, 2, 1)
     assert (summary.events, summary.unit_conversions, summary.naive_time_events) == (2, 2, 1)
-    assert (summary.converted_parts, summary.links, summary.ok) == (0, 0, False)
+    assert (summary.converted_parts, summary.links, summary.conflicts, summary.ok) == (0, 0, 0, False)
+
+
+# --- the documented decisions on bad input (docs/NORMALISATION.md), as the check reports them ----------
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "step"),
+    [
+        ({"subject": {"reference": "#p1"}, "contained": [{"resourceType": "Patient", "id": "p1"}]},
+         "patient.unresolved", None),
+        ({"subject": {"reference": "Group/12"}}, "patient.unresolved", None),
+        ({"subject": {"reference": "Patient/IPP-1",
+                      "identifier": {"system": "urn:oid:1.2.250.1.71.4.2.7.9999", "value": "IPP-2"}}},
+         "patient.ambiguous", None),
+        ({"valueQuantity": {"value": 7, "unit": "mmol/dL"}}, None, "unit-unknown:2345-7:mmol/dL"),
+        ({"effectiveDateTime": "2025-02-30T08:15:00-04:00"}, "fhir.invalid", None),
+        ({"effectiveDateTime": "2025-02-30T08:15:00"}, "fhir.invalid", None),
+        ({"effectiveDateTime": "0001-01-01T00:30:00+14:00"}, None, "instant-unreadable:effectiveDateTime"),
+    ],
+    ids=[
+        "contained patient",
+        "not a patient",
+        "reference and identifier disagree",
+        "unknown unit",
+        "impossible date",
+        "impossible naive date",
+        "instant before year 1 in UTC",
+    ],
+)  # fmt: skip
+def test_bad_input_is_rejected_with_a_code_or_passed_with_a_step(
+    check: Callable[..., list[FileReport]],
+    tmp_path: Path,
+    changes: dict[str, Any],
+    code: str | None,
+    step: str | None,
+) -> None:
+    """Each bad-input case has one documented outcome: a reject code, or the value as sent and a step."""
+    part = only_part(check(write(tmp_path, "case.json", observation("IPP-1", **changes))))
+    assert part.code == code, part.detail
+    if step is not None:
+        assert step in [count.item for count in (*part.units, *part.instants)]
+        assert part.warnings == 1
+
+
+def test_another_servers_patient_is_read_as_a_local_id(
+    check: Callable[..., list[FileReport]], gp: Source, tmp_path: Path
+) -> None:
+    """A reference to a Patient on another server names the source's own local id: no lookup, no link."""
+    reference = {"reference": "https://ehr.example/fhir/Patient/4711"}
+    part = only_part(check(write(tmp_path, "other.json", observation("IPP-1", subject=reference))))
+    assert part.identity is not None
+    assert (part.identity.basis, part.identity.patient_id) == ("local", network_id("local", gp.id, "4711"))

@@ -412,6 +412,17 @@ def test_the_state_is_shown_with_identifiers_and_codes_only() -> None:
     # Whether a consent applies depends on its period and the moment asked.
     before = "\n".join(render_state(lookup, now=datetime(2026, 1, 1, tzinfo=UTC)))
     assert "Consent|id|gp-test|c1  status active  not yet in force" in before
+    ended = PatientShareState(
+        PATIENT,
+        consents=(
+            ConsentRecord(
+                "Consent|id|gp-test|c2", "gp-test", E1, "active", "treatment", T0,
+                Provision("permit", period=Period(T0, datetime(2026, 11, 1, tzinfo=UTC))),
+            ),
+        ),
+    )  # fmt: skip
+    after = render_state(last_state(changelog((PATIENT, ended.to_json())), PATIENT), now=AT)
+    assert "Consent|id|gp-test|c2  status active  expired  scope treatment" in "\n".join(after)
 
 
 def test_an_empty_state_says_none_in_each_section() -> None:

@@ -1,0 +1,142 @@
+"""Feeds the gateway's store from ``hub.alerts.v1``: one aiokafka consumer in the gateway's event loop.
+
+At-least-once: offsets are committed after the batch is in the store, and the store is idempotent by
+alert_id, so a redelivered alert changes nothing (and a dismissed one stays dismissed). A record that is
+not a usable alert is logged by its coordinates and the reason, never its content, and skipped: a
+poison record never stops the partition. When no broker answers, the consumer keeps retrying with a
+growing pause while the HTTP side serves the alerts already stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from enum import StrEnum
+from typing import Any
+
+from hub.gateway.store import AlertStore, InvalidAlert
+from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
+
+log = get_logger("hub.gateway.consumer")
+
+BATCH_TIMEOUT_MS = 1000
+MAX_RECORDS = 500
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+
+
+class ConsumerStatus(StrEnum):
+    """What ``/healthz`` reports about the consumer."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RETRYING = "retrying"  # no broker answers (yet); alerts already stored are still served
+    STOPPED = "stopped"
+
+
+def group_id(app_id: str) -> str:
+    """The consumer group of the gateway: ``<app_id>-gateway``."""
+    return f"{app_id}-gateway"
+
+
+class AlertConsumer:
+    """Consumes the alerts topic into the store until :meth:`stop`."""
+
+    def __init__(self, store: AlertStore, *, bootstrap_servers: str, topic: str, group: str) -> None:
+        self.store = store
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.group = group
+        self.status = ConsumerStatus.STOPPED
+        self.stored = 0
+        self.skipped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start consuming in the background (returns at once)."""
+        if self._task is None:
+            self.status = ConsumerStatus.STARTING
+            self._task = asyncio.create_task(self._run(), name="hub-gateway-consumer")
+
+    async def stop(self) -> None:
+        """Stop consuming and close the Kafka client."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.status = ConsumerStatus.STOPPED
+
+    def _client(self) -> Any:
+        from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - only the serving process needs it
+
+        return AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group,
+            client_id=self.group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+
+    async def _run(self) -> None:
+        from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+        pause = RETRY_FIRST_SECONDS
+        while True:
+            consumer = self._client()
+            try:
+                await consumer.start()
+                self.status = ConsumerStatus.RUNNING
+                log.info("gateway.consumer_started", topic=self.topic, group=self.group)
+                pause = RETRY_FIRST_SECONDS
+                await self._consume(consumer)
+            except KafkaError as exc:
+                self.status = ConsumerStatus.RETRYING
+                log.warning(
+                    "gateway.consumer_unavailable",
+                    topic=self.topic,
+                    bootstrap=self.bootstrap_servers,
+                    error=type(exc).__name__,
+                    retry_in_s=pause,
+                    hint="is the broker running (`hub broker status`)? does the topic exist?",
+                )
+            except Exception as exc:  # a bug or a store failure: log, let the batch be redelivered, retry
+                self.status = ConsumerStatus.RETRYING
+                log.error("gateway.consumer_failed", error=type(exc).__name__, retry_in_s=pause)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX_SECONDS)
+
+    async def _consume(self, consumer: Any) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=BATCH_TIMEOUT_MS, max_records=MAX_RECORDS)
+            for records in batches.values():
+                for record in records:
+                    self.handle(record.topic, record.partition, record.offset, record.value)
+            if batches:
+                await consumer.commit()
+
+    def handle(self, topic: str, partition: int, offset: int, value: bytes | None) -> bool:
+        """Store one record's alert; False (logged without content) when it is not a usable alert."""
+        bind_kafka_coordinates(topic, partition, offset)
+        try:
+            alert = json.loads(value) if value else None
+            if not isinstance(alert, dict):
+                raise InvalidAlert("alert: not a JSON object")
+            self.store.add(alert)
+        except (ValueError, InvalidAlert) as exc:
+            self.skipped += 1
+            reason = str(exc) if isinstance(exc, InvalidAlert) else "not JSON"
+            log.warning("gateway.alert_unreadable", reason=reason)
+            return False
+        finally:
+            clear_bound()
+        self.stored += 1
+        return True
+
+
+__all__ = ["AlertConsumer", "ConsumerStatus", "group_id"]
