@@ -21,10 +21,18 @@ $(EXAMPLES): package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts
 	touch $(EXAMPLES)
 
+# The browser tests drive Debian's Chromium with Playwright (no browser download: none is reachable).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium (Debian package chromium) for the browser tests"; exit 1; }
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends chromium
+
 run: install
 	$(BIN)/hub run
 
-test: install lint typecheck $(EXAMPLES)
+test: install lint typecheck $(EXAMPLES) $(CHROMIUM)
 	$(BIN)/pytest tests/unit tests/corpus tests/functional tests/integration
 
 unit: install

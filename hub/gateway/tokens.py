@@ -137,7 +137,13 @@ class TokenStore:
         """A new random token for the practitioner (returned once; only its hash is kept)."""
         practitioner = check_practitioner(practitioner)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        issued = (now or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+        issued = (
+            (now or datetime.now(UTC))
+            .astimezone(UTC)
+            .replace(microsecond=0)
+            .isoformat()
+            .replace("+00:00", "Z")
+        )
         entries = self.entries()
         self._save((*entries, TokenEntry(practitioner, hash_token(token), issued)))
         return token

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -19,6 +19,7 @@ from hub.ingest.split import PATIENT_FIELD, Entry, split_entries
 from hub.normalise.codes import CodeMapper
 from hub.normalise.instants import normalise_instants
 from hub.normalise.pathway_kind import occurred_at, pathway_kind
+from hub.normalise.references import address_book, with_stable_references
 from hub.normalise.time import utc_iso
 from hub.normalise.units import normalise_quantities
 from hub.pathway.event import PathwayEvent, event_id_for
@@ -186,12 +187,16 @@ def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetim
     if split.patient.local is not None and split.patient.ins is not None:
         link = IdentityLink(split.patient.local.network_id(key), patient_id)
     mapper = context.code_mappers.get(source.id)
+    book = address_book(source.id, ((e.full_url, e.resource) for e in split.entries))
     events: dict[str, PathwayEvent] = {}
     unmapped: list[tuple[str, str]] = []
     for entry in split.entries:
         if not entry.about_patient:
             continue
-        normalised = normalise_resource(entry.resource, source, mapper)
+        resource, rewritten = with_stable_references(entry.resource, source_id=source.id, book=book)
+        normalised = normalise_resource(resource, source, mapper)
+        if rewritten:
+            normalised = replace(normalised, steps=("references-stable", *normalised.steps))
         unmapped.extend(normalised.unmapped)
         event = _event(
             entry,

@@ -74,6 +74,7 @@ class Entry:
     index: int | None  # position in the Bundle, None for a single resource
     resource: dict[str, Any]
     about_patient: bool
+    full_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def split_entries(resource: dict[str, Any], source: Source, *, allow_test_ins: b
     resolver = _Resolver([(url, res) for _, url, res in items], source, allow_test_ins)
     entries: list[Entry] = []
     patient: PatientIdentity | None = None
-    for index, _, item in items:
+    for index, full_url, item in items:
         where = f"entry {index}: " if index is not None else ""
         if item.get("resourceType") == "Bundle":
             return Rejected(ErrorCode.FHIR_INVALID, f"entry {index} is a nested Bundle; send it alone")
@@ -227,5 +228,5 @@ def split_entries(resource: dict[str, Any], source: Source, *, allow_test_ins: b
                     f"{where}names another patient than the entries before it; send one patient per input",
                 )
             patient = combined
-        entries.append(Entry(index, item, identity is not None))
+        entries.append(Entry(index, item, identity is not None, full_url))
     return Split(tuple(entries), patient)

@@ -378,12 +378,13 @@ def test_provenance_carries_ingest_coordinates(
     run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
 ) -> None:
     """Each event's provenance names the ingest record (topic, partition, offset) and the steps taken, in
-    order: decoding, the Bundle entry, normalisation (here instants to UTC), then the patient's basis."""
+    order: decoding, the Bundle entry, normalisation (stable references, instants to UTC), then the
+    patient's basis."""
     events = accepted(run(make_record(fhir("bundle-transaction.json")))).events
     observation = events[3].to_dict()
     assert observation["provenance"]["ingest"] == INGEST
     assert observation["provenance"]["steps"] == [
-        "decoded:json/fhir-4.0", "bundle-entry:3", "instants-utc", "patient-id:ins",
+        "decoded:json/fhir-4.0", "bundle-entry:3", "references-stable", "instants-utc", "patient-id:ins",
     ]  # fmt: skip
     assert observation["source"] == {
         "id": GP_ID,

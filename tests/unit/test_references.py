@@ -1,0 +1,65 @@
+"""Stable resource ids and references: what a Bundle's addresses become, and what is left alone."""
+
+from __future__ import annotations
+
+from hub.normalise.references import address_book, stable_id, with_stable_references
+
+ENCOUNTER_URL = "urn:uuid:11111111-2222-4333-8444-555555555555"
+ENCOUNTER = {"resourceType": "Encounter", "status": "finished"}
+
+
+def observation(**fields: object) -> dict[str, object]:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, **fields}
+
+
+def test_a_urn_uuid_reference_becomes_the_entrys_stable_id() -> None:
+    """A reference to another entry by its urn:uuid full URL is rewritten to Type/<stable id>."""
+    book = address_book("gp", [(ENCOUNTER_URL, ENCOUNTER)])
+    out, changed = with_stable_references(
+        observation(encounter={"reference": ENCOUNTER_URL}), source_id="gp", book=book
+    )
+    assert changed
+    assert out["encounter"] == {"reference": f"Encounter/{stable_id('gp', ENCOUNTER_URL)}"}
+
+
+def test_a_relative_reference_is_stable_per_source_and_never_collides_across_sources() -> None:
+    """Type/id outside the Bundle: the same stable id every time for one source, another for another."""
+    one, _ = with_stable_references(
+        observation(performer=[{"reference": "Practitioner/7"}]), source_id="a", book={}
+    )
+    again, _ = with_stable_references(
+        observation(performer=[{"reference": "Practitioner/7"}]), source_id="a", book={}
+    )
+    other, _ = with_stable_references(
+        observation(performer=[{"reference": "Practitioner/7"}]), source_id="b", book={}
+    )
+    assert one == again
+    assert one["performer"] != other["performer"]
+
+
+def test_the_resources_own_id_follows_its_address() -> None:
+    """An entry with an id gets the stable id others use to reference it."""
+    encounter = {**ENCOUNTER, "id": "enc-1"}
+    book = address_book("gp", [(ENCOUNTER_URL, encounter)])
+    out, changed = with_stable_references(encounter, source_id="gp", book=book)
+    assert changed
+    assert out["id"] == stable_id("gp", "Encounter/enc-1")
+    assert book[ENCOUNTER_URL] == f"Encounter/{out['id']}"
+
+
+def test_other_servers_contained_resources_and_identifiers_are_left_alone() -> None:
+    """Absolute URLs, #contained references and logical references by identifier are not rewritten."""
+    resource = observation(
+        basedOn=[{"reference": "http://other.example/fhir/ServiceRequest/1"}],
+        specimen={"reference": "#spec"},
+        performer=[{"identifier": {"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "10009900019"}}],
+    )
+    out, changed = with_stable_references(resource, source_id="gp", book={})
+    assert (out, changed) == (resource, False)
+
+
+def test_the_input_is_not_mutated() -> None:
+    """Rewriting returns a new resource; the decoded input stays as it was."""
+    resource = observation(encounter={"reference": "Encounter/9"})
+    with_stable_references(resource, source_id="gp", book={})
+    assert resource["encounter"] == {"reference": "Encounter/9"}
