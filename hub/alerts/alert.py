@@ -49,6 +49,8 @@ def build_alert(
     known to the GP's software (see :meth:`hub.networks.facts.PatientFacts.identifiers_in`)."""
     if finding.network_id != network.id:
         raise ValueError(f"finding of {finding.network_id} given with network {network.id}")
+    if created_at.utcoffset() is None:
+        raise ValueError("created_at must be timezone-aware")
     alert_id = alert_id_for(practitioner, patient_id, network.id, finding.status)
     return {
         "alert_id": alert_id,

@@ -1,7 +1,10 @@
 """Feeds the gateway's store from ``hub.alerts.v1``: one aiokafka consumer in the gateway's event loop.
 
 At-least-once: offsets are committed after the batch is in the store, and the store is idempotent by
-alert_id, so a redelivered alert changes nothing (and a dismissed one stays dismissed). A record that is
+alert_id, so a redelivered alert changes nothing (and a dismissed one stays dismissed). The group's
+committed offsets follow the state file; when that file is new or empty (first start, or a lost file)
+the consumer rewinds to the beginning of the topic once, so committed offsets never hide alerts that
+the file does not hold. A record that is
 not a usable alert is logged by its coordinates and the reason, never its content, and skipped: a
 poison record never stops the partition. When no broker answers, the consumer keeps retrying with a
 growing pause while the HTTP side serves the alerts already stored.
@@ -70,15 +73,28 @@ class AlertConsumer:
 
     def _client(self) -> Any:
         from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - only the serving process needs it
+        from aiokafka.abc import ConsumerRebalanceListener  # noqa: PLC0415
 
-        return AIOKafkaConsumer(
-            self.topic,
+        store, topic = self.store, self.topic
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=self.group,
             client_id=self.group,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
+
+        class RewindAnEmptyStore(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                return None
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                if assigned and store.is_empty():
+                    log.info("gateway.consumer_rewind", topic=topic, reason="the state file holds no alert")
+                    await consumer.seek_to_beginning(*assigned)
+
+        consumer.subscribe([topic], listener=RewindAnEmptyStore())
+        return consumer
 
     async def _run(self) -> None:
         from aiokafka.errors import KafkaError  # noqa: PLC0415

@@ -150,7 +150,11 @@ def check_alert(record: Any) -> tuple[str, str, str]:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return (
+        None
+        if moment is None
+        else moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -251,7 +255,7 @@ class AlertStore:
         it is not usable. A copy naming another practitioner than the stored one changes nothing."""
         alert_id, practitioner, patient_id = check_alert(record)
         now = _iso(self._clock())
-        document = json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        document = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         with self._transaction() as db:
             existing = db.execute(
                 "SELECT practitioner FROM alerts WHERE alert_id = ?", (alert_id,)
@@ -280,6 +284,11 @@ class AlertStore:
             self._notify(StoreEvent.ALERT, stored)
         return AddResult(stored, created)
 
+    def is_empty(self) -> bool:
+        """Whether no alert was ever stored (a new or replaced file)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM alerts LIMIT 1").fetchone() is None
+
     def get(self, alert_id: str) -> StoredAlert | None:
         """One alert by id, whatever its state."""
         with self._lock:
@@ -299,7 +308,7 @@ class AlertStore:
                 " WHERE i.alert_id = a.alert_id AND i.value = ?))"
             )
             params += [patient, patient]
-        sql += " ORDER BY a.received_at, a.alert_id"
+        sql += " ORDER BY a.rowid"  # arrival order (received_at ties within a millisecond)
         with self._lock:
             return [_row_to_alert(row) for row in self._db.execute(sql, params)]
 

@@ -41,7 +41,7 @@ def make_alert(
         "network": {"id": "onco-gp", "name": "Réseau d'oncologie de Guadeloupe", "kind": "thematic"},
         "status": status,
         "reasons": [{"criterion": "condition ICD-10 C00-C97", "event_ids": ["ev-1"]}],
-        "created_at": "2025-03-30T08:00:00Z",
+        "created_at": "2025-03-30T08:00:00.000Z",
         "card": {
             "uuid": f"card-{alert_id}",
             "summary": "Eligible for the oncology network",
@@ -218,8 +218,8 @@ def test_the_view_carries_the_record_and_the_state(store: AlertStore) -> None:
     assert view.view() == {
         "alert_id": "alert-1",
         "state": "read",
-        "received_at": "2025-03-30T08:00:00Z",
-        "read_at": "2025-03-30T08:00:00Z",
+        "received_at": "2025-03-30T08:00:00.000Z",
+        "read_at": "2025-03-30T08:00:00.000Z",
         "dismissed_at": None,
         "alert": record,
     }

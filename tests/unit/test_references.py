@@ -44,7 +44,22 @@ def test_the_resources_own_id_follows_its_address() -> None:
     out, changed = with_stable_references(encounter, source_id="gp", book=book)
     assert changed
     assert out["id"] == stable_id("gp", "Encounter/enc-1")
-    assert book[ENCOUNTER_URL] == f"Encounter/{out['id']}"
+    assert book[ENCOUNTER_URL].reference == f"Encounter/{out['id']}"
+
+
+def test_a_reference_to_a_bundle_practitioner_carries_its_rpps() -> None:
+    """A GP named by urn:uuid inside the Bundle is also named by RPPS, so recipients and alerts find them."""
+    gp_url = "urn:uuid:99999999-2222-4333-8444-555555555555"
+    gp = {
+        "resourceType": "Practitioner",
+        "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "10009900019"}],
+    }
+    patient = {"resourceType": "Patient", "generalPractitioner": [{"reference": gp_url}]}
+    out, _ = with_stable_references(patient, source_id="gp", book=address_book("gp", [(gp_url, gp)]))
+    assert out["generalPractitioner"][0]["identifier"] == {
+        "system": "urn:oid:1.2.250.1.71.4.2.1",
+        "value": "10009900019",
+    }
 
 
 def test_other_servers_contained_resources_and_identifiers_are_left_alone() -> None:

@@ -69,7 +69,7 @@
   function safeUrl(url) {
     try {
       const parsed = new URL(url, window.location.href);
-      return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+      return ["http:", "https:", "mailto:", "tel:"].includes(parsed.protocol) ? parsed.href : null;
     } catch (_) {
       return null;
     }
@@ -85,9 +85,69 @@
     const anchor = document.createElement("a");
     anchor.href = href;
     anchor.textContent = label;
-    anchor.target = "_blank";
-    anchor.rel = "noopener noreferrer";
+    if (href.startsWith("http")) {
+      anchor.target = "_blank";
+      anchor.rel = "noopener noreferrer";
+    }
     return anchor;
+  }
+
+  // CDS Hooks card details are Markdown; the hub writes paragraphs, "- " lists, **bold** and backslash
+  // escapes. This renders exactly that subset as DOM nodes (anything else stays literal text).
+  function inline(text) {
+    const nodes = [];
+    let plain = "";
+    let bold = null;
+    for (let i = 0; i < text.length; i += 1) {
+      const char = text[i];
+      if (char === "\\" && i + 1 < text.length) {
+        i += 1;
+        if (bold === null) plain += text[i]; else bold += text[i];
+      } else if (char === "*" && text[i + 1] === "*") {
+        i += 1;
+        if (bold === null) {
+          if (plain) nodes.push(document.createTextNode(plain));
+          plain = "";
+          bold = "";
+        } else {
+          const strong = document.createElement("strong");
+          strong.textContent = bold;
+          nodes.push(strong);
+          bold = null;
+        }
+      } else if (bold === null) {
+        plain += char;
+      } else {
+        bold += char;
+      }
+    }
+    if (bold !== null) plain += `**${bold}`;
+    if (plain) nodes.push(document.createTextNode(plain));
+    return nodes;
+  }
+
+  function markdown(text) {
+    const blocks = [];
+    let list = null;
+    for (const line of (text || "").split("\n")) {
+      if (line.startsWith("- ")) {
+        if (!list) {
+          list = document.createElement("ul");
+          blocks.push(list);
+        }
+        const li = document.createElement("li");
+        li.append(...inline(line.slice(2)));
+        list.appendChild(li);
+        continue;
+      }
+      list = null;
+      if (line.trim()) {
+        const p = document.createElement("p");
+        p.append(...inline(line));
+        blocks.push(p);
+      }
+    }
+    return blocks;
   }
 
   // --- the pop-up ---------------------------------------------------------------------------------
@@ -125,7 +185,7 @@
     $("alert-indicator").textContent = INDICATORS[indicator];
     $("alert-network").textContent = item.network.name || "";
     $("alert-summary").textContent = card.summary || "";
-    $("alert-detail").textContent = card.detail || "";
+    $("alert-detail").replaceChildren(...markdown(card.detail));
     const source = $("alert-source");
     source.replaceChildren(linkOrText((card.source && card.source.label) || "", card.source && card.source.url));
     const links = $("alert-links");
@@ -189,9 +249,12 @@
         const button = document.createElement("button");
         button.type = "button";
         button.className = "patient-link";
-        button.dataset.patientId = patient.patient_id;
+        // The GP knows the patient by their own software's id: show and open by it when there is one.
+        const local = (patient.identifiers || []).find((identifier) => identifier && identifier.value);
+        const openAs = local ? local.value : patient.patient_id;
+        button.dataset.patientId = openAs;
         const name = document.createElement("span");
-        name.textContent = patient.patient_id;
+        name.textContent = openAs;
         button.appendChild(name);
         if (patient.unread > 0) {
           const badge = document.createElement("span");
@@ -199,7 +262,7 @@
           badge.textContent = `${patient.unread} new`;
           button.appendChild(badge);
         }
-        button.addEventListener("click", () => openPatient(patient.patient_id));
+        button.addEventListener("click", () => openPatient(openAs));
         li.appendChild(button);
         return li;
       }),
