@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     sources_file: Path = Path("config/sources.json")
     #: Who may receive the pathway; without a file nobody does (deny by default).
     recipients_file: Path | None = None
+    #: One JSON file per care network (schemas/network.schema.json).
+    networks_dir: Path = Path(__file__).resolve().parent.parent / "config" / "networks"
     #: The shared-secret and consent policy (sensitive code sets, recency window).
     policy_file: Path = Path(__file__).resolve().parent.parent / "config" / "policy.json"
     topic_partitions: int = Field(default=6, ge=1)

@@ -8,20 +8,29 @@ from typing import Any
 
 import faust
 
+from hub.alerts.stage import EligibilityStage
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy
 from hub.consent.share import ShareStage
 from hub.identity.stage import IdentityStage
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext
 from hub.logging import bind_kafka_coordinates, clear_bound
+from hub.networks import NetworkRegistry
 from hub.settings import Settings
-from hub.streams.routing import IdentityRouter, IngestRouter, Outgoing, ShareRouter
+from hub.streams.routing import AlertRouter, IdentityRouter, IngestRouter, Outgoing, ShareRouter
 from hub.topics import TopicNames
 
 #: The faust tables of the worker; their changelog topics are created before faust starts (see
 #: ``hub.streams.worker.create_contract_topics``): when faust creates them itself at start-up, the
 #: consumer can miss them in its first metadata and wait on their recovery forever.
-TABLES = ("identity-aliases", "identity-seen-messages", "identity-seen-events", "share-state")
+TABLES = (
+    "identity-aliases",
+    "identity-seen-messages",
+    "identity-seen-events",
+    "share-state",
+    "eligibility-facts",
+    "eligibility-alerted",
+)
 
 
 def changelog_topic(app_id: str, table: str) -> str:
@@ -51,6 +60,7 @@ def create_app(
     *,
     recipients: RecipientRegistry | None = None,
     policy: PolicyConfig | None = None,
+    networks: NetworkRegistry | None = None,
 ) -> faust.App:
     """The faust app: ingest, identity and share agents; call once per worker process."""
     topics = TopicNames(settings.topic_prefix)
@@ -97,6 +107,7 @@ def create_app(
             topics.identity,
             topics.audit,
             topics.share_merge,
+            topics.alerts,
             *(topics.prefix + recipient.topic for recipient in recipients),
         )
     }
@@ -153,5 +164,25 @@ def create_app(
     agent("share", pathway_topic, lambda m: share_router.route(m.value))
     # Carry a linked identity's sharing state to the surviving id (co-partitioned with the pathway).
     agent("share-merge", merge_topic, lambda m: share_router.route_merge(m.value))
+
+    # GP alerts, from each GP practice's own topic: only what that practice may see.
+    practices = {r.id: r for r in recipients if r.kind == "gp"}
+    if practices and networks is not None and len(networks):
+        practice_topics = {rid: topics.prefix + r.topic for rid, r in practices.items()}
+        alert_router = AlertRouter(
+            EligibilityStage(practices, networks, context.registry, table(TABLES[4]), table(TABLES[5])),
+            topics,
+            practice_topics,
+        )
+        agent(
+            "eligibility",
+            app.topic(
+                *practice_topics.values(),
+                partitions=settings.topic_partitions,
+                key_serializer="raw",
+                value_serializer="raw",
+            ),
+            lambda m: alert_router.route(m.topic, m.value),
+        )
 
     return app

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from hub.alerts.stage import EligibilityStage
 from hub.consent.audit import audit_reject
 from hub.consent.share import ShareStage
 from hub.errors import ErrorCode
@@ -172,4 +174,25 @@ class ShareRouter:
         return [
             Outgoing(share.topic, share.key.encode(), _json(share.value))
             for share in self.stage.handle_merge(json.loads(value))
+        ]
+
+
+class AlertRouter:
+    """The eligibility stage's alerts as Kafka records on ``hub.alerts.v1``, keyed by the GP's RPPS."""
+
+    def __init__(
+        self, stage: EligibilityStage, topics: TopicNames, practice_topics: Mapping[str, str]
+    ) -> None:
+        self.stage = stage
+        self.topics = topics
+        self.practice_of_topic = {topic: practice for practice, topic in practice_topics.items()}
+
+    def route(self, topic: str, value: bytes, *, now: datetime | None = None) -> list[Outgoing]:
+        """Every alert one GP practice's event makes."""
+        practice = self.practice_of_topic.get(topic)
+        if practice is None:
+            return []
+        return [
+            Outgoing(self.topics.alerts, alert.practitioner.encode(), _json(alert.value))
+            for alert in self.stage.handle(practice, json.loads(value), now=now)
         ]

@@ -8,6 +8,7 @@ from hub.consent import PolicyConfig, RecipientRegistry, load_policy, load_recip
 from hub.ingest.pipeline import IngestContext
 from hub.kafka.admin import ensure_topics
 from hub.logging import configure_logging, get_logger
+from hub.networks import load_networks
 from hub.normalise.codes import load_concept_maps
 from hub.settings import Settings
 from hub.sources.registry import load_sources
@@ -86,7 +87,8 @@ def run_worker(settings: Settings) -> None:
     created = create_contract_topics(settings)
     log.info("worker.starting", sources=len(context.registry), topics_created=created)
     recipients, policy = share_config(settings)
-    app = create_app(settings, context, recipients=recipients, policy=policy)
+    networks = load_networks(settings.networks_dir)
+    app = create_app(settings, context, recipients=recipients, policy=policy, networks=networks)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

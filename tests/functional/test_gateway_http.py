@@ -318,8 +318,7 @@ def test_read_then_dismiss_return_the_new_state(gateway: Gateway) -> None:
 
 
 def test_sse_stream_sends_unread_alerts_then_one_added_after_connect(gateway: Gateway) -> None:
-    """The stream starts with the GP's unread alerts, then pushes a new one and state changes live;
-    heartbeats are comments; other GPs' alerts never appear."""
+    """Unread alerts first, then new alerts and state changes live, heartbeats between; no other GP's."""
     gateway.store.add(make_alert("a-waiting"))
     gateway.store.add(make_alert("a-seen", patient_id="np-99aa00", local_id="IPP-2"))
     gateway.store.mark_read("a-seen", GP_A)
@@ -439,8 +438,7 @@ def test_unknown_paths_and_methods_answer_json(gateway: Gateway) -> None:
 
 
 def test_the_demo_page_and_health_are_served(gateway: Gateway) -> None:
-    """GET / is the demo GP page with its stable ids and a strict CSP; its script and style load;
-    /healthz answers without counting anything."""
+    """GET / is the demo page (stable ids, strict CSP) with its script and style; /healthz counts nothing."""
 
     async def scenario(client: TestClient[Any, Any]) -> tuple[str, str, int, int, dict[str, Any]]:
         page = await client.get("/")

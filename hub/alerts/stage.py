@@ -1,0 +1,108 @@
+"""The eligibility stage: GP alerts from what each GP practice may see, and nothing else.
+
+It reads the per-recipient topics of GP practices (``hub.pathway.<practice>.v1``), never the unified
+pathway: a patient's facts are kept per (practice, patient) and built only from events the consent
+policy let through to that practice, so an alert, its reasons and its very existence cannot reveal
+what the GP may not see. When a patient newly meets a network's criteria (and lives in its
+territory) or is enrolled in it, each of the patient's declared GPs who works in that practice gets
+one alert on ``hub.alerts.v1`` (keyed by RPPS); the same situation never alerts twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from hub.alerts.alert import build_alert
+from hub.consent.recipients import Recipient
+from hub.logging import get_logger
+from hub.networks import NetworkRegistry, PatientFacts, apply_event, new_findings
+from hub.sources.registry import SourceRegistry
+
+log = get_logger(__name__)
+
+RPPS = "urn:oid:1.2.250.1.71.4.2.1"
+
+
+@dataclass(frozen=True)
+class AlertOut:
+    """One alert to publish, keyed by the GP's RPPS."""
+
+    practitioner: str
+    value: dict[str, Any]
+
+
+def practice_identifier_systems(practice: Recipient, sources: SourceRegistry) -> tuple[str, ...]:
+    """The patient identifier systems of the practice's own software: the sources of its organisation."""
+    return tuple(
+        system
+        for source in sources.sources.values()
+        if (source.organization_system, source.organization_value)
+        == (practice.organization.system, practice.organization.value)
+        for system in source.patient_identifier_systems
+    )
+
+
+class EligibilityStage:
+    """Handles one event of one GP practice's topic; ``facts`` and ``alerted`` are faust tables."""
+
+    def __init__(
+        self,
+        practices: Mapping[str, Recipient],
+        networks: NetworkRegistry,
+        sources: SourceRegistry,
+        facts: MutableMapping[str, Any],
+        alerted: MutableMapping[str, list[str]],
+    ) -> None:
+        self.practices = practices
+        self.networks = networks
+        self.systems = {rid: practice_identifier_systems(r, sources) for rid, r in practices.items()}
+        self.facts = facts
+        self.alerted = alerted
+
+    def handle(
+        self, practice_id: str, event: dict[str, Any], *, now: datetime | None = None
+    ) -> list[AlertOut]:
+        """The alerts one event makes, for the GPs of ``practice_id``."""
+        practice = self.practices.get(practice_id)
+        patient_id = event.get("patient_id")
+        if practice is None or not isinstance(patient_id, str):
+            return []
+        key = f"{practice_id}|{patient_id}"
+        stored = self.facts.get(key)
+        facts = (PatientFacts.from_json(stored) if stored is not None else None) or PatientFacts.empty(
+            patient_id
+        )
+        updated = apply_event(facts, event)
+        if updated is not facts:
+            self.facts[key] = updated.to_json()
+        already = set(self.alerted.get(key) or ())
+        at = now or datetime.now(UTC)
+        findings = new_findings(self.networks, updated, already, now=at)
+        if not findings:
+            return []
+        own_gps = {p.value for p in practice.practitioners if p.system == RPPS}
+        practitioners = [rpps for rpps in updated.practitioners if rpps in own_gps]
+        alerts = [
+            AlertOut(
+                rpps,
+                build_alert(
+                    practitioner=rpps,
+                    patient_id=patient_id,
+                    patient_identifiers=updated.identifiers_in(self.systems[practice_id]),
+                    network=network,
+                    finding=finding,
+                    created_at=at,
+                ),
+            )
+            for finding in findings
+            if (network := self.networks.get(finding.network_id)) is not None
+            for rpps in practitioners
+        ]
+        if practitioners:
+            # Remembered only once someone was told: a finding with no GP yet alerts when one is declared.
+            self.alerted[key] = sorted(already | {finding.key for finding in findings})
+            log.info("alerts.raised", practice=practice_id, count=len(alerts))
+        return alerts
