@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck unit corpus functional integration clean broker-stop
+.PHONY: run test install lint typecheck unit corpus functional integration browser clean broker-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ run: install
 	$(BIN)/hub run
 
 test: install lint typecheck $(EXAMPLES) $(CHROMIUM)
-	$(BIN)/pytest tests/unit tests/corpus tests/functional tests/integration
+	$(BIN)/pytest tests/unit tests/corpus tests/functional tests/integration tests/browser
 
 unit: install
 	$(BIN)/pytest tests/unit
@@ -46,6 +46,9 @@ functional: install
 
 integration: install
 	$(BIN)/pytest tests/integration
+
+browser: install $(CHROMIUM)
+	$(BIN)/pytest tests/browser
 
 lint: install
 	$(BIN)/ruff check hub tests

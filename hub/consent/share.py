@@ -31,6 +31,9 @@ log = get_logger(__name__)
 
 UTC_ZONE = ZoneInfo("UTC")
 
+#: Events held per patient while a linked identity's state is merged (two hops): a bound, not a budget.
+MAX_HELD_EVENTS = 10_000
+
 
 @dataclass(frozen=True)
 class Share:
@@ -67,7 +70,12 @@ class ShareStage:
         return PatientShareState.empty(patient_id) if stored is None else PatientShareState.from_json(stored)
 
     def handle(self, event: dict[str, Any], *, now: datetime | None = None) -> list[Share]:
-        """Every record to produce for one pathway event: audits first, copies after."""
+        """Every record to produce for one pathway event: audits first, copies after.
+
+        While a linked identity's state is on its way, the patient's events are held (in order) and
+        decided once it has arrived: a decision is never taken on half the facts, and nothing a
+        recipient may see is lost to the wait.
+        """
         at = now or datetime.now(UTC)
         patient_id = str(event.get("patient_id"))
         state = self.state_of(patient_id)
@@ -80,6 +88,14 @@ class ShareStage:
                 merge_requests.append(
                     Share(self.merge_topic, local_id, {"type": "request", "from": local_id, "to": patient_id})
                 )
+        if state.awaiting:
+            held_key = _held_key(patient_id)
+            self.states[held_key] = [*(self.states.get(held_key) or []), event][-MAX_HELD_EVENTS:]
+            return merge_requests
+        return self._decide(event, state, at)
+
+    def _decide(self, event: dict[str, Any], state: PatientShareState, at: datetime) -> list[Share]:
+        patient_id = str(event.get("patient_id"))
         occurred = parse_fhir_datetime(str(event.get("occurred_at", "")), UTC_ZONE) or at
         # A patient.linked event carries a Patient that only says who is who: applied as a Patient,
         # it would read as "this source now declares no GP".
@@ -119,7 +135,7 @@ class ShareStage:
                     )
                 )
         # Audit records go first: no copy ever leaves without its decision on record.
-        return merge_requests + shares + copies
+        return shares + copies
 
     def handle_merge(self, record: dict[str, Any]) -> list[Share]:
         """One step of merging a linked identity's state (see the module docstring)."""
@@ -132,12 +148,24 @@ class ShareStage:
             if record.get("state") is None
             else replace(PatientShareState.from_json(record["state"]), patient_id=record["to"], awaiting=())
         )
-        merged = target.merged_with(other)
-        self.states[record["to"]] = replace(
-            merged, awaiting=tuple(i for i in target.awaiting if i != record["from"])
-        ).to_json()
+        merged = replace(
+            target.merged_with(other), awaiting=tuple(i for i in target.awaiting if i != record["from"])
+        )
+        self.states[record["to"]] = merged.to_json()
         log.info("share.states_merged", patient_id=record["to"], linked=record["from"])
-        return []
+        if merged.awaiting:
+            return []
+        # Every identity has arrived: decide the events held meanwhile, in their order.
+        held = self.states.pop(_held_key(record["to"]), None) or []
+        shares: list[Share] = []
+        for event in held:
+            shares.extend(self._decide(event, self.state_of(record["to"]), datetime.now(UTC)))
+        return shares
+
+
+def _held_key(patient_id: str) -> str:
+    """Where a patient's held events wait, in the state table (same partition as the patient)."""
+    return f"{patient_id}#held"
 
 
 def _replaced_id(event: dict[str, Any]) -> str | None:

@@ -109,9 +109,9 @@ def test_the_declared_gp_receives_and_every_decision_is_audited_once() -> None:
     assert len(audits(first)) == len(audits(second)) == 1
 
 
-def test_a_link_denies_until_the_other_identitys_state_is_merged_then_its_objection_holds() -> None:
-    """patient.linked: the survivor waits for the local id's state (deny meanwhile); once merged, an
-    objection recorded under the local id applies to the survivor."""
+def test_a_link_holds_events_until_the_other_identitys_state_is_merged_then_its_objection_holds() -> None:
+    """patient.linked: the survivor's events wait for the local id's state; once merged, they are
+    decided, and an objection recorded under the local id applies to them and to what follows."""
     states: dict[str, Any] = {}
     sharing = stage(states)
     sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
@@ -119,20 +119,24 @@ def test_a_link_denies_until_the_other_identitys_state_is_merged_then_its_object
         event("pt-local", {**OBJECTION, "patient": {"reference": "Patient/pt-local"}}, 2, "consent"), now=NOW
     )
     linked = sharing.handle(link("pt-local", "pt-x"), now=NOW)
-    [request] = [s for s in linked if s.topic == "t.merge"]
-    assert (request.key, request.value["type"]) == ("pt-local", "request")
+    [request] = linked
+    assert (request.topic, request.key, request.value["type"]) == ("t.merge", "pt-local", "request")
     condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 3, "condition")
-    waiting = sharing.handle(condition, now=NOW)
-    assert copies(waiting) == []
+    assert sharing.handle(condition, now=NOW) == [], "held: neither decided nor audited yet"
     [answer] = sharing.handle_merge(request.value)
     assert (answer.key, answer.value["type"]) == ("pt-x", "state")
-    assert sharing.handle_merge(answer.value) == []
-    assert states["pt-x"].get("awaiting") is None
+    released = sharing.handle_merge(answer.value)
+    assert states["pt-x"].get("awaiting") is None and "pt-x#held" not in states
+    assert copies(released) == []
+    rules = {
+        d["valueString"]
+        for audit in audits(released)
+        for d in audit.value["entity"][0]["detail"]
+        if d["type"] == "rule"
+    }
+    assert rules == {"objection"}, "both held events (the link notice and the diagnosis) meet the objection"
     after = sharing.handle({**condition, "event_id": "00000000-0000-5000-8000-000000000004"}, now=NOW)
     assert copies(after) == []
-    [audit] = audits(after)
-    rules = {d["valueString"] for d in audit.value["entity"][0]["detail"] if d["type"] == "rule"}
-    assert rules == {"objection"}
 
 
 def test_a_link_to_an_identity_without_state_just_clears_the_wait() -> None:
@@ -140,7 +144,11 @@ def test_a_link_to_an_identity_without_state_just_clears_the_wait() -> None:
     sharing = stage({})
     sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
     [request] = [s for s in sharing.handle(link("pt-new", "pt-x"), now=NOW) if s.topic == "t.merge"]
-    [answer] = sharing.handle_merge(request.value)
-    sharing.handle_merge(answer.value)
     condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 5, "condition")
-    assert len(copies(sharing.handle(condition, now=NOW))) == 1
+    assert sharing.handle(condition, now=NOW) == []
+    [answer] = sharing.handle_merge(request.value)
+    released = sharing.handle_merge(answer.value)
+    kinds = [share.value["kind"] for share in copies(released)]
+    assert kinds == ["patient.linked", "condition"], (
+        "held events reach the declared GP, in order, after the wait"
+    )
