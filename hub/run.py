@@ -24,6 +24,9 @@ console = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SOURCES_FILE = PROJECT_ROOT / "config" / "sources.demo.json"
 DEMO_RECIPIENTS_FILE = PROJECT_ROOT / "config" / "recipients.demo.json"
+#: A GP of the demo's Lamentin practice (config/recipients.demo.json), to log in to the GP page as.
+DEMO_GP_RPPS = "10009900019"
+
 #: Everything `make run` creates: secrets, worker log, demo feed. Git ignores it.
 DEMO_STATE = PROJECT_ROOT / ".hub"
 
@@ -82,7 +85,15 @@ def _say(message: str) -> None:
         console.print(message)
 
 
-def _stop_worker(worker: subprocess.Popen[bytes] | None) -> None:
+def _demo_gp_token() -> str:
+    """A fresh token for the demo GP (only its hash is kept); shown once, in the banner."""
+    from hub.gateway import tokens_file  # noqa: PLC0415
+    from hub.gateway.tokens import TokenStore  # noqa: PLC0415
+
+    return TokenStore(tokens_file(Settings())).issue(DEMO_GP_RPPS)
+
+
+def _stop_process(worker: subprocess.Popen[bytes] | None) -> None:
     if worker is not None and worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -99,6 +110,7 @@ def run_everything(*, patients: int, demo: bool) -> None:
     settings = Settings()
     broker = EmbeddedBroker(BrokerLayout.from_settings(settings))
     worker: subprocess.Popen[bytes] | None = None
+    gateway: subprocess.Popen[bytes] | None = None
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -126,6 +138,16 @@ def run_everything(*, patients: int, demo: bool) -> None:
                 start_new_session=True,
             )
         _say(f"worker started (pid {worker.pid}), log: {worker_log}")
+        gateway_log = DEMO_STATE / "gateway.log"
+        with gateway_log.open("ab") as log_file:
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "hub", "gateway", "serve"],
+                env=dict(os.environ),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        token = _demo_gp_token()
         if demo:
             _publish_demo(settings, env.environ, patients)
         _say(
@@ -136,6 +158,10 @@ def run_everything(*, patients: int, demo: bool) -> None:
             "  .venv/bin/hub tail hub.pathway.demo-hospital-chu.v1 --from-beginning  # one hospital's view\n"
             "  .venv/bin/hub tail audit --from-beginning     # every share decision, as a FHIR AuditEvent\n"
             f"  tail -f {worker_log}   # the worker's log (JSON, redacted)\n"
+            f"GP alerts: open http://{settings.gateway_host}:{settings.gateway_port}/ and log in as "
+            f"the demo GP {DEMO_GP_RPPS} with the token {token}\n"
+            f"  (CDS Hooks discovery: http://{settings.gateway_host}:{settings.gateway_port}/cds-services; "
+            f"log: {gateway_log})\n"
             f"Kafka: {bootstrap}. Press Ctrl-C to stop everything.\n"
         )
         while not stopping:
@@ -149,7 +175,8 @@ def run_everything(*, patients: int, demo: bool) -> None:
         pass
     finally:
         # Stop first, talk after: the terminal may already be gone.
-        _stop_worker(worker)
+        _stop_process(gateway)
+        _stop_process(worker)
         if broker.started:  # a broker that was already running before `hub run` keeps running
             broker.stop()
         _say("stopped.")
