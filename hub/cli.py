@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hub.broker.cli import broker
-from hub.errors import ConfigError, HubError
+from hub.cli_support import EXIT_FAILURE, reporting_errors
+from hub.errors import ConfigError
 from hub.gateway.cli import gateway
 from hub.ops.cli import consent, trace
 from hub.settings import Settings
 from hub.sources.cli import sources
 
-F = TypeVar("F", bound=Callable[..., Any])
 out = Console()
 err = Console(stderr=True)
-
-#: Exit codes scripts can rely on.
-EXIT_FAILURE = 1  # the command ran and found a problem (rejects, not running)
-EXIT_USAGE = 2  # configuration, broker or usage error: nothing was done
-
-
-def friendly_errors(command: F) -> F:
-    """Turn a HubError into its message and hint on stderr, and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except HubError as exc:
-            err.print(f"[red]error[/red] {exc}", highlight=False, markup=True)
-            sys.exit(EXIT_USAGE)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group()
@@ -51,7 +31,7 @@ def main() -> None:
 
 
 @main.command()
-@friendly_errors
+@reporting_errors
 def worker() -> None:
     """Run one ingest worker in the foreground (Ctrl-C stops it)."""
     from hub.streams.worker import run_worker  # noqa: PLC0415 - faust is slow to import
@@ -64,7 +44,7 @@ def worker() -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the receipts.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for receipts.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@friendly_errors
+@reporting_errors
 def publish(source_id: str, wait: bool, timeout: float, paths: tuple[Path, ...]) -> None:
     """Sign FHIR files or folders as SOURCE and send them to hub.ingest.v1.
 
@@ -164,7 +144,7 @@ _TOPIC_ALIASES = {"ingest", "receipts", "dlq", "pathway", "audit", "alerts"}
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the newest.")
 @click.option("--follow/--no-follow", default=True, show_default=True, help="Keep waiting for records.")
 @click.option("--max", "limit", type=int, default=None, help="Stop after this many records.")
-@friendly_errors
+@reporting_errors
 def tail(topic: str, from_beginning: bool, follow: bool, limit: int | None) -> None:
     """Print a topic's records as they arrive (TOPIC: a name, or ingest|receipts|dlq|pathway|...)."""
     from hub.kafka.clients import read  # noqa: PLC0415
@@ -208,7 +188,7 @@ def topics() -> None:
 
 
 @topics.command("create")
-@friendly_errors
+@reporting_errors
 def topics_create() -> None:
     """Create the missing contract topics with the configured partitions and replication."""
     from hub.streams.worker import create_contract_topics  # noqa: PLC0415
@@ -224,7 +204,7 @@ def config() -> None:
 
 
 @config.command("check")
-@friendly_errors
+@reporting_errors
 def config_check() -> None:
     """Validate the source registry against its schema and resolve every secret reference."""
     from hub.sources.registry import load_sources  # noqa: PLC0415
@@ -239,7 +219,7 @@ def config_check() -> None:
 @main.command()
 @click.option("--patients", default=50, show_default=True, help="Synthetic patients in the demo feed.")
 @click.option("--no-demo", is_flag=True, help="Start broker and worker only, without the demo feed.")
-@friendly_errors
+@reporting_errors
 def run(patients: int, no_demo: bool) -> None:
     """Run everything on the embedded broker, with a demo feed (Ctrl-C stops it all)."""
     from hub.run import run_everything  # noqa: PLC0415

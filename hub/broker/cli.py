@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import NoReturn
 
 import click
 
 from hub.broker.embedded import DEFAULT_PORT, KAFKA_VERSION, BrokerLayout, EmbeddedBroker, tail
-from hub.errors import BrokerError, HubError
+from hub.cli_support import reporting_errors
+from hub.errors import BrokerError
 from hub.settings import Settings
 
 #: Same as ``hub.cli``: configuration, broker or usage error, nothing was done.
-EXIT_USAGE = 2
 #: LSB convention for "status": the program is not running.
 EXIT_NOT_RUNNING = 3
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _reporting_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Print a HubError as its code, message and hint, and exit 2: no stack trace for the user."""
-
-    @functools.wraps(command)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return command(*args, **kwargs)
-        except HubError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-
-    return wrapper
 
 
 def _progress(line: str) -> None:
@@ -79,7 +60,7 @@ def broker() -> None:
     help="Client port; the controller listens on PORT+1. 0 picks free ports.",
 )
 @click.option("--foreground", is_flag=True, help="Stay attached; Ctrl-C stops the broker.")
-@_reporting_errors
+@reporting_errors
 def start(data_dir: Path | None, port: int, foreground: bool) -> None:
     """Start the broker, or report the one already running from this directory."""
     layout = _layout(data_dir)
@@ -128,7 +109,7 @@ def _run_in_foreground(embedded: EmbeddedBroker) -> None:
 
 @broker.command()
 @_data_dir_option
-@_reporting_errors
+@reporting_errors
 def stop(data_dir: Path | None) -> None:
     """Stop the broker (SIGTERM, then SIGKILL after 30 s)."""
     layout = _layout(data_dir)
@@ -141,7 +122,7 @@ def stop(data_dir: Path | None) -> None:
 
 @broker.command()
 @_data_dir_option
-@_reporting_errors
+@reporting_errors
 def status(data_dir: Path | None) -> None:
     """Exit 0 if the broker runs and answers, 3 if not."""
     layout = _layout(data_dir)

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import sys
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
 
 import click
 
-from hub.errors import HubError
+from hub.cli_support import reporting_errors
 from hub.gateway import state_file, tokens_file
 from hub.settings import Settings
 
 #: Same as ``hub.cli``: configuration, broker or usage error, nothing was done.
-EXIT_USAGE = 2
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _reporting_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Print a HubError as its code, message and hint on stderr, and exit 2: never a stack trace."""
-
-    @functools.wraps(command)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return command(*args, **kwargs)
-        except HubError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-
-    return wrapper
 
 
 @click.group()
@@ -46,7 +24,7 @@ def gateway() -> None:
     "--port", type=click.IntRange(0, 65535), default=None, help="Port. Default: HUB_GATEWAY_PORT (8080)."
 )
 @click.option("--no-consume", is_flag=True, help="Serve the stored alerts without consuming hub.alerts.v1.")
-@_reporting_errors
+@reporting_errors
 def serve(host: str | None, port: int | None, no_consume: bool) -> None:
     """Serve the gateway in the foreground, consuming hub.alerts.v1 (Ctrl-C stops it)."""
     from hub.gateway.app import app_from_settings  # noqa: PLC0415 - aiohttp is only needed here
@@ -83,7 +61,7 @@ def token() -> None:
 
 @token.command("issue")
 @click.argument("rpps")
-@_reporting_errors
+@reporting_errors
 def token_issue(rpps: str) -> None:
     """Issue a new token for the GP with this RPPS and print it once (it is not stored)."""
     from hub.gateway.tokens import TokenStore, check_practitioner  # noqa: PLC0415
@@ -98,7 +76,7 @@ def token_issue(rpps: str) -> None:
 
 @token.command("revoke")
 @click.argument("rpps")
-@_reporting_errors
+@reporting_errors
 def token_revoke(rpps: str) -> None:
     """Revoke every token of the GP with this RPPS (a running gateway refuses them at once)."""
     from hub.gateway.tokens import TokenStore  # noqa: PLC0415
@@ -109,7 +87,7 @@ def token_revoke(rpps: str) -> None:
 
 
 @token.command("list")
-@_reporting_errors
+@reporting_errors
 def token_list() -> None:
     """List the practitioners that hold tokens, and when each token was issued (never a token)."""
     from hub.gateway.tokens import TokenStore  # noqa: PLC0415

@@ -15,11 +15,12 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from hub.errors import BrokerError, HubError
+from hub.cli_support import reporting_errors
+from hub.errors import BrokerError
 from hub.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,15 +31,11 @@ if TYPE_CHECKING:
 #: The command ran and the id or patient is unknown (or its state unusable).
 EXIT_NOT_FOUND = 1
 #: Same as ``hub.cli``: configuration, broker or usage error, nothing was done.
-EXIT_USAGE = 2
 
 #: The faust table holding each patient's share state (``hub.streams.app.TABLES``).
 SHARE_STATE_TABLE = "share-state"
 _RECIPIENT_TOPIC_HEAD = "hub.pathway."
 _RECIPIENT_TOPIC_TAIL = ".v1"
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 
 def share_state_changelog(app_id: str) -> str:
@@ -47,20 +44,6 @@ def share_state_changelog(app_id: str) -> str:
     Spelled here so that ``hub consent show`` does not import faust; a unit test keeps them equal.
     """
     return f"{app_id}-{SHARE_STATE_TABLE}-changelog"
-
-
-def _reporting_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Print a HubError as its code, message and hint on stderr, and exit 2: never a stack trace."""
-
-    @functools.wraps(command)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return command(*args, **kwargs)
-        except HubError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-
-    return wrapper
 
 
 # -- reading to the end ---------------------------------------------------------------------------------
@@ -229,7 +212,7 @@ def _mentions(record: Record, needles: Iterable[bytes]) -> bool:
 @click.option(
     "--timeout", default=600.0, show_default=True, help="Give up (exit 2) when reading takes longer (s)."
 )
-@_reporting_errors
+@reporting_errors
 def trace(ident: str | None, message_id: str | None, as_json: bool, timeout: float) -> None:
     """Where one input or event went: receipt, events, each recipient's decision, copies, alerts.
 
@@ -332,7 +315,7 @@ def consent() -> None:
 @click.option(
     "--timeout", default=600.0, show_default=True, help="Give up (exit 2) when reading takes longer (s)."
 )
-@_reporting_errors
+@reporting_errors
 def consent_show(patient_id: str, as_json: bool, timeout: float) -> None:
     """Show PATIENT_ID's declared GPs, care teams, treating organisations, networks and consents.
 

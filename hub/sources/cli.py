@@ -7,13 +7,10 @@ rejected, 2 on a configuration error (nothing was checked).
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import click
 from pydantic import SecretStr, ValidationError
@@ -21,16 +18,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hub.errors import ConfigError, HubError
+from hub.cli_support import EXIT_FAILURE, reporting_errors
+from hub.errors import ConfigError
 from hub.publish import fhir_files
 from hub.settings import Settings
 from hub.sources.check import FileReport, IdentityReport, PartReport, Totals, check_files, totals
 from hub.sources.registry import Source
 
 #: Same as ``hub.cli``: the command ran and found a problem (a record would be rejected).
-EXIT_FAILURE = 1
 #: Same as ``hub.cli``: configuration or usage error, nothing was checked.
-EXIT_USAGE = 2
 
 #: The key network ids are computed with when the hub's own is not configured. Ids made with it are
 #: shown and forgotten; they are not the ids a hub with a real key publishes.
@@ -41,23 +37,6 @@ _VERSION_NAMES = {"3.0": "STU3", "4.0": "R4", "4.3": "R4B", "5.0": "R5"}
 _VERSIONS = {version: version for version in _VERSION_NAMES} | {
     name.lower(): version for version, name in _VERSION_NAMES.items()
 }
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _reporting_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Print a HubError as its code, message and hint on stderr, and exit 2: no stack trace."""
-
-    @functools.wraps(command)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return command(*args, **kwargs)
-        except HubError as exc:
-            click.echo(f"error {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-
-    return wrapper
 
 
 def _console() -> Console:
@@ -104,7 +83,7 @@ def sources() -> None:
 @click.option(
     "--show-resources", is_flag=True, help="Print each event's canonical normalised resource (JSON)."
 )
-@_reporting_errors
+@reporting_errors
 def check(source_id: str, paths: tuple[Path, ...], fhir_version: str | None, show_resources: bool) -> None:
     """Run the normaliser on SOURCE's sample FILES or folders (.json, .xml), without Kafka.
 
