@@ -64,7 +64,8 @@ def input_record(outcome: Accepted, origin: KafkaCoordinates, recorded_at: datet
 def link_record(
     link: IdentityLink, outcome: Accepted, origin: KafkaCoordinates, recorded_at: datetime
 ) -> dict[str, Any]:
-    """What ingest forwards, keyed by ``link.local_id``, when an input reveals a qualified INS."""
+    """What ingest sends, keyed by ``link.local_id``, when an input reveals a qualified INS: the link,
+    carrying the input itself, which goes on to the INS id only once the link is recorded."""
     organization = outcome.events[0].source_organization if outcome.events else {}
     return {
         "type": LINK_RECORD,
@@ -74,6 +75,7 @@ def link_record(
         "organization": organization,
         "ingest": origin.as_dict(),
         "recorded_at": utc_iso(recorded_at),
+        "input": input_record(outcome, origin, recorded_at),
     }
 
 
@@ -143,19 +145,30 @@ class IdentityStage:
         return self._input(record, now)
 
     def _link(self, record: dict[str, Any]) -> list[Send]:
+        """Record the link on the local id's partition, then send the input on to the INS id's.
+
+        The ``patient.linked`` event is published by the INS id's partition, just before the input's
+        events: on the pathway the link always comes first, so the share stage merges the local id's
+        state (an objection made under it, say) before deciding anything the input brings.
+        """
         local_id, ins_id = record["local_id"], record["ins_id"]
         current = self.aliases.get(local_id)
-        if current == ins_id:
-            return []
-        if current is not None:
+        newly_linked = current is None
+        if newly_linked:
+            self.aliases[local_id] = ins_id
+            log.info("identity.linked", local_id=local_id, ins_id=ins_id)
+        elif current != ins_id:
             log.warning("identity.conflict", local_id=local_id, linked_to=current, claimed=ins_id)
-            return []
-        self.aliases[local_id] = ins_id
-        event = linked_event(record)
-        log.info("identity.linked", local_id=local_id, ins_id=ins_id)
-        return [Send("pathway", ins_id, event.to_dict())]
+        link = {k: v for k, v in record.items() if k != "input"}
+        forwarded = {**record["input"], "linked": link if newly_linked else None}
+        return [Send("identity", ins_id, forwarded)]
 
     def _input(self, record: dict[str, Any], now: datetime) -> list[Send]:
+        announced = record.get("linked")
+        if announced:
+            # Here, on the INS id's partition, the link goes out before the input's own events.
+            announcement = [Send("pathway", announced["ins_id"], linked_event(announced).to_dict())]
+            return announcement + self._input({**record, "linked": None}, now)
         routing_id = record["patient_id"]
         surviving = self.aliases.get(routing_id, routing_id)
         if surviving != routing_id:

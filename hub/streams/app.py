@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -15,7 +16,7 @@ from hub.identity.stage import IdentityStage
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext
 from hub.logging import bind_kafka_coordinates, clear_bound
-from hub.networks import NetworkRegistry
+from hub.networks import NetworkRegistry, reload
 from hub.settings import Settings
 from hub.streams.routing import AlertRouter, IdentityRouter, IngestRouter, Outgoing, ShareRouter
 from hub.topics import TopicNames
@@ -31,6 +32,18 @@ TABLES = (
     "eligibility-facts",
     "eligibility-alerted",
 )
+
+
+#: How often the worker looks for edited network files.
+NETWORKS_RELOAD_SECONDS = 30.0
+
+
+def _folder_signature(folder: Path) -> tuple[tuple[str, float], ...]:
+    """Names and modification times of a folder's JSON files: changes when a file is edited."""
+    try:
+        return tuple(sorted((p.name, p.stat().st_mtime) for p in folder.glob("*.json")))
+    except OSError:
+        return ()
 
 
 def changelog_topic(app_id: str, table: str) -> str:
@@ -174,6 +187,17 @@ def create_app(
             topics,
             practice_topics,
         )
+        eligibility = alert_router.stage
+        watched = {"signature": _folder_signature(settings.networks_dir)}
+
+        @app.timer(interval=NETWORKS_RELOAD_SECONDS)  # type: ignore[untyped-decorator]  # faust's is untyped
+        async def reload_networks() -> None:
+            """Networks are files a network team edits: pick changes up; a bad file changes nothing."""
+            signature = _folder_signature(settings.networks_dir)
+            if signature != watched["signature"]:
+                watched["signature"] = signature
+                eligibility.networks = reload(settings.networks_dir, eligibility.networks)
+
         agent(
             "eligibility",
             app.topic(

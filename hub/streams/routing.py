@@ -102,24 +102,23 @@ class IngestRouter:
                     _json(receipt(outcome, record.origin, at=at)),
                 )
             ]
-        out = []
+        log.info("ingest.accepted", source=outcome.source_id, events=len(outcome.events))
         if outcome.link is not None:
-            out.append(
+            # The link record carries the input: it reaches the INS id only after the link is known.
+            return [
                 Outgoing(
                     self.topics.identity,
                     outcome.link.local_id.encode(),
                     _json(link_record(outcome.link, outcome, record.origin, record.timestamp)),
                 )
-            )
-        out.append(
+            ]
+        return [
             Outgoing(
                 self.topics.identity,
                 outcome.patient_id.encode(),
                 _json(input_record(outcome, record.origin, record.timestamp)),
             )
-        )
-        log.info("ingest.accepted", source=outcome.source_id, events=len(outcome.events))
-        return out
+        ]
 
 
 class IdentityRouter:

@@ -128,17 +128,18 @@ def test_an_accepted_record_goes_to_the_identity_topic_keyed_by_patient_without_
     assert schema_errors("pathway-event.schema.json", event) == []
 
 
-def test_a_record_linking_local_id_and_ins_sends_the_link_first() -> None:
-    """A Patient with local id and qualified INS: a link record keyed by local id, then its input by INS."""
-    link, inp = ingest_router().route(record(QUALIFIED_PATIENT), None, now=NOW)
-    assert (link.topic, inp.topic) == (TOPICS.identity, TOPICS.identity)
+def test_a_record_linking_local_id_and_ins_sends_only_the_link_carrying_its_input() -> None:
+    """A Patient with local id and qualified INS: one link record keyed by local id, carrying its input
+    (under INS); no separate input record, so the input cannot overtake the link."""
+    [link] = ingest_router().route(record(QUALIFIED_PATIENT), None, now=NOW)
+    assert link.topic == TOPICS.identity
     assert link.key == LOCAL_ID.encode()
-    assert (value_of(link)["type"], value_of(link)["local_id"], value_of(link)["ins_id"]) == (
-        "link", LOCAL_ID, INS_ID,
-    )  # fmt: skip
-    assert inp.key == INS_ID.encode()
-    assert value_of(inp)["patient_id"] == INS_ID
-    assert INS not in (link.value or b"").decode()
+    value = value_of(link)
+    assert (value["type"], value["local_id"], value["ins_id"]) == ("link", LOCAL_ID, INS_ID)
+    inp = value["input"]
+    assert (inp["type"], inp["patient_id"]) == ("input", INS_ID)
+    assert [event["patient_id"] for event in inp["events"]] == [INS_ID]
+    assert INS not in json.dumps({key: field for key, field in value.items() if key != "input"})
 
 
 def test_a_rejected_record_goes_to_the_dlq_unchanged_with_a_receipt() -> None:
@@ -213,13 +214,16 @@ def test_the_identity_router_publishes_events_keyed_by_patient_then_the_receipt(
 
 
 def test_a_link_then_a_local_input_are_published_under_the_ins_id() -> None:
-    """End to end in process: link record → patient.linked; a later local-only input goes under the INS id."""
+    """End to end in process: link record → its input on to the INS id → patient.linked, then the input's
+    event; a later local-only input goes under the INS id."""
     ingest, identity = ingest_router(), identity_router()
     first = through_both(ingest, identity, record(QUALIFIED_PATIENT, message_id="m-1"))
     assert [out.topic for out in first] == [
-        TOPICS.identity, TOPICS.pathway, TOPICS.identity, TOPICS.pathway, TOPICS.receipts,
+        TOPICS.identity, TOPICS.identity, TOPICS.pathway, TOPICS.pathway, TOPICS.receipts,
     ]  # fmt: skip
-    assert value_of(first[1])["kind"] == "patient.linked"
+    assert (first[0].key, first[1].key) == (LOCAL_ID.encode(), INS_ID.encode())
+    assert value_of(first[1])["linked"]["local_id"] == LOCAL_ID
+    assert [value_of(out)["kind"] for out in first[2:4]] == ["patient.linked", "patient"]
     assert {out.key for out in first if out.topic == TOPICS.pathway} == {INS_ID.encode()}
     later = through_both(ingest, identity, record(CONDITION, message_id="m-2", offset=8))
     [forwarded, moved, published, receipt] = later

@@ -24,7 +24,7 @@ from hub.consent.share import ShareStage
 from hub.consent.state import ConsentRejected, PatientShareState
 from hub.errors import ErrorCode
 from hub.identity.network_id import NETWORK_ID_SYSTEM, PatientKey
-from hub.identity.stage import input_record, link_record, linked_event
+from hub.identity.stage import IdentityStage, input_record, link_record, linked_event
 from hub.ingest.outcome import Accepted, IdentityLink, KafkaCoordinates, Rejected
 from hub.ingest.receipts import dlq_headers, receipt
 from hub.ingest.signature import sign
@@ -424,8 +424,10 @@ def test_recipient_copy_matches_schema_and_carries_the_decision() -> None:
 
 
 def test_identity_records_match_the_inline_schemas() -> None:
-    """input_record(...) and link_record(...) validate against their inline asyncapi.yaml schemas,
-    and the patient.linked event the identity stage makes from a link is a valid pathway event."""
+    """input_record(...) and link_record(...) (carrying its input) validate against their inline
+    asyncapi.yaml schemas, as do the inputs the identity stage sends on from a link (``linked`` the
+    link's own fields, or null), and the patient.linked event it makes from a link is a valid
+    pathway event."""
     local_id = PatientKey("local", "urn:hub:demo:gp:patient", "GP1-000001").network_id(KEY)
     event = _event()
     identity_link = IdentityLink(local_id, event.patient_id)
@@ -435,10 +437,22 @@ def test_identity_records_match_the_inline_schemas() -> None:
     assert _payload_errors("identityInput", record) == []
     assert _payload_errors("identityInput", {**record, "events": []}) != []
     assert _payload_errors("identityInput", {**record, "type": "link"}) != []
-    link = link_record(identity_link, outcome, ORIGIN, AT)
+    link = json.loads(json.dumps(link_record(identity_link, outcome, ORIGIN, AT)))
+    assert link["input"] == json.loads(json.dumps(record))
     assert _payload_errors("identityLink", link) == []
     assert _payload_errors("identityLink", {**link, "ins_id": "1840512345678"}) != []
-    linked = linked_event(link).to_dict()
+    assert _payload_errors("identityLink", {k: v for k, v in link.items() if k != "input"}) != []
+    assert _payload_errors("identityLink", {**link, "input": {**record, "linked": None}}) != []
+    stage = IdentityStage({}, {}, {})
+    [first] = stage.handle(link, now=AT)
+    [again] = stage.handle(link, now=AT)
+    announced = first.value["linked"]
+    assert (announced["local_id"], again.value["linked"]) == (local_id, None)
+    assert _payload_errors("identityInput", first.value) == []
+    assert _payload_errors("identityInput", again.value) == []
+    assert _payload_errors("identityInput", {**record, "linked": link}) != []
+    assert _payload_errors("identityInput", {**record, "linked": {**announced, "ins_id": "x"}}) != []
+    linked = linked_event(announced).to_dict()
     assert linked["kind"] == "patient.linked"
     assert _payload_errors("pathwayEvent", linked) == []
 

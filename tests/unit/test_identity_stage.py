@@ -77,15 +77,16 @@ class Feed:
         self.context, self.now, self.make_record, self.fhir = context, now, make_record, fhir
 
     def records(self, resource: dict[str, Any], **record_args: Any) -> list[dict[str, Any]]:
-        """The link record (when the input shows one) and the input record, as on hub.identity.v1."""
+        """The one record ingest sends on hub.identity.v1: the link record carrying the input when the
+        input shows a local id and a qualified INS, else the input record."""
         record = self.make_record(resource, **record_args)
         outcome = accepted(process_ingest(record, self.context, now=self.now))
-        out = []
         if outcome.link is not None:
-            out.append(link_record(outcome.link, outcome, record.origin, record.timestamp))
-        out.append(input_record(outcome, record.origin, record.timestamp))
-        decoded: list[dict[str, Any]] = [json.loads(encode(value)) for value in out]
-        return decoded
+            value = link_record(outcome.link, outcome, record.origin, record.timestamp)
+        else:
+            value = input_record(outcome, record.origin, record.timestamp)
+        decoded: dict[str, Any] = json.loads(encode(value))
+        return [decoded]
 
 
 @pytest.fixture
@@ -101,6 +102,26 @@ def accepted(outcome: IngestOutcome) -> Accepted:
 
 def pathway(sends: list[Send]) -> list[Send]:
     return [send for send in sends if send.topic == "pathway"]
+
+
+def drive(stage: IdentityStage, value: dict[str, Any], now: datetime) -> list[Send]:
+    """Every send for one hub.identity.v1 record, in order; each ``identity`` send is handled again by
+    the stage right after it (as Kafka would bring it back), its own sends following it."""
+    sends: list[Send] = []
+    for send in stage.handle(value, now=now):
+        sends.append(send)
+        if send.topic == "identity":
+            sends += drive(stage, send.value, now)
+    return sends
+
+
+def kinds(sends: list[Send]) -> list[str]:
+    return [send.value["kind"] for send in pathway(sends)]
+
+
+def without_input(link_value: dict[str, Any]) -> dict[str, Any]:
+    """A link record's own fields: what a forwarded input carries under ``linked``."""
+    return {key: value for key, value in link_value.items() if key != "input"}
 
 
 def the_receipt(sends: list[Send]) -> dict[str, Any]:
@@ -125,29 +146,27 @@ def by_ins(fhir: Loader, value: float = 7.4) -> dict[str, Any]:
     return observation
 
 
-def link(ins_id: str = INS_ID, local_id: str = LOCAL_ID) -> dict[str, Any]:
-    """A link record as ingest writes it."""
-    return {
-        "type": LINK_RECORD,
-        "local_id": local_id,
-        "ins_id": ins_id,
-        "source": GP_ID,
-        "organization": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "970000001"},
-        "ingest": {"topic": "hub.ingest.v1", "partition": 2, "offset": 1234},
-        "recorded_at": "2024-05-03T10:00:00.000Z",
-    }
+def qualified(fhir: Loader, ins: str = TEST_INS, gender: str = "female") -> dict[str, Any]:
+    """The Patient, named by the GP's local IPP and a qualified (test) INS: ingest sends a link record."""
+    patient = fhir("patient-ins-vali.json")
+    patient["identifier"][0]["value"] = ins
+    patient["gender"] = gender
+    return patient
 
 
 # --- records ingest forwards ---------------------------------------------------------------------------
 
 
-def test_a_patient_with_local_id_and_ins_forwards_a_link_then_its_input(feed: Feed) -> None:
-    """An input showing a local id and a qualified INS forwards a link record, then its input under INS."""
-    link_value, input_value = feed.records(feed.fhir("patient-ins-vali.json"), message_id="m-1")
+def test_a_patient_with_local_id_and_ins_forwards_one_link_carrying_its_input(feed: Feed) -> None:
+    """An input showing a local id and a qualified INS forwards one link record, carrying the input
+    (under INS) itself: no separate input record."""
+    [link_value] = feed.records(feed.fhir("patient-ins-vali.json"), message_id="m-1")
     assert link_value["type"] == LINK_RECORD
     assert (link_value["local_id"], link_value["ins_id"]) == (LOCAL_ID, INS_ID)
     assert link_value["organization"] == {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "970000001"}
+    input_value = link_value["input"]
     assert input_value["type"] == INPUT_RECORD
+    assert "linked" not in input_value
     assert (input_value["patient_id"], input_value["source"], input_value["message_id"]) == (
         INS_ID,
         GP_ID,
@@ -161,12 +180,18 @@ def test_a_patient_with_local_id_and_ins_forwards_a_link_then_its_input(feed: Fe
 
 
 def test_a_link_aliases_the_local_id_and_publishes_one_linked_event(
-    stage: IdentityStage, tables: Tables, now: datetime
+    stage: IdentityStage, tables: Tables, feed: Feed, now: datetime
 ) -> None:
-    """A link record remembers local id → INS id and publishes one ``patient.linked`` event under the INS."""
-    [send] = stage.handle(link(), now=now)
+    """A link record remembers local id → INS id and sends its input on to the INS id, announcing the
+    link; there one ``patient.linked`` event is published under the INS."""
+    [link_value] = feed.records(qualified(feed.fhir), message_id="m-1")
+    [moved] = stage.handle(link_value, now=now)
     assert tables.aliases == {LOCAL_ID: INS_ID}
-    assert (send.topic, send.key) == ("pathway", INS_ID)
+    assert moved == Send("identity", INS_ID, {**link_value["input"], "linked": without_input(link_value)})
+    sends = stage.handle(moved.value, now=now)
+    assert kinds(sends) == ["patient.linked", "patient"]
+    send = pathway(sends)[0]
+    assert send.key == INS_ID
     event = send.value
     assert (event["kind"], event["patient_id"]) == ("patient.linked", INS_ID)
     assert event["resource"]["identifier"] == [{"system": NETWORK_ID_SYSTEM, "value": INS_ID}]
@@ -176,20 +201,64 @@ def test_a_link_aliases_the_local_id_and_publishes_one_linked_event(
     assert schema_errors(EVENT_SCHEMA, event) == []
 
 
-def test_a_repeated_link_is_idempotent(stage: IdentityStage, tables: Tables, now: datetime) -> None:
-    """The same link again (another input of the same patient, or a redelivery) publishes nothing."""
-    first = stage.handle(link(), now=now)
-    assert stage.handle(link(), now=now) == []
+def test_a_repeated_link_is_idempotent(
+    stage: IdentityStage, tables: Tables, feed: Feed, now: datetime
+) -> None:
+    """The same link again (another input of the same patient, or a redelivery) publishes no second
+    ``patient.linked`` event: its input goes on to the INS id without announcing the link."""
+    [link_value] = feed.records(qualified(feed.fhir), message_id="m-1")
+    first = drive(stage, link_value, now)
+    [linked] = [s.value for s in pathway(first) if s.value["kind"] == "patient.linked"]
+    assert linked_event(without_input(link_value)).event_id == linked["event_id"]
+    for again in (link_value, *feed.records(qualified(feed.fhir, gender="male"), message_id="m-2")):
+        [moved] = stage.handle(again, now=now)
+        assert moved == Send("identity", INS_ID, {**again["input"], "linked": None})
+        assert "patient.linked" not in kinds(stage.handle(moved.value, now=now))
     assert tables.aliases == {LOCAL_ID: INS_ID}
-    assert linked_event(link()).event_id == first[0].value["event_id"]
 
 
-def test_a_conflicting_link_changes_nothing(stage: IdentityStage, tables: Tables, now: datetime) -> None:
-    """A second, different INS for a linked local id is an identity conflict: no alias change, no event."""
-    stage.handle(link(), now=now)
+def test_a_conflicting_link_changes_nothing(
+    stage: IdentityStage, tables: Tables, feed: Feed, now: datetime
+) -> None:
+    """A second, different INS for a linked local id is an identity conflict: no alias change, no linked
+    event; the input still goes on to its own INS id, unannounced."""
+    [link_value] = feed.records(qualified(feed.fhir), message_id="m-1")
+    drive(stage, link_value, now)
     other_ins_id = PatientKey("ins", INS_TEST_NIR, OTHER_INS).network_id(PSEUDONYM_KEY)
-    assert stage.handle(link(ins_id=other_ins_id), now=now) == []
+    [conflicting] = feed.records(qualified(feed.fhir, OTHER_INS), message_id="m-2")
+    assert conflicting["ins_id"] == other_ins_id
+    [moved] = stage.handle(conflicting, now=now)
+    assert moved == Send("identity", other_ins_id, {**conflicting["input"], "linked": None})
+    sends = stage.handle(moved.value, now=now)
+    assert kinds(sends) == ["patient"]
+    assert {send.key for send in pathway(sends)} == {other_ins_id}
     assert tables.aliases == {LOCAL_ID: INS_ID}
+
+
+def test_the_linked_event_precedes_the_forwarded_inputs_events(
+    stage: IdentityStage, feed: Feed, now: datetime
+) -> None:
+    """A link's forwarded input, handled on the INS id's partition, publishes ``patient.linked`` before
+    the input's first event, all under the INS id (so the share stage merges the local id's state
+    first); a repeated link forwards its input with ``linked`` null, and no second linked event."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": qualified(feed.fhir)}, {"resource": by_ins(feed.fhir)}],
+    }
+    [link_value] = feed.records(bundle, message_id="m-1")
+    [moved] = stage.handle(link_value, now=now)
+    assert (moved.topic, moved.key, moved.value["linked"]) == ("identity", INS_ID, without_input(link_value))
+    sends = stage.handle(moved.value, now=now)
+    assert kinds(sends) == ["patient.linked", "patient", "observation"]
+    assert {send.key for send in pathway(sends)} == {INS_ID}
+    assert {send.value["patient_id"] for send in pathway(sends)} == {INS_ID}
+    receipt = the_receipt(sends)
+    assert receipt["event_ids"] == [event["event_id"] for event in link_value["input"]["events"]]
+    [link_again] = feed.records(bundle, message_id="m-2")
+    [moved_again] = stage.handle(link_again, now=now)
+    assert moved_again == Send("identity", INS_ID, {**link_again["input"], "linked": None})
+    assert "patient.linked" not in kinds(stage.handle(moved_again.value, now=now))
 
 
 def test_an_input_under_a_linked_local_id_is_published_under_the_ins_id(
@@ -199,7 +268,8 @@ def test_an_input_under_a_linked_local_id_is_published_under_the_ins_id(
 ) -> None:
     """After a link, an input routed under the local id moves to the INS id's partition, then is published
     there under the INS id, its event ids made again under that id."""
-    stage.handle(link(), now=now)
+    [link_value] = feed.records(qualified(feed.fhir), message_id="m-1")
+    drive(stage, link_value, now)
     [record] = feed.records(by_ipp(feed.fhir), message_id="m-2")
     assert record["patient_id"] == LOCAL_ID
     original = record["events"][0]
@@ -361,9 +431,8 @@ def test_receipts_and_events_match_the_contract(
     sends: list[Send] = []
 
     def run(value: dict[str, Any]) -> None:
-        for send in stage.handle(value, now=now):
-            # An input moved to its surviving id comes back to the stage, as over Kafka.
-            run(send.value) if send.topic == "identity" else sends.append(send)
+        # An input moved to another id comes back to the stage, as over Kafka.
+        sends.extend(send for send in drive(stage, value, now) if send.topic != "identity")
 
     for value in feed.records(feed.fhir("patient-ins-vali.json"), message_id="p-1"):
         run(value)
@@ -443,7 +512,7 @@ def test_tables_hold_json_values_only(
 ) -> None:
     """Table values are plain strings and lists of strings (faust tables store them as JSON)."""
     for value in feed.records(feed.fhir("patient-ins-vali.json"), message_id="p-1"):
-        stage.handle(value, now=now)
+        drive(stage, value, now)
     for table in (tables.aliases, tables.seen_messages, tables.seen_events):
         assert json.loads(json.dumps(table)) == table
     assert tables.seen_messages == {f"{GP_ID}\x1fp-1": tables.seen_events[INS_ID]}
@@ -457,12 +526,14 @@ def test_encode_is_compact_utf8_json() -> None:
 def test_identity_link_is_what_the_link_record_carries(
     context: IngestContext, make_record: RecordBuilder, fhir: Loader, now: datetime
 ) -> None:
-    """The link record is keyed and built from ``Accepted.link``: local id and INS id, nothing clinical."""
+    """The link record is keyed and built from ``Accepted.link``: its own fields are local id and INS id,
+    nothing clinical; the input it carries is the input record ingest would otherwise have sent."""
     record = make_record(fhir("patient-ins-vali.json"))
     outcome = accepted(process_ingest(record, context, now=now))
     assert outcome.link == IdentityLink(LOCAL_ID, INS_ID)
     value = link_record(outcome.link, outcome, record.origin, record.timestamp)
-    text = json.dumps(value)
+    assert value["input"] == input_record(outcome, record.origin, record.timestamp)
+    text = json.dumps(without_input(value))
     assert TEST_INS not in text
     assert "DUPONTEL" not in text
     assert "IPP-004217" not in text

@@ -1,0 +1,1278 @@
+"""``hub bench``: the hub against the machine's own limit, from one run on a real broker.
+
+One run measures, in this order (each phase on its own topic prefix and faust app id, so no phase
+sees another's state):
+
+1. **Raw passthrough**: an aiokafka consumer reads the records the hub is about to ingest and an
+   aiokafka producer (``acks=all``, idempotent) writes them again, same partitions, same sizes, in
+   one process. This is what the broker and the client library can do on this machine.
+2. **Hub throughput**: one ``hub worker`` process with the demo sources and recipients consumes the
+   same pre-loaded, signed demo feed. Time runs from the worker's first output record (the start of
+   consumption, read from the record's Kafka timestamp) to the last receipt and to the last
+   recipient-topic record (the end of the full pipeline: ingest, identity, share).
+3. **Latency**: the same worker, fed at a fixed rate of about half the sustained throughput of 2 with
+   the next messages of the feed; from each ingest record's timestamp to its receipt, to the first
+   recipient-topic copy of each of its events, and to an alert its events made.
+4. **Worker peak memory**: ``VmHWM`` of the worker process after phases 2 and 3.
+5. **Scaling**: phases 1 and 2 again with two processes (two passthrough processes; two workers of
+   one app id) on fresh topics.
+
+The pure helpers (percentiles, pacing, targets, the result document) are unit-tested without Kafka
+in ``tests/functional/test_bench_smoke.py``; everything else needs a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka import KafkaConsumer
+
+from hub.broker.embedded import KAFKA_VERSION, BrokerLayout, EmbeddedBroker, tail
+from hub.consent import load_recipients
+from hub.demo.generator import generate_feed
+from hub.errors import HubError
+from hub.ingest.pipeline import CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER, SIGNATURE_HEADER, SOURCE_HEADER
+from hub.ingest.signature import sign
+from hub.run import DEMO_RECIPIENTS_FILE, DEMO_SOURCES_FILE, prepare_demo_environment
+from hub.settings import Settings
+from hub.sources.registry import load_sources
+from hub.streams.worker import create_contract_topics
+from hub.topics import TopicNames
+
+#: Version of the JSON document ``hub bench --output`` writes.
+RESULT_SCHEMA = "hub-bench/1"
+#: Header carrying the send time (ns since the epoch) of a latency-phase record.
+SENT_AT_HEADER = "bench-sent-at"
+#: Issue 8, item 4: the figures the benchmark must show on the 2-core machine.
+TARGET_RATIO = 0.10
+TARGET_RECIPIENT_P99_MS = 250.0
+TARGET_ALERT_P99_MS = 500.0
+TARGET_PEAK_RSS_MB = 500.0
+TARGET_PATIENTS_IN_STATE = 100_000
+#: Records up to the hub's internal limit must pass through the raw consumer and producer too.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+#: Fraction of the feed kept for the latency phase; the rest is the throughput phase's input.
+LATENCY_SHARE = 0.35
+#: Offered load of the latency phase, as a fraction of the sustained hub throughput.
+LOAD_FACTOR = 0.5
+#: Seconds without a new output record after which a phase's pipeline counts as drained.
+QUIET_SECONDS = 5.0
+#: Raw passthrough runs per phase; the median one is reported.
+RAW_REPEATS = 3
+MEBIBYTE = 1024 * 1024
+
+Progress = Callable[[str], None]
+
+
+# --- pure helpers (unit-tested) -------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        raise ValueError("no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside 0-100")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    lower = math.floor(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+
+def latency_summary(values_ms: Sequence[float]) -> dict[str, float | int]:
+    """``{count, p50, p95, p99, max}`` in milliseconds (rounded to 0.1 ms); ``{count: 0}`` when empty."""
+    if not values_ms:
+        return {"count": 0}
+    return {
+        "count": len(values_ms),
+        "p50": round(percentile(values_ms, 50), 1),
+        "p95": round(percentile(values_ms, 95), 1),
+        "p99": round(percentile(values_ms, 99), 1),
+        "max": round(max(values_ms), 1),
+    }
+
+
+def per_second(count: float, seconds: float) -> float:
+    """A rate; 0 for an empty or instantaneous interval rather than a division by zero."""
+    return count / seconds if seconds > 0 else 0.0
+
+
+def messages_needed(rate: float, duration: float) -> int:
+    """How many messages a paced sender needs to offer ``rate`` per second for ``duration`` seconds."""
+    if rate <= 0 or duration <= 0:
+        raise ValueError("rate and duration must be positive")
+    return max(1, math.ceil(rate * duration))
+
+
+def send_offset(index: int, rate: float) -> float:
+    """Seconds after the start at which message ``index`` (from 0) is due at a constant ``rate``."""
+    return index / rate
+
+
+def pacing_delay(start: float, index: int, rate: float, now: float) -> float:
+    """How long to sleep before sending message ``index``; 0 when it is due or late.
+
+    Due times are absolute (``start + index / rate``), so a late send is followed by sends without
+    sleep until the schedule is met again: the offered rate does not drift with the sender's delays.
+    """
+    return max(0.0, start + send_offset(index, rate) - now)
+
+
+def split_feed(total: int, latency_share: float) -> tuple[int, int]:
+    """(throughput messages, latency messages) of a feed of ``total``; each part has at least one."""
+    if total < 2:
+        raise ValueError(f"a feed of {total} messages cannot feed two phases")
+    latency = min(total - 1, max(1, round(total * latency_share)))
+    return total - latency, latency
+
+
+def steady_rate(timestamps: Sequence[float], low: float = 10, high: float = 90) -> float:
+    """Records per second between the ``low`` and ``high`` percentiles of their times (no warm-up/tail)."""
+    if len(timestamps) < 3:
+        return 0.0
+    ordered = sorted(timestamps)
+    first = math.floor((len(ordered) - 1) * low / 100)
+    last = math.ceil((len(ordered) - 1) * high / 100)
+    return per_second(last - first, ordered[last] - ordered[first])
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of issue 8 item 4, and whether the run met it (None: the run could not show it)."""
+
+    name: str
+    target: str
+    measured: str
+    met: bool | None
+    note: str = ""
+
+
+def evaluate_targets(result: Mapping[str, Any]) -> list[Target]:
+    """The targets against a result document (see :func:`result_document`)."""
+    targets: list[Target] = []
+    hub = result["hub"]
+    targets.append(
+        Target(
+            "hub throughput / raw passthrough",
+            f">= {TARGET_RATIO:.2f}",
+            f"{hub['ratio_to_raw']:.3f}",
+            hub["ratio_to_raw"] >= TARGET_RATIO,
+        )
+    )
+    latency = result["latency"]
+    for name, key, limit in (
+        ("p99 ingest -> recipient topic", "recipient_ms", TARGET_RECIPIENT_P99_MS),
+        ("p99 ingest -> alert", "alert_ms", TARGET_ALERT_P99_MS),
+    ):
+        summary = latency[key] if latency else {"count": 0}
+        if summary["count"]:
+            targets.append(
+                Target(name, f"< {limit:.0f} ms", f"{summary['p99']:.1f} ms", summary["p99"] < limit)
+            )
+        else:
+            targets.append(Target(name, f"< {limit:.0f} ms", "none measured", None, "no sample in the run"))
+    memory = result["memory"]
+    patients = memory["patients_in_state"]
+    peak = memory["worker_peak_rss_mb"]
+    shown = patients >= TARGET_PATIENTS_IN_STATE
+    targets.append(
+        Target(
+            f"worker peak RSS, {TARGET_PATIENTS_IN_STATE:,} patients in state",
+            f"< {TARGET_PEAK_RSS_MB:.0f} MB",
+            f"{peak:.0f} MB with {patients:,} patients",
+            (peak < TARGET_PEAK_RSS_MB) if shown else None,
+            "" if shown else f"run with --patients {TARGET_PATIENTS_IN_STATE} to show it",
+        )
+    )
+    return targets
+
+
+def result_document(
+    *,
+    command: str,
+    config: Mapping[str, Any],
+    raw: Mapping[str, Any],
+    hub: Mapping[str, Any],
+    latency: Mapping[str, Any] | None,
+    memory: Mapping[str, Any],
+    scaling: Mapping[str, Any] | None,
+    profile: Mapping[str, Any] | None = None,
+    machine: Mapping[str, Any] | None = None,
+    started_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The JSON document of one run; ``targets`` is computed from the rest."""
+    document: dict[str, Any] = {
+        "schema": RESULT_SCHEMA,
+        "command": command,
+        "started_at": (started_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "machine": dict(machine if machine is not None else machine_info()),
+        "config": dict(config),
+        "raw_passthrough": dict(raw),
+        "hub": dict(hub),
+        "latency": dict(latency) if latency is not None else None,
+        "memory": dict(memory),
+        "scaling": dict(scaling) if scaling is not None else None,
+        "profile": dict(profile) if profile is not None else None,
+    }
+    document["targets"] = [asdict(target) for target in evaluate_targets(document)]
+    return document
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures depend on: cores, CPU model, memory, Python, Kafka."""
+    model = ""
+    memory_mb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                memory_mb = int(line.split()[1]) // 1024
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_mb": memory_mb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "kafka": KAFKA_VERSION,
+    }
+
+
+def _fmt(value: float, unit: str = "") -> str:
+    text = f"{value:,.0f}" if value >= 100 else f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
+    return f"{text} {unit}".rstrip()
+
+
+def _latency_row(label: str, summary: Mapping[str, Any] | None) -> tuple[str, str]:
+    if not summary or not summary.get("count"):
+        return label, "no sample"
+    return label, (
+        f"p50 {summary['p50']:.0f} / p95 {summary['p95']:.0f} / p99 {summary['p99']:.0f} ms "
+        f"(n={summary['count']:,})"
+    )
+
+
+def render_table(result: Mapping[str, Any]) -> str:
+    """The human-readable summary ``hub bench`` prints."""
+    raw, hub, latency, memory = result["raw_passthrough"], result["hub"], result["latency"], result["memory"]
+    rows: list[tuple[str, str]] = [
+        (
+            "raw passthrough (1 process)",
+            f"{_fmt(raw['records_per_s'], 'records/s')}, {_fmt(raw['mb_per_s'], 'MB/s')} "
+            f"({raw['records']:,} records, {raw['bytes'] / MEBIBYTE:.1f} MB)",
+        ),
+        (
+            "hub, 1 worker: inputs",
+            f"{_fmt(hub['inputs_per_s'], 'inputs/s')} to the last recipient record, "
+            f"{_fmt(hub['inputs_per_s_to_receipts'], '/s')} to the last receipt "
+            f"(steady {_fmt(hub['steady_inputs_per_s'], '/s')})",
+        ),
+        (
+            "hub, 1 worker: pathway events",
+            f"{_fmt(hub['pathway_events_per_s'], 'events/s')} ({hub['pathway_events']:,} events, "
+            f"{hub['recipient_copies']:,} recipient copies, {hub['alerts']:,} alerts)",
+        ),
+        ("hub / raw (inputs/s)", f"{hub['ratio_to_raw']:.3f}"),
+    ]
+    if latency:
+        rows.append(
+            (
+                "latency offered load",
+                f"{_fmt(latency['offered_inputs_per_s'], 'inputs/s')} for {latency['seconds']:.0f} s "
+                f"({latency['sent']:,} inputs)",
+            )
+        )
+        rows.append(_latency_row("  ingest -> receipt", latency["receipt_ms"]))
+        rows.append(_latency_row("  ingest -> recipient topic", latency["recipient_ms"]))
+        rows.append(_latency_row("  ingest -> alert", latency["alert_ms"]))
+    rows.append(
+        (
+            "worker peak RSS (VmHWM)",
+            f"{memory['worker_peak_rss_mb']:.0f} MB ({memory['patients_in_state']:,} patients in state; "
+            f"{memory['worker_rss_at_start_mb']:.0f} MB at the start of consumption)",
+        )
+    )
+    scaling = result.get("scaling")
+    if scaling:
+        rows.append(
+            (
+                "raw passthrough (2 processes)",
+                f"{_fmt(scaling['raw_passthrough']['records_per_s'], 'records/s')}",
+            )
+        )
+        rows.append(
+            (
+                "hub, 2 workers: inputs",
+                f"{_fmt(scaling['hub']['inputs_per_s'], 'inputs/s')} "
+                f"(x{scaling['speedup']:.2f} of 1 worker; /raw {scaling['hub']['ratio_to_raw']:.3f})",
+            )
+        )
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label.ljust(width)}  {value}" for label, value in rows]
+    lines.append("")
+    lines.append("targets (issue 8, item 4):")
+    for target in result["targets"]:
+        verdict = {True: "met", False: "MISSED", None: "not shown"}[target["met"]]
+        note = f"  ({target['note']})" if target["note"] else ""
+        lines.append(
+            f"  {verdict:9} {target['name']}: {target['measured']} (target {target['target']}){note}"
+        )
+    return "\n".join(lines)
+
+
+# --- the feed ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedMessage:
+    """One demo message, serialised once, signed at send time."""
+
+    source_id: str
+    message_id: str
+    content_type: str
+    body: bytes
+
+
+def prepare_feed(patients: int, seed: int, now: datetime) -> list[FeedMessage]:
+    """The demo generator's feed for ``patients``, in time order, bodies serialised."""
+    return [
+        FeedMessage(m.source_id, m.message_id, m.content_type, m.body())
+        for m in generate_feed(patients=patients, seed=seed, now=now)
+    ]
+
+
+def signed(
+    message: FeedMessage, secret: bytes, *, extra: Sequence[tuple[str, bytes]] = ()
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) as ``hub publish`` sends them, signed now."""
+    stamp = int(time.time())
+    return (
+        message.message_id.encode(),
+        message.body,
+        [
+            (SOURCE_HEADER, message.source_id.encode()),
+            (SIGNATURE_HEADER, sign(secret, message.source_id, message.body, stamp).encode()),
+            (CONTENT_TYPE_HEADER, message.content_type.encode()),
+            (MESSAGE_ID_HEADER, message.message_id.encode()),
+            *extra,
+        ],
+    )
+
+
+# --- Kafka helpers -------------------------------------------------------------------------------
+
+
+def _record_bytes(record: Any) -> int:
+    headers = sum(len(k) + len(v or b"") for k, v in record.headers or ())
+    return len(record.key or b"") + len(record.value or b"") + headers
+
+
+async def _reader(bootstrap: str, **options: Any) -> Any:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=MAX_RECORD_BYTES,
+        fetch_max_bytes=4 * MAX_RECORD_BYTES,
+        **options,
+    )
+    await consumer.start()
+    return consumer
+
+
+#: Partition ids by topic; the benchmark's topics never change their partition count.
+_PARTITIONS: dict[str, tuple[int, ...]] = {}
+
+
+def _partitions(bootstrap: str, topics: Sequence[str]) -> list[Any]:
+    """The partitions of the topics (aiokafka's consumer has no public metadata lookup by name)."""
+    missing = [topic for topic in topics if topic not in _PARTITIONS]
+    if missing:
+        lookup = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+        try:
+            for topic in missing:
+                partitions = lookup.partitions_for_topic(topic)
+                if not partitions:
+                    raise HubError(f"topic {topic} does not exist")
+                _PARTITIONS[topic] = tuple(sorted(partitions))
+        finally:
+            lookup.close()
+    return [TopicPartition(topic, p) for topic in topics for p in _PARTITIONS[topic]]
+
+
+async def _producer(bootstrap: str) -> Any:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=MAX_RECORD_BYTES,
+    )
+    await producer.start()
+    return producer
+
+
+class Reader:
+    """Offsets, counts and edge timestamps of topics, without a consumer group."""
+
+    def __init__(self, bootstrap: str, consumer: Any) -> None:
+        self.bootstrap = bootstrap
+        self.consumer = consumer
+
+    @classmethod
+    async def open(cls, bootstrap: str) -> Reader:
+        return cls(bootstrap, await _reader(bootstrap))
+
+    async def close(self) -> None:
+        await self.consumer.stop()
+
+    async def ends(self, topics: Sequence[str]) -> dict[Any, int]:
+        tps = _partitions(self.bootstrap, topics)
+        return dict(await self.consumer.end_offsets(tps))
+
+    async def count(self, topics: Sequence[str]) -> int:
+        """Records in the topics (the hub writes without transactions: end offset = record count)."""
+        return sum((await self.ends(topics)).values())
+
+    async def _records_at(self, wanted: Mapping[Any, int]) -> list[Any]:
+        """The record at the given offset of each partition."""
+        if not wanted:
+            return []
+        self.consumer.assign(list(wanted))
+        for tp, offset in wanted.items():
+            self.consumer.seek(tp, offset)
+        found: dict[Any, Any] = {}
+        deadline = time.monotonic() + 30
+        while len(found) < len(wanted) and time.monotonic() < deadline:
+            batch = await self.consumer.getmany(timeout_ms=500)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset == wanted[tp] and tp not in found:
+                        found[tp] = record
+                if tp in found:
+                    self.consumer.pause(tp)
+        self.consumer.resume(*wanted)
+        return list(found.values())
+
+    async def first_timestamp(self, topics: Sequence[str]) -> float:
+        """Seconds since the epoch of the earliest first record of the topics' partitions."""
+        tps = _partitions(self.bootstrap, topics)
+        begins = await self.consumer.beginning_offsets(tps)
+        ends = await self.consumer.end_offsets(tps)
+        records = await self._records_at({tp: begins[tp] for tp in tps if ends[tp] > begins[tp]})
+        return min(r.timestamp for r in records) / 1000 if records else math.nan
+
+    async def last_timestamp(self, topics: Sequence[str]) -> float:
+        """Seconds since the epoch of the latest last record of the topics' partitions."""
+        tps = _partitions(self.bootstrap, topics)
+        begins = await self.consumer.beginning_offsets(tps)
+        ends = await self.consumer.end_offsets(tps)
+        records = await self._records_at({tp: ends[tp] - 1 for tp in tps if ends[tp] > begins[tp]})
+        return max(r.timestamp for r in records) / 1000 if records else math.nan
+
+    async def read_all(self, topics: Sequence[str]) -> list[Any]:
+        """Every record of the topics, read up to the end offsets of the call."""
+        tps = _partitions(self.bootstrap, topics)
+        ends = await self.consumer.end_offsets(tps)
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await self.consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for tp, batch_records in batch.items():
+                records.extend(r for r in batch_records if r.offset < ends[tp])
+                if batch_records and batch_records[-1].offset >= ends[tp] - 1:
+                    remaining.discard(tp)
+        return records
+
+    async def settle(self, topics: Sequence[str], *, quiet: float, check: Callable[[], None]) -> int:
+        """Wait until the topics gain no record for ``quiet`` seconds; return their record count."""
+        count, since = await self.count(topics), time.monotonic()
+        while time.monotonic() - since < quiet:
+            await asyncio.sleep(0.5)
+            check()
+            now_count = await self.count(topics)
+            if now_count != count:
+                count, since = now_count, time.monotonic()
+        return count
+
+
+async def preload(
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Produce records (key, value, headers), ``acks=all``, idempotent, and wait for every ack."""
+    producer = await _producer(bootstrap)
+    try:
+        futures = [
+            await producer.send(topic, value=value, key=key, headers=headers)
+            for key, value, headers in records
+        ]
+        await producer.flush()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+# --- phase 1: raw passthrough --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """One raw consume → produce run: wall-clock start and end (epoch seconds), records and bytes."""
+
+    processes: int
+    records: int
+    bytes: int
+    started: float
+    ended: float
+    #: records/s of every run when this is the median of several (see :func:`median_run`).
+    rates: tuple[float, ...] = ()
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "processes": self.processes,
+            "records": self.records,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "records_per_s": round(per_second(self.records, self.seconds), 1),
+            "mb_per_s": round(per_second(self.bytes / MEBIBYTE, self.seconds), 2),
+            "runs_records_per_s": list(self.rates),
+        }
+
+    @staticmethod
+    def combined(parts: Sequence[Passthrough]) -> Passthrough:
+        """Several processes' runs as one: all records over the span from the first start to the last end."""
+        return Passthrough(
+            processes=sum(p.processes for p in parts),
+            records=sum(p.records for p in parts),
+            bytes=sum(p.bytes for p in parts),
+            started=min(p.started for p in parts),
+            ended=max(p.ended for p in parts),
+        )
+
+
+async def passthrough(bootstrap: str, source: str, target: str, partitions: Sequence[int]) -> Passthrough:
+    """Consume ``partitions`` of ``source`` from the start and produce each record to the same
+    partition of ``target``; time from the first fetched batch to the last acknowledgement."""
+    consumer = await _reader(bootstrap)
+    producer = await _producer(bootstrap)
+    try:
+        tps = [TopicPartition(source, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        expected = sum(ends.values())
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        count = size = 0
+        started = math.nan
+        futures = []
+        while count < expected:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if batch and math.isnan(started):
+                started = time.time()
+            for tp, records in batch.items():
+                for record in records:
+                    futures.append(
+                        await producer.send(
+                            target,
+                            value=record.value,
+                            key=record.key,
+                            partition=tp.partition,
+                            headers=list(record.headers or ()),
+                        )
+                    )
+                    count += 1
+                    size += _record_bytes(record)
+        await producer.flush()
+        await asyncio.gather(*futures)
+        return Passthrough(1, count, size, started, time.time())
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def passthrough_process(bootstrap: str, source: str, target: str, partitions: Sequence[int]) -> Passthrough:
+    """:func:`passthrough` in a process of its own (the entry point of the 2-process run)."""
+    return asyncio.run(passthrough(bootstrap, source, target, partitions))
+
+
+async def passthrough_in_processes(
+    bootstrap: str, source: str, target: str, partitions: int, processes: int
+) -> Passthrough:
+    """The raw passthrough with the partitions dealt over ``processes`` processes."""
+    if processes == 1:
+        return await passthrough(bootstrap, source, target, range(partitions))
+    shares = [list(range(partitions))[n::processes] for n in range(processes)]
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+        # Start the processes (interpreter and imports) before the clock of any of them starts.
+        await asyncio.gather(*(loop.run_in_executor(pool, time.sleep, 0.1) for _ in range(processes)))
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(pool, passthrough_process, bootstrap, source, target, s) for s in shares)
+        )
+    return Passthrough.combined(parts)
+
+
+def median_run(runs: Sequence[Passthrough]) -> Passthrough:
+    """The run with the median rate (the upper one of an even count), with every run's rate attached."""
+    if not runs:
+        raise ValueError("no runs")
+    ordered = sorted(runs, key=lambda r: per_second(r.records, r.seconds))
+    return replace(
+        ordered[len(ordered) // 2], rates=tuple(round(per_second(r.records, r.seconds), 1) for r in runs)
+    )
+
+
+# --- worker processes ----------------------------------------------------------------------------
+
+
+def _proc_status_kb(pid: int, field_name: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return None
+
+
+@dataclass
+class Worker:
+    """One ``hub worker`` process started by the benchmark."""
+
+    process: subprocess.Popen[bytes]
+    log_file: Path
+    profile_file: Path | None = None
+
+    @classmethod
+    def start(cls, environ: Mapping[str, str], log_file: Path, profile_file: Path | None = None) -> Worker:
+        command = [sys.executable, "-m", "hub", "worker"]
+        if profile_file is not None:
+            command = [sys.executable, "-m", "cProfile", "-o", str(profile_file), "-m", "hub", "worker"]
+        with log_file.open("wb") as log:
+            process = subprocess.Popen(  # noqa: S603 - the hub's own worker, fixed arguments
+                command,
+                env=dict(environ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Its own session: Ctrl-C reaches the benchmark, which then stops it in order.
+                start_new_session=True,
+            )
+        return cls(process, log_file, profile_file)
+
+    def check(self) -> None:
+        """Raise with the end of the worker's log if it has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise HubError(
+                f"worker pid {self.process.pid} exited (code {code}); end of {self.log_file}:\n"
+                + tail(self.log_file, 30)
+            )
+
+    def rss_mb(self) -> float:
+        return (_proc_status_kb(self.process.pid, "VmRSS") or 0) / 1024
+
+    def peak_rss_mb(self) -> float:
+        return (_proc_status_kb(self.process.pid, "VmHWM") or 0) / 1024
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (faust stops in order; cProfile writes its file), SIGKILL after ``timeout``."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# --- phase 2: hub throughput ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase's topics and faust app id on the broker."""
+
+    bootstrap: str
+    prefix: str
+    app_id: str
+    partitions: int
+    recipient_topics: tuple[str, ...]
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.prefix)
+
+    @property
+    def passthrough_topic(self) -> str:
+        return self.prefix + "bench.passthrough"
+
+    def settings(self) -> Settings:
+        return Settings(
+            bootstrap_servers=self.bootstrap,
+            topic_prefix=self.prefix,
+            app_id=self.app_id,
+            topic_partitions=self.partitions,
+            sources_file=DEMO_SOURCES_FILE,
+            recipients_file=DEMO_RECIPIENTS_FILE,
+        )
+
+    def environ(self, demo: Mapping[str, str]) -> dict[str, str]:
+        return {
+            **os.environ,
+            **demo,
+            "HUB_BOOTSTRAP_SERVERS": self.bootstrap,
+            "HUB_TOPIC_PREFIX": self.prefix,
+            "HUB_APP_ID": self.app_id,
+            "HUB_TOPIC_PARTITIONS": str(self.partitions),
+            # The feed is signed at pre-load time; a long run must not see it expire.
+            "HUB_SIGNATURE_TOLERANCE_SECONDS": "86400",
+            "HUB_LOG_JSON": "true",
+        }
+
+    @classmethod
+    def create(cls, bootstrap: str, name: str, partitions: int) -> Phase:
+        """Fresh topics (the hub's, created as ``hub topics create`` does, and the passthrough's)."""
+        unique = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+        recipients = load_recipients(DEMO_RECIPIENTS_FILE)
+        phase = cls(
+            bootstrap,
+            unique + ".",
+            unique,
+            partitions,
+            tuple(unique + "." + r.topic for r in recipients),
+        )
+        settings = phase.settings()
+        create_contract_topics(settings)
+        from hub.kafka.admin import ensure_topics  # noqa: PLC0415 - kafka-python, only here
+
+        ensure_topics(
+            bootstrap,
+            [phase.passthrough_topic],
+            partitions=partitions,
+            replication_factor=settings.replication_factor,
+            configs={"max.message.bytes": str(MAX_RECORD_BYTES)},
+        )
+        return phase
+
+
+@dataclass(frozen=True)
+class HubRun:
+    """What one hub run of the pre-loaded feed produced, and when."""
+
+    workers: int
+    inputs: int
+    statuses: dict[str, int]
+    pathway_events: int
+    recipient_copies: int
+    alerts: int
+    started: float
+    last_receipt: float
+    last_recipient: float
+    steady_inputs_per_s: float
+    raw_records_per_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        to_recipient = self.last_recipient - self.started
+        to_receipt = self.last_receipt - self.started
+        inputs_per_s = per_second(self.inputs, to_recipient)
+        return {
+            "workers": self.workers,
+            "inputs": self.inputs,
+            "receipts": dict(sorted(self.statuses.items())),
+            "pathway_events": self.pathway_events,
+            "recipient_copies": self.recipient_copies,
+            "alerts": self.alerts,
+            "seconds_to_last_receipt": round(to_receipt, 3),
+            "seconds_to_last_recipient_record": round(to_recipient, 3),
+            "inputs_per_s": round(inputs_per_s, 1),
+            "inputs_per_s_to_receipts": round(per_second(self.inputs, to_receipt), 1),
+            "steady_inputs_per_s": round(self.steady_inputs_per_s, 1),
+            "pathway_events_per_s": round(per_second(self.pathway_events, to_recipient), 1),
+            "recipient_copies_per_s": round(per_second(self.recipient_copies, to_recipient), 1),
+            "ratio_to_raw": round(per_second(inputs_per_s, self.raw_records_per_s), 4),
+        }
+
+
+async def measure_hub(
+    phase: Phase,
+    workers: Sequence[Worker],
+    inputs: int,
+    raw: Passthrough,
+    *,
+    progress: Progress,
+    timeout: float,
+) -> tuple[HubRun, float]:
+    """Wait for every receipt and a drained pipeline; return the run and the workers' RSS at its start."""
+    topics = phase.topics
+    reader = await Reader.open(phase.bootstrap)
+
+    def check() -> None:
+        for worker in workers:
+            worker.check()
+
+    try:
+        deadline = time.monotonic() + timeout
+        rss_at_start = 0.0
+        reported = 0.0
+        while True:
+            check()
+            done = await reader.count([topics.receipts])
+            if not rss_at_start and (done or await reader.count([topics.identity])):
+                rss_at_start = sum(w.rss_mb() for w in workers)
+            if done >= inputs:
+                break
+            if time.monotonic() > deadline:
+                raise HubError(f"only {done} of {inputs} receipts after {timeout:.0f} s")
+            if time.monotonic() - reported >= 5:
+                progress(f"  receipts {done:,}/{inputs:,}")
+                reported = time.monotonic()
+            await asyncio.sleep(0.25)
+        progress("  every input has its receipt; waiting for the pipeline to drain")
+        outputs = [topics.pathway, *phase.recipient_topics, topics.alerts, topics.audit]
+        await reader.settle(outputs, quiet=QUIET_SECONDS, check=check)
+        receipts = await reader.read_all([topics.receipts])
+        statuses = Counter(json.loads(r.value).get("status", "?") for r in receipts)
+        run = HubRun(
+            workers=len(workers),
+            inputs=inputs,
+            statuses=dict(statuses),
+            pathway_events=await reader.count([topics.pathway]),
+            recipient_copies=await reader.count(phase.recipient_topics),
+            alerts=await reader.count([topics.alerts]),
+            # The first record a worker writes follows its first consumed input by one record's work.
+            started=await reader.first_timestamp([topics.identity, topics.receipts]),
+            last_receipt=await reader.last_timestamp([topics.receipts]),
+            last_recipient=await reader.last_timestamp(phase.recipient_topics),
+            steady_inputs_per_s=steady_rate([r.timestamp / 1000 for r in receipts]),
+            raw_records_per_s=per_second(raw.records, raw.seconds),
+        )
+        return run, rss_at_start
+    finally:
+        await reader.close()
+
+
+# --- phase 3: latency ----------------------------------------------------------------------------
+
+
+@dataclass
+class Arrivals:
+    """What the latency consumer saw, with the time it saw it (epoch seconds)."""
+
+    receipts: dict[str, tuple[float, list[str]]] = field(default_factory=dict)
+    copies: list[tuple[float, bytes]] = field(default_factory=list)
+    alerts: list[tuple[float, bytes]] = field(default_factory=list)
+    last_output: float = 0.0
+
+
+def latencies(sent: Mapping[str, float], arrivals: Arrivals) -> tuple[list[float], list[float], list[float]]:
+    """(receipt, recipient, alert) latencies in ms, matched by message id and event ids.
+
+    - receipt: per input, from its ingest timestamp to its receipt;
+    - recipient: per event, from its input's ingest timestamp to the first copy on any recipient topic;
+    - alert: per alert, from the ingest timestamp of the newest input among its reasons' events.
+    """
+    receipt_ms: list[float] = []
+    sent_of_event: dict[str, float] = {}
+    for message_id, (seen, event_ids) in arrivals.receipts.items():
+        if message_id in sent:
+            receipt_ms.append((seen - sent[message_id]) * 1000)
+            sent_of_event.update((event_id, sent[message_id]) for event_id in event_ids)
+    first_copy: dict[str, float] = {}
+    for seen, value in arrivals.copies:
+        event_id = json.loads(value).get("event_id")
+        if event_id in sent_of_event and seen < first_copy.get(event_id, math.inf):
+            first_copy[event_id] = seen
+    recipient_ms = [(seen - sent_of_event[event_id]) * 1000 for event_id, seen in first_copy.items()]
+    alert_ms: list[float] = []
+    for seen, value in arrivals.alerts:
+        reasons = json.loads(value).get("reasons") or []
+        causes = [
+            sent_of_event[e] for reason in reasons for e in reason.get("event_ids", ()) if e in sent_of_event
+        ]
+        if causes:
+            alert_ms.append((seen - max(causes)) * 1000)
+    return receipt_ms, recipient_ms, alert_ms
+
+
+async def _collect(consumer: Any, phase: Phase, arrivals: Arrivals, stop: asyncio.Event) -> None:
+    receipts, alerts = phase.topics.receipts, phase.topics.alerts
+    while not stop.is_set():
+        batch = await consumer.getmany(timeout_ms=100)
+        seen = time.time()
+        for tp, records in batch.items():
+            for record in records:
+                if tp.topic == receipts:
+                    receipt = json.loads(record.value)
+                    arrivals.receipts[receipt.get("message_id")] = (
+                        seen,
+                        list(receipt.get("event_ids") or ()),
+                    )
+                elif tp.topic == alerts:
+                    arrivals.alerts.append((seen, record.value))
+                else:
+                    arrivals.copies.append((seen, record.value))
+                arrivals.last_output = seen
+
+
+async def measure_latency(
+    phase: Phase,
+    worker: Worker,
+    messages: Sequence[FeedMessage],
+    secrets: Mapping[str, bytes],
+    *,
+    rate: float,
+    duration: float,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Offer ``rate`` inputs/s for ``duration`` s and match every output back to its input."""
+    count = min(len(messages), messages_needed(rate, duration))
+    if count < messages_needed(rate, duration):
+        progress(
+            f"  the feed holds {count} messages for the latency phase: {count / rate:.0f} s at this rate"
+        )
+    topics = phase.topics
+    consumer = await _reader(phase.bootstrap, fetch_max_wait_ms=100)
+    producer = await _producer(phase.bootstrap)
+    arrivals = Arrivals()
+    stop = asyncio.Event()
+    try:
+        tps = _partitions(phase.bootstrap, [topics.receipts, *phase.recipient_topics, topics.alerts])
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        collector = asyncio.create_task(_collect(consumer, phase, arrivals, stop))
+        sent: dict[str, float] = {}
+        start = time.monotonic()
+        for index, message in enumerate(messages[:count]):
+            delay = pacing_delay(start, index, rate, time.monotonic())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now_ns = time.time_ns()
+            key, value, headers = signed(
+                message, secrets[message.source_id], extra=[(SENT_AT_HEADER, str(now_ns).encode())]
+            )
+            # The ingest record's timestamp is the send time: latency runs from it.
+            sent[message.message_id] = (now_ns // 1_000_000) / 1000
+            await producer.send(
+                topics.ingest, value=value, key=key, headers=headers, timestamp_ms=now_ns // 1_000_000
+            )
+        await producer.flush()
+        offered_seconds = time.monotonic() - start
+        progress(f"  sent {count:,} inputs in {offered_seconds:.1f} s; waiting for their receipts")
+        deadline = time.monotonic() + max(60.0, duration)
+        while sum(1 for m in sent if m in arrivals.receipts) < count and time.monotonic() < deadline:
+            worker.check()
+            await asyncio.sleep(0.25)
+        while time.time() - arrivals.last_output < QUIET_SECONDS / 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+        stop.set()
+        await collector
+    finally:
+        stop.set()
+        await producer.stop()
+        await consumer.stop()
+    receipt_ms, recipient_ms, alert_ms = latencies(sent, arrivals)
+    return {
+        "offered_inputs_per_s": round(rate, 1),
+        "achieved_inputs_per_s": round(per_second(count, offered_seconds), 1),
+        "seconds": round(offered_seconds, 1),
+        "sent": count,
+        "receipts_seen": len(receipt_ms),
+        "receipt_ms": latency_summary(receipt_ms),
+        "recipient_ms": latency_summary(recipient_ms),
+        "alert_ms": latency_summary(alert_ms),
+    }
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What ``hub bench`` was asked for."""
+
+    patients: int = 500
+    seed: int = 7
+    #: Seconds of the latency phase's fixed offered load.
+    duration: float = 25.0
+    partitions: int = 6
+    #: An existing broker; None starts an embedded one on free ports in a temporary directory.
+    bootstrap: str | None = None
+    skip_scaling: bool = False
+    #: Run the single worker under cProfile, writing this file.
+    profile: Path | None = None
+    #: Seconds to wait for a phase's receipts before giving up.
+    timeout: float = 600.0
+
+
+QUICK = BenchConfig(patients=40, duration=5.0, partitions=3, skip_scaling=True)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _timed(progress: Progress) -> Progress:
+    start = time.monotonic()
+    return lambda line: progress(f"[{time.monotonic() - start:6.1f} s] {line}")
+
+
+def profile_summary(path: Path, limit: int = 20) -> dict[str, Any]:
+    """The top ``limit`` functions of a cProfile file by cumulative and by own time."""
+    stats = pstats.Stats(str(path), stream=io.StringIO())
+
+    def top(sort: str) -> list[dict[str, Any]]:
+        functions = stats.sort_stats(sort).get_stats_profile().func_profiles
+        rows = sorted(
+            functions.items(),
+            key=lambda item: item[1].cumtime if sort == "cumulative" else item[1].tottime,
+            reverse=True,
+        )[:limit]
+        return [
+            {
+                "function": f"{Path(p.file_name).name}:{p.line_number}({name})",
+                "ncalls": p.ncalls,
+                "tottime": round(p.tottime, 3),
+                "cumtime": round(p.cumtime, 3),
+            }
+            for name, p in rows
+        ]
+
+    return {
+        "file": str(path),
+        "total_seconds": round(stats.total_tt, 3),  # type: ignore[attr-defined]
+        "top_cumulative": top("cumulative"),
+        "top_tottime": top("tottime"),
+    }
+
+
+def render_profile(summary: Mapping[str, Any]) -> str:
+    """The profile's top functions as a text table."""
+    lines = [f"profile of the single worker ({summary['file']}, {summary['total_seconds']:.1f} s profiled)"]
+    for key, title in (("top_cumulative", "by cumulative time"), ("top_tottime", "by own time")):
+        lines.append(f"  top {len(summary[key])} {title}:")
+        lines.append(f"    {'cumtime':>8} {'tottime':>8} {'ncalls':>12}  function")
+        lines.extend(
+            f"    {row['cumtime']:8.2f} {row['tottime']:8.2f} {row['ncalls']:>12}  {row['function']}"
+            for row in summary[key]
+        )
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the benchmark the way Ctrl-C does: through its clean-up."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class Bench:
+    """One benchmark run: the broker, the processes it started, and the phases."""
+
+    def __init__(self, config: BenchConfig, *, progress: Progress, work_dir: Path) -> None:
+        self.config = config
+        self.progress = progress
+        self.work_dir = work_dir
+        self.workers: list[Worker] = []
+        self.demo = prepare_demo_environment().environ
+        registry = load_sources(DEMO_SOURCES_FILE)
+        self.secrets = {source.id: source.secrets[0] for source in registry.sources.values()}
+
+    def start_workers(self, phase: Phase, count: int, *, profile: Path | None) -> list[Worker]:
+        started = [
+            Worker.start(
+                phase.environ(self.demo),
+                self.work_dir / f"{phase.app_id}-worker-{n}.log",
+                profile if n == 0 else None,
+            )
+            for n in range(count)
+        ]
+        self.workers.extend(started)
+        return started
+
+    def stop_workers(self) -> None:
+        while self.workers:
+            self.workers.pop().stop()
+
+    async def hub_phase(
+        self, name: str, feed: Sequence[FeedMessage], *, workers: int, profile: Path | None = None
+    ) -> tuple[Phase, Passthrough, HubRun, list[Worker], float]:
+        """Fresh topics, the feed pre-loaded, the raw passthrough, then the hub on the same records."""
+        config = self.config
+        assert config.bootstrap is not None
+        phase = Phase.create(config.bootstrap, name, config.partitions)
+        self.progress(f"{name}: pre-loading {len(feed):,} signed demo messages into {phase.topics.ingest}")
+        await preload(
+            phase.bootstrap, phase.topics.ingest, [signed(m, self.secrets[m.source_id]) for m in feed]
+        )
+        self.progress(f"{name}: raw passthrough, {workers} process(es)")
+        # A few hundred milliseconds each: the median of a few runs is steadier than one.
+        runs = [
+            await passthrough_in_processes(
+                phase.bootstrap, phase.topics.ingest, phase.passthrough_topic, config.partitions, workers
+            )
+            for _ in range(RAW_REPEATS)
+        ]
+        raw = median_run(runs)
+        self.progress(
+            f"{name}: raw passthrough {per_second(raw.records, raw.seconds):,.0f} records/s; "
+            f"starting {workers} worker(s)" + (" under cProfile" if profile else "")
+        )
+        started = self.start_workers(phase, workers, profile=profile)
+        run, rss_at_start = await measure_hub(
+            phase, started, len(feed), raw, progress=self.progress, timeout=config.timeout
+        )
+        summary = run.as_dict()
+        self.progress(
+            f"{name}: {summary['inputs_per_s']:,.1f} inputs/s, {summary['pathway_events_per_s']:,.1f} "
+            f"pathway events/s, ratio to raw {summary['ratio_to_raw']:.3f}"
+        )
+        return phase, raw, run, started, rss_at_start
+
+    async def run(self, command: str) -> dict[str, Any]:
+        config = self.config
+        started_at = datetime.now(UTC)
+        self.progress(f"generating the demo feed for {config.patients:,} patients (seed {config.seed})")
+        feed = prepare_feed(config.patients, config.seed, started_at)
+        throughput_count, latency_count = split_feed(len(feed), LATENCY_SHARE)
+        throughput_feed, latency_feed = feed[:throughput_count], feed[throughput_count:]
+        self.progress(
+            f"{len(feed):,} messages: {throughput_count:,} for throughput, {latency_count:,} kept for latency"
+        )
+
+        phase, raw, run, workers, rss_at_start = await self.hub_phase(
+            "one", throughput_feed, workers=1, profile=config.profile
+        )
+        hub = run.as_dict()
+        rate = max(1.0, hub["inputs_per_s"] * LOAD_FACTOR)
+        self.progress(f"latency: {rate:,.1f} inputs/s for {config.duration:.0f} s")
+        latency = await measure_latency(
+            phase,
+            workers[0],
+            latency_feed,
+            self.secrets,
+            rate=rate,
+            duration=config.duration,
+            progress=self.progress,
+        )
+        memory = {
+            "worker_peak_rss_mb": round(workers[0].peak_rss_mb(), 1),
+            "worker_rss_at_start_mb": round(rss_at_start, 1),
+            "patients_in_state": config.patients,
+        }
+        self.progress("stopping the worker")
+        self.stop_workers()
+        profile = None
+        if config.profile is not None:
+            if config.profile.exists():
+                profile = profile_summary(config.profile)
+            else:
+                self.progress(f"cProfile wrote no {config.profile}: the worker did not exit cleanly")
+
+        scaling = None
+        if not config.skip_scaling:
+            _, raw2, run2, _, _ = await self.hub_phase("two", throughput_feed, workers=2)
+            self.stop_workers()
+            hub2 = run2.as_dict()
+            scaling = {
+                "raw_passthrough": raw2.as_dict(),
+                "hub": hub2,
+                "speedup": round(per_second(hub2["inputs_per_s"], hub["inputs_per_s"]), 3),
+            }
+        return result_document(
+            command=command,
+            config={
+                **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+                "messages": len(feed),
+                "throughput_messages": throughput_count,
+                "latency_messages": latency_count,
+                "table_store": Settings().table_store,
+            },
+            raw=raw.as_dict(),
+            hub=hub,
+            latency=latency,
+            memory=memory,
+            scaling=scaling,
+            profile=profile,
+            started_at=started_at,
+        )
+
+
+def run_bench(
+    config: BenchConfig, *, command: str = "hub bench", progress: Progress = _stderr
+) -> dict[str, Any]:
+    """Run the benchmark; start (and always stop) an embedded broker unless ``config.bootstrap`` is set."""
+    timed = _timed(progress)
+    work_dir = Path(tempfile.mkdtemp(prefix="hub-bench-"))
+    broker: EmbeddedBroker | None = None
+    bench: Bench | None = None
+    keep = False
+    try:
+        with _terminate_as_interrupt():
+            if config.bootstrap is None:
+                timed(f"starting an embedded Kafka {KAFKA_VERSION} broker in {work_dir}")
+                layout = BrokerLayout(
+                    root=work_dir / "broker", jars_dir=Settings().state_dir.expanduser().resolve() / "jars"
+                )
+                broker = EmbeddedBroker(layout, port=0, progress=timed)
+                bootstrap = broker.start()
+                timed(f"broker at {bootstrap}")
+                config = BenchConfig(**{**asdict(config), "bootstrap": bootstrap})
+            bench = Bench(config, progress=timed, work_dir=work_dir)
+            result = asyncio.run(bench.run(command))
+    except Exception:
+        keep = True
+        raise
+    finally:
+        if bench is not None:
+            bench.stop_workers()
+        if broker is not None and broker.started:
+            timed("stopping the broker")
+            broker.stop()
+        if keep:
+            timed(f"worker and broker logs kept in {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return result

@@ -1,0 +1,89 @@
+"""``hub bench``: the benchmark of issue 8 from the command line (the code lives in ``bench/``).
+
+The ``bench`` package is imported inside the command only: the hub itself never depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from hub.cli_support import reporting_errors
+
+#: Options that ``--quick`` sets unless they are given on the command line.
+_QUICK_OPTIONS = ("patients", "duration", "partitions", "skip_scaling")
+
+
+@click.command()
+@click.option("--patients", type=click.IntRange(2), default=500, show_default=True, help="Demo patients.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed of the demo generator.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(1),
+    default=25.0,
+    show_default=True,
+    help="Seconds of fixed offered load in the latency phase.",
+)
+@click.option("--partitions", type=click.IntRange(1), default=6, show_default=True, help="Topic partitions.")
+@click.option(
+    "--bootstrap",
+    default=None,
+    help="Use this Kafka broker instead of starting an embedded one on free ports.",
+)
+@click.option("--skip-scaling", is_flag=True, help="Skip the two-worker run.")
+@click.option("--quick", is_flag=True, help="A tiny run (40 patients, 5 s of latency, no scaling).")
+@click.option("--profile", is_flag=True, help="Run the single worker under cProfile; print its top 20.")
+@click.option(
+    "--profile-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench-worker.prof"),
+    show_default=True,
+    help="Where --profile writes the cProfile data.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench-results.json"),
+    show_default=True,
+    help="Where to save the results as JSON.",
+)
+@click.pass_context
+@reporting_errors
+def bench(ctx: click.Context, /, **options: Any) -> None:
+    """Measure throughput, latency and memory against raw Kafka on a real broker (about 4 minutes).
+
+    Prints a table and the targets of issue 8; progress goes to stderr. Ctrl-C stops every process
+    the benchmark started, and the broker if it started one.
+    """
+    from bench.run import QUICK, BenchConfig, render_profile, render_table, run_bench  # noqa: PLC0415
+
+    profile_output: Path = options.pop("profile_output")
+    output: Path = options.pop("output")
+    quick: bool = options.pop("quick")
+    given = {**options, "profile": profile_output.resolve() if options["profile"] else None}
+    base = QUICK if quick else BenchConfig()
+    explicit = {
+        name: value
+        for name, value in given.items()
+        if name not in _QUICK_OPTIONS or ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
+    config = replace(base, **explicit)
+    command = shlex.join(["hub", "bench", *sys.argv[2:]]) if len(sys.argv) > 1 else "hub bench"
+    try:
+        result = run_bench(config, command=command)
+    except KeyboardInterrupt:
+        click.echo("interrupted: every process the benchmark started has been stopped", err=True)
+        sys.exit(130)
+    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    click.echo(render_table(result))
+    if result["profile"]:
+        click.echo("")
+        click.echo(render_profile(result["profile"]))
+    click.echo(f"\nresults: {output} (config: {json.dumps(asdict(config), default=str)})", err=True)
