@@ -49,7 +49,8 @@ from types import FrameType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import KafkaError
 
 from hub.broker.embedded import KAFKA_VERSION, BrokerLayout, EmbeddedBroker, tail
 from hub.consent import load_recipients
@@ -57,6 +58,7 @@ from hub.demo.generator import generate_feed
 from hub.errors import HubError
 from hub.ingest.pipeline import CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER, SIGNATURE_HEADER, SOURCE_HEADER
 from hub.ingest.signature import sign
+from hub.kafka.admin import ensure_topics
 from hub.run import DEMO_RECIPIENTS_FILE, DEMO_SOURCES_FILE, prepare_demo_environment
 from hub.settings import Settings
 from hub.sources.registry import load_sources
@@ -317,7 +319,7 @@ def render_table(result: Mapping[str, Any]) -> str:
         (
             "worker peak RSS (VmHWM)",
             f"{memory['worker_peak_rss_mb']:.0f} MB ({memory['patients_in_state']:,} patients in state; "
-            f"{memory['worker_rss_at_start_mb']:.0f} MB at the start of consumption)",
+            f"{memory['worker_rss_ready_mb']:.0f} MB when ready, before any input)",
         )
     )
     scaling = result.get("scaling")
@@ -497,22 +499,6 @@ class Reader:
         ends = await self.consumer.end_offsets(tps)
         records = await self._records_at({tp: ends[tp] - 1 for tp in tps if ends[tp] > begins[tp]})
         return max(r.timestamp for r in records) / 1000 if records else math.nan
-
-    async def read_all(self, topics: Sequence[str]) -> list[Any]:
-        """Every record of the topics, read up to the end offsets of the call."""
-        tps = _partitions(self.bootstrap, topics)
-        ends = await self.consumer.end_offsets(tps)
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await self.consumer.getmany(timeout_ms=1000, max_records=10_000)
-            for tp, batch_records in batch.items():
-                records.extend(r for r in batch_records if r.offset < ends[tp])
-                if batch_records and batch_records[-1].offset >= ends[tp] - 1:
-                    remaining.discard(tp)
-        return records
 
     async def settle(self, topics: Sequence[str], *, quiet: float, check: Callable[[], None]) -> int:
         """Wait until the topics gain no record for ``quiet`` seconds; return their record count."""
@@ -721,6 +707,51 @@ class Worker:
 # --- phase 2: hub throughput ---------------------------------------------------------------------
 
 
+def wait_for_leaders(bootstrap: str, topics: Sequence[str], timeout: float = 60.0) -> None:
+    """Return once every partition of the topics has a leader (new topics take a moment)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hub-bench")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            described = admin.describe_topics(list(topics))
+            ready = len(described) == len(set(topics)) and all(
+                not topic.get("error_code") and all(p.get("leader_id", -1) >= 0 for p in topic["partitions"])
+                for topic in described
+            )
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise HubError(
+                    f"the partitions of {len(topics)} new topics have no leader after {timeout:.0f} s"
+                )
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
+def group_assignment(bootstrap: str, group: str, topic: str) -> list[set[int]] | None:
+    """The partitions of ``topic`` held by each member of a Stable consumer group, or None."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hub-bench")
+    try:
+        described = admin.describe_groups([group])
+    except KafkaError:
+        return None  # no coordinator yet, or the group does not exist yet
+    finally:
+        admin.close()
+    info = described.get(group) if isinstance(described, dict) else None
+    if not info or info.get("group_state") != "Stable":
+        return None
+    return [
+        {
+            partition
+            for assigned in (member.get("member_assignment") or {}).get("assigned_partitions", ())
+            if assigned.get("topic") == topic
+            for partition in assigned.get("partitions", ())
+        }
+        for member in info.get("members", ())
+    ]
+
+
 @dataclass(frozen=True)
 class Phase:
     """One phase's topics and faust app id on the broker."""
@@ -734,6 +765,11 @@ class Phase:
     @property
     def topics(self) -> TopicNames:
         return TopicNames(self.prefix)
+
+    @property
+    def source_topic(self) -> str:
+        """The signed feed, loaded once before the passthrough (the hub's own input comes later)."""
+        return self.prefix + "bench.source"
 
     @property
     def passthrough_topic(self) -> str:
@@ -757,14 +793,14 @@ class Phase:
             "HUB_TOPIC_PREFIX": self.prefix,
             "HUB_APP_ID": self.app_id,
             "HUB_TOPIC_PARTITIONS": str(self.partitions),
-            # The feed is signed at pre-load time; a long run must not see it expire.
+            # The feed is signed when loaded; a long run must not see it expire.
             "HUB_SIGNATURE_TOLERANCE_SECONDS": "86400",
             "HUB_LOG_JSON": "true",
         }
 
     @classmethod
     def create(cls, bootstrap: str, name: str, partitions: int) -> Phase:
-        """Fresh topics (the hub's, created as ``hub topics create`` does, and the passthrough's)."""
+        """Fresh topics: the hub's (as ``hub topics create`` makes them), the source and the passthrough."""
         unique = f"bench-{name}-{uuid.uuid4().hex[:8]}"
         recipients = load_recipients(DEMO_RECIPIENTS_FILE)
         phase = cls(
@@ -775,26 +811,80 @@ class Phase:
             tuple(unique + "." + r.topic for r in recipients),
         )
         settings = phase.settings()
-        create_contract_topics(settings)
-        from hub.kafka.admin import ensure_topics  # noqa: PLC0415 - kafka-python, only here
-
-        ensure_topics(
+        created = create_contract_topics(settings)
+        created += ensure_topics(
             bootstrap,
-            [phase.passthrough_topic],
+            [phase.source_topic, phase.passthrough_topic],
             partitions=partitions,
             replication_factor=settings.replication_factor,
             configs={"max.message.bytes": str(MAX_RECORD_BYTES)},
         )
+        wait_for_leaders(bootstrap, created)
         return phase
+
+    async def wait_until_assigned(self, workers: Sequence[Worker], *, timeout: float) -> None:
+        """Until the workers' group is Stable, every worker holds ingest partitions, and all are held.
+
+        Loading the input only then keeps a late joiner's rebalance out of the measured interval.
+        """
+        deadline = time.monotonic() + timeout
+        settled = 0
+        while settled < 2:
+            for worker in workers:
+                worker.check()
+            if time.monotonic() > deadline:
+                raise HubError(
+                    f"the workers of {self.app_id} hold no stable assignment after {timeout:.0f} s"
+                )
+            members = await asyncio.to_thread(
+                group_assignment, self.bootstrap, self.app_id, self.topics.ingest
+            )
+            ok = (
+                members is not None
+                and len(members) == len(workers)
+                and all(members[: min(len(workers), self.partitions)])
+                and set().union(*members) == set(range(self.partitions))
+            )
+            settled = settled + 1 if ok else 0
+            await asyncio.sleep(1.0)
+
+
+@dataclass
+class ReceiptTracker:
+    """The first receipt of each expected input: its Kafka timestamp (s) and status."""
+
+    expected: frozenset[str]
+    first: dict[str, tuple[float, str]] = field(default_factory=dict)
+    total: int = 0
+
+    def add(self, timestamp_ms: int, value: bytes) -> None:
+        receipt = json.loads(value)
+        message_id = receipt.get("message_id")
+        self.total += 1
+        if message_id in self.expected and message_id not in self.first:
+            self.first[message_id] = (timestamp_ms / 1000, str(receipt.get("status")))
+
+    @property
+    def complete(self) -> bool:
+        return len(self.first) == len(self.expected)
+
+
+async def _track(consumer: Any, tracker: ReceiptTracker, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        batch = await consumer.getmany(timeout_ms=200)
+        for records in batch.values():
+            for record in records:
+                tracker.add(record.timestamp, record.value)
 
 
 @dataclass(frozen=True)
 class HubRun:
-    """What one hub run of the pre-loaded feed produced, and when."""
+    """What one hub run of the loaded feed produced, and when (epoch seconds)."""
 
     workers: int
     inputs: int
     statuses: dict[str, int]
+    receipts_total: int
     pathway_events: int
     recipient_copies: int
     alerts: int
@@ -812,6 +902,7 @@ class HubRun:
             "workers": self.workers,
             "inputs": self.inputs,
             "receipts": dict(sorted(self.statuses.items())),
+            "receipts_redelivered": self.receipts_total - self.inputs,
             "pathway_events": self.pathway_events,
             "recipient_copies": self.recipient_copies,
             "alerts": self.alerts,
@@ -829,58 +920,70 @@ class HubRun:
 async def measure_hub(
     phase: Phase,
     workers: Sequence[Worker],
-    inputs: int,
+    feed: Sequence[FeedMessage],
+    records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]],
     raw: Passthrough,
     *,
     progress: Progress,
     timeout: float,
-) -> tuple[HubRun, float]:
-    """Wait for every receipt and a drained pipeline; return the run and the workers' RSS at its start."""
+) -> HubRun:
+    """Load ``records`` into the ingest topic, wait for every input's receipt and a drained pipeline.
+
+    Time runs from the first record a worker wrote (its first input's identity record or receipt:
+    the start of consumption) to the last first-receipt and to the last recipient-topic record.
+    """
     topics = phase.topics
+    tracker = ReceiptTracker(frozenset(m.message_id for m in feed))
     reader = await Reader.open(phase.bootstrap)
+    consumer = await _reader(phase.bootstrap)
+    stop = asyncio.Event()
 
     def check() -> None:
         for worker in workers:
             worker.check()
 
     try:
+        tps = _partitions(phase.bootstrap, [topics.receipts])
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        tracking = asyncio.create_task(_track(consumer, tracker, stop))
+        await preload(phase.bootstrap, topics.ingest, records)
+        progress(f"  loaded {len(records):,} inputs into {topics.ingest}")
         deadline = time.monotonic() + timeout
-        rss_at_start = 0.0
-        reported = 0.0
-        while True:
+        reported = time.monotonic()
+        while not tracker.complete:
             check()
-            done = await reader.count([topics.receipts])
-            if not rss_at_start and (done or await reader.count([topics.identity])):
-                rss_at_start = sum(w.rss_mb() for w in workers)
-            if done >= inputs:
-                break
             if time.monotonic() > deadline:
-                raise HubError(f"only {done} of {inputs} receipts after {timeout:.0f} s")
+                raise HubError(
+                    f"only {len(tracker.first)} of {len(feed)} inputs have a receipt after {timeout:.0f} s"
+                )
             if time.monotonic() - reported >= 5:
-                progress(f"  receipts {done:,}/{inputs:,}")
+                progress(f"  receipts {len(tracker.first):,}/{len(feed):,}")
                 reported = time.monotonic()
             await asyncio.sleep(0.25)
         progress("  every input has its receipt; waiting for the pipeline to drain")
         outputs = [topics.pathway, *phase.recipient_topics, topics.alerts, topics.audit]
         await reader.settle(outputs, quiet=QUIET_SECONDS, check=check)
-        receipts = await reader.read_all([topics.receipts])
-        statuses = Counter(json.loads(r.value).get("status", "?") for r in receipts)
-        run = HubRun(
+        stop.set()
+        await tracking
+        firsts = [at for at, _ in tracker.first.values()]
+        return HubRun(
             workers=len(workers),
-            inputs=inputs,
-            statuses=dict(statuses),
+            inputs=len(feed),
+            statuses=dict(Counter(status for _, status in tracker.first.values())),
+            receipts_total=await reader.count([topics.receipts]),
             pathway_events=await reader.count([topics.pathway]),
             recipient_copies=await reader.count(phase.recipient_topics),
             alerts=await reader.count([topics.alerts]),
-            # The first record a worker writes follows its first consumed input by one record's work.
             started=await reader.first_timestamp([topics.identity, topics.receipts]),
-            last_receipt=await reader.last_timestamp([topics.receipts]),
+            last_receipt=max(firsts),
             last_recipient=await reader.last_timestamp(phase.recipient_topics),
-            steady_inputs_per_s=steady_rate([r.timestamp / 1000 for r in receipts]),
+            steady_inputs_per_s=steady_rate(firsts),
             raw_records_per_s=per_second(raw.records, raw.seconds),
         )
-        return run, rss_at_start
     finally:
+        stop.set()
+        await consumer.stop()
         await reader.close()
 
 
@@ -1139,19 +1242,23 @@ class Bench:
     async def hub_phase(
         self, name: str, feed: Sequence[FeedMessage], *, workers: int, profile: Path | None = None
     ) -> tuple[Phase, Passthrough, HubRun, list[Worker], float]:
-        """Fresh topics, the feed pre-loaded, the raw passthrough, then the hub on the same records."""
+        """Fresh topics; the raw passthrough of the signed feed; then the hub on the same records.
+
+        Returns the phase, the passthrough, the hub run, the workers (still running) and their RSS
+        once they held their partitions, before any input.
+        """
         config = self.config
         assert config.bootstrap is not None
         phase = Phase.create(config.bootstrap, name, config.partitions)
-        self.progress(f"{name}: pre-loading {len(feed):,} signed demo messages into {phase.topics.ingest}")
+        self.progress(f"{name}: loading {len(feed):,} signed demo messages into {phase.source_topic}")
         await preload(
-            phase.bootstrap, phase.topics.ingest, [signed(m, self.secrets[m.source_id]) for m in feed]
+            phase.bootstrap, phase.source_topic, [signed(m, self.secrets[m.source_id]) for m in feed]
         )
-        self.progress(f"{name}: raw passthrough, {workers} process(es)")
+        self.progress(f"{name}: raw passthrough, {workers} process(es), best of {RAW_REPEATS} by median")
         # A few hundred milliseconds each: the median of a few runs is steadier than one.
         runs = [
             await passthrough_in_processes(
-                phase.bootstrap, phase.topics.ingest, phase.passthrough_topic, config.partitions, workers
+                phase.bootstrap, phase.source_topic, phase.passthrough_topic, config.partitions, workers
             )
             for _ in range(RAW_REPEATS)
         ]
@@ -1161,15 +1268,20 @@ class Bench:
             f"starting {workers} worker(s)" + (" under cProfile" if profile else "")
         )
         started = self.start_workers(phase, workers, profile=profile)
-        run, rss_at_start = await measure_hub(
-            phase, started, len(feed), raw, progress=self.progress, timeout=config.timeout
+        await phase.wait_until_assigned(started, timeout=120)
+        rss_ready = sum(w.rss_mb() for w in started)
+        self.progress(f"{name}: the worker(s) hold every ingest partition ({rss_ready:.0f} MB RSS)")
+        # Signed again now: the same bodies and sizes as the passthrough's, fresh signatures.
+        records = [signed(m, self.secrets[m.source_id]) for m in feed]
+        run = await measure_hub(
+            phase, started, feed, records, raw, progress=self.progress, timeout=config.timeout
         )
         summary = run.as_dict()
         self.progress(
             f"{name}: {summary['inputs_per_s']:,.1f} inputs/s, {summary['pathway_events_per_s']:,.1f} "
             f"pathway events/s, ratio to raw {summary['ratio_to_raw']:.3f}"
         )
-        return phase, raw, run, started, rss_at_start
+        return phase, raw, run, started, rss_ready
 
     async def run(self, command: str) -> dict[str, Any]:
         config = self.config
@@ -1199,7 +1311,7 @@ class Bench:
         )
         memory = {
             "worker_peak_rss_mb": round(workers[0].peak_rss_mb(), 1),
-            "worker_rss_at_start_mb": round(rss_at_start, 1),
+            "worker_rss_ready_mb": round(rss_at_start, 1),
             "patients_in_state": config.patients,
         }
         self.progress("stopping the worker")

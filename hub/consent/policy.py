@@ -29,7 +29,6 @@ from hub.consent.recipients import (
     Identifier,
     Recipient,
     parse_code_sets,
-    read_json_config,
 )
 from hub.consent.sensitivity import CodeSet, categories_of, clinical_codings
 from hub.consent.state import (
@@ -41,7 +40,7 @@ from hub.consent.state import (
     parse_consent,
 )
 from hub.errors import ConfigError
-from hub.schemas import schema_errors
+from hub.schemas import read_json_config, schema_errors
 
 #: Version of the rules below; change it with any change of what they decide.
 POLICY_VERSION = "2026-11-22.1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any, Literal
 
 from hub.consent.sensitivity import CodeSet
 from hub.errors import ConfigError
-from hub.schemas import schema_errors
+from hub.schemas import read_json_config, schema_errors
 from hub.topics import recipient_pathway
 
 RECIPIENTS_SCHEMA = "recipients.schema.json"
@@ -102,21 +101,6 @@ class RecipientRegistry:
 
     def __len__(self) -> int:
         return len(self.recipients)
-
-
-def read_json_config(path: Path, *, what: str, hint: str) -> Any:
-    """A config file's JSON document; any read or syntax fault is a ConfigError naming the file."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}", hint=hint) from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not JSON (line {exc.lineno}, column {exc.colno})",
-            hint="fix the syntax error at that position",
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text", hint="save the file as UTF-8") from exc
 
 
 def parse_code_sets(raw: list[Mapping[str, Any]], *, where: str) -> tuple[CodeSet, ...]:

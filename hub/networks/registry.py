@@ -14,11 +14,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from hub.consent.recipients import Identifier, read_json_config
+from hub.consent.recipients import Identifier
 from hub.errors import ConfigError
 from hub.logging import get_logger
 from hub.networks.criteria import Criterion, Territory, parse_criterion
-from hub.schemas import schema_errors
+from hub.schemas import read_json_config, schema_errors
 
 log = get_logger(__name__)
 

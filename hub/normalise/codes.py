@@ -9,7 +9,6 @@ marked ``unmapped`` and reported, so operators can see which local vocabularies 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from fhir.resources.R4B.conceptmap import ConceptMap
 from pydantic import ValidationError
 
 from hub.errors import ConfigError
+from hub.schemas import read_json_config
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 #: The French edition (CIM-10, ANS terminology server): ICD-10 codes plus French extensions.
@@ -325,20 +325,11 @@ def _target(
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read ConceptMap {path}",
-            hint="check the source's code_mappings (paths are relative to the registry file)",
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text", hint="save the file as UTF-8") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not JSON (line {exc.lineno}, column {exc.colno})",
-            hint="fix the syntax error at that position",
-        ) from exc
+    return read_json_config(
+        path,
+        what="ConceptMap",
+        hint="check the source's code_mappings (paths are relative to the registry file)",
+    )
 
 
 @dataclass

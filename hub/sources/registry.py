@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub.errors import ConfigError, SecretUnavailable
 from hub.logging import register_secret
-from hub.schemas import schema_errors
+from hub.schemas import read_json_config, schema_errors
 
 SOURCES_SCHEMA = "sources.schema.json"
 
@@ -121,19 +120,7 @@ def parse_sources(document: Any, *, origin: str, base: Path, environ: Mapping[st
 
 def load_sources(path: Path, *, environ: Mapping[str, str] | None = None) -> SourceRegistry:
     """Read, validate and resolve the source registry file; raises ConfigError on any fault."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read source registry {path}", hint="set HUB_SOURCES_FILE to the right file"
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not JSON (line {exc.lineno}, column {exc.colno})",
-            hint="fix the syntax error at that position",
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text", hint="save the file as UTF-8") from exc
+    document = read_json_config(path, what="source registry", hint="set HUB_SOURCES_FILE to the right file")
     return parse_sources(
         document,
         origin=str(path),
