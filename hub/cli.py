@@ -206,14 +206,24 @@ def config() -> None:
 @config.command("check")
 @reporting_errors
 def config_check() -> None:
-    """Validate the source registry against its schema and resolve every secret reference."""
-    from hub.sources.registry import load_sources  # noqa: PLC0415
+    """Validate every configuration file against its schema and resolve every secret reference.
+
+    The same loaders as the worker's: sources (with their ConceptMaps), recipients, policy, networks.
+    """
+    from hub.networks import load_networks  # noqa: PLC0415
+    from hub.streams.worker import ingest_context, share_config  # noqa: PLC0415
 
     settings = Settings()
-    registry = load_sources(settings.sources_file)
-    out.print(f"{settings.sources_file}: {len(registry)} sources, all secrets resolved")
-    settings.pseudonym_key_bytes()
-    out.print("pseudonymisation key: present")
+    context = ingest_context(settings)
+    out.print(
+        f"{settings.sources_file}: {len(context.registry)} sources, all secrets resolved, "
+        f"{len(context.code_mappers)} with ConceptMaps; pseudonymisation key present"
+    )
+    recipients, policy = share_config(settings)
+    where = settings.recipients_file or "no recipients file: nobody receives anything"
+    out.print(f"{where}: {len(recipients)} recipients; policy {policy.label} ({settings.policy_file})")
+    networks = load_networks(settings.networks_dir)
+    out.print(f"{settings.networks_dir}: {len(networks)} networks")
 
 
 @main.command()
