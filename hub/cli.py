@@ -12,11 +12,13 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hub.bench_cli import bench
 from hub.broker.cli import broker
 from hub.cli_support import EXIT_FAILURE, reporting_errors
 from hub.errors import ConfigError
 from hub.gateway.cli import gateway
 from hub.ops.cli import consent, trace
+from hub.ops.dlq_cli import dlq
 from hub.settings import Settings
 from hub.sources.cli import sources
 
@@ -241,4 +243,6 @@ main.add_command(broker)
 main.add_command(gateway)
 main.add_command(trace)
 main.add_command(consent)
+main.add_command(dlq)
 main.add_command(sources)
+main.add_command(bench)
