@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     gateway_state_file: Path | None = None
     #: SHA-256 hashes of the GPs' bearer tokens; None: <state_dir>/gateway/gp-tokens.json.
     gateway_tokens_file: Path | None = None
+    #: A worker's Prometheus ``/metrics`` listens on loopback unless told otherwise (no token yet).
+    metrics_host: str = "127.0.0.1"
+    #: 0 picks a free port (the worker logs ``metrics.listening`` with the one it bound).
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     def pseudonym_key_bytes(self) -> bytes:
         """The pseudonymisation key, from ``HUB_PSEUDONYM_KEY`` or ``HUB_PSEUDONYM_KEY_FILE``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import signal
 import traceback
@@ -22,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.errors import ConfigError, HubError
 from hub.gateway import cds, state_file, tokens_file
@@ -29,6 +31,7 @@ from hub.gateway.consumer import AlertConsumer, group_id
 from hub.gateway.store import AlertStore, StoredAlert, StoreEvent
 from hub.gateway.tokens import TokenStore
 from hub.logging import get_logger
+from hub.metrics import REGISTRY
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -263,6 +266,22 @@ async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok", "consumer": consumer.status.value if consumer else "disabled"})
 
 
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics, to loopback clients only: remote scrapes need an operator token (not yet)."""
+    if not _loopback(request.remote):
+        raise ApiError(403, "forbidden", "metrics are served to loopback clients only")
+    response = web.Response(body=generate_latest(REGISTRY))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
 async def page(request: web.Request) -> web.FileResponse:
     """The demo GP page."""
     return web.FileResponse(STATIC_DIR / "gp.html", headers={"Content-Security-Policy": PAGE_POLICY})
@@ -424,6 +443,7 @@ def create_app(
     app[GATEWAY] = Gateway(store, tokens, consumer, heartbeat_seconds, close_store)
     app.router.add_get("/", page)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/cds-services", cds_discovery)
     app.router.add_post(f"/cds-services/{cds.SERVICE_ID}", cds_patient_view)
     app.router.add_get("/alerts", list_alerts)

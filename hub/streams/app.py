@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import faust
 
+from hub import metrics
 from hub.alerts.stage import EligibilityStage
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy
 from hub.consent.share import ShareStage
@@ -155,15 +157,23 @@ def create_app(
         """A thin agent: for each record, bind its coordinates, route it, send the result.
 
         concurrency=1: with more, faust can commit offsets past unfinished events (DESIGN.md 4).
+        Each record is counted in ``hub.metrics`` (stage, latency, what its outputs say).
         """
 
         async def process(stream: Any) -> None:
             async for event in stream.events():
                 message = event.message
                 bind_kafka_coordinates(message.topic, message.partition, message.offset)
+                started = time.perf_counter()
                 try:
-                    for out in route(message):
+                    outgoing = route(message)
+                    for out in outgoing:
                         await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers))
+                except Exception:
+                    metrics.failed(name)
+                    raise
+                else:
+                    metrics.observe(name, outgoing, time.perf_counter() - started)
                 finally:
                     clear_bound()
 

@@ -8,6 +8,7 @@ from hub.consent import PolicyConfig, RecipientRegistry, load_policy, load_recip
 from hub.ingest.pipeline import IngestContext
 from hub.kafka.admin import ensure_topics
 from hub.logging import configure_logging, get_logger
+from hub.metrics import start_server
 from hub.networks import load_networks
 from hub.normalise.codes import load_concept_maps
 from hub.settings import Settings
@@ -89,6 +90,19 @@ def run_worker(settings: Settings) -> None:
     recipients, policy = share_config(settings)
     networks = load_networks(settings.networks_dir)
     app = create_app(settings, context, recipients=recipients, policy=policy, networks=networks)
+    try:
+        host, port = start_server(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        # A taken port (a second worker on the host) must not stop the stream: the scrape fails instead.
+        log.warning(
+            "metrics.unavailable",
+            host=settings.metrics_host,
+            port=settings.metrics_port,
+            error=type(exc).__name__,
+            hint="set HUB_METRICS_PORT to a free port, or 0 for any",
+        )
+    else:
+        log.info("metrics.listening", host=host, port=port, url=f"http://{host}:{port}/metrics")
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

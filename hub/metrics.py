@@ -1,0 +1,168 @@
+"""Prometheus metrics of a hub process: what each stage produced, counted from the records it sends.
+
+Every metric lives in :data:`REGISTRY` (not prometheus_client's global one), served by
+:func:`start_server` in a worker and by ``GET /metrics`` in the gateway. Labels are only stage names,
+error codes, receipt statuses, pathway kinds, share rules and verdicts, network ids and alert statuses:
+never a patient id, a source message id or anything clinical (docs/OPERATIONS.md).
+
+:func:`observe` decodes the JSON of the records it needs (receipts, pathway events, audit events,
+alerts): one ``json.loads`` per such record on top of the stage's own work, accepted for now.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from hub.ingest.receipts import ERROR_CODE_HEADER
+from hub.streams.routing import Outgoing
+from hub.topics import ALERTS, AUDIT, DLQ, PATHWAY, RECEIPTS
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+#: Per-record processing time, from well under a millisecond (a reject) to seconds (a large bundle).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: Label values longer than this are cut: a label is a code, never free text.
+LABEL_MAX = 64
+
+STAGE_RECORDS = Counter(
+    "hub_stage_records", "Records a stage's agent processed.", ["stage"], registry=REGISTRY
+)
+STAGE_OUTPUTS = Counter(
+    "hub_stage_outputs", "Records a stage's agent produced, by stage.", ["stage"], registry=REGISTRY
+)
+STAGE_SECONDS = Histogram(
+    "hub_stage_seconds",
+    "Time a stage spent on one record (routing and sending its outputs).",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+STAGE_FAILURES = Counter(
+    "hub_stage_failures", "Records on which a stage raised (the agent crashes).", ["stage"], registry=REGISTRY
+)
+RECEIPTS_TOTAL = Counter(
+    "hub_receipts",
+    "Receipts published, by status (accepted, duplicate, rejected) and error code (empty unless rejected).",
+    ["status", "code"],
+    registry=REGISTRY,
+)
+DLQ_TOTAL = Counter(
+    "hub_dlq", "Inputs sent to the dead-letter topic, by error code.", ["code"], registry=REGISTRY
+)
+PATHWAY_EVENTS = Counter(
+    "hub_pathway_events", "Events published on the pathway, by kind.", ["kind"], registry=REGISTRY
+)
+SHARE_DECISIONS = Counter(
+    "hub_share_decisions",
+    "Share decisions (one per event and recipient), by deciding rule and verdict.",
+    ["rule", "verdict"],
+    registry=REGISTRY,
+)
+ALERTS_TOTAL = Counter(
+    "hub_alerts", "GP alerts published, by care network and status.", ["network", "status"], registry=REGISTRY
+)
+
+
+def _label(value: object) -> str:
+    return value[:LABEL_MAX] if isinstance(value, str) else ""
+
+
+def _topic_is(topic: str, name: str) -> bool:
+    """Whether a (possibly prefixed) topic is the contract topic ``name``."""
+    return topic == name or topic.endswith("." + name)
+
+
+def _decode(value: bytes | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+def _header(headers: Iterable[tuple[str, bytes]], name: str) -> str:
+    for key, value in headers:
+        if key == name:
+            return value.decode("utf-8", "replace")
+    return ""
+
+
+def _details(audit: dict[str, Any]) -> dict[str, str] | None:
+    """The ``entity[0].detail`` of a share-decision AuditEvent, or None for any other record."""
+    subtypes = audit.get("subtype")
+    if not isinstance(subtypes, list) or not any(
+        isinstance(s, dict) and s.get("code") == "share-decision" for s in subtypes
+    ):
+        return None
+    entities = audit.get("entity")
+    if not isinstance(entities, list) or not entities or not isinstance(entities[0], dict):
+        return None
+    details = entities[0].get("detail")
+    if not isinstance(details, list):
+        return None
+    return {
+        d["type"]: d["valueString"]
+        for d in details
+        if isinstance(d, dict) and isinstance(d.get("type"), str) and isinstance(d.get("valueString"), str)
+    }
+
+
+def _count(out: Outgoing) -> None:
+    topic = out.topic
+    if _topic_is(topic, DLQ):
+        DLQ_TOTAL.labels(code=_label(_header(out.headers, ERROR_CODE_HEADER))).inc()
+        return
+    if not any(_topic_is(topic, name) for name in (RECEIPTS, PATHWAY, AUDIT, ALERTS)):
+        return
+    value = _decode(out.value)
+    if not isinstance(value, dict):
+        return
+    if _topic_is(topic, RECEIPTS):
+        error = value.get("error")
+        code = error.get("code") if isinstance(error, dict) else ""
+        RECEIPTS_TOTAL.labels(status=_label(value.get("status")), code=_label(code)).inc()
+    elif _topic_is(topic, PATHWAY):
+        PATHWAY_EVENTS.labels(kind=_label(value.get("kind"))).inc()
+    elif _topic_is(topic, AUDIT):
+        details = _details(value)
+        if details is not None:
+            SHARE_DECISIONS.labels(
+                rule=_label(details.get("rule")), verdict=_label(details.get("verdict"))
+            ).inc()
+    else:
+        network = value.get("network")
+        ALERTS_TOTAL.labels(
+            network=_label(network.get("id") if isinstance(network, dict) else None),
+            status=_label(value.get("status")),
+        ).inc()
+
+
+def observe(stage: str, outgoing: list[Outgoing], seconds: float) -> None:
+    """Count one record a stage processed in ``seconds``, and what its outputs say."""
+    STAGE_RECORDS.labels(stage=stage).inc()
+    STAGE_SECONDS.labels(stage=stage).observe(seconds)
+    STAGE_OUTPUTS.labels(stage=stage).inc(len(outgoing))
+    for out in outgoing:
+        _count(out)
+
+
+def failed(stage: str) -> None:
+    """Count a record on which a stage raised."""
+    STAGE_FAILURES.labels(stage=stage).inc()
+
+
+def start_server(host: str, port: int) -> tuple[str, int]:
+    """Serve :data:`REGISTRY` on ``http://host:port/metrics`` in a thread; return the bound address."""
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    bound_host, bound_port = server.server_address[:2]
+    return str(bound_host), int(bound_port)
