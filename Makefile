@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck unit corpus functional integration browser clean broker-stop
+.PHONY: run test install lint typecheck unit corpus functional integration browser bench clean broker-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,12 +47,16 @@ functional: install
 integration: install
 	$(BIN)/pytest tests/integration
 
+# Not part of `make test`: a measurement, minutes long (docs/PERFORMANCE.md).
+bench: install
+	$(BIN)/hub bench
+
 browser: install $(CHROMIUM)
 	$(BIN)/pytest tests/browser
 
 lint: install
-	$(BIN)/ruff check hub tests
-	$(BIN)/ruff format --check hub tests
+	$(BIN)/ruff check hub tests bench
+	$(BIN)/ruff format --check hub tests bench
 
 typecheck: install
 	$(BIN)/mypy

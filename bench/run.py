@@ -55,13 +55,14 @@ from kafka.errors import KafkaError
 from hub.broker.embedded import KAFKA_VERSION, BrokerLayout, EmbeddedBroker, tail
 from hub.consent import load_recipients
 from hub.demo.generator import generate_feed
-from hub.errors import HubError
+from hub.errors import BrokerError, ErrorCode, HubError
 from hub.ingest.pipeline import CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER, SIGNATURE_HEADER, SOURCE_HEADER
 from hub.ingest.signature import sign
 from hub.kafka.admin import ensure_topics
 from hub.run import DEMO_RECIPIENTS_FILE, DEMO_SOURCES_FILE, prepare_demo_environment
 from hub.settings import Settings
 from hub.sources.registry import load_sources
+from hub.streams.app import TABLES, changelog_topic
 from hub.streams.worker import create_contract_topics
 from hub.topics import TopicNames
 
@@ -83,11 +84,19 @@ LATENCY_SHARE = 0.35
 LOAD_FACTOR = 0.5
 #: Seconds without a new output record after which a phase's pipeline counts as drained.
 QUIET_SECONDS = 5.0
+#: Fewer inputs than this say too little about memory per input to extrapolate to the target's size.
+MIN_INPUTS_TO_EXTRAPOLATE = 2000
 #: Raw passthrough runs per phase; the median one is reported.
 RAW_REPEATS = 3
 MEBIBYTE = 1024 * 1024
 
 Progress = Callable[[str], None]
+
+
+class BenchFailed(HubError):
+    """The hub under test failed or stalled: a worker exited, or inputs went without a receipt."""
+
+    code = ErrorCode.INTERNAL
 
 
 # --- pure helpers (unit-tested) -------------------------------------------------------------------
@@ -163,6 +172,19 @@ def steady_rate(timestamps: Sequence[float], low: float = 10, high: float = 90) 
     return per_second(last - first, ordered[last] - ordered[first])
 
 
+def memory_estimate(
+    *, ready_mb: float, peak_mb: float, inputs: int, inputs_per_patient: float, patients: int
+) -> tuple[float, float]:
+    """(RSS growth in MB per 1,000 inputs, RSS in MB for ``patients`` by linear extrapolation).
+
+    The growth is the worker's peak RSS over its RSS when ready, per input it holds state for: with
+    the in-memory table store every table entry stays on the Python heap, so state grows with the
+    inputs (the demo feed has ``inputs_per_patient`` per patient).
+    """
+    growth = per_second(max(0.0, peak_mb - ready_mb) * 1000, inputs)
+    return growth, ready_mb + growth * inputs_per_patient * patients / 1000
+
+
 @dataclass(frozen=True)
 class Target:
     """One target of issue 8 item 4, and whether the run met it (None: the run could not show it)."""
@@ -202,13 +224,19 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[Target]:
     patients = memory["patients_in_state"]
     peak = memory["worker_peak_rss_mb"]
     shown = patients >= TARGET_PATIENTS_IN_STATE
+    estimate = memory.get("estimated_rss_mb_at_target_patients")
+    note = ""
+    if not shown:
+        note = f"run with --patients {TARGET_PATIENTS_IN_STATE} to show it"
+        if estimate is not None:
+            note += f"; linear extrapolation of this run: {estimate:,.0f} MB"
     targets.append(
         Target(
             f"worker peak RSS, {TARGET_PATIENTS_IN_STATE:,} patients in state",
             f"< {TARGET_PEAK_RSS_MB:.0f} MB",
             f"{peak:.0f} MB with {patients:,} patients",
             (peak < TARGET_PEAK_RSS_MB) if shown else None,
-            "" if shown else f"run with --patients {TARGET_PATIENTS_IN_STATE} to show it",
+            note,
         )
     )
     return targets
@@ -301,6 +329,17 @@ def render_table(result: Mapping[str, Any]) -> str:
             "hub, 1 worker: pathway events",
             f"{_fmt(hub['pathway_events_per_s'], 'events/s')} ({hub['pathway_events']:,} events, "
             f"{hub['recipient_copies']:,} recipient copies, {hub['alerts']:,} alerts)",
+        ),
+        (
+            "hub, 1 worker: records written",
+            f"{hub['records_written_per_input']:.1f} per input, "
+            f"{_fmt(hub['records_written_per_s'], 'records/s')} (all topics and changelogs)",
+        ),
+        (
+            "hub, 1 worker: CPU",
+            f"{hub['worker_cpu_ms_per_input']:.1f} ms of worker CPU per input, worker busy "
+            f"{hub['worker_cpu_utilisation']:.0%} of the run; CPU s: broker {hub['broker_cpu_seconds']:.0f}, "
+            f"other processes and steal {hub['other_cpu_seconds']:.0f}",
         ),
         ("hub / raw (inputs/s)", f"{hub['ratio_to_raw']:.3f}"),
     ]
@@ -424,7 +463,7 @@ def _partitions(bootstrap: str, topics: Sequence[str]) -> list[Any]:
             for topic in missing:
                 partitions = lookup.partitions_for_topic(topic)
                 if not partitions:
-                    raise HubError(f"topic {topic} does not exist")
+                    raise BrokerError(f"topic {topic} does not exist on {bootstrap}")
                 _PARTITIONS[topic] = tuple(sorted(partitions))
         finally:
             lookup.close()
@@ -652,6 +691,27 @@ def _proc_status_kb(pid: int, field_name: str) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time a process has used so far; 0 when it cannot be read."""
+    if pid is None:
+        return 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        # Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def system_busy_seconds() -> float:
+    """CPU time all cores have spent busy since boot (``/proc/stat``), 0 when it cannot be read."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(v) for v in Path("/proc/stat").read_text(encoding="utf-8").split("\n", 1)[0].split()[1:9]
+        )
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 @dataclass
 class Worker:
     """One ``hub worker`` process started by the benchmark."""
@@ -681,9 +741,10 @@ class Worker:
         """Raise with the end of the worker's log if it has exited."""
         code = self.process.poll()
         if code is not None:
-            raise HubError(
+            raise BenchFailed(
                 f"worker pid {self.process.pid} exited (code {code}); end of {self.log_file}:\n"
-                + tail(self.log_file, 30)
+                + tail(self.log_file, 30),
+                hint="the worker's log is above (and kept with the broker's in the directory named below)",
             )
 
     def rss_mb(self) -> float:
@@ -691,6 +752,9 @@ class Worker:
 
     def peak_rss_mb(self) -> float:
         return (_proc_status_kb(self.process.pid, "VmHWM") or 0) / 1024
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (faust stops in order; cProfile writes its file), SIGKILL after ``timeout``."""
@@ -721,7 +785,7 @@ def wait_for_leaders(bootstrap: str, topics: Sequence[str], timeout: float = 60.
             if ready:
                 return
             if time.monotonic() > deadline:
-                raise HubError(
+                raise BrokerError(
                     f"the partitions of {len(topics)} new topics have no leader after {timeout:.0f} s"
                 )
             time.sleep(0.2)
@@ -775,6 +839,17 @@ class Phase:
     def passthrough_topic(self) -> str:
         return self.prefix + "bench.passthrough"
 
+    @property
+    def written_topics(self) -> list[str]:
+        """Every topic a worker writes: the contract's but ingest, internal, recipients', changelogs."""
+        topics = self.topics
+        return [
+            *(name for name in topics.contract() if name != topics.ingest),
+            *topics.internal(),
+            *self.recipient_topics,
+            *(changelog_topic(self.app_id, table) for table in TABLES),
+        ]
+
     def settings(self) -> Settings:
         return Settings(
             bootstrap_servers=self.bootstrap,
@@ -796,7 +871,20 @@ class Phase:
             # The feed is signed when loaded; a long run must not see it expire.
             "HUB_SIGNATURE_TOLERANCE_SECONDS": "86400",
             "HUB_LOG_JSON": "true",
+            # Metrics stay on, as in production; each worker on a port of its own.
+            "HUB_METRICS_PORT": "0",
         }
+
+    async def written_by_topic(self, reader: Reader) -> dict[str, int]:
+        """Records in each written topic, by name without the phase's prefix; recipient topics summed."""
+        counts: dict[str, int] = {}
+        for topic in self.written_topics:
+            if topic in self.recipient_topics:
+                name = f"hub.pathway.<recipient>.v1 ({len(self.recipient_topics)} topics)"
+            else:
+                name = topic.removeprefix(self.prefix).removeprefix(self.app_id + "-")
+            counts[name] = counts.get(name, 0) + await reader.count([topic])
+        return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
     @classmethod
     def create(cls, bootstrap: str, name: str, partitions: int) -> Phase:
@@ -833,8 +921,9 @@ class Phase:
             for worker in workers:
                 worker.check()
             if time.monotonic() > deadline:
-                raise HubError(
-                    f"the workers of {self.app_id} hold no stable assignment after {timeout:.0f} s"
+                raise BenchFailed(
+                    f"the workers of {self.app_id} hold no stable assignment after {timeout:.0f} s",
+                    hint="read the workers' logs in the directory named below",
                 )
             members = await asyncio.to_thread(
                 group_assignment, self.bootstrap, self.app_id, self.topics.ingest
@@ -888,11 +977,20 @@ class HubRun:
     pathway_events: int
     recipient_copies: int
     alerts: int
+    #: Every record the workers wrote: outputs, internal topics and table changelogs.
+    records_written: int
     started: float
     last_receipt: float
     last_recipient: float
     steady_inputs_per_s: float
     raw_records_per_s: float
+    #: Records written by topic (recipient topics summed, prefixes left out).
+    written_by_topic: tuple[tuple[str, int], ...] = ()
+    #: CPU seconds the workers and the embedded broker used from the load to the drained pipeline.
+    worker_cpu_seconds: float = 0.0
+    broker_cpu_seconds: float = 0.0
+    #: CPU the rest of the machine used meanwhile (other processes, hypervisor steal): what competed.
+    other_cpu_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         to_recipient = self.last_recipient - self.started
@@ -906,6 +1004,10 @@ class HubRun:
             "pathway_events": self.pathway_events,
             "recipient_copies": self.recipient_copies,
             "alerts": self.alerts,
+            "records_written": self.records_written,
+            "records_written_per_input": round(per_second(self.records_written, self.inputs), 2),
+            "records_written_per_s": round(per_second(self.records_written, to_recipient), 1),
+            "records_written_by_topic": dict(self.written_by_topic),
             "seconds_to_last_receipt": round(to_receipt, 3),
             "seconds_to_last_recipient_record": round(to_recipient, 3),
             "inputs_per_s": round(inputs_per_s, 1),
@@ -914,7 +1016,25 @@ class HubRun:
             "pathway_events_per_s": round(per_second(self.pathway_events, to_recipient), 1),
             "recipient_copies_per_s": round(per_second(self.recipient_copies, to_recipient), 1),
             "ratio_to_raw": round(per_second(inputs_per_s, self.raw_records_per_s), 4),
+            "worker_cpu_seconds": round(self.worker_cpu_seconds, 1),
+            "worker_cpu_ms_per_input": round(per_second(self.worker_cpu_seconds * 1000, self.inputs), 2),
+            # Of the cores the workers could use (one each: a Python process runs on one at a time).
+            "worker_cpu_utilisation": round(
+                per_second(self.worker_cpu_seconds, to_recipient * self.workers), 3
+            ),
+            "broker_cpu_seconds": round(self.broker_cpu_seconds, 1),
+            "other_cpu_seconds": round(self.other_cpu_seconds, 1),
         }
+
+
+def _cpu_snapshot(workers: Sequence[Worker], broker_pid: int | None) -> tuple[float, float, float, float]:
+    """CPU seconds so far of (the workers, the broker, this process, the whole machine)."""
+    return (
+        sum(w.cpu_seconds() for w in workers),
+        cpu_seconds(broker_pid),
+        cpu_seconds(os.getpid()),
+        system_busy_seconds(),
+    )
 
 
 async def measure_hub(
@@ -926,6 +1046,7 @@ async def measure_hub(
     *,
     progress: Progress,
     timeout: float,
+    broker_pid: int | None = None,
 ) -> HubRun:
     """Load ``records`` into the ingest topic, wait for every input's receipt and a drained pipeline.
 
@@ -947,6 +1068,7 @@ async def measure_hub(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         tracking = asyncio.create_task(_track(consumer, tracker, stop))
+        cpu_start = _cpu_snapshot(workers, broker_pid)
         await preload(phase.bootstrap, topics.ingest, records)
         progress(f"  loaded {len(records):,} inputs into {topics.ingest}")
         deadline = time.monotonic() + timeout
@@ -954,8 +1076,9 @@ async def measure_hub(
         while not tracker.complete:
             check()
             if time.monotonic() > deadline:
-                raise HubError(
-                    f"only {len(tracker.first)} of {len(feed)} inputs have a receipt after {timeout:.0f} s"
+                raise BenchFailed(
+                    f"only {len(tracker.first)} of {len(feed)} inputs have a receipt after {timeout:.0f} s",
+                    hint="fewer --patients, or read the worker's log in the directory named below",
                 )
             if time.monotonic() - reported >= 5:
                 progress(f"  receipts {len(tracker.first):,}/{len(feed):,}")
@@ -964,6 +1087,7 @@ async def measure_hub(
         progress("  every input has its receipt; waiting for the pipeline to drain")
         outputs = [topics.pathway, *phase.recipient_topics, topics.alerts, topics.audit]
         await reader.settle(outputs, quiet=QUIET_SECONDS, check=check)
+        cpu_end = _cpu_snapshot(workers, broker_pid)
         stop.set()
         await tracking
         firsts = [at for at, _ in tracker.first.values()]
@@ -975,11 +1099,20 @@ async def measure_hub(
             pathway_events=await reader.count([topics.pathway]),
             recipient_copies=await reader.count(phase.recipient_topics),
             alerts=await reader.count([topics.alerts]),
+            records_written=await reader.count(phase.written_topics),
             started=await reader.first_timestamp([topics.identity, topics.receipts]),
             last_receipt=max(firsts),
             last_recipient=await reader.last_timestamp(phase.recipient_topics),
             steady_inputs_per_s=steady_rate(firsts),
             raw_records_per_s=per_second(raw.records, raw.seconds),
+            written_by_topic=tuple((await phase.written_by_topic(reader)).items()),
+            worker_cpu_seconds=cpu_end[0] - cpu_start[0],
+            broker_cpu_seconds=cpu_end[1] - cpu_start[1],
+            other_cpu_seconds=max(
+                0.0,
+                (cpu_end[3] - cpu_start[3])
+                - sum(e - b for e, b in zip(cpu_end[:3], cpu_start[:3], strict=True)),
+            ),
         )
     finally:
         stop.set()
@@ -1214,8 +1347,19 @@ def _terminate_as_interrupt() -> Iterator[None]:
 class Bench:
     """One benchmark run: the broker, the processes it started, and the phases."""
 
-    def __init__(self, config: BenchConfig, *, progress: Progress, work_dir: Path) -> None:
+    def __init__(
+        self,
+        config: BenchConfig,
+        *,
+        progress: Progress,
+        work_dir: Path,
+        broker_pid: int | None = None,
+        machine: Mapping[str, Any] | None = None,
+    ) -> None:
         self.config = config
+        self.broker_pid = broker_pid
+        #: Read before the benchmark started anything (the load average says what else was running).
+        self.machine = dict(machine or {})
         self.progress = progress
         self.work_dir = work_dir
         self.workers: list[Worker] = []
@@ -1274,7 +1418,14 @@ class Bench:
         # Signed again now: the same bodies and sizes as the passthrough's, fresh signatures.
         records = [signed(m, self.secrets[m.source_id]) for m in feed]
         run = await measure_hub(
-            phase, started, feed, records, raw, progress=self.progress, timeout=config.timeout
+            phase,
+            started,
+            feed,
+            records,
+            raw,
+            progress=self.progress,
+            timeout=config.timeout,
+            broker_pid=self.broker_pid,
         )
         summary = run.as_dict()
         self.progress(
@@ -1286,6 +1437,7 @@ class Bench:
     async def run(self, command: str) -> dict[str, Any]:
         config = self.config
         started_at = datetime.now(UTC)
+        machine = self.machine or machine_info()
         self.progress(f"generating the demo feed for {config.patients:,} patients (seed {config.seed})")
         feed = prepare_feed(config.patients, config.seed, started_at)
         throughput_count, latency_count = split_feed(len(feed), LATENCY_SHARE)
@@ -1309,10 +1461,24 @@ class Bench:
             duration=config.duration,
             progress=self.progress,
         )
+        peak = workers[0].peak_rss_mb()
+        growth, estimate = memory_estimate(
+            ready_mb=rss_at_start,
+            peak_mb=peak,
+            inputs=throughput_count + latency["sent"],
+            inputs_per_patient=len(feed) / config.patients,
+            patients=TARGET_PATIENTS_IN_STATE,
+        )
         memory = {
-            "worker_peak_rss_mb": round(workers[0].peak_rss_mb(), 1),
+            "worker_peak_rss_mb": round(peak, 1),
             "worker_rss_ready_mb": round(rss_at_start, 1),
             "patients_in_state": config.patients,
+            "inputs_in_state": throughput_count + latency["sent"],
+            "rss_growth_mb_per_1000_inputs": round(growth, 2),
+            # A few hundred inputs mostly measure warm-up (buffers, imports): no extrapolation from them.
+            "estimated_rss_mb_at_target_patients": (
+                round(estimate) if throughput_count + latency["sent"] >= MIN_INPUTS_TO_EXTRAPOLATE else None
+            ),
         }
         self.progress("stopping the worker")
         self.stop_workers()
@@ -1348,6 +1514,7 @@ class Bench:
             memory=memory,
             scaling=scaling,
             profile=profile,
+            machine=machine,
             started_at=started_at,
         )
 
@@ -1357,6 +1524,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the benchmark; start (and always stop) an embedded broker unless ``config.bootstrap`` is set."""
     timed = _timed(progress)
+    machine = machine_info()
     work_dir = Path(tempfile.mkdtemp(prefix="hub-bench-"))
     broker: EmbeddedBroker | None = None
     bench: Bench | None = None
@@ -1372,7 +1540,13 @@ def run_bench(
                 bootstrap = broker.start()
                 timed(f"broker at {bootstrap}")
                 config = BenchConfig(**{**asdict(config), "bootstrap": bootstrap})
-            bench = Bench(config, progress=timed, work_dir=work_dir)
+            bench = Bench(
+                config,
+                progress=timed,
+                work_dir=work_dir,
+                broker_pid=broker.pid if broker is not None else None,
+                machine=machine,
+            )
             result = asyncio.run(bench.run(command))
     except Exception:
         keep = True

@@ -57,7 +57,7 @@ _QUICK_OPTIONS = ("patients", "duration", "partitions", "skip_scaling")
 @click.pass_context
 @reporting_errors
 def bench(ctx: click.Context, /, **options: Any) -> None:
-    """Measure throughput, latency and memory against raw Kafka on a real broker (about 4 minutes).
+    """Measure throughput, latency and memory against raw Kafka on a real broker (3-4 minutes).
 
     Prints a table and the targets of issue 8; progress goes to stderr. Ctrl-C stops every process
     the benchmark started, and the broker if it started one.

@@ -20,6 +20,7 @@ from bench.run import (
     latencies,
     latency_summary,
     median_run,
+    memory_estimate,
     messages_needed,
     pacing_delay,
     percentile,
@@ -93,6 +94,23 @@ def test_steady_rate_ignores_warm_up_and_tail() -> None:
     assert steady_rate([1.0, 2.0]) == 0.0
 
 
+def test_memory_extrapolation_is_linear_in_the_inputs_held() -> None:
+    # 90 MB when ready, 190 MB after 4,000 inputs: 25 MB per 1,000 inputs; 8 inputs per patient.
+    growth, estimate = memory_estimate(
+        ready_mb=90.0, peak_mb=190.0, inputs=4000, inputs_per_patient=8, patients=1000
+    )
+    assert growth == pytest.approx(25.0)
+    assert estimate == pytest.approx(90.0 + 25.0 * 8)
+    assert memory_estimate(ready_mb=90.0, peak_mb=80.0, inputs=10, inputs_per_patient=8, patients=10) == (
+        0.0,
+        90.0,
+    )
+    assert memory_estimate(ready_mb=90.0, peak_mb=95.0, inputs=0, inputs_per_patient=8, patients=10) == (
+        0.0,
+        90.0,
+    )
+
+
 def test_median_run_and_combined_processes() -> None:
     runs = [Passthrough(1, 1000, 10, 0.0, t) for t in (1.0, 0.5, 2.0)]  # 1000, 2000, 500 records/s
     median = median_run(runs)
@@ -154,6 +172,12 @@ def _document(*, ratio: float, recipient_p99: float | None, patients: int, peak:
         "pathway_events": 6000,
         "recipient_copies": 5500,
         "alerts": 60,
+        "records_written_per_input": 20.5,
+        "records_written_per_s": 1025.0,
+        "worker_cpu_ms_per_input": 18.2,
+        "worker_cpu_utilisation": 0.93,
+        "broker_cpu_seconds": 21.0,
+        "other_cpu_seconds": 0.4,
         "ratio_to_raw": ratio,
     }
     return result_document(
@@ -169,7 +193,12 @@ def _document(*, ratio: float, recipient_p99: float | None, patients: int, peak:
             "recipient_ms": recipient,
             "alert_ms": {"count": 0},
         },
-        memory={"worker_peak_rss_mb": peak, "worker_rss_ready_mb": 90.0, "patients_in_state": patients},
+        memory={
+            "worker_peak_rss_mb": peak,
+            "worker_rss_ready_mb": 90.0,
+            "patients_in_state": patients,
+            "estimated_rss_mb_at_target_patients": 12345,
+        },
         scaling={
             "raw_passthrough": {"records_per_s": 7000.0},
             "hub": {**hub, "inputs_per_s": 80.0},
@@ -206,6 +235,8 @@ def test_result_document_shape_is_json_and_carries_its_targets() -> None:
         "p99 ingest -> alert": None,  # no alert in the window: not shown, not met
         "worker peak RSS, 100,000 patients in state": None,  # 500 patients say nothing about 100,000
     }
+    memory = next(t for t in document["targets"] if t["name"].startswith("worker peak RSS"))
+    assert "linear extrapolation of this run: 12,345 MB" in memory["note"]
     table = render_table(document)
     assert "MISSED" in table
     assert "hub, 2 workers" in table
