@@ -15,7 +15,6 @@ remembers is local to its partition:
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -210,8 +209,3 @@ class IdentityStage:
             record["source"],
             receipt(accepted, origin, at=now, status=status, event_ids=event_ids),
         )
-
-
-def encode(value: dict[str, Any]) -> bytes:
-    """Compact JSON for Kafka."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hub.ingest.outcome import Accepted, IngestOutcome, KafkaCoordinates, Rejected
+from hub.ingest.outcome import IngestOutcome, KafkaCoordinates, Rejected
 from hub.normalise.time import utc_iso
 
 ERROR_CODE_HEADER = "hub-error-code"
@@ -66,4 +66,4 @@ def dlq_headers(
     ]
 
 
-__all__ = ["Accepted", "dlq_headers", "receipt", "receipt_key"]
+__all__ = ["dlq_headers", "receipt", "receipt_key"]

@@ -30,7 +30,7 @@ from hub.consent.audit import (
 )
 from hub.ingest.outcome import KafkaCoordinates
 from hub.ingest.pipeline import printable_id
-from hub.ingest.receipts import ERROR_CODE_HEADER, ERROR_DETAIL_HEADER, ORIGIN_HEADER
+from hub.ingest.receipts import ERROR_CODE_HEADER, ERROR_DETAIL_HEADER, ORIGIN_HEADER, UNKNOWN_SOURCE_KEY
 from hub.kafka.clients import Record
 from hub.normalise.time import utc_iso
 
@@ -42,7 +42,6 @@ REPLAY_OF_HEADER = "hub-replay-of"
 HUB_HEADERS = frozenset({ERROR_CODE_HEADER, ERROR_DETAIL_HEADER, ORIGIN_HEADER, REPLAY_OF_HEADER})
 REPLAY_SUBTYPE = "dlq-replay"
 #: The audit record's key when the reject names no registered source (as receipts do).
-UNKNOWN_SOURCE_KEY = "unknown"
 
 _IMPORT = {"system": DCM, "code": "110107", "display": "Import"}
 _SOURCE_ROLE = {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]}
