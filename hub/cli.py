@@ -12,13 +12,19 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hub.acl.cli import acl
+from hub.audit.cli import audit
 from hub.bench_cli import bench
 from hub.broker.cli import broker
 from hub.cli_support import EXIT_FAILURE, reporting_errors
+from hub.console.cli import console as console_command
+from hub.crypto.erase_cli import erase
 from hub.errors import ConfigError
 from hub.gateway.cli import gateway
+from hub.keys.cli import keys
 from hub.ops.cli import consent, trace
 from hub.ops.dlq_cli import dlq
+from hub.ops.status import status
 from hub.settings import Settings
 from hub.sources.cli import sources
 
@@ -150,11 +156,13 @@ _TOPIC_ALIASES = {"ingest", "receipts", "dlq", "pathway", "audit", "alerts"}
 def tail(topic: str, from_beginning: bool, follow: bool, limit: int | None) -> None:
     """Print a topic's records as they arrive (TOPIC: a name, or ingest|receipts|dlq|pathway|...)."""
     from hub.kafka.clients import read  # noqa: PLC0415
+    from hub.ops.cli import opened, optional_opener  # noqa: PLC0415
     from hub.topics import TopicNames  # noqa: PLC0415
 
     settings = Settings()
     names = TopicNames(settings.topic_prefix)
     name = getattr(names, topic) if topic in _TOPIC_ALIASES else topic
+    opener = optional_opener(settings)  # encrypted records shown decrypted with the operator's KEK
     shown = 0
     try:
         for record in read(
@@ -163,7 +171,7 @@ def tail(topic: str, from_beginning: bool, follow: bool, limit: int | None) -> N
             from_beginning=from_beginning,
             idle_timeout=None if follow else 3.0,  # type: ignore[arg-type]
         ):
-            _print_record(record)
+            _print_record(opened(opener, record))
             shown += 1
             if limit is not None and shown >= limit:
                 break
@@ -240,9 +248,15 @@ def run(patients: int, no_demo: bool) -> None:
 
 
 main.add_command(broker)
+main.add_command(acl)
 main.add_command(gateway)
+main.add_command(erase)
 main.add_command(trace)
 main.add_command(consent)
 main.add_command(dlq)
 main.add_command(sources)
 main.add_command(bench)
+main.add_command(audit)
+main.add_command(keys)
+main.add_command(console_command)
+main.add_command(status)

@@ -6,8 +6,14 @@ exception. Exceptions are for bugs, bad configuration and infrastructure::
     HubError                       every error the hub raises on purpose
     ├── ConfigError                a configuration file or setting is wrong  (config.invalid)
     │   └── SecretUnavailable      a secret file or variable is missing  (config.secret_missing)
-    └── BrokerError                the Kafka broker cannot be started or reached  (broker.*)
-        └── PrerequisiteMissing    Java or Maven is not installed  (broker.prerequisite_missing)
+    ├── BrokerError                the Kafka broker cannot be started or reached  (broker.*)
+    │   └── PrerequisiteMissing    Java or Maven is not installed  (broker.prerequisite_missing)
+    └── CryptoError                an encrypted record or key cannot be used  (crypto.*)
+        ├── EnvelopeInvalid        not a hub envelope, or an unknown version  (crypto.envelope_invalid)
+        ├── DecryptFailed          tampered, or bound to another key/topic/record  (crypto.decrypt_failed)
+        ├── KeyUnknown             the key store has no such key  (crypto.key_unknown)
+        ├── KeyDestroyed           the key was destroyed: its records are erased  (crypto.key_destroyed)
+        └── KekInvalid             the key-encryption key cannot unwrap the data key  (crypto.kek_invalid)
 
 Codes are part of the public contract: never rename one, add new ones instead.
 """
@@ -42,6 +48,14 @@ class ErrorCode(StrEnum):
     BROKER_UNAVAILABLE = "broker.unavailable"
     BROKER_PREREQUISITE_MISSING = "broker.prerequisite_missing"
     BROKER_START_FAILED = "broker.start_failed"
+    # Encryption at rest and erasure (docs/SECURITY.md).
+    CRYPTO_ENVELOPE_INVALID = "crypto.envelope_invalid"
+    CRYPTO_DECRYPT_FAILED = "crypto.decrypt_failed"
+    CRYPTO_KEY_UNKNOWN = "crypto.key_unknown"
+    CRYPTO_KEY_DESTROYED = "crypto.key_destroyed"
+    CRYPTO_KEK_INVALID = "crypto.kek_invalid"
+    #: An input about a patient whose data key was destroyed (`hub erase`): the hub keeps nothing of it.
+    PATIENT_ERASED = "patient.erased"
 
 
 class HubError(Exception):
@@ -89,12 +103,54 @@ class PrerequisiteMissing(BrokerError):
     code = ErrorCode.BROKER_PREREQUISITE_MISSING
 
 
+class CryptoError(HubError):
+    """An encrypted record or a data key cannot be used; messages name key ids, never content."""
+
+    code = ErrorCode.CRYPTO_DECRYPT_FAILED
+
+
+class EnvelopeInvalid(CryptoError):
+    """The bytes are not a hub envelope, or one of a version this hub does not know."""
+
+    code = ErrorCode.CRYPTO_ENVELOPE_INVALID
+
+
+class DecryptFailed(CryptoError):
+    """Authentication failed: tampered bytes, or a ciphertext moved to another key, topic or record."""
+
+    code = ErrorCode.CRYPTO_DECRYPT_FAILED
+
+
+class KeyUnknown(CryptoError):
+    """The key store holds no key of that id."""
+
+    code = ErrorCode.CRYPTO_KEY_UNKNOWN
+
+
+class KeyDestroyed(CryptoError):
+    """The data key was destroyed (erasure): what it encrypted can never be read again."""
+
+    code = ErrorCode.CRYPTO_KEY_DESTROYED
+
+
+class KekInvalid(CryptoError):
+    """The configured key-encryption key did not wrap this data key (a wrong or rotated KEK)."""
+
+    code = ErrorCode.CRYPTO_KEK_INVALID
+
+
 __all__ = [
     "BrokerError",
     "BrokerStartFailed",
     "ConfigError",
+    "CryptoError",
+    "DecryptFailed",
+    "EnvelopeInvalid",
     "ErrorCode",
     "HubError",
+    "KekInvalid",
+    "KeyDestroyed",
+    "KeyUnknown",
     "PrerequisiteMissing",
     "SecretUnavailable",
 ]

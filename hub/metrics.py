@@ -5,23 +5,28 @@ Every metric lives in :data:`REGISTRY` (not prometheus_client's global one), ser
 error codes, receipt statuses, pathway kinds, share rules and verdicts, network ids and alert statuses:
 never a patient id, a source message id or anything clinical (docs/OPERATIONS.md).
 
-:func:`observe` decodes the JSON of the records it needs (receipts, pathway events, audit events,
-alerts): one ``json.loads`` per such record on top of the stage's own work, accepted for now.
+:func:`observe` (or :func:`count_outputs`, before a worker seals its outputs) decodes the JSON of the
+records it needs (receipts, pathway events, audit events, alerts): one ``json.loads`` per such record
+on top of the stage's own work, accepted for now. :func:`watch_tables` counts each faust table's keys
+(``hub_table_keys``); the gateway adds its alerts by state and their read/dismiss changes. Consumer lag
+is measured from the broker by the console (``hub.console``), not here: a stopped worker cannot report it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from hub.ingest.receipts import ERROR_CODE_HEADER
 from hub.streams.routing import Outgoing
-from hub.topics import ALERTS, AUDIT, DLQ, PATHWAY, RECEIPTS
+from hub.topics import ALERTS, AUDIT_UNSEALED, DLQ, PATHWAY, RECEIPTS
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -70,6 +75,77 @@ SHARE_DECISIONS = Counter(
 ALERTS_TOTAL = Counter(
     "hub_alerts", "GP alerts published, by care network and status.", ["network", "status"], registry=REGISTRY
 )
+
+
+TABLE_KEYS = Gauge(
+    "hub_table_keys",
+    "Keys in a faust table held by this worker (its active partitions; an estimate with RocksDB).",
+    ["table"],
+    registry=REGISTRY,
+)
+#: How often a worker counts its tables' keys (a faust timer; cheap for memory, estimated for RocksDB).
+TABLE_KEYS_SECONDS = 5.0
+
+GATEWAY_ALERT_CHANGES = Counter(
+    "hub_gateway_alert_changes",
+    "Alerts the gateway stored (received), pushed to a GP's stream (pushed), or a GP read or dismissed.",
+    ["change"],
+    registry=REGISTRY,
+)
+
+
+class AlertStateCollector(Collector):
+    """``hub_gateway_alerts{state}``: the gateway's stored alerts by state, read from its store at scrape.
+
+    A gauge from the SQLite file (not a counter in memory): it survives gateway restarts. Only the
+    gateway sets a source; in a worker it yields nothing.
+    """
+
+    def __init__(self) -> None:
+        self.count: Callable[[], Mapping[str, int]] | None = None
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """The stored alerts by state (new, read, dismissed)."""
+        count = self.count
+        if count is None:
+            return []
+        family = GaugeMetricFamily(
+            "hub_gateway_alerts",
+            "Alerts the gateway holds, by state (new, read, dismissed).",
+            labels=["state"],
+        )
+        for state, number in sorted(count().items()):
+            family.add_metric([_label(state)], float(number))
+        return [family]
+
+
+GATEWAY_ALERT_STATES = AlertStateCollector()
+REGISTRY.register(GATEWAY_ALERT_STATES)
+
+
+def _table_keys(table: Any) -> int:
+    """A table's keys in this worker's active partitions.
+
+    RocksDB: the sum of ``rocksdb.estimate-num-keys`` of the active partitions' databases, since
+    counting exactly would read every key on each tick; memory: the exact count.
+    """
+    store = table.data
+    databases = getattr(store, "_dbs_for_actives", None)
+    if databases is not None:
+        try:
+            return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in databases())
+        except (AttributeError, TypeError):  # another RocksDB binding: count them
+            pass
+    return len(table)
+
+
+def watch_tables(app: Any, interval: float = TABLE_KEYS_SECONDS) -> None:
+    """Count the keys of every table of the faust ``app`` into ``hub_table_keys`` every ``interval``."""
+
+    @app.timer(interval=interval)  # type: ignore[untyped-decorator]  # faust's is untyped
+    async def count_table_keys() -> None:
+        for name, table in list(app.tables.items()):
+            TABLE_KEYS.labels(table=_label(name)).set(_table_keys(table))
 
 
 def _label(value: object) -> str:
@@ -122,7 +198,7 @@ def _count(out: Outgoing) -> None:
     if _topic_is(topic, DLQ):
         DLQ_TOTAL.labels(code=_label(_header(out.headers, ERROR_CODE_HEADER))).inc()
         return
-    if not any(_topic_is(topic, name) for name in (RECEIPTS, PATHWAY, AUDIT, ALERTS)):
+    if not any(_topic_is(topic, name) for name in (RECEIPTS, PATHWAY, AUDIT_UNSEALED, ALERTS)):
         return
     value = _decode(out.value)
     if not isinstance(value, dict):
@@ -133,7 +209,7 @@ def _count(out: Outgoing) -> None:
         RECEIPTS_TOTAL.labels(status=_label(value.get("status")), code=_label(code)).inc()
     elif _topic_is(topic, PATHWAY):
         PATHWAY_EVENTS.labels(kind=_label(value.get("kind"))).inc()
-    elif _topic_is(topic, AUDIT):
+    elif _topic_is(topic, AUDIT_UNSEALED):  # stages audit here; hub.audit seals it
         details = _details(value)
         if details is not None:
             SHARE_DECISIONS.labels(
@@ -147,11 +223,21 @@ def _count(out: Outgoing) -> None:
         ).inc()
 
 
-def observe(stage: str, outgoing: list[Outgoing], seconds: float) -> None:
-    """Count one record a stage processed in ``seconds``, and what its outputs say."""
+def observe(stage: str, outgoing: list[Outgoing], seconds: float, *, contents: bool = True) -> None:
+    """Count one record a stage processed in ``seconds``, and (with ``contents``) what its outputs say.
+
+    A worker that seals its outputs (encryption at rest) counts their contents with :func:`count_outputs`
+    before sealing, since a sealed value cannot be read here, and passes ``contents=False``.
+    """
     STAGE_RECORDS.labels(stage=stage).inc()
     STAGE_SECONDS.labels(stage=stage).observe(seconds)
     STAGE_OUTPUTS.labels(stage=stage).inc(len(outgoing))
+    if contents:
+        count_outputs(outgoing)
+
+
+def count_outputs(outgoing: Iterable[Outgoing]) -> None:
+    """Count what plaintext outputs say: receipts, DLQ codes, pathway kinds, share decisions, alerts."""
     for out in outgoing:
         _count(out)
 

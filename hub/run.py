@@ -54,10 +54,16 @@ def prepare_demo_environment() -> DemoEnvironment:
     for source in DEMO_SOURCES:
         _ensure_secret(secrets_dir / f"{source.id}.key")
     _ensure_secret(secrets_dir / "pseudonym.key")
+    # The Ed25519 seed (32 random bytes, hex) that signs the audit chain's checkpoints (hub.audit).
+    _ensure_secret(secrets_dir / "audit-signing.key")
+    # The key-encryption key of the demo's data keys (hub.crypto): 32 random bytes, hex.
+    _ensure_secret(secrets_dir / "kek.key")
     environ = {
         "HUB_SOURCES_FILE": str(DEMO_SOURCES_FILE),
         "HUB_RECIPIENTS_FILE": str(DEMO_RECIPIENTS_FILE),
         "HUB_PSEUDONYM_KEY_FILE": str(secrets_dir / "pseudonym.key"),
+        "HUB_AUDIT_SIGNING_KEY_FILE": str(secrets_dir / "audit-signing.key"),
+        "HUB_KEK_FILE": str(secrets_dir / "kek.key"),
         # The demo's INS use the test NIR system (.10), never real identities.
         "HUB_ALLOW_TEST_INS": "true",
         "HUB_LOG_JSON": "true",
@@ -111,6 +117,7 @@ def run_everything(*, patients: int, demo: bool) -> None:
     broker = EmbeddedBroker(BrokerLayout.from_settings(settings))
     worker: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
+    operators: subprocess.Popen[bytes] | None = None
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -147,6 +154,16 @@ def run_everything(*, patients: int, demo: bool) -> None:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        console_log = DEMO_STATE / "console.log"
+        with console_log.open("ab") as log_file:
+            # The operators' console (hub/console), on loopback: it scrapes the worker and the gateway.
+            operators = subprocess.Popen(
+                [sys.executable, "-m", "hub", "console"],
+                env=dict(os.environ),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         token = _demo_gp_token()
         if demo:
             _publish_demo(settings, env.environ, patients)
@@ -162,6 +179,8 @@ def run_everything(*, patients: int, demo: bool) -> None:
             f"the demo GP {DEMO_GP_RPPS} with the token {token}\n"
             f"  (CDS Hooks discovery: http://{settings.gateway_host}:{settings.gateway_port}/cds-services; "
             f"log: {gateway_log})\n"
+            f"Operators' console: http://{settings.console_host}:{settings.console_port}/ "
+            f"(or `.venv/bin/hub status`; log: {console_log})\n"
             f"Kafka: {bootstrap}. Press Ctrl-C to stop everything.\n"
         )
         while not stopping:
@@ -175,6 +194,7 @@ def run_everything(*, patients: int, demo: bool) -> None:
         pass
     finally:
         # Stop first, talk after: the terminal may already be gone.
+        _stop_process(operators)
         _stop_process(gateway)
         _stop_process(worker)
         if broker.started:  # a broker that was already running before `hub run` keeps running

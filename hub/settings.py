@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,16 @@ class Settings(BaseSettings):
     )
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: How every hub client talks to Kafka (hub.kafka.security): PLAINTEXT on the development broker,
+    #: SASL_SSL (SCRAM-SHA-512 over TLS) on the secured one (`hub broker start --secure`).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    #: PEM file of the CA that signed the broker's certificate (TLS); None: the system's CAs.
+    kafka_ssl_cafile: Path | None = None
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    #: This process's Kafka principal (SASL); its password comes from a file or the environment.
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
     app_id: str = "hub"
     #: Prepended to every topic name; empty in production, unique per test run in tests.
     topic_prefix: str = ""
@@ -39,9 +50,13 @@ class Settings(BaseSettings):
     #: The shared-secret and consent policy (sensitive code sets, recency window).
     policy_file: Path = Path(__file__).resolve().parent.parent / "config" / "policy.json"
     topic_partitions: int = Field(default=6, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
+    #: None: min(3, brokers in the cluster), with min.insync.replicas=2 when more than one (hub.kafka.admin).
+    replication_factor: int | None = Field(default=None, ge=1)
     #: faust table store: ``memory://`` for tests and demos, ``rocksdb://`` in production.
     table_store: str = "memory://"
+    #: Where faust keeps table state (<app id>-data below it); None: <state_dir>/tables. Never the
+    #: working directory: table state is patient data (sealed, but still kept out of checkouts).
+    table_dir: Path | None = None
     max_payload_bytes: int = Field(default=ONE_MEBIBYTE, ge=1024)
     #: How far a signature's timestamp may be from the hub's clock, either way.
     signature_tolerance_seconds: int = Field(default=300, ge=1)
@@ -50,6 +65,22 @@ class Settings(BaseSettings):
     #: Key of the keyed hash that turns patient identifiers into network patient ids.
     pseudonym_key: SecretStr | None = None
     pseudonym_key_file: Path | None = None
+    #: Ed25519 key that signs the audit chain's checkpoints (PEM PKCS#8 or a 64-hex-digit seed);
+    #: without one the chain is still sealed, but a cut tail cannot be detected (docs/SECURITY.md).
+    audit_signing_key: SecretStr | None = None
+    audit_signing_key_file: Path | None = None
+    #: A signed checkpoint after this many sealed records of a chain, or this many seconds.
+    audit_checkpoint_records: int = Field(default=1000, ge=1)
+    audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
+    #: Key-encryption key (32 bytes, hex or base64) wrapping the per-patient data keys (hub.crypto).
+    kek: SecretStr | None = None
+    kek_file: Path | None = None
+    #: SQLite file of the wrapped data keys; None: <state_dir>/keys/data-keys.sqlite3.
+    key_store_file: Path | None = None
+    #: How long a worker trusts a cached data key before reading the store again (erasure delay).
+    key_cache_seconds: float = Field(default=5.0, ge=0.0, le=300.0)
+    #: Every worker deletes the ingest records its group has processed this often (0: never).
+    ingest_purge_seconds: float = Field(default=300.0, ge=0.0)
     log_level: str = "info"
     log_json: bool = True
     #: The alert gateway (`hub gateway serve`) listens on loopback unless told otherwise.
@@ -63,6 +94,19 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     #: 0 picks a free port (the worker logs ``metrics.listening`` with the one it bound).
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: The operators' console (`hub console`, started by `hub run`) listens on loopback unless told
+    #: otherwise; any other address needs an operator token (`hub console token issue <name>`).
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8090, ge=0, le=65535)
+    #: SHA-256 hashes of the operators' tokens; None: <state_dir>/console/operator-tokens.json.
+    console_tokens_file: Path | None = None
+    #: Comma-separated ``/metrics`` URLs of the workers the console and `hub status` watch;
+    #: empty: the one worker at HUB_METRICS_HOST:HUB_METRICS_PORT.
+    console_worker_urls: str = ""
+    #: The gateway's ``/metrics`` URL; empty: HUB_GATEWAY_HOST:HUB_GATEWAY_PORT; ``none``: no gateway.
+    console_gateway_url: str = ""
+    #: How often the console scrapes the workers and reads the broker.
+    console_refresh_seconds: float = Field(default=2.0, ge=0.2, le=300.0)
 
     def pseudonym_key_bytes(self) -> bytes:
         """The pseudonymisation key, from ``HUB_PSEUDONYM_KEY`` or ``HUB_PSEUDONYM_KEY_FILE``."""

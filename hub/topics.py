@@ -21,7 +21,12 @@ CONTRACT_TOPICS: tuple[str, ...] = (INGEST, RECEIPTS, DLQ, PATHWAY, AUDIT, ALERT
 #: Internal: a linked identity's sharing state on its way to the surviving id.
 SHARE_MERGE = "hub.share-merge.v1"
 
-INTERNAL_TOPICS: tuple[str, ...] = (IDENTITY, SHARE_MERGE)
+#: Internal: AuditEvents of every stage before the sealing stage chains them into hub.audit.v1.
+AUDIT_UNSEALED = "hub.audit-unsealed.v1"
+#: Internal: signed checkpoints of each hub.audit.v1 partition's hash chain (hub.audit).
+AUDIT_CHECKPOINTS = "hub.audit-checkpoints.v1"
+
+INTERNAL_TOPICS: tuple[str, ...] = (IDENTITY, SHARE_MERGE, AUDIT_UNSEALED, AUDIT_CHECKPOINTS)
 
 
 def recipient_pathway(recipient_id: str) -> str:
@@ -42,6 +47,8 @@ class TopicNames:
         self.alerts = prefix + ALERTS
         self.identity = prefix + IDENTITY
         self.share_merge = prefix + SHARE_MERGE
+        self.audit_unsealed = prefix + AUDIT_UNSEALED
+        self.audit_checkpoints = prefix + AUDIT_CHECKPOINTS
 
     def contract(self) -> tuple[str, ...]:
         """Every contract topic under this prefix."""

@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -34,11 +35,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from hub.broker.tls import ADMIN_USER, BROKER_USER, TlsFiles, ensure_password, ensure_tls, password_file
 from hub.errors import BrokerError, BrokerStartFailed, ConfigError, PrerequisiteMissing
 from hub.settings import Settings
 
@@ -78,6 +80,7 @@ Progress = Callable[[str], None]
 # the newest one without the "flexible" encoding, so it fits in a few struct.pack calls.
 _METADATA_API_KEY = 3
 _METADATA_VERSION = 4
+_API_VERSIONS_API_KEY = 18
 _PROBE_CLIENT_ID = b"hub-broker-probe"
 _PROBE_CORRELATION_ID = 0x4855_4221
 
@@ -101,6 +104,9 @@ class BrokerLayout:
     jars_dir: Path
     #: Folder with ``pom.xml`` and ``log4j2.properties``.
     deploy_dir: Path = DEPLOY_DIR
+    #: Where a secured broker's ``tls/`` and ``credentials/`` live; None: ``root``. The nodes of a
+    #: cluster share their cluster's, so clients trust one CA and use one password per principal.
+    secrets_root: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, root: Path | None = None) -> BrokerLayout:
@@ -130,6 +136,16 @@ class BrokerLayout:
     @property
     def lock_file(self) -> Path:
         return self.root / ".lock"
+
+    @property
+    def tls(self) -> TlsFiles:
+        """The secured broker's CA and certificate (hub.broker.tls)."""
+        return TlsFiles((self.secrets_root or self.root) / "tls")
+
+    @property
+    def credentials_dir(self) -> Path:
+        """One SCRAM password file per principal (0600)."""
+        return (self.secrets_root or self.root) / "credentials"
 
     @property
     def pom_file(self) -> Path:
@@ -350,26 +366,144 @@ def _properties_escape(value: str) -> str:
     return "".join(escaped)
 
 
-def render_server_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
-    """The broker's server.properties, each setting preceded by the reason for it."""
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node of a multi-node KRaft cluster: a static quorum, fixed ports, a shared cluster id.
+
+    The ports stay the same across restarts (a killed node rejoins where the others expect it), so
+    they are chosen once and kept in the cluster's ``cluster.json`` (hub.broker.cluster).
+    """
+
+    node_id: int
+    port: int
+    controller_port: int
+    #: (node id, controller port) of every voter, this node included.
+    voters: tuple[tuple[int, int], ...]
+    cluster_id: str
+
+    @property
+    def size(self) -> int:
+        return len(self.voters)
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """What a secured broker's server.properties needs: its key and certificates, and its SCRAM password."""
+
+    ca_file: Path
+    certificate_chain_pem: str
+    private_key_pem: str = field(repr=False)
+    broker_password: str = field(repr=False)
+
+    @classmethod
+    def from_layout(cls, layout: BrokerLayout, broker_password: str) -> SecureListener:
+        files = layout.tls
+        return cls(
+            ca_file=files.ca_cert,
+            certificate_chain_pem=files.broker_cert.read_text(encoding="ascii"),
+            private_key_pem=files.broker_key.read_text(encoding="ascii"),
+            broker_password=broker_password,
+        )
+
+
+#: The client listener's name and protocol on a secured broker: SCRAM over TLS.
+SECURE_LISTENER = "SASL_SSL"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+
+def _secure_settings(secure: SecureListener) -> list[tuple[str, str, str]]:
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{BROKER_USER}" password="{secure.broker_password}";'
+    )
+    return [
+        ("inter.broker.listener.name", SECURE_LISTENER, "brokers talk to each other as clients do"),
+        ("sasl.enabled.mechanisms", SCRAM_MECHANISM, "salted challenge-response: no password on the wire"),
+        ("sasl.mechanism.inter.broker.protocol", SCRAM_MECHANISM, "the broker's own principal uses it too"),
+        (
+            f"listener.name.{SECURE_LISTENER.lower()}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config",
+            jaas,
+            f"the broker's own SCRAM identity ({BROKER_USER}); this file is 0600 for that reason",
+        ),
+        ("ssl.keystore.type", "PEM", "PEM key and certificates made by hub.broker.tls: no keytool"),
+        (
+            "ssl.keystore.certificate.chain",
+            secure.certificate_chain_pem,
+            "the broker's certificate, then the CA",
+        ),
+        ("ssl.keystore.key", secure.private_key_pem, "unencrypted PKCS#8, so no key password"),
+        ("ssl.truststore.type", "PEM", "the local CA, for the controller listener's client certificates"),
+        ("ssl.truststore.location", str(secure.ca_file), "the CA every client trusts too"),
+        ("ssl.endpoint.identification.algorithm", "https", "check the controller's host name (127.0.0.1)"),
+        ("ssl.client.auth", "none", "clients authenticate with SCRAM on the client listener"),
+        (
+            "listener.name.controller.ssl.client.auth",
+            "required",
+            "mutual TLS on the controller listener: only holders of a CA-signed certificate reach it",
+        ),
+        (
+            "ssl.principal.mapping.rules",
+            "RULE:^CN=([A-Za-z0-9._-]+)$/$1/,DEFAULT",
+            f"a certificate CN=x is principal User:x, so the broker is {BROKER_USER} on both listeners",
+        ),
+        (
+            "authorizer.class.name",
+            "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "KRaft's ACL authorizer (ACLs live in the metadata log)",
+        ),
+        ("allow.everyone.if.no.acl.found", "false", "deny by default: no ACL, no access"),
+        (
+            "super.users",
+            f"User:{BROKER_USER};User:{ADMIN_USER}",
+            "only the broker itself and the operator's admin principal bypass ACLs",
+        ),
+    ]
+
+
+def render_server_properties(
+    *,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    node: ClusterNode | None = None,
+    secure: SecureListener | None = None,
+) -> str:
+    """The broker's server.properties, each setting preceded by the reason for it.
+
+    ``node`` makes it one node of a static-quorum cluster; ``secure`` puts SCRAM over TLS on the
+    client listener, mutual TLS on the controller listener, and the StandardAuthorizer in charge.
+    """
     client = f"{LOOPBACK}:{port}"
     controller = f"{LOOPBACK}:{controller_port}"
+    listener = SECURE_LISTENER if secure else "PLAINTEXT"
+    size = node.size if node else 1
+    replicas, min_isr = min(3, size), min(2, size)
+    quorum: tuple[str, str, str]
+    if node is None:
+        quorum = ("controller.quorum.bootstrap.servers", controller, "a dynamic quorum of this node")
+    else:
+        quorum = (
+            "controller.quorum.voters",
+            ",".join(f"{voter}@{LOOPBACK}:{voter_port}" for voter, voter_port in node.voters),
+            f"a static quorum of {size} combined nodes: any {size // 2 + 1} keep the cluster up",
+        )
     settings: list[tuple[str, str, str]] = [
-        ("process.roles", "broker,controller", "one process is the whole cluster (KRaft)"),
-        ("node.id", "1", "the only node"),
-        ("controller.quorum.bootstrap.servers", controller, "a dynamic quorum of this node"),
+        ("process.roles", "broker,controller", "each process is a broker and a controller (KRaft)"),
+        ("node.id", str(node.node_id if node else 1), "this node" if node else "the only node"),
+        quorum,
         (
             "listeners",
-            f"PLAINTEXT://{client},CONTROLLER://{controller}",
-            "loopback only: a development broker has no authentication",
+            f"{listener}://{client},CONTROLLER://{controller}",
+            "loopback only" + ("" if secure else ": a development broker has no authentication"),
         ),
-        ("advertised.listeners", f"PLAINTEXT://{client}", "what clients are told to connect to"),
+        ("advertised.listeners", f"{listener}://{client}", "what clients are told to connect to"),
         ("controller.listener.names", "CONTROLLER", "the listener the KRaft quorum uses"),
         (
             "listener.security.protocol.map",
-            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "plaintext on loopback",
+            f"CONTROLLER:SSL,{listener}:{listener}" if secure else "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "TLS everywhere" if secure else "plaintext on loopback",
         ),
+        *(_secure_settings(secure) if secure else []),
         ("log.dirs", str(data_dir), "data and KRaft metadata, formatted on first start"),
         (
             "auto.create.topics.enable",
@@ -380,16 +514,44 @@ def render_server_properties(*, port: int, controller_port: int, data_dir: Path)
         ("num.partitions", "1", "default for topics created without a count (tests)"),
         (
             "offsets.topic.replication.factor",
-            "1",
-            "one broker: internal topics cannot have more replicas",
+            str(replicas),
+            "one broker: internal topics cannot have more replicas"
+            if size == 1
+            else "committed offsets survive a broker",
         ),
         (
             "offsets.topic.num.partitions",
             "10",
             "the default 50 makes the first consumer group wait for 50 partitions to be created",
         ),
-        ("transaction.state.log.replication.factor", "1", "one broker (idempotence, faust)"),
-        ("transaction.state.log.min.isr", "1", "one broker"),
+        ("transaction.state.log.replication.factor", str(replicas), "as many copies as the offsets"),
+        ("transaction.state.log.min.isr", str(min_isr), "as for every replicated topic"),
+        *(
+            [
+                (
+                    "default.replication.factor",
+                    str(replicas),
+                    "topics created without a factor survive a broker",
+                ),
+                (
+                    "min.insync.replicas",
+                    str(min_isr),
+                    "an acks=all write is on two brokers before it is acknowledged",
+                ),
+                (
+                    "broker.heartbeat.interval.ms",
+                    "1000",
+                    "loopback heartbeats are cheap: a dead node is noticed sooner",
+                ),
+                (
+                    "broker.session.timeout.ms",
+                    "4000",
+                    "a killed node is fenced, and its partitions led by another, within 4 s (default 9)",
+                ),
+            ]
+            if node
+            else []
+        ),
         (
             "group.initial.rebalance.delay.ms",
             "0",
@@ -402,9 +564,10 @@ def render_server_properties(*, port: int, controller_port: int, data_dir: Path)
             " (with a receipt), never by the broker",
         ),
     ]
+    shape = f"node {node.node_id} of {size}" if node else "single node"
     lines = [
         "# Written by hub.broker.embedded at every start: edits here are overwritten.",
-        f"# Apache Kafka {KAFKA_VERSION}, single node, KRaft. See docs/KAFKA.md.",
+        f"# Apache Kafka {KAFKA_VERSION}, {shape}, KRaft{', secured' if secure else ''}. See docs/KAFKA.md.",
     ]
     for key, value, reason in settings:
         lines += ["", f"# {reason}", f"{key}={_properties_escape(value)}"]
@@ -417,8 +580,17 @@ def read_bootstrap(properties_file: Path) -> str | None:
         text = properties_file.read_text(encoding="latin-1")
     except FileNotFoundError:
         return None
-    match = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", text, re.MULTILINE)
+    match = re.search(r"^advertised\.listeners=(?:PLAINTEXT|SASL_SSL)://(\S+)$", text, re.MULTILINE)
     return match.group(1) if match else None
+
+
+def is_secured(properties_file: Path) -> bool:
+    """True if a rendered server.properties puts SCRAM over TLS on the client listener."""
+    try:
+        text = properties_file.read_text(encoding="latin-1")
+    except FileNotFoundError:
+        return False
+    return re.search(rf"^advertised\.listeners={SECURE_LISTENER}://", text, re.MULTILINE) is not None
 
 
 def random_cluster_id() -> str:
@@ -456,6 +628,30 @@ def probe_metadata(bootstrap: str, *, timeout: float = 2.0) -> int:
     return int(broker_count)
 
 
+def probe_tls(bootstrap: str, ca_file: Path, *, timeout: float = 2.0) -> None:
+    """Complete a verified TLS handshake with a secured broker and get an ApiVersions answer.
+
+    ApiVersions is the one request Kafka serves before SASL authentication, and a KRaft broker
+    serves requests only once it is unfenced: an answer means clients can log in. OSError otherwise.
+    """
+    host, _, port = bootstrap.rpartition(":")
+    context = ssl.create_default_context(cafile=str(ca_file))
+    header = struct.pack(">hhih", _API_VERSIONS_API_KEY, 0, _PROBE_CORRELATION_ID, len(_PROBE_CLIENT_ID))
+    request = header + _PROBE_CLIENT_ID
+    with (
+        socket.create_connection((host, int(port)), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as sock,
+    ):
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        (size,) = struct.unpack(">i", _receive_exactly(sock, 4))
+        response = _receive_exactly(sock, size)
+    correlation_id, error_code = struct.unpack_from(">ih", response)
+    if correlation_id != _PROBE_CORRELATION_ID or error_code != 0:
+        raise ConnectionError(
+            f"unexpected Kafka response (correlation id {correlation_id}, error {error_code})"
+        )
+
+
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
@@ -466,10 +662,14 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def _answers(bootstrap: str) -> bool:
+def _answers(bootstrap: str, ca_file: Path | None = None) -> bool:
+    """True if the broker serves clients; a secured one (``ca_file`` given) is probed over TLS."""
     try:
+        if ca_file is not None:
+            probe_tls(bootstrap, ca_file)
+            return True
         return probe_metadata(bootstrap) > 0
-    except (OSError, struct.error):
+    except (OSError, struct.error):  # ssl.SSLError is an OSError
         return False
 
 
@@ -551,11 +751,18 @@ class EmbeddedBroker:
         port: int = DEFAULT_PORT,
         controller_port: int | None = None,
         progress: Progress = stderr_progress,
+        secure: bool = False,
+        node: ClusterNode | None = None,
     ) -> None:
         self.layout = layout
         self.port = port
         self.controller_port = controller_port
         self.progress = progress
+        #: SCRAM over TLS with ACLs (docs/SECURITY.md). A broker directory that already holds TLS
+        #: material restarts secured even without it: a restart never silently drops security.
+        self.secure = secure or layout.tls.exists()
+        #: This broker's place in a cluster (hub.broker.cluster); None for the single-node broker.
+        self.node = node
         #: ``host:port`` for clients, once :meth:`start` returned.
         self.bootstrap: str | None = None
         #: The broker's process id, once :meth:`start` returned.
@@ -584,17 +791,7 @@ class EmbeddedBroker:
         the broker log, if the broker exits or does not answer within ``wait_timeout`` seconds.
         """
         try:
-            with _locked(self.layout):
-                pid = read_pid_file(self.layout)
-                if pid is None:
-                    self.started = True
-                    pid = self._launch()
-            bootstrap = read_bootstrap(self.layout.properties_file)
-            if bootstrap is None:
-                raise BrokerError(
-                    f"{self.layout.properties_file} names no client listener",
-                    hint="stop the broker (`hub broker stop`) and start it again",
-                )
+            pid, bootstrap = self.launch()
             self._wait_until_answering(pid, bootstrap, wait_timeout)
         except BaseException:
             # Ctrl-C, a timeout, a crash: a half-started JVM must not outlive the command that made it.
@@ -605,11 +802,45 @@ class EmbeddedBroker:
         self.bootstrap, self.pid = bootstrap, pid
         return bootstrap
 
+    def launch(self) -> tuple[int, str]:
+        """Launch the JVM unless this layout's broker runs; return (pid, bootstrap) without waiting.
+
+        A cluster launches all its nodes first and then waits: no node answers before a quorum is up.
+        """
+        with _locked(self.layout):
+            pid = read_pid_file(self.layout)
+            if pid is None:
+                self.started = True
+                pid = self._launch()
+        bootstrap = read_bootstrap(self.layout.properties_file)
+        if bootstrap is None:
+            raise BrokerError(
+                f"{self.layout.properties_file} names no client listener",
+                hint="stop the broker (`hub broker stop`) and start it again",
+            )
+        return pid, bootstrap
+
+    def _secure_listener(self) -> SecureListener:
+        layout = self.layout
+        broker_secret = password_file(layout.credentials_dir, BROKER_USER)
+        if (layout.data_dir / "meta.properties").exists() and not broker_secret.is_file():
+            raise BrokerStartFailed(
+                f"{layout.data_dir} was formatted without the secured broker's SCRAM credentials",
+                hint="use another --data-dir for the secured broker, or remove this one to start afresh",
+            )
+        ensure_tls(layout.tls)
+        broker_password, _ = ensure_password(layout.credentials_dir, BROKER_USER)
+        ensure_password(layout.credentials_dir, ADMIN_USER)
+        return SecureListener.from_layout(layout, broker_password)
+
     def _launch(self) -> int:
         layout = self.layout
         toolchain = check_prerequisites(maven=cached_classpath(layout) is None)
         classpath = resolve_classpath(layout, progress=self.progress)
-        port, controller_port = choose_ports(self.port, self.controller_port)
+        if self.node is not None:
+            port, controller_port = self.node.port, self.node.controller_port
+        else:
+            port, controller_port = choose_ports(self.port, self.controller_port)
         for candidate in (port, controller_port):
             if port_in_use(candidate):
                 raise BrokerStartFailed(
@@ -617,10 +848,19 @@ class EmbeddedBroker:
                     hint="another broker may be running (`hub broker status`); choose another "
                     "--port, or use that broker through HUB_BOOTSTRAP_SERVERS",
                 )
-        layout.properties_file.write_text(
-            render_server_properties(port=port, controller_port=controller_port, data_dir=layout.data_dir),
-            encoding="latin-1",
+        secure = self._secure_listener() if self.secure else None
+        properties = render_server_properties(
+            port=port,
+            controller_port=controller_port,
+            data_dir=layout.data_dir,
+            node=self.node,
+            secure=secure,
         )
+        # 0600 from creation: a secured broker's file holds its private key and SCRAM password.
+        fd = os.open(layout.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="latin-1") as handle:
+            handle.write(properties)
+        os.chmod(layout.properties_file, 0o600)
         # Keep the previous start's log, but make the tail quoted on failure this start's own.
         if layout.log_file.exists():
             os.replace(layout.log_file, layout.log_file.with_name(layout.log_file.name + ".1"))
@@ -632,6 +872,9 @@ class EmbeddedBroker:
             f"-Dlog4j2.configurationFile={layout.log4j_config}",
         ]
         with layout.log_file.open("ab") as log:
+            if secure is not None:
+                # The storage tool logs the SCRAM records it writes (salted keys, not passwords).
+                os.chmod(layout.log_file, 0o600)
             if not (layout.data_dir / "meta.properties").exists():
                 self._format_storage(java, log)
             self._process = subprocess.Popen(  # noqa: S603 - arguments built above, no shell
@@ -659,16 +902,20 @@ class EmbeddedBroker:
 
     def _format_storage(self, java: list[str], log: IO[bytes]) -> None:
         self.progress(f"Formatting new Kafka storage in {self.layout.data_dir}")
-        command = [
-            *java,
-            "kafka.tools.StorageTool",
-            "format",
-            "--standalone",
-            "--cluster-id",
-            random_cluster_id(),
-            "--config",
-            str(self.layout.properties_file),
-        ]
+        command = [*java, "kafka.tools.StorageTool", "format"]
+        if self.node is None:
+            command += ["--standalone", "--cluster-id", random_cluster_id()]
+        else:
+            # A static quorum (controller.quorum.voters): every node gets the cluster's one id.
+            command += ["--cluster-id", self.node.cluster_id]
+        command += ["--config", str(self.layout.properties_file)]
+        if self.secure:
+            # KIP-900: SCRAM credentials in the bootstrap metadata, so the broker can log in to
+            # itself and the operator to it before any admin request is possible. (The passwords
+            # show in this short-lived process's arguments; the machine is the operator's own.)
+            for user in (BROKER_USER, ADMIN_USER):
+                password, _ = ensure_password(self.layout.credentials_dir, user)
+                command += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
         try:
             subprocess.run(  # noqa: S603 - arguments built by _launch, no shell
                 command,
@@ -699,7 +946,7 @@ class EmbeddedBroker:
 
     def _wait_until_answering(self, pid: int, bootstrap: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not _answers(bootstrap):
+        while not _answers(bootstrap, self._ca_file()):
             if not self._alive(pid):
                 raise BrokerStartFailed(
                     f"the Kafka broker (pid {pid}) exited during start-up; last lines of "
@@ -715,6 +962,10 @@ class EmbeddedBroker:
                     hint="`hub broker stop`, then start again; a slow machine may need a longer wait",
                 )
             time.sleep(0.2)
+
+    def _ca_file(self) -> Path | None:
+        # The properties file, not self.secure: status() may look at a broker another process started.
+        return self.layout.tls.ca_cert if is_secured(self.layout.properties_file) else None
 
     def wait(self) -> int:
         """Block until the broker this object started exits; return its exit code."""
@@ -768,7 +1019,7 @@ class EmbeddedBroker:
         bootstrap = read_bootstrap(self.layout.properties_file) if pid is not None else None
         return BrokerStatus(
             pid=pid,
-            answering=bootstrap is not None and _answers(bootstrap),
+            answering=bootstrap is not None and _answers(bootstrap, self._ca_file()),
             bootstrap=bootstrap,
             data_dir=self.layout.data_dir,
             log_file=self.layout.log_file,

@@ -25,13 +25,15 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hub.crypto.config import keyring_from_settings
+from hub.crypto.records import RecordOpener
 from hub.errors import ConfigError, HubError
 from hub.gateway import cds, state_file, tokens_file
 from hub.gateway.consumer import AlertConsumer, group_id
 from hub.gateway.store import AlertStore, StoredAlert, StoreEvent
 from hub.gateway.tokens import TokenStore
 from hub.logging import get_logger
-from hub.metrics import REGISTRY
+from hub.metrics import GATEWAY_ALERT_CHANGES, GATEWAY_ALERT_STATES, REGISTRY
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -145,6 +147,7 @@ class Gateway:
     close_store: bool = False
     bus: AlertBus | None = None
     _unlisten: Callable[[], None] | None = field(default=None, repr=False)
+    _uncount: Callable[[], None] | None = field(default=None, repr=False)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -341,18 +344,26 @@ async def list_patients(request: web.Request) -> web.Response:
 async def mark_read(request: web.Request) -> web.Response:
     """Mark one of the practitioner's alerts read."""
     practitioner = authenticate(request)
-    alert = _gateway(request).store.mark_read(request.match_info["alert_id"], practitioner)
+    store = _gateway(request).store
+    before = store.get(request.match_info["alert_id"])
+    alert = store.mark_read(request.match_info["alert_id"], practitioner)
     if alert is None:
         raise _not_found()
+    if before is not None and alert.state is not before.state:
+        GATEWAY_ALERT_CHANGES.labels(change="read").inc()
     return _json(alert.view())
 
 
 async def dismiss(request: web.Request) -> web.Response:
     """Dismiss one of the practitioner's alerts for good."""
     practitioner = authenticate(request)
-    alert = _gateway(request).store.dismiss(request.match_info["alert_id"], practitioner)
+    store = _gateway(request).store
+    before = store.get(request.match_info["alert_id"])
+    alert = store.dismiss(request.match_info["alert_id"], practitioner)
     if alert is None:
         raise _not_found()
+    if before is not None and alert.state is not before.state:
+        GATEWAY_ALERT_CHANGES.labels(change="dismissed").inc()
     return _json(alert.view())
 
 
@@ -380,6 +391,7 @@ async def alert_stream(request: web.Request) -> web.StreamResponse:
         sent: set[str] = set()
         for alert in gateway.store.alerts(practitioner, unread_only=True):
             await response.write(sse_event(StoreEvent.ALERT, alert))
+            GATEWAY_ALERT_CHANGES.labels(change="pushed").inc()
             sent.add(alert.alert_id)
         while True:
             try:
@@ -394,6 +406,8 @@ async def alert_stream(request: web.Request) -> web.StreamResponse:
                 continue
             sent.add(alert.alert_id)
             await response.write(sse_event(event, alert))
+            if event is StoreEvent.ALERT:
+                GATEWAY_ALERT_CHANGES.labels(change="pushed").inc()
     except ConnectionResetError:  # the client went away; aiohttp's own subclass included
         pass
     finally:
@@ -404,10 +418,18 @@ async def alert_stream(request: web.Request) -> web.StreamResponse:
 # --- lifecycle --------------------------------------------------------------------------------------
 
 
+def _count_received(event: StoreEvent, _alert: StoredAlert) -> None:
+    """``hub_gateway_alert_changes{change="received"}``: a new alert stored (redeliveries are not new)."""
+    if event is StoreEvent.ALERT:
+        GATEWAY_ALERT_CHANGES.labels(change="received").inc()
+
+
 async def _on_startup(app: web.Application) -> None:
     gateway = app[GATEWAY]
     gateway.bus = AlertBus(asyncio.get_running_loop())
     gateway._unlisten = gateway.store.listen(gateway.bus.publish)
+    gateway._uncount = gateway.store.listen(_count_received)
+    GATEWAY_ALERT_STATES.count = gateway.store.counts
     if gateway.consumer is not None:
         gateway.consumer.start()
 
@@ -425,6 +447,11 @@ async def _on_cleanup(app: web.Application) -> None:
     if gateway._unlisten is not None:
         gateway._unlisten()
         gateway._unlisten = None
+    if gateway._uncount is not None:
+        gateway._uncount()
+        gateway._uncount = None
+    if GATEWAY_ALERT_STATES.count == gateway.store.counts:
+        GATEWAY_ALERT_STATES.count = None
     if gateway.close_store:
         gateway.store.close()
 
@@ -469,6 +496,8 @@ def app_from_settings(settings: Settings, *, consume: bool = True) -> web.Applic
             bootstrap_servers=settings.bootstrap_servers,
             topic=TopicNames(settings.topic_prefix).alerts,
             group=group_id(settings.app_id),
+            # Alerts are encrypted at rest: the gateway opens them with the machine's key access.
+            opener=RecordOpener(keyring_from_settings(settings)),
         )
         if consume
         else None

@@ -6,7 +6,9 @@ committed offsets follow the state file; when that file is new or empty (first s
 the consumer rewinds to the beginning of the topic once, so committed offsets never hide alerts that
 the file does not hold. A record that is
 not a usable alert is logged by its coordinates and the reason, never its content, and skipped: a
-poison record never stops the partition. When no broker answers, the consumer keeps retrying with a
+poison record never stops the partition. Alerts are encrypted at rest (``hub.crypto``): the consumer opens
+them with the gateway's key access; an erased patient's alert (``crypto.key_destroyed``) is skipped
+like any unusable record. When no broker answers, the consumer keeps retrying with a
 growing pause while the HTTP side serves the alerts already stored.
 """
 
@@ -16,10 +18,13 @@ import asyncio
 import contextlib
 import json
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.gateway.store import AlertStore, InvalidAlert
 from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
+
+if TYPE_CHECKING:
+    from hub.crypto.records import RecordOpener
 
 log = get_logger("hub.gateway.consumer")
 
@@ -46,8 +51,17 @@ def group_id(app_id: str) -> str:
 class AlertConsumer:
     """Consumes the alerts topic into the store until :meth:`stop`."""
 
-    def __init__(self, store: AlertStore, *, bootstrap_servers: str, topic: str, group: str) -> None:
+    def __init__(
+        self,
+        store: AlertStore,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        group: str,
+        opener: RecordOpener | None = None,
+    ) -> None:
         self.store = store
+        self.opener = opener
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.group = group
@@ -75,6 +89,8 @@ class AlertConsumer:
         from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - only the serving process needs it
         from aiokafka.abc import ConsumerRebalanceListener  # noqa: PLC0415
 
+        from hub.kafka.security import default_security  # noqa: PLC0415
+
         store, topic = self.store, self.topic
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
@@ -82,6 +98,8 @@ class AlertConsumer:
             client_id=self.group,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            # TLS and SASL as HUB_KAFKA_* say (the gateway's own principal on a secured broker).
+            **default_security().aiokafka(),
         )
 
         class RewindAnEmptyStore(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -132,21 +150,39 @@ class AlertConsumer:
             batches = await consumer.getmany(timeout_ms=BATCH_TIMEOUT_MS, max_records=MAX_RECORDS)
             for records in batches.values():
                 for record in records:
-                    self.handle(record.topic, record.partition, record.offset, record.value)
+                    headers = tuple((k, v or b"") for k, v in (record.headers or ()))
+                    self.handle(record.topic, record.partition, record.offset, record.value, headers)
             if batches:
                 await consumer.commit()
 
-    def handle(self, topic: str, partition: int, offset: int, value: bytes | None) -> bool:
+    def handle(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        value: bytes | None,
+        headers: tuple[tuple[str, bytes], ...] = (),
+    ) -> bool:
         """Store one record's alert; False (logged without content) when it is not a usable alert."""
+        from hub.errors import CryptoError  # noqa: PLC0415
+
         bind_kafka_coordinates(topic, partition, offset)
         try:
+            if self.opener is not None:
+                value = self.opener.open(topic, value, headers)
             alert = json.loads(value) if value else None
             if not isinstance(alert, dict):
                 raise InvalidAlert("alert: not a JSON object")
             self.store.add(alert)
-        except (ValueError, InvalidAlert) as exc:
+        except (ValueError, InvalidAlert, CryptoError) as exc:
             self.skipped += 1
-            reason = str(exc) if isinstance(exc, InvalidAlert) else "not JSON"
+            reason = (
+                str(exc)
+                if isinstance(exc, InvalidAlert)
+                else str(exc.code)
+                if isinstance(exc, CryptoError)
+                else "not JSON"
+            )
             log.warning("gateway.alert_unreadable", reason=reason)
             return False
         finally:

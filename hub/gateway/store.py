@@ -289,6 +289,12 @@ class AlertStore:
         with self._lock:
             return self._db.execute("SELECT 1 FROM alerts LIMIT 1").fetchone() is None
 
+    def counts(self) -> dict[str, int]:
+        """How many alerts are in each state (for ``hub_gateway_alerts``): counts only, no ids."""
+        with self._lock:
+            found = dict(self._db.execute("SELECT state, count(*) FROM alerts GROUP BY state").fetchall())
+        return {state.value: int(found.get(state.value, 0)) for state in AlertState}
+
     def get(self, alert_id: str) -> StoredAlert | None:
         """One alert by id, whatever its state."""
         with self._lock:

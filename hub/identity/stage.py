@@ -171,6 +171,17 @@ class IdentityStage:
         routing_id = record["patient_id"]
         surviving = self.aliases.get(routing_id, routing_id)
         if surviving != routing_id:
+            # An input this partition already processed before the link (redelivered after a worker
+            # died, or sent again) made its events under this id: the surviving id's partition,
+            # often on another worker, never saw it and would publish its facts again under new ids.
+            memo = f"{record['source']}\x1f{record['message_id']}" if record.get("message_id") else None
+            first_ids = self.seen_messages.get(memo) if memo is not None else None
+            ids = [event["event_id"] for event in record["events"]]
+            if first_ids is None and ids and set(ids) <= set(self.seen_events.get(routing_id) or ()):
+                first_ids = ids
+            if first_ids is not None:
+                origin = KafkaCoordinates(**record["ingest"])
+                return [self._receipt(record, origin, now, "duplicate", first_ids)]
             # Everything about one person is decided on the surviving id's partition, where its
             # seen facts and messages live: send the input there, once.
             return [Send("identity", surviving, {**record, "patient_id": surviving})]

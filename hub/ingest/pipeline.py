@@ -157,7 +157,8 @@ def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetim
         )
     bad_signature = signature.verify(
         record.header(SIGNATURE_HEADER),
-        secrets=source.secrets,
+        # A rotated-out key verifies only until the end of its overlap window (hub.sources.keys).
+        secrets=source.keys_at(now),
         source_id=source.id,
         value=value,
         now=int(now.timestamp()),

@@ -55,7 +55,9 @@ def verify(
     """None when the signature is valid and fresh, else the reject code and a detail.
 
     The MAC is checked before the clock, so an attacker learns nothing about freshness from a
-    forged header. Any of the source's current keys may match (rotation overlap).
+    forged header. Any of ``secrets`` may match: the caller passes the keys valid at ``now``
+    (:meth:`hub.sources.registry.Source.keys_at`), so a key past its rotation window is simply absent
+    and a record signed with it gets ``signature.invalid``, as any wrong key does.
     """
     if not header:
         return ErrorCode.SIGNATURE_MISSING, "no hub-signature header"

@@ -2,17 +2,62 @@
 
 The broker's auto-creation would make one-partition topics, and faust refuses to run a table over
 a source topic whose partition count differs from its changelog's.
+
+Replication follows the cluster unless told otherwise: ``min(3, brokers)`` replicas, and
+``min.insync.replicas=2`` once there is more than one broker, so an ``acks=all`` write survives the
+loss of any one broker (DESIGN.md section 4; the three-broker cluster in docs/KAFKA.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from hub.errors import BrokerError
+from hub.kafka.security import KafkaSecurity, resolve
+
+#: Replicas the hub asks for at most: three copies survive one broker down for maintenance plus one
+#: failure; more would only cost disk and network.
+MAX_REPLICATION = 3
+#: In-sync replicas an ``acks=all`` write needs once the topic is replicated.
+MIN_INSYNC_REPLICAS = 2
+
+
+def admin_client(
+    bootstrap: str, *, security: KafkaSecurity | None = None, client_id: str = "hub-admin"
+) -> Any:
+    """A kafka-python admin client with this process's security; BrokerError when nobody answers."""
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id=client_id, **resolve(security).kafka_python()
+        )
+    except KafkaError as exc:  # kafka-python 3 raises a connection error subclass
+        raise BrokerError(
+            f"no Kafka broker answers at {bootstrap} ({type(exc).__name__})",
+            hint="start one with `hub broker start`, or set HUB_BOOTSTRAP_SERVERS (and HUB_KAFKA_* on a "
+            "secured broker)",
+        ) from exc
+
+
+def replication_for(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) the hub uses on a cluster of ``brokers`` brokers."""
+    replicas = max(1, min(MAX_REPLICATION, brokers))
+    return replicas, min(MIN_INSYNC_REPLICAS, replicas)
+
+
+def broker_count(bootstrap: str, *, security: KafkaSecurity | None = None) -> int:
+    """How many brokers the cluster at ``bootstrap`` lists."""
+    admin = admin_client(bootstrap, security=security)
+    try:
+        return len(admin.describe_cluster()["brokers"])
+    except KafkaError as exc:
+        raise BrokerError(f"cannot describe the cluster at {bootstrap}: {type(exc).__name__}") from exc
+    finally:
+        admin.close()
 
 
 def ensure_topics(
@@ -20,22 +65,24 @@ def ensure_topics(
     names: Iterable[str],
     *,
     partitions: int,
-    replication_factor: int,
+    replication_factor: int | None = None,
     configs: dict[str, str] | None = None,
+    security: KafkaSecurity | None = None,
 ) -> list[str]:
-    """Create the missing topics; return the names created. Existing topics are left as they are."""
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="hub-admin")
-    except KafkaError as exc:  # kafka-python 3 raises a connection error subclass
-        raise BrokerError(
-            f"no Kafka broker answers at {bootstrap}",
-            hint="start one with `hub broker start`, or set HUB_BOOTSTRAP_SERVERS",
-        ) from exc
+    """Create the missing topics; return the names created. Existing topics are left as they are.
+
+    ``replication_factor=None`` asks the cluster: see :func:`replication_for`.
+    """
+    admin = admin_client(bootstrap, security=security)
     try:
         existing = set(admin.list_topics())
         wanted = [name for name in dict.fromkeys(names) if name not in existing]
         if wanted:
-            topic_configs = {"min.insync.replicas": str(min(2, replication_factor))} | (configs or {})
+            if replication_factor is None:
+                replication_factor, min_insync = replication_for(len(admin.describe_cluster()["brokers"]))
+            else:
+                min_insync = min(MIN_INSYNC_REPLICAS, replication_factor)
+            topic_configs = {"min.insync.replicas": str(min_insync)} | (configs or {})
             # Another worker may create them between our listing and our request.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
@@ -48,7 +95,7 @@ def ensure_topics(
     except KafkaError as exc:
         raise BrokerError(
             f"cannot create topics on {bootstrap}: {type(exc).__name__}",
-            hint="check the broker is up and this principal may create topics",
+            hint="check the broker is up and this principal may create topics (`hub acl sync`)",
         ) from exc
     finally:
         admin.close()

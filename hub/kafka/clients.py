@@ -1,4 +1,7 @@
-"""kafka-python clients for the CLI, configured as DESIGN.md section 4 asks (acks=all, idempotent)."""
+"""kafka-python clients for the CLI, configured as DESIGN.md section 4 asks (acks=all, idempotent).
+
+Every client takes ``security`` (None: the process's own, :func:`hub.kafka.security.default_security`).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from hub.errors import BrokerError
+from hub.kafka.security import KafkaSecurity, resolve
 
 
-def producer(bootstrap: str, *, max_request_size: int = 4 * 1024 * 1024) -> Any:
+def producer(
+    bootstrap: str, *, max_request_size: int = 4 * 1024 * 1024, security: KafkaSecurity | None = None
+) -> Any:
     """A producer whose acknowledged sends survive a broker failover."""
     try:
         return KafkaProducer(
@@ -24,6 +30,7 @@ def producer(bootstrap: str, *, max_request_size: int = 4 * 1024 * 1024) -> Any:
             linger_ms=5,
             max_request_size=max_request_size,
             client_id="hub-cli",
+            **resolve(security).kafka_python(),
         )
     except KafkaError as exc:  # kafka-python 3 raises a connection error subclass
         raise BrokerError(
@@ -32,9 +39,21 @@ def producer(bootstrap: str, *, max_request_size: int = 4 * 1024 * 1024) -> Any:
         ) from exc
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+def new_consumer(bootstrap: str, *, security: KafkaSecurity | None = None, **options: Any) -> Any:
+    """A kafka-python consumer with this process's security (``options`` as KafkaConsumer takes them)."""
+    try:
+        return KafkaConsumer(bootstrap_servers=bootstrap, **(options | resolve(security).kafka_python()))
+    except KafkaError as exc:  # kafka-python 3 raises a connection error subclass
+        raise BrokerError(
+            f"no Kafka broker answers at {bootstrap} ({type(exc).__name__})",
+            hint="start one with `hub broker start`, or set HUB_BOOTSTRAP_SERVERS (and HUB_KAFKA_* on a "
+            "secured broker)",
+        ) from exc
+
+
+def end_offsets(bootstrap: str, topic: str, *, security: KafkaSecurity | None = None) -> dict[int, int]:
     """The next offset of every partition of a topic (where a reader from 'now' starts)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = new_consumer(bootstrap, security=security, enable_auto_commit=False)
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in partitions]
@@ -71,13 +90,14 @@ def read(  # noqa: PLR0912 - one loop with its stop conditions reads better than
     from_beginning: bool = True,
     idle_timeout: float = 5.0,
     deadline: float | None = None,
+    security: KafkaSecurity | None = None,
 ) -> Iterator[Record]:
     """Read records without a consumer group: from ``start`` offsets, the beginning or the end.
 
     Stops after ``idle_timeout`` seconds without a record (None: follow forever) or at ``deadline``
     (a ``time.monotonic()`` value).
     """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = new_consumer(bootstrap, security=security, enable_auto_commit=False, group_id=None)
     try:
         tps: list[TopicPartition] = []
         for topic in topics:

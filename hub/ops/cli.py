@@ -7,6 +7,10 @@ progress bar goes to stderr; the result to stdout. Exit codes scripts can trust:
 - 0: found (the trace, or a readable share state);
 - 1: not found (no receipt, DLQ record, event or decision names the id; no state, deleted or corrupt);
 - 2: configuration, broker or usage error: nothing could be said.
+
+Encrypted records (``hub.crypto``) are opened with the operator's key access (``HUB_KEK`` or
+``HUB_KEK_FILE`` and the key store) before anything looks at them; one that cannot be opened (an
+erased patient's: ``crypto.key_destroyed``) is kept with no value and a ``hub-crypto-error`` header.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from hub.settings import Settings
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from hub.crypto.records import RecordOpener
     from hub.kafka.clients import Record
 
 #: The command ran and the id or patient is unknown (or its state unusable).
@@ -36,6 +41,42 @@ EXIT_NOT_FOUND = 1
 SHARE_STATE_TABLE = "share-state"
 _RECIPIENT_TOPIC_HEAD = "hub.pathway."
 _RECIPIENT_TOPIC_TAIL = ".v1"
+#: Added to a record read back that could not be opened: the error code, never the reason's details.
+CRYPTO_ERROR_HEADER = "hub-crypto-error"
+
+
+def record_opener(settings: Settings) -> RecordOpener:
+    """The operator's opener of encrypted records; a SecretUnavailable says how to give it the KEK."""
+    from hub.crypto.config import keyring_from_settings  # noqa: PLC0415
+    from hub.crypto.records import RecordOpener  # noqa: PLC0415
+
+    return RecordOpener(keyring_from_settings(settings))
+
+
+def optional_opener(settings: Settings) -> RecordOpener | None:
+    """The operator's opener when a KEK is configured; None: encrypted records stay as they are."""
+    from hub.errors import SecretUnavailable  # noqa: PLC0415
+
+    try:
+        return record_opener(settings)
+    except SecretUnavailable:
+        return None
+
+
+def opened(opener: RecordOpener | None, record: Record) -> Record:
+    """``record`` with its plaintext, or without a value and with the crypto error's code."""
+    if opener is None:
+        return record
+    from dataclasses import replace  # noqa: PLC0415
+
+    from hub.errors import CryptoError  # noqa: PLC0415
+
+    try:
+        return opener.open_record(record)
+    except CryptoError as exc:
+        return replace(
+            record, value=None, headers=(*record.headers, (CRYPTO_ERROR_HEADER, str(exc.code).encode()))
+        )
 
 
 def share_state_changelog(app_id: str) -> str:
@@ -53,9 +94,15 @@ def _consumer(bootstrap: str) -> Any:
     from kafka import KafkaConsumer  # noqa: PLC0415 - keep `hub --help` fast
     from kafka.errors import KafkaError  # noqa: PLC0415
 
+    from hub.kafka.security import default_security  # noqa: PLC0415
+
     try:
         return KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, client_id="hub-ops"
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            client_id="hub-ops",
+            **default_security().kafka_python(),
         )
     except KafkaError as exc:
         raise BrokerError(
@@ -95,8 +142,11 @@ def read_to_end(
     progress: Progress | None = None,
     description: str = "reading",
     deadline: float | None = None,
+    opener: RecordOpener | None = None,
 ) -> dict[str, list[Record]]:
     """The kept records of each topic, from its first offset to the end offsets taken at the start.
+
+    With an ``opener``, encrypted records are opened (see :func:`opened`) before ``keep`` sees them.
 
     No consumer group: partitions are assigned and sought directly, nothing is committed. Stops when
     every partition's position reached its end offset (gaps from compaction or transaction markers
@@ -118,7 +168,8 @@ def read_to_end(
                     f"reading {', '.join(topics)} took longer than allowed; the result would be incomplete",
                     hint="retry with a larger --timeout",
                 )
-            for record in _records(consumer.poll(timeout_ms=500), end):
+            for raw in _records(consumer.poll(timeout_ms=500), end):
+                record = opened(opener, raw)
                 if keep(record):
                     result[record.topic].append(record)
             for tp, stop in list(end.items()):
@@ -241,7 +292,9 @@ def trace(ident: str | None, message_id: str | None, as_json: bool, timeout: flo
     require_topics(existing, [names.receipts, names.dlq, names.pathway, names.audit])
     copies_from = recipient_topics(existing, names.prefix, names.pathway)
     with _progress() as progress:
-        read = functools.partial(read_to_end, bootstrap, progress=progress, deadline=deadline)
+        read = functools.partial(
+            read_to_end, bootstrap, progress=progress, deadline=deadline, opener=record_opener(settings)
+        )
         first = read(
             [names.receipts, names.dlq],
             keep=lambda r: (
@@ -339,6 +392,7 @@ def consent_show(patient_id: str, as_json: bool, timeout: float) -> None:
             progress=progress,
             description="share state",
             deadline=time.monotonic() + timeout,
+            opener=record_opener(settings),
         )[topic]
     lookup = last_state(records, patient_id)
     if as_json:

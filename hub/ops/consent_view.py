@@ -65,6 +65,24 @@ def last_state(records: Iterable[Record], patient_id: str) -> StateLookup:
             patient_id, "absent", reason="no share state: the hub has no event for this patient"
         )
     where = f"{last.topic}/{last.partition}/{last.offset}"
+    # Opened by hub.ops.cli.read_to_end: a state it could not decrypt carries the error's code.
+    crypto_error = next((v.decode() for k, v in last.headers if k == "hub-crypto-error"), None)
+    if crypto_error == "crypto.key_destroyed":
+        return StateLookup(
+            patient_id,
+            "deleted",
+            where=where,
+            timestamp_ms=last.timestamp_ms,
+            reason="the patient was erased",
+        )
+    if crypto_error is not None:
+        return StateLookup(
+            patient_id,
+            "corrupt",
+            where=where,
+            timestamp_ms=last.timestamp_ms,
+            reason=f"unreadable: {crypto_error}",
+        )
     if last.value is None or last.value.strip() == b"null":
         return StateLookup(
             patient_id, "deleted", where=where, timestamp_ms=last.timestamp_ms, reason="the state was deleted"

@@ -53,7 +53,7 @@ def _read(
     timeout: float,
 ) -> list[Record]:
     from hub.ops import dlq as d  # noqa: PLC0415
-    from hub.ops.cli import _progress, existing_topics, read_to_end, require_topics  # noqa: PLC0415
+    from hub.ops.cli import _progress, existing_topics, read_to_end, record_opener, require_topics  # noqa: PLC0415
 
     try:
         after = d.parse_since(since) if since is not None else None
@@ -69,6 +69,8 @@ def _read(
             progress=progress,
             description="DLQ",
             deadline=time.monotonic() + timeout,
+            # Rejects are kept encrypted under the DLQ's monthly key: opened for listing and replay.
+            opener=record_opener(settings),
         )[names.dlq]
 
 
@@ -133,6 +135,15 @@ def dlq_replay(
     settings = Settings()
     names = TopicNames(settings.topic_prefix)
     records = _read(settings, names, code=code, source=source, since=since, timeout=timeout)
+    from hub.ops.cli import CRYPTO_ERROR_HEADER  # noqa: PLC0415
+
+    # A reject whose DLQ key was destroyed (or that does not authenticate) has no bytes to send back.
+    unreadable = [r for r in records if any(k == CRYPTO_ERROR_HEADER for k, _ in r.headers)]
+    if unreadable:
+        click.echo(
+            f"skipping {len(unreadable)} rejects that cannot be decrypted (shredded or altered)", err=True
+        )
+        records = [r for r in records if r not in unreadable]
     if not records:
         click.echo("no reject matches", err=True)
         sys.exit(EXIT_FAILURE)
@@ -176,7 +187,7 @@ def _replay(settings: Settings, names: TopicNames, records: list[Record]) -> int
                 entry = d.entry(record)
                 audit = d.audit_replay(entry, replayed_to=where, recorded=datetime.now(UTC))
                 sender.send(
-                    names.audit,
+                    names.audit_unsealed,
                     key=d.audit_key(entry),
                     value=json.dumps(audit, separators=(",", ":"), ensure_ascii=False).encode(),
                 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,16 +14,24 @@ import faust
 
 from hub import metrics
 from hub.alerts.stage import EligibilityStage
+from hub.audit.stage import add_sealing_agent
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy
 from hub.consent.share import ShareStage
+from hub.crypto.config import keyring_from_settings
+from hub.crypto.keyring import Keyring
+from hub.crypto.records import RecordOpener, RecordSealer, SealedTable, patient_of_table_key
+from hub.errors import CryptoError, ErrorCode, KeyDestroyed
 from hub.identity.stage import IdentityStage
-from hub.ingest.outcome import IngestRecord, KafkaCoordinates
-from hub.ingest.pipeline import IngestContext
-from hub.logging import bind_kafka_coordinates, clear_bound
+from hub.ingest.outcome import IngestRecord, KafkaCoordinates, Rejected
+from hub.ingest.pipeline import SOURCE_HEADER, IngestContext, message_id_of, printable_id
+from hub.kafka.security import KafkaSecurity
+from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
 from hub.networks import NetworkRegistry, reload
 from hub.settings import Settings
 from hub.streams.routing import AlertRouter, IdentityRouter, IngestRouter, Outgoing, ShareRouter
 from hub.topics import TopicNames
+
+log = get_logger(__name__)
 
 #: The faust tables of the worker; their changelog topics are created before faust starts (see
 #: ``hub.streams.worker.create_contract_topics``): when faust creates them itself at start-up, the
@@ -35,6 +45,10 @@ TABLES = (
     "eligibility-alerted",
 )
 
+
+#: Tables whose values are sealed under the entry's patient key (hub.crypto.records.SealedTable);
+#: ``identity-seen-messages`` holds source message ids and event ids only, in the clear.
+SEALED_TABLES = frozenset(TABLES) - {"identity-seen-messages"}
 
 #: How often the worker looks for edited network files.
 NETWORKS_RELOAD_SECONDS = 30.0
@@ -69,22 +83,156 @@ def ingest_record(message: Any) -> IngestRecord:
     )
 
 
-def create_app(
+def schedule_ingest_purge(app: faust.App, settings: Settings, topics: TopicNames) -> None:
+    """Every ``ingest_purge_seconds``, delete the ingest records the group processed (hub.crypto.retention).
+
+    The sources' bytes are in the clear on the ingest topic; once processed they live on only
+    encrypted downstream. Every worker may run it: deleting below a committed offset twice is harmless.
+    """
+    if settings.ingest_purge_seconds <= 0:
+        return
+
+    @app.timer(interval=settings.ingest_purge_seconds)  # type: ignore[untyped-decorator]  # faust's is untyped
+    async def purge_ingest() -> None:
+        from hub.crypto.retention import purge_processed_ingest  # noqa: PLC0415
+        from hub.errors import HubError  # noqa: PLC0415
+
+        try:
+            deleted, left = await asyncio.to_thread(
+                purge_processed_ingest, settings.bootstrap_servers, topics.ingest, settings.app_id, wait=0.0
+            )
+        except HubError as exc:
+            log.warning("ingest.purge_failed", code=str(exc.code))
+        else:
+            if deleted:
+                log.info("ingest.purged", deleted=deleted, waiting=left)
+
+
+def erased_input(record: IngestRecord, topics: TopicNames, at: datetime) -> list[Outgoing]:
+    """What ingest sends instead when an input's patient was erased: a reject's receipt and audit.
+
+    Not its bytes to the DLQ: after `hub erase` the hub keeps nothing new of that patient.
+    """
+    from hub.consent.audit import audit_reject  # noqa: PLC0415
+    from hub.ingest.receipts import receipt, receipt_key  # noqa: PLC0415
+    from hub.streams.routing import _json  # noqa: PLC0415
+
+    rejected = Rejected(
+        ErrorCode.PATIENT_ERASED,
+        "this patient's data was erased; the hub keeps nothing new about them",
+        printable_id(record.header(SOURCE_HEADER)),
+        message_id_of(record),
+    )
+    key = receipt_key(rejected).encode()
+    return [
+        Outgoing(
+            topics.audit_unsealed, key, _json(audit_reject(rejected, origin=record.origin, recorded=at))
+        ),
+        Outgoing(topics.receipts, key, _json(receipt(rejected, record.origin, at=at))),
+    ]
+
+
+class StreamCrypto:
+    """The agents' encryption at rest: open each record read, seal each record sent (``hub.crypto``)."""
+
+    def __init__(self, keyring: Keyring, topics: TopicNames, recipient_topics: Iterable[str]) -> None:
+        self.topics = topics
+        self.keyring = keyring
+        self.sealer = RecordSealer(keyring, topics, recipient_topics)
+        self.opener = RecordOpener(keyring)
+
+    def route(
+        self, name: str, message: Any, route: Callable[[Any], list[Outgoing]], *, encrypted: bool
+    ) -> list[Outgoing]:
+        """Open the message (when its topic is ``encrypted``), route it, seal what it sends."""
+        if encrypted and not self.opened(name, message):
+            return []
+        plain = route(message)
+        # Sealed values cannot be read by hub.metrics: count what the outputs say before sealing.
+        metrics.count_outputs(plain)
+        return self.sealed(name, message, plain)
+
+    def sealed(self, name: str, message: Any, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """The outputs as sent: sealed where they carry clinical data; an erased patient's dropped."""
+        sent: list[Outgoing] = []
+        for out in outgoing:
+            try:
+                value, headers = self.sealer.seal(out.topic, out.key, out.value, out.headers)
+            except KeyDestroyed:
+                if name == "ingest":
+                    # The whole input is about an erased patient: it ends as a reject, nothing else.
+                    return erased_input(ingest_record(message), self.topics, datetime.now(UTC))
+                log.info("crypto.record_dropped", code=str(ErrorCode.CRYPTO_KEY_DESTROYED), stage=name)
+                continue
+            sent.append(Outgoing(out.topic, out.key, value, headers))
+        return sent
+
+    def opened(self, name: str, message: Any) -> bool:
+        """Replace the message's value by its plaintext; False (logged by code, never content) if unusable."""
+        headers = message.headers or ()
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        try:
+            message.value = self.opener.open(
+                message.topic,
+                message.value,
+                tuple((str(k), bytes(v or b"")) for k, v in pairs),
+                required=True,
+            )
+        except CryptoError as exc:
+            # A poison record never stops the partition; an erased patient's records are simply gone.
+            level = log.info if isinstance(exc, KeyDestroyed) else log.error
+            level("crypto.record_skipped", code=str(exc.code), stage=name)
+            return False
+        return True
+
+
+def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) -> Any:
+    """One of the worker's tables; values of the SEALED_TABLES are sealed under their patient's key.
+
+    Co-partitioned with the topic of its agent (hub.identity.v1 or hub.pathway.v1, both keyed by
+    patient): each worker remembers only its own patients.
+    """
+    if name not in SEALED_TABLES:
+        return app.Table(name, default=None, partitions=settings.topic_partitions)
+    # Sealed values are bytes: the changelog and the state store hold ciphertext only.
+    raw = app.Table(
+        name,
+        default=None,
+        partitions=settings.topic_partitions,
+        # faust derives the "raw" serializer from value_type=bytes (tables take no value_serializer).
+        value_type=bytes,
+    )
+    return SealedTable(
+        raw, keyring, topic=changelog_topic(settings.app_id, name), key_id_of=patient_of_table_key
+    )
+
+
+def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in one place
     settings: Settings,
     context: IngestContext,
     *,
     recipients: RecipientRegistry | None = None,
     policy: PolicyConfig | None = None,
     networks: NetworkRegistry | None = None,
+    keyring: Keyring | None = None,
 ) -> faust.App:
-    """The faust app: ingest, identity and share agents; call once per worker process."""
+    """The faust app: ingest, identity and share agents; call once per worker process.
+
+    Records that carry clinical data are sealed on their way out and opened on their way in
+    (``hub.crypto.records``); without a ``keyring`` one is made from the settings' KEK and key store.
+    """
     topics = TopicNames(settings.topic_prefix)
     app = faust.App(
         settings.app_id,
         broker=f"hubkafka://{settings.bootstrap_servers}",
+        # TLS and SASL (the worker's principal) as HUB_KAFKA_* say; None on a plaintext broker.
+        broker_credentials=KafkaSecurity.from_settings(settings).faust_credentials(),
         store=settings.table_store,
+        datadir=str((settings.table_dir or settings.state_dir / "tables") / f"{settings.app_id}-data"),
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.replication_factor,
+        # faust only creates topics the hub has not created first (create_contract_topics, which
+        # follows the cluster's size when this is None).
+        topic_replication_factor=settings.replication_factor or 1,
         producer_acks=-1,
         # The hub's payload limit is checked by the hub; Kafka must carry what it receives.
         producer_max_request_size=INTERNAL_RECORD_LIMIT,
@@ -120,17 +268,19 @@ def create_app(
             topics.dlq,
             topics.pathway,
             topics.identity,
-            topics.audit,
+            topics.audit_unsealed,
             topics.share_merge,
             topics.alerts,
             *(topics.prefix + recipient.topic for recipient in recipients),
         )
     }
 
-    def table(name: str) -> Any:
-        # Co-partitioned with the topic of its agent (hub.identity.v1 or hub.pathway.v1, both keyed
-        # by patient): each worker remembers only its own patients.
-        return app.Table(name, default=None, partitions=settings.topic_partitions)
+    crypto = StreamCrypto(
+        keyring or keyring_from_settings(settings),
+        topics,
+        (topics.prefix + recipient.topic for recipient in recipients),
+    )
+    table = functools.partial(make_table, app, settings, crypto.keyring)
 
     ingest_router = IngestRouter(context, topics)
     identity_router = IdentityRouter(
@@ -148,13 +298,15 @@ def create_app(
             policy or load_policy(settings.policy_file),
             table(TABLES[3]),
             topic_prefix=topics.prefix,
-            audit_topic=topics.audit,
+            audit_topic=topics.audit_unsealed,
             merge_topic=topics.share_merge,
         )
     )
 
-    def agent(name: str, topic: faust.TopicT, route: Callable[[Any], list[Outgoing]]) -> None:
-        """A thin agent: for each record, bind its coordinates, route it, send the result.
+    def agent(
+        name: str, topic: faust.TopicT, route: Callable[[Any], list[Outgoing]], *, encrypted: bool = True
+    ) -> None:
+        """A thin agent: for each record, bind its coordinates, open it, route it, seal and send the result.
 
         concurrency=1: with more, faust can commit offsets past unfinished events (DESIGN.md 4).
         Each record is counted in ``hub.metrics`` (stage, latency, what its outputs say).
@@ -166,27 +318,29 @@ def create_app(
                 bind_kafka_coordinates(message.topic, message.partition, message.offset)
                 started = time.perf_counter()
                 try:
-                    outgoing = route(message)
+                    outgoing = crypto.route(name, message, route, encrypted=encrypted)
                     for out in outgoing:
                         await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers))
                 except Exception:
                     metrics.failed(name)
                     raise
                 else:
-                    metrics.observe(name, outgoing, time.perf_counter() - started)
+                    metrics.observe(name, outgoing, time.perf_counter() - started, contents=False)
                 finally:
                     clear_bound()
 
         app.agent(topic, name=name, concurrency=1)(process)
 
     # Authenticate, validate and normalise each input.
-    agent("ingest", ingest_topic, lambda m: ingest_router.route(ingest_record(m), m.key))
+    agent("ingest", ingest_topic, lambda m: ingest_router.route(ingest_record(m), m.key), encrypted=False)
     # Resolve each input's patient, drop known facts, publish the pathway and the receipt.
     agent("identity", identity_topic, lambda m: identity_router.route(m.value))
     # Decide each event for each recipient: audit every decision, send what is permitted.
     agent("share", pathway_topic, lambda m: share_router.route(m.value))
     # Carry a linked identity's sharing state to the surviving id (co-partitioned with the pathway).
     agent("share-merge", merge_topic, lambda m: share_router.route_merge(m.value))
+    # Chain every stage's AuditEvents into hub.audit.v1, one writer per partition (hub.audit).
+    add_sealing_agent(app, settings, topics, raw_topic)
 
     # GP alerts, from each GP practice's own topic: only what that practice may see.
     practices = {r.id: r for r in recipients if r.kind == "gp"}
@@ -219,4 +373,7 @@ def create_app(
             lambda m: alert_router.route(m.topic, m.value),
         )
 
+    schedule_ingest_purge(app, settings, topics)
+    # hub_table_keys: every table's size, counted by a faust timer (docs/OPERATIONS.md).
+    metrics.watch_tables(app)
     return app

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from hub.alerts.stage import EligibilityStage
 from hub.consent.audit import audit_reject
 from hub.consent.share import ShareStage
-from hub.errors import ErrorCode
+from hub.errors import ErrorCode, HubError
 from hub.identity.stage import IdentityStage, input_record, link_record
 from hub.ingest.outcome import IngestOutcome, IngestRecord, Rejected
 from hub.ingest.pipeline import SOURCE_HEADER, IngestContext, message_id_of, printable_id, process_ingest
@@ -22,6 +23,10 @@ from hub.topics import TopicNames
 log = get_logger(__name__)
 
 EVENT_ID_HEADER = "hub-event-id"
+
+#: How often ingest looks for a changed source registry or key file (a `hub keys rotate`, a new
+#: source): a stat of a few files, so a rotated key is accepted within seconds, without a restart.
+REGISTRY_CHECK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,28 @@ class IngestRouter:
         self.context = context
         self.topics = topics
         self.unmapped = UnmappedCounter()
+        self._registry_checked = time.monotonic()
+
+    def refresh_registry(self, *, force: bool = False) -> None:
+        """Reload the source registry when its file or a key file changed; a bad file changes nothing.
+
+        The files of a refused reload are not read again until they change again (no log flood).
+        """
+        now = time.monotonic()
+        if not force and now - self._registry_checked < REGISTRY_CHECK_SECONDS:
+            return
+        self._registry_checked = now
+        registry = self.context.registry
+        if not registry.changed():
+            return
+        try:
+            fresh = registry.reloaded()
+        except HubError as exc:
+            log.error("sources.reload_refused", code=str(exc.code), error=exc.message, hint=exc.hint)
+            self.context = replace(self.context, registry=replace(registry, watched=registry.stamped()))
+            return
+        self.context = replace(self.context, registry=fresh)
+        log.info("sources.reloaded", sources=len(fresh))
 
     def outcome_for(self, record: IngestRecord, *, now: datetime) -> IngestOutcome:
         """The pure outcome; a bug in the core becomes a reject so the partition keeps moving."""
@@ -70,6 +97,7 @@ class IngestRouter:
     ) -> list[Outgoing]:
         """Every record to produce for this input."""
         at = now or datetime.now(UTC)
+        self.refresh_registry()
         outcome = self.outcome_for(record, now=at)
         if isinstance(outcome, Rejected):
             log.info("ingest.rejected", code=str(outcome.code), source=outcome.source_id)
@@ -82,7 +110,7 @@ class IngestRouter:
                 ),
                 # Every reject is audited too (DESIGN.md 2): which source, where, and the code.
                 Outgoing(
-                    self.topics.audit,
+                    self.topics.audit_unsealed,
                     receipt_key(outcome).encode(),
                     _json(audit_reject(outcome, origin=record.origin, recorded=at)),
                 ),

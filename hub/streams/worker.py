@@ -5,8 +5,10 @@ from __future__ import annotations
 import faust
 
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy, load_recipients
+from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
 from hub.ingest.pipeline import IngestContext
 from hub.kafka.admin import ensure_topics
+from hub.kafka.security import KafkaSecurity
 from hub.logging import configure_logging, get_logger
 from hub.metrics import start_server
 from hub.networks import load_networks
@@ -50,11 +52,29 @@ def create_contract_topics(settings: Settings) -> list[str]:
     """Create the contract's topics, every recipient's and the internal ones; return those created."""
     names = TopicNames(settings.topic_prefix)
     recipients, _ = share_config(settings)
-    created = ensure_topics(
+    # Replication None: min(3, brokers) with min.insync.replicas=2 on a cluster (hub.kafka.admin).
+    security = KafkaSecurity.from_settings(settings)
+    # The sources' bytes in the clear: ingest is a transit buffer, the DLQ (encrypted) is kept for
+    # replay; both for a bounded time (docs/SECURITY.md). Created first, so the call below skips them.
+    created: list[str] = []
+    for topic, retention_ms in ((names.ingest, INGEST_RETENTION_MS), (names.dlq, DLQ_RETENTION_MS)):
+        created += ensure_topics(
+            settings.bootstrap_servers,
+            [topic],
+            partitions=settings.topic_partitions,
+            replication_factor=settings.replication_factor,
+            security=security,
+            configs={
+                "max.message.bytes": str(2 * settings.max_payload_bytes),
+                "retention.ms": str(retention_ms),
+            },
+        )
+    created += ensure_topics(
         settings.bootstrap_servers,
         [*names.contract(), *(names.prefix + recipient.topic for recipient in recipients)],
         partitions=settings.topic_partitions,
         replication_factor=settings.replication_factor,
+        security=security,
         # Bodies up to the hub's limit must fit, with headers, in one Kafka record.
         configs={"max.message.bytes": str(2 * settings.max_payload_bytes)},
     )
@@ -63,6 +83,7 @@ def create_contract_topics(settings: Settings) -> list[str]:
         names.internal(),
         partitions=settings.topic_partitions,
         replication_factor=settings.replication_factor,
+        security=security,
         configs={"max.message.bytes": str(INTERNAL_RECORD_LIMIT)},
     )
     created += ensure_topics(
@@ -70,6 +91,7 @@ def create_contract_topics(settings: Settings) -> list[str]:
         [changelog_topic(settings.app_id, table) for table in TABLES],
         partitions=settings.topic_partitions,
         replication_factor=settings.replication_factor,
+        security=security,
         configs={"cleanup.policy": "compact", "max.message.bytes": str(INTERNAL_RECORD_LIMIT)},
     )
     # faust's leader-election topic has one partition by design.
@@ -78,6 +100,7 @@ def create_contract_topics(settings: Settings) -> list[str]:
         [f"{settings.app_id}-__assignor-__leader"],
         partitions=1,
         replication_factor=settings.replication_factor,
+        security=security,
     )
 
 

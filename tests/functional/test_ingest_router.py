@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -146,7 +147,7 @@ def test_a_rejected_record_goes_to_the_dlq_unchanged_with_a_receipt() -> None:
     """Rejected: the original bytes and headers to the DLQ, plus code, detail and origin; then a receipt."""
     bad = record({"resourceType": "Condition", "subject": {"reference": "Group/x"}})
     sent = ingest_router().route(bad, b"k", now=NOW)
-    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit, TOPICS.receipts]
+    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit_unsealed, TOPICS.receipts]
     assert sent[0].value == bad.value and sent[0].key == b"k"
     headers = dict(sent[0].headers)
     assert headers["hub-error-code"] == b"patient.unresolved"
@@ -177,7 +178,7 @@ def test_a_bug_in_the_core_becomes_a_reject_and_the_partition_moves_on(
 
     monkeypatch.setattr(routing, "process_ingest", explode)
     sent = ingest_router().route(record(CONDITION), b"msg-1", now=NOW)
-    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit, TOPICS.receipts]
+    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit_unsealed, TOPICS.receipts]
     assert dict(sent[0].headers)["hub-error-code"] == b"hub.internal_error"
     receipt = value_of(sent[2])
     assert receipt["error"]["code"] == ErrorCode.INTERNAL
@@ -270,12 +271,18 @@ def test_a_linked_event_is_published_once_per_link() -> None:
 # --- the app ---------------------------------------------------------------------------------------------
 
 
-def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tables() -> None:
+def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tables(tmp_path: Path) -> None:
     """An ingest and an identity agent, each of concurrency 1, and three co-partitioned identity tables."""
+    from hub.crypto import Keyring, KeyStore, LocalKeyProvider  # noqa: PLC0415
+
     settings = Settings(topic_prefix="f.", topic_partitions=4, bootstrap_servers="127.0.0.1:1")
-    app = create_app(settings, CONTEXT)
+    keyring = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(bytes(32)))
+    app = create_app(settings, CONTEXT, keyring=keyring)
     agents = {agent.channel.get_topic_name(): agent for agent in app.agents.values()}
     assert {TOPICS.ingest, TOPICS.identity} <= set(agents)
     assert (agents[TOPICS.ingest].concurrency, agents[TOPICS.identity].concurrency) == (1, 1)
     for name in ("identity-aliases", "identity-seen-messages", "identity-seen-events"):
         assert app.tables[name].partitions == 4, name
+    # Encryption at rest: sealed tables keep bytes (their changelogs hold ciphertext only).
+    assert app.tables["identity-aliases"].value_serializer == "raw"
+    assert app.tables["identity-seen-messages"].value_serializer == "json"

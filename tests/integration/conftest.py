@@ -16,12 +16,18 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
+from hub.crypto.keyring import Keyring
+from hub.crypto.keys import LocalKeyProvider
+from hub.crypto.records import RecordOpener
+from hub.crypto.store import KeyStore
 from hub.kafka.clients import Record, read
 from hub.topics import TopicNames
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SYNTHEA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "synthea-r4"
 PARTITIONS = 3
+#: The workers' key-encryption key (hub.crypto); tests read the encrypted topics with it.
+TEST_KEK = bytes(range(32))
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,15 @@ class HubEnv:
     work_dir: Path
     log_file: Path
 
+    @property
+    def key_store_file(self) -> Path:
+        """The test's key store (HUB_KEY_STORE_FILE)."""
+        return Path(self.environ["HUB_KEY_STORE_FILE"])
+
+    def opener(self) -> RecordOpener:
+        """Opens the hub's encrypted records as an operator with the KEK can (a fresh key cache)."""
+        return RecordOpener(Keyring(KeyStore(self.key_store_file), LocalKeyProvider(TEST_KEK)))
+
     def source(self, source_id: str) -> TestSource:
         return next(s for s in SOURCES if s.id == source_id)
 
@@ -121,17 +136,19 @@ class HubEnv:
     def collect(self, topic: str, count: int, *, timeout: float = 120.0) -> list[Record]:
         """Read a topic from the start until ``count`` records arrived or ``timeout`` passed."""
         records: list[Record] = []
+        opener = self.opener()
         for record in read(
             self.bootstrap, [topic], idle_timeout=timeout, deadline=time.monotonic() + timeout
         ):
-            records.append(record)
+            records.append(opener.open_record(record))
             if len(records) >= count:
                 break
         return records
 
     def settle(self, topic: str, *, quiet: float = 3.0) -> list[Record]:
-        """Every record of a topic once nothing new arrives for ``quiet`` seconds."""
-        return list(read(self.bootstrap, [topic], idle_timeout=quiet))
+        """Every record of a topic once nothing new arrives for ``quiet`` seconds (decrypted)."""
+        opener = self.opener()
+        return [opener.open_record(record) for record in read(self.bootstrap, [topic], idle_timeout=quiet)]
 
     def cli(self, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
         """Run ``hub ARGS`` as a user would, with this test's environment."""
@@ -160,6 +177,10 @@ def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: P
         "HUB_TOPIC_PARTITIONS": str(PARTITIONS),
         "HUB_LOG_LEVEL": "info",
         "HUB_LOG_JSON": "true",
+        # Encryption at rest (hub.crypto): the test's KEK and its own key store.
+        "HUB_KEK": TEST_KEK.hex(),
+        "HUB_KEY_STORE_FILE": str(tmp_path / "keys" / "data-keys.sqlite3"),
+        "HUB_TABLE_DIR": str(tmp_path / "tables"),
     }
     registry: dict[str, Any] = {"sources": []}
     for source in SOURCES:

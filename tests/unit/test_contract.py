@@ -22,6 +22,7 @@ from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision, PolicyCo
 from hub.consent.recipients import FINESS_SYSTEM, Identifier, Recipient, RecipientRegistry, Subscription
 from hub.consent.share import ShareStage
 from hub.consent.state import ConsentRejected, PatientShareState
+from hub.crypto.erase import ErasureReport, audit_erasure
 from hub.errors import ErrorCode
 from hub.identity.network_id import NETWORK_ID_SYSTEM, PatientKey
 from hub.identity.stage import IdentityStage, input_record, link_record, linked_event
@@ -29,8 +30,10 @@ from hub.ingest.outcome import Accepted, IdentityLink, KafkaCoordinates, Rejecte
 from hub.ingest.receipts import dlq_headers, receipt
 from hub.ingest.signature import sign
 from hub.normalise.time import utc_iso
+from hub.ops.dlq import DlqEntry, audit_replay
 from hub.pathway.event import PathwayEvent, event_id_for
 from hub.schemas import SCHEMAS_DIR, schema_errors
+from hub.sources.keys import Rotation, audit_key_rotation
 from hub.topics import (
     AUDIT,
     CONTRACT_TOPICS,
@@ -56,6 +59,7 @@ INGEST_REJECT_CODES = frozenset(
         "fhir.version.unsupported",
         "patient.unresolved",
         "patient.ambiguous",
+        "patient.erased",
         "hub.internal_error",
     }
 )
@@ -220,7 +224,7 @@ def test_reject_codes_in_schemas_are_the_ingest_reject_codes() -> None:
 
 def test_every_ingest_reject_code_is_in_the_schemas() -> None:
     """Every code ingest can reject with (ErrorCode but config.*, broker.*, consent.*) is in both schemas."""
-    raised_or_audited = ("config.", "broker.", "consent.")
+    raised_or_audited = ("config.", "broker.", "consent.", "crypto.")
     ingest_codes = {str(code) for code in ErrorCode if not code.value.startswith(raised_or_audited)}
     receipt_codes = _schema("receipt.schema.json")["$defs"]["error"]["properties"]["code"]["enum"]
     dlq_codes = _schema("dlq-headers.schema.json")["properties"]["hub-error-code"]["enum"]
@@ -371,6 +375,35 @@ def test_audit_events_match_schema_and_fhir(case: str) -> None:
     assert schema_errors("audit-event.schema.json", audit) == []
     assert _payload_errors("auditEvent", audit) == []
     AuditEvent.model_validate(audit)
+
+
+ADMINISTRATION_CASES: dict[str, Any] = {
+    "dlq replay": lambda: audit_replay(
+        DlqEntry("hub.dlq.v1/0/7", str(ORIGIN), "lab-biomed", "m-1", "source.unknown", "not registered", "t"),
+        replayed_to=KafkaCoordinates("hub.ingest.v1", 1, 42),
+        recorded=AT,
+    ),
+    "key rotation": lambda: audit_key_rotation(
+        Rotation("gp-a", "file", "/k", AT, "0123456789abcdef", "fedcba9876543210"),
+        operator="alice",
+        recorded=AT,
+    ),
+    "patient erasure": lambda: audit_erasure(
+        ErasureReport(["pt-one", "pt-two"], 2, 1, 3, 0), requested_by="dpo", recorded=AT
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ADMINISTRATION_CASES)
+def test_administration_acts_match_the_audit_schema(case: str) -> None:
+    """The operator commands' AuditEvents (replay, key rotation, erasure) are administration acts of
+    audit-event.schema.json, and FHIR AuditEvents; one can neither claim failure nor pose as a share."""
+    audit = ADMINISTRATION_CASES[case]()
+    assert schema_errors("audit-event.schema.json", audit) == []
+    AuditEvent.model_validate(audit)
+    assert schema_errors("audit-event.schema.json", {**audit, "outcome": "4"})
+    share = [{"system": "urn:hub:audit-event-subtype", "code": "share-decision"}]
+    assert schema_errors("audit-event.schema.json", {**audit, "subtype": share})
 
 
 def test_audit_schema_can_fail() -> None:

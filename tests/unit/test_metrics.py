@@ -43,7 +43,9 @@ def rejected_outputs() -> list[Outgoing]:
     rejected = Rejected(ErrorCode.SIGNATURE_MISSING, "no hub-signature header", "gp-test", MESSAGE_ID)
     return [
         Outgoing(TOPICS.dlq, b"k", b"body", tuple(dlq_headers((), rejected, ORIGIN))),
-        Outgoing(TOPICS.audit, b"gp-test", _json(audit_reject(rejected, origin=ORIGIN, recorded=AT))),
+        Outgoing(
+            TOPICS.audit_unsealed, b"gp-test", _json(audit_reject(rejected, origin=ORIGIN, recorded=AT))
+        ),
         Outgoing(TOPICS.receipts, b"gp-test", _json(receipt(rejected, ORIGIN, at=AT))),
     ]
 
@@ -72,7 +74,7 @@ def share_decision() -> Outgoing:
     )
     event = {"event_id": "e-1", "patient_id": PATIENT, "kind": "observation", "source": {"id": "gp-test"}}
     audit = audit_event(decision, event=event, recipient="outsider", recorded=AT)
-    return Outgoing(TOPICS.audit, PATIENT.encode(), _json(audit))
+    return Outgoing(TOPICS.audit_unsealed, PATIENT.encode(), _json(audit))
 
 
 def alert() -> Outgoing:

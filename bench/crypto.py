@@ -1,0 +1,55 @@
+"""Cost of encryption at rest per record: ``python -m bench.crypto`` (docs/SECURITY.md, key lifecycle).
+
+Seals and opens pathway-sized records (2.5 kB) with ``hub.crypto.records`` for 500 patients: with a
+cached key, and on a cache miss (key store read, unwrap, seal). Prints microseconds per record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from hub.crypto import Keyring, KeyStore, LocalKeyProvider
+from hub.crypto.records import RecordOpener, RecordSealer
+from hub.topics import TopicNames
+
+RECORDS = 20_000
+PATIENTS = 500
+
+
+def main() -> None:
+    """Measure and print."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = KeyStore(Path(folder) / "keys.sqlite3")
+        keyring = Keyring(store, LocalKeyProvider(os.urandom(32)))
+        topics = TopicNames()
+        sealer, opener = RecordSealer(keyring, topics), RecordOpener(keyring)
+        value = json.dumps({"event_id": "e1", "resource": {"text": "x" * 2500}}).encode()
+        patients = [f"pt-{i:024d}" for i in range(PATIENTS)]
+        for patient in patients:  # create every key first: the loop below measures cached keys
+            sealer.seal(topics.pathway, patient.encode(), value, ())
+        keys = [patients[i % PATIENTS].encode() for i in range(RECORDS)]
+        started = time.perf_counter()
+        sealed = [sealer.seal(topics.pathway, key, value, (("hub-event-id", b"e1"),)) for key in keys]
+        sealing = time.perf_counter() - started
+        started = time.perf_counter()
+        for body, headers in sealed:
+            opener.open(topics.pathway, body, headers)
+        opening = time.perf_counter() - started
+        cold = Keyring(KeyStore(Path(folder) / "keys.sqlite3"), keyring.provider)
+        started = time.perf_counter()
+        for patient in patients:
+            cold.seal(value, key_id=patient, topic=topics.pathway, record_id="e1")
+        missing = time.perf_counter() - started
+        store.close()
+    print(f"record of {len(value)} bytes, {PATIENTS} patients, load average {os.getloadavg()[0]:.1f}")
+    print(f"seal, cached key:  {1e6 * sealing / RECORDS:.1f} µs/record")
+    print(f"open, cached key:  {1e6 * opening / RECORDS:.1f} µs/record")
+    print(f"seal, cache miss:  {1e6 * missing / PATIENTS:.1f} µs/record (store read + unwrap + seal)")
+
+
+if __name__ == "__main__":
+    main()

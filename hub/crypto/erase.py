@@ -1,0 +1,185 @@
+"""Erasure by crypto-shredding: destroy a patient's data keys, and shorten what stays in the clear.
+
+A patient's records on the encrypted topics and in the table changelogs stay on the log (Kafka is
+append-only) but can never be decrypted again once the keys are destroyed. The person may be known
+under several network ids: the qualified-INS id and the source-local ids linked to it (the
+``identity-aliases`` table, itself encrypted, read here with the operator's keys); every one of
+them is destroyed. Ingest records (the sources' signed bytes, in the clear) that the worker group
+has processed are deleted from the ingest topic; the alert gateway's local store forgets the
+patient's alerts. Each erasure is audited, with ids and counts only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hub.consent.audit import COMPONENT_SYSTEM, DCM, SUBTYPE_SYSTEM, audit_id
+from hub.identity.network_id import INS_NIR, NETWORK_ID_SYSTEM, PatientKey
+from hub.normalise.time import utc_iso
+
+ERASURE_SUBTYPE = "patient-erasure"
+#: The audit identifier system of the person who asked for an erasure (an operator's login).
+OPERATOR_SYSTEM = "urn:hub:operator"
+NETWORK_ID_PREFIX = "pt-"
+_PATIENT_RECORD = {"system": DCM, "code": "110110", "display": "Patient Record"}
+_PATIENT_ROLE = {
+    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+    "code": "1",
+    "display": "Patient",
+}
+_PERSON = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+    "code": "1",
+    "display": "Person",
+}
+
+
+def resolve_patient(text: str, *, pseudonym_key: bytes, ins_system: str = INS_NIR) -> str:
+    """The network patient id of ``pt-…`` (as is) or of an INS (``system|value``, or a bare value)."""
+    text = text.strip()
+    if text.startswith(NETWORK_ID_PREFIX):
+        return text
+    system, _, value = text.rpartition("|")
+    if not value:
+        raise ValueError("give a network patient id (pt-…) or an INS")
+    return PatientKey("ins", system or ins_system, value).network_id(pseudonym_key)
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def named_patients(payload: bytes | None, source_id: str | None, *, pseudonym_key: bytes) -> set[str]:
+    """Every network id a rejected FHIR JSON payload could be about (over-inclusive, never under).
+
+    The ids are derived as ingest derives them (``hub.ingest.split``): an identifier under the INS
+    systems or the source's own, a Patient's id, a ``Patient/<id>`` reference. Unparseable or XML
+    payloads name nobody here (docs/SECURITY.md: they expire with the DLQ's retention).
+    """
+    try:
+        document = json.loads(payload or b"")
+    except (ValueError, UnicodeDecodeError):
+        return set()
+    keys: set[PatientKey] = set()
+    for node in _walk(document):
+        system, value = node.get("system"), node.get("value")
+        if isinstance(system, str) and isinstance(value, (str, int)) and system:
+            keys.add(PatientKey("ins", system, str(value)))
+            if source_id:
+                keys.add(PatientKey("local", source_id, str(value)))
+        if source_id and node.get("resourceType") == "Patient" and isinstance(node.get("id"), str):
+            keys.add(PatientKey("local", source_id, node["id"]))
+        reference = node.get("reference")
+        if source_id and isinstance(reference, str) and "Patient/" in reference:
+            keys.add(PatientKey("local", source_id, reference.partition("/_history/")[0].rsplit("/", 1)[-1]))
+    return {key.network_id(pseudonym_key) for key in keys}
+
+
+def linked_ids(patient_id: str, aliases: Mapping[str, str]) -> list[str]:
+    """Every network id of the same person: the id, what it is linked to, and what is linked to those."""
+    found = {patient_id}
+    changed = True
+    while changed:
+        changed = False
+        for local_id, ins_id in aliases.items():
+            if (local_id in found) != (ins_id in found):
+                found |= {local_id, ins_id}
+                changed = True
+    return sorted(found)
+
+
+def aliases_from_changelog(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict[str, str]:
+    """``local id → INS id`` from the opened ``identity-aliases`` changelog (JSON key, JSON value)."""
+    aliases: dict[str, str] = {}
+    for key, value in records:
+        try:
+            local_id = json.loads(key or b"null")
+            ins_id = json.loads(value) if value else None
+        except ValueError:
+            continue
+        if isinstance(local_id, str):
+            if isinstance(ins_id, str):
+                aliases[local_id] = ins_id
+            else:
+                aliases.pop(local_id, None)
+    return aliases
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    """What one erasure did: ids and counts only."""
+
+    patient_ids: list[str]
+    keys_destroyed: int
+    gateway_alerts_removed: int
+    ingest_records_deleted: int
+    ingest_records_left: int
+    dlq_records_shredded: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON."""
+        return {
+            "patient_ids": self.patient_ids,
+            "keys_destroyed": self.keys_destroyed,
+            "gateway_alerts_removed": self.gateway_alerts_removed,
+            "ingest_records_deleted": self.ingest_records_deleted,
+            "ingest_records_left": self.ingest_records_left,
+            "dlq_records_shredded": self.dlq_records_shredded,
+            "notes": self.notes,
+        }
+
+
+def audit_erasure(report: ErasureReport, *, requested_by: str, recorded: datetime) -> dict[str, Any]:
+    """The AuditEvent of one erasure (DICOM Patient Record, action D): who, which ids, what was done."""
+    if recorded.utcoffset() is None:
+        raise ValueError("recorded must be timezone-aware")
+    primary = report.patient_ids[0]
+    details = [
+        {"type": "keys_destroyed", "valueString": str(report.keys_destroyed)},
+        {"type": "gateway_alerts_removed", "valueString": str(report.gateway_alerts_removed)},
+        {"type": "ingest_records_deleted", "valueString": str(report.ingest_records_deleted)},
+        {"type": "ingest_records_left", "valueString": str(report.ingest_records_left)},
+        {"type": "dlq_records_shredded", "valueString": str(report.dlq_records_shredded)},
+    ]
+    return {
+        "resourceType": "AuditEvent",
+        "id": audit_id(ERASURE_SUBTYPE, *report.patient_ids, utc_iso(recorded)),
+        "type": _PATIENT_RECORD,
+        "subtype": [{"system": SUBTYPE_SYSTEM, "code": ERASURE_SUBTYPE}],
+        "action": "D",
+        "recorded": utc_iso(recorded),
+        "outcome": "0",
+        "outcomeDesc": (
+            f"destroyed {report.keys_destroyed} data keys of {len(report.patient_ids)} network ids"
+        ),
+        "agent": [
+            {
+                "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+                "who": {"identifier": {"system": OPERATOR_SYSTEM, "value": requested_by}},
+                "requestor": True,
+            }
+        ],
+        "source": {
+            "observer": {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": "hub-ops"}},
+        },
+        "entity": [
+            {
+                "what": {"identifier": {"system": NETWORK_ID_SYSTEM, "value": patient_id}},
+                "type": _PERSON,
+                "role": _PATIENT_ROLE,
+                **({"detail": details} if patient_id == primary else {}),
+            }
+            for patient_id in report.patient_ids
+        ],
+    }

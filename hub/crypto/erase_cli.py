@@ -1,0 +1,175 @@
+"""``hub erase <patient>``: crypto-shred one person's data, audited (docs/SECURITY.md, erasure)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hub.cli_support import reporting_errors
+from hub.settings import Settings
+
+#: The alerts table of the gateway's SQLite store (hub.gateway.store) and its identifiers.
+_GATEWAY_DELETES = (
+    "DELETE FROM alert_identifiers WHERE alert_id IN (SELECT alert_id FROM alerts WHERE patient_id = ?)",
+    "DELETE FROM alerts WHERE patient_id = ?",
+)
+
+
+def forget_gateway_alerts(path: Path, patient_ids: list[str]) -> int:
+    """Delete the patients' alerts from the gateway's SQLite store (if there is one); return how many."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        # Overwrite freed pages, and fold the WAL back in: deleted alerts do not linger on disk.
+        db.execute("PRAGMA secure_delete=ON")
+        db.execute("BEGIN IMMEDIATE")
+        removed = 0
+        for patient_id in patient_ids:
+            db.execute(_GATEWAY_DELETES[0], (patient_id,))
+            removed += db.execute(_GATEWAY_DELETES[1], (patient_id,)).rowcount
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    finally:
+        db.close()
+
+
+def _aliases(settings: Settings, opener: Any) -> dict[str, str]:
+    from hub.crypto.erase import aliases_from_changelog  # noqa: PLC0415
+    from hub.ops.cli import existing_topics, read_to_end  # noqa: PLC0415
+
+    topic = f"{settings.app_id}-identity-aliases-changelog"
+    if topic not in existing_topics(settings.bootstrap_servers):
+        return {}
+    records = read_to_end(settings.bootstrap_servers, [topic], opener=opener)[topic]
+    return aliases_from_changelog((r.key, r.value) for r in records)
+
+
+def shred_dlq(settings: Settings, keyring: Any, patient_ids: list[str], who: str) -> int:
+    """Destroy the key of each DLQ record whose payload names one of ``patient_ids``; return how many."""
+    from hub.crypto.erase import named_patients  # noqa: PLC0415
+    from hub.crypto.records import KEY_ID_HEADER, RecordOpener, header  # noqa: PLC0415
+    from hub.errors import CryptoError  # noqa: PLC0415
+    from hub.ops.cli import existing_topics, read_to_end  # noqa: PLC0415
+    from hub.topics import TopicNames  # noqa: PLC0415
+
+    topic = TopicNames(settings.topic_prefix).dlq
+    if topic not in existing_topics(settings.bootstrap_servers):
+        return 0
+    opener, wanted, key = RecordOpener(keyring), set(patient_ids), settings.pseudonym_key_bytes()
+    shredded = 0
+    for record in read_to_end(settings.bootstrap_servers, [topic])[topic]:
+        key_id = header(record.headers, KEY_ID_HEADER)
+        try:
+            payload = opener.open(record.topic, record.value, record.headers)
+        except CryptoError:
+            continue  # already shredded, or not the hub's: nothing to read, nothing to destroy
+        if (
+            key_id
+            and named_patients(payload, header(record.headers, "hub-source"), pseudonym_key=key) & wanted
+        ):
+            shredded += keyring.destroy(key_id, by=who)
+    return shredded
+
+
+def _publish_audit(settings: Settings, audit: dict[str, Any], key: str) -> None:
+    from hub.kafka.clients import producer  # noqa: PLC0415
+    from hub.topics import TopicNames  # noqa: PLC0415
+
+    names = TopicNames(settings.topic_prefix)
+    # The audit stage chains what reaches hub.audit-unsealed.v1 into hub.audit.v1 (hub.audit).
+    sender = producer(settings.bootstrap_servers)
+    try:
+        value = json.dumps(audit, separators=(",", ":"), ensure_ascii=False).encode()
+        sender.send(names.audit_unsealed, key=key.encode(), value=value).get(timeout=60)
+        sender.flush()
+    finally:
+        sender.close()
+
+
+@click.command()
+@click.argument("patient")
+@click.option(
+    "--ins-system",
+    default="urn:oid:1.2.250.1.213.1.4.8",
+    show_default=True,
+    help="INS system of a PATIENT given as a bare INS value.",
+)
+@click.option("--by", "requested_by", default=None, help="Who asks (audited); default: the login name.")
+@click.option(
+    "--wait-ingest",
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the worker to commit past the ingest topic's end before purging it.",
+)
+@click.option("--yes", is_flag=True, help="Erase without asking (required when not interactive).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@reporting_errors
+def erase(
+    *, patient: str, ins_system: str, requested_by: str | None, wait_ingest: float, yes: bool, as_json: bool
+) -> None:
+    """Erase PATIENT for good: destroy their data keys (crypto-shredding), audited.
+
+    PATIENT is a network patient id (pt-…) or an INS (SYSTEM|VALUE, or a VALUE in --ins-system).
+    Every network id linked to the same person is erased with it. Then: rejects in the DLQ that
+    name the patient are shredded (each has its own key), the gateway forgets the
+    patient's alerts, processed ingest records are deleted from the ingest topic, and an AuditEvent
+    (who, which ids, counts) is published. Workers stop using the keys within HUB_KEY_CACHE_SECONDS.
+    Exits 0 when done, 2 on an error or without confirmation.
+    """
+    from hub.crypto.config import keyring_from_settings  # noqa: PLC0415
+    from hub.crypto.erase import ErasureReport, audit_erasure, linked_ids, resolve_patient  # noqa: PLC0415
+    from hub.crypto.records import RecordOpener  # noqa: PLC0415
+    from hub.crypto.retention import purge_processed_ingest  # noqa: PLC0415
+    from hub.gateway import state_file  # noqa: PLC0415
+    from hub.topics import TopicNames  # noqa: PLC0415
+
+    settings = Settings()
+    try:
+        patient_id = resolve_patient(
+            patient, pseudonym_key=settings.pseudonym_key_bytes(), ins_system=ins_system
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not yes:
+        if not sys.stdin.isatty():
+            click.echo("error: an erasure cannot be undone; add --yes to confirm", err=True)
+            sys.exit(2)
+        if not click.confirm(f"Erase {patient_id} for good?", err=True):
+            sys.exit(2)
+    keyring = keyring_from_settings(settings)
+    ids = linked_ids(patient_id, _aliases(settings, RecordOpener(keyring)))
+    who = requested_by or getpass.getuser()
+    destroyed = sum(keyring.destroy(key_id, by=who) for key_id in ids)
+    alerts = forget_gateway_alerts(state_file(settings), ids)
+    dlq = shred_dlq(settings, keyring, ids, who)
+    deleted, left = purge_processed_ingest(
+        settings.bootstrap_servers,
+        TopicNames(settings.topic_prefix).ingest,
+        settings.app_id,
+        wait=wait_ingest,
+    )
+    notes = [f"workers stop using the keys within {settings.key_cache_seconds:g} s"]
+    if left:
+        notes.append(f"{left} ingest records not yet processed stay until retention deletes them")
+    report = ErasureReport(ids, destroyed, alerts, deleted, left, dlq, notes)
+    _publish_audit(settings, audit_erasure(report, requested_by=who, recorded=datetime.now(UTC)), patient_id)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    click.echo(f"erased {', '.join(ids)}: {destroyed} data keys destroyed, {alerts} gateway alerts removed")
+    click.echo(f"ingest: {deleted} processed records deleted, {left} left; DLQ: {dlq} rejects shredded")
+    for note in notes:
+        click.echo(f"note: {note}")

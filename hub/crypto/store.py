@@ -1,0 +1,134 @@
+"""The key store: wrapped data keys in one SQLite file, shared by the hub processes of one machine.
+
+A key is created once (the first writer wins, so two workers never use two keys for one id) and can
+be destroyed: its wrapped bytes are overwritten and removed, and a tombstone stays so that nothing
+is ever encrypted under that id again. ``secure_delete`` overwrites freed pages and a WAL checkpoint
+follows each destruction, so the wrapped key does not survive in the file or its journal. Beyond one
+machine the store is the KMS's (docs/SECURITY.md): this file is the single-machine stand-in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hub.errors import ConfigError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data_keys (
+    key_id TEXT PRIMARY KEY,
+    kek_id TEXT NOT NULL,
+    wrapped BLOB,
+    created_at TEXT NOT NULL,
+    destroyed_at TEXT,
+    destroyed_by TEXT
+)
+"""
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """One row: a wrapped key, or the tombstone of a destroyed one (``wrapped`` is None)."""
+
+    key_id: str
+    kek_id: str
+    wrapped: bytes | None
+    created_at: str
+    destroyed_at: str | None
+
+    @property
+    def destroyed(self) -> bool:
+        """True once the key was destroyed."""
+        return self.destroyed_at is not None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class KeyStore:
+    """Wrapped data keys by key id; safe for several processes (SQLite locking) and threads (a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute(_SCHEMA)
+            path.chmod(0o600)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"cannot open the key store {path}: {exc}",
+                hint="check HUB_KEY_STORE_FILE (or HUB_STATE_DIR) and the folder's permissions",
+            ) from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def get(self, key_id: str) -> StoredKey | None:
+        """The key or its tombstone, or None when the id was never used."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT key_id, kek_id, wrapped, created_at, destroyed_at FROM data_keys WHERE key_id = ?",
+                (key_id,),
+            ).fetchone()
+        return None if row is None else StoredKey(row[0], row[1], row[2], row[3], row[4])
+
+    def create(self, key_id: str, *, kek_id: str, wrapped: bytes) -> StoredKey:
+        """Store a new wrapped key unless the id exists; return what the store holds (maybe another's)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO data_keys (key_id, kek_id, wrapped, created_at) VALUES (?, ?, ?, ?)",
+                (key_id, kek_id, wrapped, _now()),
+            )
+        stored = self.get(key_id)
+        if stored is None:  # pragma: no cover - an insert that neither wrote nor found a row
+            raise ConfigError(f"the key store {self.path} lost key {key_id}")
+        return stored
+
+    def destroy(self, key_id: str, *, by: str) -> bool:
+        """Destroy the key (or forbid the id if unused); True when a usable key was destroyed."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT wrapped IS NOT NULL FROM data_keys WHERE key_id = ?", (key_id,)
+                ).fetchone()
+                at = _now()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO data_keys (key_id, kek_id, wrapped, created_at, destroyed_at, "
+                        "destroyed_by) VALUES (?, '', NULL, ?, ?, ?)",
+                        (key_id, at, at, by),
+                    )
+                else:
+                    # Overwrite first, then drop the value: secure_delete zeroes the freed space.
+                    self._db.execute(
+                        "UPDATE data_keys SET wrapped = zeroblob(length(wrapped)) WHERE key_id = ?",
+                        (key_id,),
+                    )
+                    self._db.execute(
+                        "UPDATE data_keys SET wrapped = NULL, destroyed_at = coalesce(destroyed_at, ?), "
+                        "destroyed_by = coalesce(destroyed_by, ?) WHERE key_id = ?",
+                        (at, by, key_id),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            # Old page images live in the WAL until a checkpoint copies and truncates it.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return bool(row and row[0])
+
+    def key_ids(self) -> list[str]:
+        """Every key id, destroyed ones included."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT key_id FROM data_keys ORDER BY key_id")]

@@ -1,0 +1,264 @@
+"""The crypto core: envelopes bound to key, topic and record; keys wrapped, cached and destroyed."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from hub.crypto.config import kek_bytes, keyring_from_settings
+from hub.crypto.envelope import is_envelope, parse
+from hub.crypto.keyring import Keyring
+from hub.crypto.keys import LocalKeyProvider, parse_kek
+from hub.crypto.records import (
+    ENC_HEADER,
+    KEY_ID_HEADER,
+    RECORD_ID_HEADER,
+    RecordOpener,
+    RecordSealer,
+    SealedTable,
+)
+from hub.crypto.store import KeyStore
+from hub.errors import (
+    ConfigError,
+    DecryptFailed,
+    EnvelopeInvalid,
+    ErrorCode,
+    KekInvalid,
+    KeyDestroyed,
+    KeyUnknown,
+    SecretUnavailable,
+)
+from hub.kafka.clients import Record
+from hub.settings import Settings
+from hub.topics import TopicNames
+
+KEK = bytes(range(32))
+OTHER_KEK = bytes(range(1, 33))
+PLAIN = b'{"event_id":"e1","resource":{"note":"MARKER-xyz"}}'
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> KeyStore:
+    return KeyStore(tmp_path / "keys.sqlite3")
+
+
+@pytest.fixture
+def keyring(store: KeyStore) -> Keyring:
+    return Keyring(store, LocalKeyProvider(KEK))
+
+
+def test_round_trip_and_envelope_is_self_describing(keyring: Keyring) -> None:
+    """A sealed value opens in its context; the envelope names its key id and hides the plaintext."""
+    sealed = keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    assert is_envelope(sealed)
+    assert not is_envelope(PLAIN)
+    assert parse(sealed).key_id == "pt-a"
+    assert b"MARKER" not in sealed
+    assert keyring.open(sealed, topic="t", record_id="e1") == PLAIN
+
+
+def test_each_seal_uses_a_fresh_nonce(keyring: Keyring) -> None:
+    """Two seals of the same plaintext differ (a reused GCM nonce would leak their XOR)."""
+    first = keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    second = keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    assert parse(first).nonce != parse(second).nonce
+
+
+@pytest.mark.parametrize("position", [-1, -20, 30])
+def test_tampered_ciphertext_fails(keyring: Keyring, position: int) -> None:
+    """One flipped bit anywhere in the ciphertext or tag: crypto.decrypt_failed."""
+    sealed = bytearray(keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1"))
+    sealed[position] ^= 1
+    with pytest.raises(DecryptFailed) as caught:
+        keyring.open(bytes(sealed), topic="t", record_id="e1")
+    assert caught.value.code == ErrorCode.CRYPTO_DECRYPT_FAILED
+
+
+@pytest.mark.parametrize(("topic", "record_id"), [("other-topic", "e1"), ("t", "e2")])
+def test_ciphertext_moved_to_another_topic_or_record_fails(
+    keyring: Keyring, topic: str, record_id: str
+) -> None:
+    """The associated data binds topic and record id: the same bytes elsewhere do not open."""
+    sealed = keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    with pytest.raises(DecryptFailed):
+        keyring.open(sealed, topic=topic, record_id=record_id)
+
+
+def test_ciphertext_moved_to_another_patient_key_fails(keyring: Keyring) -> None:
+    """Rewriting the envelope's key id to another patient's: the other key and the AAD both refuse it."""
+    keyring.seal(b"x", key_id="pt-b", topic="t", record_id="e1")  # pt-b exists
+    sealed = keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    moved = sealed.replace(b"pt-a", b"pt-b", 1)
+    with pytest.raises(DecryptFailed):
+        keyring.open(moved, topic="t", record_id="e1")
+
+
+def test_destroyed_key_has_its_own_code_and_forbids_new_records(keyring: Keyring, store: KeyStore) -> None:
+    """After destroy: opening says crypto.key_destroyed, sealing refuses, the store keeps no key bytes."""
+    sealed = keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    assert keyring.destroy("pt-a", by="test") is True
+    with pytest.raises(KeyDestroyed) as caught:
+        keyring.open(sealed, topic="t", record_id="e1")
+    assert caught.value.code == ErrorCode.CRYPTO_KEY_DESTROYED
+    with pytest.raises(KeyDestroyed):
+        keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e2")
+    stored = store.get("pt-a")
+    assert stored is not None and stored.wrapped is None and stored.destroyed
+
+
+def test_destroying_an_unused_id_forbids_it(keyring: Keyring) -> None:
+    """Erasing a patient the store never saw leaves a tombstone: nothing is encrypted under it later."""
+    assert keyring.destroy("pt-new", by="test") is False
+    with pytest.raises(KeyDestroyed):
+        keyring.seal(PLAIN, key_id="pt-new", topic="t", record_id="e1")
+
+
+def test_destroy_reaches_another_process_keyring_after_its_cache_ttl(store: KeyStore, tmp_path: Path) -> None:
+    """A worker's cached key stops working once its TTL passes after another process destroyed it."""
+    clock = Clock()
+    worker = Keyring(store, LocalKeyProvider(KEK), ttl_seconds=5.0, clock=clock)
+    sealed = worker.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    operator = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(KEK))
+    operator.destroy("pt-a", by="test")
+    assert worker.open(sealed, topic="t", record_id="e1") == PLAIN  # within the TTL
+    clock.now = 5.1
+    with pytest.raises(KeyDestroyed):
+        worker.open(sealed, topic="t", record_id="e1")
+
+
+def test_destroyed_key_bytes_are_not_left_in_the_store_file(keyring: Keyring, store: KeyStore) -> None:
+    """secure_delete and the WAL checkpoint: the wrapped key is found nowhere in the files after destroy."""
+    keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    stored = store.get("pt-a")
+    assert stored is not None and stored.wrapped is not None
+    wrapped = stored.wrapped
+    keyring.destroy("pt-a", by="test")
+    for path in store.path.parent.iterdir():
+        assert wrapped not in path.read_bytes(), path
+
+
+def test_wrong_kek_cannot_unwrap(store: KeyStore) -> None:
+    """A keyring with another KEK over the same store: crypto.kek_invalid, never a wrong plaintext."""
+    sealed = Keyring(store, LocalKeyProvider(KEK)).seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    with pytest.raises(KekInvalid) as caught:
+        Keyring(store, LocalKeyProvider(OTHER_KEK)).open(sealed, topic="t", record_id="e1")
+    assert caught.value.code == ErrorCode.CRYPTO_KEK_INVALID
+
+
+def test_unknown_key_and_bad_envelopes(keyring: Keyring) -> None:
+    """An id the store never had, a truncated envelope and an unknown version each have their code."""
+    sealed = keyring.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    with pytest.raises(KeyUnknown):
+        keyring.open(sealed.replace(b"pt-a", b"pt-z", 1), topic="t", record_id="e1")
+    with pytest.raises(EnvelopeInvalid):
+        keyring.open(sealed[:20], topic="t", record_id="e1")
+    with pytest.raises(EnvelopeInvalid):
+        keyring.open(b"HE\x02" + sealed[3:], topic="t", record_id="e1")
+
+
+def test_kek_from_env_and_from_file_are_the_same_key(tmp_path: Path) -> None:
+    """HUB_KEK (hex) and HUB_KEK_FILE (base64) give one KEK: what one seals, the other opens."""
+    kek_file = tmp_path / "kek.key"
+    kek_file.write_text(base64.b64encode(KEK).decode() + "\n", encoding="utf-8")
+    store_file = tmp_path / "k.sqlite3"
+    from_env = Settings(kek=KEK.hex(), key_store_file=store_file)  # type: ignore[arg-type]
+    from_file = Settings(kek_file=kek_file, key_store_file=store_file)
+    assert kek_bytes(from_env) == kek_bytes(from_file) == KEK
+    sealed = keyring_from_settings(from_env).seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    assert keyring_from_settings(from_file).open(sealed, topic="t", record_id="e1") == PLAIN
+
+
+def test_missing_or_malformed_kek_is_a_configuration_error(tmp_path: Path) -> None:
+    """No KEK: config.secret_missing with a hint; a short or non-key value: config.invalid."""
+    with pytest.raises(SecretUnavailable):
+        kek_bytes(Settings())
+    with pytest.raises(SecretUnavailable):
+        kek_bytes(Settings(kek_file=tmp_path / "absent"))
+    for bad in ("too-short", base64.b64encode(b"x" * 16).decode()):
+        with pytest.raises(ConfigError):
+            parse_kek(bad)
+
+
+def test_record_sealer_headers_say_scheme_and_key_never_content(keyring: Keyring) -> None:
+    """A pathway record: headers name scheme, patient key id and event id; a receipt stays clear."""
+    topics = TopicNames("p.")
+    sealer = RecordSealer(keyring, topics)
+    value, headers = sealer.seal(topics.pathway, b"pt-a", PLAIN, (("hub-event-id", b"e1"),))
+    assert value is not None and is_envelope(value)
+    named = dict(headers)
+    assert named[ENC_HEADER] == b"aes-256-gcm/v1"
+    assert named[KEY_ID_HEADER] == b"pt-a"
+    assert named[RECORD_ID_HEADER] == b"e1"
+    assert b"MARKER" not in b"".join(v for _, v in headers)
+    assert sealer.seal(topics.receipts, b"src", b"{}", ()) == (b"{}", ())
+    record = Record(topics.pathway, 0, 0, 0, b"pt-a", value, headers)
+    assert RecordOpener(keyring).open_record(record).value == PLAIN
+    # Read as if it had been copied to another recipient's topic: refused.
+    with pytest.raises(DecryptFailed):
+        RecordOpener(keyring).open_record(Record("p.hub.pathway.x.v1", 0, 0, 0, b"pt-a", value, headers))
+
+
+def test_alert_and_dlq_keys(keyring: Keyring) -> None:
+    """An alert is sealed under its patient's key (not the GP's); the DLQ under a monthly key."""
+    topics = TopicNames()
+    sealer = RecordSealer(keyring, topics)
+    alert = json.dumps({"alert_id": "a1", "patient": {"patient_id": "pt-a"}}).encode()
+    _, headers = sealer.seal(topics.alerts, b"10009900019", alert, ())
+    assert dict(headers)[KEY_ID_HEADER] == b"pt-a"
+    _, dlq_headers = sealer.seal(topics.dlq, None, b"raw", (("hub-origin", b"hub.ingest.v1/0/3"),))
+    assert dict(dlq_headers)[KEY_ID_HEADER].startswith(b"dlq.")
+    assert dict(dlq_headers)[RECORD_ID_HEADER] == b"hub.ingest.v1/0/3"
+
+
+def test_opener_refuses_cleartext_where_encryption_is_required(keyring: Keyring) -> None:
+    """An internal topic only the hub writes: a cleartext record is refused, not trusted."""
+    with pytest.raises(EnvelopeInvalid):
+        RecordOpener(keyring).open("hub.pathway.v1", b"{}", (), required=True)
+
+
+def test_sealed_table_holds_ciphertext_and_forgets_erased_patients(keyring: Keyring) -> None:
+    """Table values are sealed per patient and bound to the changelog; a destroyed key reads as absent."""
+    backing: dict[str, object] = {}
+    table = SealedTable(backing, keyring, topic="app-share-state-changelog")
+    table["pt-a"] = {"note": "MARKER-xyz"}
+    table["pt-a#held"] = [1]
+    table["gp-x|pt-b"] = {"ok": True}
+    assert all(isinstance(v, bytes) and b"MARKER" not in v for v in backing.values())
+    assert table["pt-a"] == {"note": "MARKER-xyz"}
+    assert "pt-a" in table and table.get("absent") is None
+    assert parse(backing["pt-a#held"]).key_id == "pt-a"  # type: ignore[arg-type]
+    assert parse(backing["gp-x|pt-b"]).key_id == "pt-b"  # type: ignore[arg-type]
+    keyring.destroy("pt-a", by="test")
+    assert table.get("pt-a") is None and "pt-a" not in table
+    assert table.pop("pt-a#held", None) is None
+    assert table["gp-x|pt-b"] == {"ok": True}
+
+
+def test_sealed_headers_match_the_asyncapi_contract(keyring: Keyring) -> None:
+    """The headers of a sealed pathway record and a sealed reject validate against encryptedRecordHeaders."""
+    import yaml  # noqa: PLC0415
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+
+    document = yaml.safe_load((Path(__file__).parents[2] / "schemas" / "asyncapi.yaml").read_text())
+    validator = Draft202012Validator(document["components"]["schemas"]["encryptedRecordHeaders"])
+    topics = TopicNames()
+    sealer = RecordSealer(keyring, topics)
+    patient = "pt-" + "a" * 24
+    for topic, key, headers in (
+        (topics.pathway, patient.encode(), (("hub-event-id", b"e1"),)),
+        (topics.dlq, None, (("hub-origin", b"hub.ingest.v1/0/3"),)),
+    ):
+        _, sealed = sealer.seal(topic, key, PLAIN, headers)
+        found = {k: v.decode() for k, v in sealed}
+        assert list(validator.iter_errors(found)) == [], topic

@@ -1,0 +1,89 @@
+"""Property: bad input is a value, not a crash (DESIGN.md 4), for anything a sender can put on ingest.
+
+Hypothesis drives the pure ingest core (hub/ingest/pipeline.py) and the router that turns its outcome
+into Kafka records (hub/streams/routing.py) with random bytes, truncated and mutated Synthea FHIR, huge
+values, deep nesting and wrong or missing headers. No Kafka: this is the fast half of the fuzzing; the
+other half sends the same kind of inputs through a real worker (tests/integration/test_fuzz_ingest.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+
+from hub.errors import ErrorCode
+from hub.ingest.outcome import Accepted, IngestRecord, KafkaCoordinates, Rejected
+from hub.ingest.pipeline import IngestContext, process_ingest
+from hub.ingest.signature import sign
+from hub.sources.registry import Source, SourceRegistry
+from hub.streams.routing import IngestRouter
+from hub.topics import TopicNames
+from tests.fuzzing import SYNTHEA_SYSTEM, FuzzInput, fuzz_inputs, headers_for
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+SECRET = b"fuzz-unit-secret-0123456789abcdef0123"
+SOURCE = Source(
+    id="synthea",
+    kind="hospital",
+    organization_system="urn:oid:1.2.250.1.71.4.2.2",
+    organization_value="330781196",
+    time_zone=ZoneInfo("Europe/Paris"),
+    patient_identifier_systems=(SYNTHEA_SYSTEM,),
+    default_fhir_version="4.0",
+    software="fuzz",
+    secrets=(SECRET,),
+)
+CONTEXT = IngestContext(
+    registry=SourceRegistry({SOURCE.id: SOURCE}), pseudonym_key=b"fuzz-pseudonym-key-0123456789"
+)
+TOPICS = TopicNames()
+#: What the examples turned into, printed at the end: the fuzzing reached past the first checks.
+SEEN: Counter[str] = Counter()
+
+
+def record(case: FuzzInput) -> IngestRecord:
+    headers = headers_for(case, source_id=SOURCE.id, secret=SECRET, now=int(NOW.timestamp()), sign=sign)
+    return IngestRecord(case.value, tuple(headers), KafkaCoordinates("hub.ingest.v1", 0, 7), NOW)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(fuzz_inputs())
+def test_every_fuzzed_input_is_an_outcome_and_every_output_is_strict_json(case: FuzzInput) -> None:
+    """process_ingest never raises and never fails internally; the records it leads to are strict JSON."""
+    outcome = process_ingest(record(case), CONTEXT, now=NOW)
+    assert isinstance(outcome, Accepted | Rejected)
+    if isinstance(outcome, Rejected):
+        assert outcome.code is not ErrorCode.INTERNAL
+        assert "x" * 100 not in outcome.detail, "a reject's detail must not echo the input"
+    SEEN[f"{case.kind}:{outcome.code if isinstance(outcome, Rejected) else 'accepted'}"] += 1
+    for out in IngestRouter(CONTEXT, TOPICS).route(record(case), b"k", now=NOW):
+        if out.topic == TOPICS.dlq:
+            assert out.value == case.value, "the DLQ keeps the original bytes"
+            continue
+        # Every consumer must be able to read what the hub writes: no NaN or Infinity tokens.
+        json.loads(out.value or b"", parse_constant=_reject_constant)
+
+
+def _reject_constant(token: str) -> None:
+    raise AssertionError(f"the hub wrote the non-JSON token {token}")
+
+
+def test_the_fuzzing_reached_every_stage() -> None:
+    """The generated inputs were accepted as well as rejected at several stages (runs after the fuzz test)."""
+    if not SEEN:  # run alone: generate again, quickly
+        test_every_fuzzed_input_is_an_outcome_and_every_output_is_strict_json()
+    outcomes: Counter[str] = Counter()
+    for key, count in SEEN.items():
+        outcomes[key.split(":", 1)[1]] += count
+    print("fuzzed outcomes:", dict(outcomes))
+    assert outcomes["accepted"] > 0
+    assert len(outcomes) >= 5, outcomes
