@@ -207,6 +207,14 @@ def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) 
     )
 
 
+def table_data_dir(settings: Settings) -> Path:
+    """The faust data folder of this app (tables below it); its parent is created here, because faust
+    creates only the last level."""
+    tables = settings.table_dir or settings.state_dir / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    return tables / f"{settings.app_id}-data"
+
+
 def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in one place
     settings: Settings,
     context: IngestContext,
@@ -228,7 +236,7 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         # TLS and SASL (the worker's principal) as HUB_KAFKA_* say; None on a plaintext broker.
         broker_credentials=KafkaSecurity.from_settings(settings).faust_credentials(),
         store=settings.table_store,
-        datadir=str((settings.table_dir or settings.state_dir / "tables") / f"{settings.app_id}-data"),
+        datadir=str(table_data_dir(settings)),
         topic_partitions=settings.topic_partitions,
         # faust only creates topics the hub has not created first (create_contract_topics, which
         # follows the cluster's size when this is None).
