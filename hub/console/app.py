@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from hub.console.tokens import OperatorTokens, tokens_file
 from hub.errors import ConfigError
 from hub.logging import get_logger
 from hub.normalise.time import utc_iso
+from hub.serving import serve_runner
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -308,26 +308,14 @@ async def serve(
 ) -> None:
     """Serve until cancelled or SIGTERM; ``ready(url)`` once listening. Non-loopback needs a token."""
     check_binding(host, app[CONSOLE].tokens)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"the console cannot listen on {host}:{port}: {exc.strerror or exc}",
-                hint="is another console running? choose another port with HUB_CONSOLE_PORT or --port",
-            ) from exc
-        bound_host, bound_port = runner.addresses[0][:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        ready(f"http://{shown}:{bound_port}/")
-        stop = asyncio.Event()
-        with contextlib.suppress(NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_runner(
+        web.AppRunner(app, access_log=None, shutdown_timeout=3.0),
+        host,
+        port,
+        name="the console",
+        busy_hint="is another console running? choose another port with HUB_CONSOLE_PORT or --port",
+        ready=ready,
+    )
 
 
 __all__ = [

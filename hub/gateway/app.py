@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import signal
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,13 +26,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.crypto.config import keyring_from_settings
 from hub.crypto.records import RecordOpener
-from hub.errors import ConfigError, HubError
+from hub.errors import HubError
 from hub.gateway import cds, state_file, tokens_file
 from hub.gateway.consumer import AlertConsumer, group_id
 from hub.gateway.store import AlertStore, StoredAlert, StoreEvent
 from hub.gateway.tokens import TokenStore
 from hub.logging import get_logger
 from hub.metrics import GATEWAY_ALERT_CHANGES, GATEWAY_ALERT_STATES, REGISTRY
+from hub.serving import serve_runner
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -512,27 +512,14 @@ async def serve(
 
     A port that cannot be bound is a :class:`ConfigError` naming it.
     """
-    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=5.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"the alert gateway cannot listen on {host}:{port}: {exc.strerror or exc}",
-                hint="is another gateway running? choose another port with HUB_GATEWAY_PORT or --port",
-            ) from exc
-        bound_host, bound_port = runner.addresses[0][:2]
-        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        ready(f"http://{shown_host}:{bound_port}/")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_runner(
+        web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=5.0),
+        host,
+        port,
+        name="the alert gateway",
+        busy_hint="is another gateway running? choose another port with HUB_GATEWAY_PORT or --port",
+        ready=ready,
+    )
 
 
 __all__ = [

@@ -1,0 +1,49 @@
+"""Serving an aiohttp application until SIGTERM: shared by the alert gateway and the console."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from hub.errors import ConfigError
+
+
+async def serve_runner(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    *,
+    name: str,
+    busy_hint: str,
+    ready: Callable[[str], None] = lambda _url: None,
+) -> None:
+    """Serve the runner's app on host:port until cancelled or SIGTERM; ``ready(url)`` once it listens.
+
+    The caller builds the runner (its access log and shutdown timeout differ). A port that cannot be
+    bound is a :class:`ConfigError` naming ``name`` (``the console``) and the address, with ``busy_hint``.
+    """
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"{name} cannot listen on {host}:{port}: {exc.strerror or exc}", hint=busy_hint
+            ) from exc
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        ready(f"http://{shown_host}:{bound_port}/")
+        stop = asyncio.Event()
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+__all__ = ["serve_runner"]
