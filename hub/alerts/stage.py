@@ -5,7 +5,10 @@ pathway: a patient's facts are kept per (practice, patient) and built only from 
 policy let through to that practice, so an alert, its reasons and its very existence cannot reveal
 what the GP may not see. When a patient newly meets a network's criteria (and lives in its
 territory) or is enrolled in it, each of the patient's declared GPs who works in that practice gets
-one alert on ``hub.alerts.v1`` (keyed by RPPS); the same situation never alerts twice.
+one alert on ``hub.alerts.v1`` (keyed by RPPS); the same situation never alerts twice, except when
+the very event that alerted is read again after its worker died (``eligibility-alerted`` keeps which
+event alerted each finding): the table may say "alerted" for an alert that never left, so it is
+sent again, same alert id (receivers de-duplicate by ``alert_id``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class EligibilityStage:
         networks: NetworkRegistry,
         sources: SourceRegistry,
         facts: MutableMapping[str, Any],
-        alerted: MutableMapping[str, list[str]],
+        alerted: MutableMapping[str, Any],
     ) -> None:
         self.practices = practices
         self.networks = networks
@@ -78,7 +81,12 @@ class EligibilityStage:
         updated = apply_event(facts, event)
         if updated is not facts:
             self.facts[key] = updated.to_json()
-        already = set(self.alerted.get(key) or ())
+        alerted = _alerted_by(self.alerted.get(key))
+        event_id = event.get("event_id")
+        # A finding this very event alerted is alerted again when the event is read again (its worker
+        # died after writing the table, maybe before the alert left): same alert id, receivers
+        # de-duplicate. Found through any other event, it stays alerted once.
+        already = {finding for finding, by in alerted.items() if by is None or by != event_id}
         at = now or datetime.now(UTC)
         findings = new_findings(self.networks, updated, already, now=at)
         if not findings:
@@ -103,6 +111,13 @@ class EligibilityStage:
         ]
         if practitioners:
             # Remembered only once someone was told: a finding with no GP yet alerts when one is declared.
-            self.alerted[key] = sorted(already | {finding.key for finding in findings})
+            self.alerted[key] = {**alerted, **{finding.key: event_id for finding in findings}}
             log.info("alerts.raised", practice=practice_id, count=len(alerts))
         return alerts
+
+
+def _alerted_by(stored: Any) -> dict[str, str | None]:
+    """``finding key → id of the event that alerted it`` (a bare list, written before: unknown event)."""
+    if isinstance(stored, dict):
+        return {str(k): v if isinstance(v, str) else None for k, v in stored.items()}
+    return dict.fromkeys(stored or (), None)

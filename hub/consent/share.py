@@ -82,15 +82,21 @@ class ShareStage:
         merge_requests: list[Share] = []
         if event.get("kind") == "patient.linked":
             local_id = _replaced_id(event)
-            if local_id is not None and local_id not in state.awaiting and not state.corrupt:
-                state = replace(state, awaiting=(*state.awaiting, local_id))
-                self.states[patient_id] = state.to_json()
+            if local_id is not None and not state.corrupt:
+                if local_id not in state.awaiting:
+                    state = replace(state, awaiting=(*state.awaiting, local_id))
+                    self.states[patient_id] = state.to_json()
+                # Asked again when already awaited: this event read again after a worker died may
+                # have recorded the wait without its request ever leaving (a merge is idempotent).
                 merge_requests.append(
                     Share(self.merge_topic, local_id, {"type": "request", "from": local_id, "to": patient_id})
                 )
         if state.awaiting:
             held_key = _held_key(patient_id)
-            self.states[held_key] = [*(self.states.get(held_key) or []), event][-MAX_HELD_EVENTS:]
+            held = self.states.get(held_key) or []
+            # An event read again (redelivered) is held once: it is decided once when released.
+            if all(h.get("event_id") != event.get("event_id") for h in held):
+                self.states[held_key] = [*held, event][-MAX_HELD_EVENTS:]
             return merge_requests
         return self._decide(event, state, at)
 
@@ -138,11 +144,22 @@ class ShareStage:
         return shares + copies
 
     def handle_merge(self, record: dict[str, Any]) -> list[Share]:
-        """One step of merging a linked identity's state (see the module docstring)."""
+        """One step of merging a linked identity's state (see the module docstring).
+
+        Safe to read again: merging is idempotent, and an answer that already released the held
+        events (its worker died before their decisions left) decides them again, same event ids.
+        """
         if record.get("type") == "request":
             stored = self.states.get(record["from"])
             return [Share(self.merge_topic, record["to"], {**record, "type": "state", "state": stored})]
         target = self.state_of(record["to"])
+        released = self.states.get(_released_key(record["to"]))
+        if record["from"] not in target.awaiting and released and released.get("from") == record["from"]:
+            return [
+                share
+                for event in released.get("events") or []
+                for share in self._decide(event, target, datetime.now(UTC))
+            ]
         other = (
             PatientShareState.empty(record["to"])
             if record.get("state") is None
@@ -156,7 +173,10 @@ class ShareStage:
         if merged.awaiting:
             return []
         # Every identity has arrived: decide the events held meanwhile, in their order.
-        held = self.states.pop(_held_key(record["to"]), None) or []
+        held = self.states.get(_held_key(record["to"])) or []
+        # Kept until the next release: this answer read again decides them again (see above).
+        self.states[_released_key(record["to"])] = {"from": record["from"], "events": held}
+        self.states.pop(_held_key(record["to"]), None)
         shares: list[Share] = []
         for event in held:
             shares.extend(self._decide(event, self.state_of(record["to"]), datetime.now(UTC)))
@@ -166,6 +186,11 @@ class ShareStage:
 def _held_key(patient_id: str) -> str:
     """Where a patient's held events wait, in the state table (same partition as the patient)."""
     return f"{patient_id}#held"
+
+
+def _released_key(patient_id: str) -> str:
+    """Where the events a merge last released are kept, in case its answer is read again."""
+    return f"{patient_id}#released"
 
 
 def _replaced_id(event: dict[str, Any]) -> str | None:

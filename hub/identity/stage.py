@@ -8,9 +8,18 @@ remembers is local to its partition:
   person as an INS id. Later events routed under the local id are published under the INS id,
   after one ``patient.linked`` event. The first INS seen for a local id wins: a later, different
   INS for it is refused as an identity conflict and logged, never silently merged.
-- ``seen_messages``: ``(source, hub-message-id)`` → event ids, so a resent message is a duplicate.
-- ``seen_events``: recent event ids per routing id, so the same fact sent again, or by another
-  source about the same INS, is published once; its input's receipt then says ``duplicate``.
+- ``seen_messages``: ``(source, hub-message-id)`` → the event ids and the ingest coordinates of the
+  input that first brought it, so a resent message is a duplicate.
+- ``seen_events``: ``<event id>|<routing id>`` → the ingest coordinates of the input that first
+  published that fact, so the same fact sent again, or by another source about the same INS, is
+  published once; its input's receipt then says ``duplicate``.
+
+Redelivery is not a duplicate. faust sends a table's changelog records as the stage writes them,
+but the stage's outputs only as the input's processing completes and its offset is committed: a
+worker killed in between leaves the tables saying "seen" for an input whose events never left.
+The same input record read again (same ingest topic, partition and offset) is therefore processed
+again and publishes the same events under the same ids (consumers de-duplicate by ``event_id``,
+DESIGN.md 4); only another record (a resend, another source) is answered ``duplicate``.
 """
 
 from __future__ import annotations
@@ -30,9 +39,6 @@ from hub.normalise.time import utc_iso
 from hub.pathway.event import EVENT_ID_NAMESPACE, PathwayEvent, event_id_for
 
 log = get_logger(__name__)
-
-#: How many event ids are remembered per routing id for de-duplication (oldest forgotten first).
-SEEN_EVENTS_PER_PATIENT = 5000
 
 INPUT_RECORD = "input"
 LINK_RECORD = "link"
@@ -124,14 +130,35 @@ def _under(event: dict[str, Any], surviving: str) -> dict[str, Any]:
     }
 
 
+def seen_event_key(event_id: str, routing_id: str) -> str:
+    """The ``identity-seen-events`` key of a fact: sealed under (and erased with) its routing id's key."""
+    return f"{event_id}|{routing_id}"
+
+
+def _memo(record: dict[str, Any]) -> str | None:
+    """The ``identity-seen-messages`` key of an input, when its source gave it a hub-message-id."""
+    return f"{record['source']}\x1f{record['message_id']}" if record.get("message_id") else None
+
+
+def _first_message(stored: Any) -> tuple[list[str], dict[str, Any] | None]:
+    """A seen message's event ids and first ingest coordinates (a bare list: written before these).
+
+    Its ``patient_id`` is the routing id it was processed under (messages of two ids linked later
+    may share one partition, so one table).
+    """
+    if isinstance(stored, dict):
+        return list(stored.get("event_ids") or []), stored.get("ingest")
+    return list(stored or []), None
+
+
 class IdentityStage:
     """Handles one ``hub.identity.v1`` record at a time; the mappings are faust tables in the worker."""
 
     def __init__(
         self,
         aliases: MutableMapping[str, str],
-        seen_messages: MutableMapping[str, list[str]],
-        seen_events: MutableMapping[str, list[str]],
+        seen_messages: MutableMapping[str, Any],
+        seen_events: MutableMapping[str, Any],
     ) -> None:
         self.aliases = aliases
         self.seen_messages = seen_messages
@@ -152,12 +179,17 @@ class IdentityStage:
         """
         local_id, ins_id = record["local_id"], record["ins_id"]
         current = self.aliases.get(local_id)
+        # Which link record made the link: read again after a worker died, it announces it again.
+        marker = seen_event_key(linked_event(record).event_id, local_id)
         newly_linked = current is None
         if newly_linked:
             self.aliases[local_id] = ins_id
+            self.seen_events[marker] = record["ingest"]
             log.info("identity.linked", local_id=local_id, ins_id=ins_id)
         elif current != ins_id:
             log.warning("identity.conflict", local_id=local_id, linked_to=current, claimed=ins_id)
+        elif self.seen_events.get(marker) == record["ingest"]:
+            newly_linked = True  # redelivered: its announcement may never have left
         link = {k: v for k, v in record.items() if k != "input"}
         forwarded = {**record["input"], "linked": link if newly_linked else None}
         return [Send("identity", ins_id, forwarded)]
@@ -170,45 +202,72 @@ class IdentityStage:
             return announcement + self._input({**record, "linked": None}, now)
         routing_id = record["patient_id"]
         surviving = self.aliases.get(routing_id, routing_id)
+        origin = KafkaCoordinates(**record["ingest"])
         if surviving != routing_id:
             # An input this partition already processed before the link (redelivered after a worker
             # died, or sent again) made its events under this id: the surviving id's partition,
             # often on another worker, never saw it and would publish its facts again under new ids.
-            memo = f"{record['source']}\x1f{record['message_id']}" if record.get("message_id") else None
-            first_ids = self.seen_messages.get(memo) if memo is not None else None
-            ids = [event["event_id"] for event in record["events"]]
-            if first_ids is None and ids and set(ids) <= set(self.seen_events.get(routing_id) or ()):
-                first_ids = ids
-            if first_ids is not None:
-                origin = KafkaCoordinates(**record["ingest"])
+            first = self._first_seen(record, routing_id)
+            if first is None:
+                # Everything about one person is decided on the surviving id's partition, where its
+                # seen facts and messages live: send the input there, once.
+                return [Send("identity", surviving, {**record, "patient_id": surviving})]
+            redelivered, first_ids = first
+            if not redelivered:
                 return [self._receipt(record, origin, now, "duplicate", first_ids)]
-            # Everything about one person is decided on the surviving id's partition, where its
-            # seen facts and messages live: send the input there, once.
-            return [Send("identity", surviving, {**record, "patient_id": surviving})]
-        origin = KafkaCoordinates(**record["ingest"])
+            # The very record processed here before the link: publish what it published then.
         # An input moved here from a linked local id: its events take this id (and their ids with it).
         events = [_under(e, routing_id) if e["patient_id"] != routing_id else e for e in record["events"]]
         record = {**record, "events": events}
         all_ids = [event["event_id"] for event in record["events"]]
-        memo = f"{record['source']}\x1f{record['message_id']}" if record.get("message_id") else None
+        memo = _memo(record)
         if memo is not None and memo in self.seen_messages:
-            return [self._receipt(record, origin, now, "duplicate", self.seen_messages[memo])]
-        seen = self.seen_events.get(routing_id) or []
-        known = set(seen)
+            first_ids, first_origin = _first_message(self.seen_messages[memo])
+            if first_origin != record["ingest"]:
+                return [self._receipt(record, origin, now, "duplicate", first_ids)]
         sends: list[Send] = []
+        published: set[str] = set()
         for event in record["events"]:
-            if event["event_id"] in known:
+            event_id = event["event_id"]
+            key = seen_event_key(event_id, routing_id)
+            first_origin = self.seen_events.get(key)
+            if first_origin is None:
+                self.seen_events[key] = record["ingest"]
+            elif first_origin != record["ingest"] or event_id in published:
+                # Published by another input (or twice in this one): a duplicate fact.
                 continue
-            known.add(event["event_id"])
+            # New, or this input's own fact read again after a worker died: (re)published, same id.
+            published.add(event_id)
             sends.append(Send("pathway", routing_id, event))
-        fresh = [s.value["event_id"] for s in sends]
-        if fresh:
-            self.seen_events[routing_id] = [*seen, *fresh][-SEEN_EVENTS_PER_PATIENT:]
         if memo is not None:
-            self.seen_messages[memo] = all_ids
-        status = "accepted" if fresh or not all_ids else "duplicate"
+            self.seen_messages[memo] = {
+                "event_ids": all_ids,
+                "ingest": record["ingest"],
+                "patient_id": routing_id,
+            }
+        status = "accepted" if sends or not all_ids else "duplicate"
         sends.append(self._receipt(record, origin, now, status, all_ids))
         return sends
+
+    def _first_seen(self, record: dict[str, Any], routing_id: str) -> tuple[bool, list[str]] | None:
+        """Whether this partition saw the input: (the very same record again?, its first event ids)."""
+        memo = _memo(record)
+        stored = self.seen_messages.get(memo) if memo is not None else None
+        if stored is not None:
+            first_ids, first_origin = _first_message(stored)
+            redelivered = first_origin == record["ingest"]
+            made_under = stored.get("patient_id", routing_id) if isinstance(stored, dict) else routing_id
+            if redelivered and made_under != routing_id:
+                # Processed after the link, on the surviving id (whose partition may be this one):
+                # read again, it goes there again and comes out under the same ids.
+                return None
+            return redelivered, first_ids
+        ids = [event["event_id"] for event in record["events"]]
+        origins = [self.seen_events.get(seen_event_key(i, routing_id)) for i in ids]
+        if not ids or any(o is None for o in origins):
+            return None
+        # Redelivered when this very record first published any of them (the rest came from others).
+        return any(o == record["ingest"] for o in origins), ids
 
     @staticmethod
     def _receipt(

@@ -4,22 +4,27 @@ At-least-once with deterministic ids (DESIGN.md 4): nothing is lost, and whateve
 restarted worker processes again comes out with the same ``event_id`` and the same receipt outcome, so
 a consumer that keeps the ids it has seen de-duplicates exactly.
 
-What this test found (issue 8), and what is still open; the open defects end the test as ``xfail``
-with their size, after every other check has passed (those fail the test as usual):
+What this test found (issue 8), each fixed at its root and now checked here as a hard failure:
 
-- fixed: an input processed under a source-local id, redelivered after that id was linked to a
-  qualified INS, was forwarded to the INS id's partition (another worker) and published again under
-  new event ids (hub/identity/stage.py; tests/unit/test_identity_redelivery.py);
-- open: events lost. The identity stage writes its tables (seen messages, seen events) as it decides;
-  faust sends those changelog records at once but the stage's outputs only when the input's offset is
-  committed. Killed in between, the restarted owner finds the input already "seen" and publishes
-  nothing: its receipt names events that never reach hub.pathway.v1 (the same holds for the share
-  and eligibility tables). Needs outputs and state written atomically, or redelivery told apart from
-  a resend (same ingest coordinates) so the stage publishes again;
-- open: stalls. After a rebalance (a second worker joining, or the dead member's session expiring),
-  the new generation sometimes never fetches some partitions it was assigned (group Stable, no
-  errors, every agent idle; in most runs on the 2-core machine, faust-streaming 0.15.3), so those inputs
-  get no receipt until a later rebalance.
+- an input processed under a source-local id, redelivered after that id was linked to a qualified
+  INS, was forwarded to the INS id's partition (another worker) and published again under new event
+  ids (hub/identity/stage.py; tests/unit/test_identity_redelivery.py);
+- events lost. The identity stage writes its tables (seen messages, seen events) as it decides;
+  faust sends those changelog records at once, but the stage's outputs only as the input's
+  processing completes and its offset is committed. Killed in between, the restarted owner found
+  the input already "seen" and published nothing: its receipt named events that never reached
+  hub.pathway.v1. The tables now keep the ingest coordinates of the input that first brought each
+  message and fact; the same input record read again (a redelivery, not a resend) publishes its
+  events again under the same ids. Same for the link announcement, the share stage's merge
+  request and held events (hub/consent/share.py) and the GP alerts (hub/alerts/stage.py); unit
+  tests in tests/unit/test_identity_redelivery.py, test_share_stage.py, test_eligibility_redelivery.py;
+- stalls. After a rebalance (a second worker joining, or the dead member's session expiring), some
+  inputs never got a receipt: group Stable, no errors, every agent idle. faust drops the records
+  it fetched but had not delivered when a rebalance stops the flow, and seeks back to the committed
+  offsets to read them again; aiokafka's ``seek_to_committed`` skips partitions with no committed
+  offset (typically ingest partitions early on), which kept their position past the dropped
+  records. The hub's consumer rewinds those to their beginning (hub/streams/transport.py;
+  tests/unit/test_transport_rewind.py).
 """
 
 from __future__ import annotations
@@ -133,14 +138,17 @@ def wait_for_receipts(
 def where_lost(env: HubEnv, missing: set[str]) -> str:
     """How far the inputs without a receipt went: the identity topic, the DLQ, the pathway."""
     forwarded = set()
+    partitions: Counter[int] = Counter()
     for record in env.settle(env.topics.identity, quiet=2.0):
         value = record.json_value() or {}
         inner = value.get("input", value)
         if inner.get("message_id") in missing:
             forwarded.add(inner["message_id"])
+            partitions[record.partition] += 1
     dlq = {r.key.decode() for r in env.settle(env.topics.dlq, quiet=1.0) if r.key} & missing
     return (
-        f"{len(forwarded)} of them reached {env.topics.identity} (so the identity stage lost them), "
+        f"{len(forwarded)} of them reached {env.topics.identity} (so the identity stage lost them; "
+        f"records per partition {dict(sorted(partitions.items()))}), "
         f"{len(dlq)} the DLQ; e.g. {sorted(missing - forwarded)[:3]} never left ingest"
     )
 
@@ -199,7 +207,9 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_redelivers_with_the_same_i
     repeated = {m: r for m, r in got.items() if len(r) > 1}
     for message_id, receipts in repeated.items():
         event_sets = {tuple(sorted(r["event_ids"])) for r in receipts}
-        assert len(event_sets) == 1, f"{message_id}: a redelivery changed the event ids"
+        assert len(event_sets) == 1, f"{message_id}: a redelivery changed the event ids: " + "; ".join(
+            f"{r['status']} {r['ingest']} {r['event_ids']}" for r in receipts
+        )
         assert {r["status"] for r in receipts} <= {"accepted", "duplicate"}
     statuses = Counter(r[0]["status"] for r in got.values())
     assert "rejected" not in statuses, statuses
@@ -223,13 +233,15 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_redelivers_with_the_same_i
         e for e in (r.json_value()["event_id"] for r in pathway) if not (e in seen or seen.add(e))
     ]
     assert len(deduplicated) == len(set(by_id))
-    if missing or lost_events:
-        # The open defects of the module docstring: reported with their size, not hidden.
-        pytest.xfail(
-            f"{len(missing)} of {len(message_ids)} inputs without a receipt "
-            f"({where_lost(hub_env, missing) if missing else 'none'}); {len(lost_events)} events named by "
-            f"receipts never reached the pathway; {elapsed:.0f} s\n{problems(hub_env)}"
-        )
+    # Nothing lost (DESIGN.md 4): every input has its receipt, every event a receipt names is published.
+    assert not missing, (
+        f"{len(missing)} of {len(message_ids)} inputs without a receipt after {elapsed:.0f} s "
+        f"({where_lost(hub_env, missing)})\n{problems(hub_env)}"
+    )
+    assert not lost_events, (
+        f"{len(lost_events)} events named by receipts never reached the pathway, "
+        f"e.g. {sorted(lost_events)[:3]}\n{problems(hub_env)}"
+    )
     print(
         f"{len(records)} inputs, {sum(len(r) for r in got.values())} receipts "
         f"({len(repeated)} inputs receipted twice or more), statuses {dict(statuses)}; "

@@ -478,7 +478,9 @@ def test_identity_records_match_the_inline_schemas() -> None:
     assert _payload_errors("identityLink", {**link, "input": {**record, "linked": None}}) != []
     stage = IdentityStage({}, {}, {})
     [first] = stage.handle(link, now=AT)
-    [again] = stage.handle(link, now=AT)
+    # The same link from a later ingest record (read again from the same record, it is announced again).
+    later = {**link["ingest"], "offset": link["ingest"]["offset"] + 1}
+    [again] = stage.handle({**link, "ingest": later, "input": {**link["input"], "ingest": later}}, now=AT)
     announced = first.value["linked"]
     assert (announced["local_id"], again.value["linked"]) == (local_id, None)
     assert _payload_errors("identityInput", first.value) == []

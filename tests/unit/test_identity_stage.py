@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from hub.crypto.records import patient_of_table_key
 from hub.identity import stage as stage_module
 from hub.identity.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.identity.stage import (
     INPUT_RECORD,
     LINK_RECORD,
-    SEEN_EVENTS_PER_PATIENT,
     IdentityStage,
     Send,
     input_record,
@@ -48,8 +48,8 @@ class Tables:
 
     def __init__(self) -> None:
         self.aliases: dict[str, str] = {}
-        self.seen_messages: dict[str, list[str]] = {}
-        self.seen_events: dict[str, list[str]] = {}
+        self.seen_messages: dict[str, Any] = {}
+        self.seen_events: dict[str, Any] = {}
 
     def stage(self) -> IdentityStage:
         return IdentityStage(self.aliases, self.seen_messages, self.seen_events)
@@ -74,10 +74,17 @@ class Feed:
         self, context: IngestContext, now: datetime, make_record: RecordBuilder, fhir: Loader
     ) -> None:
         self.context, self.now, self.make_record, self.fhir = context, now, make_record, fhir
+        self.offset = 0
 
     def records(self, resource: dict[str, Any], **record_args: Any) -> list[dict[str, Any]]:
         """The one record ingest sends on hub.identity.v1: the link record carrying the input when the
-        input shows a local id and a qualified INS, else the input record."""
+        input shows a local id and a qualified INS, else the input record.
+
+        Each call is a new ingest record (the next offset): the same record read again after a worker
+        died is a redelivery, which the stage publishes again (see the redelivery tests).
+        """
+        self.offset += 1
+        record_args.setdefault("origin", KafkaCoordinates("hub.ingest.v1", 0, self.offset))
         record = self.make_record(resource, **record_args)
         outcome = accepted(process_ingest(record, self.context, now=self.now))
         if outcome.link is not None:
@@ -203,16 +210,32 @@ def test_a_link_aliases_the_local_id_and_publishes_one_linked_event(
 def test_a_repeated_link_is_idempotent(
     stage: IdentityStage, tables: Tables, feed: Feed, now: datetime
 ) -> None:
-    """The same link again (another input of the same patient, or a redelivery) publishes no second
-    ``patient.linked`` event: its input goes on to the INS id without announcing the link."""
+    """The same link again from another input of the same patient (or the same message resent)
+    publishes no second ``patient.linked`` event: its input goes on to the INS id without announcing
+    the link."""
     [link_value] = feed.records(qualified(feed.fhir), message_id="m-1")
     first = drive(stage, link_value, now)
     [linked] = [s.value for s in pathway(first) if s.value["kind"] == "patient.linked"]
     assert linked_event(without_input(link_value)).event_id == linked["event_id"]
-    for again in (link_value, *feed.records(qualified(feed.fhir, gender="male"), message_id="m-2")):
+    resent = feed.records(qualified(feed.fhir), message_id="m-1")
+    for again in (*resent, *feed.records(qualified(feed.fhir, gender="male"), message_id="m-2")):
         [moved] = stage.handle(again, now=now)
         assert moved == Send("identity", INS_ID, {**again["input"], "linked": None})
         assert "patient.linked" not in kinds(stage.handle(moved.value, now=now))
+    assert tables.aliases == {LOCAL_ID: INS_ID}
+
+
+def test_a_redelivered_link_record_announces_the_link_again_with_the_same_event(
+    stage: IdentityStage, tables: Tables, feed: Feed, now: datetime
+) -> None:
+    """The link record read again (its worker died before committing it): the alias was already
+    written, but its ``patient.linked`` event may never have left, so it goes out again, same id."""
+    [link_value] = feed.records(qualified(feed.fhir), message_id="m-1")
+    first = drive(stage, link_value, now)
+    again = drive(stage, link_value, now)
+    assert [s.value for s in pathway(again)] == [s.value for s in pathway(first)]
+    assert kinds(again)[0] == "patient.linked"
+    assert the_receipt(again)["status"] == "accepted"
     assert tables.aliases == {LOCAL_ID: INS_ID}
 
 
@@ -398,7 +421,7 @@ def test_a_partly_new_input_is_accepted_and_publishes_only_the_new_facts(
     assert receipt["event_ids"] == [known_id, published.value["event_id"]]
 
 
-def test_a_redelivered_input_after_a_partial_one_is_a_duplicate_by_message(
+def test_a_resent_input_after_a_partial_one_is_a_duplicate_by_message(
     stage: IdentityStage,
     feed: Feed,
     now: datetime,
@@ -413,9 +436,34 @@ def test_a_redelivered_input_after_a_partial_one_is_a_duplicate_by_message(
     }
     [record] = feed.records(bundle, message_id="m-2")
     first_ids = the_receipt(stage.handle(record, now=now))["event_ids"]
-    again = stage.handle(record, now=now)
+    [resent] = feed.records(bundle, message_id="m-2")
+    again = stage.handle(resent, now=now)
     assert pathway(again) == []
     assert the_receipt(again)["event_ids"] == first_ids
+
+
+def test_a_redelivered_partial_input_publishes_again_only_what_it_published(
+    stage: IdentityStage,
+    feed: Feed,
+    now: datetime,
+) -> None:
+    """The same record read again: its own new fact again (same id), not the one another input made."""
+    [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
+    [known_id] = the_receipt(stage.handle(single, now=now))["event_ids"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": by_ins(feed.fhir)}, {"resource": by_ins(feed.fhir, 8.1)}],
+    }
+    [record] = feed.records(bundle, message_id="m-2")
+    first = stage.handle(record, now=now)
+    again = stage.handle(record, now=now + timedelta(minutes=1))
+    assert [s.value for s in pathway(again)] == [s.value for s in pathway(first)]
+    assert known_id not in [s.value["event_id"] for s in pathway(again)]
+    assert (the_receipt(again)["status"], the_receipt(again)["event_ids"]) == (
+        "accepted",
+        the_receipt(first)["event_ids"],
+    )
 
 
 # --- contract -------------------------------------------------------------------------------------------
@@ -470,23 +518,24 @@ def test_receipts_name_the_ingest_record(
 # --- memory ---------------------------------------------------------------------------------------------
 
 
-def test_seen_events_are_bounded_per_patient(
+def test_seen_events_are_kept_one_key_per_fact_with_its_first_input(
     stage: IdentityStage,
     tables: Tables,
     feed: Feed,
     now: datetime,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Only the last SEEN_EVENTS_PER_PATIENT event ids are kept per routing id; the oldest are forgotten."""
-    assert SEEN_EVENTS_PER_PATIENT > 0
-    monkeypatch.setattr(stage_module, "SEEN_EVENTS_PER_PATIENT", 3)
+    """One small entry per fact (``<event id>|<routing id>``, sealed under the patient's key): no
+    per-patient list rewritten at every input; the value is where the fact first came from."""
     ids = []
-    for n in range(5):
+    origins = []
+    for n in range(3):
         [record] = feed.records(by_ins(feed.fhir, 6.0 + n / 10), message_id=f"m-{n}")
         ids += the_receipt(stage.handle(record, now=now))["event_ids"]
-    assert tables.seen_events == {INS_ID: ids[-3:]}
-    [oldest_again] = feed.records(by_ins(feed.fhir, 6.0), message_id="m-again")
-    assert len(pathway(stage.handle(oldest_again, now=now))) == 1  # forgotten, so published again
+        origins.append(record["ingest"])
+    assert tables.seen_events == {
+        stage_module.seen_event_key(i, INS_ID): o for i, o in zip(ids, origins, strict=True)
+    }
+    assert {patient_of_table_key(key) for key in tables.seen_events} == {INS_ID}
 
 
 def test_seen_events_are_kept_per_routing_id(
@@ -500,7 +549,7 @@ def test_seen_events_are_kept_per_routing_id(
     [by_ins_id] = feed.records(by_ins(feed.fhir))
     stage.handle(by_local, now=now)
     stage.handle(by_ins_id, now=now)
-    assert set(tables.seen_events) == {LOCAL_ID, INS_ID}
+    assert {patient_of_table_key(key) for key in tables.seen_events} == {LOCAL_ID, INS_ID}
 
 
 def test_tables_hold_json_values_only(
@@ -514,7 +563,9 @@ def test_tables_hold_json_values_only(
         drive(stage, value, now)
     for table in (tables.aliases, tables.seen_messages, tables.seen_events):
         assert json.loads(json.dumps(table)) == table
-    assert tables.seen_messages == {f"{GP_ID}\x1fp-1": tables.seen_events[INS_ID]}
+    [(memo, first)] = tables.seen_messages.items()
+    assert memo == f"{GP_ID}\x1fp-1"
+    assert {stage_module.seen_event_key(i, INS_ID) for i in first["event_ids"]} <= set(tables.seen_events)
 
 
 def test_identity_link_is_what_the_link_record_carries(

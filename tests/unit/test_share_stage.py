@@ -152,3 +152,43 @@ def test_a_link_to_an_identity_without_state_just_clears_the_wait() -> None:
     assert kinds == ["patient.linked", "condition"], (
         "held events reach the declared GP, in order, after the wait"
     )
+
+
+# --- redelivery: a worker killed after writing its table, before its outputs left ----------------------
+
+
+def test_a_redelivered_link_asks_for_the_merge_again_and_holds_each_event_once() -> None:
+    """The patient.linked event read again: the wait was recorded but its request may never have
+    left, so the request goes out again; an event read again while held is held (and decided) once."""
+    states: dict[str, Any] = {}
+    sharing = stage(states)
+    sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
+    first = sharing.handle(link("pt-local", "pt-x"), now=NOW)  # its request lost with the worker
+    [request] = sharing.handle(link("pt-local", "pt-x"), now=NOW)
+    assert request == first[0]
+    condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 3, "condition")
+    sharing.handle(condition, now=NOW)
+    sharing.handle(condition, now=NOW)
+    [answer] = sharing.handle_merge(request.value)
+    released = sharing.handle_merge(answer.value)
+    decided = [a.value["entity"][0]["what"]["identifier"]["value"] for a in audits(released)]
+    assert sorted(decided) == sorted({link("pt-local", "pt-x")["event_id"], condition["event_id"]})
+    assert [c.value["event_id"] for c in copies(released)].count(condition["event_id"]) == 1
+
+
+def test_a_merge_answer_read_again_decides_the_released_events_again_with_the_same_ids() -> None:
+    """The answer released the held events, then its worker died before their decisions left: read
+    again, it decides them again (same event ids, consumers de-duplicate), none is lost."""
+    states: dict[str, Any] = {}
+    sharing = stage(states)
+    sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
+    [request] = sharing.handle(link("pt-local", "pt-x"), now=NOW)
+    condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 3, "condition")
+    sharing.handle(condition, now=NOW)
+    [answer] = sharing.handle_merge(request.value)
+    released = sharing.handle_merge(answer.value)  # lost with the worker
+    again = sharing.handle_merge(answer.value)
+    assert [c.value["event_id"] for c in copies(again)] == [c.value["event_id"] for c in copies(released)]
+    assert condition["event_id"] in [c.value["event_id"] for c in copies(again)]
+    assert len(audits(again)) == len(audits(released))
+    assert states["pt-x"].get("awaiting") is None
