@@ -54,6 +54,8 @@ from kafka.errors import KafkaError
 
 from hub.broker.embedded import KAFKA_VERSION, BrokerLayout, EmbeddedBroker, tail
 from hub.consent import load_recipients
+from hub.crypto.config import keyring_from_settings
+from hub.crypto.records import RecordOpener
 from hub.demo.generator import generate_feed
 from hub.errors import BrokerError, ErrorCode, HubError
 from hub.ingest.pipeline import CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER, SIGNATURE_HEADER, SOURCE_HEADER
@@ -1163,7 +1165,14 @@ def latencies(sent: Mapping[str, float], arrivals: Arrivals) -> tuple[list[float
     return receipt_ms, recipient_ms, alert_ms
 
 
-async def _collect(consumer: Any, phase: Phase, arrivals: Arrivals, stop: asyncio.Event) -> None:
+def _opened(opener: RecordOpener, record: Any) -> bytes:
+    return opener.open(record.topic, record.value, record.headers) or b"{}"
+
+
+async def _collect(
+    consumer: Any, phase: Phase, arrivals: Arrivals, stop: asyncio.Event, opener: RecordOpener
+) -> None:
+    # Recipient copies and alerts are sealed (hub.crypto): opened as a recipient or the gateway would.
     receipts, alerts = phase.topics.receipts, phase.topics.alerts
     while not stop.is_set():
         batch = await consumer.getmany(timeout_ms=100)
@@ -1177,9 +1186,9 @@ async def _collect(consumer: Any, phase: Phase, arrivals: Arrivals, stop: asynci
                         list(receipt.get("event_ids") or ()),
                     )
                 elif tp.topic == alerts:
-                    arrivals.alerts.append((seen, record.value))
+                    arrivals.alerts.append((seen, _opened(opener, record)))
                 else:
-                    arrivals.copies.append((seen, record.value))
+                    arrivals.copies.append((seen, _opened(opener, record)))
                 arrivals.last_output = seen
 
 
@@ -1192,6 +1201,7 @@ async def measure_latency(
     rate: float,
     duration: float,
     progress: Progress,
+    opener: RecordOpener,
 ) -> dict[str, Any]:
     """Offer ``rate`` inputs/s for ``duration`` s and match every output back to its input."""
     count = min(len(messages), messages_needed(rate, duration))
@@ -1210,7 +1220,7 @@ async def measure_latency(
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)
-        collector = asyncio.create_task(_collect(consumer, phase, arrivals, stop))
+        collector = asyncio.create_task(_collect(consumer, phase, arrivals, stop, opener))
         sent: dict[str, float] = {}
         start = time.monotonic()
         for index, message in enumerate(messages[:count]):
@@ -1363,7 +1373,20 @@ class Bench:
         self.progress = progress
         self.work_dir = work_dir
         self.workers: list[Worker] = []
-        self.demo = prepare_demo_environment().environ
+        # The workers' data keys and table state stay in the benchmark's folder (removed at the end).
+        self.demo = {
+            **prepare_demo_environment().environ,
+            "HUB_KEY_STORE_FILE": str(work_dir / "keys" / "data-keys.sqlite3"),
+            "HUB_TABLE_DIR": str(work_dir / "tables"),
+        }
+        self.opener = RecordOpener(
+            keyring_from_settings(
+                Settings(
+                    kek_file=Path(self.demo["HUB_KEK_FILE"]),
+                    key_store_file=Path(self.demo["HUB_KEY_STORE_FILE"]),
+                )
+            )
+        )
         registry = load_sources(DEMO_SOURCES_FILE)
         self.secrets = {source.id: source.secrets[0] for source in registry.sources.values()}
 
@@ -1460,6 +1483,7 @@ class Bench:
             rate=rate,
             duration=config.duration,
             progress=self.progress,
+            opener=self.opener,
         )
         peak = workers[0].peak_rss_mb()
         growth, estimate = memory_estimate(
