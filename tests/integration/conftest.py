@@ -205,26 +205,42 @@ def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: P
     return HubEnv(environ, TopicNames(f"{name}."), kafka_bootstrap, tmp_path, tmp_path / "worker.log")
 
 
+def start_worker(
+    env: HubEnv, *, log_file: Path | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A `hub worker` process on the test's environment, appending to ``log_file`` (the test's log).
+
+    It runs in the test's folder, so anything it writes in its working directory stays there.
+    """
+    with (log_file or env.log_file).open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hub", "worker"],
+            env=os.environ | env.environ | (extra_env or {}),
+            cwd=env.work_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (faust's orderly stop), then SIGKILL after 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture
 def worker(hub_env: HubEnv) -> Iterator[subprocess.Popen[bytes]]:
     """One `hub worker` process for the test, on topics created first (as `hub run` does); stopped after."""
     result = hub_env.cli("topics", "create", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    with hub_env.log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hub", "worker"],
-            env=os.environ | hub_env.environ,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_worker(hub_env)
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_worker(process)

@@ -18,8 +18,7 @@ from hub.audit.signing import new_private_pem
 from hub.ingest.signature import sign
 from hub.kafka.clients import Record, read
 
-from .conftest import PARTITIONS, HubEnv
-from .test_dlq_replay import start_worker, stop
+from .conftest import PARTITIONS, HubEnv, start_worker, stop_worker
 
 CreateTopics = Callable[..., None]
 
@@ -130,7 +129,7 @@ def test_the_pipelines_audit_chain_verifies_and_each_tamper_is_found_where_it_is
     checkpoints_cover_heads(hub_env)
 
     # A restart: the new worker reads each chain's head back from hub.audit.v1 and goes on from it.
-    stop(worker)
+    stop_worker(worker)
     again = start_worker(hub_env)
     try:
         send_rejects(hub_env, "after", 9)
@@ -138,7 +137,7 @@ def test_the_pipelines_audit_chain_verifies_and_each_tamper_is_found_where_it_is
         assert len(audit) >= 18, "every reject is audited (a redelivered one may be sealed twice)"
         checkpoints = checkpoints_cover_heads(hub_env)
     finally:
-        stop(again)
+        stop_worker(again)
     audit = raw(hub_env, hub_env.topics.audit)
     assert all(r.json_value()["resourceType"] == "AuditEvent" for r in audit), "values stay FHIR"
     by_partition: dict[int, list[int]] = {}

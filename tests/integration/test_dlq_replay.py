@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -14,34 +11,12 @@ import pytest
 
 from hub.ingest.signature import sign
 
-from .conftest import HubEnv
+from .conftest import HubEnv, start_worker, stop_worker
 from .test_ingest_stage import observation
 
 NEW_SOURCE = "late-registered"
 NEW_SECRET = b"late-registered-secret-0123456789abcdef"
 NEW_SYSTEM = "urn:hub:test:late:patient"
-
-
-def start_worker(env: HubEnv) -> subprocess.Popen[bytes]:
-    """A `hub worker` started as the `worker` fixture starts one."""
-    with env.log_file.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "hub", "worker"],
-            env=os.environ | env.environ,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -50,7 +25,7 @@ def restarted(hub_env: HubEnv) -> Iterator[list[subprocess.Popen[bytes]]]:
     processes: list[subprocess.Popen[bytes]] = []
     yield processes
     for process in processes:
-        stop(process)
+        stop_worker(process)
 
 
 def register_new_source(env: HubEnv) -> None:
@@ -91,7 +66,7 @@ def test_a_reject_fixed_by_registering_its_source_is_replayed_into_accepted_even
     assert "--yes" in nothing_yet.stderr
     assert hub_env.cli("dlq", "list", "--code", "fhir.invalid").returncode == 1
 
-    stop(worker)
+    stop_worker(worker)
     register_new_source(hub_env)
     restarted.append(start_worker(hub_env))
 

@@ -33,7 +33,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -47,7 +46,7 @@ from hub.demo.generator import DEMO_SOURCES, generate_feed
 from hub.ingest.signature import sign
 from hub.kafka.clients import Record
 
-from .conftest import HubEnv
+from .conftest import HubEnv, start_worker, stop_worker
 
 #: Inputs of the stream; batches are paced so the kill lands while records are in flight.
 PATIENTS = 40
@@ -58,27 +57,7 @@ PACE_SECONDS = 0.3
 def spawn_worker(env: HubEnv, name: str) -> subprocess.Popen[bytes]:
     """A `hub worker` of the test's app id (one consumer group), logging to its own file."""
     # Each worker its own metrics port: two on one host must not fight over the default one.
-    environ = os.environ | env.environ | {"HUB_METRICS_PORT": "0"}
-    with (env.work_dir / f"{name}.log").open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "hub", "worker"],
-            env=environ,
-            # faust keeps a data folder in the working directory: the test's, not the checkout.
-            cwd=env.work_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return start_worker(env, log_file=env.work_dir / f"{name}.log", extra_env={"HUB_METRICS_PORT": "0"})
 
 
 @pytest.fixture
@@ -97,7 +76,7 @@ def two_workers(hub_env: HubEnv) -> Iterator[dict[str, subprocess.Popen[bytes]]]
         yield workers
     finally:
         for process in workers.values():
-            stop(process)
+            stop_worker(process)
 
 
 def demo_inputs(env: HubEnv) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
