@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 from collections.abc import Callable
 
@@ -46,4 +47,14 @@ async def serve_runner(
         await runner.cleanup()
 
 
-__all__ = ["serve_runner"]
+def is_loopback(address: str | None) -> bool:
+    """Whether a client or listening address is loopback (``localhost`` included); None is not."""
+    if address == "localhost":
+        return True
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+__all__ = ["is_loopback", "serve_runner"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -34,7 +33,7 @@ from hub.console.tokens import OperatorTokens, tokens_file
 from hub.errors import ConfigError
 from hub.logging import get_logger
 from hub.normalise.time import utc_iso
-from hub.serving import serve_runner
+from hub.serving import is_loopback, serve_runner
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -51,16 +50,6 @@ PAGE_POLICY = (
 PUBLIC_PATHS = ("/login", "/static/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def is_loopback(address: str | None) -> bool:
-    """Whether a client or listening address is loopback (``localhost`` included)."""
-    if address == "localhost":
-        return True
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def check_binding(host: str, tokens: OperatorTokens) -> None:

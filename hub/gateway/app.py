@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import traceback
 import uuid
@@ -33,7 +32,7 @@ from hub.gateway.store import AlertStore, StoredAlert, StoreEvent
 from hub.gateway.tokens import TokenStore
 from hub.logging import get_logger
 from hub.metrics import GATEWAY_ALERT_CHANGES, GATEWAY_ALERT_STATES, REGISTRY
-from hub.serving import serve_runner
+from hub.serving import is_loopback, serve_runner
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -269,16 +268,9 @@ async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok", "consumer": consumer.status.value if consumer else "disabled"})
 
 
-def _loopback(remote: str | None) -> bool:
-    try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
-    except ValueError:
-        return False
-
-
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics, to loopback clients only: remote scrapes need an operator token (not yet)."""
-    if not _loopback(request.remote):
+    if not is_loopback(request.remote):
         raise ApiError(403, "forbidden", "metrics are served to loopback clients only")
     response = web.Response(body=generate_latest(REGISTRY))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -16,11 +16,12 @@ from hub import metrics
 from hub.consent.audit import audit_event, audit_reject
 from hub.consent.policy import Decision, FinalDecision
 from hub.errors import ErrorCode
-from hub.gateway.app import _loopback, create_app
+from hub.gateway.app import create_app
 from hub.gateway.store import AlertStore
 from hub.gateway.tokens import TokenStore
 from hub.ingest.outcome import KafkaCoordinates, Rejected
 from hub.ingest.receipts import dlq_headers, receipt
+from hub.serving import is_loopback
 from hub.streams.routing import Outgoing
 from hub.topics import TopicNames
 
@@ -170,5 +171,5 @@ def test_the_gateway_serves_metrics_to_loopback_clients_only(tmp_path: Path) -> 
     assert status == 200
     assert content_type.startswith("text/plain")
     assert "process_cpu_seconds_total" in text or "python_info" in text
-    assert _loopback("127.0.0.1") and _loopback("::1")
-    assert not _loopback("192.0.2.10") and not _loopback(None) and not _loopback("not-an-address")
+    assert is_loopback("127.0.0.1") and is_loopback("::1")
+    assert not is_loopback("192.0.2.10") and not is_loopback(None) and not is_loopback("not-an-address")
