@@ -1,4 +1,12 @@
-"""Content-type and FHIR version detection, parsing (JSON or XML) and one validation per input."""
+"""Content-type and FHIR version detection, parsing (JSON or XML) and one validation per input.
+
+Every body takes one path: parsed (XML read into the JSON form of the same resource, by
+hub/ingest/fhir_xml.py), its structure checked (the shapes the models let through or fail on, resource
+types, and required-binding codes in the input's own version), its naive times read in the source's
+zone, then validated once with its version's models, and STU3 and R5 converted to R4. A fault is named
+by its element path and a phrase (``Observation.status: code not in its required value set``), never
+by a value: details reach receipts and logs.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,14 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from lxml import etree
 from pydantic import ValidationError
 
 from hub.errors import ErrorCode
+from hub.ingest.fhir_xml import read_xml
 from hub.ingest.outcome import Rejected
 from hub.normalise import versions
+from hub.normalise.fhir_errors import path_step, unreadable_detail, validation_detail
+from hub.normalise.fhir_model import VERSION_NAMES
 from hub.normalise.instants import fix_naive_times_before_validation, naive_time_step
 
 JSON_MEDIA = "application/fhir+json"
@@ -26,10 +36,11 @@ READABLE_VERSIONS = frozenset({"4.0", "4.3"})
 #: Versions converted to R4 first (hub/normalise/versions.py).
 CONVERTED_VERSIONS = frozenset({"3.0", "5.0"})
 KNOWN_VERSIONS = READABLE_VERSIONS | CONVERTED_VERSIONS
-_VALIDATION_ERRORS_SHOWN = 3
+#: Deeper JSON is refused, as libxml2 refuses deeper XML: no FHIR resource comes near it.
+_MAX_DEPTH = 256
 
 # fhir.resources records required bindings as ``enum_values`` but checks none of them, and it cuts
-# some lists short with "+". The R4 value sets of those, in full:
+# some lists short with "+". Those value sets, in full; these are the same in each version that cuts them:
 _OBSERVATION_STATUS = frozenset(
     {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
 )
@@ -42,6 +53,23 @@ _COMPLETED_CODES: dict[tuple[str, str], frozenset[str]] = {
         {"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled"}
         | {"entered-in-error", "unknown"}
     ),
+}
+_REQUEST_INTENT = frozenset(
+    {
+        "proposal",
+        "plan",
+        "order",
+        "original-order",
+        "reflex-order",
+        "filler-order",
+        "instance-order",
+        "option",
+    }
+)
+#: ... and these differ: RequestIntent of STU3's ProcedureRequest, and of R5, which adds "directive".
+_COMPLETED_BY_VERSION: dict[str, dict[tuple[str, str], frozenset[str]]] = {
+    "3.0": {("ProcedureRequest", "intent"): _REQUEST_INTENT},
+    "5.0": {("ServiceRequest", "intent"): _REQUEST_INTENT | {"directive"}},
 }
 
 
@@ -99,55 +127,11 @@ def _parse_json(value: bytes) -> dict[str, Any] | Rejected:
     return document
 
 
-# No DTDs, no entities, no network: XML from outside is hostile until proven otherwise.
-_SAFE_XML = etree.XMLParser(
-    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_comments=True
-)
-
-
-def _xml_root_type(value: bytes) -> str | Rejected:
-    try:
-        root = etree.fromstring(value, parser=_SAFE_XML)
-    except etree.XMLSyntaxError:
-        return Rejected(ErrorCode.PAYLOAD_MALFORMED, "body is not well-formed XML")
-    if root.getroottree().docinfo.doctype:
-        return Rejected(ErrorCode.PAYLOAD_MALFORMED, "XML with a DOCTYPE is refused")
-    qname = etree.QName(root)
-    if qname.namespace != "http://hl7.org/fhir":
-        return Rejected(ErrorCode.FHIR_INVALID, "XML root is not in the FHIR namespace")
-    return str(qname.localname)
-
-
-def _validation_detail(exc: ValidationError) -> str:
-    # Locations and error types only: pydantic's messages and inputs may quote patient data.
-    errors = exc.errors(include_input=False, include_url=False, include_context=False)
-    shown = [
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in errors[:_VALIDATION_ERRORS_SHOWN]
-    ]
-    more = len(errors) - len(shown)
-    return "; ".join(shown) + (f" (+{more} more)" if more > 0 else "")
-
-
-def _model_class(resource_type: object) -> Any:
-    """The R4B model of a concrete resource type, or None (data types and abstract types too)."""
-    from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
-    from fhir.resources.R4B.resource import Resource  # noqa: PLC0415
-
-    if not isinstance(resource_type, str) or not resource_type.isalpha():
-        return None
-    if resource_type in {"Resource", "DomainResource"}:
-        return None
-    try:
-        model_class = get_fhir_model_class(resource_type)
-    except (ValueError, KeyError):
-        return None
-    return model_class if issubclass(model_class, Resource) else None
-
-
 @cache
-def _required_codes(model_class: Any) -> dict[str, frozenset[str]]:
+def _required_codes(model_class: Any, version: str) -> dict[str, frozenset[str]]:
     """Top-level code elements of a resource with a required binding: alias -> allowed codes."""
     resource_type = model_class.get_resource_type()
+    completions = _COMPLETED_CODES | _COMPLETED_BY_VERSION.get(version, {})
     found: dict[str, frozenset[str]] = {}
     for model_field in model_class.model_fields.values():
         extra = model_field.json_schema_extra
@@ -155,7 +139,7 @@ def _required_codes(model_class: Any) -> dict[str, frozenset[str]]:
         if not isinstance(codes, list) or not model_field.alias:
             continue
         if "+" in codes:
-            completed = _COMPLETED_CODES.get((resource_type, model_field.alias))
+            completed = completions.get((resource_type, model_field.alias))
             if completed is not None:
                 found[model_field.alias] = completed
         else:
@@ -163,92 +147,189 @@ def _required_codes(model_class: Any) -> dict[str, frozenset[str]]:
     return found
 
 
-def _check_resource(resource: dict[str, Any], where: str = "") -> Rejected | None:
-    """What model validation leaves out: nested resources' types, and required-binding codes.
+#: Where a node sits: the root resource's type, or (where its parent sits, key or index). The text
+#: (``Bundle.entry.0.resource``) is built only when a problem is told, not for every node walked.
+_Where = tuple[Any, str | int] | str
 
-    Details name the element, never its value.
-    """
-    prefix = f"{where}." if where else ""
-    model_class = _model_class(resource.get("resourceType"))
-    if model_class is None:
-        return Rejected(ErrorCode.FHIR_INVALID, f"{where or 'resource'}: no known FHIR resourceType")
-    for alias, allowed in _required_codes(model_class).items():
-        code = resource.get(alias)
+
+def _path(where: _Where) -> str:
+    steps: list[str] = []
+    while isinstance(where, tuple):
+        where, step = where
+        steps.append(path_step(step))
+    steps.append(where)
+    return ".".join(reversed(steps))
+
+
+def _resource_problem(node: Any, where: _Where | None, version: str) -> str | None:
+    """What is wrong with a resource as such (``where`` is None for the root): its type, and the codes
+    of its required bindings."""
+    if not isinstance(node, dict):
+        at = _path(where) if where is not None else "resource"
+        return f"{at}: must be a resource (an object with a resourceType)"
+    resource_type = node.get("resourceType")
+    fault = None
+    if "resourceType" not in node:
+        fault = "required element missing"
+    elif resource_type is None:
+        fault = "null is not allowed"
+    elif not isinstance(resource_type, str):
+        fault = "must be a string naming a resource type"
+    elif (model_class := versions.source_model(resource_type, version)) is None:
+        fault = f"not a FHIR {VERSION_NAMES[version]} resource type"
+    if fault is not None:
+        return f"{_path((where, 'resourceType')) if where is not None else 'resourceType'}: {fault}"
+    for alias, allowed in _required_codes(model_class, version).items():
+        code = node.get(alias)
         if isinstance(code, str) and code not in allowed:
-            return Rejected(ErrorCode.FHIR_INVALID, f"{prefix}{alias}: code not in its required value set")
-    nested: list[tuple[str, Any]] = [
-        (f"{prefix}contained.{n}", inner) for n, inner in enumerate(resource.get("contained") or ())
-    ]
-    if resource["resourceType"] == "Bundle":
-        nested += [
-            (f"{prefix}entry.{n}.resource", entry.get("resource"))
-            for n, entry in enumerate(resource.get("entry") or ())
-            if isinstance(entry, dict) and "resource" in entry
-        ]
-    for inner_where, inner in nested:
-        if not isinstance(inner, dict):
-            return Rejected(ErrorCode.FHIR_INVALID, f"{inner_where}: not a resource")
-        rejected = _check_resource(inner, inner_where)
-        if rejected is not None:
-            return rejected
+            return f"{_path((where or resource_type, alias))}: code not in its required value set"
     return None
 
 
-def _xml_document(value: bytes, version: str) -> dict[str, Any] | Rejected:
-    """FHIR XML read with the model of its version, as JSON-shaped data (the models validate it)."""
-    resource_type = _xml_root_type(value)
-    if isinstance(resource_type, Rejected):
-        return resource_type
-    model_class = _model_class(resource_type) if version in READABLE_VERSIONS else None
-    if version not in READABLE_VERSIONS:
-        model_class = versions.source_model(resource_type, version)
-    if model_class is None:
-        return Rejected(ErrorCode.FHIR_INVALID, f"unknown resource type {resource_type[:40]!r}")
-    try:
-        model = model_class.model_validate_xml(value)
-    except ValidationError as exc:
-        return Rejected(ErrorCode.FHIR_INVALID, _validation_detail(exc))
-    except (ValueError, KeyError, TypeError, etree.LxmlError) as exc:
-        # fhir.resources' XML reader raises KeyError on an unknown element, for one.
-        return Rejected(ErrorCode.FHIR_INVALID, f"XML cannot be read as FHIR ({type(exc).__name__})")
-    except RecursionError:
-        return Rejected(ErrorCode.PAYLOAD_MALFORMED, "FHIR nesting is too deep")
-    document: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True))
-    return document
+def _null_allowed(node: dict[str, Any], key: str, index: int) -> bool:
+    """A null item is FHIR JSON only in a primitive's value list whose ``_key`` list (or the reverse)
+    has something at that place: the two lists stay aligned."""
+    partner = node.get(key[1:] if key.startswith("_") else f"_{key}")
+    return isinstance(partner, list) and index < len(partner) and partner[index] is not None
 
 
-def _validate_r4(document: dict[str, Any]) -> Rejected | None:
-    model_class = _model_class(document.get("resourceType"))
-    if model_class is None:
-        return Rejected(ErrorCode.FHIR_INVALID, "no known FHIR resourceType")
+# Where a walk stands: a resource, a Bundle entry, or any other element.
+_RESOURCE, _ENTRY, _ELEMENT = "resource", "entry", "element"
+
+
+def _container_problem(key: str, value: Any, where: _Where, resource_type: str) -> str | None:
+    """The containers of resources in a resource, which later stages walk (split.py reads entries)."""
+    if key == "contained" and not isinstance(value, list):
+        return f"{_path(where)}: must be an array of resources"
+    if resource_type == "Bundle" and key == "entry":
+        if not isinstance(value, list):
+            return f"{_path(where)}: must be an array of objects"
+        bad = next((n for n, entry in enumerate(value) if not isinstance(entry, dict)), None)
+        if bad is not None:
+            return f"{_path((where, bad))}: an entry must be an object"
+    return None
+
+
+def _member_problem(
+    node: dict[str, Any], key: str, value: Any, where: _Where, resource_type: str | None
+) -> str | None:
+    """What is wrong with one member of an object, on its own (its items are walked after)."""
+    if value is None:
+        return f"{_path(where)}: null is not allowed (leave the element out)"
+    problem = _container_problem(key, value, where, resource_type) if resource_type is not None else None
+    if problem is not None:
+        return problem
+    if isinstance(value, list | dict) and not value:
+        return f"{_path(where)}: must not be empty (leave the element out)"
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if item is None and not _null_allowed(node, key, index):
+                return f"{_path((where, index))}: null is not allowed"
+    return None
+
+
+def _members(
+    node: dict[str, Any], where: _Where, role: str
+) -> tuple[str | None, list[tuple[Any, _Where, str]]]:
+    """A problem of ``node``'s members, or the children to walk: (value, where, role).
+
+    Only objects and arrays are walked, and whatever stands where a resource belongs.
+    """
+    children: list[tuple[Any, _Where, str]] = []
+    resource_type = str(node["resourceType"]) if role == _RESOURCE else None
+    for key, value in node.items():
+        member: _Where = (where, key)
+        problem = _member_problem(node, key, value, member, resource_type)
+        if problem is not None:
+            return problem, []
+        if role == _ENTRY and key == "resource":
+            children.append((value, member, _RESOURCE))
+        elif isinstance(value, list):
+            if resource_type is not None and key == "contained":
+                children += [(item, (member, n), _RESOURCE) for n, item in enumerate(value)]
+            else:
+                item_role = _ENTRY if resource_type == "Bundle" and key == "entry" else _ELEMENT
+                children += [
+                    (item, (member, n), item_role)
+                    for n, item in enumerate(value)
+                    if isinstance(item, dict | list)
+                ]
+        elif isinstance(value, dict):
+            # Any object with a resourceType is a resource (Bundle.entry.response.outcome, ...).
+            children.append((value, member, _RESOURCE if "resourceType" in value else _ELEMENT))
+    return None, children
+
+
+def _structure_problem(document: dict[str, Any], version: str) -> Rejected | None:
+    """The shapes the models do not check, or fail on with an exception, and later stages rely on.
+
+    FHIR JSON has no nulls (but aligned in a primitive's lists) and no empty objects or arrays; a Bundle's
+    entries are objects, ``contained`` and ``entry.resource`` hold resources, and every resourceType
+    names a resource of the input's version (fhir.resources raises TypeError or KeyError on one that
+    does not, and accepts nulls that later stages would then trip on). Codes of required bindings are
+    checked here too: the models record them but check none. One walk, without recursion, so that
+    nesting deeper than XML's parser allows is refused rather than overflowing the stack later.
+    """
+    problem = _resource_problem(document, None, version)
+    if problem is not None:
+        return Rejected(ErrorCode.FHIR_INVALID, problem)
+    stack: list[tuple[Any, _Where, str, int]] = [(document, str(document["resourceType"]), _RESOURCE, 0)]
+    while stack:
+        node, where, role, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return Rejected(ErrorCode.PAYLOAD_MALFORMED, "FHIR nesting is too deep")
+        if role == _RESOURCE and depth > 0:
+            problem = _resource_problem(node, where, version)
+            if problem is not None:
+                return Rejected(ErrorCode.FHIR_INVALID, problem)
+        if isinstance(node, list):  # a list in a list: not FHIR, but walked for its shapes
+            items = [(item, (where, n), _ELEMENT, depth + 1) for n, item in enumerate(node)]
+            stack.extend(item for item in reversed(items) if isinstance(item[0], dict | list))
+            continue
+        problem, children = _members(node, where, role)
+        if problem is not None:
+            return Rejected(ErrorCode.FHIR_INVALID, problem)
+        stack.extend((value, at, child_role, depth + 1) for value, at, child_role in reversed(children))
+    return None
+
+
+def _validate_r4(document: dict[str, Any], version: str) -> Rejected | None:
+    """One validation with the R4B models (the structure check has found the resource type)."""
+    resource_type = str(document["resourceType"])
     try:
-        model_class.model_validate(document)
+        versions.source_model(resource_type, version).model_validate(document)
     except ValidationError as exc:
-        return Rejected(ErrorCode.FHIR_INVALID, _validation_detail(exc))
-    except (ValueError, KeyError, TypeError) as exc:
-        # fhir.resources raises these on some bad nested resourceType values instead of validating.
-        return Rejected(ErrorCode.FHIR_INVALID, f"JSON cannot be read as FHIR ({type(exc).__name__})")
+        return Rejected(ErrorCode.FHIR_INVALID, validation_detail(exc, resource_type))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # fhir.resources raises these instead of validating on some values of a wrong JSON type.
+        return Rejected(ErrorCode.FHIR_INVALID, unreadable_detail(exc, document, version))
     except RecursionError:
         return Rejected(ErrorCode.PAYLOAD_MALFORMED, "FHIR nesting is too deep")
-    return _check_resource(document)
+    return None
 
 
 def _to_r4(document: dict[str, Any], version: str) -> tuple[dict[str, Any], tuple[str, ...]] | Rejected:
-    """An STU3 or R5 document validated in its own version, then converted (the converter re-validates)."""
+    """An STU3 or R5 document validated in its own version, then converted (the converter re-validates).
+
+    Invalid input was refused before conversion, so what the converter or the R4 check refuses is valid
+    input that R4 cannot express: ``fhir.version.unsupported``.
+    """
     problem = versions.validate_version(document, version)
     if problem is not None:
         return Rejected(ErrorCode.FHIR_INVALID, problem)
     converted = versions.convert_to_r4(document, version)
     if isinstance(converted, versions.Unconvertible):
         return Rejected(ErrorCode.FHIR_VERSION_UNSUPPORTED, converted.detail)
-    rejected = _check_resource(converted.resource)
-    return rejected if rejected is not None else (converted.resource, converted.steps)
+    rejected = _structure_problem(converted.resource, "4.0")
+    if rejected is not None:
+        return Rejected(ErrorCode.FHIR_VERSION_UNSUPPORTED, f"not valid R4 once converted: {rejected.detail}")
+    return converted.resource, converted.steps
 
 
 def decode(
     value: bytes, content_type: ContentType, *, default_version: str, zone: ZoneInfo
 ) -> Decoded | Rejected:
-    """Parse, repair naive times, convert to R4 and validate one body, once.
+    """Parse, check, repair naive times, validate once and convert to R4 one body, JSON or XML alike.
 
     Later stages carry the plain data, never the model (validation costs ~250 us a resource).
     """
@@ -259,21 +340,20 @@ def decode(
             f"fhirVersion {version[:10]!r} is not one of {', '.join(sorted(KNOWN_VERSIONS))}",
         )
     steps: list[str] = [f"decoded:{content_type.media}/fhir-{version}"]
-    if content_type.media == "xml":
-        document = _xml_document(value, version)
-    else:
-        document = _parse_json(value)
-        if isinstance(document, dict):
-            # fhir.resources refuses a time without offset; real software sends them, so read the
-            # source's wall clock before validating.
-            document, repaired = fix_naive_times_before_validation(document, zone)
-            if repaired:
-                steps.append(naive_time_step(zone))
+    # XML is read into the JSON form of the same resource: from here on both formats take one path.
+    document = read_xml(value, version) if content_type.media == "xml" else _parse_json(value)
     if isinstance(document, Rejected):
         return document
+    rejected = _structure_problem(document, version)
+    if rejected is not None:
+        return rejected
+    # fhir.resources refuses a time without offset; real software sends them, so read the source's
+    # wall clock before validating (XML too: it is in the JSON form now, and one rule serves both).
+    document, repaired = fix_naive_times_before_validation(document, zone)
+    if repaired:
+        steps.append(naive_time_step(zone))
     if version in READABLE_VERSIONS:
-        # The XML reader already validated with the model; JSON is validated here, once.
-        rejected = _check_resource(document) if content_type.media == "xml" else _validate_r4(document)
+        rejected = _validate_r4(document, version)
         if rejected is not None:
             return rejected
         return Decoded(document, version, content_type.media, tuple(steps))

@@ -73,6 +73,18 @@ def is_date_time_field(key: str) -> bool:
     return key in DATE_TIME_FIELDS or key.endswith(_CHOICE_SUFFIXES)
 
 
+def is_naive_date_time(text: str) -> bool:
+    """Whether ``text`` is a real date and time, with no UTC offset (which FHIR requires with a time)."""
+    match = _DATE_TIME.fullmatch(text)
+    if match is None or match["offset"] is not None:
+        return False
+    try:
+        datetime.fromisoformat(match["wall"])
+    except ValueError:  # 2024-02-30, or a leap second: a wrong value, not only a missing offset
+        return False
+    return True
+
+
 def naive_time_step(zone: ZoneInfo) -> str:
     """The provenance step of a resource whose naive times were read in ``zone``."""
     return f"naive-time-read-in:{zone}"

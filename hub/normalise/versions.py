@@ -21,10 +21,12 @@ import copy
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
+
+from hub.normalise.fhir_errors import unreadable_detail, validation_detail
 
 STU3 = "3.0"
 R5 = "5.0"
@@ -117,7 +119,6 @@ _URL_TYPE = re.compile(
 )
 _REFERENCE_KEYS = frozenset({"reference", "type", "identifier", "display", "id", "extension"})
 _ELEMENT_BASE = ("id", "extension", "modifierExtension")
-_VALIDATION_ERRORS_SHOWN = 3
 _UNSIGNED_INT_MAX = 2**31 - 1
 
 
@@ -2163,7 +2164,8 @@ def _convert_resource(resource: Mapping[str, Any], run: _Run) -> dict[str, Any]:
 # References, extensions, and the R4 check
 
 
-@cache
+# Bounded: the names come from the input (references, resourceType), and a sender can vary them.
+@lru_cache(maxsize=1024)
 def _is_r4_type(name: str) -> bool:
     from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
     from fhir.resources.R4B.resource import Resource  # noqa: PLC0415
@@ -2176,17 +2178,22 @@ def _is_r4_type(name: str) -> bool:
         return False
 
 
-@cache
+@lru_cache(maxsize=1024)  # bounded, as _is_r4_type
 def source_model(name: str, version: str) -> Any:
-    """The source version's model of a concrete resource type, or None."""
+    """The model of a concrete resource type in the input's version (R4 and R4B: the R4B models), or
+    None for a name that is no such type (a data type, an abstract type, a type of another version)."""
     from fhir.resources import get_fhir_model_class as r5_class  # noqa: PLC0415 - heavy import, once
+    from fhir.resources.R4B import get_fhir_model_class as r4b_class  # noqa: PLC0415
+    from fhir.resources.R4B.resource import Resource as R4BResource  # noqa: PLC0415
     from fhir.resources.resource import Resource as R5Resource  # noqa: PLC0415
     from fhir.resources.STU3 import get_fhir_model_class as stu3_class  # noqa: PLC0415
     from fhir.resources.STU3.resource import Resource as Stu3Resource  # noqa: PLC0415
 
     if not name.isalpha() or name in {"Resource", "DomainResource"}:
         return None
-    lookup, base = (stu3_class, Stu3Resource) if version == STU3 else (r5_class, R5Resource)
+    lookup, base = {STU3: (stu3_class, Stu3Resource), R5: (r5_class, R5Resource)}.get(
+        version, (r4b_class, R4BResource)
+    )
     try:
         model_class = lookup(name)
     except (KeyError, ValueError):
@@ -2251,16 +2258,6 @@ def _r5_extension_value(extension: dict[str, Any], path: str, run: _Run) -> None
             extension[key] = sub.done()
 
 
-def _validation_detail(exc: ValidationError) -> str:
-    # Locations and error types only: pydantic's messages and inputs may quote patient data.
-    errors = exc.errors(include_input=False, include_url=False, include_context=False)
-    shown = [
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['type']}" for err in errors[:_VALIDATION_ERRORS_SHOWN]
-    ]
-    more = len(errors) - len(shown)
-    return "; ".join(shown) + (f" (+{more} more)" if more > 0 else "")
-
-
 def _referenced_type(reference: BaseModel) -> str | None:
     """The R4 resource type a Reference names, when it names one."""
     literal, declared = getattr(reference, "reference", None), getattr(reference, "type", None)
@@ -2303,15 +2300,15 @@ def _r4_problem(resource: dict[str, Any]) -> str | None:
     try:
         model = get_fhir_model_class(resource_type).model_validate(resource)
     except ValidationError as exc:
-        return f"{resource_type}: the converted resource is not valid R4 ({_validation_detail(exc)})"
-    except (ValueError, KeyError, TypeError) as exc:
+        return f"not valid R4 once converted: {validation_detail(exc, resource_type)}"
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"{resource_type}: the converted resource is unreadable as R4 ({type(exc).__name__})"
     return _reference_problem(model, resource_type)
 
 
 def validate_version(document: Mapping[str, Any], version: str) -> str | None:
     """Validate a raw STU3 or R5 resource with its own version's model: None, or what is wrong
-    (element locations and error types only, never values)."""
+    (``Type.element.path: what is wrong``, in words, never values)."""
     if version not in _VERSION_NAMES:
         return "only STU3 (3.0) and R5 (5.0) are validated here"
     resource_type = document.get("resourceType")
@@ -2321,10 +2318,10 @@ def validate_version(document: Mapping[str, Any], version: str) -> str | None:
     try:
         model_class.model_validate(document)
     except ValidationError as exc:
-        return _validation_detail(exc)
-    except (ValueError, KeyError, TypeError) as exc:
-        # fhir.resources raises these on some bad nested resourceType values instead of validating.
-        return f"unreadable as {_VERSION_NAMES[version]} ({type(exc).__name__})"
+        return validation_detail(exc, str(resource_type))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # fhir.resources raises these instead of validating on some values of a wrong JSON type.
+        return unreadable_detail(exc, document, version)
     except RecursionError:
         return "FHIR nesting is too deep"
     return None

@@ -118,7 +118,8 @@ def test_a_rejected_file_exits_1_and_names_the_code(samples: Path) -> None:
     write(samples, "bad.json", observation(status="done"))
     result = run(SOURCE_ID, samples)
     assert result.exit_code == 1, result.output
-    assert "bad.json: rejected fhir.invalid: status: code not in its required value set" in result.output
+    expected = "bad.json: rejected fhir.invalid: Observation.status: code not in its required value set"
+    assert expected in result.output
     assert result.output.splitlines()[-1] == "result     1 of 2 record(s) would be rejected"
 
 
@@ -134,6 +135,62 @@ def test_show_resources_prints_the_canonical_resource(samples: Path) -> None:
     assert resource["valueQuantity"]["code"] == "mmol/L"
     assert resource["valueQuantity"]["extension"][0]["valueQuantity"]["unit"] == "g/L"
     assert any(line.startswith("    event_id ") for line in result.output.splitlines())
+
+
+@pytest.mark.usefixtures("registry")
+def test_warnings_are_printed_per_file_as_the_receipt_says_them(samples: Path) -> None:
+    """A FR Core Patient with an INS but a provisional identity, and an unmapped local code: accepted, and
+    one ``warning`` line per receipt warning (code, then detail), naming neither the INS nor the code;
+    the summary counts them."""
+    patient = {
+        "resourceType": "Patient",
+        "id": "pat-4217",
+        "extension": [
+            {
+                "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability",
+                "extension": [
+                    {
+                        "url": "identityReliability",
+                        "valueCoding": {
+                            "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445",
+                            "code": "PROV",
+                        },
+                    }
+                ],
+            }
+        ],
+        "identifier": [
+            {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "248039263001064"},
+            {"system": LOCAL_SYSTEM, "value": "IPP-1"},
+        ],
+        "name": [{"family": "DUPONTEL", "given": ["Jeanne"]}],
+        "gender": "female",
+        "birthDate": "1948-03-12",
+    }
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/pat-4217"},
+        "code": {"coding": [{"system": "urn:test:gp:condition", "code": "ZZZ"}]},
+        "recordedDate": "2025-03-01",
+    }
+    write(samples, "visit.json", {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": patient}, {"resource": condition},
+    ]})  # fmt: skip
+    result = run(SOURCE_ID, samples)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("  warning   ")]
+    assert warnings == [
+        "  warning   ins.unqualified: Patient.identifier: an INS is not used to link: the Patient has no "
+        "FR Core identity reliability VALI",
+        "  warning   code.unmapped: Condition: 1 code of urn:test:gp:condition, not in this source's "
+        "ConceptMaps for that system; kept as sent and marked unmapped",
+    ]
+    assert "248039263001064" not in "\n".join(warnings)
+    assert "ZZZ" not in "\n".join(warnings)
+    lines = result.output.splitlines()
+    header = next(line for line in lines if line.startswith("file "))
+    row = next(line for line in lines if line.startswith("visit.json "))
+    assert row.split()[header.split().index("warnings")] == "2"
 
 
 @pytest.mark.usefixtures("registry")
