@@ -60,15 +60,3 @@ def is_identity_validated(patient: dict[str, Any]) -> bool:
             ):
                 return True
     return False
-
-
-def qualified_ins(patient: dict[str, Any], *, allow_test_ins: bool) -> PatientKey | None:
-    """The Patient's qualified INS, or None when it has none or its identity is not validated."""
-    if not is_identity_validated(patient):
-        return None
-    systems = ins_systems(allow_test_ins=allow_test_ins)
-    for identifier in patient.get("identifier", ()):
-        system, value = identifier.get("system"), identifier.get("value")
-        if system in systems and value:
-            return PatientKey("ins", system, value)
-    return None

@@ -63,6 +63,8 @@ def input_record(outcome: Accepted, origin: KafkaCoordinates, recorded_at: datet
         "ingest": origin.as_dict(),
         "recorded_at": utc_iso(recorded_at),
         "events": [event.to_dict() for event in outcome.events],
+        # For the input's receipt, which this stage writes: what ingest ignored in it.
+        "warnings": [warning.as_dict() for warning in outcome.warnings],
     }
 
 
@@ -274,8 +276,10 @@ class IdentityStage:
         record: dict[str, Any], origin: KafkaCoordinates, now: datetime, status: str, event_ids: list[str]
     ) -> Send:
         accepted = Accepted(record["source"], record.get("message_id"), ())
+        # A record written before ingest forwarded warnings has none to report.
+        warnings = record.get("warnings") or []
         return Send(
             "receipts",
             record["source"],
-            receipt(accepted, origin, at=now, status=status, event_ids=event_ids),
+            receipt(accepted, origin, at=now, status=status, event_ids=event_ids, warnings=warnings),
         )

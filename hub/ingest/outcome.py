@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from hub.errors import ErrorCode
+from hub.errors import ErrorCode, WarningCode
 from hub.pathway.event import PathwayEvent
+
+#: The most warnings one receipt lists; more become one ``warnings.truncated``. A receipt stays small
+#: whatever the input, and the first warnings (the most important codes) are the ones a source acts on.
+MAX_WARNINGS = 20
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,40 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class IngestWarning:
+    """Something the hub ignored in an accepted input; ``detail`` names fields and counts, never values."""
+
+    code: WarningCode
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The ``{code, detail}`` object of receipts."""
+        return {"code": str(self.code), "detail": self.detail}
+
+
+def counted(count: int, one: str, many: str) -> str:
+    """``1 entry``, ``2 entries``: warning details count what they name instead of listing it."""
+    return f"{count} {one if count == 1 else many}"
+
+
+_CODE_RANK = {code: rank for rank, code in enumerate(WarningCode)}
+
+
+def bounded_warnings(warnings: Iterable[IngestWarning]) -> tuple[IngestWarning, ...]:
+    """Each warning once, most important code first (then by detail), at most :data:`MAX_WARNINGS`.
+
+    The order depends on the warnings alone, not on where they came from, so the same input always
+    gets the same list; what is cut is counted in a last ``warnings.truncated``.
+    """
+    unique = sorted(set(warnings), key=lambda warning: (_CODE_RANK[warning.code], warning.detail))
+    if len(unique) <= MAX_WARNINGS:
+        return tuple(unique)
+    more = len(unique) - MAX_WARNINGS
+    cut = IngestWarning(WarningCode.WARNINGS_TRUNCATED, f"{more} more warning(s) not listed")
+    return (*unique[:MAX_WARNINGS], cut)
+
+
+@dataclass(frozen=True)
 class IdentityLink:
     """An input showed that a source-local patient id and a qualified-INS id are one person."""
 
@@ -76,6 +115,8 @@ class Accepted:
     link: IdentityLink | None = None
     #: (system, code) of local codes no ConceptMap of the source maps; counted per source.
     unmapped_codes: tuple[tuple[str, str], ...] = ()
+    #: What the hub ignored in the input, for its receipt (:func:`bounded_warnings`: deduplicated, ordered).
+    warnings: tuple[IngestWarning, ...] = ()
 
 
 IngestOutcome = Accepted | Rejected

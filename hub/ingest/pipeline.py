@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from hub.errors import ErrorCode
+from hub.errors import ErrorCode, WarningCode
 from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.ingest import decode as decoding
 from hub.ingest import signature
-from hub.ingest.outcome import Accepted, IdentityLink, IngestOutcome, IngestRecord, Rejected
+from hub.ingest.outcome import (
+    Accepted,
+    IdentityLink,
+    IngestOutcome,
+    IngestRecord,
+    IngestWarning,
+    Rejected,
+    bounded_warnings,
+    counted,
+)
 from hub.ingest.split import PATIENT_FIELD, Entry, split_entries
 from hub.normalise.codes import CodeMapper
 from hub.normalise.instants import normalise_instants
@@ -31,6 +41,12 @@ MESSAGE_ID_HEADER = "hub-message-id"
 CONTENT_TYPE_HEADER = "content-type"
 
 _PRINTABLE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+#: A code system a warning may name: a URI of printable ASCII, short. Anything else is described, not
+#: echoed, since receipts never carry arbitrary text from the input.
+_ECHOED_SYSTEM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[!-~]{1,200}$")
+#: Steps of the unit and instant normalisers (hub.normalise.units, .instants) that leave a value as sent.
+_UNIT_UNKNOWN = "unit-unknown:"
+_INSTANT_UNREADABLE = "instant-unreadable:"
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,64 @@ def normalise_resource(resource: dict[str, Any], source: Source, mapper: CodeMap
     resource, unit_steps = normalise_quantities(mapping.resource)
     resource, instant_steps = normalise_instants(resource, source.time_zone)
     return _Normalised(resource, (*mapping.steps, *unit_steps, *instant_steps), mapping.unmapped)
+
+
+def _codes_detail(code: WarningCode, resource_type: str, system: str, count: int) -> str:
+    codes = f"{resource_type}: {counted(count, 'code', 'codes')}"
+    if not system:
+        return f"{codes} without a code system; kept as sent and marked unmapped"
+    named = f"of {system}" if _ECHOED_SYSTEM.match(system) else "of a code system that is not a plain URI"
+    why = (
+        "not in this source's ConceptMaps for that system"
+        if code is WarningCode.CODE_UNMAPPED
+        else "a code system the hub does not know and no ConceptMap of this source maps"
+    )
+    return f"{codes} {named}, {why}; kept as sent and marked unmapped"
+
+
+def _normalisation_warnings(
+    normalised: Iterable[tuple[str, _Normalised]], mapper: CodeMapper | None
+) -> list[IngestWarning]:
+    """What normalisation left as sent, per resource type, counted: local codes without a standard one
+    (``code.unmapped`` when a ConceptMap of the source covers the code's system, else
+    ``code.system_unknown``), quantities in an unknown unit, unreadable date-times.
+
+    A code is named by its system only: in a receipt, the code itself would say what the patient has.
+    """
+    codes: Counter[tuple[WarningCode, str, str]] = Counter()
+    units: Counter[str] = Counter()
+    instants: Counter[tuple[str, str]] = Counter()
+    for resource_type, result in normalised:
+        for system, _code in result.unmapped:
+            known = mapper is not None and mapper.covers(system)
+            code = WarningCode.CODE_UNMAPPED if known else WarningCode.CODE_SYSTEM_UNKNOWN
+            codes[code, resource_type, system] += 1
+        for step in result.steps:
+            if step.startswith(_UNIT_UNKNOWN):
+                units[resource_type] += 1
+            elif step.startswith(_INSTANT_UNREADABLE):
+                instants[resource_type, step.removeprefix(_INSTANT_UNREADABLE)] += 1
+    warnings = [
+        IngestWarning(code, _codes_detail(code, resource_type, system, count))
+        for (code, resource_type, system), count in codes.items()
+    ]
+    warnings.extend(
+        IngestWarning(
+            WarningCode.UNIT_UNKNOWN,
+            f"{resource_type}: {counted(count, 'quantity', 'quantities')} in a unit the hub cannot "
+            "convert to its canonical unit; passed on as sent",
+        )
+        for resource_type, count in units.items()
+    )
+    warnings.extend(
+        IngestWarning(
+            WarningCode.INSTANT_UNREADABLE,
+            f"{resource_type}.{field_name}: {counted(count, 'value', 'values')} not readable as a "
+            "date-time; passed on as sent",
+        )
+        for (resource_type, field_name), count in instants.items()
+    )
+    return warnings
 
 
 def _event(
@@ -180,17 +254,18 @@ def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetim
     if isinstance(split, Rejected):
         return reject(split.code, split.detail)
     if split.patient is None:
-        return Accepted(source.id, message_id, ())
+        return Accepted(source.id, message_id, (), warnings=bounded_warnings(split.warnings))
 
     key = context.pseudonym_key
     patient_id = split.patient.routing.network_id(key)
     link = None
-    if split.patient.local is not None and split.patient.ins is not None:
+    if split.patient.local is not None and split.patient.linking_ins is not None:
         link = IdentityLink(split.patient.local.network_id(key), patient_id)
     mapper = context.code_mappers.get(source.id)
     book = address_book(source.id, ((e.full_url, e.resource) for e in split.entries))
     events: dict[str, PathwayEvent] = {}
     unmapped: list[tuple[str, str]] = []
+    normalised_all: list[tuple[str, _Normalised]] = []
     for entry in split.entries:
         if not entry.about_patient:
             continue
@@ -199,6 +274,7 @@ def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetim
         if rewritten:
             normalised = replace(normalised, steps=("references-stable", *normalised.steps))
         unmapped.extend(normalised.unmapped)
+        normalised_all.append((str(resource["resourceType"]), normalised))
         event = _event(
             entry,
             patient_id,
@@ -209,4 +285,7 @@ def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetim
             basis=split.patient.routing.basis,
         )
         events.setdefault(event.event_id, event)  # one event per fact, even inside one Bundle
-    return Accepted(source.id, message_id, tuple(events.values()), patient_id, link, tuple(unmapped))
+    warnings = bounded_warnings([*split.warnings, *_normalisation_warnings(normalised_all, mapper)])
+    return Accepted(
+        source.id, message_id, tuple(events.values()), patient_id, link, tuple(unmapped), warnings
+    )

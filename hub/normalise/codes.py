@@ -113,6 +113,13 @@ class CodeMapper:
     """Standard codings by (source system, source code), built once from a source's ConceptMaps."""
 
     targets: Mapping[tuple[str, str], tuple[TargetCoding, ...]]
+    #: The local systems the ConceptMaps have a group for, even one whose codes all map to nothing:
+    #: an unmapped code of such a system is missing from a map, one of another system has no map at all.
+    source_systems: frozenset[str] = frozenset()
+
+    def covers(self, system: str) -> bool:
+        """Whether a ConceptMap of the source maps codes of ``system`` (perhaps not all of them)."""
+        return system in self.source_systems
 
     def map_resource(self, resource: dict[str, Any]) -> CodeMapping:
         """Add standard codings to every CodeableConcept of ``resource``; the input is not changed."""
@@ -220,20 +227,25 @@ def load_concept_maps(paths: Iterable[Path]) -> CodeMapper:
     Targets of several maps for one source code are merged; the first map to give a code is cited.
     """
     merged: dict[tuple[str, str], list[TargetCoding]] = {}
+    systems: set[str] = set()
     for path in paths:
-        for key, target in _read_concept_map(path):
+        document = _read_json(path)
+        for key, target in _read_concept_map(path, document):
             bucket = merged.setdefault(key, [])
             if all(_identity(known) != _identity(target) for known in bucket):
                 bucket.append(target)
-    return CodeMapper(MappingProxyType({key: tuple(targets) for key, targets in merged.items()}))
+        # _read_concept_map has checked that every group names its source system.
+        systems.update(str(group["source"]) for group in document.get("group", []))
+    return CodeMapper(
+        MappingProxyType({key: tuple(targets) for key, targets in merged.items()}), frozenset(systems)
+    )
 
 
 def _identity(target: TargetCoding) -> tuple[str, str]:
     return _SAME_SYSTEM.get(target.system, target.system), target.code
 
 
-def _read_concept_map(path: Path) -> list[tuple[tuple[str, str], TargetCoding]]:
-    document = _read_json(path)
+def _read_concept_map(path: Path, document: Any) -> list[tuple[tuple[str, str], TargetCoding]]:
     try:
         ConceptMap.model_validate(document)
     except ValidationError as exc:

@@ -8,6 +8,8 @@ events' provenance steps, so it shows what a hospital subscribing to the pathway
 - the outcome (accepted, or rejected with its error code and detail);
 - the events (kind, resource type, when it happened) and their canonical normalised resources;
 - codes left unmapped (counted), unit conversions, naive-time repairs, FHIR version conversion rules;
+- the warnings the receipt would carry: what the hub ignored (an INS that may not link, a resource
+  type that makes no event, codes without a standard one, values passed on as sent);
 - the patient: the basis of the network id (qualified INS or source-local id), and whether the input
   would link a local id to an INS id (a ``patient.linked`` event, the first time the hub sees it).
 
@@ -26,7 +28,7 @@ from typing import Any, Literal
 
 from hub.errors import ConfigError
 from hub.ingest.decode import CONVERTED_VERSIONS
-from hub.ingest.outcome import Accepted, IngestRecord, KafkaCoordinates, Rejected
+from hub.ingest.outcome import Accepted, IngestRecord, IngestWarning, KafkaCoordinates, Rejected
 from hub.ingest.pipeline import IngestContext, process_ingest, with_patient
 from hub.pathway.event import PathwayEvent, event_id_for
 from hub.publish import fhir_files, publications_for_file
@@ -50,7 +52,6 @@ _PER_RESOURCE_PREFIXES = (
 _DECODED = "decoded:"
 _NAIVE_TIME = "naive-time-"
 _INSTANT_UNREADABLE = "instant-unreadable:"
-_UNIT_UNKNOWN = "unit-unknown:"
 _PATIENT_ID = "patient-id:"
 _OCCURRED_UNKNOWN = "occurred-at:unknown"
 _CODE_MAPPED = "code-mapped:"
@@ -134,6 +135,8 @@ class PartReport:
     conversions: tuple[Count, ...] = ()
     #: The label of an earlier part with the same body (the same ``hub-message-id``): a resend.
     resend_of: str | None = None
+    #: The warnings the part's receipt would carry (none for a reject).
+    warnings: tuple[IngestWarning, ...] = ()
 
     @property
     def rejected(self) -> bool:
@@ -149,15 +152,6 @@ class PartReport:
     def unit_conversions(self) -> int:
         """Values converted to the canonical unit (``unit:`` steps), summed over events."""
         return sum(c.count for c in self.units if c.item.startswith("unit:"))
-
-    @property
-    def warnings(self) -> int:
-        """Values passed through as sent, with a step saying so: unknown units and unreadable instants."""
-        return sum(
-            c.count
-            for c in (*self.units, *self.instants)
-            if c.item.startswith((_UNIT_UNKNOWN, _INSTANT_UNREADABLE))
-        )
 
     @property
     def repeats(self) -> int:
@@ -197,7 +191,7 @@ class Totals:
     unmapped_distinct: int
     unit_conversions: int
     naive_time_events: int
-    warnings: int
+    warnings: int  # the receipts' warnings, over parts
     converted_parts: int  # parts read as STU3 or R5 and converted
     links: int  # parts that would link a local id to an INS id
     conflicts: int  # parts that name another INS for a local id already linked
@@ -317,6 +311,7 @@ def _accepted_part(outcome: Accepted, base: dict[str, Any], memory: _Memory, lab
         instants=_counts(instants),
         events_with_naive_times=naive_events,
         conversions=_counts(conversions),
+        warnings=outcome.warnings,
     )
 
 
@@ -407,7 +402,7 @@ def totals(reports: Sequence[FileReport]) -> Totals:
         unmapped_distinct=len(unmapped),
         unit_conversions=sum(part.unit_conversions for part in parts),
         naive_time_events=sum(part.events_with_naive_times for part in parts),
-        warnings=sum(part.warnings for part in parts),
+        warnings=sum(len(part.warnings) for part in parts),
         converted_parts=sum(1 for part in parts if part.converted),
         links=sum(1 for part in parts if part.identity is not None and part.identity.links),
         conflicts=sum(1 for part in parts if part.identity is not None and part.identity.conflicts_with),

@@ -89,8 +89,9 @@ def check(source_id: str, paths: tuple[Path, ...], fhir_version: str | None, sho
 
     Each file is signed with the source's registry secret and split as `hub publish` would; each record
     then goes through the hub's ingest core. Printed per file and part: the outcome (accepted, or
-    rejected with its error code), the events, the patient's identity basis and links, unmapped codes,
-    unit conversions, naive-time repairs and FHIR version conversions; then a summary table.
+    rejected with its error code), the patient's identity basis and links, the warnings its receipt
+    would carry (what the hub ignored), the events, unmapped codes, unit conversions, naive-time repairs
+    and FHIR version conversions; then a summary table.
 
     Exits 0 when every record would be accepted, 1 when any would be rejected, 2 on a configuration error.
     """
@@ -171,6 +172,9 @@ def _print_part(console: Console, part: PartReport, *, show_resources: bool) -> 
         _line(console, f"  resend    same body as {part.resend_of}: the hub answers duplicate")
     if part.identity is not None:
         _print_identity(console, part.identity)
+    for warning in part.warnings:
+        # As the receipt says it: the stable code, then what was ignored.
+        _line(console, f"  warning   {warning.code}: {warning.detail}", "yellow")
     for event in part.events:
         when = event.occurred_at + (
             "" if event.occurred_at_from_resource else " (no readable date in it: recorded-at)"

@@ -97,7 +97,7 @@ def test_the_console_charts_a_running_hub_without_clinical_content(
             publish(env, registration("GP-801", MINE, GP_RPPS), "c-reg-mine")
             publish(env, registration("GP-802", THEIRS, "10009900027"), "c-reg-theirs")
             env.send([rejected_input(env)])
-            publish(env, discharge_with_cancer(MINE), "c-discharge-mine")
+            publish(env, discharge_with_cancer(registration("GP-801", MINE, GP_RPPS)), "c-discharge-mine")
             assert len(env.collect(env.topics.receipts, 4)) == 4
 
             # The GP's software reads the alert, as the pop-up's "mark as read" does.

@@ -63,13 +63,17 @@ def registration(local_id: str, ins: str, gp_rpps: str) -> dict[str, Any]:
     }
 
 
-def discharge_with_cancer(ins: str) -> dict[str, Any]:
-    """A hospital discharge naming the patient by INS, with a breast cancer diagnosis."""
+def discharge_with_cancer(patient: dict[str, Any]) -> dict[str, Any]:
+    """A discharge with a breast cancer diagnosis naming the patient by INS, beside the Patient as
+    registered (it qualifies the INS: an INS alone in a reference links nothing; the same Patient is
+    the same fact, published once)."""
+    [ins] = [i["value"] for i in patient["identifier"] if i["system"] == INS_SYSTEM]
     subject = {"identifier": {"system": INS_SYSTEM, "value": ins}}
     return {
         "resourceType": "Bundle",
         "type": "collection",
         "entry": [
+            {"resource": patient},
             {
                 "resource": {
                     "resourceType": "Encounter",
@@ -191,7 +195,7 @@ def test_the_gp_sees_the_network_popup_live_and_nothing_about_a_patient_it_may_n
         # Another doctor's patient: the GP is outside the care team, sees nothing, gets no pop-up.
         page.fill("#patient-id", network_id(theirs))
         page.click("#patient-open")
-        publish(env, discharge_with_cancer(theirs), "discharge-theirs")
+        publish(env, discharge_with_cancer(registration("GP-702", theirs, "10009900027")), "discharge-theirs")
         assert len(env.collect(env.topics.receipts, 3)) == 3
         time.sleep(6)
         expect(page.locator("#alert-popup")).to_be_hidden()
@@ -200,7 +204,7 @@ def test_the_gp_sees_the_network_popup_live_and_nothing_about_a_patient_it_may_n
         page.fill("#patient-id", network_id(mine))
         page.click("#patient-open")
         started = time.monotonic()
-        publish(env, discharge_with_cancer(mine), "discharge-mine")
+        publish(env, discharge_with_cancer(registration("GP-701", mine, GP_RPPS)), "discharge-mine")
         popup = page.locator("#alert-popup")
         expect(popup).to_be_visible(timeout=30_000)
         print(f"pop-up after {time.monotonic() - started:.1f} s")

@@ -217,16 +217,41 @@ def test_a_thousand_mixed_inputs_each_get_exactly_one_receipt(
 def test_a_resent_message_is_a_duplicate_and_publishes_nothing_again(
     hub_env: HubEnv, worker: subprocess.Popen[bytes]
 ) -> None:
-    """The same hub-message-id twice: the second receipt says duplicate with the same event ids."""
-    value = json.dumps(
-        observation({"identifier": {"system": "urn:hub:test:gp:patient", "value": "GP-42"}})
-    ).encode()
+    """The same hub-message-id twice: the second receipt says duplicate with the same event ids. The
+    Patient's INS has a provisional identity (PROV): both receipts say it was not used to link."""
+    patient = {
+        "resourceType": "Patient",
+        "extension": [
+            {
+                "url": "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability",
+                "extension": [
+                    {
+                        "url": "identityReliability",
+                        "valueCoding": {
+                            "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445",
+                            "code": "PROV",
+                        },
+                    }
+                ],
+            }
+        ],
+        "identifier": [
+            {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "269029999900188"},
+            {"system": "urn:hub:test:gp:patient", "value": "GP-42"},
+        ],
+        "gender": "female",
+    }
+    value = json.dumps(patient).encode()
     hub_env.send([(b"m-1", value, signed(hub_env, "gp-test", value, "m-1"))])
     first = hub_env.collect(hub_env.topics.receipts, 1, timeout=120)
     hub_env.send([(b"m-1", value, signed(hub_env, "gp-test", value, "m-1"))])
     both = hub_env.collect(hub_env.topics.receipts, 2, timeout=60)
     assert [r.json_value()["status"] for r in both] == ["accepted", "duplicate"]
     assert both[1].json_value()["event_ids"] == first[0].json_value()["event_ids"]
+    for receipt in (r.json_value() for r in both):
+        assert [w["code"] for w in receipt["warnings"]] == ["ins.unqualified"]
+        assert "269029999900188" not in json.dumps(receipt)
+        assert schema_errors("receipt.schema.json", receipt) == []
     assert len(hub_env.settle(hub_env.topics.pathway)) == 1
 
 

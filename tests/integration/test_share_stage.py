@@ -199,7 +199,13 @@ def test_an_objection_made_under_a_local_id_still_holds_after_the_identity_is_li
     publish(hub_env, patient("GP-3001", with_ins=True), "p-qualified")
     assert len(hub_env.collect(hub_env.topics.receipts, 3)) == 3
     time.sleep(3)  # the merge of the two identities' states takes two hops on hub.share-merge.v1
-    later = {**RESULT, "subject": {"identifier": INS}}
+    # Named by INS, beside the qualified Patient that carries it: an INS alone in a reference links nothing.
+    by_ins = {**RESULT, "subject": {"identifier": INS}}
+    later = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": patient("GP-3001", with_ins=True)}, {"resource": by_ins}],
+    }
     publish(hub_env, later, "result-by-ins")
     receipts = {
         r.json_value()["message_id"]: r.json_value() for r in hub_env.collect(hub_env.topics.receipts, 4)
@@ -216,9 +222,12 @@ def test_an_objection_made_under_a_local_id_still_holds_after_the_identity_is_li
         for r in RECIPIENTS
     }
     assert all(not (ids & after_link) for ids in received.values()), "an objected patient's data left"
+    # The result's own event (its Patient entry repeats the fact p-qualified published).
+    result_ids = set(receipts["result-by-ins"]["event_ids"]) - set(receipts["p-qualified"]["event_ids"])
+    assert len(result_ids) == 1
     result_rules = {
         detail(audit, "rule")
         for audit in audits
-        if audit["entity"][0]["what"]["identifier"]["value"] in set(receipts["result-by-ins"]["event_ids"])
+        if audit["entity"][0]["what"]["identifier"]["value"] in result_ids
     }
     assert result_rules == {"objection"}, "the objection made under the local id decides, once merged"

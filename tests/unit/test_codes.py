@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -113,6 +114,27 @@ def test_targets_of_several_maps_merge_without_duplicates(mapper: CodeMapper) ->
     """A code given again by a later map, even in the CIM-10 spelling of ICD-10, is not added twice."""
     assert [(t.system, t.code) for t in mapper.targets[GP_SYSTEM, "HTA"]] == [(ICD10, "I10")]
     assert mapper.targets[GP_SYSTEM, "HTA"][0].concept_map == GP_URL
+
+
+def test_the_mapper_knows_which_local_systems_its_maps_cover(mapper: CodeMapper, tmp_path: Path) -> None:
+    """Each group's source system is covered, even one whose codes all map to nothing (an unmapped code
+    of it is missing from a map, not of a system without one); other systems are not."""
+    assert mapper.source_systems == {GP_SYSTEM, LAB_SYSTEM}
+    assert mapper.covers(GP_SYSTEM)
+    assert not mapper.covers("urn:test:gp:allergy")
+    only_unmatched = edited_gp_map(
+        ("group",),
+        [
+            {
+                "source": "urn:test:gp:allergy",
+                "target": ICD10,
+                "element": [{"code": "X", "target": [{"equivalence": "unmatched"}]}],
+            }
+        ],
+    )
+    empty = load_concept_maps([write_map(tmp_path, only_unmatched)])
+    assert (dict(empty.targets), empty.covers("urn:test:gp:allergy")) == ({}, True)
+    assert not CodeMapper(MappingProxyType({})).covers(GP_SYSTEM)
 
 
 def test_an_invalid_conceptmap_names_the_file_and_field() -> None:

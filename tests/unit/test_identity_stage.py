@@ -144,12 +144,23 @@ def by_ipp(fhir: Loader) -> dict[str, Any]:
     return observation
 
 
-def by_ins(fhir: Loader, value: float = 7.4) -> dict[str, Any]:
-    """The HbA1c, naming its patient by the qualified (test) INS only."""
+def ins_named(fhir: Loader, value: float = 7.4) -> dict[str, Any]:
+    """The HbA1c, naming its patient by the (test) INS only: it links only beside a Patient qualifying it."""
     observation = fhir("observation-hba1c.json")
     observation["subject"] = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
     observation["valueQuantity"]["value"] = value
     return observation
+
+
+def by_ins(fhir: Loader, *values: float) -> dict[str, Any]:
+    """HbA1c results (7.4 unless ``values`` say) named by INS, with the Patient known by that INS alone,
+    carried with identity reliability VALI (a reference alone cannot qualify it): routed by INS, no
+    local id to link. The Patient is a fact too."""
+    patient = fhir("patient-ins-vali.json")
+    del patient["id"]
+    patient["identifier"] = [i for i in patient["identifier"] if i["system"] == INS_TEST_NIR]
+    entries = [{"resource": patient}, *({"resource": ins_named(fhir, v)} for v in values or (7.4,))]
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
 def qualified(fhir: Loader, ins: str = TEST_INS, gender: str = "female") -> dict[str, Any]:
@@ -266,7 +277,7 @@ def test_the_linked_event_precedes_the_forwarded_inputs_events(
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
-        "entry": [{"resource": qualified(feed.fhir)}, {"resource": by_ins(feed.fhir)}],
+        "entry": [{"resource": qualified(feed.fhir)}, {"resource": ins_named(feed.fhir)}],
     }
     [link_value] = feed.records(bundle, message_id="m-1")
     [moved] = stage.handle(link_value, now=now)
@@ -369,16 +380,16 @@ def test_the_same_fact_from_another_source_is_a_duplicate(
     feed: Feed,
     now: datetime,
 ) -> None:
-    """A fact the GP sent, sent again by the hospital, is not published again; the receipt names its id."""
+    """Facts the GP sent, sent again by the hospital, are not published again; the receipt names their ids."""
     [from_gp] = feed.records(by_ins(feed.fhir), message_id="gp-1")
-    [event_id] = the_receipt(stage.handle(from_gp, now=now))["event_ids"]
+    event_ids = the_receipt(stage.handle(from_gp, now=now))["event_ids"]
     [from_hospital] = feed.records(by_ins(feed.fhir), message_id="lab-9", **FROM_HOSPITAL)
     sends = stage.handle(from_hospital, now=now)
     assert pathway(sends) == []
     receipt = the_receipt(sends)
     assert (receipt["status"], receipt["event_ids"], receipt["source"]) == (
         "duplicate",
-        [event_id],
+        event_ids,
         HOSPITAL_ID,
     )
 
@@ -404,21 +415,16 @@ def test_a_partly_new_input_is_accepted_and_publishes_only_the_new_facts(
     feed: Feed,
     now: datetime,
 ) -> None:
-    """A known fact and a new one: ``accepted``, only the new event is sent, both ids are receipted."""
+    """Known facts and a new one: ``accepted``, only the new event is sent, all ids are receipted."""
     [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
-    [known_id] = the_receipt(stage.handle(single, now=now))["event_ids"]
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": by_ins(feed.fhir)}, {"resource": by_ins(feed.fhir, 8.1)}],
-    }
-    [record] = feed.records(bundle, message_id="m-2")
+    known_ids = the_receipt(stage.handle(single, now=now))["event_ids"]
+    [record] = feed.records(by_ins(feed.fhir, 7.4, 8.1), message_id="m-2")
     sends = stage.handle(record, now=now)
     [published] = pathway(sends)
-    assert published.value["event_id"] != known_id
+    assert published.value["event_id"] not in known_ids
     receipt = the_receipt(sends)
     assert receipt["status"] == "accepted"
-    assert receipt["event_ids"] == [known_id, published.value["event_id"]]
+    assert receipt["event_ids"] == [*known_ids, published.value["event_id"]]
 
 
 def test_a_resent_input_after_a_partial_one_is_a_duplicate_by_message(
@@ -429,11 +435,7 @@ def test_a_resent_input_after_a_partial_one_is_a_duplicate_by_message(
     """The message memory keeps every event id of the input, not only the new ones."""
     [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
     stage.handle(single, now=now)
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": by_ins(feed.fhir)}, {"resource": by_ins(feed.fhir, 8.1)}],
-    }
+    bundle = by_ins(feed.fhir, 7.4, 8.1)
     [record] = feed.records(bundle, message_id="m-2")
     first_ids = the_receipt(stage.handle(record, now=now))["event_ids"]
     [resent] = feed.records(bundle, message_id="m-2")
@@ -449,17 +451,12 @@ def test_a_redelivered_partial_input_publishes_again_only_what_it_published(
 ) -> None:
     """The same record read again: its own new fact again (same id), not the one another input made."""
     [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
-    [known_id] = the_receipt(stage.handle(single, now=now))["event_ids"]
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": by_ins(feed.fhir)}, {"resource": by_ins(feed.fhir, 8.1)}],
-    }
-    [record] = feed.records(bundle, message_id="m-2")
+    known_ids = the_receipt(stage.handle(single, now=now))["event_ids"]
+    [record] = feed.records(by_ins(feed.fhir, 7.4, 8.1), message_id="m-2")
     first = stage.handle(record, now=now)
     again = stage.handle(record, now=now + timedelta(minutes=1))
     assert [s.value for s in pathway(again)] == [s.value for s in pathway(first)]
-    assert known_id not in [s.value["event_id"] for s in pathway(again)]
+    assert not set(known_ids) & {s.value["event_id"] for s in pathway(again)}
     assert (the_receipt(again)["status"], the_receipt(again)["event_ids"]) == (
         "accepted",
         the_receipt(first)["event_ids"],
@@ -526,15 +523,13 @@ def test_seen_events_are_kept_one_key_per_fact_with_its_first_input(
 ) -> None:
     """One small entry per fact (``<event id>|<routing id>``, sealed under the patient's key): no
     per-patient list rewritten at every input; the value is where the fact first came from."""
-    ids = []
-    origins = []
+    first_seen: dict[str, Any] = {}
     for n in range(3):
         [record] = feed.records(by_ins(feed.fhir, 6.0 + n / 10), message_id=f"m-{n}")
-        ids += the_receipt(stage.handle(record, now=now))["event_ids"]
-        origins.append(record["ingest"])
-    assert tables.seen_events == {
-        stage_module.seen_event_key(i, INS_ID): o for i, o in zip(ids, origins, strict=True)
-    }
+        for event_id in the_receipt(stage.handle(record, now=now))["event_ids"]:
+            first_seen.setdefault(stage_module.seen_event_key(event_id, INS_ID), record["ingest"])
+    assert len(first_seen) == 4  # the Patient once, and three results
+    assert tables.seen_events == first_seen
     assert {patient_of_table_key(key) for key in tables.seen_events} == {INS_ID}
 
 
@@ -582,3 +577,65 @@ def test_identity_link_is_what_the_link_record_carries(
     assert TEST_INS not in text
     assert "DUPONTEL" not in text
     assert "IPP-004217" not in text
+
+
+# --- warnings -------------------------------------------------------------------------------------------
+
+UNQUALIFIED_INS = {
+    "code": "ins.unqualified",
+    "detail": "Patient.identifier: an INS is not used to link: "
+    "the Patient has no FR Core identity reliability VALI",
+}
+
+
+def test_accepted_and_duplicate_receipts_carry_the_inputs_warnings(
+    stage: IdentityStage, feed: Feed, now: datetime
+) -> None:
+    """What ingest ignored travels in the identity record to the receipt this stage writes: the first
+    time (accepted) and for the same message again (duplicate); the receipts stay valid."""
+    patient = feed.fhir("patient-ins-vali.json")
+    del patient["extension"]  # the INS is not validated: the IPP routes, the INS links nothing
+    [record] = feed.records(patient, message_id="m-1")
+    assert record["type"] == INPUT_RECORD
+    assert record["warnings"] == [UNQUALIFIED_INS]
+    accepted_receipt = the_receipt(stage.handle(record, now=now))
+    [resent] = feed.records(patient, message_id="m-1")
+    duplicate_receipt = the_receipt(stage.handle(resent, now=now))
+    assert (accepted_receipt["status"], duplicate_receipt["status"]) == ("accepted", "duplicate")
+    for receipt in (accepted_receipt, duplicate_receipt):
+        assert receipt["warnings"] == [UNQUALIFIED_INS]
+        assert schema_errors(RECEIPT_SCHEMA, receipt) == []
+        assert TEST_INS not in json.dumps(receipt)
+
+
+def test_a_linking_input_keeps_its_warnings_through_the_link(
+    stage: IdentityStage, feed: Feed, now: datetime
+) -> None:
+    """An input that links (link record, then the input moved to the INS id) still receipts its warnings."""
+    condition = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/pat-dupont"},
+        "code": {"coding": [{"system": "urn:test:gp:condition", "code": "DT2"}]},
+        "recordedDate": "2024-05-02",
+    }
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": qualified(feed.fhir)}, {"resource": condition},
+    ]}  # fmt: skip
+    [link_value] = feed.records(bundle, message_id="m-1")
+    assert link_value["type"] == LINK_RECORD
+    receipt = the_receipt(drive(stage, link_value, now))
+    assert receipt["warnings"] == [
+        {
+            "code": "code.system_unknown",
+            "detail": "Condition: 1 code of urn:test:gp:condition, a code system the hub does not know and "
+            "no ConceptMap of this source maps; kept as sent and marked unmapped",
+        }
+    ]
+    assert "DT2" not in json.dumps(receipt)
+
+
+def test_a_record_from_before_warnings_receipts_none(stage: IdentityStage, feed: Feed, now: datetime) -> None:
+    """An identity record written by a hub that did not forward warnings yet gets ``warnings: []``."""
+    [record] = feed.records(by_ipp(feed.fhir), message_id="m-1")
+    del record["warnings"]
+    assert the_receipt(stage.handle(record, now=now))["warnings"] == []

@@ -13,15 +13,18 @@ from typing import Any
 
 import pytest
 
-from hub.errors import ErrorCode
+from hub.errors import ErrorCode, WarningCode
 from hub.identity.network_id import INS_NIR, INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.ingest.outcome import (
+    MAX_WARNINGS,
     Accepted,
     IdentityLink,
     IngestOutcome,
     IngestRecord,
+    IngestWarning,
     KafkaCoordinates,
     Rejected,
+    bounded_warnings,
 )
 from hub.ingest.pipeline import IngestContext, process_ingest, with_patient
 from hub.ingest.receipts import (
@@ -205,11 +208,12 @@ def test_every_ingest_reject_code_is_reachable() -> None:
     }  # fmt: skip
     # config.* and broker.* are raised, not receipted; hub.* means the hub itself failed (a bug);
     # consent.* belongs to the share stage, which audits rather than rejects; crypto.* is raised, and
-    # patient.erased is decided by the worker once a key is destroyed (tests/integration/test_erasure.py).
+    # patient.erased is decided by the worker once a key is destroyed (tests/integration/test_erasure.py);
+    # keys.* are the key service's answers to recipients (tests/functional/test_key_service_http.py).
     ingest_codes = {
         code
         for code in ErrorCode
-        if not code.value.startswith(("config.", "broker.", "hub.", "consent.", "crypto."))
+        if not code.value.startswith(("config.", "broker.", "hub.", "consent.", "crypto.", "keys."))
         and code is not ErrorCode.PATIENT_ERASED
     }
     assert ingest_codes == covered
@@ -274,15 +278,25 @@ def test_event_ids_are_deterministic_across_runs(
 def test_same_fact_from_two_sources_has_one_event_id(
     run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
 ) -> None:
-    """The same clinical fact about the same INS patient, sent by a GP and a hospital, has one event id."""
+    """The same clinical fact about the same INS patient, sent by a GP and a hospital, has one event id.
+
+    Each names the patient by the INS its own Patient entry carries with identity reliability VALI.
+    """
     observation = fhir("observation-hba1c.json")
     observation["subject"] = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
     from_gp = dict(observation, id="gp-obs-1", meta={"lastUpdated": "2024-05-02T09:00:00+02:00"})
     from_hospital = dict(observation, id="lab-77812", meta={"versionId": "3"})
-    gp_event = accepted(run(make_record(from_gp))).events[0]
-    hospital_event = accepted(
-        run(make_record(from_hospital, source_id=HOSPITAL_ID, secret=HOSPITAL_SECRET))
-    ).events[0]
+
+    def observation_event(resource: dict[str, Any], **record_args: Any) -> PathwayEvent:
+        entries = [{"resource": fhir("patient-ins-vali.json")}, {"resource": resource}]
+        bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+        [event] = [
+            e for e in accepted(run(make_record(bundle, **record_args))).events if e.kind == "observation"
+        ]
+        return event
+
+    gp_event = observation_event(from_gp)
+    hospital_event = observation_event(from_hospital, source_id=HOSPITAL_ID, secret=HOSPITAL_SECRET)
     assert gp_event.event_id == hospital_event.event_id
     assert gp_event.patient_id == hospital_event.patient_id == ins_network_id()
     assert (gp_event.source_id, hospital_event.source_id) == (GP_ID, HOSPITAL_ID)
@@ -511,6 +525,7 @@ def test_rejected_receipt(
             "detail": "hub-signature does not match any key of the source",
         },
         "event_ids": [],
+        "warnings": [],
         "at": "2024-05-03T10:00:00.000Z",
     }
     text = json.dumps(body)
@@ -543,6 +558,7 @@ def test_accepted_receipt(
         "status": "accepted",
         "error": None,
         "event_ids": [event.event_id for event in outcome.events],
+        "warnings": [],
         "at": "2024-05-03T10:00:00.000Z",
     }
     text = json.dumps(body)
@@ -865,7 +881,9 @@ def test_every_entry_of_a_bundle_with_local_id_and_ins_is_keyed_by_the_ins(
     assert observation.resource["subject"]["reference"] == f"Patient/{ins_network_id()}"
 
 
-@pytest.mark.parametrize("case", ["local only", "ins only", "ins not validated", "test ins refused"])
+@pytest.mark.parametrize(
+    "case", ["local only", "ins in a reference", "ins not validated", "test ins refused"]
+)
 def test_no_link_without_both_a_local_id_and_a_qualified_ins(
     run: Callable[..., IngestOutcome],
     make_record: RecordBuilder,
@@ -877,9 +895,9 @@ def test_no_link_without_both_a_local_id_and_a_qualified_ins(
     ctx = context
     if case == "local only":
         resource = fhir("observation-hba1c.json")
-    elif case == "ins only":
+    elif case == "ins in a reference":
         resource = fhir("observation-hba1c.json")
-        resource["subject"] = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
+        resource["subject"]["identifier"] = {"system": INS_TEST_NIR, "value": TEST_INS}
     elif case == "ins not validated":
         resource = fhir("patient-ins-vali.json")
         del resource["extension"]
@@ -915,3 +933,284 @@ def test_with_patient_names_the_patient_by_network_id() -> None:
         "reference": "Patient/pt-new", "identifier": {"system": NETWORK_ID_SYSTEM, "value": "pt-new"},
     }  # fmt: skip
     assert episode["patient"] == {"reference": "Patient/local-1"}
+
+
+# --- warnings: what the hub ignored, in the receipt --------------------------------------------------------
+
+NOT_VALIDATED = (
+    "Patient.identifier: an INS is not used to link: the Patient has no FR Core identity reliability VALI"
+)
+
+
+def _codes(outcome: Accepted) -> list[tuple[str, str]]:
+    return [(str(w.code), w.detail) for w in outcome.warnings]
+
+
+def test_a_patient_with_a_provisional_ins_is_accepted_with_a_warning(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """A FR Core Patient whose identity is only provisional (PROV): accepted under its IPP, no link, and
+    its receipt says the INS was ignored and why, naming neither the INS nor the patient."""
+    patient = fhir("patient-ins-vali.json")
+    patient["extension"][0]["extension"][0]["valueCoding"].update(code="PROV", display="Identité provisoire")
+    record = make_record(patient, message_id="adt-1")
+    outcome = accepted(run(record))
+    assert outcome.link is None
+    assert outcome.patient_id == PatientKey("local", GP_ID, "IPP-004217").network_id(PSEUDONYM_KEY)
+    assert _codes(outcome) == [("ins.unqualified", NOT_VALIDATED)]
+    body = receipt(outcome, record.origin, at=now)
+    assert body["warnings"] == [{"code": "ins.unqualified", "detail": NOT_VALIDATED}]
+    text = json.dumps(body)
+    for secret in (TEST_INS, FAMILY, "IPP-004217", "1948-03-12", "PROV"):
+        assert secret not in text
+
+
+def test_a_qualified_patient_has_no_warning(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """The FR Core Patient with a VALI identity links, and its receipt has an empty warnings list."""
+    record = make_record(fhir("patient-ins-vali.json"))
+    outcome = accepted(run(record))
+    assert outcome.link is not None
+    assert receipt(outcome, record.origin, at=now)["warnings"] == []
+
+
+def test_an_ins_in_a_reference_links_only_beside_a_patient_that_qualifies_it(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """``Observation.subject.identifier`` with an INS, beside ``Patient/<id>``: routed by the local id with
+    an ``ins.unqualified`` warning; with the qualified Patient in the same input, it links, silently."""
+    observation = fhir("observation-hba1c.json")
+    observation["subject"]["identifier"] = {"system": INS_TEST_NIR, "value": TEST_INS}
+    alone = accepted(run(make_record(observation)))
+    assert (alone.patient_id, alone.link) == (
+        PatientKey("local", GP_ID, "pat-dupont").network_id(PSEUDONYM_KEY),
+        None,
+    )
+    assert _codes(alone) == [
+        (
+            "ins.unqualified",
+            "Observation.subject.identifier: an INS is not used to link: a reference cannot state "
+            "identity reliability, and no Patient of this input carries this INS with FR Core identity "
+            "reliability VALI",
+        )
+    ]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": fhir("patient-ins-vali.json")}, {"resource": observation}],
+    }
+    linked = accepted(run(make_record(bundle)))
+    assert linked.patient_id == ins_network_id()
+    assert linked.warnings == ()
+
+
+def test_an_unmapped_local_code_is_named_by_its_system_only(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, context: IngestContext
+) -> None:
+    """A local code of a system the source's ConceptMap covers, but not listed in it: ``code.unmapped``,
+    counted, naming the system (as the unmapped-codes metric does) and never the code."""
+    ctx = _with_maps(context, GP_MAP)
+    outcome = accepted(run(make_record(_condition((GP_CONDITION, "INCONNU"))), ctx))
+    assert outcome.unmapped_codes == ((GP_CONDITION, "INCONNU"),)
+    assert _codes(outcome) == [
+        (
+            "code.unmapped",
+            f"Condition: 1 code of {GP_CONDITION}, not in this source's ConceptMaps for that system; "
+            "kept as sent and marked unmapped",
+        )
+    ]
+    assert "INCONNU" not in json.dumps(_codes(outcome))
+    mapped = accepted(run(make_record(_condition((GP_CONDITION, "DT2"))), ctx))
+    assert mapped.warnings == ()
+
+
+UNKNOWN = ", a code system the hub does not know and no ConceptMap of this source maps;"
+
+
+@pytest.mark.parametrize(
+    ("system", "named"),
+    [
+        ("urn:test:gp:allergy", "of urn:test:gp:allergy" + UNKNOWN),
+        ("http://hl7.org/fhir/sid/cvx", "of http://hl7.org/fhir/sid/cvx" + UNKNOWN),
+        ("urn:test:" + "x" * 300, "of a code system that is not a plain URI" + UNKNOWN),
+        (None, "without a code system;"),
+    ],
+    ids=["local system without a map", "outside terminology", "overlong system", "no system"],
+)
+def test_a_code_of_an_unknown_system_warns(
+    run: Callable[..., IngestOutcome],
+    make_record: RecordBuilder,
+    context: IngestContext,
+    system: str | None,
+    named: str,
+) -> None:
+    """A code system neither standard, nor shared, nor covered by a ConceptMap of the source, or none:
+    ``code.system_unknown``; a system that is no short plain URI is described, not echoed."""
+    condition = _condition(("-", "A1"), ("-", "A2"))
+    for coding in condition["code"]["coding"]:
+        if system is None:
+            del coding["system"]
+        else:
+            coding["system"] = system
+    outcome = accepted(run(make_record(condition), _with_maps(context, GP_MAP)))
+    assert _codes(outcome) == [
+        ("code.system_unknown", f"Condition: 2 codes {named} kept as sent and marked unmapped")
+    ]
+
+
+def test_a_resource_type_without_events_and_a_delete_are_named(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader, now: datetime
+) -> None:
+    """A transaction with a DELETE entry and an AdverseEvent about the patient: accepted, both said."""
+    bundle = fhir("bundle-transaction.json")
+    bundle["entry"].append({"request": {"method": "DELETE", "url": "Observation/obs-old"}})
+    patient_url = bundle["entry"][0]["fullUrl"]
+    bundle["entry"].append(
+        {
+            "fullUrl": "urn:uuid:6f1c3b9e-1d5a-4b7e-9a41-0c2d8e5f7a10",
+            "resource": {
+                "resourceType": "AdverseEvent",
+                "actuality": "actual",
+                "subject": {"reference": patient_url},
+                "date": "2024-05-01T08:00:00+02:00",
+            },
+            "request": {"method": "POST", "url": "AdverseEvent"},
+        }
+    )
+    record = make_record(bundle)
+    outcome = accepted(run(record))
+    assert "AdverseEvent" not in {event.resource["resourceType"] for event in outcome.events}
+    assert _codes(outcome) == [
+        (
+            "resource.ignored",
+            "AdverseEvent (1 entry): the hub makes no pathway event of this resource type, "
+            "so no recipient receives it",
+        ),
+        (
+            "entry.no_resource",
+            "1 Bundle entry without a resource (request DELETE): the hub applies no request, "
+            "nothing was changed",
+        ),
+    ]
+    assert "obs-old" not in json.dumps(receipt(outcome, record.origin, at=now))
+
+
+def test_a_reference_only_input_receipts_its_warnings(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, now: datetime
+) -> None:
+    """An input about no patient (an Appointment whose participants name no one the hub resolves) is
+    accepted with no event; its receipt, written by ingest, still says what was ignored."""
+    appointment = {
+        "resourceType": "Appointment",
+        "status": "booked",
+        "participant": [{"actor": {"reference": "Patient/pat-dupont"}, "status": "accepted"}],
+    }
+    record = make_record(appointment)
+    outcome = accepted(run(record))
+    assert (outcome.patient_id, outcome.events) == (None, ())
+    assert receipt(outcome, record.origin, at=now)["warnings"] == [
+        {
+            "code": "resource.ignored",
+            "detail": "Appointment (1 entry): the hub makes no pathway event of this resource type, "
+            "so no recipient receives it",
+        }
+    ]
+
+
+def test_synthea_warnings_name_code_systems_and_no_patient_data(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, synthea_bundle_path: Path, now: datetime
+) -> None:
+    """A real Synthea bundle: US vocabularies the hub has no map for (RxNorm, CVX) are named by system,
+    bounded, in a stable order, and nothing of the patient appears in the receipt."""
+    body = synthea_bundle_path.read_bytes()
+    outcome = accepted(run(make_record(body)))
+    again = accepted(run(make_record(body)))
+    assert outcome.warnings == again.warnings
+    assert 0 < len(outcome.warnings) <= 21
+    assert {w.code for w in outcome.warnings} <= {"code.system_unknown", "warnings.truncated"}
+    details = " ".join(w.detail for w in outcome.warnings)
+    assert (
+        "http://www.nlm.nih.gov/research/umls/rxnorm" in details or "http://hl7.org/fhir/sid/cvx" in details
+    )
+    document = json.loads(body)
+    patient = next(e["resource"] for e in document["entry"] if e["resource"]["resourceType"] == "Patient")
+    text = json.dumps(receipt(outcome, KafkaCoordinates("hub.ingest.v1", 0, 1), at=now))
+    for secret in (
+        patient["name"][0]["family"],
+        patient["birthDate"],
+        *(identifier["value"] for identifier in patient["identifier"]),
+    ):
+        assert secret not in text
+
+
+def test_warnings_are_deduplicated_ordered_and_bounded() -> None:
+    """Each warning once, most important code first then by detail, at most 20 and a count of the rest."""
+    codes = [
+        IngestWarning(WarningCode.CODE_SYSTEM_UNKNOWN, f"Observation: 1 code of urn:test:s{n:02d}, …")
+        for n in range(30)
+    ]
+    ins = IngestWarning(WarningCode.INS_UNQUALIFIED, NOT_VALIDATED)
+    kept = bounded_warnings([*reversed(codes), ins, ins, *codes])
+    assert len(kept) == MAX_WARNINGS + 1
+    assert kept[0] == ins
+    assert list(kept[1:MAX_WARNINGS]) == codes[: MAX_WARNINGS - 1]
+    assert kept[-1] == IngestWarning(WarningCode.WARNINGS_TRUNCATED, "11 more warning(s) not listed")
+    assert bounded_warnings(codes[:3]) == tuple(codes[:3])
+    assert bounded_warnings([]) == ()
+
+
+def test_many_unknown_systems_are_cut_at_the_bound(
+    run: Callable[..., IngestOutcome], make_record: RecordBuilder, fhir: Loader
+) -> None:
+    """An input with 25 unknown systems and a provisional INS: the INS warning stays first, then 19 code
+    warnings, then ``warnings.truncated``."""
+    patient = fhir("patient-ins-vali.json")
+    del patient["extension"]
+    conditions = [_condition((f"urn:test:local:{n:02d}", "X")) for n in range(25)]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": patient}, *({"resource": condition} for condition in conditions)],
+    }
+    outcome = accepted(run(make_record(bundle)))
+    assert [str(w.code) for w in outcome.warnings] == [
+        "ins.unqualified",
+        *["code.system_unknown"] * (MAX_WARNINGS - 1),
+        "warnings.truncated",
+    ]
+    assert outcome.warnings[-1].detail == "6 more warning(s) not listed"
+
+
+def test_the_documented_fr_core_patient_links_and_its_provisional_twin_warns(
+    make_record: RecordBuilder, context: IngestContext, now: datetime
+) -> None:
+    """docs/INGEST.md's example Patient (INS-NIR, identity reliability VALI) links its IPP to its INS,
+    with no warning; the same Patient with ``PROV`` is accepted under its IPP with ``ins.unqualified``."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "INGEST.md").read_text(encoding="utf-8")
+    blocks = [block.partition("\n```")[0] for block in text.split("```json\n")[1:]]
+    [document] = [json.loads(block) for block in blocks if '"resourceType": "Patient"' in block]
+    [ipp] = [i for i in document["identifier"] if i["system"] != INS_NIR]
+    hospital = dataclasses.replace(
+        context.registry.sources[HOSPITAL_ID], patient_identifier_systems=(ipp["system"],)
+    )
+    ctx = dataclasses.replace(
+        context,
+        registry=dataclasses.replace(context.registry, sources={HOSPITAL_ID: hospital}),
+        allow_test_ins=False,
+    )
+
+    def run(patient: dict[str, Any]) -> Accepted:
+        record = make_record(patient, source_id=HOSPITAL_ID, secret=HOSPITAL_SECRET)
+        return accepted(process_ingest(record, ctx, now=now))
+
+    linked = run(document)
+    [ins] = [i["value"] for i in document["identifier"] if i["system"] == INS_NIR]
+    assert linked.patient_id == ins_network_id(ins, INS_NIR)
+    assert linked.link == IdentityLink(
+        PatientKey("local", HOSPITAL_ID, ipp["value"]).network_id(PSEUDONYM_KEY), linked.patient_id
+    )
+    assert linked.warnings == ()
+    document["extension"][0]["extension"][0]["valueCoding"]["code"] = "PROV"
+    provisional = run(document)
+    assert (provisional.link, _codes(provisional)) == (None, [("ins.unqualified", NOT_VALIDATED)])

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from hub.errors import ConfigError
+from hub.errors import ConfigError, WarningCode
 from hub.identity.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
-from hub.ingest.pipeline import IngestContext
+from hub.ingest.outcome import IngestRecord, KafkaCoordinates, Rejected
+from hub.ingest.pipeline import IngestContext, process_ingest
 from hub.normalise.codes import load_concept_maps
 from hub.publish import publications_for_file
 from hub.sources.check import Count, FileReport, PartReport, check_files, totals
@@ -245,13 +246,14 @@ def test_naive_times_are_reported_once_per_event(
         "2024-05-02T12:15:00.000Z",
         "2024-05-03T12:15:00.000Z",
     ]
-    assert part.warnings == 0
+    assert part.warnings == ()
 
 
 def test_unknown_units_and_unreadable_instants_are_warnings(
     check: Callable[..., list[FileReport]], tmp_path: Path
 ) -> None:
-    """A unit the hub cannot convert, and an instant before year 1 in UTC, pass as sent with a step."""
+    """A unit the hub cannot convert, and an instant before year 1 in UTC, pass as sent with a step and
+    the receipt's warning (which names neither the unit nor the value)."""
     odd_unit = observation("IPP-1", valueQuantity={"value": 7, "unit": "mmol/dL"})
     year_one = observation("IPP-1", effectiveDateTime="0001-01-01T00:30:00+14:00")
     [unit_part] = check(write(tmp_path, "unit.json", odd_unit))[0].parts
@@ -260,7 +262,17 @@ def test_unknown_units_and_unreadable_instants_are_warnings(
     assert unit_part.unit_conversions == 0
     assert instant_part.instants == (Count("instant-unreadable:effectiveDateTime", 1),)
     assert not instant_part.events[0].occurred_at_from_resource
-    assert (unit_part.warnings, instant_part.warnings) == (1, 1)
+    assert [(w.code, w.detail) for w in (*unit_part.warnings, *instant_part.warnings)] == [
+        (
+            WarningCode.UNIT_UNKNOWN,
+            "Observation: 1 quantity in a unit the hub cannot convert to its canonical unit; "
+            "passed on as sent",
+        ),
+        (
+            WarningCode.INSTANT_UNREADABLE,
+            "Observation.effectiveDateTime: 1 value not readable as a date-time; passed on as sent",
+        ),
+    ]
     assert totals(check(tmp_path)).warnings == 2
 
 
@@ -384,7 +396,7 @@ def test_bad_input_is_rejected_with_a_code_or_passed_with_a_step(
     assert part.code == code, part.detail
     if step is not None:
         assert step in [count.item for count in (*part.units, *part.instants)]
-        assert part.warnings == 1
+        assert len(part.warnings) == 1
 
 
 def test_another_servers_patient_is_read_as_a_local_id(
@@ -395,3 +407,46 @@ def test_another_servers_patient_is_read_as_a_local_id(
     part = only_part(check(write(tmp_path, "other.json", observation("IPP-1", subject=reference))))
     assert part.identity is not None
     assert (part.identity.basis, part.identity.patient_id) == ("local", network_id("local", gp.id, "4711"))
+
+
+# --- warnings -------------------------------------------------------------------------------------------
+
+
+def test_each_part_carries_the_warnings_its_receipt_would(
+    check: Callable[..., list[FileReport]],
+    context: IngestContext,
+    fhir: Loader,
+    tmp_path: Path,
+    now: datetime,
+) -> None:
+    """A Patient with a provisional INS and an unmapped local code: the part lists exactly the warnings
+    of the ingest outcome (what the receipt carries), and the totals count them; a reject has none."""
+    gp = context.registry.sources["gp-cabinet-lamentin"]
+    mapped = dataclasses.replace(context, code_mappers={gp.id: load_concept_maps([GP_MAP])})
+    patient = fhir("patient-ins-vali.json")
+    patient["extension"][0]["extension"][0]["valueCoding"]["code"] = "PROV"
+    path = write(tmp_path, "1-visit.json", collection(patient, condition("IPP-004217", "NOPE")))
+    write(tmp_path, "2-bad.json", observation("IPP-1", status="done"))
+    good, bad = check(tmp_path, context=mapped)
+    [part] = good.parts
+    [publication] = publications_for_file(
+        path, source_id=gp.id, secret=gp.secrets[0], max_bytes=LIMIT, now=int(now.timestamp())
+    )
+    record = IngestRecord(publication.value, publication.headers, KafkaCoordinates("t", 0, 0), now)
+    outcome = process_ingest(record, mapped, now=now)
+    assert not isinstance(outcome, Rejected)
+    assert part.warnings == outcome.warnings
+    assert [(str(w.code), w.detail) for w in part.warnings] == [
+        (
+            "ins.unqualified",
+            "Patient.identifier: an INS is not used to link: "
+            "the Patient has no FR Core identity reliability VALI",
+        ),
+        (
+            "code.unmapped",
+            f"Condition: 1 code of {GP_CONDITION}, not in this source's ConceptMaps for that system; "
+            "kept as sent and marked unmapped",
+        ),
+    ]
+    assert bad.parts[0].rejected and bad.parts[0].warnings == ()
+    assert totals([good, bad]).warnings == 2

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
-from hub.errors import ErrorCode
+from hub.errors import ErrorCode, WarningCode
 from hub.identity.network_id import (
+    INS_DEMO_NIR,
+    INS_NIA,
     INS_NIR,
     INS_TEST_NIR,
     PatientKey,
     is_identity_validated,
-    qualified_ins,
 )
-from hub.ingest.outcome import Rejected
-from hub.ingest.split import Entry, PatientIdentity, Split, split_entries
+from hub.ingest.outcome import IngestWarning, Rejected
+from hub.ingest.split import Entry, Ins, PatientIdentity, Split, read_ins, split_entries
 from hub.sources.registry import Source
 
 Loader = Callable[[str], dict[str, Any]]
@@ -80,6 +81,13 @@ def local(source: Source, value: str) -> PatientKey:
 FIXTURE_INS = PatientKey("ins", INS_TEST_NIR, TEST_INS)
 
 
+def ins_warnings(result: Split) -> list[str]:
+    """The details of the split's ``ins.unqualified`` warnings, after checking none quotes an INS."""
+    details = [w.detail for w in result.warnings if w.code is WarningCode.INS_UNQUALIFIED]
+    assert not any(value in detail for detail in details for value in (TEST_INS, PRODUCTION_INS))
+    return details
+
+
 # --- a Patient's own identity ------------------------------------------------------------------------------
 
 
@@ -87,23 +95,28 @@ def test_qualified_ins_links_by_ins(fhir: Loader, gp: Source) -> None:
     """A Patient with an INS and FR Core identity reliability VALI is routed by that INS; its IPP is kept."""
     result = split(fhir("patient-ins-vali.json"), gp)
     [entry] = result.entries
-    assert result.patient == PatientIdentity(local=local(gp, "IPP-004217"), ins=FIXTURE_INS)
+    assert result.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS, ins_qualified=True)
     assert result.patient.routing == FIXTURE_INS
     assert (entry.index, entry.about_patient) == (None, True)
+    assert result.warnings == ()
 
 
 @pytest.mark.parametrize("reliability", ["PROV", "VIDE", "DOUTE", None])
 def test_ins_without_vali_is_local(fhir: Loader, gp: Source, reliability: str | None) -> None:
-    """Without VALI (provisional, empty, doubtful, absent) the INS may not link: the local IPP is used."""
+    """Without VALI (provisional, empty, doubtful, absent) the INS may not link: the local IPP is used,
+    and the receipt's warning says why (never which INS)."""
     resource = fhir("patient-ins-vali.json")
     if reliability is None:
         del resource["extension"]
     else:
         resource["extension"][0]["extension"][0]["valueCoding"]["code"] = reliability
     assert not is_identity_validated(resource)
-    identity = patient(resource, gp)
-    assert identity == PatientIdentity(local=local(gp, "IPP-004217"))
-    assert identity.routing == local(gp, "IPP-004217")
+    result = split(resource, gp)
+    assert result.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS)
+    assert (result.patient.routing, result.patient.linking_ins) == (local(gp, "IPP-004217"), None)
+    assert ins_warnings(result) == [
+        "Patient.identifier: an INS is not used to link: the Patient has no FR Core identity reliability VALI"
+    ]
 
 
 def test_unqualified_patient_without_local_identifier_uses_its_id(fhir: Loader, gp: Source) -> None:
@@ -111,14 +124,14 @@ def test_unqualified_patient_without_local_identifier_uses_its_id(fhir: Loader, 
     resource = fhir("patient-ins-vali.json")
     del resource["extension"]
     resource["identifier"] = [i for i in resource["identifier"] if i["system"] != GP_LOCAL_SYSTEM]
-    assert patient(resource, gp) == PatientIdentity(local=local(gp, "pat-dupont"))
+    assert patient(resource, gp).routing == local(gp, "pat-dupont")
 
 
 def test_qualified_patient_without_local_identifier_keeps_its_id_as_local(fhir: Loader, gp: Source) -> None:
     """A qualified Patient with no identifier in the source's systems has its resource id as local key."""
     resource = fhir("patient-ins-vali.json")
     resource["identifier"] = [i for i in resource["identifier"] if i["system"] != GP_LOCAL_SYSTEM]
-    assert patient(resource, gp) == PatientIdentity(local=local(gp, "pat-dupont"), ins=FIXTURE_INS)
+    assert patient(resource, gp) == PatientIdentity(local(gp, "pat-dupont"), FIXTURE_INS, ins_qualified=True)
 
 
 def test_qualified_patient_with_neither_id_nor_local_identifier_is_ins_only(fhir: Loader, gp: Source) -> None:
@@ -126,7 +139,20 @@ def test_qualified_patient_with_neither_id_nor_local_identifier_is_ins_only(fhir
     resource = fhir("patient-ins-vali.json")
     del resource["id"]
     resource["identifier"] = [i for i in resource["identifier"] if i["system"] != GP_LOCAL_SYSTEM]
-    assert patient(resource, gp) == PatientIdentity(ins=FIXTURE_INS)
+    assert patient(resource, gp) == PatientIdentity(ins=FIXTURE_INS, ins_qualified=True)
+
+
+def test_unqualified_patient_known_by_its_ins_alone_is_unresolved(fhir: Loader, gp: Source) -> None:
+    """A Patient without VALI, id or local identifier names nobody the hub may route by:
+    ``patient.unresolved``, saying why, without the INS."""
+    resource = fhir("patient-ins-vali.json")
+    del resource["extension"], resource["id"]
+    resource["identifier"] = [i for i in resource["identifier"] if i["system"] != GP_LOCAL_SYSTEM]
+    result = reject(resource, gp)
+    assert result.code is ErrorCode.PATIENT_UNRESOLVED
+    assert "by an INS alone" in result.detail
+    assert "identity reliability VALI" in result.detail
+    assert TEST_INS not in result.detail
 
 
 def test_patient_with_no_id_nor_identifier_is_unresolved(gp: Source) -> None:
@@ -138,8 +164,13 @@ def test_patient_with_no_id_nor_identifier_is_unresolved(gp: Source) -> None:
 def test_test_ins_refused_unless_allowed(fhir: Loader, gp: Source) -> None:
     """The test NIR system (.10) only links when allow_test_ins is set; otherwise the local IPP is used."""
     resource = fhir("patient-ins-vali.json")
-    assert qualified_ins(resource, allow_test_ins=False) is None
-    assert patient(resource, gp, allow_test_ins=False) == PatientIdentity(local=local(gp, "IPP-004217"))
+    refused = split(resource, gp, allow_test_ins=False)
+    assert refused.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS)
+    assert refused.patient.routing == local(gp, "IPP-004217")
+    assert ins_warnings(refused) == [
+        "Patient.identifier: a test INS (system …1.4.10 or …1.4.11) is not used to link: "
+        "this hub links on production INS only"
+    ]
     assert patient(resource, gp, allow_test_ins=True).routing == FIXTURE_INS
 
 
@@ -151,17 +182,62 @@ def test_production_ins_links_without_test_flag(fhir: Loader, gp: Source) -> Non
     assert patient(resource, gp, allow_test_ins=False).routing == PatientKey("ins", INS_NIR, PRODUCTION_INS)
 
 
+def test_a_second_qualified_ins_on_the_patient_is_not_used(fhir: Loader, gp: Source) -> None:
+    """Only the Patient's first qualified INS links; another one is said to be left out."""
+    resource = fhir("patient-ins-vali.json")
+    resource["identifier"].insert(1, {"system": INS_NIA, "value": PRODUCTION_INS})
+    result = split(resource, gp)
+    assert result.patient is not None and result.patient.linking_ins == FIXTURE_INS
+    assert ins_warnings(result) == [
+        "Patient.identifier: a second INS is not used to link: the Patient's first qualified INS links"
+    ]
+
+
+# --- the one INS rule --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("system", "validated", "allow_test_ins", "refusal"),
+    [
+        (INS_NIR, True, False, None),
+        (INS_NIA, True, False, None),
+        (INS_NIR, False, True, "not-validated"),
+        (INS_TEST_NIR, True, False, "test-system"),
+        (INS_DEMO_NIR, True, False, "test-system"),
+        (INS_TEST_NIR, True, True, None),
+        (INS_DEMO_NIR, False, True, "not-validated"),
+    ],
+)
+def test_read_ins_is_one_rule_for_every_place(
+    system: str,
+    validated: bool,
+    allow_test_ins: bool,
+    refusal: Literal["test-system", "not-validated"] | None,
+) -> None:
+    """An INS links only in an accepted system and on a validated identity; anything else is no INS."""
+    identifier = {"system": system, "value": PRODUCTION_INS}
+    found = read_ins(identifier, validated=validated, allow_test_ins=allow_test_ins)
+    assert found == Ins(PatientKey("ins", system, PRODUCTION_INS), refusal)
+    assert read_ins({"system": GP_LOCAL_SYSTEM, "value": "x"}, validated=True, allow_test_ins=True) is None
+    assert read_ins({"system": system}, validated=True, allow_test_ins=True) is None
+
+
 # --- PatientIdentity -----------------------------------------------------------------------------------
 
 
-def test_identity_routes_by_ins_when_known(gp: Source) -> None:
-    """The routing key is the INS when the identity has one (it is the same in every source), else local."""
+def test_identity_routes_by_ins_when_qualified(gp: Source) -> None:
+    """The routing key is the qualified INS when the identity has one (it is the same in every source),
+    else local; an unqualified INS routes nothing."""
     ins = PatientKey("ins", INS_NIR, PRODUCTION_INS)
-    assert PatientIdentity(local(gp, "a"), ins).routing == ins
+    assert PatientIdentity(local(gp, "a"), ins, ins_qualified=True).routing == ins
+    assert PatientIdentity(local(gp, "a"), ins).routing == local(gp, "a")
     assert PatientIdentity(local=local(gp, "a")).routing == local(gp, "a")
-    assert PatientIdentity(ins=ins).routing == ins
-    with pytest.raises(ValueError, match="at least one key"):
-        _ = PatientIdentity().routing
+    assert PatientIdentity(ins=ins, ins_qualified=True).routing == ins
+    for nobody in (PatientIdentity(), PatientIdentity(ins=ins)):
+        with pytest.raises(ValueError, match="qualified INS or a local identifier"):
+            _ = nobody.routing
+    with pytest.raises(ValueError, match="only an INS"):
+        PatientIdentity(local(gp, "a"), ins_qualified=True)
 
 
 def test_identities_merge_unless_they_contradict(gp: Source) -> None:
@@ -176,23 +252,37 @@ def test_identities_merge_unless_they_contradict(gp: Source) -> None:
     )
     assert PatientIdentity(local=local(gp, "a")).merged(PatientIdentity(local=local(gp, "b"))) is None
     assert PatientIdentity(local(gp, "a"), ins).merged(PatientIdentity(ins=other_ins)) is None
+    # An INS named unqualified (in a reference) is qualified by the same INS carried qualified.
+    assert PatientIdentity(ins=ins).merged(PatientIdentity(local(gp, "a"), ins, ins_qualified=True)) == (
+        PatientIdentity(local(gp, "a"), ins, ins_qualified=True)
+    )
+    assert PatientIdentity(ins=ins).merged(PatientIdentity(ins=other_ins, ins_qualified=True)) is None
 
 
 # --- references to the patient ---------------------------------------------------------------------------
 
 
-def test_reference_identifier_with_ins_links_by_ins(gp: Source) -> None:
-    """``subject.identifier`` with an INS is a linking identity (a sender only transmits a qualified INS)."""
-    subject = {"identifier": {"system": INS_NIR, "value": PRODUCTION_INS}}
-    identity = patient(observation(subject), gp, allow_test_ins=False)
-    assert identity == PatientIdentity(ins=PatientKey("ins", INS_NIR, PRODUCTION_INS))
-
-
-def test_reference_identifier_with_test_ins_needs_the_flag(gp: Source) -> None:
-    """A test INS in ``subject.identifier`` is unresolved when test INS are refused."""
-    subject = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
-    assert reject(observation(subject), gp, allow_test_ins=False).code is ErrorCode.PATIENT_UNRESOLVED
-    assert patient(observation(subject), gp, allow_test_ins=True).routing == FIXTURE_INS
+@pytest.mark.parametrize(
+    ("system", "value", "allow_test_ins", "why"),
+    [
+        (INS_NIR, PRODUCTION_INS, False, "a reference cannot state identity reliability"),
+        (INS_TEST_NIR, TEST_INS, True, "a reference cannot state identity reliability"),
+        (INS_TEST_NIR, TEST_INS, False, "this hub links on production INS only"),
+    ],
+)
+def test_reference_identifier_with_an_ins_alone_is_unresolved(
+    gp: Source, system: str, value: str, allow_test_ins: bool, why: str
+) -> None:
+    """``subject.identifier`` with an INS and nothing else: no Patient of the input states the INS's
+    reliability, so it may not link, and nothing else names the patient: ``patient.unresolved``, saying
+    why and what to send, never the INS."""
+    subject = {"identifier": {"system": system, "value": value}}
+    result = reject(observation(subject), gp, allow_test_ins=allow_test_ins)
+    assert result.code is ErrorCode.PATIENT_UNRESOLVED
+    assert result.detail.startswith("the input names its patient by an INS alone")
+    assert why in result.detail
+    assert "Observation.subject.identifier" in result.detail
+    assert value not in result.detail
 
 
 def test_reference_identifier_in_source_system_is_local(gp: Source) -> None:
@@ -201,27 +291,49 @@ def test_reference_identifier_in_source_system_is_local(gp: Source) -> None:
     assert patient(observation(subject), gp) == PatientIdentity(local=local(gp, "IPP-004217"))
 
 
-def test_reference_with_literal_and_ins_identifier_is_merged(gp: Source) -> None:
-    """A reference giving both ``Patient/<id>`` and a qualified INS names one patient known by both."""
+def test_reference_with_literal_and_ins_identifier_is_local_and_warns(gp: Source) -> None:
+    """A reference giving both ``Patient/<id>`` and an INS that no Patient of the input qualifies names
+    the source's local patient: the INS does not link, and a warning says so."""
     subject = {"reference": "Patient/pat-dupont", "identifier": {"system": INS_NIR, "value": PRODUCTION_INS}}
-    identity = patient(observation(subject), gp)
-    assert identity == PatientIdentity(local(gp, "pat-dupont"), PatientKey("ins", INS_NIR, PRODUCTION_INS))
-    assert identity.routing == PatientKey("ins", INS_NIR, PRODUCTION_INS)
+    result = split(observation(subject), gp)
+    assert result.patient == PatientIdentity(
+        local(gp, "pat-dupont"), PatientKey("ins", INS_NIR, PRODUCTION_INS)
+    )
+    assert (result.patient.routing, result.patient.linking_ins) == (local(gp, "pat-dupont"), None)
+    assert ins_warnings(result) == [
+        "Observation.subject.identifier: an INS is not used to link: a reference cannot state identity "
+        "reliability, and no Patient of this input carries this INS with FR Core identity reliability VALI"
+    ]
 
 
 def test_reference_by_local_identifier_resolves_to_the_bundle_patient(fhir: Loader, gp: Source) -> None:
     """``subject.identifier`` naming the Bundle Patient's local identifier takes that Patient's INS too."""
     subject = {"identifier": {"system": GP_LOCAL_SYSTEM, "value": "IPP-004217"}}
     result = split(collection(fhir("patient-ins-vali.json"), observation(subject)), gp)
-    assert result.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS)
+    assert result.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS, ins_qualified=True)
     assert [entry.about_patient for entry in result.entries] == [True, True]
 
 
 def test_reference_by_ins_identifier_resolves_to_the_bundle_patient(fhir: Loader, gp: Source) -> None:
-    """``subject.identifier`` naming the Bundle Patient's INS takes that Patient's local identifier too."""
+    """``subject.identifier`` naming the INS the Bundle's Patient carries with VALI links by it, wherever
+    the Patient sits in the Bundle, and takes that Patient's local identifier too."""
     subject = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
     bundle = collection(observation(subject), fhir("patient-ins-vali.json"))
-    assert split(bundle, gp).patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS)
+    result = split(bundle, gp)
+    assert result.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS, ins_qualified=True)
+    assert result.warnings == ()
+
+
+def test_reference_by_ins_of_an_unqualified_bundle_patient_does_not_link(fhir: Loader, gp: Source) -> None:
+    """The same INS on a Bundle Patient without VALI: the reference names that Patient, nothing links."""
+    patient_resource = fhir("patient-ins-vali.json")
+    del patient_resource["extension"]
+    subject = {"identifier": {"system": INS_TEST_NIR, "value": TEST_INS}}
+    result = split(collection(observation(subject), patient_resource), gp)
+    assert result.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS)
+    assert ins_warnings(result) == [
+        "Patient.identifier: an INS is not used to link: the Patient has no FR Core identity reliability VALI"
+    ]
 
 
 def test_literal_reference_resolved_through_the_bundle(fhir: Loader, gp: Source) -> None:
@@ -230,7 +342,7 @@ def test_literal_reference_resolved_through_the_bundle(fhir: Loader, gp: Source)
     result = split(bundle, gp)
     patient_entry, obs = result.entries
     assert obs.resource["subject"] == {"reference": "Patient/pat-dupont"}
-    assert result.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS)
+    assert result.patient == PatientIdentity(local(gp, "IPP-004217"), FIXTURE_INS, ins_qualified=True)
     assert (patient_entry.index, obs.index) == (0, 1)
     assert patient_entry.about_patient and obs.about_patient
 
@@ -238,7 +350,7 @@ def test_literal_reference_resolved_through_the_bundle(fhir: Loader, gp: Source)
 def test_urn_uuid_full_url_resolution(fhir: Loader, gp: Source) -> None:
     """In a transaction, ``urn:uuid:`` references resolve through ``fullUrl`` to the Patient entry."""
     result = split(fhir("bundle-transaction.json"), gp)
-    assert result.patient == PatientIdentity(ins=FIXTURE_INS)
+    assert result.patient == PatientIdentity(ins=FIXTURE_INS, ins_qualified=True)
     by_type = {entry.resource["resourceType"]: entry for entry in result.entries}
     for resource_type in ("Patient", "Encounter", "Condition", "Observation"):
         assert by_type[resource_type].about_patient, resource_type
@@ -351,13 +463,15 @@ def test_reference_contradicting_the_bundle_patient_ins_is_ambiguous(fhir: Loade
 
 
 def test_entries_adding_to_one_identity_are_merged(gp: Source) -> None:
-    """Entries that each show part of one patient (local id, then its INS) make one merged identity."""
+    """Entries that each show part of one patient (local id, then an INS) make one merged identity; an
+    INS only references name stays unqualified, so the input is routed by the local id."""
     ins = PatientKey("ins", INS_NIR, PRODUCTION_INS)
     bundle = collection(
         observation({"reference": "Patient/p1"}),
         observation({"reference": "Patient/p1", "identifier": {"system": INS_NIR, "value": PRODUCTION_INS}}),
     )
     assert patient(bundle, gp) == PatientIdentity(local(gp, "p1"), ins)
+    assert patient(bundle, gp).routing == local(gp, "p1")
 
 
 @pytest.mark.parametrize(
@@ -394,12 +508,57 @@ def test_reference_data_alone_has_no_patient(fhir: Loader, gp: Source) -> None:
 
 
 def test_delete_entries_carry_no_resource(fhir: Loader, gp: Source) -> None:
-    """A transaction DELETE entry has no resource and is skipped; indexes still count it."""
+    """A transaction DELETE entry has no resource and is skipped (indexes still count it), and the
+    receipt says nothing was applied, without the request's url."""
     bundle = fhir("bundle-transaction.json")
-    bundle["entry"].insert(0, {"request": {"method": "DELETE", "url": "Observation/old-1"}})
-    result = entries(bundle, gp)
-    assert len(result) == 6
-    assert result[0].index == 1
+    for _ in range(2):
+        bundle["entry"].insert(0, {"request": {"method": "DELETE", "url": "Observation/old-1"}})
+    result = split(bundle, gp)
+    assert len(result.entries) == 6
+    assert result.entries[0].index == 2
+    assert result.warnings == (
+        IngestWarning(
+            WarningCode.ENTRY_NO_RESOURCE,
+            "2 Bundle entries without a resource (request DELETE): the hub applies no request, "
+            "nothing was changed",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        {
+            "resourceType": "AdverseEvent",
+            "actuality": "actual",
+            "subject": {"reference": "Patient/pat-dupont"},
+        },
+        {"resourceType": "Appointment", "status": "booked", "participant": []},
+        {
+            "resourceType": "Medication",
+            "code": {"coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]},
+        },
+    ],
+    ids=["AdverseEvent", "Appointment", "Medication"],
+)
+def test_resources_that_make_no_event_are_named(fhir: Loader, gp: Source, resource: dict[str, Any]) -> None:
+    """A resource about the patient of a type that makes no pathway event (or a Medication, whose content
+    a reference does not carry) is accepted, counted in a ``resource.ignored`` warning by type."""
+    result = split(collection(fhir("patient-ins-vali.json"), resource, dict(resource)), gp)
+    assert [entry.about_patient for entry in result.entries] == [True, False, False]
+    assert result.warnings == (
+        IngestWarning(
+            WarningCode.RESOURCE_IGNORED,
+            f"{resource['resourceType']} (2 entries): the hub makes no pathway event of this resource "
+            "type, so no recipient receives it",
+        ),
+    )
+
+
+def test_reference_data_is_no_warning(fhir: Loader, gp: Source) -> None:
+    """Organization and Practitioner make no event either, but they are what references point to: the
+    transaction Bundle has nothing to warn about."""
+    assert split(fhir("bundle-transaction.json"), gp).warnings == ()
 
 
 def test_nested_bundle_is_fhir_invalid(fhir: Loader, gp: Source) -> None:
