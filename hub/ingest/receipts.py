@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +14,25 @@ from hub.normalise.time import utc_iso
 ERROR_CODE_HEADER = "hub-error-code"
 ERROR_DETAIL_HEADER = "hub-error-detail"
 ORIGIN_HEADER = "hub-origin"
+#: On a DLQ record whose original did not fit: ``excerpt`` (the value is the original's first bytes).
+DLQ_KEPT_HEADER = "hub-dlq-kept"
+#: The original value's length in bytes and its SHA-256 (hex), on an excerpt record.
+ORIGINAL_SIZE_HEADER = "hub-original-size"
+ORIGINAL_DIGEST_HEADER = "hub-original-sha256"
+#: What an excerpt record keeps: the value's first bytes, each header's first bytes, the first headers.
+DLQ_EXCERPT_BYTES = 4096
+DLQ_HEADER_VALUE_BYTES = 1024
+DLQ_HEADERS_KEPT = 32
+#: The contract topics (ingest, DLQ, receipts…) take records up to this many times the payload limit.
+CONTRACT_RECORD_FACTOR = 2
+#: Room left in a DLQ record for the hub's own headers and the encryption envelope.
+DLQ_OVERHEAD_BYTES = 64 * 1024
+
+
+def dlq_limit(max_payload_bytes: int) -> int:
+    """The largest original (value and headers) the DLQ keeps whole, for a given payload limit."""
+    return CONTRACT_RECORD_FACTOR * max_payload_bytes - DLQ_OVERHEAD_BYTES
+
 
 UNKNOWN_SOURCE_KEY = "unknown"
 
@@ -22,11 +44,14 @@ def receipt(
     at: datetime,
     status: str | None = None,
     event_ids: tuple[str, ...] | list[str] | None = None,
+    warnings: Sequence[Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The receipt for one ingest record.
 
     For an accepted input, ``status`` may say ``duplicate`` and ``event_ids`` replace the outcome's
-    own (the identity stage knows which facts were already published).
+    own (the identity stage knows which facts were already published), and ``warnings`` the outcome's
+    (the identity stage has them as ingest forwarded them, ``{code, detail}`` objects). A reject has
+    no warnings: its error says what to fix.
     """
     if isinstance(outcome, Rejected):
         return {
@@ -36,6 +61,7 @@ def receipt(
             "status": "rejected",
             "error": {"code": str(outcome.code), "detail": outcome.detail},
             "event_ids": [],
+            "warnings": [],
             "at": utc_iso(at),
         }
     return {
@@ -45,6 +71,9 @@ def receipt(
         "status": status or "accepted",
         "error": None,
         "event_ids": list(event_ids) if event_ids is not None else [e.event_id for e in outcome.events],
+        "warnings": (
+            [dict(w) for w in warnings] if warnings is not None else [w.as_dict() for w in outcome.warnings]
+        ),
         "at": utc_iso(at),
     }
 
@@ -66,4 +95,53 @@ def dlq_headers(
     ]
 
 
-__all__ = ["dlq_headers", "receipt", "receipt_key"]
+@dataclass(frozen=True)
+class DlqRecord:
+    """The value and headers of one reject's ``hub.dlq.v1`` record."""
+
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    #: False when only an excerpt of the original is kept (it was larger than the DLQ carries).
+    whole: bool
+
+
+def _record_size(value: bytes | None, headers: tuple[tuple[str, bytes], ...]) -> int:
+    return len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+
+
+def dlq_record(
+    value: bytes | None,
+    headers: tuple[tuple[str, bytes], ...],
+    rejected: Rejected,
+    origin: KafkaCoordinates,
+    *,
+    limit: int,
+    excerpt_only: bool = False,
+) -> DlqRecord:
+    """The DLQ record of one reject: the original, unchanged, when it fits in ``limit`` bytes.
+
+    A larger original (a compressed record decompresses far past the hub's limit; a sender may add
+    huge headers) cannot be produced to the DLQ at all: then the record keeps the original's first
+    headers and bytes, its size and SHA-256, and the reject's code, so the reject is never lost and
+    the source can find which message it was. ``excerpt_only`` forces that form (the broker refused
+    the whole one). Such a record cannot be replayed; the source must send the input again.
+    """
+    if not excerpt_only and _record_size(value, headers) <= limit:
+        return DlqRecord(value, tuple(dlq_headers(headers, rejected, origin)), whole=True)
+    original = value or b""
+    kept = tuple(
+        (k[:DLQ_HEADER_VALUE_BYTES], v[:DLQ_HEADER_VALUE_BYTES]) for k, v in headers[:DLQ_HEADERS_KEPT]
+    )
+    return DlqRecord(
+        original[:DLQ_EXCERPT_BYTES],
+        (
+            *dlq_headers(kept, rejected, origin),
+            (DLQ_KEPT_HEADER, b"excerpt"),
+            (ORIGINAL_SIZE_HEADER, str(len(original)).encode()),
+            (ORIGINAL_DIGEST_HEADER, hashlib.sha256(original).hexdigest().encode()),
+        ),
+        whole=False,
+    )
+
+
+__all__ = ["DlqRecord", "dlq_headers", "dlq_record", "receipt", "receipt_key"]

@@ -30,7 +30,14 @@ from hub.consent.audit import (
 )
 from hub.ingest.outcome import KafkaCoordinates
 from hub.ingest.pipeline import printable_id
-from hub.ingest.receipts import ERROR_CODE_HEADER, ERROR_DETAIL_HEADER, ORIGIN_HEADER, UNKNOWN_SOURCE_KEY
+from hub.ingest.receipts import (
+    DLQ_KEPT_HEADER,
+    ERROR_CODE_HEADER,
+    ERROR_DETAIL_HEADER,
+    ORIGIN_HEADER,
+    ORIGINAL_SIZE_HEADER,
+    UNKNOWN_SOURCE_KEY,
+)
 from hub.kafka.clients import Record
 from hub.normalise.time import utc_iso
 
@@ -70,6 +77,8 @@ class DlqEntry:
     code: str | None
     detail: str | None
     timestamp: str
+    #: The original's size when the DLQ keeps only an excerpt of it (too large to keep whole).
+    excerpt_of: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The entry as a JSON object."""
@@ -105,7 +114,19 @@ def entry(record: Record) -> DlqEntry:
         code=_header(record.headers, ERROR_CODE_HEADER),
         detail=_header(record.headers, ERROR_DETAIL_HEADER),
         timestamp=_timestamp(record.timestamp_ms),
+        excerpt_of=original_size(record),
     )
+
+
+def original_size(record: Record) -> int | None:
+    """The original's size in bytes when the record keeps only an excerpt (hub.ingest.receipts.dlq_record).
+
+    Such a record cannot be replayed: its value is not the input the source sent.
+    """
+    if _header(record.headers, DLQ_KEPT_HEADER) != "excerpt":
+        return None
+    size = _header(record.headers, ORIGINAL_SIZE_HEADER) or ""
+    return int(size) if size.isdigit() else 0
 
 
 def matches(
@@ -144,7 +165,8 @@ def render(entries: Iterable[DlqEntry]) -> list[str]:
     lines = []
     for e in entries:
         cells = [e.origin or e.where, e.source or "-", e.message_id or "-", e.code or "-"]
-        lines.append("  ".join([*cells, e.detail or "-", e.timestamp]))
+        kept = [] if e.excerpt_of is None else [f"(excerpt kept: the original was {e.excerpt_of} bytes)"]
+        lines.append("  ".join([*cells, e.detail or "-", e.timestamp, *kept]))
     return lines
 
 

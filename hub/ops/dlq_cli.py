@@ -144,6 +144,14 @@ def dlq_replay(
             f"skipping {len(unreadable)} rejects that cannot be decrypted (shredded or altered)", err=True
         )
         records = [r for r in records if r not in unreadable]
+    excerpts = [r for r in records if d.original_size(r) is not None]
+    if excerpts:
+        click.echo(
+            f"skipping {len(excerpts)} rejects kept as excerpts only (larger than the DLQ carries): "
+            "their sources must send them again",
+            err=True,
+        )
+        records = [r for r in records if r not in excerpts]
     if not records:
         click.echo("no reject matches", err=True)
         sys.exit(EXIT_FAILURE)

@@ -28,6 +28,7 @@ from hub.kafka.security import KafkaSecurity
 from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
 from hub.networks import NetworkRegistry, reload
 from hub.settings import Settings
+from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
 from hub.streams.routing import AlertRouter, IdentityRouter, IngestRouter, Outgoing, ShareRouter
 from hub.topics import TopicNames
 
@@ -311,13 +312,52 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         )
     )
 
+    async def send(out: Outgoing) -> Any:
+        # force: sent now, not attached to the input for later (faust's default), so the agent
+        # learns of each record's fate before it takes the next input (hub.streams.delivery).
+        return await outputs[out.topic].send(
+            key=out.key, value=out.value, headers=list(out.headers), force=True
+        )
+
+    async def deliver_all(
+        name: str,
+        message: Any,
+        outgoing: list[Outgoing],
+        replacing: Callable[[Any, Outgoing, str], list[Outgoing]] | None,
+    ) -> None:
+        """Deliver a stage's records; a record refused for good is replaced as ``replacing`` says.
+
+        With ``replacing`` (ingest), an input never goes without an outcome: a record with no
+        substitute (a receipt), or a refused substitute, is resent until Kafka takes it, holding
+        the partition (the lag shows it). Without it, a refused record is logged, counted and
+        skipped: a poison record never stops a partition.
+        """
+        for refused in await deliver(send, outgoing, stage=name):
+            metrics.failed(name)
+            log.error("stage.record_refused", stage=name, topic=refused.record.topic, error=refused.error)
+            if replacing is None:
+                continue
+            plain = replacing(message, refused.record, refused.error)
+            metrics.count_outputs(plain)
+            again = crypto.sealed(name, message, plain) if plain else [refused.record]
+            while await deliver(send, again, stage=name):
+                log.error("stage.record_refused_again", stage=name, error=refused.error)
+                await asyncio.sleep(LAST_BACKOFF_SECONDS)
+
     def agent(
-        name: str, topic: faust.TopicT, route: Callable[[Any], list[Outgoing]], *, encrypted: bool = True
+        name: str,
+        topic: faust.TopicT,
+        route: Callable[[Any], list[Outgoing]],
+        *,
+        encrypted: bool = True,
+        replacing: Callable[[Any, Outgoing, str], list[Outgoing]] | None = None,
     ) -> None:
         """A thin agent: for each record, bind its coordinates, open it, route it, seal and send the result.
 
         concurrency=1: with more, faust can commit offsets past unfinished events (DESIGN.md 4).
-        Each record is counted in ``hub.metrics`` (stage, latency, what its outputs say).
+        Every record sent is acknowledged before the next input; one Kafka refuses for good is
+        sent as ``replacing`` says, or else logged and counted (a poison record never stops a
+        partition). Each record is counted in ``hub.metrics`` (stage, latency, what its outputs say).
         """
 
         async def process(stream: Any) -> None:
@@ -327,8 +367,7 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
                 started = time.perf_counter()
                 try:
                     outgoing = crypto.route(name, message, route, encrypted=encrypted)
-                    for out in outgoing:
-                        await outputs[out.topic].send(key=out.key, value=out.value, headers=list(out.headers))
+                    await deliver_all(name, message, outgoing, replacing)
                 except Exception:
                     metrics.failed(name)
                     raise
@@ -340,7 +379,13 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         app.agent(topic, name=name, concurrency=1)(process)
 
     # Authenticate, validate and normalise each input.
-    agent("ingest", ingest_topic, lambda m: ingest_router.route(ingest_record(m), m.key), encrypted=False)
+    agent(
+        "ingest",
+        ingest_topic,
+        lambda m: ingest_router.route(ingest_record(m), m.key),
+        encrypted=False,
+        replacing=lambda m, refused, error: ingest_router.replacing(ingest_record(m), m.key, refused, error),
+    )
     # Resolve each input's patient, drop known facts, publish the pathway and the receipt.
     agent("identity", identity_topic, lambda m: identity_router.route(m.value))
     # Decide each event for each recipient: audit every decision, send what is permitted.

@@ -15,7 +15,7 @@ from hub.errors import ErrorCode, HubError
 from hub.identity.stage import IdentityStage, input_record, link_record
 from hub.ingest.outcome import IngestOutcome, IngestRecord, Rejected
 from hub.ingest.pipeline import SOURCE_HEADER, IngestContext, message_id_of, printable_id, process_ingest
-from hub.ingest.receipts import dlq_headers, receipt, receipt_key
+from hub.ingest.receipts import dlq_limit, dlq_record, receipt, receipt_key
 from hub.logging import get_logger
 from hub.normalise.codes import UnmappedCounter
 from hub.topics import TopicNames
@@ -101,25 +101,7 @@ class IngestRouter:
         outcome = self.outcome_for(record, now=at)
         if isinstance(outcome, Rejected):
             log.info("ingest.rejected", code=str(outcome.code), source=outcome.source_id)
-            return [
-                Outgoing(
-                    self.topics.dlq,
-                    key,
-                    record.value,
-                    tuple(dlq_headers(record.headers, outcome, record.origin)),
-                ),
-                # Every reject is audited too (DESIGN.md 2): which source, where, and the code.
-                Outgoing(
-                    self.topics.audit_unsealed,
-                    receipt_key(outcome).encode(),
-                    _json(audit_reject(outcome, origin=record.origin, recorded=at)),
-                ),
-                Outgoing(
-                    self.topics.receipts,
-                    receipt_key(outcome).encode(),
-                    _json(receipt(outcome, record.origin, at=at)),
-                ),
-            ]
+            return self._rejected(record, key, outcome, at=at)
         self.unmapped.add(outcome.source_id, outcome.unmapped_codes)
         if outcome.patient_id is None:
             log.info("ingest.accepted", source=outcome.source_id, events=0)
@@ -147,6 +129,76 @@ class IngestRouter:
                 _json(input_record(outcome, record.origin, record.timestamp)),
             )
         ]
+
+    def _rejected(
+        self,
+        record: IngestRecord,
+        key: bytes | None,
+        outcome: Rejected,
+        *,
+        at: datetime,
+        excerpt_only: bool = False,
+    ) -> list[Outgoing]:
+        """A reject's DLQ record (whole when it fits), its AuditEvent and its receipt."""
+        # The DLQ topic carries twice the payload limit (hub.streams.worker): an original within the
+        # limit always fits whole, with its headers and the hub's.
+        dead = dlq_record(
+            record.value,
+            record.headers,
+            outcome,
+            record.origin,
+            limit=dlq_limit(self.context.max_payload_bytes),
+            excerpt_only=excerpt_only,
+        )
+        if not dead.whole:
+            log.warning("ingest.dlq_excerpt", code=str(outcome.code), source=outcome.source_id)
+        return [
+            Outgoing(self.topics.dlq, key, dead.value, dead.headers),
+            # Every reject is audited too (DESIGN.md 2): which source, where, and the code.
+            Outgoing(
+                self.topics.audit_unsealed,
+                receipt_key(outcome).encode(),
+                _json(audit_reject(outcome, origin=record.origin, recorded=at)),
+            ),
+            Outgoing(
+                self.topics.receipts,
+                receipt_key(outcome).encode(),
+                _json(receipt(outcome, record.origin, at=at)),
+            ),
+        ]
+
+    def replacing(
+        self,
+        record: IngestRecord,
+        key: bytes | None,
+        refused: Outgoing,
+        error: str,
+        *,
+        now: datetime | None = None,
+    ) -> list[Outgoing]:
+        """What to send instead of a record Kafka refused for good (too large, say); [] when nothing can.
+
+        A refused DLQ copy is sent again as an excerpt (its receipt went out with it). A refused
+        identity record leaves the input without an outcome: it ends as a ``hub.internal_error``
+        reject instead, kept in the DLQ for a replay once fixed. Receipts and AuditEvents are small
+        and have no substitute: the caller retries them, holding the partition.
+        """
+        at = now or datetime.now(UTC)
+        if refused.topic == self.topics.dlq:
+            outcome = self.outcome_for(record, now=at)
+            if not isinstance(outcome, Rejected):
+                return []
+            return [self._rejected(record, key, outcome, at=at, excerpt_only=True)[0]]
+        if refused.topic == self.topics.identity:
+            failed = Rejected(
+                ErrorCode.INTERNAL,
+                f"Kafka refused the hub's record for this input ({error}); the input is kept in the DLQ",
+                printable_id(record.header(SOURCE_HEADER)),
+                message_id_of(record),
+            )
+            log.error("ingest.output_refused", code=str(ErrorCode.INTERNAL), error=error)
+            return self._rejected(record, key, failed, at=at)
+        return []
 
 
 class IdentityRouter:

@@ -7,6 +7,7 @@ import faust
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy, load_recipients
 from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
 from hub.ingest.pipeline import IngestContext
+from hub.ingest.receipts import CONTRACT_RECORD_FACTOR
 from hub.kafka.admin import ensure_topics
 from hub.kafka.security import KafkaSecurity
 from hub.logging import configure_logging, get_logger
@@ -65,7 +66,7 @@ def create_contract_topics(settings: Settings) -> list[str]:
             replication_factor=settings.replication_factor,
             security=security,
             configs={
-                "max.message.bytes": str(2 * settings.max_payload_bytes),
+                "max.message.bytes": str(CONTRACT_RECORD_FACTOR * settings.max_payload_bytes),
                 "retention.ms": str(retention_ms),
             },
         )
@@ -76,7 +77,7 @@ def create_contract_topics(settings: Settings) -> list[str]:
         replication_factor=settings.replication_factor,
         security=security,
         # Bodies up to the hub's limit must fit, with headers, in one Kafka record.
-        configs={"max.message.bytes": str(2 * settings.max_payload_bytes)},
+        configs={"max.message.bytes": str(CONTRACT_RECORD_FACTOR * settings.max_payload_bytes)},
     )
     created += ensure_topics(
         settings.bootstrap_servers,

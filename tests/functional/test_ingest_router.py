@@ -195,6 +195,34 @@ def test_unmapped_codes_are_counted_per_source() -> None:
     assert router.unmapped.snapshot() == {(SOURCE.id, "urn:local:codes"): 2}
 
 
+def test_receipts_carry_warnings_through_both_agents() -> None:
+    """What ingest ignored reaches the source in both receipt paths: the identity agent's (an input with
+    events, accepted then duplicate) and ingest's own (an input about no patient); a reject has none."""
+    ingest, identity = ingest_router(), identity_router()
+    unqualified = {k: v for k, v in QUALIFIED_PATIENT.items() if k != "extension"}
+    first, again = (
+        value_of(through_both(ingest, identity, record(unqualified, offset=offset))[-1]) for offset in (7, 8)
+    )
+    expected = [
+        {
+            "code": "ins.unqualified",
+            "detail": "Patient.identifier: an INS is not used to link: the Patient has no FR Core identity "
+            "reliability VALI",
+        }
+    ]
+    assert (first["status"], first["warnings"]) == ("accepted", expected)
+    assert (again["status"], again["warnings"]) == ("duplicate", expected)
+    [alone] = ingest.route(
+        record({"resourceType": "Medication", "status": "active"}, offset=9), None, now=NOW
+    )
+    assert value_of(alone)["warnings"][0]["code"] == "resource.ignored"
+    rejected = ingest.route(record({"resourceType": "Condition", "subject": {"reference": "Group/x"}}), None)
+    assert value_of(rejected[-1])["warnings"] == []
+    for receipt in (first, again, value_of(alone), value_of(rejected[-1])):
+        assert schema_errors("receipt.schema.json", receipt) == []
+        assert INS not in json.dumps(receipt)
+
+
 # --- the identity agent ---------------------------------------------------------------------------------
 
 
@@ -286,3 +314,40 @@ def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tabl
     # Encryption at rest: sealed tables keep bytes (their changelogs hold ciphertext only).
     assert app.tables["identity-aliases"].value_serializer == "raw"
     assert app.tables["identity-seen-messages"].value_serializer == "json"
+
+
+# --- what replaces a record Kafka refused for good ------------------------------------------------------
+
+
+def test_a_refused_identity_record_ends_the_input_as_an_internal_reject_kept_whole_in_the_dlq() -> None:
+    """Accepted, but Kafka refused what the hub made of it: one reject receipt, its audit, the original."""
+    router = ingest_router()
+    rec = record(CONDITION)
+    [refused] = router.route(rec, b"msg-1", now=NOW)
+    dlq, audit, receipt = router.replacing(rec, b"msg-1", refused, "MessageSizeTooLargeError", now=NOW)
+    assert (dlq.topic, audit.topic, receipt.topic) == (TOPICS.dlq, TOPICS.audit_unsealed, TOPICS.receipts)
+    assert dlq.value == rec.value
+    assert dict(dlq.headers)["hub-error-code"] == b"hub.internal_error"
+    error = value_of(receipt)["error"]
+    assert error["code"] == "hub.internal_error"
+    assert "MessageSizeTooLargeError" in error["detail"]
+    assert value_of(receipt)["message_id"] == "msg-1"
+
+
+def test_a_refused_dlq_copy_is_sent_again_as_an_excerpt_and_nothing_else() -> None:
+    """Its receipt went out already: only the DLQ record is replaced, never a second receipt."""
+    router = ingest_router()
+    rec = record({"resourceType": "Observation"})  # no patient: rejected
+    dlq = next(out for out in router.route(rec, b"k", now=NOW) if out.topic == TOPICS.dlq)
+    [again] = router.replacing(rec, b"k", dlq, "MessageSizeTooLargeError", now=NOW)
+    assert again.topic == TOPICS.dlq
+    assert dict(again.headers)["hub-dlq-kept"] == b"excerpt"
+    assert dict(again.headers)["hub-error-code"] == dict(dlq.headers)["hub-error-code"]
+
+
+def test_a_refused_receipt_has_no_substitute() -> None:
+    """A receipt is small; one refused means Kafka's configuration is wrong: the agent resends it."""
+    router = ingest_router()
+    rec = record({"resourceType": "Observation"})
+    receipt = next(out for out in router.route(rec, b"k", now=NOW) if out.topic == TOPICS.receipts)
+    assert router.replacing(rec, b"k", receipt, "TopicAuthorizationFailedError", now=NOW) == []

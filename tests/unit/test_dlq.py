@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 
 import pytest
 
 from hub.consent.audit import audit_id
-from hub.ingest.outcome import KafkaCoordinates
+from hub.errors import ErrorCode
+from hub.ingest.outcome import KafkaCoordinates, Rejected
+from hub.ingest.receipts import DLQ_EXCERPT_BYTES, DLQ_HEADER_VALUE_BYTES
+from hub.ingest.receipts import dlq_record as dlq_record_of
 from hub.kafka.clients import Record
 from hub.ops import dlq as d
 
@@ -138,3 +142,33 @@ def test_the_replay_audit_event_names_origin_and_new_coordinates_with_a_stable_i
     assert d.audit_key(entry) == b"gp-1"
     with pytest.raises(ValueError, match="timezone"):
         d.audit_replay(entry, replayed_to=where, recorded=datetime(2026, 5, 1))  # noqa: DTZ001
+
+
+def test_a_reject_too_large_for_the_dlq_keeps_headers_code_digest_and_a_bounded_excerpt() -> None:
+    """The original's first bytes, its size and SHA-256, the reject's code: never lost, never too large."""
+    rejected = Rejected(ErrorCode.PAYLOAD_TOO_LARGE, "body is too large", "gp-1", "m-1")
+    origin = KafkaCoordinates("p.hub.ingest.v1", 2, 7)
+    whole = dlq_record_of(BODY, ORIGINAL, rejected, origin, limit=1024)
+    assert whole.whole and whole.value == BODY and whole.headers[: len(ORIGINAL)] == ORIGINAL
+
+    huge = b"y" * 5_000_000
+    headers = (*ORIGINAL, ("x-padding", b"p" * 100_000))
+    kept = dlq_record_of(huge, headers, rejected, origin, limit=1024 * 1024)
+    assert not kept.whole
+    assert kept.value == huge[:DLQ_EXCERPT_BYTES]
+    found = dict(kept.headers)
+    assert found["hub-error-code"] == b"payload.too_large"
+    assert found["hub-origin"] == b"p.hub.ingest.v1/2/7"
+    assert found["hub-original-size"] == b"5000000"
+    assert found["hub-original-sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert found["hub-source"] == b"gp-1", "the source's headers are kept, each bounded"
+    assert len(found["x-padding"]) == DLQ_HEADER_VALUE_BYTES
+    # Headers alone may make a record too large: a small value with huge headers is cut too.
+    assert not dlq_record_of(BODY, headers, rejected, origin, limit=1024).whole
+
+
+def test_an_excerpt_is_listed_as_one_and_never_replayed() -> None:
+    record = dlq_record(extra=(("hub-dlq-kept", b"excerpt"), ("hub-original-size", b"5000000")))
+    assert d.entry(record).excerpt_of == 5_000_000
+    assert d.render([d.entry(record)])[0].endswith("(excerpt kept: the original was 5000000 bytes)")
+    assert d.original_size(dlq_record()) is None
