@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck unit corpus functional integration browser bench clean broker-stop
+.PHONY: run test install lint typecheck unit corpus functional integration browser bench fuzz clean broker-stop
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ integration: install
 # Not part of `make test`: a measurement, minutes long (docs/PERFORMANCE.md).
 bench: install
 	$(BIN)/hub bench
+
+# Not part of `make test`: the wide random search of ingest (HUB_FUZZ_EXAMPLES inputs, 20,000 by
+# default, new ones each run); `make test` replays a fixed 300 (docs/INGEST.md, "Fuzzing").
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/unit/test_ingest_fuzz.py -q -p no:cacheprovider
+	cat test-output/fuzz-ingest.json
 
 browser: install $(CHROMIUM)
 	$(BIN)/pytest tests/browser

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from kafka import KafkaAdminClient
 
 from hub.broker.embedded import MESSAGE_MAX_BYTES, BrokerLayout, EmbeddedBroker, probe_metadata
@@ -34,6 +35,30 @@ INTEGRATION_DIR = TESTS_DIR / "integration"
 KAFKA_IMAGE = "confluentinc/cp-kafka:8.0.0"
 
 CreateTopics = Callable[..., None]
+
+# Property tests: the same examples on every run of `make test` (a red CI run must be reproducible,
+# never a new draw), the wide random search only in `make fuzz` (HYPOTHESIS_PROFILE=fuzz; docs/INGEST.md).
+# No example database: `make test` runs on clean checkouts, and a saved failure would make one run
+# differ from the next.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=300,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz",
+    derandomize=False,
+    database=None,
+    deadline=None,
+    max_examples=int(os.environ.get("HUB_FUZZ_EXAMPLES", "20000")),
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
