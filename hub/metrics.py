@@ -14,6 +14,7 @@ is measured from the broker by the console (``hub.console``), not here: a stoppe
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -25,8 +26,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from hub.ingest.receipts import ERROR_CODE_HEADER
+from hub.logging import get_logger
+from hub.settings import metrics_ports
 from hub.streams.routing import Outgoing
 from hub.topics import ALERTS, AUDIT_UNSEALED, DLQ, PATHWAY, RECEIPTS
+
+log = get_logger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -248,7 +253,23 @@ def failed(stage: str) -> None:
 
 
 def start_server(host: str, port: int) -> tuple[str, int]:
-    """Serve :data:`REGISTRY` on ``http://host:port/metrics`` in a thread; return the bound address."""
+    """Serve :data:`REGISTRY` on ``http://host:<port>/metrics`` in a thread; return the bound address.
+
+    A taken port (another worker of this host) passes to the next of :func:`metrics_ports`; OSError
+    when they are all taken or the address cannot be used.
+    """
+    ports = metrics_ports(port)
+    for candidate in ports[:-1]:
+        try:
+            return _serve(host, candidate)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            log.info("metrics.port_taken", host=host, port=candidate)
+    return _serve(host, ports[-1])
+
+
+def _serve(host: str, port: int) -> tuple[str, int]:
     server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
     bound_host, bound_port = server.server_address[:2]
     return str(bound_host), int(bound_port)

@@ -22,13 +22,16 @@ from zoneinfo import ZoneInfo
 from hub.consent.recipients import Identifier
 from hub.consent.sensitivity import label_categories
 from hub.identity.network_id import NETWORK_ID_SYSTEM
+from hub.normalise.references import SOURCE_REFERENCE_URL
 from hub.normalise.time import parse_fhir_datetime
 
 #: Stable code of a Consent the hub cannot interpret; to be added to ``hub.errors.ErrorCode``.
 CONSENT_UNINTERPRETABLE = "consent.uninterpretable"
 
-#: Version of the JSON shape written by :meth:`PatientShareState.to_json`.
+#: Version of the JSON shape written by :meth:`PatientShareState.to_json`. Optional keys added since
+#: (a consent's ``source_reference``) are read when present, so states stored before them still load.
 STATE_FORMAT = 1
+
 
 PERMIT: Final = "permit"
 DENY: Final = "deny"
@@ -108,7 +111,11 @@ class Provision:
 
 @dataclass(frozen=True)
 class ConsentRecord:
-    """The latest version of one Consent; ``provision`` is None when it is not active."""
+    """The latest version of one Consent; ``provision`` is None when it is not active.
+
+    ``source_reference`` is how its source names it (``Consent/<id>`` as sent), so that a DPO can find
+    it there; None when the event did not carry it (a Consent sent without id, an older state).
+    """
 
     key: str
     source_id: str
@@ -117,6 +124,7 @@ class ConsentRecord:
     scope: str
     as_of: datetime
     provision: Provision | None
+    source_reference: str | None = None
 
     @property
     def in_force(self) -> bool:
@@ -261,18 +269,7 @@ class PatientShareState:
             }
             for item in self.involvements
         ]
-        document["consents"] = [
-            {
-                "key": consent.key,
-                "source": consent.source_id,
-                "event_id": consent.event_id,
-                "status": consent.status,
-                "scope": consent.scope,
-                "as_of": _instant_json(consent.as_of),
-                "provision": None if consent.provision is None else _provision_json(consent.provision),
-            }
-            for consent in self.consents
-        ]
+        document["consents"] = [_consent_json(consent) for consent in self.consents]
         return document
 
     @classmethod
@@ -610,8 +607,26 @@ def _parse_consent(resource: Mapping[str, Any], patient_id: str, context: _Conte
     else:
         provision = _provision(resource.get("provision") or {}, "provision", _root_type(resource))
     return ConsentRecord(
-        key, context.source_id, context.event_id, str(status), min(sharing), context.occurred_at, provision
+        key,
+        context.source_id,
+        context.event_id,
+        str(status),
+        min(sharing),
+        context.occurred_at,
+        provision,
+        source_reference(resource),
     )
+
+
+def source_reference(resource: Mapping[str, Any]) -> str | None:
+    """The resource's ``Type/id`` as its source sent it (:data:`SOURCE_REFERENCE_URL`), or None."""
+    meta = resource.get("meta")
+    extensions = meta.get("extension") if isinstance(meta, dict) else None
+    for extension in extensions if isinstance(extensions, list) else ():
+        if isinstance(extension, dict) and extension.get("url") == SOURCE_REFERENCE_URL:
+            value = extension.get("valueString")
+            return value if isinstance(value, str) and value else None
+    return None
 
 
 def _root_type(resource: Mapping[str, Any]) -> Any:
@@ -768,6 +783,21 @@ def _period_from(raw: Mapping[str, Any]) -> Period:
     )
 
 
+def _consent_json(consent: ConsentRecord) -> dict[str, Any]:
+    document = {
+        "key": consent.key,
+        "source": consent.source_id,
+        "event_id": consent.event_id,
+        "status": consent.status,
+        "scope": consent.scope,
+        "as_of": _instant_json(consent.as_of),
+        "provision": None if consent.provision is None else _provision_json(consent.provision),
+    }
+    if consent.source_reference is not None:  # absent, not null: a consent without one is stored as before
+        document["source_reference"] = consent.source_reference
+    return document
+
+
 def _provision_json(provision: Provision) -> dict[str, Any]:
     return {
         "type": provision.type,
@@ -842,6 +872,9 @@ def _state_from_json(document: Any) -> PatientShareState:
                 scope=_text(consent["scope"]),
                 as_of=_instant_from(consent["as_of"]),
                 provision=None if consent["provision"] is None else _provision_from(consent["provision"]),
+                source_reference=(
+                    None if consent.get("source_reference") is None else _text(consent["source_reference"])
+                ),
             )
             for consent in document["consents"]
         ),

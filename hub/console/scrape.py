@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from hub.settings import Settings
+from hub.settings import Settings, metrics_ports
 
 #: A target that does not answer this fast counts as down.
 SCRAPE_SECONDS = 3.0
@@ -21,6 +21,8 @@ class Target:
 
     kind: str  # "worker" | "gateway"
     url: str
+    #: Watched only while it answers: where a further worker of the host may serve (metrics_ports).
+    optional: bool = False
 
     @property
     def name(self) -> str:
@@ -81,11 +83,18 @@ def _local(host: str) -> str:
 
 
 def targets(settings: Settings) -> list[Target]:
-    """The workers (``HUB_CONSOLE_WORKER_URLS``, else the one at ``HUB_METRICS_*``) and the gateway."""
-    workers = [url.strip() for url in settings.console_worker_urls.split(",") if url.strip()] or [
-        f"http://{_local(settings.metrics_host)}:{settings.metrics_port}/metrics"
+    """The workers and the gateway.
+
+    Workers: ``HUB_CONSOLE_WORKER_URLS``; else the ports a worker of this host takes from
+    ``HUB_METRICS_PORT`` (:func:`hub.settings.metrics_ports`): the first always (no worker there is
+    a worker down), the others while they answer.
+    """
+    urls = [url.strip() for url in settings.console_worker_urls.split(",") if url.strip()]
+    host = _local(settings.metrics_host)
+    found = [Target("worker", url) for url in urls] or [
+        Target("worker", f"http://{host}:{port}/metrics", optional=n > 0)
+        for n, port in enumerate(metrics_ports(settings.metrics_port))
     ]
-    found = [Target("worker", url) for url in workers]
     gateway = settings.console_gateway_url.strip()
     if gateway.lower() != "none":
         found.append(
@@ -126,5 +135,9 @@ def scrape(target: Target, timeout: float = SCRAPE_SECONDS) -> Scrape:
 
 
 def scrape_all(found: Iterable[Target], timeout: float = SCRAPE_SECONDS) -> list[Scrape]:
-    """Scrape every target in turn."""
-    return [scrape(target, timeout) for target in found]
+    """Scrape every target in turn; an optional target that does not answer is left out."""
+    return [
+        result
+        for result in (scrape(target, timeout) for target in found)
+        if result.up or not result.target.optional
+    ]

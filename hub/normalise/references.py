@@ -102,4 +102,24 @@ def with_stable_references(
     if own is not None and own in book:
         rewritten["id"] = book[own].reference.split("/", 1)[1]
         changed = changed or rewritten["id"] != resource["id"]
+        if resource.get("resourceType") == "Consent" and changed:
+            rewritten["meta"] = _with_source_reference(rewritten.get("meta"), own)
     return rewritten, changed
+
+
+#: A meta extension keeping a Consent's ``Type/id`` as its source sent it: a DPO looks a Consent up
+#: by the source's own id (``hub consent show``). Consents only: that is where someone must find the
+#: source's document; other resources keep only their stable ids, so sources' internal ids do not
+#: travel further than needed. Under ``meta``, so event ids (which leave ``meta`` out) do not change.
+SOURCE_REFERENCE_URL = "urn:hub:fhir:StructureDefinition:source-reference"
+
+
+def _with_source_reference(meta: Any, own: str) -> dict[str, Any]:
+    kept = dict(meta) if isinstance(meta, dict) else {}
+    others = [
+        e
+        for e in kept.get("extension") or ()
+        if not (isinstance(e, dict) and e.get("url") == SOURCE_REFERENCE_URL)
+    ]
+    kept["extension"] = [*others, {"url": SOURCE_REFERENCE_URL, "valueString": own}]
+    return kept

@@ -235,10 +235,16 @@ def render_state(lookup: StateLookup, *, now: datetime | None = None) -> list[st
     )
     consents: list[str] = []
     for consent in state.consents:
+        # How the source itself names the Consent, so that a DPO can find it there.
+        as_sent = (
+            f"as {consent.source_reference}"
+            if consent.source_reference is not None
+            else "(its own id not on record)"
+        )
         consents.append(
             f"  {consent.key}  status {consent.status}"
             + f"  {_force(consent, at)}"
-            + f"  scope {consent.scope}  from {consent.source_id} event {consent.event_id}"
+            + f"  scope {consent.scope}  from {consent.source_id} {as_sent}  event {consent.event_id}"
             f" (as of {_instant(consent.as_of)})"
         )
         if consent.provision is not None:

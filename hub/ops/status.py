@@ -95,6 +95,8 @@ def gather(
     for target in console.targets:
         step(f"scraping {target.name}")
         found = scrape(target)
+        if target.optional and not found.up:  # no further worker on that port of the host
+            continue
         failures = found.total("hub_stage_failures_total")
         records = found.total("hub_stage_records_total")
         status.workers.append(

@@ -554,6 +554,12 @@ def _copy_text(copy: bool | None) -> str:
     return {True: "yes", False: "no", None: "?"}[copy]
 
 
+def _named(what: str, value: str | None) -> str:
+    """``source gp-x`` / ``message m-1``, or ``no source id`` / ``no message id`` when the input had none
+    (no header, or one the receipt did not echo)."""
+    return f"{what} {value}" if value is not None else f"no {what} id"
+
+
 def render(trace: Trace) -> list[str]:
     """The lines ``hub trace`` prints: ids, kinds, codes, rules and reasons; never clinical content."""
     if not trace.found:
@@ -565,7 +571,8 @@ def render(trace: Trace) -> list[str]:
         lines.append(
             f"receipt {receipt.where}: {receipt.status}"
             + (f" {receipt.code}" if receipt.code else "")
-            + f"  input {receipt.ingest}  source {receipt.source}  message {receipt.message_id}"
+            + f"  input {receipt.ingest}  {_named('source', receipt.source)}"
+            + f"  {_named('message', receipt.message_id)}"
             + f"  at {receipt.at}"
         )
         if receipt.detail:
@@ -574,7 +581,9 @@ def render(trace: Trace) -> list[str]:
             lines.append("  reject AuditEvent: recorded")
         lines.append(f"  events: {', '.join(receipt.event_ids) if receipt.event_ids else 'none'}")
     for reject in trace.rejects:
-        lines.append(f"DLQ {reject.where}: {reject.code}  input {reject.origin}  source {reject.source}")
+        lines.append(
+            f"DLQ {reject.where}: {reject.code}  input {reject.origin}  {_named('source', reject.source)}"
+        )
     for event in trace.events:
         lines.extend(_render_event(event))
     for alert in trace.alerts:

@@ -400,6 +400,31 @@ def test_patients_and_alerts_lists_are_the_gps_own(gateway: Gateway) -> None:
     assert [(a["alert_id"], a["state"]) for a in alerts["alerts"]] == [("a-onco", "new"), ("a-diab", "read")]
 
 
+def _shape(value: Any) -> Any:
+    """A JSON value's structure: keys and types, the first item standing for a list."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+def test_the_documented_patients_list_has_the_shape_the_gateway_answers(gateway: Gateway) -> None:
+    """docs/GP_INTEGRATION.md's example of GET /alerts/patients: same keys, and counts are numbers."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "GP_INTEGRATION.md").read_text("utf-8")
+    section = doc.split("- `GET /alerts/patients`", 1)[1]
+    example = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    gateway.store.add(make_alert("a-onco"))
+    gateway.store.add(make_alert("a-diab"))
+
+    async def scenario(client: TestClient[Any, Any]) -> Any:
+        return await (await client.get("/alerts/patients", headers=auth(gateway.token_a))).json()
+
+    answered = run(gateway.app(), scenario)
+    assert _shape(answered) == _shape(example)
+    assert answered["patients"][0]["alerts"] == 2
+
+
 def test_an_unexpected_error_is_a_500_json_with_a_request_id(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

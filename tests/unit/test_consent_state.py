@@ -20,6 +20,7 @@ from hub.consent.state import (
     apply,
 )
 from hub.identity.network_id import NETWORK_ID_SYSTEM
+from hub.normalise.references import SOURCE_REFERENCE_URL
 
 PATIENT = "pt-" + "a" * 24
 OTHER_PATIENT = "pt-" + "b" * 24
@@ -414,6 +415,20 @@ def test_state_json_round_trip() -> None:
     assert PatientShareState.from_json(json.loads(text)) == state
     assert PatientShareState.from_json(text) == state
     assert PatientShareState.from_json(text.encode()) == state
+
+
+def test_a_consent_keeps_how_its_source_names_it_and_older_states_still_load() -> None:
+    """The source's own Consent/<id> (carried in meta) is kept beside the hub's key and survives the
+    changelog; a state stored before it was kept (no such field) loads with none, unchanged."""
+    sent_as = {"extension": [{"url": SOURCE_REFERENCE_URL, "valueString": "Consent/consent-42"}]}
+    state = applied(PatientShareState.empty(PATIENT), consent(meta=sent_as)).state
+    (record,) = state.consents
+    assert (record.source_id, record.source_reference) == ("demo-gp", "Consent/consent-42")
+    assert PatientShareState.from_json(json.dumps(state.to_json())) == state
+    stored_before = applied(PatientShareState.empty(PATIENT), consent()).state.to_json()
+    assert "source_reference" not in stored_before["consents"][0]
+    (old,) = PatientShareState.from_json(json.dumps(stored_before)).consents
+    assert old.source_reference is None and old.key == record.key
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hub.normalise.references import address_book, stable_id, with_stable_references
+from hub.normalise.references import SOURCE_REFERENCE_URL, address_book, stable_id, with_stable_references
 
 ENCOUNTER_URL = "urn:uuid:11111111-2222-4333-8444-555555555555"
 ENCOUNTER = {"resourceType": "Encounter", "status": "finished"}
@@ -78,3 +78,14 @@ def test_the_input_is_not_mutated() -> None:
     resource = observation(encounter={"reference": "Encounter/9"})
     with_stable_references(resource, source_id="gp", book={})
     assert resource["encounter"] == {"reference": "Encounter/9"}
+
+
+def test_a_consent_keeps_its_sources_own_id_in_meta_for_a_dpo_to_find_it() -> None:
+    """Consent/<id> as the source sent it, under meta (out of the event id); other types keep none."""
+    consent = {"resourceType": "Consent", "id": "consent-42", "status": "active"}
+    out, _ = with_stable_references(consent, source_id="gp", book=address_book("gp", [(None, consent)]))
+    assert out["id"] == stable_id("gp", "Consent/consent-42")
+    assert out["meta"]["extension"] == [{"url": SOURCE_REFERENCE_URL, "valueString": "Consent/consent-42"}]
+    other = observation(id="obs-1")
+    out, _ = with_stable_references(other, source_id="gp", book=address_book("gp", [(None, other)]))
+    assert "meta" not in out

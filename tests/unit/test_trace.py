@@ -236,6 +236,27 @@ def test_a_rejected_input_shows_its_code_dlq_record_and_reject_audit(world: dict
         assert "original bytes" not in text
 
 
+def test_an_input_without_a_message_id_or_a_known_source_says_so_rather_than_none() -> None:
+    """No hub-message-id (and a source the receipt did not echo): "no message id", never "None"."""
+    receipts, dlq = Topic(PREFIX + "r"), Topic(PREFIX + "d")
+    unknown = Rejected(ErrorCode.SOURCE_UNKNOWN, "no hub-source header", None, None)
+    receipts.add(receipt(unknown, REJECTED_ORIGIN, at=AT))
+    dlq.add(b"original bytes", headers=dlq_headers((), unknown, REJECTED_ORIGIN))
+    empty: list[Record] = []
+    trace = build_trace(
+        Target("ingest", str(REJECTED_ORIGIN)),
+        receipts=receipts.records,
+        dlq=dlq.records,
+        pathway=empty,
+        audit=empty,
+        alerts=empty,
+        copies={},
+    )
+    text = "\n".join(render(trace))
+    assert "no message id" in text and "no source id" in text
+    assert "None" not in text
+
+
 def test_an_unknown_id_is_not_found(world: dict[str, Any]) -> None:
     for target in (
         Target("event", "33333333-3333-5333-8333-333333333333"),
@@ -423,6 +444,23 @@ def test_the_state_is_shown_with_identifiers_and_codes_only() -> None:
     )  # fmt: skip
     after = render_state(last_state(changelog((PATIENT, ended.to_json())), PATIENT), now=AT)
     assert "Consent|id|gp-test|c2  status active  expired  scope treatment" in "\n".join(after)
+
+
+def test_a_consent_is_named_by_its_source_and_the_id_the_source_gave_it() -> None:
+    """A DPO finds the Consent at its source: ``from <source> as Consent/<id>``; a consent stored before
+    the hub kept that id says so instead."""
+    named = ConsentRecord(
+        "Consent|id|gp-test|5f0c", "gp-test", E1, "active", "patient-privacy", T0, Provision("deny"),
+        source_reference="Consent/objection-7",
+    )  # fmt: skip
+    unnamed = ConsentRecord(
+        "Consent|event|e9", "gp-test", E2, "active", "patient-privacy", T0, Provision("deny")
+    )
+    state = PatientShareState(PATIENT, consents=(named, unnamed))
+    text = "\n".join(render_state(last_state(changelog((PATIENT, state.to_json())), PATIENT), now=AT))
+    assert f"from gp-test as Consent/objection-7  event {E1}" in text
+    assert "Consent|id|gp-test|5f0c  status active" in text  # the hub's key is still shown
+    assert f"from gp-test (its own id not on record)  event {E2}" in text
 
 
 def test_an_empty_state_says_none_in_each_section() -> None:
