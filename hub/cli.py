@@ -22,6 +22,7 @@ from hub.crypto.erase_cli import erase
 from hub.errors import ConfigError
 from hub.gateway.cli import gateway
 from hub.keys.cli import keys
+from hub.keyservice.cli import recipients
 from hub.ops.cli import consent, trace
 from hub.ops.dlq_cli import dlq
 from hub.ops.status import status
@@ -56,10 +57,12 @@ def worker() -> None:
 def publish(source_id: str, wait: bool, timeout: float, paths: tuple[Path, ...]) -> None:
     """Sign FHIR files or folders as SOURCE and send them to hub.ingest.v1.
 
-    Exits 0 when every input was accepted (or a known duplicate), 1 when any was rejected.
+    Exits 0 when every input was accepted (or a known duplicate), 1 when any was rejected, 2 when a
+    file cannot be sent (unreadable, not JSON/XML, over HUB_MAX_PAYLOAD_BYTES: nothing is sent) or
+    the broker refused a record.
     """
     from hub.kafka.clients import end_offsets, producer  # noqa: PLC0415
-    from hub.publish import fhir_files, publications_for_file  # noqa: PLC0415
+    from hub.publish import checked_publications, deliver, fhir_files, refused_error  # noqa: PLC0415
     from hub.sources.registry import load_sources  # noqa: PLC0415
     from hub.topics import TopicNames  # noqa: PLC0415
 
@@ -72,22 +75,31 @@ def publish(source_id: str, wait: bool, timeout: float, paths: tuple[Path, ...])
             hint="register it there first (`hub config check` validates the file)",
         )
     files = list(fhir_files(list(paths)))
+    # Every file is read and checked before the first is sent: a bad one stops the run with nothing sent.
+    publications = [
+        pub
+        for path in files
+        for pub in checked_publications(
+            path, source_id=source.id, secret=source.secrets[0], max_bytes=settings.max_payload_bytes
+        )
+    ]
     start = {topics.receipts: end_offsets(settings.bootstrap_servers, topics.receipts)} if wait else {}
-    sender = producer(settings.bootstrap_servers)
-    sent: dict[str, str] = {}
-    with _progress() as progress:
-        task = progress.add_task("publishing", total=len(files))
-        for path in files:
-            for pub in publications_for_file(
-                path, source_id=source.id, secret=source.secrets[0], max_bytes=settings.max_payload_bytes
-            ):
-                sender.send(topics.ingest, key=pub.key, value=pub.value, headers=list(pub.headers))
-                sent[pub.key.decode()] = pub.label
-            progress.advance(task)
-        sender.flush()
-    sender.close()
-    out.print(f"sent {len(sent)} records from {len(files)} files to {topics.ingest}")
+    # Room for any record within the hub's limit plus its headers: the broker, not the client, decides.
+    sender = producer(settings.bootstrap_servers, max_request_size=2 * settings.max_payload_bytes)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("publishing", total=len(publications))
+            delivery = deliver(sender, topics.ingest, publications, done=lambda: progress.advance(task))
+    finally:
+        sender.close()
+    out.print(f"sent {len(delivery.acknowledged)} records from {len(files)} files to {topics.ingest}")
+    if len(delivery.refused) > 1:  # the error below names the first
+        for refused in delivery.refused:
+            err.print(f"refused {refused.label}: {refused.reason}", markup=False)
+    if delivery.refused:
+        raise refused_error(delivery, topic=topics.ingest, max_bytes=settings.max_payload_bytes)
     if wait:
+        sent = {pub.key.decode(): pub.label for pub in delivery.acknowledged}
         rejected = _await_receipts(settings, topics.receipts, start, sent, timeout)
         sys.exit(EXIT_FAILURE if rejected else 0)
 
@@ -258,5 +270,6 @@ main.add_command(sources)
 main.add_command(bench)
 main.add_command(audit)
 main.add_command(keys)
+main.add_command(recipients)
 main.add_command(console_command)
 main.add_command(status)

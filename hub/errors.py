@@ -7,7 +7,10 @@ exception. Exceptions are for bugs, bad configuration and infrastructure::
     ├── ConfigError                a configuration file or setting is wrong  (config.invalid)
     │   └── SecretUnavailable      a secret file or variable is missing  (config.secret_missing)
     ├── BrokerError                the Kafka broker cannot be started or reached  (broker.*)
-    │   └── PrerequisiteMissing    Java or Maven is not installed  (broker.prerequisite_missing)
+    │   ├── PrerequisiteMissing    Java or Maven is not installed  (broker.prerequisite_missing)
+    │   └── BrokerRefused          the broker would not take a record `hub publish` sent  (broker.refused)
+    ├── PayloadRefused             a file `hub publish` will not send: the hub would refuse it
+    │                              (payload.too_large, payload.malformed)
     └── CryptoError                an encrypted record or key cannot be used  (crypto.*)
         ├── EnvelopeInvalid        not a hub envelope, or an unknown version  (crypto.envelope_invalid)
         ├── DecryptFailed          tampered, or bound to another key/topic/record  (crypto.decrypt_failed)
@@ -48,6 +51,8 @@ class ErrorCode(StrEnum):
     BROKER_UNAVAILABLE = "broker.unavailable"
     BROKER_PREREQUISITE_MISSING = "broker.prerequisite_missing"
     BROKER_START_FAILED = "broker.start_failed"
+    #: The broker answered a produce request with an error (a record larger than the topic takes...).
+    BROKER_REFUSED = "broker.refused"
     # Encryption at rest and erasure (docs/SECURITY.md).
     CRYPTO_ENVELOPE_INVALID = "crypto.envelope_invalid"
     CRYPTO_DECRYPT_FAILED = "crypto.decrypt_failed"
@@ -56,6 +61,45 @@ class ErrorCode(StrEnum):
     CRYPTO_KEK_INVALID = "crypto.kek_invalid"
     #: An input about a patient whose data key was destroyed (`hub erase`): the hub keeps nothing of it.
     PATIENT_ERASED = "patient.erased"
+    # The key service's refusals (docs/SECURITY.md, "Recipient key access"): answers, not exceptions;
+    # an erased patient's key is refused with crypto.key_destroyed.
+    #: No credential, or one that is wrong or revoked (HTTP 401).
+    KEYS_CREDENTIAL_INVALID = "keys.credential_invalid"
+    #: The requested key id is not a key id at all (HTTP 400).
+    KEYS_KEY_ID_MALFORMED = "keys.key_id_malformed"
+    #: Not this recipient's key, or not one it ever received records under; one code for every
+    #: reason, so the answer never says whether a patient exists (HTTP 403).
+    KEYS_NOT_PERMITTED = "keys.not_permitted"
+    #: Too many requests with one credential, or from one address failing to authenticate (HTTP 429).
+    KEYS_RATE_LIMITED = "keys.rate_limited"
+
+
+class WarningCode(StrEnum):
+    """Stable, dotted codes of what the hub ignored in an input it accepted (docs/INGEST.md, Warnings).
+
+    They travel in the ``warnings`` of ``accepted`` and ``duplicate`` receipts and in ``hub sources
+    check``, so a source learns why, say, its patients do not link. Like error codes, never renamed.
+    Listed most important first: receipts keep that order when they cut a long list.
+
+    ``ins.unqualified``     an INS not used to link (no identity reliability VALI, a test INS this hub
+                            does not accept, an INS in a reference that no Patient of the input qualifies)
+    ``resource.ignored``    a resource about the patient of a type the hub makes no pathway event of
+    ``entry.no_resource``   a Bundle entry without a resource (a DELETE request): nothing applied
+    ``code.system_unknown`` codings in a system the hub does not know and no ConceptMap of the source maps
+    ``code.unmapped``       a local code the source's ConceptMaps for its system do not list
+    ``unit.unknown``        a quantity in a unit the hub cannot convert to its canonical unit
+    ``instant.unreadable``  a date-time the hub cannot read, passed on as sent
+    ``warnings.truncated``  more warnings than a receipt lists
+    """
+
+    INS_UNQUALIFIED = "ins.unqualified"
+    RESOURCE_IGNORED = "resource.ignored"
+    ENTRY_NO_RESOURCE = "entry.no_resource"
+    CODE_SYSTEM_UNKNOWN = "code.system_unknown"
+    CODE_UNMAPPED = "code.unmapped"
+    UNIT_UNKNOWN = "unit.unknown"
+    INSTANT_UNREADABLE = "instant.unreadable"
+    WARNINGS_TRUNCATED = "warnings.truncated"
 
 
 class HubError(Exception):
@@ -103,6 +147,20 @@ class PrerequisiteMissing(BrokerError):
     code = ErrorCode.BROKER_PREREQUISITE_MISSING
 
 
+class BrokerRefused(BrokerError):
+    """The broker did not acknowledge a record: the message gives its reason, never the record's content."""
+
+    code = ErrorCode.BROKER_REFUSED
+
+
+class PayloadRefused(HubError):
+    """A file the hub would refuse as a payload (``code``: its ingest reject code), refused before sending."""
+
+    def __init__(self, code: ErrorCode, message: str, *, hint: str) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
 class CryptoError(HubError):
     """An encrypted record or a data key cannot be used; messages name key ids, never content."""
 
@@ -141,6 +199,7 @@ class KekInvalid(CryptoError):
 
 __all__ = [
     "BrokerError",
+    "BrokerRefused",
     "BrokerStartFailed",
     "ConfigError",
     "CryptoError",
@@ -151,6 +210,8 @@ __all__ = [
     "KekInvalid",
     "KeyDestroyed",
     "KeyUnknown",
+    "PayloadRefused",
     "PrerequisiteMissing",
     "SecretUnavailable",
+    "WarningCode",
 ]

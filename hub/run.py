@@ -17,6 +17,8 @@ from rich.console import Console
 
 from hub.broker.embedded import BrokerLayout, EmbeddedBroker
 from hub.errors import HubError
+from hub.keyservice import credentials_file, local_ca
+from hub.keyservice.credentials import RecipientCredentials
 from hub.settings import Settings
 
 console = Console(stderr=True)
@@ -26,6 +28,8 @@ DEMO_SOURCES_FILE = PROJECT_ROOT / "config" / "sources.demo.json"
 DEMO_RECIPIENTS_FILE = PROJECT_ROOT / "config" / "recipients.demo.json"
 #: A GP of the demo's Lamentin practice (config/recipients.demo.json), to log in to the GP page as.
 DEMO_GP_RPPS = "10009900019"
+#: The demo hospital whose own consumer (examples/java-consumer) `hub run` gives a key-service credential.
+DEMO_HOSPITAL = "demo-hospital-chu"
 
 #: Everything `make run` creates: secrets, worker log, demo feed. Git ignores it.
 DEMO_STATE = PROJECT_ROOT / ".hub"
@@ -99,6 +103,32 @@ def _demo_gp_token() -> str:
     return TokenStore(tokens_file(Settings())).issue(DEMO_GP_RPPS)
 
 
+def _demo_hospital_credential(secrets_dir: Path) -> Path:
+    """A fresh key-service credential for the demo hospital, in a 0600 file (only its hash is kept by
+    the hub); the previous one is revoked, so each run leaves one."""
+    store = RecipientCredentials(credentials_file(Settings()))
+    store.revoke(DEMO_HOSPITAL)
+    path = secrets_dir / f"{DEMO_HOSPITAL}.key-service-token"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(store.issue(DEMO_HOSPITAL) + "\n")
+    return path
+
+
+def _start_hub(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``hub COMMAND`` in the background, appending its output to ``log``."""
+    with log.open("ab") as log_file:
+        return subprocess.Popen(  # noqa: S603 - our own console script, fixed arguments
+            [sys.executable, "-m", "hub", *command],
+            env=dict(os.environ),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # Its own session: Ctrl-C reaches `hub run`, which then stops it in order.
+            start_new_session=True,
+        )
+
+
 def _stop_process(worker: subprocess.Popen[bytes] | None) -> None:
     if worker is not None and worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
@@ -117,6 +147,7 @@ def run_everything(*, patients: int, demo: bool) -> None:
     broker = EmbeddedBroker(BrokerLayout.from_settings(settings))
     worker: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
+    key_service: subprocess.Popen[bytes] | None = None
     operators: subprocess.Popen[bytes] | None = None
     stopping = False
 
@@ -135,36 +166,18 @@ def run_everything(*, patients: int, demo: bool) -> None:
 
         create_contract_topics(settings)
         worker_log = DEMO_STATE / "worker.log"
-        with worker_log.open("ab") as log_file:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "hub", "worker"],
-                env=dict(os.environ),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                # Its own session: Ctrl-C reaches `hub run`, which then stops it in order.
-                start_new_session=True,
-            )
+        worker = _start_hub(["worker"], worker_log)
         _say(f"worker started (pid {worker.pid}), log: {worker_log}")
         gateway_log = DEMO_STATE / "gateway.log"
-        with gateway_log.open("ab") as log_file:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "hub", "gateway", "serve"],
-                env=dict(os.environ),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        gateway = _start_hub(["gateway", "serve"], gateway_log)
+        # Recipients' own consumers obtain the data keys of their topic here (hub.keyservice).
+        key_service_log = DEMO_STATE / "key-service.log"
+        key_service = _start_hub(["keys", "serve"], key_service_log)
+        # The operators' console (hub/console), on loopback: it scrapes the worker and the gateway.
         console_log = DEMO_STATE / "console.log"
-        with console_log.open("ab") as log_file:
-            # The operators' console (hub/console), on loopback: it scrapes the worker and the gateway.
-            operators = subprocess.Popen(
-                [sys.executable, "-m", "hub", "console"],
-                env=dict(os.environ),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        operators = _start_hub(["console"], console_log)
         token = _demo_gp_token()
+        hospital_credential = _demo_hospital_credential(env.secrets_dir)
         if demo:
             _publish_demo(settings, env.environ, patients)
         _say(
@@ -181,6 +194,9 @@ def run_everything(*, patients: int, demo: bool) -> None:
             f"log: {gateway_log})\n"
             f"Operators' console: http://{settings.console_host}:{settings.console_port}/ "
             f"(or `.venv/bin/hub status`; log: {console_log})\n"
+            f"Key service: https://{settings.key_service_host}:{settings.key_service_port}/ (CA: "
+            f"{local_ca(settings).ca_cert}; log: {key_service_log}); the demo hospital's credential: "
+            f"{hospital_credential}; its own Java consumer: examples/java-consumer/README.md\n"
             f"Kafka: {bootstrap}. Press Ctrl-C to stop everything.\n"
         )
         while not stopping:
@@ -195,6 +211,7 @@ def run_everything(*, patients: int, demo: bool) -> None:
     finally:
         # Stop first, talk after: the terminal may already be gone.
         _stop_process(operators)
+        _stop_process(key_service)
         _stop_process(gateway)
         _stop_process(worker)
         if broker.started:  # a broker that was already running before `hub run` keeps running

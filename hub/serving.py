@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -21,15 +22,17 @@ async def serve_runner(
     name: str,
     busy_hint: str,
     ready: Callable[[str], None] = lambda _url: None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve the runner's app on host:port until cancelled or SIGTERM; ``ready(url)`` once it listens.
 
     The caller builds the runner (its access log and shutdown timeout differ). A port that cannot be
     bound is a :class:`ConfigError` naming ``name`` (``the console``) and the address, with ``busy_hint``.
+    With ``ssl_context`` the app is served over HTTPS (and ``ready`` gets an ``https://`` URL).
     """
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:
@@ -38,7 +41,7 @@ async def serve_runner(
             ) from exc
         bound_host, bound_port = runner.addresses[0][:2]
         shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        ready(f"http://{shown_host}:{bound_port}/")
+        ready(f"{'https' if ssl_context else 'http'}://{shown_host}:{bound_port}/")
         stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -12,6 +12,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from hub.errors import SecretUnavailable
 
 ONE_MEBIBYTE = 1024 * 1024
+#: How many ports, from HUB_METRICS_PORT up, a worker tries and the console and `hub status` look at.
+METRICS_PORT_SPAN = 10
+
+
+def metrics_ports(port: int) -> range:
+    """The ports a worker configured with HUB_METRICS_PORT=``port`` tries, in order, for its metrics.
+
+    ``port`` and the next ones (:data:`METRICS_PORT_SPAN` in all), so that several workers on one host
+    each serve their metrics with one setting; 0 is one try, at a free port the system picks.
+    """
+    return range(port, min(port + METRICS_PORT_SPAN, 65536)) if port else range(1)
 
 
 def default_state_dir() -> Path:
@@ -90,9 +101,27 @@ class Settings(BaseSettings):
     gateway_state_file: Path | None = None
     #: SHA-256 hashes of the GPs' bearer tokens; None: <state_dir>/gateway/gp-tokens.json.
     gateway_tokens_file: Path | None = None
+    #: The key service (`hub keys serve`, started by `hub run`): recipients obtain the data keys of their
+    #: own topic over HTTPS (docs/SECURITY.md, "Recipient key access"); loopback unless told otherwise.
+    key_service_host: str = "127.0.0.1"
+    key_service_port: int = Field(default=8443, ge=0, le=65535)
+    #: Folder of the local CA (ca.pem, ca.key) that issues the key service's certificate when none is
+    #: configured; None: the secured broker's, <state_dir>/broker/tls, so a client trusts one ca.pem.
+    key_service_ca_dir: Path | None = None
+    #: The key service's own certificate chain and private key (PEM), e.g. from the organisation's PKI.
+    key_service_cert_file: Path | None = None
+    key_service_key_file: Path | None = None
+    #: SHA-256 hashes of the recipients' credentials; None: <state_dir>/keyservice/recipient-credentials.json.
+    key_service_credentials_file: Path | None = None
+    #: Requests per second (and burst) one credential, or one address failing to authenticate, may make.
+    key_service_rate_per_second: float = Field(default=50.0, gt=0)
+    key_service_burst: int = Field(default=200, ge=1)
+    #: How long a client may keep a released key; every answer says it (``cache_seconds``).
+    key_service_client_cache_seconds: int = Field(default=300, ge=0, le=3600)
     #: A worker's Prometheus ``/metrics`` listens on loopback unless told otherwise (no token yet).
     metrics_host: str = "127.0.0.1"
-    #: 0 picks a free port (the worker logs ``metrics.listening`` with the one it bound).
+    #: Taken (another worker of the host): the next free one of :func:`metrics_ports`; 0 picks any free
+    #: port. The worker logs ``metrics.listening`` with the one it bound.
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     #: The operators' console (`hub console`, started by `hub run`) listens on loopback unless told
     #: otherwise; any other address needs an operator token (`hub console token issue <name>`).
@@ -100,8 +129,8 @@ class Settings(BaseSettings):
     console_port: int = Field(default=8090, ge=0, le=65535)
     #: SHA-256 hashes of the operators' tokens; None: <state_dir>/console/operator-tokens.json.
     console_tokens_file: Path | None = None
-    #: Comma-separated ``/metrics`` URLs of the workers the console and `hub status` watch;
-    #: empty: the one worker at HUB_METRICS_HOST:HUB_METRICS_PORT.
+    #: Comma-separated ``/metrics`` URLs of the workers the console and `hub status` watch; empty:
+    #: the workers of this host, at HUB_METRICS_HOST on the ports of :func:`metrics_ports`.
     console_worker_urls: str = ""
     #: The gateway's ``/metrics`` URL; empty: HUB_GATEWAY_HOST:HUB_GATEWAY_PORT; ``none``: no gateway.
     console_gateway_url: str = ""

@@ -1,4 +1,4 @@
-"""Bearer tokens issued once and stored as SHA-256 hashes only: one store for the GPs and the operators.
+"""Bearer tokens issued once and stored as SHA-256 hashes only: one store for GPs, operators, recipients.
 
 A token file (JSON, mode 0600) lists, per token, its holder (a GP's RPPS, an operator's name: the
 field is named after the holder), the hex SHA-256 of the token and when it was issued. The token is
@@ -8,8 +8,9 @@ token and compares it with *every* stored hash using :func:`hmac.compare_digest`
 its time does not depend on which hash, or how much of one, matched. The file is re-read when it
 changes: issuing or revoking a token takes effect in a running server without a restart.
 
-:class:`hub.gateway.tokens.TokenStore` and :class:`hub.console.tokens.OperatorTokens` are this store
-with their own :class:`TokenFileSpec` (holder field, name check, prefix, hints naming their command).
+:class:`hub.gateway.tokens.TokenStore`, :class:`hub.console.tokens.OperatorTokens` and
+:class:`hub.keyservice.credentials.RecipientCredentials` are this store with their own
+:class:`TokenFileSpec` (holder field, name check, prefix, hints naming their command).
 """
 
 from __future__ import annotations

@@ -34,6 +34,15 @@ def recipient_pathway(recipient_id: str) -> str:
     return RECIPIENT_PATHWAY_TEMPLATE.format(recipient=recipient_id)
 
 
+def recipient_of_topic(topic: str, prefix: str = "") -> str | None:
+    """The recipient id of ``<prefix>hub.pathway.<recipient>.v1``; None for any other topic."""
+    head, _, tail = RECIPIENT_PATHWAY_TEMPLATE.partition("{recipient}")
+    if not topic.startswith(prefix + head) or not topic.endswith(tail):
+        return None
+    middle = topic[len(prefix + head) : len(topic) - len(tail)]
+    return middle or None
+
+
 class TopicNames:
     """The contract's topic names under an optional prefix (tests isolate themselves with one)."""
 

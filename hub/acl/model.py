@@ -13,6 +13,8 @@ recipient's ``kafka_principal`` READ its own ``hub.pathway.<id>.v1`` in its own 
                                 changelogs (``<app id>-*``), in the workers' group (``<app id>*``);
                                 DELETE processed records of ``hub.ingest.v1``
 ``hub-gateway``                 READ ``hub.alerts.v1`` in its group ``<app id>-gateway``
+``hub-keys``                    WRITE (and DESCRIBE) ``hub.audit-unsealed.v1``: the key service's
+                                AuditEvents; it reads no topic
 ``hub-console``                 DESCRIBE every hub topic and group (lag, health), READ the receipts and
                                 the DLQ (reject counts); no pathway, no audit content
 ``hub-broker``, ``hub-admin``   super users (server.properties); no binding needed
@@ -30,11 +32,12 @@ from enum import StrEnum
 
 from hub.broker.tls import check_user_name
 from hub.errors import ConfigError
-from hub.topics import ALERTS, DLQ, INGEST, RECEIPTS, recipient_pathway
+from hub.topics import ALERTS, AUDIT_UNSEALED, DLQ, INGEST, RECEIPTS, recipient_pathway
 
 WORKER_USER = "hub-worker"
 GATEWAY_USER = "hub-gateway"
 CONSOLE_USER = "hub-console"
+KEYS_USER = "hub-keys"
 SOURCE_USER_PREFIX = "source-"
 #: Kafka's name for the one cluster resource.
 CLUSTER_NAME = "kafka-cluster"
@@ -48,6 +51,7 @@ class Role(StrEnum):
     WORKER = "worker"
     GATEWAY = "gateway"
     CONSOLE = "console"
+    KEYS = "keys"
 
 
 class Resource(StrEnum):
@@ -131,6 +135,7 @@ def plan_acls(
         Principal(WORKER_USER, Role.WORKER),
         Principal(GATEWAY_USER, Role.GATEWAY),
         Principal(CONSOLE_USER, Role.CONSOLE),
+        Principal(KEYS_USER, Role.KEYS),
     ]
     principals += [Principal(source_user(source), Role.SOURCE, source) for source in sorted(set(sources))]
     principals += [
@@ -190,6 +195,10 @@ def plan_acls(
                     )
                 bindings |= _grant(principal, Resource.GROUP, Pattern.PREFIXED, app_id, "DESCRIBE")
                 bindings |= _grant(principal, Resource.CLUSTER, Pattern.LITERAL, CLUSTER_NAME, "DESCRIBE")
+            case Role.KEYS:
+                # Its AuditEvents go where every stage's do; the sealing stage chains them.
+                audit = topic_prefix + AUDIT_UNSEALED
+                bindings |= _grant(principal, Resource.TOPIC, Pattern.LITERAL, audit, "WRITE", "DESCRIBE")
     return AclPlan(tuple(principals), frozenset(bindings))
 
 
@@ -220,6 +229,7 @@ def diff_acls(wanted: Iterable[Binding], existing: Iterable[Binding], managed: I
 __all__ = [
     "CONSOLE_USER",
     "GATEWAY_USER",
+    "KEYS_USER",
     "SOURCE_USER_PREFIX",
     "WORKER_USER",
     "AclDiff",

@@ -1,7 +1,8 @@
 """Encryption at rest: AES-256-GCM envelopes under per-patient data keys wrapped by a key-encryption key.
 
-Pure core (:mod:`.envelope`, :mod:`.keys`), a key store that can destroy a key (:mod:`.store`), the
-keyring that caches unwrapped keys (:mod:`.keyring`) and the Kafka record policy (:mod:`.records`).
+Pure core (:mod:`.envelope`, :mod:`.keys`, the key ids of :mod:`.keyids`), a key store that can
+destroy a key (:mod:`.store`), the keyring that caches unwrapped keys (:mod:`.keyring`) and the
+Kafka record policy (:mod:`.records`).
 docs/SECURITY.md describes the scheme and the key lifecycle.
 """
 

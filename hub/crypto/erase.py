@@ -4,9 +4,10 @@ A patient's records on the encrypted topics and in the table changelogs stay on 
 append-only) but can never be decrypted again once the keys are destroyed. The person may be known
 under several network ids: the qualified-INS id and the source-local ids linked to it (the
 ``identity-aliases`` table, itself encrypted, read here with the operator's keys); every one of
-them is destroyed. Ingest records (the sources' signed bytes, in the clear) that the worker group
-has processed are deleted from the ingest topic; the alert gateway's local store forgets the
-patient's alerts. Each erasure is audited, with ids and counts only.
+them is destroyed, with the keys of every recipient's copies of their events (``pt-…@<recipient>``,
+the keys the key service hands out). Ingest records (the sources' signed bytes, in the clear) that
+the worker group has processed are deleted from the ingest topic; the alert gateway's local store
+forgets the patient's alerts. Each erasure is audited, with ids and counts only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from hub.consent.audit import COMPONENT_SYSTEM, DCM, SUBTYPE_SYSTEM, audit_id
+from hub.crypto.keyids import recipient_keys_prefix
+from hub.crypto.keyring import Keyring
 from hub.identity.network_id import INS_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.normalise.time import utc_iso
 
@@ -113,6 +116,21 @@ def aliases_from_changelog(records: Iterable[tuple[bytes | None, bytes | None]])
             else:
                 aliases.pop(local_id, None)
     return aliases
+
+
+def destroy_patient_keys(keyring: Keyring, patient_ids: Iterable[str], *, by: str) -> int:
+    """Destroy each id's own data key, then every recipient key of it; return how many usable keys went.
+
+    The patient's key first: from then on no recipient key of that patient can be created
+    (:meth:`hub.crypto.store.KeyStore.create` checks it in the same transaction), so the list of
+    recipient keys read next is complete even while workers run.
+    """
+    destroyed = 0
+    for patient_id in patient_ids:
+        destroyed += keyring.destroy(patient_id, by=by)
+        for key_id in keyring.store.key_ids(recipient_keys_prefix(patient_id)):
+            destroyed += keyring.destroy(key_id, by=by)
+    return destroyed
 
 
 @dataclass(frozen=True)

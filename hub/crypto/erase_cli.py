@@ -123,14 +123,21 @@ def erase(
     """Erase PATIENT for good: destroy their data keys (crypto-shredding), audited.
 
     PATIENT is a network patient id (pt-…) or an INS (SYSTEM|VALUE, or a VALUE in --ins-system).
-    Every network id linked to the same person is erased with it. Then: rejects in the DLQ that
+    Every network id linked to the same person is erased with it, with the keys of every recipient's
+    copies (the key service then answers crypto.key_destroyed). Then: rejects in the DLQ that
     name the patient are shredded (each has its own key), the gateway forgets the
     patient's alerts, processed ingest records are deleted from the ingest topic, and an AuditEvent
     (who, which ids, counts) is published. Workers stop using the keys within HUB_KEY_CACHE_SECONDS.
     Exits 0 when done, 2 on an error or without confirmation.
     """
     from hub.crypto.config import keyring_from_settings  # noqa: PLC0415
-    from hub.crypto.erase import ErasureReport, audit_erasure, linked_ids, resolve_patient  # noqa: PLC0415
+    from hub.crypto.erase import (  # noqa: PLC0415
+        ErasureReport,
+        audit_erasure,
+        destroy_patient_keys,
+        linked_ids,
+        resolve_patient,
+    )
     from hub.crypto.records import RecordOpener  # noqa: PLC0415
     from hub.crypto.retention import purge_processed_ingest  # noqa: PLC0415
     from hub.gateway import state_file  # noqa: PLC0415
@@ -152,7 +159,7 @@ def erase(
     keyring = keyring_from_settings(settings)
     ids = linked_ids(patient_id, _aliases(settings, RecordOpener(keyring)))
     who = requested_by or getpass.getuser()
-    destroyed = sum(keyring.destroy(key_id, by=who) for key_id in ids)
+    destroyed = destroy_patient_keys(keyring, ids, by=who)
     alerts = forget_gateway_alerts(state_file(settings), ids)
     dlq = shred_dlq(settings, keyring, ids, who)
     deleted, left = purge_processed_ingest(

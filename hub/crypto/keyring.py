@@ -62,7 +62,7 @@ class Keyring:
             self._cache.popitem(last=False)
         return aead
 
-    def _load(self, key_id: str, *, create: bool) -> AESGCM:
+    def _load(self, key_id: str, *, create: bool, parent: str | None = None) -> AESGCM:
         cached = self._cached(key_id)
         if cached is not None:
             return cached
@@ -70,7 +70,10 @@ class Keyring:
         if stored is None and create:
             dek = os.urandom(KEY_BYTES)
             stored = self.store.create(
-                key_id, kek_id=self.provider.kek_id, wrapped=self.provider.wrap(dek, key_id=key_id)
+                key_id,
+                kek_id=self.provider.kek_id,
+                wrapped=self.provider.wrap(dek, key_id=key_id),
+                unless_destroyed=parent,
             )
         if stored is None:
             raise KeyUnknown(f"no data key {key_id} in the key store", hint="is HUB_KEY_STORE_FILE right?")
@@ -78,9 +81,15 @@ class Keyring:
             raise KeyDestroyed(f"data key {key_id} was destroyed on {stored.destroyed_at}")
         return self._remember(key_id, self.provider.unwrap(stored.wrapped, key_id=key_id))
 
-    def seal(self, plaintext: bytes, *, key_id: str, topic: str, record_id: str) -> bytes:
-        """Encrypt under ``key_id`` (created on first use); KeyDestroyed once that key is destroyed."""
-        dek = self._load(key_id, create=True)
+    def seal(
+        self, plaintext: bytes, *, key_id: str, topic: str, record_id: str, parent: str | None = None
+    ) -> bytes:
+        """Encrypt under ``key_id`` (created on first use); KeyDestroyed once that key is destroyed.
+
+        ``parent``: the key ``key_id`` depends on (a recipient key's patient key); a new key is not
+        created once the parent is destroyed (:meth:`KeyStore.create`).
+        """
+        dek = self._load(key_id, create=True, parent=parent)
         return seal(dek, plaintext, key_id=key_id, topic=topic, record_id=record_id)
 
     def open(self, value: bytes, *, topic: str, record_id: str) -> bytes:

@@ -5,8 +5,10 @@ Every record that carries clinical data is sealed: ``hub.identity.v1``, ``hub.sh
 values of the faust tables (so their changelogs and state folders hold ciphertext only). Receipts and
 AuditEvents carry ids and codes only and stay readable by their consumers.
 
-Key ids are pseudonymous: a patient's records use the network patient id (the record key, or the
-alert's patient), each DLQ record a key of its own (``dlq.YYYY-MM.<random>``). Headers say the
+Key ids are pseudonymous (:mod:`hub.crypto.keyids`): a patient's records use the network patient id
+(the record key, or the alert's patient), except on a recipient's topic, where they use the key of
+that (recipient, patient) pair (``pt-…@<recipient>``, the only keys the key service hands out); each
+DLQ record has a key of its own (``dlq.YYYY-MM.<random>``). Headers say the
 scheme (``hub-enc``), the key id (``hub-key-id``) and the record id bound into the associated data
 (``hub-record-id``: the event id, the alert id, the DLQ record's origin, a table key, or a random
 id); never any content.
@@ -22,10 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hub.crypto.envelope import SCHEME, is_envelope
+from hub.crypto.keyids import recipient_key_id
 from hub.crypto.keyring import Keyring
 from hub.errors import CryptoError, EnvelopeInvalid
 from hub.kafka.clients import Record
-from hub.topics import TopicNames
+from hub.topics import TopicNames, recipient_of_topic
 
 ENC_HEADER = "hub-enc"
 KEY_ID_HEADER = "hub-key-id"
@@ -80,7 +83,13 @@ class RecordSealer:
     def __init__(self, keyring: Keyring, topics: TopicNames, recipient_topics: Iterable[str] = ()) -> None:
         self.keyring = keyring
         self.topics = topics
-        self.by_key = {topics.identity, topics.share_merge, topics.pathway, *recipient_topics}
+        #: Each recipient topic and its recipient: its records are sealed under (recipient, patient) keys.
+        self.recipients = {
+            topic: recipient
+            for topic in recipient_topics
+            if (recipient := recipient_of_topic(topic, topics.prefix)) is not None
+        }
+        self.by_key = {topics.identity, topics.share_merge, topics.pathway, *self.recipients}
 
     def encrypts(self, topic: str) -> bool:
         """True when records to ``topic`` are sealed."""
@@ -101,6 +110,7 @@ class RecordSealer:
         """
         if value is None or not self.encrypts(topic):
             return value, tuple(headers)
+        parent = None
         if topic == self.topics.dlq:
             key_id = dlq_key_id(now or datetime.now(UTC))
             record_id = header(headers, ORIGIN_HEADER) or uuid.uuid4().hex
@@ -112,7 +122,11 @@ class RecordSealer:
                 raise EnvelopeInvalid(f"a record to {topic} needs its patient key to be encrypted")
             key_id = key.decode()
             record_id = header(headers, EVENT_ID_HEADER) or uuid.uuid4().hex
-        sealed = self.keyring.seal(value, key_id=key_id, topic=topic, record_id=record_id)
+            recipient = self.recipients.get(topic)
+            if recipient is not None:
+                # Never the patient's own key: the recipient obtains this one, and it opens nothing else.
+                key_id, parent = recipient_key_id(key_id, recipient), key_id
+        sealed = self.keyring.seal(value, key_id=key_id, topic=topic, record_id=record_id, parent=parent)
         added = (
             (ENC_HEADER, SCHEME.encode()),
             (KEY_ID_HEADER, key_id.encode()),

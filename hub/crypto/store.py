@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hub.errors import ConfigError
+from hub.errors import ConfigError, KeyDestroyed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -43,6 +43,11 @@ class StoredKey:
     def destroyed(self) -> bool:
         """True once the key was destroyed."""
         return self.destroyed_at is not None
+
+    @property
+    def issued(self) -> bool:
+        """True when a key was ever stored under this id; False for the tombstone of an unused id."""
+        return bool(self.kek_id)
 
 
 def _now() -> str:
@@ -82,13 +87,38 @@ class KeyStore:
             ).fetchone()
         return None if row is None else StoredKey(row[0], row[1], row[2], row[3], row[4])
 
-    def create(self, key_id: str, *, kek_id: str, wrapped: bytes) -> StoredKey:
-        """Store a new wrapped key unless the id exists; return what the store holds (maybe another's)."""
+    def create(
+        self, key_id: str, *, kek_id: str, wrapped: bytes, unless_destroyed: str | None = None
+    ) -> StoredKey:
+        """Store a new wrapped key unless the id exists; return what the store holds (maybe another's).
+
+        ``unless_destroyed`` names the key this one depends on (a recipient key's patient key): when
+        that key is destroyed, nothing is stored and :class:`KeyDestroyed` is raised. The check and the
+        insert are one transaction, so a key created while ``hub erase`` runs is either seen by it or
+        refused, never left behind.
+        """
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO data_keys (key_id, kek_id, wrapped, created_at) VALUES (?, ?, ?, ?)",
-                (key_id, kek_id, wrapped, _now()),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                blocked = unless_destroyed is not None and (
+                    self._db.execute(
+                        "SELECT 1 FROM data_keys WHERE key_id = ? AND destroyed_at IS NOT NULL",
+                        (unless_destroyed,),
+                    ).fetchone()
+                    is not None
+                )
+                if not blocked:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO data_keys (key_id, kek_id, wrapped, created_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (key_id, kek_id, wrapped, _now()),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if blocked:
+            raise KeyDestroyed(f"data key {unless_destroyed} was destroyed: no key {key_id} is made for it")
         stored = self.get(key_id)
         if stored is None:  # pragma: no cover - an insert that neither wrote nor found a row
             raise ConfigError(f"the key store {self.path} lost key {key_id}")
@@ -128,7 +158,13 @@ class KeyStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return bool(row and row[0])
 
-    def key_ids(self) -> list[str]:
-        """Every key id, destroyed ones included."""
+    def key_ids(self, prefix: str = "") -> list[str]:
+        """Every key id starting with ``prefix``, destroyed ones included."""
         with self._lock:
-            return [row[0] for row in self._db.execute("SELECT key_id FROM data_keys ORDER BY key_id")]
+            return [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT key_id FROM data_keys WHERE substr(key_id, 1, ?) = ? ORDER BY key_id",
+                    (len(prefix), prefix),
+                )
+            ]

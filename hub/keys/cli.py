@@ -1,5 +1,7 @@
 """``hub keys rotate|status``: rotate a source's HMAC key with an overlap window; never print a key.
 
+``hub keys serve``, the recipients' key service, is :mod:`hub.keyservice.cli`'s, grouped here.
+
 A rotation is a key administration act: it is audited on ``hub.audit.v1`` (through the sealing
 stage) with key ids, never key material. Exit codes: 0 done; 1 rotated but the AuditEvent could not
 be sent (the output says so); 2 nothing done (unknown source, no broker, unreadable key, open window).
@@ -19,6 +21,7 @@ import click
 
 from hub.cli_support import EXIT_FAILURE, reporting_errors
 from hub.errors import ConfigError
+from hub.keyservice.cli import serve
 from hub.schemas import read_json_config
 from hub.settings import Settings
 from hub.sources.keys import (
@@ -63,7 +66,10 @@ def _send_audit(settings: Settings, rotation: Rotation, sender: Any) -> None:
 
 @click.group()
 def keys() -> None:
-    """The sources' HMAC keys: rotate one, or show each source's keys by id (never the keys)."""
+    """Keys: the sources' HMAC keys (rotate, status; never shown) and the recipients' key service (serve)."""
+
+
+keys.add_command(serve)
 
 
 @keys.command()

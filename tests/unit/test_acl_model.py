@@ -46,7 +46,8 @@ def test_a_recipient_may_read_its_own_topic_in_its_own_groups_only() -> None:
 
 
 def test_no_one_but_the_worker_may_read_the_unified_pathway_or_write_outside_ingest() -> None:
-    """Only hub-worker's bindings cover hub.pathway.v1 with READ, or any topic but ingest with WRITE."""
+    """Only hub-worker's bindings cover hub.pathway.v1 with READ, or any topic but ingest with WRITE
+    (but for the key service's AuditEvents, below)."""
     for principal, bindings in plan().items():
         for binding in bindings:
             covers_pathway = binding.resource is Resource.TOPIC and (
@@ -55,8 +56,19 @@ def test_no_one_but_the_worker_may_read_the_unified_pathway_or_write_outside_ing
             )
             if binding.operation in {"READ", "WRITE"} and covers_pathway:
                 assert principal == "User:hub-worker", binding
-            if binding.operation == "WRITE" and binding.name != "hub.ingest.v1":
+            if binding.operation == "WRITE" and binding.name not in {
+                "hub.ingest.v1",
+                "hub.audit-unsealed.v1",
+            }:
                 assert principal == "User:hub-worker", binding
+
+
+def test_the_key_service_may_only_write_its_audit_events() -> None:
+    """hub-keys: WRITE and DESCRIBE hub.audit-unsealed.v1, literally; it reads no topic, joins no group."""
+    assert plan()["User:hub-keys"] == {
+        Binding("User:hub-keys", Resource.TOPIC, Pattern.LITERAL, "hub.audit-unsealed.v1", "WRITE"),
+        Binding("User:hub-keys", Resource.TOPIC, Pattern.LITERAL, "hub.audit-unsealed.v1", "DESCRIBE"),
+    }
 
 
 def test_the_console_describes_everything_but_reads_only_receipts_and_the_dlq() -> None:
@@ -86,7 +98,7 @@ def test_principals_are_derived_and_checked() -> None:
     roles = {p.user: p.role for p in plan_acls(sources=["s"], recipients=RECIPIENTS).principals}
     assert roles == {
         "hub-worker": Role.WORKER, "hub-gateway": Role.GATEWAY, "hub-console": Role.CONSOLE,
-        "source-s": Role.SOURCE, "hosp-a": Role.RECIPIENT, "gp-dr-x": Role.RECIPIENT,
+        "hub-keys": Role.KEYS, "source-s": Role.SOURCE, "hosp-a": Role.RECIPIENT, "gp-dr-x": Role.RECIPIENT,
     }  # fmt: skip
 
 

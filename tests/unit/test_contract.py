@@ -23,10 +23,18 @@ from hub.consent.recipients import FINESS_SYSTEM, Identifier, Recipient, Recipie
 from hub.consent.share import ShareStage
 from hub.consent.state import ConsentRejected, PatientShareState
 from hub.crypto.erase import ErasureReport, audit_erasure
-from hub.errors import ErrorCode
+from hub.errors import ErrorCode, WarningCode
 from hub.identity.network_id import NETWORK_ID_SYSTEM, PatientKey
 from hub.identity.stage import IdentityStage, input_record, link_record, linked_event
-from hub.ingest.outcome import Accepted, IdentityLink, KafkaCoordinates, Rejected
+from hub.ingest.outcome import (
+    MAX_WARNINGS,
+    Accepted,
+    IdentityLink,
+    IngestWarning,
+    KafkaCoordinates,
+    Rejected,
+    bounded_warnings,
+)
 from hub.ingest.receipts import dlq_headers, receipt
 from hub.ingest.signature import sign
 from hub.normalise.time import utc_iso
@@ -223,8 +231,9 @@ def test_reject_codes_in_schemas_are_the_ingest_reject_codes() -> None:
 
 
 def test_every_ingest_reject_code_is_in_the_schemas() -> None:
-    """Every code ingest can reject with (ErrorCode but config.*, broker.*, consent.*) is in both schemas."""
-    raised_or_audited = ("config.", "broker.", "consent.", "crypto.")
+    """Every code ingest can reject with (ErrorCode but config.*, broker.*, consent.*, crypto.*, keys.*)
+    is in both schemas."""
+    raised_or_audited = ("config.", "broker.", "consent.", "crypto.", "keys.")
     ingest_codes = {str(code) for code in ErrorCode if not code.value.startswith(raised_or_audited)}
     receipt_codes = _schema("receipt.schema.json")["$defs"]["error"]["properties"]["code"]["enum"]
     dlq_codes = _schema("dlq-headers.schema.json")["properties"]["hub-error-code"]["enum"]
@@ -255,6 +264,61 @@ def test_accepted_and_duplicate_receipts_match_schema() -> None:
     assert duplicate["status"] == "duplicate"
     assert schema_errors("receipt.schema.json", accepted) == []
     assert schema_errors("receipt.schema.json", duplicate) == []
+
+
+WARNINGS = (
+    IngestWarning(
+        WarningCode.INS_UNQUALIFIED,
+        "Patient.identifier: an INS is not used to link: the Patient has no identity reliability VALI",
+    ),
+    IngestWarning(WarningCode.CODE_UNMAPPED, "Condition: 1 code of urn:test:gp:condition, not in …"),
+)
+
+
+def test_warning_codes_in_the_schema_are_the_warning_codes() -> None:
+    """The receipt schema lists every WarningCode, in the same order (most important first)."""
+    listed = _schema("receipt.schema.json")["$defs"]["warning"]["properties"]["code"]["enum"]
+    assert listed == [str(code) for code in WarningCode]
+
+
+def test_every_warning_code_is_documented_with_what_to_do() -> None:
+    """docs/INGEST.md's Warnings table has one row per WarningCode: what was ignored, what to do."""
+    text = (SCHEMAS_DIR.parent / "docs" / "INGEST.md").read_text(encoding="utf-8")
+    section = text.partition("\n## Warnings\n")[2].partition("\n## ")[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
+    assert [row[0].strip("| `") for row in rows] == [str(code) for code in WarningCode]
+    assert all(len(row) == 3 and all(cell.strip(" |") for cell in row) for row in rows)
+
+
+def test_receipts_with_warnings_match_schema() -> None:
+    """Accepted and duplicate receipts with warnings validate, through asyncapi.yaml's receipt message
+    too; a reject with warnings, an unknown code, an unbounded list or an extra field does not. A receipt
+    of an older hub, without the field, is still valid: the field is new, never required."""
+    outcome = Accepted("src", "m1", (_event(),), warnings=WARNINGS)
+    accepted = receipt(outcome, ORIGIN, at=AT)
+    assert accepted["warnings"] == [warning.as_dict() for warning in WARNINGS]
+    duplicate = receipt(outcome, ORIGIN, at=AT, status="duplicate", warnings=accepted["warnings"])
+    many = bounded_warnings(
+        IngestWarning(WarningCode.CODE_SYSTEM_UNKNOWN, f"Observation: 1 code of urn:test:{n}")
+        for n in range(40)
+    )
+    full = receipt(Accepted("src", "m1", (), warnings=many), ORIGIN, at=AT)
+    for document in (accepted, duplicate, full):
+        assert schema_errors("receipt.schema.json", document) == []
+        assert _payload_errors("receipt", document) == []
+    assert len(full["warnings"]) == MAX_WARNINGS + 1
+    assert schema_errors("receipt.schema.json", {k: v for k, v in accepted.items() if k != "warnings"}) == []
+    rejected = receipt(Rejected(ErrorCode.FHIR_INVALID, "detail", "src", None), ORIGIN, at=AT)
+    assert rejected["warnings"] == []
+    invalid = [
+        {**rejected, "warnings": accepted["warnings"]},
+        {**accepted, "warnings": [{"code": "ins.unknown", "detail": "x"}]},
+        {**accepted, "warnings": [{"code": "ins.unqualified", "detail": ""}]},
+        {**accepted, "warnings": [{**accepted["warnings"][0], "value": "1840512345678"}]},
+        {**full, "warnings": [*full["warnings"], accepted["warnings"][0]]},
+    ]
+    for document in invalid:
+        assert schema_errors("receipt.schema.json", document) != [], document["warnings"]
 
 
 def test_pathway_event_matches_schema() -> None:
@@ -464,10 +528,15 @@ def test_identity_records_match_the_inline_schemas() -> None:
     local_id = PatientKey("local", "urn:hub:demo:gp:patient", "GP1-000001").network_id(KEY)
     event = _event()
     identity_link = IdentityLink(local_id, event.patient_id)
-    outcome = Accepted("lab-biomed", "m1", (event,), patient_id=event.patient_id, link=identity_link)
+    outcome = Accepted(
+        "lab-biomed", "m1", (event,), patient_id=event.patient_id, link=identity_link, warnings=WARNINGS
+    )
     record = input_record(outcome, ORIGIN, AT)
     assert record["type"] == "input"
+    assert record["warnings"] == [warning.as_dict() for warning in WARNINGS]
     assert _payload_errors("identityInput", record) == []
+    assert _payload_errors("identityInput", {k: v for k, v in record.items() if k != "warnings"}) == []
+    assert _payload_errors("identityInput", {**record, "warnings": [{"code": "x", "detail": "y"}]}) != []
     assert _payload_errors("identityInput", {**record, "events": []}) != []
     assert _payload_errors("identityInput", {**record, "type": "link"}) != []
     link = json.loads(json.dumps(link_record(identity_link, outcome, ORIGIN, AT)))
