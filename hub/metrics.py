@@ -25,6 +25,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from hub.consent.audit import share_decisions
 from hub.ingest.receipts import ERROR_CODE_HEADER
 from hub.logging import get_logger
 from hub.settings import metrics_ports
@@ -178,26 +179,6 @@ def _header(headers: Iterable[tuple[str, bytes]], name: str) -> str:
     return ""
 
 
-def _details(audit: dict[str, Any]) -> dict[str, str] | None:
-    """The ``entity[0].detail`` of a share-decision AuditEvent, or None for any other record."""
-    subtypes = audit.get("subtype")
-    if not isinstance(subtypes, list) or not any(
-        isinstance(s, dict) and s.get("code") == "share-decision" for s in subtypes
-    ):
-        return None
-    entities = audit.get("entity")
-    if not isinstance(entities, list) or not entities or not isinstance(entities[0], dict):
-        return None
-    details = entities[0].get("detail")
-    if not isinstance(details, list):
-        return None
-    return {
-        d["type"]: d["valueString"]
-        for d in details
-        if isinstance(d, dict) and isinstance(d.get("type"), str) and isinstance(d.get("valueString"), str)
-    }
-
-
 def _count(out: Outgoing) -> None:
     topic = out.topic
     if _topic_is(topic, DLQ):
@@ -215,10 +196,9 @@ def _count(out: Outgoing) -> None:
     elif _topic_is(topic, PATHWAY):
         PATHWAY_EVENTS.labels(kind=_label(value.get("kind"))).inc()
     elif _topic_is(topic, AUDIT_UNSEALED):  # stages audit here; hub.audit seals it
-        details = _details(value)
-        if details is not None:
+        for decision in share_decisions(value):
             SHARE_DECISIONS.labels(
-                rule=_label(details.get("rule")), verdict=_label(details.get("verdict"))
+                rule=_label(decision.get("rule")), verdict=_label(decision.get("verdict"))
             ).inc()
     else:
         network = value.get("network")

@@ -2,10 +2,11 @@
 
 Per pathway event: :func:`apply` it to the patient's :class:`PatientShareState` (a refused Consent
 gives :class:`ConsentRejected` and an :func:`audit_consent_rejected` record), then for each
-recipient :func:`decide`, write :func:`audit_event`, and send :func:`recipient_copy` when permitted.
+recipient :func:`decide` and send :func:`recipient_copy` when permitted; one :func:`audit_decisions`
+records every recipient's decision about the event.
 """
 
-from hub.consent.audit import audit_consent_rejected, audit_event, audit_reject
+from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject, share_decisions
 from hub.consent.minimise import recipient_copy
 from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision, PolicyConfig, decide, load_policy
 from hub.consent.recipients import Recipient, RecipientRegistry, load_recipients
@@ -30,10 +31,11 @@ __all__ = [
     "StateUpdate",
     "apply",
     "audit_consent_rejected",
-    "audit_event",
+    "audit_decisions",
     "audit_reject",
     "decide",
     "load_policy",
     "load_recipients",
     "recipient_copy",
+    "share_decisions",
 ]

@@ -2,13 +2,19 @@
 
 How a record reads (docs/CONSENT.md says it for a data-protection officer):
 
-- ``type`` is DICOM 110106 *Export* for a share decision, 110107 *Import* for an ingest reject,
+- ``type`` is DICOM 110106 *Export* for share decisions, 110107 *Import* for an ingest reject,
   110110 *Patient Record* for a refused Consent; ``subtype`` (``urn:hub:audit-event-subtype``) names
-  which: ``share-decision``, ``ingest-reject``, ``consent-rejected``.
-- ``outcome`` is ``0`` (success) when the event was sent, ``4`` (minor failure: not done, as an HTTP
-  4xx) when it was withheld or refused; ``outcomeDesc`` repeats verdict, rule and reason in words.
-- The first entity carries ``detail`` entries ``verdict``, ``rule``, ``reason``, ``policy``,
-  ``policy_version``: the machine-readable decision.
+  which: ``share-decisions``, ``ingest-reject``, ``consent-rejected``.
+- The share stage writes **one AuditEvent per pathway event** (``share-decisions``), with every
+  recipient's decision in it (DESIGN.md §2 allows it, so that auditing does not multiply the records
+  written): ``entity[0]`` is the event (``detail``: ``policy``, ``policy_version``, ``kind``,
+  ``source``), then one entity per recipient (role *Data Destination*) whose ``detail`` holds
+  ``verdict``, ``rule``, ``reason``, ``policy``, ``policy_version``, ``recipient``, ``topic``: the
+  machine-readable decision. ``outcome`` is ``0`` (success) when at least one recipient was sent
+  the event, ``4`` (minor failure: not done, as an HTTP 4xx) when it was withheld from every one.
+  Records written before it (``share-decision``, one per event and recipient, the decision in
+  ``entity[0]``) stay readable: :func:`share_decisions` reads both.
+- An ingest reject or a refused Consent: ``outcome`` ``4``; ``outcomeDesc`` says why in words.
 - The patient appears by network patient id only: never a name, never an INS.
 - ``id`` is deterministic: a redelivered decision yields the same AuditEvent id, so consumers
   de-duplicate.
@@ -17,7 +23,7 @@ How a record reads (docs/CONSENT.md says it for a data-protection officer):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +65,11 @@ _PERSON = {"system": _ENTITY_TYPE, "code": "1", "display": "Person"}
 _PATIENT_ROLE = {"system": _OBJECT_ROLE, "code": "1", "display": "Patient"}
 _DOMAIN_RESOURCE_ROLE = {"system": _OBJECT_ROLE, "code": "4", "display": "Domain Resource"}
 _JOB_ROLE = {"system": _OBJECT_ROLE, "code": "20", "display": "Job"}
+_DATA_DESTINATION_ROLE = {"system": _OBJECT_ROLE, "code": "16", "display": "Data Destination"}
+
+#: Subtypes of the share stage's AuditEvents: one per pathway event now, one per decision before.
+SHARE_DECISIONS = "share-decisions"
+SHARE_DECISION = "share-decision"
 
 
 def audit_id(kind: str, *parts: str) -> str:
@@ -119,59 +130,74 @@ def _aware(recorded: datetime) -> str:
     return utc_iso(recorded)
 
 
-def audit_event(
-    decision: FinalDecision,
+def _recipient_agent(recipient: Recipient | str) -> dict[str, Any]:
+    if isinstance(recipient, str):
+        return {
+            "type": _DESTINATION_ROLE,
+            "who": {"identifier": {"system": RECIPIENT_SYSTEM, "value": recipient}},
+            "name": recipient,
+            "requestor": False,
+        }
+    return {
+        "type": _DESTINATION_ROLE,
+        "who": {"type": "Organization", "identifier": recipient.organization.to_json()},
+        "altId": recipient.kafka_principal,
+        "name": recipient.id,
+        "requestor": False,
+    }
+
+
+def audit_decisions(
+    decisions: Sequence[tuple[Recipient | str, FinalDecision]],
     *,
     event: Mapping[str, Any],
-    recipient: Recipient | str,
     recorded: datetime,
 ) -> dict[str, Any]:
-    """The AuditEvent of one share decision, permit or deny; ``recipient`` is an id when unregistered."""
-    recipient_id = recipient if isinstance(recipient, str) else recipient.id
+    """The one AuditEvent of a pathway event's share decisions: every recipient's verdict, rule, reason.
+
+    ``decisions`` is not empty; a recipient is an id when unregistered. The id is stable for the
+    event, the policy version and the recipients decided: a redelivered event yields the same id.
+    """
     event_id = _event_id(event)
-    if isinstance(recipient, str):
-        recipient_agent: dict[str, Any] = {
-            "type": _DESTINATION_ROLE,
-            "who": {"identifier": {"system": RECIPIENT_SYSTEM, "value": recipient_id}},
-            "name": recipient_id,
-            "requestor": False,
-        }
-    else:
-        recipient_agent = {
-            "type": _DESTINATION_ROLE,
-            "who": {"type": "Organization", "identifier": recipient.organization.to_json()},
-            "altId": recipient.kafka_principal,
-            "name": recipient.id,
-            "requestor": False,
-        }
-    source = event.get("source")
-    details = [
-        _detail("verdict", decision.verdict),
-        _detail("rule", decision.rule),
-        _detail("reason", decision.reason),
-        _detail("policy", decision.policy),
-        _detail("policy_version", decision.policy_version),
-        _detail("recipient", recipient_id),
-        _detail("topic", recipient_pathway(recipient_id)),
-    ]
+    first = decisions[0][1]
+    recipient_ids = [r if isinstance(r, str) else r.id for r, _ in decisions]
+    common = [_detail("policy", first.policy), _detail("policy_version", first.policy_version)]
     if isinstance(event.get("kind"), str):
-        details.append(_detail("kind", event["kind"]))
+        common.append(_detail("kind", event["kind"]))
+    source = event.get("source")
     if isinstance(source, dict) and isinstance(source.get("id"), str):
-        details.append(_detail("source", source["id"]))
-    permitted = decision.verdict == PERMIT
+        common.append(_detail("source", source["id"]))
+    per_recipient = [
+        {
+            "what": {"identifier": {"system": RECIPIENT_SYSTEM, "value": recipient_id}},
+            "type": _SYSTEM_OBJECT,
+            "role": _DATA_DESTINATION_ROLE,
+            "detail": [
+                _detail("verdict", decision.verdict),
+                _detail("rule", decision.rule),
+                _detail("reason", decision.reason),
+                _detail("policy", decision.policy),
+                _detail("policy_version", decision.policy_version),
+                _detail("recipient", recipient_id),
+                _detail("topic", recipient_pathway(recipient_id)),
+            ],
+        }
+        for recipient_id, (_, decision) in zip(recipient_ids, decisions, strict=True)
+    ]
+    permitted = sum(1 for _, decision in decisions if decision.verdict == PERMIT)
     return {
         "resourceType": "AuditEvent",
-        "id": audit_id("share", event_id, recipient_id, decision.policy_version),
+        "id": audit_id("share-decisions", event_id, first.policy_version, *sorted(recipient_ids)),
         "type": _EXPORT,
-        "subtype": _subtype("share-decision"),
+        "subtype": _subtype(SHARE_DECISIONS),
         "action": "R",
         "recorded": _aware(recorded),
         "outcome": OUTCOME_SUCCESS if permitted else OUTCOME_NOT_DONE,
-        "outcomeDesc": f"{decision.verdict} by {decision.rule}: {decision.reason}",
+        "outcomeDesc": f"sent to {permitted} of {len(decisions)} recipients",
         "purposeOfEvent": [{"coding": [{"system": _ACT_REASON, "code": "TREAT", "display": "treatment"}]}],
         "agent": [
             {"type": _SOURCE_ROLE, "who": _component("hub-share"), "requestor": False},
-            recipient_agent,
+            *(_recipient_agent(recipient) for recipient, _ in decisions),
         ],
         "source": _observer("hub-share"),
         "entity": [
@@ -179,11 +205,47 @@ def audit_event(
                 "what": {"identifier": {"system": EVENT_ID_SYSTEM, "value": event_id}},
                 "type": _SYSTEM_OBJECT,
                 "role": _DOMAIN_RESOURCE_ROLE,
-                "detail": details,
+                "detail": common,
             },
+            *per_recipient,
             *_patient_entity(event),
         ],
     }
+
+
+def _details_of(entity: Any) -> dict[str, str]:
+    details = entity.get("detail") if isinstance(entity, dict) else None
+    return {
+        item["type"]: str(item.get("valueString", ""))
+        for item in (details if isinstance(details, list) else ())
+        if isinstance(item, dict) and isinstance(item.get("type"), str)
+    }
+
+
+def share_decisions(audit: Any) -> list[dict[str, str]]:
+    """Every share decision an AuditEvent records, one dict per recipient; [] for any other record.
+
+    Each dict has ``event_id``, ``recipient``, ``verdict``, ``rule``, ``reason``, ``policy``,
+    ``policy_version`` and ``topic`` (and ``kind``, ``source`` when known). Reads both forms: one
+    AuditEvent per event (``share-decisions``) and, written before it, one per decision.
+    """
+    if not isinstance(audit, dict):
+        return []
+    codes = {s.get("code") for s in audit.get("subtype") or () if isinstance(s, dict)}
+    entities = audit.get("entity")
+    if not isinstance(entities, list) or not entities or not codes & {SHARE_DECISIONS, SHARE_DECISION}:
+        return []
+    what = entities[0].get("what") if isinstance(entities[0], dict) else None
+    identifier = what.get("identifier") if isinstance(what, dict) else None
+    event_id = str(identifier.get("value", "")) if isinstance(identifier, dict) else ""
+    common = {**_details_of(entities[0]), "event_id": event_id}
+    if SHARE_DECISION in codes:
+        return [common]
+    return [
+        {**common, **_details_of(entity)}
+        for entity in entities[1:]
+        if isinstance(entity, dict) and entity.get("role") == _DATA_DESTINATION_ROLE
+    ]
 
 
 def audit_reject(rejected: Rejected, *, origin: KafkaCoordinates, recorded: datetime) -> dict[str, Any]:

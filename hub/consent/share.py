@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hub.consent.audit import audit_consent_rejected, audit_event
+from hub.consent.audit import audit_consent_rejected, audit_decisions
 from hub.consent.minimise import recipient_copy
 from hub.consent.policy import PolicyConfig, decide
 from hub.consent.recipients import RecipientRegistry
@@ -123,15 +123,10 @@ class ShareStage:
             state = update.state
             self.states[patient_id] = state.to_json()
         copies: list[Share] = []
+        decisions = []
         for recipient in self.recipients:
             decision = decide(event, recipient, state, now=at, policy=self.policy)
-            shares.append(
-                Share(
-                    self.audit_topic,
-                    patient_id,
-                    audit_event(decision, event=event, recipient=recipient, recorded=at),
-                )
-            )
+            decisions.append((recipient, decision))
             if decision.permitted:
                 copies.append(
                     Share(
@@ -140,6 +135,11 @@ class ShareStage:
                         recipient_copy(event, recipient, decision),
                     )
                 )
+        if decisions:
+            # One AuditEvent for the event, every recipient's decision in it (hub.consent.audit).
+            shares.append(
+                Share(self.audit_topic, patient_id, audit_decisions(decisions, event=event, recorded=at))
+            )
         # Audit records go first: no copy ever leaves without its decision on record.
         return shares + copies
 

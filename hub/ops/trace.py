@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from hub.consent.audit import EVENT_ID_SYSTEM, KAFKA_RECORD_SYSTEM, SUBTYPE_SYSTEM
+from hub.consent.audit import EVENT_ID_SYSTEM, KAFKA_RECORD_SYSTEM, SUBTYPE_SYSTEM, share_decisions
 from hub.ingest.receipts import ERROR_CODE_HEADER, ORIGIN_HEADER
 from hub.kafka.clients import Record
 
@@ -31,7 +31,6 @@ TargetKind = Literal["event", "ingest", "message"]
 MESSAGE_ID_HEADER = "hub-message-id"
 SOURCE_HEADER = "hub-source"
 
-SHARE_DECISION = "share-decision"
 INGEST_REJECT = "ingest-reject"
 CONSENT_REJECTED = "consent-rejected"
 
@@ -211,19 +210,6 @@ def audit_subtype(audit: Any) -> str | None:
     return None
 
 
-def audit_details(audit: Any) -> dict[str, str]:
-    """The first entity's ``detail`` entries by type (verdict, rule, reason, policy_version, ...)."""
-    try:
-        details = audit["entity"][0]["detail"]
-    except (KeyError, IndexError, TypeError):
-        return {}
-    return {
-        item["type"]: str(item.get("valueString", ""))
-        for item in (details if isinstance(details, list) else ())
-        if isinstance(item, dict) and isinstance(item.get("type"), str)
-    }
-
-
 def alert_event_ids(alert: Any) -> list[str]:
     """Event ids an alert cites in ``reasons[].event_ids`` (the planned alert value)."""
     reasons = alert.get("reasons") if isinstance(alert, dict) else None
@@ -363,8 +349,9 @@ def _receipt_view(record: Record, receipt: dict[str, Any], audited_rejects: set[
     )
 
 
-def _decision(audit: dict[str, Any], copies: Mapping[str, set[str]] | None, event_id: str) -> DecisionView:
-    details = audit_details(audit)
+def _decision(
+    audit: dict[str, Any], details: Mapping[str, str], copies: Mapping[str, set[str]] | None, event_id: str
+) -> DecisionView:
     recipient = details.get("recipient", "?")
     copy = None if copies is None or recipient not in copies else event_id in copies[recipient]
     return DecisionView(
@@ -475,7 +462,11 @@ def _event_view(
 ) -> EventView:
     about = [value for value in audits if audit_subject(value) == (EVENT_ID_SYSTEM, event_id)]
     decisions = sorted(
-        (_decision(value, copies, event_id) for value in about if audit_subtype(value) == SHARE_DECISION),
+        (
+            _decision(value, details, copies, event_id)
+            for value in about
+            for details in share_decisions(value)
+        ),
         key=lambda decision: (decision.recipient, decision.recorded or ""),
     )
     refusals = tuple(

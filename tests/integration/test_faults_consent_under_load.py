@@ -15,11 +15,12 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from hub.consent.audit import share_decisions
 from hub.ingest.signature import sign
 from hub.kafka.clients import Record
 
 from .conftest import RECIPIENTS, HubEnv
-from .test_share_stage import OBJECTION, admission, detail
+from .test_share_stage import OBJECTION, admission
 
 #: Observations per patient; the objection goes out after OBJECTION_AT of the objecting patient's.
 PER_PATIENT = 200
@@ -111,13 +112,11 @@ def test_no_event_after_an_objection_reaches_a_recipient_under_sustained_load(
     # objection must still land with a good part of the stream after it, or the test proves little.
     assert len(after) >= (PER_PATIENT - OBJECTION_AT) // 2, f"only {len(after)} events after the objection"
 
-    audits: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    audits: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
     for audit_record in hub_env.settle(hub_env.topics.audit, quiet=2.0):
-        audit = audit_record.json_value()
-        if audit["entity"][0]["what"]["identifier"]["value"] in patient_of:
-            audits[audit["entity"][0]["what"]["identifier"]["value"], detail(audit, "recipient")].append(
-                audit
-            )
+        for decision in share_decisions(audit_record.json_value()):
+            if decision["event_id"] in patient_of:
+                audits[decision["event_id"], decision["recipient"]].append(decision)
     received = {
         r["id"]: [c.json_value() for c in hub_env.settle(f"{hub_env.topics.prefix}hub.pathway.{r['id']}.v1")]
         for r in RECIPIENTS
@@ -129,7 +128,7 @@ def test_no_event_after_an_objection_reaches_a_recipient_under_sustained_load(
         leaked = got & (after | {consent_event})
         assert not leaked, f"{len(leaked)} events after the objection reached {rid}"
         for event_id in after:
-            verdicts = {(detail(a, "verdict"), detail(a, "rule")) for a in audits[event_id, rid]}
+            verdicts = {(d["verdict"], d["rule"]) for d in audits[event_id, rid]}
             assert verdicts == {("deny", "objection")}, f"{event_id} for {rid}: {verdicts}"
     # The test could not pass by blocking everything: the care team got the patient's results before
     # the objection, and the other patient's whole stream.

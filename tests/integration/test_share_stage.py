@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from hub.consent.audit import share_decisions
 from hub.ingest.signature import sign
 
 from .conftest import FINESS, RECIPIENTS, RPPS, HubEnv
@@ -87,9 +88,9 @@ RESULT = {
 }
 
 
-def detail(audit: dict[str, Any], name: str) -> str:
-    """One machine-readable detail of a share decision's AuditEvent (verdict, rule, recipient...)."""
-    return next(str(d["valueString"]) for d in audit["entity"][0]["detail"] if d["type"] == name)
+def decisions_of(audits: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Every share decision the AuditEvents record: event_id, recipient, verdict, rule..."""
+    return [decision for audit in audits for decision in share_decisions(audit)]
 
 
 def publish(env: HubEnv, resource: dict[str, Any], message_id: str) -> None:
@@ -125,10 +126,12 @@ def test_each_recipient_gets_what_it_may_and_an_objection_stops_what_follows(
     events = [r.json_value() for r in hub_env.settle(hub_env.topics.pathway)]
     audits = [r.json_value() for r in hub_env.settle(hub_env.topics.audit)]
     assert worker.poll() is None, "the worker died"
-    # Exactly one AuditEvent per (event, recipient) decision, permit or deny.
-    decisions = Counter(
-        (audit["entity"][0]["what"]["identifier"]["value"], detail(audit, "recipient")) for audit in audits
+    # One AuditEvent per event, with exactly one decision per recipient in it, permit or deny.
+    share_audits = [audit for audit in audits if share_decisions(audit)]
+    assert Counter(audit["entity"][0]["what"]["identifier"]["value"] for audit in share_audits) == Counter(
+        e["event_id"] for e in events
     )
+    decisions = Counter((d["event_id"], d["recipient"]) for d in decisions_of(audits))
     expected = {(e["event_id"], r["id"]) for e in events for r in RECIPIENTS}
     assert set(decisions) == expected
     assert set(decisions.values()) == {1}
@@ -150,11 +153,7 @@ def test_each_recipient_gets_what_it_may_and_an_objection_stops_what_follows(
     assert received["outsider"] == set(), "outside the care team, without consent: nothing"
     # The result published after the objection reached nobody, and the audit says which rule.
     after = ids["result-after-objection"]
-    rules = {
-        detail(audit, "rule")
-        for audit in audits
-        if audit["entity"][0]["what"]["identifier"]["value"] in after
-    }
+    rules = {d["rule"] for d in decisions_of(audits) if d["event_id"] in after}
     assert rules == {"objection"}
     # Recipient copies carry the decision that let them through.
     copy = hub_env.settle(f"{hub_env.topics.prefix}hub.pathway.gp-dr-x.v1")[0].json_value()
@@ -225,9 +224,5 @@ def test_an_objection_made_under_a_local_id_still_holds_after_the_identity_is_li
     # The result's own event (its Patient entry repeats the fact p-qualified published).
     result_ids = set(receipts["result-by-ins"]["event_ids"]) - set(receipts["p-qualified"]["event_ids"])
     assert len(result_ids) == 1
-    result_rules = {
-        detail(audit, "rule")
-        for audit in audits
-        if audit["entity"][0]["what"]["identifier"]["value"] in result_ids
-    }
+    result_rules = {d["rule"] for d in decisions_of(audits) if d["event_id"] in result_ids}
     assert result_rules == {"objection"}, "the objection made under the local id decides, once merged"

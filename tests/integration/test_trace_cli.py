@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from hub.consent.audit import share_decisions
 from hub.ingest.signature import sign
 
 from .conftest import FINESS, RECIPIENTS, SYNTHEA_DIR, HubEnv
@@ -50,8 +51,10 @@ def rows(stdout: str) -> dict[str, dict[str, list[str]]]:
 def wait_for_sharing(
     env: HubEnv, events: int, recipients: list[dict[str, Any]], copies: dict[str, int]
 ) -> None:
-    """Until the share stage audited every (event, recipient) and the expected copies are out."""
-    assert len(env.collect(env.topics.audit, events * len(recipients))) == events * len(recipients)
+    """Until the share stage audited every event (one AuditEvent each, every recipient's decision in
+    it) and the expected copies are out."""
+    audits = env.collect(env.topics.audit, events)
+    assert sum(len(share_decisions(r.json_value())) for r in audits) == events * len(recipients)
     for recipient, count in copies.items():
         topic = f"{env.topics.prefix}hub.pathway.{recipient}.v1"
         assert len(env.collect(topic, count)) == count
@@ -61,10 +64,8 @@ def audited(env: HubEnv) -> dict[tuple[str, str], tuple[str, str]]:
     """(event id, recipient) -> (verdict, rule), from the audit topic itself."""
     decisions = {}
     for record in env.settle(env.topics.audit, quiet=1.0):
-        audit = record.json_value()
-        details = {d["type"]: d["valueString"] for d in audit["entity"][0]["detail"]}
-        event_id = audit["entity"][0]["what"]["identifier"]["value"]
-        decisions[(event_id, details["recipient"])] = (details["verdict"], details["rule"])
+        for decision in share_decisions(record.json_value()):
+            decisions[(decision["event_id"], decision["recipient"])] = (decision["verdict"], decision["rule"])
     return decisions
 
 

@@ -1,4 +1,4 @@
-"""AuditEvents of hub.audit.v1 (hub/consent/audit.py): valid FHIR R4, one deterministic id per decision,
+"""AuditEvents of hub.audit.v1 (hub/consent/audit.py): valid FHIR R4, one deterministic id per event decided,
 the rule and policy version carried, and the patient by network id only."""
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from hub.consent.audit import (
     EVENT_ID_SYSTEM,
     OUTCOME_NOT_DONE,
     OUTCOME_SUCCESS,
+    SHARE_DECISIONS,
     audit_consent_rejected,
-    audit_event,
+    audit_decisions,
     audit_reject,
+    share_decisions,
 )
 from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision
 from hub.consent.recipients import FINESS_SYSTEM, Identifier, Recipient, Subscription
@@ -29,6 +31,7 @@ RECORDED = datetime(2026, 11, 22, 12, 30, 15, 250_000, tzinfo=UTC)
 PATIENT = "pt-" + "a" * 24
 INS = "255086920100146"
 EVENT_ID = "0b7a3c1e-4d2f-5a6b-8c9d-0e1f2a3b4c5d"
+ORIGIN = KafkaCoordinates("hub.ingest.v1", 0, 1)
 HOSPITAL = Recipient(
     id="demo-hospital-chu",
     kind="hospital",
@@ -76,6 +79,14 @@ def assert_no_identity(audit: dict[str, Any]) -> None:
         assert secret not in text
 
 
+GP = "demo-gp-cabinet-lamentin"
+
+
+def one(decision: FinalDecision, recipient: Recipient | str = HOSPITAL, **event: Any) -> dict[str, Any]:
+    """The AuditEvent of one event decided for one recipient."""
+    return audit_decisions([(recipient, decision)], event={**patient_event(), **event}, recorded=RECORDED)
+
+
 @pytest.mark.parametrize(
     ("decision", "outcome"),
     [
@@ -92,34 +103,85 @@ def assert_no_identity(audit: dict[str, Any]) -> None:
     ],
     ids=["permit", "objection", "not requested", "corrupt state"],
 )
-def test_share_decision_audit_is_valid_fhir(decision: FinalDecision, outcome: str) -> None:
+def test_share_decisions_audit_is_valid_fhir(decision: FinalDecision, outcome: str) -> None:
     """Permit and deny both give an R4 AuditEvent (Export) with the rule, verdict and policy version."""
-    audit = audit_event(decision, event=patient_event(), recipient=HOSPITAL, recorded=RECORDED)
+    audit = one(decision)
     AuditEvent.model_validate(audit)
     assert audit["type"]["code"] == "110106"
-    assert audit["subtype"][0]["code"] == "share-decision"
+    assert audit["subtype"][0]["code"] == SHARE_DECISIONS
     assert audit["outcome"] == outcome
     assert audit["recorded"] == "2026-11-22T12:30:15.250Z"
-    assert audit["outcomeDesc"] == f"{decision.verdict} by {decision.rule}: {decision.reason}"
     assert details(audit) == {
-        "verdict": decision.verdict,
-        "rule": decision.rule,
-        "reason": decision.reason,
         "policy": "hub-secret-partage@2026-11-22.1",
         "policy_version": POLICY_VERSION,
-        "recipient": "demo-hospital-chu",
-        "topic": "hub.pathway.demo-hospital-chu.v1",
         "kind": "patient",
-        "source": "demo-gp-cabinet-lamentin",
+        "source": GP,
     }
     assert audit["entity"][0]["what"]["identifier"] == {"system": EVENT_ID_SYSTEM, "value": EVENT_ID}
+    assert share_decisions(audit) == [
+        {
+            "event_id": EVENT_ID,
+            "verdict": decision.verdict,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "policy": "hub-secret-partage@2026-11-22.1",
+            "policy_version": POLICY_VERSION,
+            "recipient": "demo-hospital-chu",
+            "topic": "hub.pathway.demo-hospital-chu.v1",
+            "kind": "patient",
+            "source": GP,
+        }
+    ]
 
 
-def test_agents_are_the_hub_and_the_recipient() -> None:
-    """The hub exports (not a requestor); the recipient is named by organisation and Kafka principal."""
-    audit = audit_event(
-        final("permit", "care_team"), event=patient_event(), recipient=HOSPITAL, recorded=RECORDED
+def test_one_audit_event_carries_every_recipients_decision() -> None:
+    """One record per pathway event, not per event and recipient: each recipient its entity and agent;
+    sent to one of two is a success, withheld from all is not done."""
+    decisions: list[tuple[Recipient | str, FinalDecision]] = [
+        (HOSPITAL, final("permit", "care_team")),
+        (GP, final("deny", "objection", "the patient objects")),
+    ]
+    audit = audit_decisions(decisions, event=patient_event(), recorded=RECORDED)
+    AuditEvent.model_validate(audit)
+    assert audit["outcome"] == OUTCOME_SUCCESS
+    assert audit["outcomeDesc"] == "sent to 1 of 2 recipients"
+    assert [a["name"] for a in audit["agent"][1:]] == ["demo-hospital-chu", GP]
+    found = {d["recipient"]: (d["verdict"], d["rule"]) for d in share_decisions(audit)}
+    assert found == {"demo-hospital-chu": ("permit", "care_team"), GP: ("deny", "objection")}
+    denied = audit_decisions([(GP, final("deny", "objection"))], event=patient_event(), recorded=RECORDED)
+    assert denied["outcome"] == OUTCOME_NOT_DONE
+
+
+def test_records_written_before_one_per_event_are_still_read() -> None:
+    """An AuditEvent of the earlier form (one per event and recipient, subtype share-decision)."""
+    old = {
+        "resourceType": "AuditEvent",
+        "subtype": [{"system": "urn:hub:audit-event-subtype", "code": "share-decision"}],
+        "entity": [
+            {
+                "what": {"identifier": {"system": EVENT_ID_SYSTEM, "value": EVENT_ID}},
+                "detail": [
+                    {"type": "verdict", "valueString": "deny"},
+                    {"type": "rule", "valueString": "objection"},
+                    {"type": "recipient", "valueString": GP},
+                ],
+            }
+        ],
+    }
+    assert share_decisions(old) == [
+        {"event_id": EVENT_ID, "verdict": "deny", "rule": "objection", "recipient": GP}
+    ]
+    assert (
+        share_decisions(
+            audit_reject(Rejected(ErrorCode.SOURCE_UNKNOWN, "x"), origin=ORIGIN, recorded=RECORDED)
+        )
+        == []
     )
+
+
+def test_agents_are_the_hub_and_the_recipients() -> None:
+    """The hub exports (not a requestor); a recipient is named by organisation and Kafka principal."""
+    audit = one(final("permit", "care_team"))
     hub, recipient = audit["agent"]
     assert hub["requestor"] is False
     assert hub["who"]["identifier"]["value"] == "hub-share"
@@ -133,10 +195,8 @@ def test_agents_are_the_hub_and_the_recipient() -> None:
 
 def test_patient_appears_by_network_id_only() -> None:
     """The patient entity carries the network id; no name, birth date or INS appears anywhere."""
-    audit = audit_event(
-        final("permit", "care_team"), event=patient_event(), recipient=HOSPITAL, recorded=RECORDED
-    )
-    patient = audit["entity"][1]
+    audit = one(final("permit", "care_team"))
+    patient = audit["entity"][-1]
     assert patient["what"] == {
         "type": "Patient",
         "identifier": {"system": NETWORK_ID_SYSTEM, "value": PATIENT},
@@ -145,26 +205,22 @@ def test_patient_appears_by_network_id_only() -> None:
     assert_no_identity(audit)
 
 
-def test_audit_id_is_deterministic_per_event_recipient_and_policy_version() -> None:
-    """A redelivered decision gets the same id; another recipient or policy version another one."""
-    event = patient_event()
+def test_audit_id_is_deterministic_per_event_recipients_and_policy_version() -> None:
+    """A redelivered event gets the same id; other recipients or another policy version another one."""
 
     def audit_id(decision: FinalDecision, recipient: Recipient | str = HOSPITAL) -> str:
-        return str(audit_event(decision, event=event, recipient=recipient, recorded=RECORDED)["id"])
+        return str(one(decision, recipient)["id"])
 
     first = audit_id(final("permit", "care_team"))
     assert first == audit_id(final("permit", "care_team"))
-    assert first != audit_id(final("permit", "care_team"), "demo-gp-cabinet-lamentin")
+    assert first != audit_id(final("permit", "care_team"), GP)
     assert first != audit_id(final("permit", "care_team", version="2027-01-01.1"))
 
 
 def test_unknown_recipient_is_audited_by_id() -> None:
     """A decision for an id not in the registry is still a valid AuditEvent naming that id."""
-    audit = audit_event(
-        final("deny", "deny_by_default", "unknown recipient: not in the recipient registry"),
-        event=patient_event(),
-        recipient="gone-recipient",
-        recorded=RECORDED,
+    audit = one(
+        final("deny", "deny_by_default", "unknown recipient: not in the recipient registry"), "gone-recipient"
     )
     AuditEvent.model_validate(audit)
     assert audit["agent"][1]["who"]["identifier"]["value"] == "gone-recipient"
@@ -172,14 +228,13 @@ def test_unknown_recipient_is_audited_by_id() -> None:
 
 def test_unreadable_event_is_still_audited() -> None:
     """Even an envelope without ids gives a valid AuditEvent (with no patient entity)."""
-    audit = audit_event(
-        final("deny", "deny_by_default", "the event envelope cannot be read"),
+    audit = audit_decisions(
+        [(HOSPITAL, final("deny", "deny_by_default", "the event envelope cannot be read"))],
         event={"kind": 3},
-        recipient=HOSPITAL,
         recorded=RECORDED,
     )
     AuditEvent.model_validate(audit)
-    assert len(audit["entity"]) == 1
+    assert [e["role"]["code"] for e in audit["entity"]] == ["4", "16"]
 
 
 def test_ingest_reject_audit() -> None:
@@ -227,9 +282,8 @@ def test_consent_rejected_audit() -> None:
 def test_naive_recorded_is_a_bug() -> None:
     """The recorded instant must be timezone-aware."""
     with pytest.raises(ValueError, match="aware"):
-        audit_event(
-            final("permit", "care_team"),
+        audit_decisions(
+            [(HOSPITAL, final("permit", "care_team"))],
             event=patient_event(),
-            recipient=HOSPITAL,
             recorded=datetime(2026, 11, 22),  # noqa: DTZ001
         )

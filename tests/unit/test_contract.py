@@ -16,7 +16,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from hub.consent import policy as rules
-from hub.consent.audit import audit_consent_rejected, audit_event, audit_reject
+from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject
 from hub.consent.minimise import recipient_copy
 from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision, PolicyConfig
 from hub.consent.recipients import FINESS_SYSTEM, Identifier, Recipient, RecipientRegistry, Subscription
@@ -391,28 +391,29 @@ def test_pathway_event_with_bad_fields_fails() -> None:
 
 
 AUDIT_CASES = {
-    "permit": lambda: audit_event(
-        _decision("permit", rules.CARE_TEAM, "the recipient is the patient's declared GP"),
+    "permit": lambda: audit_decisions(
+        [(HOSPITAL, _decision("permit", rules.CARE_TEAM, "the recipient is the patient's declared GP"))],
         event=_event().to_dict(),
-        recipient=HOSPITAL,
         recorded=AT,
     ),
-    "deny": lambda: audit_event(
-        _decision("deny", rules.OBJECTION, "the patient objects to sharing with everyone"),
+    "deny": lambda: audit_decisions(
+        [(HOSPITAL, _decision("deny", rules.OBJECTION, "the patient objects to sharing with everyone"))],
         event=_event().to_dict(),
-        recipient=HOSPITAL,
         recorded=AT,
     ),
-    "unknown recipient": lambda: audit_event(
-        _decision("deny", rules.DENY_BY_DEFAULT, "unknown recipient: not in the recipient registry"),
+    "unknown recipient": lambda: audit_decisions(
+        [
+            (
+                "gone-recipient",
+                _decision("deny", rules.DENY_BY_DEFAULT, "unknown recipient: not in the recipient registry"),
+            )
+        ],
         event=_event().to_dict(),
-        recipient="gone-recipient",
         recorded=AT,
     ),
-    "unreadable event": lambda: audit_event(
-        _decision("deny", rules.DENY_BY_DEFAULT, "the event envelope cannot be read"),
+    "unreadable event": lambda: audit_decisions(
+        [(HOSPITAL, _decision("deny", rules.DENY_BY_DEFAULT, "the event envelope cannot be read"))],
         event={"kind": 3},
-        recipient=HOSPITAL,
         recorded=AT,
     ),
     "consent rejected": lambda: audit_consent_rejected(
@@ -466,7 +467,7 @@ def test_administration_acts_match_the_audit_schema(case: str) -> None:
     assert schema_errors("audit-event.schema.json", audit) == []
     AuditEvent.model_validate(audit)
     assert schema_errors("audit-event.schema.json", {**audit, "outcome": "4"})
-    share = [{"system": "urn:hub:audit-event-subtype", "code": "share-decision"}]
+    share = [{"system": "urn:hub:audit-event-subtype", "code": "share-decisions"}]
     assert schema_errors("audit-event.schema.json", {**audit, "subtype": share})
 
 
@@ -474,9 +475,10 @@ def test_audit_schema_can_fail() -> None:
     """An outcome contradicting the verdict, a missing rule, or a patient named by INS is invalid."""
     permit = AUDIT_CASES["permit"]()
     assert schema_errors("audit-event.schema.json", {**permit, "outcome": "4"})
-    entity, patient = permit["entity"]
+    event, entity, patient = permit["entity"]
     no_rule = {**entity, "detail": [d for d in entity["detail"] if d["type"] != "rule"]}
-    assert schema_errors("audit-event.schema.json", {**permit, "entity": [no_rule, patient]})
+    assert schema_errors("audit-event.schema.json", {**permit, "entity": [event, no_rule, patient]})
+    assert schema_errors("audit-event.schema.json", {**permit, "entity": [event, patient]}), "no decision"
     by_ins = {
         **patient,
         "what": {
@@ -484,7 +486,7 @@ def test_audit_schema_can_fail() -> None:
             "identifier": {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "184051234567812"},
         },
     }
-    assert schema_errors("audit-event.schema.json", {**permit, "entity": [entity, by_ins]})
+    assert schema_errors("audit-event.schema.json", {**permit, "entity": [event, entity, by_ins]})
     reject = AUDIT_CASES["ingest reject"]()
     assert schema_errors("audit-event.schema.json", {**reject, "outcome": "0"})
 
@@ -492,7 +494,7 @@ def test_audit_schema_can_fail() -> None:
 def test_audit_schema_knows_every_rule_and_reject_code() -> None:
     """The schema's rule names are the policy's, and its ingest-reject codes the receipts' codes."""
     defs = _schema("audit-event.schema.json")["$defs"]
-    detail_rules = defs["decisionEntity"]["properties"]["detail"]["items"]["allOf"]
+    detail_rules = defs["recipientDecisionEntity"]["properties"]["detail"]["items"]["allOf"]
     (rule_enum,) = [
         rule["then"]["properties"]["valueString"]["enum"]
         for rule in detail_rules

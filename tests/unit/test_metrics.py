@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from hub import metrics
-from hub.consent.audit import audit_event, audit_reject
+from hub.consent.audit import audit_decisions, audit_reject
 from hub.consent.policy import Decision, FinalDecision
 from hub.errors import ErrorCode
 from hub.gateway.app import create_app
@@ -74,7 +74,7 @@ def share_decision() -> Outgoing:
         "deny", "care-team", "not in the care team", "policy", "1", (Decision("deny", "care-team", "x"),)
     )
     event = {"event_id": "e-1", "patient_id": PATIENT, "kind": "observation", "source": {"id": "gp-test"}}
-    audit = audit_event(decision, event=event, recipient="outsider", recorded=AT)
+    audit = audit_decisions([("outsider", decision)], event=event, recorded=AT)
     return Outgoing(TOPICS.audit_unsealed, PATIENT.encode(), _json(audit))
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hub.consent import load_policy
+from hub.consent import load_policy, share_decisions
 from hub.consent.recipients import parse_recipients
 from hub.consent.share import ShareStage
 from hub.identity.stage import linked_event
@@ -128,12 +128,7 @@ def test_a_link_holds_events_until_the_other_identitys_state_is_merged_then_its_
     released = sharing.handle_merge(answer.value)
     assert states["pt-x"].get("awaiting") is None and "pt-x#held" not in states
     assert copies(released) == []
-    rules = {
-        d["valueString"]
-        for audit in audits(released)
-        for d in audit.value["entity"][0]["detail"]
-        if d["type"] == "rule"
-    }
+    rules = {d["rule"] for audit in audits(released) for d in share_decisions(audit.value)}
     assert rules == {"objection"}, "both held events (the link notice and the diagnosis) meet the objection"
     after = sharing.handle({**condition, "event_id": "00000000-0000-5000-8000-000000000004"}, now=NOW)
     assert copies(after) == []

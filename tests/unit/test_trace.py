@@ -3,13 +3,14 @@ hand-made receipts, DLQ records, pathway events, AuditEvents, recipient copies a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from hub.consent.audit import audit_consent_rejected, audit_event, audit_reject
+from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject
 from hub.consent.policy import FinalDecision
 from hub.consent.recipients import FINESS_SYSTEM, NETWORK_SYSTEM, RPPS_SYSTEM, Identifier
 from hub.consent.state import (
@@ -93,7 +94,16 @@ def decision(verdict: str, rule: str, reason: str) -> FinalDecision:
 
 
 def share_audit(evt: dict[str, Any], recipient: str, verdict: str, rule: str, reason: str) -> dict[str, Any]:
-    return audit_event(decision(verdict, rule, reason), event=evt, recipient=recipient, recorded=AT)
+    return audit_decisions([(recipient, decision(verdict, rule, reason))], event=evt, recorded=AT)
+
+
+def without_recipient(record: Record, recipient: str) -> Record:
+    """The audit record as if ``recipient`` had never been decided for."""
+    audit = json.loads(record.value or b"{}")
+    audit["entity"] = [
+        e for e in audit.get("entity", []) if e["what"].get("identifier", {}).get("value") != recipient
+    ]
+    return dataclasses.replace(record, value=json.dumps(audit).encode())
 
 
 def copy_of(evt: dict[str, Any], basis: str) -> dict[str, Any]:
@@ -124,14 +134,18 @@ def world() -> dict[str, Any]:
     audit.add(share_audit(e1, "gp-dr-x", "permit", "care_team", "the recipient is the patient's declared GP"))
     audit.add(share_audit(e1, "hosp-a", "deny", "deny_by_default", "no care-team relation and no consent"))
     audit.add(share_audit(e1, "outsider", "deny", "deny_by_default", "no care-team relation and no consent"))
-    for name, verdict, rule in (
-        ("gp-dr-x", "permit", "care_team"),
-        ("hosp-a", "permit", "care_team"),
-        ("outsider", "deny", "deny_by_default"),
-    ):
-        audit.add(share_audit(e2, name, verdict, rule, "why"))
-    # At-least-once: a redelivered decision has the same AuditEvent id and is shown once.
-    audit.add(share_audit(e2, "hosp-a", "permit", "care_team", "why"))
+    # The share stage's form: one AuditEvent per event, with every recipient's decision in it.
+    e2_decisions = [
+        (name, decision(verdict, rule, "why"))
+        for name, verdict, rule in (
+            ("gp-dr-x", "permit", "care_team"),
+            ("hosp-a", "permit", "care_team"),
+            ("outsider", "deny", "deny_by_default"),
+        )
+    ]
+    audit.add(audit_decisions(e2_decisions, event=e2, recorded=AT))
+    # At-least-once: a redelivered event has the same AuditEvent id and is shown once.
+    audit.add(audit_decisions(e2_decisions, event=e2, recorded=AT))
     copies["gp-dr-x"].add(copy_of(e1, "care_team"))
     copies["gp-dr-x"].add(copy_of(e2, "care_team"))
     copies["hosp-a"].add(copy_of(e2, "care_team"))
@@ -280,7 +294,7 @@ def test_no_clinical_content_is_printed(world: dict[str, Any]) -> None:
 
 def test_missing_decisions_and_unaudited_copies_are_called_out(world: dict[str, Any]) -> None:
     world["copies"]["outsider"] = [*world["copies"]["outsider"], world["copies"]["hosp-a"][0]]
-    audits = [r for r in world["audit"] if b'"outsider"' not in r.value]
+    audits = [without_recipient(r, "outsider") for r in world["audit"]]
     trace = build_trace(
         Target("event", E2), **{**world, "audit": audits}, recipients=["hosp-a", "late-joiner"]
     )
