@@ -85,6 +85,8 @@ class WarningCode(StrEnum):
                             does not accept, an INS in a reference that no Patient of the input qualifies)
     ``resource.ignored``    a resource about the patient of a type the hub makes no pathway event of
     ``entry.no_resource``   a Bundle entry without a resource (a DELETE request): nothing applied
+    ``element.dropped``     an STU3/R5 element the conversion to R4 left out (no clinical meaning)
+    ``element.carried``     an STU3/R5 element R4 lacks, carried in HL7's cross-version extension
     ``code.system_unknown`` codings in a system the hub does not know and no ConceptMap of the source maps
     ``code.unmapped``       a local code the source's ConceptMaps for its system do not list
     ``unit.unknown``        a quantity in a unit the hub cannot convert to its canonical unit
@@ -95,6 +97,8 @@ class WarningCode(StrEnum):
     INS_UNQUALIFIED = "ins.unqualified"
     RESOURCE_IGNORED = "resource.ignored"
     ENTRY_NO_RESOURCE = "entry.no_resource"
+    ELEMENT_DROPPED = "element.dropped"
+    ELEMENT_CARRIED = "element.carried"
     CODE_SYSTEM_UNKNOWN = "code.system_unknown"
     CODE_UNMAPPED = "code.unmapped"
     UNIT_UNKNOWN = "unit.unknown"

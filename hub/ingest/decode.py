@@ -13,17 +13,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
 from hub.errors import ErrorCode
+from hub.ingest import fhir_rules
 from hub.ingest.fhir_xml import read_xml
 from hub.ingest.outcome import Rejected
 from hub.normalise import versions
 from hub.normalise.fhir_errors import path_step, unreadable_detail, validation_detail
-from hub.normalise.fhir_model import VERSION_NAMES
+from hub.normalise.fhir_model import VERSION_NAMES, elements, model_lookup
 from hub.normalise.instants import fix_naive_times_before_validation, naive_time_step
 
 JSON_MEDIA = "application/fhir+json"
@@ -117,7 +118,8 @@ def parse_content_type(header: str | None) -> ContentType | Rejected:
 def _parse_json(value: bytes) -> dict[str, Any] | Rejected:
     try:
         # FHIR JSON is UTF-8: json.loads(bytes) would also take UTF-16/32. A UTF-8 BOM is tolerated.
-        document = json.loads(value.decode("utf-8-sig"))
+        # The hook marks an object naming a member twice, which the structure check refuses.
+        document = json.loads(value.decode("utf-8-sig"), object_pairs_hook=fhir_rules.json_object)
     except RecursionError:
         return Rejected(ErrorCode.PAYLOAD_MALFORMED, "JSON nesting is too deep")
     except ValueError:  # bad UTF-8, bad JSON, or an integer longer than Python converts
@@ -193,8 +195,40 @@ def _null_allowed(node: dict[str, Any], key: str, index: int) -> bool:
     return isinstance(partner, list) and index < len(partner) and partner[index] is not None
 
 
-# Where a walk stands: a resource, a Bundle entry, or any other element.
-_RESOURCE, _ENTRY, _ELEMENT = "resource", "entry", "element"
+# Where a walk stands: a resource, a Bundle entry, a primitive's ``_name`` object, or any other element.
+_RESOURCE, _ENTRY, _EXTRAS, _ELEMENT = "resource", "entry", "extras", "element"
+
+
+# What hub/ingest/fhir_rules.py checks on a member besides its type's rule: a primitive's ``_name``
+# object (ele-1), and a list of extensions (url, ext-1).
+_EXTRAS_RULE, _EXTENSIONS_RULE = "_name", "extensions"
+
+
+class _Member(NamedTuple):
+    """What the walk needs to know of one member name of a model."""
+
+    rule: str | None  # a FHIR type whose rule fhir_rules checks (id, base64Binary, xhtml), or the above
+    inner: str | None  # the type of the element it holds, walked with that type's members
+
+
+@cache
+def _members_of(version: str, type_name: str) -> dict[str, _Member]:
+    """A resource's, data type's or backbone element's members in FHIR JSON, by name: its elements, and
+    each primitive's ``_name`` (its id and extensions, an Element). A resource-typed element (contained,
+    entry.resource) has no inner type: a resource is known by its own resourceType. A member the model
+    lacks has no rule here: validation refuses it."""
+    found: dict[str, _Member] = {}
+    for name, element in elements(model_lookup(version)(type_name)).items():
+        if element.primitive:
+            rule = element.type_name if element.type_name in fhir_rules.CHECKED_TYPES else None
+            found[name] = _Member(rule, None)
+            found[f"_{name}"] = _Member(_EXTRAS_RULE, "Element")
+        elif element.type_name == "Resource":
+            found[name] = _Member(None, None)
+        else:
+            rule = _EXTENSIONS_RULE if name in fhir_rules.EXTENSION_LISTS else None
+            found[name] = _Member(rule, element.type_name)
+    return found
 
 
 def _container_problem(key: str, value: Any, where: _Where, resource_type: str) -> str | None:
@@ -219,77 +253,146 @@ def _member_problem(
     problem = _container_problem(key, value, where, resource_type) if resource_type is not None else None
     if problem is not None:
         return problem
-    if isinstance(value, list | dict) and not value:
-        return f"{_path(where)}: must not be empty (leave the element out)"
+    if not value and isinstance(value, list | dict | str):  # an empty string is no value either (ele-1)
+        return f"{_path(where)}: {fhir_rules.EMPTY}"
     if isinstance(value, list):
         for index, item in enumerate(value):
             if item is None and not _null_allowed(node, key, index):
                 return f"{_path((where, index))}: null is not allowed"
+            if item == "":
+                return f"{_path((where, index))}: {fhir_rules.EMPTY}"
     return None
 
 
-def _members(
-    node: dict[str, Any], where: _Where, role: str
-) -> tuple[str | None, list[tuple[Any, _Where, str]]]:
-    """A problem of ``node``'s members, or the children to walk: (value, where, role).
+def _items(value: Any, where: _Where) -> list[tuple[_Where, Any]]:
+    """A member's values with where each sits: the member itself, or each item of its array."""
+    if isinstance(value, list):
+        return [((where, n), item) for n, item in enumerate(value)]
+    return [(where, value)]
 
-    Only objects and arrays are walked, and whatever stands where a resource belongs.
-    """
-    children: list[tuple[Any, _Where, str]] = []
+
+def _rules_problem(node: dict[str, Any], key: str, value: Any, parent: _Where, rule: str) -> str | None:
+    """FHIR's rules on one member (hub/ingest/fhir_rules.py): its type's rule (id, base64Binary,
+    narrative), ele-1 for a primitive's ``_name`` object, or its extensions' url and ext-1."""
+    where: _Where = (parent, key)
+    if rule == _EXTRAS_RULE:
+        # ele-1 for a primitive: its id and extensions, without extensions, need the value beside them.
+        # The primitive's own place is named (``Patient.birthDate``), as XML's reader names it.
+        name = key[1:]
+        if isinstance(value, dict) and not ("extension" in value or name in node):
+            return f"{_path((parent, name))}: {fhir_rules.NO_PRIMITIVE_VALUE}"
+        for n, extras in enumerate(value if isinstance(value, list) else ()):
+            if isinstance(extras, dict) and not ("extension" in extras or _null_allowed(node, key, n)):
+                return f"{_path(((parent, name), n))}: {fhir_rules.NO_PRIMITIVE_VALUE}"
+    elif rule == _EXTENSIONS_RULE:
+        for at, extension in _items(value, where):
+            fault = fhir_rules.extension_problem(extension) if isinstance(extension, dict) else None
+            if fault is not None:
+                step, said = fault
+                return f"{_path(at if step is None else (at, step))}: {said}"
+    else:
+        for at, item in _items(value, where):
+            phrase = fhir_rules.primitive_problem(rule, item) if isinstance(item, str) else None
+            if phrase is not None:
+                return f"{_path(at)}: {phrase}"
+    return None
+
+
+#: A node to walk: (node, where, role, its model's members).
+_Child = tuple[Any, _Where, str, dict[str, _Member]]
+_NO_MEMBERS: dict[str, _Member] = {}
+
+
+def _children(
+    key: str,
+    value: list[Any] | dict[str, Any],
+    where: _Where,
+    resource_type: str | None,
+    inner: dict[str, _Member],
+) -> list[_Child]:
+    """The objects and arrays a member holds, to walk, and whatever stands where a resource belongs."""
+    extras = key.startswith("_")
+    if isinstance(value, dict):
+        # Any object with a resourceType is a resource (Bundle.entry.response.outcome, ...).
+        if "resourceType" in value:
+            return [(value, where, _RESOURCE, _NO_MEMBERS)]
+        return [(value, where, _EXTRAS if extras else _ELEMENT, inner)]
+    if resource_type is not None and key == "contained":
+        return [(item, (where, n), _RESOURCE, _NO_MEMBERS) for n, item in enumerate(value)]
+    role = _ENTRY if resource_type == "Bundle" and key == "entry" else _EXTRAS if extras else _ELEMENT
+    return [(item, (where, n), role, inner) for n, item in enumerate(value) if isinstance(item, dict | list)]
+
+
+def _members(
+    node: dict[str, Any], where: _Where, role: str, members: dict[str, _Member], version: str
+) -> tuple[str | None, list[_Child]]:
+    """A problem of ``node`` and its members, or the children to walk."""
+    if isinstance(node, fhir_rules.RepeatedMembers):
+        return f"{_path((where, node.repeated))}: {fhir_rules.REPEATED}", []
+    if len(node) < 2 and role in (_ELEMENT, _ENTRY):
+        phrase = fhir_rules.element_problem(node)
+        if phrase is not None:
+            return f"{_path(where)}: {phrase}", []
+    children: list[_Child] = []
     resource_type = str(node["resourceType"]) if role == _RESOURCE else None
+    plain = role in (_ELEMENT, _EXTRAS)  # no container of resources in it
     for key, value in node.items():
+        known = members.get(key)
+        if plain and isinstance(value, str) and value and (known is None or known.rule is None):
+            continue  # the most common member, a primitive's value without a rule: nothing to check
         member: _Where = (where, key)
         problem = _member_problem(node, key, value, member, resource_type)
+        if problem is None and known is not None and known.rule is not None:
+            problem = _rules_problem(node, key, value, where, known.rule)
         if problem is not None:
             return problem, []
         if role == _ENTRY and key == "resource":
-            children.append((value, member, _RESOURCE))
-        elif isinstance(value, list):
-            if resource_type is not None and key == "contained":
-                children += [(item, (member, n), _RESOURCE) for n, item in enumerate(value)]
-            else:
-                item_role = _ENTRY if resource_type == "Bundle" and key == "entry" else _ELEMENT
-                children += [
-                    (item, (member, n), item_role)
-                    for n, item in enumerate(value)
-                    if isinstance(item, dict | list)
-                ]
-        elif isinstance(value, dict):
-            # Any object with a resourceType is a resource (Bundle.entry.response.outcome, ...).
-            children.append((value, member, _RESOURCE if "resourceType" in value else _ELEMENT))
+            children.append((value, member, _RESOURCE, _NO_MEMBERS))
+        elif isinstance(value, list | dict):
+            inner = _members_of(version, known.inner) if known is not None and known.inner else _NO_MEMBERS
+            children += _children(key, value, member, resource_type, inner)
     return None, children
 
 
 def _structure_problem(document: dict[str, Any], version: str) -> Rejected | None:
     """The shapes the models do not check, or fail on with an exception, and later stages rely on.
 
-    FHIR JSON has no nulls (but aligned in a primitive's lists) and no empty objects or arrays; a Bundle's
-    entries are objects, ``contained`` and ``entry.resource`` hold resources, and every resourceType
-    names a resource of the input's version (fhir.resources raises TypeError or KeyError on one that
-    does not, and accepts nulls that later stages would then trip on). Codes of required bindings are
-    checked here too: the models record them but check none. One walk, without recursion, so that
-    nesting deeper than XML's parser allows is refused rather than overflowing the stack later.
+    FHIR JSON has no nulls (but aligned in a primitive's lists), no empty strings, objects or arrays, and
+    no member named twice in an object; a Bundle's entries are objects, ``contained`` and
+    ``entry.resource`` hold resources, and every resourceType names a resource of the input's version
+    (fhir.resources raises TypeError or KeyError on one that does not, and accepts nulls that later
+    stages would then trip on). Codes of required bindings are checked here too: the models record them
+    but check none; and so are FHIR's rules the models let through (hub/ingest/fhir_rules.py: ids,
+    base64, narrative, extensions, ele-1), following each element's type in the version's models. One
+    walk, without recursion, so that nesting deeper than XML's parser allows is refused rather than
+    overflowing the stack later.
     """
     problem = _resource_problem(document, None, version)
     if problem is not None:
         return Rejected(ErrorCode.FHIR_INVALID, problem)
-    stack: list[tuple[Any, _Where, str, int]] = [(document, str(document["resourceType"]), _RESOURCE, 0)]
+    root: _Where = str(document["resourceType"])
+    stack: list[tuple[Any, _Where, str, int, dict[str, _Member]]] = [
+        (document, root, _RESOURCE, 0, _NO_MEMBERS)
+    ]
     while stack:
-        node, where, role, depth = stack.pop()
+        node, where, role, depth, members = stack.pop()
         if depth > _MAX_DEPTH:
             return Rejected(ErrorCode.PAYLOAD_MALFORMED, "FHIR nesting is too deep")
-        if role == _RESOURCE and depth > 0:
-            problem = _resource_problem(node, where, version)
+        if role == _RESOURCE:
+            problem = _resource_problem(node, where, version) if depth > 0 else None
             if problem is not None:
                 return Rejected(ErrorCode.FHIR_INVALID, problem)
+            members = _members_of(version, str(node["resourceType"]))
         if isinstance(node, list):  # a list in a list: not FHIR, but walked for its shapes
-            items = [(item, (where, n), _ELEMENT, depth + 1) for n, item in enumerate(node)]
-            stack.extend(item for item in reversed(items) if isinstance(item[0], dict | list))
+            items = [(item, (where, n)) for n, item in enumerate(node) if isinstance(item, dict | list)]
+            stack.extend((item, at, _ELEMENT, depth + 1, _NO_MEMBERS) for item, at in reversed(items))
             continue
-        problem, children = _members(node, where, role)
+        problem, children = _members(node, where, role, members, version)
         if problem is not None:
             return Rejected(ErrorCode.FHIR_INVALID, problem)
-        stack.extend((value, at, child_role, depth + 1) for value, at, child_role in reversed(children))
+        stack.extend(
+            (value, at, child_role, depth + 1, inner) for value, at, child_role, inner in reversed(children)
+        )
     return None
 
 
@@ -319,7 +422,7 @@ def _to_r4(document: dict[str, Any], version: str) -> tuple[dict[str, Any], tupl
         return Rejected(ErrorCode.FHIR_INVALID, problem)
     converted = versions.convert_to_r4(document, version)
     if isinstance(converted, versions.Unconvertible):
-        return Rejected(ErrorCode.FHIR_VERSION_UNSUPPORTED, converted.detail)
+        return Rejected(converted.code, converted.detail)
     rejected = _structure_problem(converted.resource, "4.0")
     if rejected is not None:
         return Rejected(ErrorCode.FHIR_VERSION_UNSUPPORTED, f"not valid R4 once converted: {rejected.detail}")

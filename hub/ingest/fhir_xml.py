@@ -39,15 +39,21 @@ XHTML_NS = "http://www.w3.org/1999/xhtml"
 #: schemaLocation hints on the root: allowed, and not FHIR content.
 _XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 
-# No DTDs, no entities, no network: XML from outside is hostile until proven otherwise. libxml2 also
-# refuses more than 256 levels of nesting without huge_tree.
-_SAFE_PARSER = etree.XMLParser(
+#: No DTDs, no entities, no network: XML from outside is hostile until proven otherwise (narratives
+#: sent in JSON are read with it too). libxml2 also refuses more than 256 levels of nesting without
+#: huge_tree.
+SAFE_PARSER = etree.XMLParser(
     resolve_entities=False,
     no_network=True,
     load_dtd=False,
     huge_tree=False,
     remove_comments=True,
     remove_pis=True,
+)
+
+_UNDECLARED_ENTITY = (
+    "body is not well-formed XML: it uses an entity XML does not have "
+    "(XML has &lt; &gt; &amp; &quot; &apos; and numeric references such as &#174;)"
 )
 
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
@@ -218,8 +224,11 @@ def _resource(element: Any, path: str | None, version: str) -> dict[str, Any]:
 def read_xml(value: bytes, version: str) -> dict[str, Any] | Rejected:
     """A FHIR XML body as the FHIR JSON data of the same resource, or why it cannot be read."""
     try:
-        root = etree.fromstring(value, parser=_SAFE_PARSER)
-    except etree.XMLSyntaxError:
+        root = etree.fromstring(value, parser=SAFE_PARSER)
+    except etree.XMLSyntaxError as exc:
+        # HTML's named entities (&reg;, &nbsp;) are the usual cause in a narrative: say so, without the name.
+        if exc.code == etree.ErrorTypes.ERR_UNDECLARED_ENTITY:
+            return Rejected(ErrorCode.PAYLOAD_MALFORMED, _UNDECLARED_ENTITY)
         return Rejected(ErrorCode.PAYLOAD_MALFORMED, "body is not well-formed XML")
     if root.getroottree().docinfo.doctype:
         return Rejected(ErrorCode.PAYLOAD_MALFORMED, "XML with a DOCTYPE is refused")

@@ -117,6 +117,9 @@ class Accepted:
     unmapped_codes: tuple[tuple[str, str], ...] = ()
     #: What the hub ignored in the input, for its receipt (:func:`bounded_warnings`: deduplicated, ordered).
     warnings: tuple[IngestWarning, ...] = ()
+    #: How the input was decoded (``decoded:<media>/fhir-<version>``, a naive-time repair, the STU3/R5
+    #: conversion rules), the steps every event's provenance starts with; kept for inputs without events.
+    steps: tuple[str, ...] = ()
 
 
 IngestOutcome = Accepted | Rejected

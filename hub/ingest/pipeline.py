@@ -27,11 +27,13 @@ from hub.ingest.outcome import (
 )
 from hub.ingest.split import PATIENT_FIELD, Entry, split_entries
 from hub.normalise.codes import CodeMapper
+from hub.normalise.fhir_model import VERSION_NAMES
 from hub.normalise.instants import normalise_instants
 from hub.normalise.pathway_kind import occurred_at, pathway_kind
 from hub.normalise.references import address_book, with_stable_references
 from hub.normalise.time import utc_iso
 from hub.normalise.units import normalise_quantities
+from hub.normalise.versions import carried_element, dropped_element
 from hub.pathway.event import PathwayEvent, event_id_for
 from hub.sources.registry import Source, SourceRegistry
 
@@ -84,7 +86,9 @@ def with_patient(resource: dict[str, Any], patient_id: str) -> dict[str, Any]:
         copy["identifier"] = [*others, network_identifier]
     else:
         field_name = PATIENT_FIELD[copy["resourceType"]]
-        copy[field_name] = {"reference": f"Patient/{patient_id}", "identifier": network_identifier}
+        reference = {"reference": f"Patient/{patient_id}", "identifier": network_identifier}
+        # Account.subject is a list; split accepts it with the patient as its one item.
+        copy[field_name] = [reference] if isinstance(copy.get(field_name), list) else reference
     return copy
 
 
@@ -174,6 +178,39 @@ def _normalisation_warnings(
     return warnings
 
 
+def _conversion_warnings(decoded: decoding.Decoded) -> list[IngestWarning]:
+    """What the STU3/R5 conversion did not keep in an R4 element, per element, counted over the entries:
+    elements dropped (they carry no clinical meaning) and elements carried in HL7's cross-version
+    extensions, which a recipient reading plain R4 may not look at. Names elements, never values."""
+    carried: Counter[str] = Counter()
+    dropped: Counter[tuple[str, str]] = Counter()
+    for step in decoded.steps:
+        element = carried_element(step)
+        if element is not None:
+            carried[element] += 1
+        gone = dropped_element(step)
+        if gone is not None:
+            dropped[gone] += 1
+    version = VERSION_NAMES.get(decoded.fhir_version, decoded.fhir_version)
+    warnings = [
+        IngestWarning(
+            WarningCode.ELEMENT_DROPPED,
+            f"{element} ({counted(count, 'resource', 'resources')}): dropped in the conversion from "
+            f"{version} to R4 ({why})",
+        )
+        for (element, why), count in dropped.items()
+    ]
+    warnings.extend(
+        IngestWarning(
+            WarningCode.ELEMENT_CARRIED,
+            f"{element} ({counted(count, 'resource', 'resources')}): R4 has no element for it; carried in "
+            f"HL7's {version} cross-version extension, which a recipient reading plain R4 may ignore",
+        )
+        for element, count in carried.items()
+    )
+    return warnings
+
+
 def _event(
     entry: Entry,
     patient_id: str,
@@ -253,8 +290,10 @@ def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetim
     split = split_entries(decoded.resource, source, allow_test_ins=context.allow_test_ins)
     if isinstance(split, Rejected):
         return reject(split.code, split.detail)
+    converting = _conversion_warnings(decoded)
     if split.patient is None:
-        return Accepted(source.id, message_id, (), warnings=bounded_warnings(split.warnings))
+        warnings = bounded_warnings([*split.warnings, *converting])
+        return Accepted(source.id, message_id, (), warnings=warnings, steps=decoded.steps)
 
     key = context.pseudonym_key
     patient_id = split.patient.routing.network_id(key)
@@ -285,7 +324,16 @@ def process_ingest(record: IngestRecord, context: IngestContext, *, now: datetim
             basis=split.patient.routing.basis,
         )
         events.setdefault(event.event_id, event)  # one event per fact, even inside one Bundle
-    warnings = bounded_warnings([*split.warnings, *_normalisation_warnings(normalised_all, mapper)])
+    warnings = bounded_warnings(
+        [*split.warnings, *converting, *_normalisation_warnings(normalised_all, mapper)]
+    )
     return Accepted(
-        source.id, message_id, tuple(events.values()), patient_id, link, tuple(unmapped), warnings
+        source.id,
+        message_id,
+        tuple(events.values()),
+        patient_id,
+        link,
+        tuple(unmapped),
+        warnings,
+        decoded.steps,
     )

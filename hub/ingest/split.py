@@ -3,7 +3,9 @@
 A Bundle is all-or-nothing: fhir.resources validates it whole, and one unresolvable patient
 reference rejects it whole, so a source never has to work out which half of a transaction
 landed. Resources that are about no patient (Organization, Practitioner, ...) are reference data:
-they are accepted and make no pathway event.
+they are accepted and make no pathway event. Resources that are no clinical data at all
+(StructureDefinition, ValueSet, Questionnaire, Parameters, Group...: hub/normalise/clinical_scope.py)
+are refused, wherever they stand in the input, as the version converter refuses them.
 
 What the split leaves aside without rejecting the input becomes a warning of its receipt (an INS
 that may not link, a resource about the patient that makes no event, an entry without a resource),
@@ -20,11 +22,13 @@ from typing import Any, Literal
 from hub.errors import ErrorCode, WarningCode
 from hub.identity.network_id import PatientKey, ins_systems, is_identity_validated
 from hub.ingest.outcome import IngestWarning, Rejected, counted
+from hub.normalise.clinical_scope import not_clinical
 from hub.sources.registry import Source
 
 SPLIT_BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "message", "document"})
 
-#: The field that names the patient, for each resource type in the patient compartment.
+#: The R4 element that names the patient, for each resource type in the patient compartment that makes
+#: a pathway event (all a Reference, but Account.subject, a list).
 PATIENT_FIELD: dict[str, str] = {
     **dict.fromkeys(
         (
@@ -33,7 +37,7 @@ PATIENT_FIELD: dict[str, str] = {
             "MedicationDispense", "ServiceRequest", "DocumentReference", "Composition",
             "CarePlan", "CareTeam", "Goal", "ImagingStudy", "QuestionnaireResponse",
             "RiskAssessment", "ClinicalImpression", "Communication", "DeviceRequest",
-            "Specimen", "Flag", "List", "DetectedIssue",
+            "Specimen", "Flag", "List", "Account", "Invoice",
         ),
         "subject",
     ),
@@ -41,12 +45,18 @@ PATIENT_FIELD: dict[str, str] = {
         (
             "EpisodeOfCare", "AllergyIntolerance", "Immunization", "Claim",
             "ExplanationOfBenefit", "Consent", "FamilyMemberHistory", "NutritionOrder",
-            "Account", "Invoice",
+            "DetectedIssue", "Device",
         ),
         "patient",
     ),
+    "Task": "for",
     "Coverage": "beneficiary",
 }  # fmt: skip
+
+#: Types that are reference data when they name no patient: a Device not affixed to a patient is
+#: equipment (R5 Device has no patient at all), a Task for no patient is work on something else (a
+#: claim, an order); neither is a fact of anyone's pathway.
+PATIENT_OPTIONAL = frozenset({"Device", "Task"})
 
 #: Resource types of the FHIR R4 Patient compartment (hl7.org/fhir/R4/compartmentdefinition-patient)
 #: that make no pathway event, and Medication, whose content a reference to it (from a
@@ -56,7 +66,7 @@ NO_EVENT_TYPES = frozenset(
         "AdverseEvent", "Appointment", "AppointmentResponse", "AuditEvent", "Basic", "BodyStructure",
         "ChargeItem", "ClaimResponse", "CommunicationRequest", "CoverageEligibilityRequest",
         "CoverageEligibilityResponse", "DeviceUseStatement", "DocumentManifest", "EnrollmentRequest",
-        "Group", "ImmunizationEvaluation", "ImmunizationRecommendation", "MeasureReport", "Media",
+        "ImmunizationEvaluation", "ImmunizationRecommendation", "MeasureReport", "Media",
         "Medication", "MolecularSequence", "Person", "Provenance", "RelatedPerson", "RequestGroup",
         "ResearchSubject", "Schedule", "SupplyDelivery", "SupplyRequest", "VisionPrescription",
     }
@@ -299,7 +309,18 @@ class _Resolver:
         field = PATIENT_FIELD.get(resource_type)
         if field is None:
             return None
-        named = self.resolve(resource.get(field), f"{resource_type}.{field}")
+        reference = resource.get(field)
+        if reference is None and resource_type in PATIENT_OPTIONAL:
+            return None
+        if isinstance(reference, list):
+            # Account.subject: the account's one subject is its patient; several would need a choice.
+            if len(reference) > 1:
+                return Rejected(
+                    ErrorCode.PATIENT_UNRESOLVED,
+                    f"{resource_type}.{field} names several subjects; send one patient's account",
+                )
+            reference = reference[0] if reference else None
+        named = self.resolve(reference, f"{resource_type}.{field}")
         if isinstance(named, Rejected):
             return Rejected(named.code, f"{resource_type}.{field}: {named.detail}")
         if named is None:
@@ -342,11 +363,24 @@ def _entry_warnings(
     ]
 
 
+def _not_clinical_problem(items: list[tuple[int | None, str | None, dict[str, Any]]]) -> Rejected | None:
+    """The first resource of the input, or contained in one, that is no clinical data."""
+    for index, _, item in items:
+        where = f"entry {index}: " if index is not None else ""
+        for resource in (item, *item.get("contained", ())):
+            refusal = not_clinical(str(resource.get("resourceType")))
+            if refusal is not None:
+                inside = "contained " if resource is not item else ""
+                return Rejected(ErrorCode.FHIR_INVALID, f"{where}{inside}{refusal}")
+    return None
+
+
 def split_entries(resource: dict[str, Any], source: Source, *, allow_test_ins: bool) -> Split | Rejected:
     """The input's resources and its one patient, or the reject that stops the whole input.
 
     An input is about one patient: its events travel together, in order, on that patient's
-    partition, and its receipt can say whether it was all seen before.
+    partition, and its receipt can say whether it was all seen before. An input holding a resource that
+    is no clinical data is refused whole (``fhir.invalid``), as Bundles are all or nothing.
     """
     bundle_entries: list[dict[str, Any]] = []
     if resource["resourceType"] == "Bundle":
@@ -365,6 +399,9 @@ def split_entries(resource: dict[str, Any], source: Source, *, allow_test_ins: b
         ]
     else:
         items = [(None, None, resource)]
+    not_clinical_input = _not_clinical_problem(items)
+    if not_clinical_input is not None:
+        return not_clinical_input
     resolver = _Resolver([(url, res) for _, url, res in items], source, allow_test_ins)
     entries: list[Entry] = []
     patient: PatientIdentity | None = None

@@ -4,15 +4,23 @@ The rules follow the official FHIR conversion maps, R3↔R4 and R4↔R5, as HL7'
 (``org.hl7.fhir.convertors``, packages ``conv30_40`` and ``conv40_50``) implements them; each rule below
 cites the map it comes from ("R3→R4", "R5→R4"). The converter is conservative:
 
-- every source element is copied, moved to its R4 home, dropped, or refused: an element no rule
-  names is refused, so nothing is ever lost without a step saying so;
-- an element is dropped only when it carries no clinical meaning; one that does and has no R4 home
-  makes the resource :class:`Unconvertible` (the caller rejects it as ``fhir.version.unsupported``);
-- a resource type outside :data:`SUPPORTED_TYPES` is refused rather than guessed, and a Bundle is
-  converted entry by entry, all or nothing;
+- every source element is copied, moved to its R4 home, carried, dropped, or refused: an element no
+  rule names is refused, so nothing is ever lost without a step saying so;
+- an element with meaning and no R4 home is *carried* in HL7's cross-version extension
+  (``http://hl7.org/fhir/3.0/StructureDefinition/extension-<Path>``, ``.../5.0/...`` from R5), with
+  its value in the matching ``value[x]``, or, for a backbone element or a data type R4 lacks or
+  changed, one nested extension per child element named by the child (see :meth:`_Element.carry`);
+- an element is dropped only when it carries no clinical meaning; one whose meaning R4 cannot hold
+  (a status or code without an R4 equivalent, a modifier element, a cardinality R4 narrowed) makes
+  the resource :class:`Unconvertible` (the caller rejects it as ``fhir.version.unsupported``);
+- a resource type that is no clinical data for a pathway (:mod:`hub.normalise.clinical_scope`) is
+  refused as ``fhir.invalid``, in every version alike; any other type outside :data:`SUPPORTED_TYPES`
+  is refused rather than guessed, and a Bundle is converted entry by entry, all or nothing;
 - the result is validated with the R4B models (DESIGN.md section 4) before it is returned.
 
-Details and steps name resource types and elements, never values: they reach receipts and logs.
+Details and steps name resource types and elements, never values: they reach receipts and logs. The
+steps of carried and dropped elements have fixed forms that :func:`carried_element` and
+:func:`dropped_element` read back, for receipts' warnings and ``hub sources check``.
 """
 
 from __future__ import annotations
@@ -21,18 +29,24 @@ import copy
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
+from hub.errors import ErrorCode
+from hub.normalise.clinical_scope import not_clinical
 from hub.normalise.fhir_errors import unreadable_detail, validation_detail
+from hub.normalise.fhir_model import elements, model_lookup
 
 STU3 = "3.0"
 R5 = "5.0"
 _VERSION_NAMES = {STU3: "STU3", R5: "R5"}
+#: How steps name the map a rule comes from.
+_RULES = {STU3: "R3→R4", R5: "R5→R4"}
 
-#: R4 resource types that STU3 and R5 resources are converted to (STU3 ProcedureRequest → ServiceRequest).
+#: R4 resource types that STU3 and R5 resources are converted to (STU3 ProcedureRequest → ServiceRequest,
+#: DocumentManifest → DocumentReference).
 SUPPORTED_TYPES: frozenset[str] = frozenset(
     {
         "Patient",
@@ -51,6 +65,21 @@ SUPPORTED_TYPES: frozenset[str] = frozenset(
         "DocumentReference",
         "CareTeam",
         "Consent",
+        "Immunization",
+        "MedicationDispense",
+        "MedicationAdministration",
+        "List",
+        "Composition",
+        "Task",
+        "QuestionnaireResponse",
+        "RiskAssessment",
+        "CarePlan",
+        "Goal",
+        "Flag",
+        "FamilyMemberHistory",
+        "Specimen",
+        "Device",
+        "Binary",
         "Bundle",
     }
 )
@@ -69,9 +98,14 @@ _STU3_CONSENT_CATEGORY = "http://hl7.org/fhir/consentcategorycodes"
 _ATTESTATION_MODE = "http://hl7.org/fhir/composition-attestation-mode"
 _RELATIONSHIP_TYPE = "http://hl7.org/fhir/document-relationship-type"
 _URI_SYSTEM = "urn:ietf:rfc:3986"
-#: HL7's cross-version extensions, which the R3→R4 converter uses for the few STU3 elements it keeps
-#: although R4 has no element for them.
-_STU3_EXTENSION = "http://hl7.org/fhir/3.0/StructureDefinition/extension-"
+#: HL7's cross-version extensions: an element of the source version that R4 lacks, by its path.
+_EXTENSION_BASE = {
+    STU3: "http://hl7.org/fhir/3.0/StructureDefinition/extension-",
+    R5: "http://hl7.org/fhir/5.0/StructureDefinition/extension-",
+}
+#: The forms of the steps that say an element was carried or dropped (read back by the functions below).
+_CARRIED = re.compile(r"^(?:entry\[\d+\] )*(?P<element>[A-Za-z][A-Za-z0-9.]*) → cross-version extension \(")
+_DROPPED = re.compile(r"^(?:entry\[\d+\] )*(?P<element>[A-Za-z][A-Za-z0-9.]*) dropped \((?P<why>.*)\)$")
 
 #: Resource types the maps rename; a reference to any other type R4 lacks is refused.
 _RENAMED_TYPES = {
@@ -80,6 +114,8 @@ _RENAMED_TYPES = {
         "ReferralRequest": "ServiceRequest",
         "BodySite": "BodyStructure",
         "Sequence": "MolecularSequence",
+        # R5 retires DocumentManifest; the issue's reading: a manifest is one DocumentReference.
+        "DocumentManifest": "DocumentReference",
     },
     R5: {"DeviceUsage": "DeviceUseStatement"},
 }
@@ -132,17 +168,41 @@ class Converted:
 
 @dataclass(frozen=True)
 class Unconvertible:
-    """Why the resource cannot be converted: names the resource type and element, never a value."""
+    """Why the resource cannot be converted: names the resource type and element, never a value.
+
+    ``code`` is the reject's: ``fhir.version.unsupported`` for what R4 cannot express, ``fhir.invalid``
+    for a resource type that is no clinical data (refused in R4 as well).
+    """
 
     detail: str
+    code: ErrorCode = ErrorCode.FHIR_VERSION_UNSUPPORTED
 
 
 class _Refused(Exception):
     """Unwinds a conversion from any depth; :func:`convert_to_r4` turns it into :class:`Unconvertible`."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, code: ErrorCode = ErrorCode.FHIR_VERSION_UNSUPPORTED) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.code = code
+
+    def within(self, where: str) -> _Refused:
+        """The same refusal, its detail placed inside ``where`` (``Bundle.entry[2]``...)."""
+        return _Refused(f"{where}: {self.detail}", self.code)
+
+
+def carried_element(step: str) -> str | None:
+    """The element a conversion step carried in a cross-version extension (``Observation.triggeredBy``),
+    or None for another step."""
+    match = _CARRIED.match(step)
+    return match["element"] if match else None
+
+
+def dropped_element(step: str) -> tuple[str, str] | None:
+    """The element a conversion step dropped and why (``("Observation.instantiatesCanonical", "R5 link
+    to the observation's definition")``), or None for another step."""
+    match = _DROPPED.match(step)
+    return (match["element"], match["why"]) if match else None
 
 
 class _Run:
@@ -211,6 +271,32 @@ class _Element:
             if key in self.source:
                 self._unread.discard(key)
                 self.run.note(f"{self.path}.{name} dropped ({why})")
+
+    def carry(self, *names: str, onto: _Element | None = None) -> None:
+        """Elements with no R4 home, each in HL7's cross-version extension, on this element's R4 form (or
+        on ``onto``'s, for an element that disappears in R4)."""
+        for name in names:
+            value = self.take(name)
+            extras = self.take(f"_{name}")
+            if extras is not None:
+                # R4's Extension has no place for a value's own id and extensions.
+                self.run.note(
+                    f"{self.path}.{name}.extension dropped (R4 has no place for it on a carried value)"
+                )
+            if value is not None:
+                self.carry_value(name, value, onto=onto)
+
+    def carry_value(self, name: str, value: Any, *, onto: _Element | None = None) -> None:
+        """``value`` (an item or a list of them) of the element ``name``, carried as :meth:`carry` does."""
+        slot = _slot(self.path, name, self.run.version)
+        if slot is None:
+            self.fail(name, "R4 has no element for it")
+        path = f"{self.path}.{slot.base}"
+        url = f"{_EXTENSION_BASE[self.run.version]}{path}"
+        carried = [_extension(item, slot.type_name, url, path, self.run) for item in _as_list(value)]
+        holder = onto or self
+        holder.out["extension"] = [*holder.out.get("extension", ()), *carried]
+        self.run.note(f"{path} → cross-version extension ({_RULES[self.run.version]})")
 
     def refuse(self, name: str, why: str) -> None:
         if name in self.source or f"_{name}" in self.source:
@@ -297,8 +383,135 @@ def _codes(concept: object, system: str) -> set[str]:
     }
 
 
-def _add_extension(el: _Element, url: str, value_key: str, value: Any) -> None:
-    el.out["extension"] = [*el.out.get("extension", ()), {"url": url, value_key: value}]
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cross-version extensions
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One element of a source model: its FHIR type, and its name without a choice's type suffix."""
+
+    type_name: str
+    base: str  # occurrenceDateTime → occurrence; the name itself for an element that is no choice
+
+
+@cache  # bounded: keyed by the models' own type and element names
+def _slots(type_name: str, version: str) -> dict[str, _Slot]:
+    """The elements of a resource, data type or backbone element of a version, by JSON name."""
+    try:
+        model = model_lookup(version)(type_name)
+    except (KeyError, ValueError):
+        return {}
+    choices = {
+        field.alias or name: field.json_schema_extra.get("one_of_many")
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict)
+    }
+    return {
+        name: _Slot(element.type_name, str(choices.get(name) or name))
+        for name, element in elements(model).items()
+    }
+
+
+# Bounded: the paths are the converters' own, built from element names the source model knows.
+@lru_cache(maxsize=4096)
+def _slot(path: str, name: str, version: str) -> _Slot | None:
+    """The element ``name`` under ``path`` (``Immunization.reaction``), read along the source models."""
+    resource_type, *steps = path.split(".")
+    type_name = resource_type
+    for step in steps:
+        inner = _slots(type_name, version).get(step)
+        if inner is None:
+            return None
+        type_name = inner.type_name
+    return _slots(type_name, version).get(name)
+
+
+def _kind(type_name: str) -> str:
+    """A type as values are compared across versions: R4 made some STU3 uris urls (Attachment.url), which
+    JSON writes alike; any other type stands for itself."""
+    return "uri" if type_name == "url" else type_name
+
+
+@cache  # bounded by the versions and their data type names
+def _r4_as_is(type_name: str, version: str) -> bool:
+    """Whether R4 has the data type with the same elements (names, types, repetition, recursively), so
+    that a source value of it is an R4 value as it stands, and R4's Extension takes it as ``value[x]``."""
+    if _r4_extension_value(type_name) is None:
+        return False
+    pending = [type_name]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name == "Extension":  # extension values are checked by _finish
+            continue
+        seen.add(name)
+        source, target = (elements(model_lookup(v)(name)) for v in (version, "4.0"))
+        for element_name, element in source.items():
+            other = target.get(element_name)
+            if other is None or (_kind(other.type_name), other.repeats) != (
+                _kind(element.type_name),
+                element.repeats,
+            ):
+                return False
+            if not element.primitive:
+                pending.append(element.type_name)
+    return True
+
+
+@cache  # bounded by the data type names
+def _r4_extension_value(type_name: str) -> str | None:
+    """The ``value[x]`` key of R4's Extension for a type, or None when R4 has no such value type."""
+    key = f"value{type_name[:1].upper()}{type_name[1:]}"
+    r4_keys = set(elements(model_lookup("4.0")("Extension"))) - _R5_ONLY_VALUES
+    return key if key in r4_keys else None
+
+
+def _extension(value: Any, type_name: str, url: str, path: str, run: _Run) -> dict[str, Any]:
+    """One source value as an R4 extension: ``value[x]`` for a primitive and a data type R4 has as it
+    stands; else one nested extension per child element, named by the child (a choice by its name
+    without the type), and the value's own extensions beside them, as HL7 builds complex extensions.
+    An R5 CodeableReference that is only a concept or only a reference is that value, as HL7's R5→R4
+    extensions type it."""
+    if type_name == "integer64":
+        # R4 has no integer64; a decimal holds the same integer exactly (R5 JSON writes it as a string).
+        return {"url": url, "valueDecimal": int(value)}
+    key = _r4_extension_value(type_name)
+    if key is not None and (type_name[:1].islower() or _r4_as_is(type_name, run.version)):
+        return {"url": url, key: value}
+    if (
+        type_name == "CodeableReference"
+        and isinstance(value, dict)
+        and set(value) in ({"concept"}, {"reference"})
+    ):
+        if "concept" in value:
+            return {"url": url, "valueCodeableConcept": value["concept"]}
+        return {"url": url, "valueReference": value["reference"]}
+    if not isinstance(value, dict) or type_name == "Resource":
+        raise _Refused(f"{path}: this value cannot be carried in an extension")
+    if "modifierExtension" in value:
+        raise _Refused(f"{path}.modifierExtension: a modifier extension cannot be carried in an extension")
+    slots = _slots(type_name, run.version)
+    nested = list(value.get("extension", ()))
+    for name, child in value.items():
+        if name.startswith("_"):
+            # R4's Extension has no place for a value's own id and extensions.
+            run.note(f"{path}.{name[1:]}.extension dropped (R4 has no place for it on a carried value)")
+            continue
+        if name in _ELEMENT_BASE:
+            continue  # the id names nothing outside the element; its extensions are nested above
+        slot = slots.get(name)
+        if slot is None:
+            raise _Refused(f"{path}.{name}: not an element of the source version")
+        nested.extend(
+            _extension(item, slot.type_name, slot.base, f"{path}.{slot.base}", run)
+            for item in _as_list(child)
+        )
+    return {"url": url, "extension": nested}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -374,36 +587,41 @@ def _codeable_references(el: _Element, name: str) -> tuple[list[Any], list[Any]]
 
 def _split(el: _Element, name: str, concept_target: str | None, reference_target: str | None) -> None:
     """R5→R4: a CodeableReference list is R4's pair of CodeableConcept and Reference lists; a side
-    without an R4 element (target None) is refused."""
+    without an R4 element (target None) is carried."""
     if name not in el:
         return
     concepts, references = _codeable_references(el, name)
-    for items, target, kind in (
-        (concepts, concept_target, "code"),
+    for items, target, side in (
+        (concepts, concept_target, "concept"),
         (references, reference_target, "reference"),
     ):
         if not items:
             continue
         if target is None:
-            el.fail(name, f"R4 has no element for a {kind} here")
+            el.carry_value(name, [{side: item} for item in items])
+            continue
         el.out[target] = [*el.out.get(target, ()), *items]
         el.run.note(f"{el.path}.{name} → {target} (R5→R4 CodeableReference)")
 
 
 def _concept_of(el: _Element, name: str, value: Mapping[str, Any]) -> Any:
     sub = _Element(value, f"{el.path}.{name}", el.run, keeps_base=False)
-    concept = sub.take("concept")
-    sub.refuse("reference", "R4 holds only a code here")
+    concept, reference = sub.take("concept"), sub.take("reference")
     sub.done()
-    el.run.note(f"{el.path}.{name} → CodeableConcept (R5→R4 CodeableReference)")
+    if reference is not None:  # R4 holds only a code here
+        el.carry_value(name, {"reference": reference})
+    if concept is not None:
+        el.run.note(f"{el.path}.{name} → CodeableConcept (R5→R4 CodeableReference)")
     return concept
 
 
-def _single_concept(el: _Element, name: str) -> None:
-    """R5→R4: a 0..1 CodeableReference that R4 holds as a CodeableConcept."""
+def _single_concept(el: _Element, name: str, target: str | None = None) -> None:
+    """R5→R4: a 0..1 CodeableReference that R4 holds as a CodeableConcept (its reference is carried)."""
     value = el.take(name)
     if value is not None:
-        el.out[name] = _concept_of(el, name, value)
+        concept = _concept_of(el, name, value)
+        if concept is not None:
+            el.out[target or name] = concept
 
 
 def _one_concept(el: _Element, name: str) -> None:
@@ -413,7 +631,9 @@ def _one_concept(el: _Element, name: str) -> None:
         return
     if len(items) > 1:
         el.fail(name, "R4 holds only one")
-    el.out[name] = _concept_of(el, name, items[0])
+    concept = _concept_of(el, name, items[0])
+    if concept is not None:
+        el.out[name] = concept
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -421,9 +641,16 @@ def _one_concept(el: _Element, name: str) -> None:
 
 
 def _stu3_context_to_encounter(el: _Element) -> None:
-    # R3→R4: context became encounter; R4 allows an Encounter only there (an EpisodeOfCare context is
-    # refused by the R4 reference check).
-    el.move("context", "encounter", "R3→R4")
+    """R3→R4: context became encounter, where R4 allows an Encounter only: a context that names an
+    EpisodeOfCare is carried instead."""
+    context = el.source.get("context")
+    literal = context.get("reference") if isinstance(context, Mapping) else None
+    named = _URL_TYPE.search(literal) if isinstance(literal, str) else None
+    declared = context.get("type") if isinstance(context, Mapping) else None
+    if "EpisodeOfCare" in (named["type"] if named else None, declared):
+        el.carry("context")
+    else:
+        el.move("context", "encounter", "R3→R4")
 
 
 def _stu3_requester(el: _Element) -> None:
@@ -433,15 +660,10 @@ def _stu3_requester(el: _Element) -> None:
     if requester is None:
         return
     sub = _Element(requester, f"{el.path}.requester", el.run, keeps_base=False)
-    agent, on_behalf_of = sub.take("agent"), sub.take("onBehalfOf")
-    sub.done()
-    el.out["requester"] = agent
+    el.out["requester"] = sub.take("agent")
     el.run.note(f"{el.path}.requester.agent → requester (R3→R4)")
-    if on_behalf_of is not None:
-        resource_type = el.path.split(".")[0]
-        url = f"{_STU3_EXTENSION}{resource_type}.requester.onBehalfOf"
-        _add_extension(el, url, "valueReference", on_behalf_of)
-        el.run.note(f"{el.path}.requester.onBehalfOf → cross-version extension (R3→R4)")
+    sub.carry("onBehalfOf", onto=el)
+    sub.done()
 
 
 def _stu3_patient(el: _Element) -> None:
@@ -645,19 +867,20 @@ _OBSERVATION_RELATED = {"has-member": "hasMember", "derived-from": "derivedFrom"
 
 def _stu3_observation_component(el: _Element) -> None:
     el.keep("code", *_OBSERVATION_VALUES, "valueSampledData", "dataAbsentReason", "referenceRange")
-    el.refuse("valueAttachment", "R4 Observation values cannot be attachments")
+    el.carry("valueAttachment")  # R4 Observation values cannot be attachments
     _listify(el, "interpretation", "R3→R4")
 
 
 def _stu3_observation_related(el: _Element) -> None:
     # R3→R4: related {type, target} became hasMember and derivedFrom; its other types
-    # (sequel-to, replaces, qualified-by, interfered-by) have no R4 element.
+    # (sequel-to, replaces, qualified-by, interfered-by) have no R4 element and are carried.
     for item in el.take("related") or ():
+        if item.get("type") not in _OBSERVATION_RELATED:
+            el.carry_value("related", item)
+            continue
         sub = _Element(item, f"{el.path}.related", el.run, keeps_base=False)
         kind, target = sub.take("type"), sub.take("target")
         sub.done()
-        if kind not in _OBSERVATION_RELATED:
-            el.fail("related", "only has-member and derived-from have an R4 element")
         name = _OBSERVATION_RELATED[kind]
         el.out[name] = [*el.out.get(name, ()), target]
         el.run.note(f"{el.path}.related → {name} (R3→R4)")
@@ -684,7 +907,7 @@ def _stu3_observation(el: _Element) -> None:
         "device",
         "referenceRange",
     )
-    el.refuse("valueAttachment", "R4 Observation values cannot be attachments")
+    el.carry("valueAttachment")  # R4 Observation values cannot be attachments
     _stu3_context_to_encounter(el)
     _listify(el, "interpretation", "R3→R4")
     comment = el.take("comment")
@@ -735,7 +958,7 @@ def _stu3_procedure(el: _Element) -> None:
         "usedReference",
         "usedCode",
     )
-    el.refuse("definition", "a protocol Reference cannot become R4's canonical instantiatesCanonical")
+    el.carry("definition")  # a protocol Reference cannot become R4's canonical instantiatesCanonical
     _recode(el, "status", _STU3_PROCEDURE_STATUS, "R3→R4 Procedure status map")
     not_done = el.take("notDone")
     if not_done and el.out.get("status") != "entered-in-error":
@@ -801,7 +1024,7 @@ def _stu3_procedure_request(el: _Element) -> None:
     _recode(el, "status", _STU3_REQUEST_STATUS, "R3→R4 request status map")
     _recode(el, "intent", _REQUEST_INTENT)
     _recode(el, "priority", _REQUEST_PRIORITY)
-    el.refuse("definition", "a protocol Reference cannot become R4's canonical instantiatesCanonical")
+    el.carry("definition")  # a protocol Reference cannot become R4's canonical instantiatesCanonical
     _stu3_context_to_encounter(el)
     _stu3_requester(el)
     _listify(el, "performer", "R3→R4")
@@ -839,7 +1062,7 @@ def _stu3_medication_request(el: _Element) -> None:
     _recode(el, "status", _MEDICATION_REQUEST_STATUS)
     _recode(el, "intent", _REQUEST_INTENT)
     _recode(el, "priority", _REQUEST_PRIORITY)
-    el.refuse("definition", "a protocol Reference cannot become R4's canonical instantiatesCanonical")
+    el.carry("definition")  # a protocol Reference cannot become R4's canonical instantiatesCanonical
     _stu3_context_to_encounter(el)
     _stu3_requester(el)
     _listify(el, "category", "R3→R4")
@@ -946,12 +1169,13 @@ def _stu3_report_performers(el: _Element) -> None:
     converted = []
     for item in performers:
         sub = _Element(item, f"{el.path}.performer", el.run, keeps_base=False)
-        actor, role = dict(sub.take("actor") or {}), sub.take("role")
-        sub.done()
-        if role is not None:
-            url = f"{_STU3_EXTENSION}DiagnosticReport.performer.role"
-            actor["extension"] = [*actor.get("extension", ()), {"url": url, "valueCodeableConcept": role}]
-            el.run.note(f"{el.path}.performer.role → cross-version extension (R3→R4)")
+        # The role goes on the actor's reference: carried there, then the reference replaces the element.
+        sub.keep("actor")
+        sub.carry("role")
+        performer = sub.done()
+        actor = dict(performer.get("actor") or {})
+        if "extension" in performer:
+            actor["extension"] = [*actor.get("extension", ()), *performer["extension"]]
         converted.append(actor)
     el.out["performer"] = converted
     el.run.note(f"{el.path}.performer.actor → performer (R3→R4)")
@@ -1023,11 +1247,7 @@ def _stu3_document_reference(el: _Element) -> None:
     )
     _listify(el, "class", "R3→R4", "category")
     el.move("indexed", "date", "R3→R4")
-    created = el.take("created")
-    if created is not None:
-        # The document's own creation time has no R4 element: HL7's cross-version extension keeps it.
-        _add_extension(el, f"{_STU3_EXTENSION}DocumentReference.created", "valueDateTime", created)
-        el.run.note(f"{el.path}.created → cross-version extension (R3→R4)")
+    el.carry("created")  # the document's own creation time
     _single(el, "context", _stu3_document_context)
 
 
@@ -1131,19 +1351,18 @@ def _stu3_consent(el: _Element) -> None:
 
 def _r5_participants(el: _Element) -> None:
     """R5→R4: participant {function, actor} is R4's recorder (function author) and asserter
-    (function informant), as the reference converter maps them; other functions have no R4 element."""
+    (function informant), as the reference converter maps them; other participants are carried."""
     targets = {"author": "recorder", "informant": "asserter"}
     for item in el.take("participant") or ():
-        sub = _Element(item, f"{el.path}.participant", el.run, keeps_base=False)
-        function, actor = sub.take("function"), sub.take("actor")
-        sub.done()
-        codes = _codes(function, _PARTICIPANT_TYPE)
+        codes = _codes(item.get("function"), _PARTICIPANT_TYPE)
         target = targets.get(codes.pop()) if len(codes) == 1 else None
-        if target is None:
-            el.fail("participant", "only author and informant participants have an R4 element")
-        if target in el.out:
-            el.fail("participant", "R4 holds one recorder and one asserter")
-        el.out[target] = actor
+        if target is None or target in el.out:  # another function, or a second author or informant
+            el.carry_value("participant", item)
+            continue
+        sub = _Element(item, f"{el.path}.participant", el.run, keeps_base=False)
+        sub.take("function")
+        el.out[target] = sub.take("actor")
+        sub.done()
         el.run.note(f"{el.path}.participant → {target} (R5→R4)")
 
 
@@ -1165,9 +1384,9 @@ def _r5_medication(el: _Element) -> None:
 
 
 def _r5_rendered_dosage(el: _Element, dosages: str) -> None:
-    # The rendered text repeats the structured dosage; alone it would be the only dosage.
+    # The rendered text repeats the structured dosage; alone it is the only dosage, and carried.
     if dosages not in el:
-        el.refuse("renderedDosageInstruction", "R4 has no element for a dosage given only as text")
+        el.carry("renderedDosageInstruction")
     el.drop("renderedDosageInstruction", "R5 rendering of the structured dosage kept")
 
 
@@ -1196,8 +1415,7 @@ def _r5_patient(el: _Element) -> None:
 
 def _r5_practitioner(el: _Element) -> None:
     el.keep("identifier", "active", "name", "telecom", "address", "gender", "birthDate", "qualification")
-    el.refuse("deceasedBoolean", "R4 Practitioner cannot record a death")
-    el.refuse("deceasedDateTime", "R4 Practitioner cannot record a death")
+    el.carry("deceasedBoolean", "deceasedDateTime")
     _each(el, "photo", _r5_attachment)
     communication = el.take("communication")
     if communication is not None:
@@ -1215,8 +1433,7 @@ def _r5_practitioner(el: _Element) -> None:
 def _r5_organization_contact(el: _Element) -> None:
     el.keep("purpose", "telecom", "address")
     _one(el, "name", "R5→R4")
-    el.refuse("organization", "R4 Organization.contact has no organization")
-    el.refuse("period", "R4 Organization.contact has no period")
+    el.carry("organization", "period")
 
 
 def _r5_organization(el: _Element) -> None:
@@ -1301,7 +1518,7 @@ def _r5_encounter_reasons(el: _Element) -> None:
 
 def _r5_diagnoses(el: _Element, use_target: str) -> None:
     """R5→R4: diagnosis {condition (CodeableReference list), use} is one R4 diagnosis per referenced
-    condition; a diagnosis given only as a code has no R4 element."""
+    condition; a diagnosis given as a code (R4 needs a reference to a Condition) is carried."""
     diagnoses = el.take("diagnosis")
     if diagnoses is None:
         return
@@ -1316,7 +1533,8 @@ def _r5_diagnoses(el: _Element, use_target: str) -> None:
         concepts, references = _codeable_references(sub, "condition")
         sub.done()
         if concepts:
-            el.fail("diagnosis", "R4 needs a reference to the condition")
+            el.carry_value("diagnosis", item)
+            continue
         for reference in references:
             converted.append({"condition": reference, **({use_target: uses} if uses is not None else {})})
     el.out["diagnosis"] = converted
@@ -1363,9 +1581,7 @@ def _r5_encounter(el: _Element) -> None:
     )
     _r5_encounter_class(el)
     _one_concept(el, "serviceType")
-    el.refuse("subjectStatus", "R4 has no element for the patient's status in the encounter")
-    el.refuse("careTeam", "R4 Encounter cannot reference a care team")
-    el.refuse("virtualService", "R4 has no element for virtual service details")
+    el.carry("subjectStatus", "careTeam", "virtualService")
     el.move("actualPeriod", "period", "R5→R4")
     el.drop("plannedStartDate", "R5 planning date, no R4 element")
     el.drop("plannedEndDate", "R5 planning date, no R4 element")
@@ -1390,7 +1606,7 @@ def _r5_episode_of_care(el: _Element) -> None:
         "account",
     )
     el.move("careTeam", "team", "R5→R4")
-    el.refuse("reason", "R4 EpisodeOfCare has no reason")
+    el.carry("reason")
     _r5_diagnoses(el, "role")
 
 
@@ -1426,14 +1642,13 @@ def _r5_condition(el: _Element) -> None:
 
 def _r5_reference_range(el: _Element) -> None:
     el.keep("low", "high", "type", "appliesTo", "age", "text")
-    el.refuse("normalValue", "R4 reference ranges have no normal value code")
+    el.carry("normalValue")
 
 
 def _r5_observation_values(el: _Element) -> None:
     el.keep(*_OBSERVATION_VALUES, "dataAbsentReason", "interpretation")
-    el.refuse("valueAttachment", "R4 Observation values cannot be attachments")
-    el.refuse("valueReference", "R4 Observation values cannot be references")
-    el.refuse("valueSampledData", "R5 changed SampledData (interval, offsets)")
+    # Values R4 Observation cannot hold: attachments, references, and R5's changed SampledData.
+    el.carry("valueAttachment", "valueReference", "valueSampledData")
     _each(el, "referenceRange", _r5_reference_range)
 
 
@@ -1470,8 +1685,7 @@ def _r5_observation(el: _Element) -> None:
     _r5_observation_values(el)
     el.drop("instantiatesCanonical", "R5 link to the observation's definition")
     el.drop("instantiatesReference", "R5 link to the observation's definition")
-    el.refuse("triggeredBy", "R4 cannot say which observation triggered this one")
-    el.refuse("bodyStructure", "R4 Observation cannot reference a body structure")
+    el.carry("triggeredBy", "bodyStructure")
     _each(el, "component", _r5_observation_component)
 
 
@@ -1483,7 +1697,7 @@ _PERFORMED = ("DateTime", "Period", "String", "Age", "Range")
 
 def _r5_procedure_performer(el: _Element) -> None:
     el.keep("function", "actor", "onBehalfOf")
-    el.refuse("period", "R4 procedure performers have no period")
+    el.carry("period")
 
 
 def _r5_procedure(el: _Element) -> None:
@@ -1508,9 +1722,7 @@ def _r5_procedure(el: _Element) -> None:
         "focalDevice",
     )
     _one(el, "category", "R5→R4")
-    el.refuse("focus", "R4 Procedure has no focus")
-    el.refuse("supportingInfo", "R4 Procedure has no supporting information")
-    el.refuse("occurrenceTiming", "R4 performed[x] has no Timing")
+    el.carry("focus", "supportingInfo", "occurrenceTiming")  # R4 performed[x] has no Timing
     for kind in _PERFORMED:
         el.move(f"occurrence{kind}", f"performed{kind}", "R5→R4")
     el.drop("recorded", "R5 date of the record, not of the procedure")
@@ -1535,7 +1747,7 @@ def _r5_patient_instruction(el: _Element) -> None:
         el.fail("patientInstruction", "R4 holds only one instruction")
     sub = _Element(instructions[0], f"{el.path}.patientInstruction", el.run, keeps_base=False)
     text = sub.take("instructionMarkdown")
-    sub.refuse("instructionReference", "R4 holds the instruction as text only")
+    sub.carry("instructionReference", onto=el)  # R4 holds the instruction as text only
     sub.done()
     el.out["patientInstruction"] = text
     el.run.note(f"{el.path}.patientInstruction → patientInstruction text (R5→R4)")
@@ -1575,9 +1787,7 @@ def _r5_service_request(el: _Element) -> None:
         "relevantHistory",
     )
     _single_concept(el, "code")
-    el.refuse("orderDetail", "R5 structured order details have no R4 form")
-    el.refuse("focus", "R4 ServiceRequest has no focus")
-    el.refuse("bodyStructure", "R4 ServiceRequest cannot reference a body structure")
+    el.carry("orderDetail", "focus", "bodyStructure")
     _split(el, "location", "locationCode", "locationReference")
     _split(el, "reason", "reasonCode", "reasonReference")
     _split(el, "supportingInfo", None, "supportingInfo")
@@ -1594,8 +1804,7 @@ def _r5_dispense_request(el: _Element) -> None:
         "expectedSupplyDuration",
     )
     el.move("dispenser", "performer", "R5→R4")
-    el.refuse("dispenserInstruction", "R4 has no instructions for the dispenser")
-    el.refuse("doseAdministrationAid", "R4 has no dose administration aid")
+    el.carry("dispenserInstruction", "doseAdministrationAid")
 
 
 def _r5_reported(el: _Element) -> None:
@@ -1640,8 +1849,7 @@ def _r5_medication_request(el: _Element) -> None:
     _r5_medication(el)
     _r5_reported(el)
     _one(el, "performer", "R5→R4")
-    el.refuse("device", "R4 MedicationRequest has no device")
-    el.refuse("effectiveDosePeriod", "R4 has no overall dosage period")
+    el.carry("device", "effectiveDosePeriod")
     el.drop("statusChanged", "R5 date of the last status change")
     _r5_rendered_dosage(el, "dosageInstruction")
     _each(el, "dosageInstruction", _r5_dosage)
@@ -1707,8 +1915,7 @@ def _r5_medication_statement(el: _Element) -> None:
     _r5_medication(el)
     el.move("encounter", "context", "R5→R4")
     _one(el, "informationSource", "R5→R4")
-    el.refuse("effectiveTiming", "R4 effective[x] has no Timing")
-    el.refuse("relatedClinicalInformation", "R4 MedicationStatement has no related information")
+    el.carry("effectiveTiming", "relatedClinicalInformation")  # R4 effective[x] has no Timing
     _split(el, "reason", "reasonCode", "reasonReference")
     _r5_rendered_dosage(el, "dosage")
     _each(el, "dosage", _r5_dosage)
@@ -1770,9 +1977,7 @@ def _r5_diagnostic_report(el: _Element) -> None:
         "conclusionCode",
     )
     el.move("study", "imagingStudy", "R5→R4")
-    el.refuse("note", "R4 DiagnosticReport has no note")
-    el.refuse("composition", "R4 DiagnosticReport has no composition")
-    el.refuse("supportingInfo", "R4 DiagnosticReport has no supporting information")
+    el.carry("note", "composition", "supportingInfo")
     _each(el, "presentedForm", _r5_attachment)
 
 
@@ -1793,24 +1998,39 @@ def _r5_document_content(el: _Element) -> None:
     el.run.note(f"{el.path}.profile → format (R5→R4)")
 
 
+_R4_RELATIONSHIPS = frozenset({"replaces", "transforms", "signs", "appends"})
+
+
 def _r5_document_relates_to(el: _Element) -> None:
-    el.keep("target")
-    codes = _codes(el.take("code"), _RELATIONSHIP_TYPE) & {"replaces", "transforms", "signs", "appends"}
-    if len(codes) != 1:
-        el.fail("code", "R4 needs one of its four relationship codes")
-    el.out["code"] = codes.pop()
-    el.run.note(f"{el.path}.code CodeableConcept → code (R5→R4)")
+    """R5→R4: a relationship of one of R4's four codes keeps its place; another one is carried."""
+    converted = []
+    for item in el.take("relatesTo") or ():
+        codes = _codes(item.get("code"), _RELATIONSHIP_TYPE) & _R4_RELATIONSHIPS
+        if len(codes) != 1:
+            el.carry_value("relatesTo", item)
+            continue
+        sub = _Element(item, f"{el.path}.relatesTo", el.run)
+        sub.keep("target")
+        sub.take("code")
+        sub.out["code"] = codes.pop()
+        converted.append(sub.done())
+        el.run.note(f"{el.path}.relatesTo.code CodeableConcept → code (R5→R4)")
+    if converted:
+        el.out["relatesTo"] = converted
 
 
 def _r5_document_attesters(el: _Element) -> None:
-    """R5→R4: the official attester is R4's authenticator, as the reference converter maps it."""
+    """R5→R4: the official attester is R4's authenticator, as the reference converter maps it; other
+    attesters are carried."""
     for item in el.take("attester") or ():
+        if _codes(item.get("mode"), _ATTESTATION_MODE) != {"official"} or "authenticator" in el.out:
+            el.carry_value("attester", item)
+            continue
         sub = _Element(item, f"{el.path}.attester", el.run, keeps_base=False)
-        mode, party = sub.take("mode"), sub.take("party")
-        sub.refuse("time", "R4 has no attestation time")
+        sub.take("mode")
+        party = sub.take("party")
+        sub.carry("time", onto=el)
         sub.done()
-        if _codes(mode, _ATTESTATION_MODE) != {"official"} or "authenticator" in el.out:
-            el.fail("attester", "R4 has only one official authenticator")
         el.out["authenticator"] = party
         el.run.note(f"{el.path}.attester → authenticator (R5→R4)")
 
@@ -1822,8 +2042,8 @@ def _r5_document_context(el: _Element) -> None:
     if encounters:
         context["encounter"] = encounters
     concepts, references = _codeable_references(el, "event")
-    if references:
-        el.fail("event", "R4 holds events as codes only")
+    if references:  # R4 holds events as codes only
+        el.carry_value("event", [{"reference": reference} for reference in references])
     if concepts:
         context["event"] = concepts
     for name in ("period", "facilityType", "practiceSetting"):
@@ -1852,10 +2072,9 @@ def _r5_document_reference(el: _Element) -> None:
         "securityLabel",
     )
     el.drop("version", "R5 version label of the document reference")
-    el.refuse("modality", "R4 DocumentReference has no modality")
-    el.refuse("bodySite", "R4 DocumentReference has no body site")
+    el.carry("modality", "bodySite")
     _r5_document_attesters(el)
-    _each(el, "relatesTo", _r5_document_relates_to)
+    _r5_document_relates_to(el)
     _each(el, "content", _r5_document_content)
     _r5_document_context(el)
 
@@ -1864,7 +2083,7 @@ def _r5_care_team_participant(el: _Element) -> None:
     el.keep("member", "onBehalfOf")
     _listify(el, "role", "R5→R4")
     el.move("coveragePeriod", "period", "R5→R4")
-    el.refuse("coverageTiming", "R4 care team participants have a period only")
+    el.carry("coverageTiming")  # R4 care team participants have a period only
 
 
 def _r5_care_team(el: _Element) -> None:
@@ -2003,6 +2222,1203 @@ def _r5_consent(el: _Element) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# STU3 → R4: medications given, vaccines, lists, documents, tasks, forms, risks, plans, goals, flags,
+# family history, specimens, devices and binaries
+
+
+def _stu3_not_done(el: _Element, flag: str, not_done_status: str) -> None:
+    """R3→R4: a "not done" flag became a status (unless the record is entered in error, which says more)."""
+    not_done = el.take(flag)
+    if not_done and el.out.get("status") != "entered-in-error":
+        el.out["status"] = not_done_status
+    if not_done is not None:
+        el.run.note(f"{el.path}.{flag} → status (R3→R4)")
+
+
+_STU3_IMMUNIZATION_STATUS = _same("completed", "entered-in-error")
+
+
+def _stu3_immunization_explanation(el: _Element) -> None:
+    """R3→R4: explanation {reason, reasonNotGiven} became reasonCode and statusReason."""
+    explanation = el.take("explanation")
+    if explanation is None:
+        return
+    sub = _Element(explanation, f"{el.path}.explanation", el.run, keeps_base=False)
+    reasons, not_given = sub.take("reason"), sub.take("reasonNotGiven")
+    sub.done()
+    if reasons:
+        el.out["reasonCode"] = reasons
+    if not_given:
+        if len(not_given) > 1:
+            el.fail("explanation", "R4 holds only one reason for not giving it")
+        el.out["statusReason"] = not_given[0]
+    el.run.note(f"{el.path}.explanation → reasonCode and statusReason (R3→R4)")
+
+
+def _stu3_immunization_practitioner(el: _Element) -> None:
+    el.keep("actor")
+    el.move("role", "function", "R3→R4")
+
+
+def _stu3_vaccination_protocols(el: _Element) -> None:
+    """R3→R4: vaccinationProtocol became protocolApplied, which requires the dose number; a protocol
+    without one, and the dose's status and description, which R4 lacks, are carried."""
+    converted = []
+    for item in el.take("vaccinationProtocol") or ():
+        if "doseSequence" not in item:
+            el.carry_value("vaccinationProtocol", item)
+            continue
+        sub = _Element(item, f"{el.path}.vaccinationProtocol", el.run)
+        sub.keep("series", "authority", "targetDisease")
+        sub.move("doseSequence", "doseNumberPositiveInt", "R3→R4")
+        sub.move("seriesDoses", "seriesDosesPositiveInt", "R3→R4")
+        sub.carry("description", "doseStatus", "doseStatusReason")
+        converted.append(sub.done())
+    if converted:
+        el.out["protocolApplied"] = converted
+        el.run.note(f"{el.path}.vaccinationProtocol → protocolApplied (R3→R4)")
+
+
+def _stu3_immunization(el: _Element) -> None:
+    _recode(el, "status", _STU3_IMMUNIZATION_STATUS)
+    el.keep(
+        "identifier",
+        "vaccineCode",
+        "patient",
+        "encounter",
+        "primarySource",
+        "reportOrigin",
+        "location",
+        "manufacturer",
+        "lotNumber",
+        "expirationDate",
+        "site",
+        "route",
+        "doseQuantity",
+        "note",
+        "reaction",
+    )
+    _stu3_not_done(el, "notGiven", "not-done")
+    el.move("date", "occurrenceDateTime", "R3→R4")
+    _stu3_immunization_explanation(el)
+    _each(el, "practitioner", _stu3_immunization_practitioner, "performer")
+    if "performer" in el.out:
+        el.run.note(f"{el.path}.practitioner → performer (R3→R4)")
+    _stu3_vaccination_protocols(el)
+
+
+_STU3_DISPENSE_STATUS = _same(
+    "preparation", "in-progress", "on-hold", "completed", "entered-in-error", "stopped"
+)
+
+
+def _stu3_performer_on_behalf(el: _Element) -> None:
+    # R3→R4 dropped onBehalfOf from the dispense and administration performers.
+    el.keep("actor")
+    el.carry("onBehalfOf")
+
+
+def _stu3_medication_dispense(el: _Element) -> None:
+    _recode(el, "status", _STU3_DISPENSE_STATUS)
+    el.keep(
+        "identifier",
+        "partOf",
+        "category",
+        "medicationCodeableConcept",
+        "medicationReference",
+        "subject",
+        "context",
+        "supportingInformation",
+        "authorizingPrescription",
+        "type",
+        "quantity",
+        "daysSupply",
+        "whenPrepared",
+        "whenHandedOver",
+        "destination",
+        "receiver",
+        "note",
+        "substitution",
+        "detectedIssue",
+        "eventHistory",
+    )
+    # R4 "declined": the dispense was not performed, which is what STU3's notDone says.
+    _stu3_not_done(el, "notDone", "declined")
+    el.move("notDoneReasonCodeableConcept", "statusReasonCodeableConcept", "R3→R4")
+    el.move("notDoneReasonReference", "statusReasonReference", "R3→R4")
+    _each(el, "performer", _stu3_performer_on_behalf)
+    _each(el, "dosageInstruction", _stu3_dosage)
+
+
+_STU3_ADMINISTRATION_STATUS = _same(
+    "in-progress", "on-hold", "completed", "entered-in-error", "stopped", "unknown"
+)
+
+
+def _stu3_medication_administration(el: _Element) -> None:
+    _recode(el, "status", _STU3_ADMINISTRATION_STATUS)
+    el.keep(
+        "identifier",
+        "partOf",
+        "category",
+        "medicationCodeableConcept",
+        "medicationReference",
+        "subject",
+        "context",
+        "supportingInformation",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "reasonCode",
+        "reasonReference",
+        "device",
+        "note",
+        "dosage",
+        "eventHistory",
+    )
+    el.carry("definition")  # a protocol Reference cannot become R4's canonical instantiates
+    _stu3_not_done(el, "notGiven", "not-done")
+    el.move("reasonNotGiven", "statusReason", "R3→R4")
+    el.move("prescription", "request", "R3→R4")
+    _each(el, "performer", _stu3_performer_on_behalf)
+
+
+_LIST_STATUS = _same("current", "retired", "entered-in-error")
+_LIST_MODE = _same("working", "snapshot", "changes")
+_LIST_SAME = ("identifier", "title", "code", "encounter", "date", "source", "orderedBy", "note", "entry")
+
+
+def _stu3_list(el: _Element) -> None:
+    _recode(el, "status", _LIST_STATUS)
+    _recode(el, "mode", _LIST_MODE)
+    el.keep(*_LIST_SAME, "subject", "emptyReason")
+
+
+_COMPOSITION_STATUS = _same("preliminary", "final", "amended", "entered-in-error")
+_ATTESTATION_MODES = frozenset({"personal", "professional", "legal", "official"})
+
+
+def _stu3_composition_attester(el: _Element) -> None:
+    el.keep("time", "party")
+    _one(el, "mode", "R3→R4")
+
+
+def _stu3_composition(el: _Element) -> None:
+    _recode(el, "status", _COMPOSITION_STATUS)
+    el.keep(
+        "identifier",
+        "type",
+        "subject",
+        "encounter",
+        "date",
+        "author",
+        "title",
+        "confidentiality",
+        "custodian",
+        "relatesTo",
+        "event",
+        "section",
+    )
+    _listify(el, "class", "R3→R4", "category")
+    _each(el, "attester", _stu3_composition_attester)
+
+
+def _stu3_manifest_content(el: _Element) -> None:
+    """R3→R4: each item of a manifest's content is an attachment of the DocumentReference: an attachment
+    as it is, a reference as the address of the document (a reference without one is carried)."""
+    converted = []
+    for item in el.take("content") or ():
+        sub = _Element(item, f"{el.path}.content", el.run, keeps_base=False)
+        attachment = sub.take("pAttachment")
+        reference = sub.source.get("pReference")
+        if attachment is None and isinstance(reference, Mapping) and "reference" in reference:
+            sub.take("pReference")
+            attachment = {"url": reference["reference"]}
+            if "display" in reference:
+                attachment["title"] = reference["display"]
+            el.run.note(f"{el.path}.content.pReference → content.attachment.url (R3→R4)")
+        else:
+            sub.carry("pReference", onto=el)
+        sub.done()
+        if attachment is not None:
+            converted.append({"attachment": attachment})
+    el.out["content"] = converted
+
+
+def _stu3_document_manifest(el: _Element) -> None:
+    """R3→R4, as R5 retires DocumentManifest: the manifest becomes one DocumentReference whose content
+    lists the manifest's documents, and whose context relates what the manifest relates."""
+    _recode(el, "status", _DOCUMENT_STATUS)
+    el.keep("masterIdentifier", "identifier", "type", "subject", "author", "description")
+    el.move("created", "date", "R3→R4")
+    el.carry("recipient", "source")
+    _stu3_manifest_content(el)
+    related = el.take("related")
+    if related is not None:
+        context = _Element({"related": related}, el.path, el.run, keeps_base=False)
+        _stu3_document_context(context)
+        el.out["context"] = context.done()
+
+
+_TASK_STATUS = _same(
+    "draft",
+    "requested",
+    "received",
+    "accepted",
+    "rejected",
+    "ready",
+    "cancelled",
+    "in-progress",
+    "on-hold",
+    "failed",
+    "completed",
+    "entered-in-error",
+)
+#: R4's TaskIntent is RequestIntent without directive, with unknown.
+_TASK_INTENT = _same("unknown", *(code for code in _REQUEST_INTENT if code != "directive"))
+_TASK_SAME = (
+    "identifier",
+    "basedOn",
+    "groupIdentifier",
+    "partOf",
+    "businessStatus",
+    "code",
+    "description",
+    "focus",
+    "for",
+    "executionPeriod",
+    "authoredOn",
+    "lastModified",
+    "owner",
+    "note",
+    "relevantHistory",
+    "restriction",
+)
+
+
+#: STU3 Task priorities had "normal" where R4 (as every request) says "routine".
+_STU3_TASK_PRIORITY = {"normal": "routine", "urgent": "urgent", "asap": "asap", "stat": "stat"}
+
+
+def _stu3_task(el: _Element) -> None:
+    _recode(el, "status", _TASK_STATUS)
+    _recode(el, "intent", _TASK_INTENT)
+    _recode(el, "priority", _STU3_TASK_PRIORITY, "R3→R4")
+    el.keep(*_TASK_SAME, "statusReason", "performerType", "input", "output")
+    el.move("definitionUri", "instantiatesUri", "R3→R4")
+    el.carry("definitionReference")  # a Reference cannot become R4's canonical instantiatesCanonical
+    _stu3_context_to_encounter(el)
+    _stu3_requester(el)
+    el.move("reason", "reasonCode", "R3→R4")
+
+
+_QUESTIONNAIRE_RESPONSE_STATUS = _same("in-progress", "completed", "amended", "entered-in-error", "stopped")
+_ANSWER_VALUES = (
+    "valueBoolean",
+    "valueDecimal",
+    "valueInteger",
+    "valueDate",
+    "valueDateTime",
+    "valueTime",
+    "valueString",
+    "valueUri",
+    "valueCoding",
+    "valueQuantity",
+    "valueReference",
+)
+
+
+def _stu3_answer(el: _Element) -> None:
+    el.keep(*_ANSWER_VALUES, "valueAttachment")
+    _each(el, "item", _stu3_response_item)
+
+
+def _stu3_response_item(el: _Element) -> None:
+    el.keep("linkId", "definition", "text")
+    el.carry("subject")  # R4 items cannot be about another subject than the response
+    _each(el, "answer", _stu3_answer)
+    _each(el, "item", _stu3_response_item)
+
+
+def _stu3_questionnaire_response(el: _Element) -> None:
+    _recode(el, "status", _QUESTIONNAIRE_RESPONSE_STATUS)
+    el.keep("identifier", "basedOn", "subject", "authored", "author", "source")
+    el.move("parent", "partOf", "R3→R4")
+    _stu3_context_to_encounter(el)
+    questionnaire = el.source.get("questionnaire")
+    if (
+        isinstance(questionnaire, Mapping)
+        and set(questionnaire) <= {"reference", "display"}
+        and ("reference" in questionnaire)
+    ):
+        # R3→R4 as the reference converter maps it: the reference's address is R4's canonical.
+        el.take("questionnaire")
+        el.out["questionnaire"] = questionnaire["reference"]
+        el.run.note(f"{el.path}.questionnaire Reference → canonical (R3→R4)")
+    else:
+        el.carry("questionnaire")
+    _each(el, "item", _stu3_response_item)
+
+
+_RISK_SAME = (
+    "basedOn",
+    "parent",
+    "method",
+    "code",
+    "subject",
+    "occurrenceDateTime",
+    "occurrencePeriod",
+    "condition",
+    "performer",
+    "basis",
+    "prediction",
+    "mitigation",
+)
+
+
+def _stu3_risk_assessment(el: _Element) -> None:
+    _recode(el, "status", _OBSERVATION_STATUS)
+    el.keep(*_RISK_SAME)
+    _listify(el, "identifier", "R3→R4")
+    _stu3_context_to_encounter(el)
+    _listify(el, "reasonCodeableConcept", "R3→R4", "reasonCode")
+    _listify(el, "reasonReference", "R3→R4")
+    comment = el.take("comment")
+    if comment is not None:
+        el.out["note"] = [{"text": comment}]
+        el.run.note(f"{el.path}.comment → note (R3→R4)")
+
+
+_CARE_PLAN_INTENT = _same("proposal", "plan", "order", "option")
+_STU3_ACTIVITY_STATUS = _same(
+    "not-started", "scheduled", "in-progress", "on-hold", "completed", "cancelled", "unknown"
+)
+
+
+def _stu3_activity_detail(el: _Element) -> None:
+    _recode(el, "status", _STU3_ACTIVITY_STATUS)
+    el.keep(
+        "code",
+        "reasonCode",
+        "reasonReference",
+        "goal",
+        "scheduledTiming",
+        "scheduledPeriod",
+        "scheduledString",
+        "location",
+        "performer",
+        "productCodeableConcept",
+        "productReference",
+        "dailyAmount",
+        "quantity",
+        "description",
+    )
+    # STU3's category (diet, drug...) is not R4's kind (a resource type); the definition is a Reference.
+    el.carry("category", "definition")
+    reason = el.take("statusReason")
+    if reason is not None:
+        el.out["statusReason"] = {"text": reason}
+        el.run.note(f"{el.path}.statusReason string → CodeableConcept text (R3→R4)")
+    el.move("prohibited", "doNotPerform", "R3→R4")
+
+
+def _stu3_activity(el: _Element) -> None:
+    el.keep("outcomeCodeableConcept", "outcomeReference", "progress", "reference")
+    _single(el, "detail", _stu3_activity_detail)
+
+
+def _stu3_care_plan(el: _Element) -> None:
+    _recode(el, "status", _STU3_REQUEST_STATUS, "R3→R4 request status map")
+    _recode(el, "intent", _CARE_PLAN_INTENT)
+    el.keep(
+        "identifier",
+        "basedOn",
+        "replaces",
+        "partOf",
+        "category",
+        "title",
+        "description",
+        "subject",
+        "period",
+        "careTeam",
+        "addresses",
+        "supportingInfo",
+        "goal",
+        "note",
+    )
+    el.carry("definition")  # a Reference cannot become R4's canonical instantiatesCanonical
+    _stu3_context_to_encounter(el)
+    authors = el.take("author")
+    if authors:
+        # R4 has one author (the responsible party) and any number of contributors.
+        if len(authors) == 1:
+            el.out["author"] = authors[0]
+        else:
+            el.out["contributor"] = authors
+        el.run.note(f"{el.path}.author → author or contributor (R3→R4)")
+    _each(el, "activity", _stu3_activity)
+
+
+_GOAL_ACHIEVEMENT = "http://terminology.hl7.org/CodeSystem/goal-achievement"
+#: R3→R4: STU3's goal status is R4's lifecycle status, and for a goal under way its achievement.
+_STU3_GOAL_STATUS: dict[str, tuple[str, str | None]] = {
+    "proposed": ("proposed", None),
+    "accepted": ("accepted", None),
+    "planned": ("planned", None),
+    "in-progress": ("active", "in-progress"),
+    "on-target": ("active", "in-progress"),
+    "ahead-of-target": ("active", "in-progress"),
+    "behind-target": ("active", "in-progress"),
+    "sustaining": ("active", "sustaining"),
+    "achieved": ("completed", "achieved"),
+    "on-hold": ("on-hold", None),
+    "cancelled": ("cancelled", None),
+    "entered-in-error": ("entered-in-error", None),
+    "rejected": ("rejected", None),
+}
+#: Progress against the target that R4's achievement codes cannot say: the STU3 status is carried too.
+_STU3_GOAL_PROGRESS = frozenset({"on-target", "ahead-of-target", "behind-target"})
+
+
+def _stu3_goal(el: _Element) -> None:
+    el.keep(
+        "identifier",
+        "category",
+        "priority",
+        "description",
+        "subject",
+        "startDate",
+        "startCodeableConcept",
+        "statusDate",
+        "statusReason",
+        "expressedBy",
+        "addresses",
+        "note",
+        "outcomeCode",
+        "outcomeReference",
+    )
+    status = el.source.get("status")
+    if status not in _STU3_GOAL_STATUS:
+        el.fail("status", "the code has no R4 equivalent")
+    lifecycle, achievement = _STU3_GOAL_STATUS[status]
+    el.move("status", "lifecycleStatus", "R3→R4")
+    el.out["lifecycleStatus"] = lifecycle
+    if achievement is not None:
+        el.out["achievementStatus"] = _concept(_GOAL_ACHIEVEMENT, achievement)
+        el.run.note(f"{el.path}.status → achievementStatus (R3→R4)")
+    if status in _STU3_GOAL_PROGRESS:
+        el.carry_value("status", status)
+    _listify(el, "target", "R3→R4")
+
+
+_FLAG_STATUS = _same("active", "inactive", "entered-in-error")
+
+
+def _stu3_flag(el: _Element) -> None:
+    _recode(el, "status", _FLAG_STATUS)
+    el.keep("identifier", "period", "subject", "encounter", "author", "code")
+    _listify(el, "category", "R3→R4")
+
+
+_FAMILY_HISTORY_STATUS = _same("partial", "completed", "entered-in-error", "health-unknown")
+_FAMILY_HISTORY_SAME = (
+    "identifier",
+    "patient",
+    "date",
+    "name",
+    "relationship",
+    "bornPeriod",
+    "bornDate",
+    "bornString",
+    "ageAge",
+    "ageRange",
+    "ageString",
+    "estimatedAge",
+    "deceasedBoolean",
+    "deceasedAge",
+    "deceasedRange",
+    "deceasedDate",
+    "deceasedString",
+    "reasonCode",
+    "reasonReference",
+    "note",
+    "condition",
+)
+_GENDER = "http://hl7.org/fhir/administrative-gender"
+
+
+def _stu3_family_member_history(el: _Element) -> None:
+    _recode(el, "status", _FAMILY_HISTORY_STATUS)
+    el.keep(*_FAMILY_HISTORY_SAME)
+    el.carry("definition")  # a Reference cannot become R4's canonical instantiatesCanonical
+    gender = el.take("gender")
+    if gender is not None:
+        el.out["sex"] = _concept(_GENDER, gender)
+        el.run.note(f"{el.path}.gender → sex (R3→R4)")
+    not_done, reason = el.take("notDone"), el.take("notDoneReason")
+    if not_done:
+        # R4 says that there is no history only by why there is none (dataAbsentReason).
+        if reason is None:
+            el.fail("notDone", "R4 can say it only with the reason, in dataAbsentReason")
+        el.out["dataAbsentReason"] = reason
+        el.run.note(f"{el.path}.notDone and notDoneReason → dataAbsentReason (R3→R4)")
+    elif reason is not None:
+        el.carry_value("notDoneReason", reason)
+    elif not_done is not None:
+        el.run.note(f"{el.path}.notDone → dataAbsentReason (R3→R4)")
+
+
+_SPECIMEN_STATUS = _same("available", "unavailable", "unsatisfactory", "entered-in-error")
+
+
+def _stu3_specimen(el: _Element) -> None:
+    _recode(el, "status", _SPECIMEN_STATUS)
+    el.keep(
+        "identifier",
+        "accessionIdentifier",
+        "type",
+        "subject",
+        "receivedTime",
+        "parent",
+        "request",
+        "collection",
+        "processing",
+        "container",
+        "note",
+    )
+
+
+_STU3_DEVICE_STATUS = _same("active", "inactive", "entered-in-error", "unknown")
+_UDI_ENTRY_TYPE = _same("barcode", "rfid", "manual", "card", "self-reported", "unknown")
+
+
+def _stu3_udi(el: _Element) -> None:
+    """R3→R4: udi became udiCarrier, and the name on its label a deviceName."""
+    udi = el.take("udi")
+    if udi is None:
+        return
+    sub = _Element(udi, f"{el.path}.udi", el.run)
+    sub.keep("deviceIdentifier", "jurisdiction", "carrierHRF", "carrierAIDC", "issuer")
+    _recode(sub, "entryType", _UDI_ENTRY_TYPE)
+    name = sub.take("name")
+    el.out["udiCarrier"] = [sub.done()]
+    el.run.note(f"{el.path}.udi → udiCarrier (R3→R4)")
+    if name is not None:
+        el.out["deviceName"] = [{"name": name, "type": "udi-label-name"}]
+        el.run.note(f"{el.path}.udi.name → deviceName (R3→R4)")
+
+
+def _stu3_device(el: _Element) -> None:
+    _recode(el, "status", _STU3_DEVICE_STATUS)
+    el.keep(
+        "identifier",
+        "type",
+        "lotNumber",
+        "manufacturer",
+        "manufactureDate",
+        "expirationDate",
+        "patient",
+        "owner",
+        "contact",
+        "location",
+        "url",
+        "note",
+        "safety",
+    )
+    el.move("model", "modelNumber", "R3→R4")
+    version = el.take("version")
+    if version is not None:
+        el.out["version"] = [{"value": version}]
+        el.run.note(f"{el.path}.version → version.value (R3→R4)")
+    _stu3_udi(el)
+
+
+def _stu3_binary(el: _Element) -> None:
+    el.keep("contentType", "securityContext")
+    el.move("content", "data", "R3→R4")
+
+
+# ---------------------------------------------------------------------------------------------------
+# R5 → R4: the same types
+
+
+def _reference_of(el: _Element, name: str, target: str) -> None:
+    """R5→R4: a 0..1 CodeableReference that R4 holds as a Reference; its concept is carried."""
+    value = el.take(name)
+    if value is None:
+        return
+    sub = _Element(value, f"{el.path}.{name}", el.run, keeps_base=False)
+    concept, reference = sub.take("concept"), sub.take("reference")
+    sub.done()
+    if concept is not None:  # R4 holds only a reference here
+        el.carry_value(name, {"concept": concept})
+    if reference is not None:
+        el.out[target] = reference
+        el.run.note(f"{el.path}.{name} → {target} Reference (R5→R4 CodeableReference)")
+
+
+_R5_IMMUNIZATION_STATUS = _same("completed", "entered-in-error", "not-done")
+
+
+def _r5_reaction_of_immunization(el: _Element) -> None:
+    el.keep("date", "reported")
+    _reference_of(el, "manifestation", "detail")
+
+
+def _positive_int_or_string(el: _Element, name: str) -> None:
+    """R5→R4: a dose number R5 holds as a string is R4's positiveInt when it is one, else its string."""
+    value = el.take(name)
+    if value is None:
+        return
+    kind = "PositiveInt" if isinstance(value, str) and value.isdigit() and int(value) > 0 else "String"
+    el.out[f"{name}{kind}"] = int(value) if kind == "PositiveInt" else value
+    el.keep(f"_{name}")
+    el.run.note(f"{el.path}.{name} → {name}[x] (R5→R4)")
+
+
+def _r5_protocol_applied(el: _Element) -> None:
+    el.keep("series", "authority", "targetDisease")
+    _positive_int_or_string(el, "doseNumber")
+    _positive_int_or_string(el, "seriesDoses")
+
+
+def _r5_program_eligibility(el: _Element) -> None:
+    """R5→R4: programEligibility {program, programStatus} is R4's list of eligibility statuses; the
+    program they are about is carried."""
+    statuses = []
+    for item in el.take("programEligibility") or ():
+        sub = _Element(item, f"{el.path}.programEligibility", el.run, keeps_base=False)
+        statuses.append(sub.take("programStatus"))
+        sub.carry("program", onto=el)
+        sub.done()
+    if statuses:
+        el.out["programEligibility"] = statuses
+        el.run.note(f"{el.path}.programEligibility.programStatus → programEligibility (R5→R4)")
+
+
+def _r5_immunization(el: _Element) -> None:
+    _recode(el, "status", _R5_IMMUNIZATION_STATUS)
+    el.keep(
+        "identifier",
+        "statusReason",
+        "vaccineCode",
+        "lotNumber",
+        "expirationDate",
+        "patient",
+        "encounter",
+        "occurrenceDateTime",
+        "occurrenceString",
+        "primarySource",
+        "location",
+        "site",
+        "route",
+        "doseQuantity",
+        "performer",
+        "note",
+        "isSubpotent",
+        "subpotentReason",
+        "fundingSource",
+    )
+    el.carry("basedOn", "administeredProduct", "supportingInformation")
+    _reference_of(el, "manufacturer", "manufacturer")
+    # R5's informationSource concept is R4's reportOrigin, as the reference converter maps it.
+    _single_concept(el, "informationSource", "reportOrigin")
+    _split(el, "reason", "reasonCode", "reasonReference")
+    _r5_program_eligibility(el)
+    _each(el, "reaction", _r5_reaction_of_immunization)
+    _each(el, "protocolApplied", _r5_protocol_applied)
+
+
+_DISPENSE_STATUS = _same(
+    "preparation",
+    "in-progress",
+    "cancelled",
+    "on-hold",
+    "completed",
+    "entered-in-error",
+    "stopped",
+    "declined",
+    "unknown",
+)
+
+
+def _r5_dispense_substitution(el: _Element) -> None:
+    el.keep("wasSubstituted", "type", "reason")
+    _listify(el, "responsibleParty", "R5→R4")
+
+
+def _r5_not_performed_reason(el: _Element) -> None:
+    """R5→R4: notPerformedReason (CodeableReference) is R4's statusReason[x] choice; with both a code
+    and a reference, R4 holds neither alone and it is carried."""
+    reason = el.source.get("notPerformedReason")
+    sides = set(reason) & {"concept", "reference"} if isinstance(reason, Mapping) else set()
+    if len(sides) != 1:
+        el.carry("notPerformedReason")
+        return
+    sub = _Element(el.take("notPerformedReason"), f"{el.path}.notPerformedReason", el.run, keeps_base=False)
+    concept, reference = sub.take("concept"), sub.take("reference")
+    sub.done()
+    if concept is not None:
+        el.out["statusReasonCodeableConcept"] = concept
+    else:
+        el.out["statusReasonReference"] = reference
+    el.run.note(f"{el.path}.notPerformedReason → statusReason[x] (R5→R4)")
+
+
+def _r5_medication_dispense(el: _Element) -> None:
+    _recode(el, "status", _DISPENSE_STATUS)
+    el.keep(
+        "identifier",
+        "partOf",
+        "subject",
+        "supportingInformation",
+        "performer",
+        "location",
+        "authorizingPrescription",
+        "type",
+        "quantity",
+        "daysSupply",
+        "whenPrepared",
+        "whenHandedOver",
+        "destination",
+        "receiver",
+        "note",
+        "eventHistory",
+    )
+    el.carry("basedOn", "recorded")
+    el.drop("statusChanged", "R5 date of the last status change")
+    _r5_not_performed_reason(el)
+    _one(el, "category", "R5→R4")
+    _r5_medication(el)
+    el.move("encounter", "context", "R5→R4")
+    _r5_rendered_dosage(el, "dosageInstruction")
+    _each(el, "dosageInstruction", _r5_dosage)
+    _single(el, "substitution", _r5_dispense_substitution)
+
+
+_ADMINISTRATION_STATUS = _same(
+    "in-progress", "not-done", "on-hold", "completed", "entered-in-error", "stopped", "unknown"
+)
+
+
+def _r5_administration_performers(el: _Element) -> None:
+    """R5→R4: a performer whose actor is a reference keeps its place; R4 requires that reference, so
+    a performer named by a code only is carried."""
+    converted = []
+    for item in el.take("performer") or ():
+        actor = item.get("actor")
+        if not (isinstance(actor, Mapping) and set(actor) == {"reference"}):
+            el.carry_value("performer", item)
+            continue
+        sub = _Element(item, f"{el.path}.performer", el.run)
+        sub.keep("function")
+        sub.take("actor")
+        sub.out["actor"] = actor["reference"]
+        converted.append(sub.done())
+        el.run.note(f"{el.path}.performer.actor → actor Reference (R5→R4 CodeableReference)")
+    if converted:
+        el.out["performer"] = converted
+
+
+def _r5_medication_administration(el: _Element) -> None:
+    _recode(el, "status", _ADMINISTRATION_STATUS)
+    el.keep(
+        "identifier",
+        "partOf",
+        "statusReason",
+        "subject",
+        "supportingInformation",
+        "request",
+        "note",
+        "dosage",
+        "eventHistory",
+    )
+    el.carry("basedOn", "recorded", "isSubPotent", "subPotentReason")
+    _one(el, "category", "R5→R4")
+    _r5_medication(el)
+    el.move("encounter", "context", "R5→R4")
+    # R5 spells it "occurence"; R4's effective[x] has no Timing.
+    el.move("occurenceDateTime", "effectiveDateTime", "R5→R4")
+    el.move("occurencePeriod", "effectivePeriod", "R5→R4")
+    el.carry("occurenceTiming")
+    _r5_administration_performers(el)
+    _split(el, "reason", "reasonCode", "reasonReference")
+    _split(el, "device", None, "device")
+
+
+def _r5_list(el: _Element) -> None:
+    _recode(el, "status", _LIST_STATUS)
+    _recode(el, "mode", _LIST_MODE)
+    el.keep(*_LIST_SAME, "emptyReason")
+    _one(el, "subject", "R5→R4")
+
+
+def _r5_composition_attesters(el: _Element) -> None:
+    """R5→R4: the attestation mode became a CodeableConcept; one of R4's four codes keeps its place,
+    any other mode is carried with its attester."""
+    converted = []
+    for item in el.take("attester") or ():
+        codes = _codes(item.get("mode"), "http://hl7.org/fhir/composition-attestation-mode")
+        if len(codes) != 1 or not codes <= _ATTESTATION_MODES:
+            el.carry_value("attester", item)
+            continue
+        sub = _Element(item, f"{el.path}.attester", el.run)
+        sub.keep("time", "party")
+        sub.take("mode")
+        sub.out["mode"] = codes.pop()
+        converted.append(sub.done())
+        el.run.note(f"{el.path}.attester.mode CodeableConcept → code (R5→R4)")
+    if converted:
+        el.out["attester"] = converted
+
+
+def _r5_composition_relates_to(el: _Element) -> None:
+    """R5→R4: relatesTo became a RelatedArtifact; one of R4's four relationships to a referenced
+    composition keeps its place, any other relation is carried."""
+    converted = []
+    for item in el.take("relatesTo") or ():
+        if item.get("type") not in _R4_RELATIONSHIPS or set(item) - {"type", "resourceReference"}:
+            el.carry_value("relatesTo", item)
+            continue
+        converted.append({"code": item["type"], "targetReference": item["resourceReference"]})
+        el.run.note(f"{el.path}.relatesTo RelatedArtifact → code and targetReference (R5→R4)")
+    if converted:
+        el.out["relatesTo"] = converted
+
+
+def _r5_composition_event(el: _Element) -> None:
+    el.keep("period")
+    _split(el, "detail", "code", "detail")
+
+
+def _r5_composition(el: _Element) -> None:
+    # R5's registered, partial, corrected, appended, cancelled, deprecated and unknown: no R4 code.
+    _recode(el, "status", _COMPOSITION_STATUS)
+    el.keep("type", "category", "encounter", "date", "author", "title", "custodian", "section")
+    _one(el, "identifier", "R5→R4")
+    _one(el, "subject", "R5→R4")
+    el.carry("url", "version", "useContext", "name", "note")
+    _r5_composition_attesters(el)
+    _r5_composition_relates_to(el)
+    _each(el, "event", _r5_composition_event)
+
+
+def _r5_task_values(el: _Element, name: str) -> None:
+    """Task input and output: a value R4 has as it stands keeps its place; one of a type R4 lacks or
+    changed (integer64, CodeableReference, Availability...) is carried with its parameter."""
+    items = el.take(name)
+    if items is None:
+        return
+    kept = []
+    for item in items:
+        key = next((key for key in item if key.startswith("value")), None)
+        slot = _slot(f"{el.path}.{name}", key, el.run.version) if key is not None else None
+        type_name = slot.type_name if slot is not None else "Resource"
+        if _r4_extension_value(type_name) is None or not (
+            type_name[:1].islower() or _r4_as_is(type_name, R5)
+        ):
+            el.carry_value(name, item)
+        else:
+            kept.append(item)
+    if kept:
+        el.out[name] = kept
+
+
+def _r5_task_reasons(el: _Element) -> None:
+    """R5→R4: reason (CodeableReference list) is R4's single reasonCode and reasonReference; more
+    reasons than that are carried."""
+    concepts, references = _codeable_references(el, "reason")
+    if concepts:
+        el.out["reasonCode"] = concepts[0]
+    if references:
+        el.out["reasonReference"] = references[0]
+    if concepts or references:
+        el.run.note(f"{el.path}.reason → reasonCode and reasonReference (R5→R4 CodeableReference)")
+    extra = [{"concept": item} for item in concepts[1:]] + [{"reference": item} for item in references[1:]]
+    if extra:
+        el.carry_value("reason", extra)
+
+
+def _r5_task(el: _Element) -> None:
+    _recode(el, "status", _TASK_STATUS)
+    _recode(el, "intent", _TASK_INTENT)
+    _recode(el, "priority", _REQUEST_PRIORITY)
+    el.keep(
+        *_TASK_SAME,
+        "instantiatesCanonical",
+        "instantiatesUri",
+        "encounter",
+        "requester",
+        "location",
+        "insurance",
+    )
+    if el.source.get("doNotPerform") is True:
+        # A modifier: R4 would read the task as asking for the action.
+        el.fail("doNotPerform", "R4 Task cannot ask for an action not to occur")
+    if el.take("doNotPerform") is not None:
+        el.run.note(f"{el.path}.doNotPerform false → absent (R5→R4, R4's own reading)")
+    _single_concept(el, "statusReason")
+    el.carry("requestedPeriod", "performer")
+    _split(el, "requestedPerformer", "performerType", None)
+    _r5_task_reasons(el)
+    _r5_task_values(el, "input")
+    _r5_task_values(el, "output")
+
+
+def _r5_answer(el: _Element) -> None:
+    el.keep(*_ANSWER_VALUES)
+    _single(el, "valueAttachment", _r5_attachment)
+    _each(el, "item", _r5_response_item)
+
+
+def _r5_response_item(el: _Element) -> None:
+    el.keep("linkId", "definition", "text")
+    _each(el, "answer", _r5_answer)
+    _each(el, "item", _r5_response_item)
+
+
+def _r5_questionnaire_response(el: _Element) -> None:
+    _recode(el, "status", _QUESTIONNAIRE_RESPONSE_STATUS)
+    el.keep("basedOn", "partOf", "questionnaire", "subject", "encounter", "authored", "author", "source")
+    _one(el, "identifier", "R5→R4")
+    _each(el, "item", _r5_response_item)
+
+
+def _r5_risk_assessment(el: _Element) -> None:
+    _recode(el, "status", _OBSERVATION_STATUS)
+    el.keep(*_RISK_SAME, "identifier", "encounter", "note")
+    _split(el, "reason", "reasonCode", "reasonReference")
+
+
+_R5_CARE_PLAN_STATUS = _same(
+    "draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"
+)
+
+
+def _r5_care_plan_activity(el: _Element) -> None:
+    el.keep("progress")
+    el.move("plannedActivityReference", "reference", "R5→R4")
+    _split(el, "performedActivity", "outcomeCodeableConcept", "outcomeReference")
+
+
+def _r5_care_plan(el: _Element) -> None:
+    _recode(el, "status", _R5_CARE_PLAN_STATUS)
+    _recode(el, "intent", _CARE_PLAN_INTENT)  # R5 directive has no R4 code: refused.
+    el.keep(
+        "identifier",
+        "instantiatesCanonical",
+        "instantiatesUri",
+        "basedOn",
+        "replaces",
+        "partOf",
+        "category",
+        "title",
+        "description",
+        "subject",
+        "encounter",
+        "period",
+        "created",
+        "contributor",
+        "careTeam",
+        "supportingInfo",
+        "goal",
+        "note",
+    )
+    el.move("custodian", "author", "R5→R4")
+    _split(el, "addresses", None, "addresses")
+    _each(el, "activity", _r5_care_plan_activity)
+
+
+_GOAL_LIFECYCLE = _same(
+    "proposed",
+    "planned",
+    "accepted",
+    "active",
+    "on-hold",
+    "completed",
+    "cancelled",
+    "entered-in-error",
+    "rejected",
+)
+
+
+def _r5_goal(el: _Element) -> None:
+    _recode(el, "lifecycleStatus", _GOAL_LIFECYCLE)
+    el.keep(
+        "identifier",
+        "achievementStatus",
+        "category",
+        "priority",
+        "description",
+        "subject",
+        "startDate",
+        "startCodeableConcept",
+        "target",
+        "statusDate",
+        "statusReason",
+        "addresses",
+        "note",
+    )
+    el.carry("continuous")
+    el.move("source", "expressedBy", "R5→R4")
+    _split(el, "outcome", "outcomeCode", "outcomeReference")
+
+
+def _r5_flag(el: _Element) -> None:
+    _recode(el, "status", _FLAG_STATUS)
+    el.keep("identifier", "category", "period", "subject", "encounter", "author", "code")
+
+
+def _r5_family_member_history(el: _Element) -> None:
+    _recode(el, "status", _FAMILY_HISTORY_STATUS)
+    el.keep(
+        *(name for name in _FAMILY_HISTORY_SAME if name not in {"reasonCode", "reasonReference"}),
+        "instantiatesCanonical",
+        "instantiatesUri",
+        "dataAbsentReason",
+        "sex",
+    )
+    el.carry("participant", "procedure")
+    _split(el, "reason", "reasonCode", "reasonReference")
+
+
+def _r5_specimen_collection(el: _Element) -> None:
+    el.keep(
+        "collector",
+        "collectedDateTime",
+        "collectedPeriod",
+        "duration",
+        "quantity",
+        "method",
+        "fastingStatusCodeableConcept",
+        "fastingStatusDuration",
+    )
+    el.carry("device", "procedure")
+    _single_concept(el, "bodySite")
+
+
+def _r5_specimen_processing(el: _Element) -> None:
+    el.keep("description", "additive", "timeDateTime", "timePeriod")
+    el.move("method", "procedure", "R5→R4")
+
+
+def _r5_specimen_container(el: _Element) -> None:
+    # R5 moved the container's own description to the Device it references.
+    el.keep("specimenQuantity")
+    el.carry("device", "location")
+
+
+def _r5_specimen(el: _Element) -> None:
+    _recode(el, "status", _SPECIMEN_STATUS)
+    el.keep(
+        "identifier",
+        "accessionIdentifier",
+        "type",
+        "subject",
+        "receivedTime",
+        "parent",
+        "request",
+        "condition",
+        "note",
+    )
+    el.carry("combined", "role", "feature")
+    _single(el, "collection", _r5_specimen_collection)
+    _each(el, "processing", _r5_specimen_processing)
+    _each(el, "container", _r5_specimen_container)
+
+
+_R5_DEVICE_STATUS = _same("active", "inactive", "entered-in-error")
+#: R5 device name types R4 has; R5's registered-name has no R4 code, and its name is carried.
+_R4_DEVICE_NAME_TYPES = frozenset({"user-friendly-name", "patient-reported-name"})
+
+
+def _r5_device_names(el: _Element) -> None:
+    names = []
+    for item in el.take("name") or ():
+        if item.get("type") not in _R4_DEVICE_NAME_TYPES:
+            el.carry_value("name", item)
+            continue
+        sub = _Element(item, f"{el.path}.name", el.run)
+        sub.move("value", "name", "R5→R4")
+        sub.keep("type")
+        sub.drop("display", "R5 choice of the name to show")
+        names.append(sub.done())
+        el.run.note(f"{el.path}.name → deviceName (R5→R4)")
+    if names:
+        el.out["deviceName"] = names
+
+
+def _r5_device_version(el: _Element) -> None:
+    el.keep("type", "component", "value")
+    el.carry("installDate")
+
+
+def _r5_device_properties(el: _Element) -> None:
+    """R5→R4: a property's value[x] is R4's list valueQuantity or valueCode; other values are carried."""
+    properties = []
+    for item in el.take("property") or ():
+        value = next((key for key in ("valueQuantity", "valueCodeableConcept") if key in item), None)
+        if value is None:
+            el.carry_value("property", item)
+            continue
+        sub = _Element(item, f"{el.path}.property", el.run)
+        sub.keep("type")
+        target = "valueQuantity" if value == "valueQuantity" else "valueCode"
+        sub.out[target] = [sub.take(value)]
+        properties.append(sub.done())
+        el.run.note(f"{el.path}.property.{value} → {target} (R5→R4)")
+    if properties:
+        el.out["property"] = properties
+
+
+def _r5_udi_carrier(el: _Element) -> None:
+    el.keep("deviceIdentifier", "issuer", "jurisdiction", "carrierAIDC", "carrierHRF")
+    _recode(el, "entryType", _UDI_ENTRY_TYPE)  # R5 electronic-transmission has no R4 code: refused.
+
+
+def _r5_device(el: _Element) -> None:
+    _recode(el, "status", _R5_DEVICE_STATUS)
+    el.keep(
+        "identifier",
+        "lotNumber",
+        "manufacturer",
+        "manufactureDate",
+        "expirationDate",
+        "serialNumber",
+        "modelNumber",
+        "partNumber",
+        "owner",
+        "contact",
+        "location",
+        "url",
+        "note",
+        "safety",
+        "parent",
+    )
+    el.carry(
+        "displayName",
+        "availabilityStatus",
+        "biologicalSourceEvent",
+        "category",
+        "conformsTo",
+        "mode",
+        "cycle",
+        "duration",
+        "endpoint",
+        "gateway",
+    )
+    _one(el, "type", "R5→R4")
+    _reference_of(el, "definition", "definition")
+    _each(el, "udiCarrier", _r5_udi_carrier)
+    _r5_device_names(el)
+    _each(el, "version", _r5_device_version)
+    _r5_device_properties(el)
+
+
+def _r5_binary(el: _Element) -> None:
+    el.keep("contentType", "securityContext", "data")
+
+
+# ---------------------------------------------------------------------------------------------------
 # Bundles and the resource frame
 
 
@@ -2067,7 +3483,7 @@ def _bundle(el: _Element) -> None:
             _bundle_entry(sub)
             converted.append(sub.done())
         except _Refused as refused:
-            raise _Refused(f"Bundle.entry[{index}]: {refused.detail}") from None
+            raise refused.within(f"Bundle.entry[{index}]") from None
         finally:
             el.run.prefix = prefix
     el.out["entry"] = converted
@@ -2090,6 +3506,22 @@ _STU3_CONVERTERS: dict[str, _Fill] = {
     "DocumentReference": _stu3_document_reference,
     "CareTeam": _stu3_care_team,
     "Consent": _stu3_consent,
+    "Immunization": _stu3_immunization,
+    "MedicationDispense": _stu3_medication_dispense,
+    "MedicationAdministration": _stu3_medication_administration,
+    "List": _stu3_list,
+    "Composition": _stu3_composition,
+    "DocumentManifest": _stu3_document_manifest,
+    "Task": _stu3_task,
+    "QuestionnaireResponse": _stu3_questionnaire_response,
+    "RiskAssessment": _stu3_risk_assessment,
+    "CarePlan": _stu3_care_plan,
+    "Goal": _stu3_goal,
+    "Flag": _stu3_flag,
+    "FamilyMemberHistory": _stu3_family_member_history,
+    "Specimen": _stu3_specimen,
+    "Device": _stu3_device,
+    "Binary": _stu3_binary,
     "Bundle": _bundle,
 }
 _R5_CONVERTERS: dict[str, _Fill] = {
@@ -2109,6 +3541,21 @@ _R5_CONVERTERS: dict[str, _Fill] = {
     "DocumentReference": _r5_document_reference,
     "CareTeam": _r5_care_team,
     "Consent": _r5_consent,
+    "Immunization": _r5_immunization,
+    "MedicationDispense": _r5_medication_dispense,
+    "MedicationAdministration": _r5_medication_administration,
+    "List": _r5_list,
+    "Composition": _r5_composition,
+    "Task": _r5_task,
+    "QuestionnaireResponse": _r5_questionnaire_response,
+    "RiskAssessment": _r5_risk_assessment,
+    "CarePlan": _r5_care_plan,
+    "Goal": _r5_goal,
+    "Flag": _r5_flag,
+    "FamilyMemberHistory": _r5_family_member_history,
+    "Specimen": _r5_specimen,
+    "Device": _r5_device,
+    "Binary": _r5_binary,
     "Bundle": _bundle,
 }
 _CONVERTERS = {STU3: _STU3_CONVERTERS, R5: _R5_CONVERTERS}
@@ -2140,11 +3587,14 @@ def _contained(el: _Element) -> None:
     try:
         el.out["contained"] = [_convert_resource(resource, el.run) for resource in contained]
     except _Refused as refused:
-        raise _Refused(f"{el.path}.contained: {refused.detail}") from None
+        raise refused.within(f"{el.path}.contained") from None
 
 
 def _convert_resource(resource: Mapping[str, Any], run: _Run) -> dict[str, Any]:
     source_type = resource.get("resourceType")
+    refusal = not_clinical(source_type) if isinstance(source_type, str) else None
+    if refusal is not None:
+        raise _Refused(refusal, ErrorCode.FHIR_INVALID)
     fill = _CONVERTERS[run.version].get(source_type) if isinstance(source_type, str) else None
     if fill is None:
         raise _Refused(f"{_type_label(source_type)} cannot be converted from {run.name} yet")
@@ -2339,6 +3789,6 @@ def convert_to_r4(document: Mapping[str, Any], version: str) -> Converted | Unco
         resource = _convert_resource(copy.deepcopy(dict(document)), run)
         _finish(resource, run)
     except _Refused as refused:
-        return Unconvertible(refused.detail)
+        return Unconvertible(refused.detail, refused.code)
     problem = _r4_problem(resource)
     return Unconvertible(problem) if problem is not None else Converted(resource, run.steps)

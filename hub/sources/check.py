@@ -7,7 +7,8 @@ events' provenance steps, so it shows what a hospital subscribing to the pathway
 
 - the outcome (accepted, or rejected with its error code and detail);
 - the events (kind, resource type, when it happened) and their canonical normalised resources;
-- codes left unmapped (counted), unit conversions, naive-time repairs, FHIR version conversion rules;
+- codes left unmapped (counted), unit conversions, naive-time repairs, FHIR version conversion rules,
+  and which STU3/R5 elements the conversion carried in a cross-version extension or dropped;
 - the warnings the receipt would carry: what the hub ignored (an INS that may not link, a resource
   type that makes no event, codes without a standard one, values passed on as sent);
 - the patient: the basis of the network id (qualified INS or source-local id), and whether the input
@@ -30,6 +31,7 @@ from hub.errors import ConfigError
 from hub.ingest.decode import CONVERTED_VERSIONS
 from hub.ingest.outcome import Accepted, IngestRecord, IngestWarning, KafkaCoordinates, Rejected
 from hub.ingest.pipeline import IngestContext, process_ingest, with_patient
+from hub.normalise.versions import carried_element, dropped_element
 from hub.pathway.event import PathwayEvent, event_id_for
 from hub.publish import fhir_files, publications_for_file
 
@@ -133,6 +135,10 @@ class PartReport:
     events_with_naive_times: int = 0
     #: Version conversion rules (STU3/R5 to R4), entry positions left out, by entries they applied to.
     conversions: tuple[Count, ...] = ()
+    #: Elements (``Observation.triggeredBy``) the conversion carried in a cross-version extension, by entries.
+    carried: tuple[Count, ...] = ()
+    #: Elements the conversion dropped, with why (``Observation.instantiatesCanonical (R5 link to ...)``).
+    dropped: tuple[Count, ...] = ()
     #: The label of an earlier part with the same body (the same ``hub-message-id``): a resend.
     resend_of: str | None = None
     #: The warnings the part's receipt would carry (none for a reject).
@@ -273,16 +279,15 @@ class _Memory:
 
 
 def _accepted_part(outcome: Accepted, base: dict[str, Any], memory: _Memory, label: str) -> PartReport:
-    decoding: list[str] = []
+    # The input's decoding steps, the same as every event's first ones, and known without events too.
+    decoding = list(outcome.steps)
     units: list[str] = []
     instants: list[str] = []
     mapped: list[str] = []
     basis: Literal["ins", "local"] = "local"
     naive_events = 0
-    for n, event in enumerate(outcome.events):
+    for event in outcome.events:
         input_steps, own = _split_steps(event.steps)
-        if n == 0:
-            decoding = input_steps  # the same for every event of the input
         units.extend(s for s in dict.fromkeys(own) if s.startswith("unit"))
         instant_steps = [
             s for s in dict.fromkeys([*input_steps, *own]) if s.startswith((_NAIVE_TIME, _INSTANT_UNREADABLE))
@@ -299,6 +304,7 @@ def _accepted_part(outcome: Accepted, base: dict[str, Any], memory: _Memory, lab
     conversions = [
         _ENTRY_PREFIX.sub("", step) for step in decoding if not step.startswith((_DECODED, _NAIVE_TIME))
     ]
+    dropped = [gone for step in conversions if (gone := dropped_element(step)) is not None]
     return PartReport(
         **base,
         status="accepted",
@@ -311,6 +317,8 @@ def _accepted_part(outcome: Accepted, base: dict[str, Any], memory: _Memory, lab
         instants=_counts(instants),
         events_with_naive_times=naive_events,
         conversions=_counts(conversions),
+        carried=_counts(element for step in conversions if (element := carried_element(step)) is not None),
+        dropped=_counts(f"{element} ({why})" for element, why in dropped),
         warnings=outcome.warnings,
     )
 

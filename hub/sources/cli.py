@@ -194,6 +194,10 @@ def _print_part(console: Console, part: PartReport, *, show_resources: bool) -> 
         for count in counts:
             warn = "yellow" if count.item.startswith(("unit-unknown:", "instant-unreadable:")) else style
             _line(console, f"  {name:<9} {count.item}  x{count.count}", warn)
+    _print_conversions(console, part)
+
+
+def _print_conversions(console: Console, part: PartReport) -> None:
     if part.conversions:
         version = (part.read_as or "").rpartition("fhir-")[2]
         _line(
@@ -203,6 +207,11 @@ def _print_part(console: Console, part: PartReport, *, show_resources: bool) -> 
         )
         for count in part.conversions:
             _line(console, f"  version     {count.item}  x{count.count}")
+    # What R4 holds outside its own elements, or not at all: a recipient reading plain R4 misses it.
+    for count in part.carried:
+        _line(console, f"  carried   as extension: {count.item}  x{count.count}", "yellow")
+    for count in part.dropped:
+        _line(console, f"  dropped   {count.item}  x{count.count}", "yellow")
 
 
 def _print_identity(console: Console, identity: IdentityReport) -> None:

@@ -26,6 +26,10 @@ RESOURCE_TYPES = (
     "Patient", "Practitioner", "Organization", "Encounter", "EpisodeOfCare", "Condition", "Observation",
     "Procedure", "MedicationRequest", "MedicationStatement", "AllergyIntolerance", "DiagnosticReport",
     "ServiceRequest", "DocumentReference", "CareTeam", "Consent",
+    # Converted from STU3 and R5 too since issue 16: their R4 examples take the same path.
+    "Immunization", "MedicationDispense", "MedicationAdministration", "List", "Composition", "Task",
+    "QuestionnaireResponse", "RiskAssessment", "CarePlan", "Goal", "Flag", "FamilyMemberHistory",
+    "Specimen", "Device", "Account", "Invoice", "Binary",
 )  # fmt: skip
 BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "message", "document"})
 EXPECTED_REJECTS = Path(__file__).with_name("expected_rejects.json")

@@ -19,6 +19,8 @@ from hub.identity.network_id import PatientKey
 ROOT = Path(__file__).resolve().parents[2]
 GP_MAP = ROOT / "tests" / "fixtures" / "conceptmaps" / "test-gp.conceptmap.json"
 STU3_BUNDLE = ROOT / "tests" / "fixtures" / "fhir-versions" / "stu3" / "bundle-transaction.json"
+R5_TASK = ROOT / "tests" / "fixtures" / "fhir-versions" / "r5" / "task.json"
+R5_DISPENSE = ROOT / "tests" / "fixtures" / "fhir-versions" / "r5" / "medicationdispense.json"
 SOURCE_ID = "gp-onboarding"
 LOCAL_SYSTEM = "urn:oid:1.2.250.1.71.4.2.7.9999"
 
@@ -286,3 +288,21 @@ def test_python_m_hub_with_the_hubs_key_shows_the_hubs_network_ids(samples: Path
     assert pseudonym in completed.stdout.splitlines()  # longer than COLUMNS, yet whole
     assert "\x1b[" not in completed.stdout  # no colour codes when not a terminal
     assert "  unit      unit:2345-7:g/L->mmol/L  x1" in completed.stdout.splitlines()
+
+
+@pytest.mark.usefixtures("registry")
+def test_carried_and_dropped_elements_have_a_line_each(samples: Path) -> None:
+    """Per file, each element the conversion carried as an extension or dropped, by name."""
+    task = json.loads(R5_TASK.read_text(encoding="utf-8"))
+    task["for"] = {"identifier": {"system": LOCAL_SYSTEM, "value": "IPP-1"}}
+    write(samples, "1-task.json", task)
+    write(samples, "2-dispense.json", R5_DISPENSE.read_bytes())
+    result = run(SOURCE_ID, samples, "--fhir-version", "R5")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "  carried   as extension: Task.requestedPeriod  x1" in lines
+    assert "  carried   as extension: Task.performer  x1" in lines
+    assert "  dropped   MedicationDispense.statusChanged (R5 date of the last status change)  x1" in lines
+    assert any(
+        line.startswith("  warning   element.carried: Task.requestedPeriod (1 resource)") for line in lines
+    )

@@ -340,10 +340,10 @@ def test_the_same_body_twice_is_a_resend(check: Callable[..., list[FileReport]],
 def test_reference_data_is_accepted_without_events_or_patient(
     check: Callable[..., list[FileReport]], tmp_path: Path
 ) -> None:
-    """An Organization is about no patient: accepted, no event, no identity."""
+    """An Organization is about no patient: accepted, no event, no identity (how it was read is known)."""
     organization = {"resourceType": "Organization", "name": "Cabinet"}
     part = only_part(check(write(tmp_path, "org.json", organization)))
-    assert (part.status, part.events, part.identity, part.read_as) == ("accepted", (), None, None)
+    assert (part.status, part.events, part.identity, part.read_as) == ("accepted", (), None, "json/fhir-4.0")
 
 
 def test_totals_add_up(check: Callable[..., list[FileReport]], tmp_path: Path) -> None:
@@ -450,3 +450,29 @@ def test_each_part_carries_the_warnings_its_receipt_would(
     ]
     assert bad.parts[0].rejected and bad.parts[0].warnings == ()
     assert totals([good, bad]).warnings == 2
+
+
+def test_each_file_names_the_elements_carried_as_extensions_and_dropped(
+    check: Callable[..., list[FileReport]], tmp_path: Path
+) -> None:
+    """An R5 dispense: what R4 lacks is carried (``recorded``), what says nothing new is dropped (the
+    rendering of the structured dosage), each named by element, without entry positions."""
+    dispense = (FIXTURES / "fhir-versions" / "r5" / "medicationdispense.json").read_bytes()
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": json.loads(dispense)}]}
+    part = only_part(check(write(tmp_path, "dispense.json", bundle), fhir_version="5.0"))
+    assert part.status == "accepted"
+    assert Count("MedicationDispense.recorded", 1) in part.carried
+    assert Count("MedicationDispense.basedOn", 1) in part.carried
+    assert Count("MedicationDispense.statusChanged (R5 date of the last status change)", 1) in part.dropped
+    codes = {warning.code for warning in part.warnings}
+    assert {WarningCode.ELEMENT_CARRIED, WarningCode.ELEMENT_DROPPED} <= codes
+
+
+def test_reference_data_says_what_its_conversion_carried(
+    check: Callable[..., list[FileReport]], tmp_path: Path
+) -> None:
+    """An R5 Device affixed to nobody makes no event, and its report still names what was carried."""
+    device = (FIXTURES / "fhir-versions" / "r5" / "device.json").read_bytes()
+    part = only_part(check(write(tmp_path, "device.json", device), fhir_version="5.0"))
+    assert (part.status, part.events, part.read_as) == ("accepted", (), "json/fhir-5.0")
+    assert Count("Device.displayName", 1) in part.carried

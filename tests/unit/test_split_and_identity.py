@@ -481,12 +481,41 @@ def test_entries_adding_to_one_identity_are_merged(gp: Source) -> None:
         ("EpisodeOfCare", "patient"),
         ("Immunization", "patient"),
         ("Coverage", "beneficiary"),
+        ("Invoice", "subject"),
+        ("DetectedIssue", "patient"),
+        ("Task", "for"),
+        ("Device", "patient"),
+        ("FamilyMemberHistory", "patient"),
     ],
 )
 def test_patient_field_per_resource_type(gp: Source, resource_type: str, field: str) -> None:
-    """Each patient-compartment type names its patient in its own element (subject, patient, beneficiary)."""
+    """Each patient-compartment type names its patient in its own R4 element (subject, patient, for...)."""
     resource = {"resourceType": resource_type, field: {"reference": "Patient/p9"}}
     assert patient(resource, gp) == PatientIdentity(local=local(gp, "p9"))
+
+
+def test_an_account_names_its_patient_in_its_one_subject(gp: Source) -> None:
+    """R4 Account.subject is a list: its one subject is the patient; several would need a choice."""
+    account = {"resourceType": "Account", "status": "active", "subject": [{"reference": "Patient/p9"}]}
+    assert patient(account, gp) == PatientIdentity(local=local(gp, "p9"))
+    shared = account | {"subject": [{"reference": "Patient/p9"}, {"reference": "Device/d1"}]}
+    assert reject(shared, gp).code is ErrorCode.PATIENT_UNRESOLVED
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        {"resourceType": "Device", "status": "active"},
+        {"resourceType": "Task", "status": "ready", "intent": "order"},
+    ],
+    ids=["Device", "Task"],
+)
+def test_a_device_or_task_for_no_patient_is_reference_data(gp: Source, resource: dict[str, Any]) -> None:
+    """A Device affixed to nobody is equipment (R5 Devices never name one), a Task for nobody is work on
+    something else (a claim): no patient, no reject, no event."""
+    result = split(resource, gp)
+    assert result.patient is None
+    assert [entry.about_patient for entry in result.entries] == [False]
 
 
 def test_reference_data_makes_no_patient(fhir: Loader, gp: Source) -> None:

@@ -35,6 +35,8 @@ ALL_JSON = sorted(f"{path.parent.name}/{path.name}" for path in FIXTURES.glob("*
 CONVERTIBLE = [name for name in ALL_JSON if name not in UNSUPPORTED]
 
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+STU3_EXT = "http://hl7.org/fhir/3.0/StructureDefinition/extension-"
+R5_EXT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-"
 ADHERENCE = "http://hl7.org/fhir/CodeSystem/medication-statement-adherence"
 
 
@@ -96,6 +98,11 @@ def codes(concept: dict[str, Any]) -> set[tuple[str, str]]:
     return {(coding["system"], coding["code"]) for coding in concept["coding"]}
 
 
+def carried(resource: dict[str, Any], url: str) -> list[dict[str, Any]]:
+    """The cross-version extensions of one URL on an element."""
+    return [extension for extension in resource.get("extension", ()) if extension["url"] == url]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Every fixture
 
@@ -129,6 +136,21 @@ def test_supported_types_are_the_agreed_list() -> None:
         "DocumentReference",
         "CareTeam",
         "Consent",
+        "Immunization",
+        "MedicationDispense",
+        "MedicationAdministration",
+        "List",
+        "Composition",
+        "Task",
+        "QuestionnaireResponse",
+        "RiskAssessment",
+        "CarePlan",
+        "Goal",
+        "Flag",
+        "FamilyMemberHistory",
+        "Specimen",
+        "Device",
+        "Binary",
         "Bundle",
     } == SUPPORTED_TYPES
 
@@ -278,11 +300,13 @@ def test_stu3_condition_abatement_boolean() -> None:
     assert refusal("stu3/condition.json", document).startswith("Condition.abatementBoolean:")
 
 
-def test_stu3_context_of_an_episode_of_care_has_no_r4_encounter() -> None:
-    document = load("stu3/condition.json") | {"context": {"reference": "EpisodeOfCare/example"}}
-    assert refusal("stu3/condition.json", document) == (
-        "Condition.encounter: R4 does not allow a reference to that resource type here"
-    )
+def test_stu3_context_of_an_episode_of_care_has_no_r4_encounter_and_is_carried() -> None:
+    result = convert("stu3/condition.json", context={"reference": "EpisodeOfCare/example"})
+    assert "encounter" not in result.resource
+    assert carried(result.resource, f"{STU3_EXT}Condition.context") == [
+        {"url": f"{STU3_EXT}Condition.context", "valueReference": {"reference": "EpisodeOfCare/example"}}
+    ]
+    assert "Condition.context → cross-version extension (R3→R4)" in result.steps
 
 
 def test_stu3_allergy_intolerance() -> None:
@@ -304,13 +328,23 @@ def test_stu3_observation() -> None:
     assert resource["interpretation"][0]["coding"][0]["code"] == "H"
     assert resource["note"] == [{"text": "Prélèvement à jeun."}]
     assert resource["derivedFrom"] == [{"reference": "Observation/f002"}]
-    sequel = load("stu3/observation.json") | {
-        "related": [{"type": "sequel-to", "target": {"reference": "Observation/x"}}]
-    }
-    assert refusal("stu3/observation.json", sequel).startswith("Observation.related:")
-    attachment = load("stu3/observation.json") | {"valueAttachment": {"title": "ECG"}}
-    del attachment["valueQuantity"]
-    assert refusal("stu3/observation.json", attachment).startswith("Observation.valueAttachment:")
+    # A relation R4 has no element for, and an attachment value, are carried, not refused.
+    sequel = convert(
+        "stu3/observation.json", related=[{"type": "sequel-to", "target": {"reference": "Observation/x"}}]
+    ).resource
+    assert carried(sequel, f"{STU3_EXT}Observation.related") == [
+        {
+            "url": f"{STU3_EXT}Observation.related",
+            "extension": [
+                {"url": "type", "valueCode": "sequel-to"},
+                {"url": "target", "valueReference": {"reference": "Observation/x"}},
+            ],
+        }
+    ]
+    attachment = convert(
+        "stu3/observation.json", valueQuantity=None, valueAttachment={"title": "ECG"}
+    ).resource
+    assert carried(attachment, f"{STU3_EXT}Observation.value")[0]["valueAttachment"] == {"title": "ECG"}
 
 
 def test_stu3_procedure_not_done_and_statuses() -> None:
@@ -343,9 +377,12 @@ def test_stu3_procedure_request_becomes_a_service_request() -> None:
     assert convert("stu3/procedurerequest.json", status="cancelled").resource["status"] == "revoked"
 
 
-def test_stu3_definition_references_are_refused() -> None:
-    document = load("stu3/procedurerequest.json") | {"definition": [{"reference": "ActivityDefinition/x"}]}
-    assert refusal("stu3/procedurerequest.json", document).startswith("ProcedureRequest.definition:")
+def test_stu3_definition_references_are_carried() -> None:
+    definition = [{"reference": "ActivityDefinition/x"}]
+    resource = convert("stu3/procedurerequest.json", definition=definition).resource
+    assert carried(resource, f"{STU3_EXT}ProcedureRequest.definition") == [
+        {"url": f"{STU3_EXT}ProcedureRequest.definition", "valueReference": definition[0]}
+    ]
 
 
 def test_stu3_medication_request_dosage_and_substitution() -> None:
@@ -577,7 +614,6 @@ def test_r5_encounter_statuses(status: str, expected: str) -> None:
     ("change", "element"),
     [
         ({"status": "discontinued"}, "status"),
-        ({"subjectStatus": {"coding": [{"code": "departed"}]}}, "subjectStatus"),
         ({"class": [{"coding": [{"code": "IMP"}]}, {"coding": [{"code": "VR"}]}]}, "class"),
         ({"participant": [{"actor": {"reference": "Patient/example"}}]}, "participant.individual"),
         ({"basedOn": [{"reference": "CarePlan/example"}]}, "basedOn"),
@@ -586,6 +622,12 @@ def test_r5_encounter_statuses(status: str, expected: str) -> None:
 def test_r5_encounter_refusals(change: dict[str, Any], element: str) -> None:
     detail = refusal("r5/encounter.json", load("r5/encounter.json") | change)
     assert detail.startswith(f"Encounter.{element}:")
+
+
+def test_r5_encounter_subject_status_is_carried() -> None:
+    status = {"coding": [{"code": "departed"}]}
+    resource = convert("r5/encounter.json", subjectStatus=status).resource
+    assert carried(resource, f"{R5_EXT}Encounter.subjectStatus")[0]["valueCodeableConcept"] == status
 
 
 def test_r5_condition() -> None:
@@ -608,7 +650,10 @@ def test_r5_condition() -> None:
     assert "clinicalStatus" not in convert("r5/condition.json", clinicalStatus=unknown).resource
     enterer = load("r5/condition.json")
     enterer["participant"][0]["function"]["coding"][0]["code"] = "enterer"
-    assert refusal("r5/condition.json", enterer).startswith("Condition.participant:")
+    resource = converted(enterer, "5.0").resource
+    assert "recorder" not in resource  # an enterer is no R4 recorder: the participant is carried
+    (participant,) = carried(resource, f"{R5_EXT}Condition.participant")
+    assert [part["url"] for part in participant["extension"]] == ["function", "actor"]
 
 
 @pytest.mark.parametrize(
@@ -653,9 +698,15 @@ def test_r5_medication_request() -> None:
     assert refusal("r5/medicationrequest.json", ended).startswith("MedicationRequest.status:")
     text_only = load("r5/medicationrequest.json")
     del text_only["dosageInstruction"]
-    assert refusal("r5/medicationrequest.json", text_only).startswith(
-        "MedicationRequest.renderedDosageInstruction:"
+    rendered = carried(
+        converted(text_only, "5.0").resource, f"{R5_EXT}MedicationRequest.renderedDosageInstruction"
     )
+    assert rendered == [
+        {
+            "url": f"{R5_EXT}MedicationRequest.renderedDosageInstruction",
+            "valueMarkdown": text_only["renderedDosageInstruction"],
+        }
+    ]
 
 
 def test_r5_medication_request_reported_source() -> None:
@@ -693,10 +744,19 @@ def test_r5_observation() -> None:
     assert "meta" not in resource
     assert resource["component"][1]["referenceRange"][0]["text"] == "adulte"
     assert resource["encounter"] == {"reference": "Encounter/example"}
-    triggered = load("r5/observation.json") | {
-        "triggeredBy": [{"observation": {"reference": "Observation/x"}, "type": "reflex"}]
-    }
-    assert refusal("r5/observation.json", triggered).startswith("Observation.triggeredBy:")
+    triggered = convert(
+        "r5/observation.json", triggeredBy=[{"observation": {"reference": "Observation/x"}, "type": "reflex"}]
+    )
+    assert carried(triggered.resource, f"{R5_EXT}Observation.triggeredBy") == [
+        {
+            "url": f"{R5_EXT}Observation.triggeredBy",
+            "extension": [
+                {"url": "observation", "valueReference": {"reference": "Observation/x"}},
+                {"url": "type", "valueCode": "reflex"},
+            ],
+        }
+    ]
+    assert "Observation.triggeredBy → cross-version extension (R5→R4)" in triggered.steps
 
 
 def test_r5_procedure() -> None:
@@ -721,8 +781,17 @@ def test_r5_service_request() -> None:
     assert resource["supportingInfo"] == [{"reference": "Observation/blood-pressure"}]
     assert resource["patientInstruction"] == "Apporter l'ECG et les derniers bilans."
     detail = {"parameter": [{"code": {"text": "view"}, "valueString": "PA"}]}
-    document = load("r5/servicerequest.json") | {"orderDetail": [detail]}
-    assert refusal("r5/servicerequest.json", document).startswith("ServiceRequest.orderDetail:")
+    ordered = convert("r5/servicerequest.json", orderDetail=[detail]).resource
+    (extension,) = carried(ordered, f"{R5_EXT}ServiceRequest.orderDetail")
+    assert extension["extension"] == [
+        {
+            "url": "parameter",
+            "extension": [
+                {"url": "code", "valueCodeableConcept": {"text": "view"}},
+                {"url": "value", "valueString": "PA"},
+            ],
+        }
+    ]
 
 
 def test_r5_diagnostic_report_attachments() -> None:
@@ -733,8 +802,10 @@ def test_r5_diagnostic_report_attachments() -> None:
     assert (
         "DiagnosticReport.presentedForm.pages dropped (R5 presentation detail, no R4 element)" in result.steps
     )
-    note = load("r5/diagnosticreport.json") | {"note": [{"text": "Contrôle à 3 mois"}]}
-    assert refusal("r5/diagnosticreport.json", note).startswith("DiagnosticReport.note:")
+    noted = convert("r5/diagnosticreport.json", note=[{"text": "Contrôle à 3 mois"}]).resource
+    assert carried(noted, f"{R5_EXT}DiagnosticReport.note")[0]["valueAnnotation"] == {
+        "text": "Contrôle à 3 mois"
+    }
 
 
 def test_r5_document_reference() -> None:
@@ -754,7 +825,9 @@ def test_r5_document_reference() -> None:
     assert not {"version", "attester", "basedOn", "period", "facilityType"} & set(resource)
     legal = load("r5/documentreference.json")
     legal["attester"][0]["mode"]["coding"][0]["code"] = "legal"
-    assert refusal("r5/documentreference.json", legal).startswith("DocumentReference.attester:")
+    resource = converted(legal, "5.0").resource
+    assert "authenticator" not in resource  # only an official attester is R4's authenticator
+    assert len(carried(resource, f"{R5_EXT}DocumentReference.attester")) == 1
 
 
 def test_r5_care_team_and_episode_of_care() -> None:
@@ -825,8 +898,8 @@ def test_r5_organization_contacts() -> None:
 def test_r5_practitioner_and_patient() -> None:
     practitioner = convert("r5/practitioner.json").resource
     assert [language["coding"][0]["code"] for language in practitioner["communication"]] == ["fr", "en"]
-    deceased = load("r5/practitioner.json") | {"deceasedBoolean": True}
-    assert refusal("r5/practitioner.json", deceased).startswith("Practitioner.deceasedBoolean:")
+    deceased = convert("r5/practitioner.json", deceasedBoolean=True).resource
+    assert carried(deceased, f"{R5_EXT}Practitioner.deceased")[0]["valueBoolean"] is True
     patient = convert("r5/patient.json").resource
     assert patient["photo"] == [
         {"contentType": "image/jpeg", "url": "https://example.org/photos/cordier.jpg", "size": 20480}
