@@ -415,7 +415,8 @@ def _to_r4(document: dict[str, Any], version: str) -> tuple[dict[str, Any], tupl
     """An STU3 or R5 document validated in its own version, then converted (the converter re-validates).
 
     Invalid input was refused before conversion, so what the converter or the R4 check refuses is valid
-    input that R4 cannot express: ``fhir.version.unsupported``.
+    input that R4 cannot express (``fhir.version.unsupported``), or a resource that is no clinical data
+    for a pathway (``fhir.invalid``, the code the converter gives, as for R4 input).
     """
     problem = versions.validate_version(document, version)
     if problem is not None:
