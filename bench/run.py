@@ -13,7 +13,10 @@ sees another's state):
 3. **Latency**: the same worker, fed at a fixed rate of about half the sustained throughput of 2 with
    the next messages of the feed; from each ingest record's timestamp to its receipt, to the first
    recipient-topic copy of each of its events, and to an alert its events made.
-4. **Worker peak memory**: ``VmHWM`` of the worker process after phases 2 and 3.
+4. **Worker peak memory**: ``VmHWM`` of the worker process after phases 2 and 3; then, the worker
+   stopped, its table state: keys and bytes of each table (RocksDB, the default store); then the
+   same worker started again on it, with no input: how long until it is ready, how many changelog
+   records it read, its RSS with the whole state.
 5. **Scaling**: phases 1 and 2 again with two processes (two passthrough processes; two workers of
    one app id) on fresh topics.
 
@@ -31,12 +34,14 @@ import math
 import os
 import platform
 import pstats
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -86,6 +91,8 @@ LATENCY_SHARE = 0.35
 LOAD_FACTOR = 0.5
 #: Seconds without a new output record after which a phase's pipeline counts as drained.
 QUIET_SECONDS = 5.0
+#: A restarted worker is ready once its changelog reads have not moved for this long.
+RESTART_SETTLE_SECONDS = 5.0
 #: Fewer inputs than this say too little about memory per input to extrapolate to the target's size.
 MIN_INPUTS_TO_EXTRAPOLATE = 2000
 #: Raw passthrough runs per phase; the median one is reported.
@@ -179,12 +186,43 @@ def memory_estimate(
 ) -> tuple[float, float]:
     """(RSS growth in MB per 1,000 inputs, RSS in MB for ``patients`` by linear extrapolation).
 
-    The growth is the worker's peak RSS over its RSS when ready, per input it holds state for: with
-    the in-memory table store every table entry stays on the Python heap, so state grows with the
-    inputs (the demo feed has ``inputs_per_patient`` per patient).
+    The growth is the worker's peak RSS over its RSS when ready, per input it holds state for (the
+    demo feed has ``inputs_per_patient`` per patient). With the memory store every table entry stays
+    on the Python heap, so RSS grows with the inputs; with RocksDB (the default) the entries go to
+    disk and RSS grows only until the databases' caches and write buffers are full, so the linear
+    extrapolation is an upper bound (docs/STATE.md).
     """
     growth = per_second(max(0.0, peak_mb - ready_mb) * 1000, inputs)
     return growth, ready_mb + growth * inputs_per_patient * patients / 1000
+
+
+def table_footprint(tables_dir: Path, app_id: str) -> dict[str, dict[str, int]]:
+    """Keys, live bytes and bytes on disk of each table, over the folders of ``app_id``'s workers.
+
+    Read after the workers stopped: each partition database (RocksDB) is opened read-only and its
+    entries counted, faust's offset entry aside. Live bytes are their keys and values, what the table
+    holds once compacted; bytes on disk are the blocks its files take, as ``du`` counts them, which
+    also holds superseded versions until RocksDB compacts them. Empty with the memory store.
+    """
+    from faust.stores.rocksdb import Store  # noqa: PLC0415 - faust is slow to import
+    from rocksdict import AccessType, Options, Rdict  # noqa: PLC0415 - as faust's store opens them
+
+    footprint: dict[str, dict[str, int]] = {}
+    for path in sorted(tables_dir.glob(f"{app_id}-data*/v1/tables/*.db")):
+        entry = footprint.setdefault(
+            path.name.rsplit("-", 1)[0], {"keys": 0, "live_bytes": 0, "disk_bytes": 0}
+        )
+        entry["disk_bytes"] += sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            for key, value in db.items():
+                # Raw mode: keys and values are bytes (rocksdict types them as any value it stores).
+                if isinstance(key, bytes) and isinstance(value, bytes) and key != Store.offset_key:
+                    entry["keys"] += 1
+                    entry["live_bytes"] += len(key) + len(value)
+        finally:
+            db.close()
+    return footprint
 
 
 @dataclass(frozen=True)
@@ -360,7 +398,25 @@ def render_table(result: Mapping[str, Any]) -> str:
         (
             "worker peak RSS (VmHWM)",
             f"{memory['worker_peak_rss_mb']:.0f} MB ({memory['patients_in_state']:,} patients in state; "
-            f"{memory['worker_rss_ready_mb']:.0f} MB when ready, before any input)",
+            f"{memory['worker_rss_ready_mb']:.0f} MB when ready, before any input; "
+            f"{memory['worker_rss_end_mb']:.0f} MB at the end)",
+        )
+    )
+    restart = memory["restart"]
+    rows.append(
+        (
+            "worker restarted on its state",
+            f"ready in {restart['seconds_to_ready']:.0f} s, {restart['changelog_records_read']:,} changelog "
+            f"records read, {restart['rss_mb']:.0f} MB RSS with every input in state and no load",
+        )
+    )
+    tables = memory["tables"]
+    rows.append(
+        (
+            f"table state ({memory['table_store']})",
+            f"{memory['table_disk_mb']:.1f} MB on disk, {memory['table_disk_kb_per_1000_inputs']:,.0f} kB "
+            f"per 1,000 inputs; {sum(t['keys'] for t in tables.values()):,} keys, "
+            f"{sum(t['live_bytes'] for t in tables.values()) / MEBIBYTE:.1f} MB live",
         )
     )
     scaling = result.get("scaling")
@@ -751,6 +807,28 @@ class Worker:
 
     def rss_mb(self) -> float:
         return (_proc_status_kb(self.process.pid, "VmRSS") or 0) / 1024
+
+    def changelog_records_read(self) -> int | None:
+        """``hub_table_changelog_records_total`` over its tables, from its /metrics; None before it serves.
+
+        Its URL is the one it logged (``metrics.listening``: the benchmark gives it a free port).
+        """
+        urls = [
+            json.loads(line)["url"]
+            for line in self.log_file.read_text(errors="replace").splitlines()
+            if '"metrics.listening"' in line
+        ]
+        if not urls:
+            return None
+        try:
+            with urllib.request.urlopen(urls[-1], timeout=5) as response:  # noqa: S310 - its loopback URL
+                text = response.read().decode()
+        except OSError:
+            return None
+        return sum(
+            round(float(value))
+            for value in re.findall(r"^hub_table_changelog_records_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+        )
 
     def peak_rss_mb(self) -> float:
         return (_proc_status_kb(self.process.pid, "VmHWM") or 0) / 1024
@@ -1457,6 +1535,46 @@ class Bench:
         )
         return phase, raw, run, started, rss_ready
 
+    async def restart(self, phase: Phase, *, timeout: float = 600.0) -> dict[str, Any]:
+        """The stopped worker started again on its table folder, with every input in state and no load.
+
+        Ready when it holds its partitions and has read what it needed of the changelogs (its
+        ``hub_table_changelog_records_total`` unchanged for :data:`RESTART_SETTLE_SECONDS`): with
+        RocksDB only what it had not yet applied, with memory every record. Then its RSS is the
+        worker's resident size with the whole state and nothing in flight.
+        """
+        self.progress("restart: the same worker again, on its table folder, no input")
+        started = time.monotonic()
+        [worker] = self.start_workers(phase, 1, profile=None)
+        await phase.wait_until_assigned([worker], timeout=timeout)
+        read, changed, stable_since = -1, time.monotonic(), time.monotonic()
+        while time.monotonic() - stable_since < RESTART_SETTLE_SECONDS:
+            worker.check()
+            if time.monotonic() - started > timeout:
+                raise BenchFailed(
+                    f"the restarted worker was still reading changelogs after {timeout:.0f} s",
+                    hint="read its log in the directory named below",
+                )
+            now = await asyncio.to_thread(worker.changelog_records_read)
+            if now is None or now != read:
+                read, changed, stable_since = (
+                    now if now is not None else -1,
+                    time.monotonic(),
+                    time.monotonic(),
+                )
+            await asyncio.sleep(0.5)
+        result = {
+            "seconds_to_ready": round(changed - started, 1),
+            "changelog_records_read": read,
+            "rss_mb": round(worker.rss_mb(), 1),
+        }
+        self.progress(
+            f"restart: ready in {result['seconds_to_ready']:.0f} s, {read:,} changelog records read, "
+            f"{result['rss_mb']:.0f} MB RSS"
+        )
+        self.stop_workers()
+        return result
+
     async def run(self, command: str) -> dict[str, Any]:
         config = self.config
         started_at = datetime.now(UTC)
@@ -1486,6 +1604,8 @@ class Bench:
             opener=self.opener,
         )
         peak = workers[0].peak_rss_mb()
+        # Now, idle with every input in state: what stays resident, apart from the load's peak.
+        rss_end = workers[0].rss_mb()
         growth, estimate = memory_estimate(
             ready_mb=rss_at_start,
             peak_mb=peak,
@@ -1496,6 +1616,7 @@ class Bench:
         memory = {
             "worker_peak_rss_mb": round(peak, 1),
             "worker_rss_ready_mb": round(rss_at_start, 1),
+            "worker_rss_end_mb": round(rss_end, 1),
             "patients_in_state": config.patients,
             "inputs_in_state": throughput_count + latency["sent"],
             "rss_growth_mb_per_1000_inputs": round(growth, 2),
@@ -1506,6 +1627,17 @@ class Bench:
         }
         self.progress("stopping the worker")
         self.stop_workers()
+        # Once stopped: its RocksDB databases are closed, and what they hold is on disk.
+        tables = table_footprint(self.work_dir / "tables", phase.app_id)
+        disk_bytes = sum(t["disk_bytes"] for t in tables.values())
+        memory |= {
+            "table_store": Settings().table_store,
+            "table_disk_mb": round(disk_bytes / MEBIBYTE, 1),
+            # Bytes per input are kB per 1,000 inputs.
+            "table_disk_kb_per_1000_inputs": round(per_second(disk_bytes, memory["inputs_in_state"])),
+            "tables": tables,
+            "restart": await self.restart(phase),
+        }
         profile = None
         if config.profile is not None:
             if config.profile.exists():

@@ -63,11 +63,19 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1)
     #: None: min(3, brokers in the cluster), with min.insync.replicas=2 when more than one (hub.kafka.admin).
     replication_factor: int | None = Field(default=None, ge=1)
-    #: faust table store: ``memory://`` for tests and demos, ``rocksdb://`` in production.
-    table_store: str = "memory://"
-    #: Where faust keeps table state (<app id>-data below it); None: <state_dir>/tables. Never the
-    #: working directory: table state is patient data (sealed, but still kept out of checkouts).
+    #: faust table store: ``rocksdb://`` (rocksdict, on disk: a restarted worker reads only the
+    #: changelogs' tail); ``memory://`` only where a test chooses it (rebuilt from every changelog).
+    table_store: Literal["rocksdb://", "memory://"] = "rocksdb://"
+    #: Where faust keeps table state (<app id>-data below it, one folder per worker of the host:
+    #: hub.streams.store); None: <state_dir>/tables. Never the working directory: table state is
+    #: patient data (sealed, but still kept out of checkouts).
     table_dir: Path | None = None
+    #: RocksDB memory of one worker, all its tables together: one block cache (data, index and filter
+    #: blocks) that the write buffers are charged to (hub.streams.store; docs/STATE.md for sizing).
+    table_memory_mb: int = Field(default=128, ge=16)
+    #: How long the hub remembers an input's message id and a fact's event id to answer "duplicate":
+    #: the de-duplication tables and their changelogs forget entries older than this (docs/STATE.md).
+    dedupe_horizon_days: int = Field(default=400, ge=1, le=3650)
     max_payload_bytes: int = Field(default=ONE_MEBIBYTE, ge=1024)
     #: How far a signature's timestamp may be from the hub's clock, either way.
     signature_tolerance_seconds: int = Field(default=300, ge=1)

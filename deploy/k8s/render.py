@@ -21,7 +21,9 @@ import yaml
 
 from hub.acl.model import Binding, Pattern, Resource, plan_acls
 from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
+from hub.settings import Settings
 from hub.streams.app import TABLES, changelog_topic
+from hub.streams.store import changelog_configs
 from hub.topics import CONTRACT_TOPICS, DLQ, INGEST, INTERNAL_TOPICS, recipient_pathway
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +46,7 @@ OPERATIONS = {
     "DESCRIBE": "Describe",
     "DESCRIBE_CONFIGS": "DescribeConfigs",
     "ALTER": "Alter",
+    "ALTER_CONFIGS": "AlterConfigs",
     "DELETE": "Delete",
 }
 
@@ -85,8 +88,11 @@ def topics(recipient_ids: Iterable[str]) -> list[dict[str, Any]]:
     ]
     documents += [_topic(recipient_pathway(rid), PARTITIONS, contract) for rid in sorted(recipient_ids)]
     documents += [_topic(name, PARTITIONS, internal) for name in INTERNAL_TOPICS]
+    # As the workers create them: compacted, the dedupe tables' also deleted past the default horizon
+    # (HUB_DEDUPE_HORIZON_DAYS; a region that changes it renders with it set).
+    settings = Settings()
     documents += [
-        _topic(changelog_topic(APP_ID, table), PARTITIONS, {**internal, "cleanup.policy": "compact"})
+        _topic(changelog_topic(APP_ID, table), PARTITIONS, {**internal, **changelog_configs(settings, table)})
         for table in TABLES
     ]
     # faust's leader election uses a one-partition topic.

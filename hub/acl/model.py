@@ -11,7 +11,8 @@ recipient's ``kafka_principal`` READ its own ``hub.pathway.<id>.v1`` in its own 
                                 ``<id>.*``); no other topic, not the unified ``hub.pathway.v1``
 ``hub-worker``                  READ/WRITE/CREATE/DESCRIBE the hub's topics (``hub.*``) and the faust
                                 changelogs (``<app id>-*``), in the workers' group (``<app id>*``);
-                                DELETE processed records of ``hub.ingest.v1``
+                                ALTER_CONFIGS the changelogs (their retention); DELETE processed
+                                records of ``hub.ingest.v1``
 ``hub-gateway``                 READ ``hub.alerts.v1`` in its group ``<app id>-gateway``
 ``hub-keys``                    WRITE (and DESCRIBE) ``hub.audit-unsealed.v1``: the key service's
                                 AuditEvents; it reads no topic
@@ -175,7 +176,10 @@ def plan_acls(
             case Role.WORKER:
                 ops = ("READ", "WRITE", "CREATE", "DESCRIBE", "DESCRIBE_CONFIGS")
                 bindings |= _grant(principal, Resource.TOPIC, Pattern.PREFIXED, hub_topics, *ops)
-                bindings |= _grant(principal, Resource.TOPIC, Pattern.PREFIXED, changelogs, *ops)
+                # ALTER_CONFIGS: the dedupe changelogs' retention follows HUB_DEDUPE_HORIZON_DAYS.
+                bindings |= _grant(
+                    principal, Resource.TOPIC, Pattern.PREFIXED, changelogs, *ops, "ALTER_CONFIGS"
+                )
                 bindings |= _grant(principal, Resource.GROUP, Pattern.PREFIXED, app_id, "READ", "DESCRIBE")
                 bindings |= _grant(principal, Resource.CLUSTER, Pattern.LITERAL, CLUSTER_NAME, "DESCRIBE")
                 # Processed ingest records are deleted (hub.crypto.retention): the sources' clear bytes.

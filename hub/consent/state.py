@@ -56,6 +56,13 @@ _RECIPIENT_ROLES = frozenset({"IRCP", "PRCP"})
 _RESOURCE_TYPES_SYSTEM = "http://hl7.org/fhir/resource-types"
 _CONSENT_ACTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentaction"
 
+#: Involvements a state keeps besides the open ones: the latest ended (or never counting) ones. An
+#: ended stay counts only for the recency window after it (`recency_days`, 90 in config/policy.json),
+#: so forgetting the oldest changes a decision only for a patient with more stays than this in that
+#: window; it keeps the state, rewritten whole on every change, bounded for patients with years of
+#: encounters (docs/STATE.md).
+MAX_CLOSED_INVOLVEMENTS = 200
+
 _OPEN_ENCOUNTER = frozenset({"arrived", "triaged", "in-progress", "onleave"})
 _ENDED_ENCOUNTER = frozenset({"finished", "unknown"})
 _OPEN_EPISODE = frozenset({"active", "onhold"})
@@ -205,6 +212,7 @@ class PatientShareState:
             merged = replace(merged, care_teams=_upsert(merged.care_teams, team)[0])
         for involvement in other.involvements:
             merged = replace(merged, involvements=_upsert(merged.involvements, involvement)[0])
+        merged = replace(merged, involvements=_bounded_involvements(merged.involvements))
         for consent in other.consents:
             merged = replace(merged, consents=_upsert(merged.consents, consent)[0])
         for gp in other.general_practitioners:
@@ -366,6 +374,20 @@ def _upsert(records: tuple[_Keyed, ...], record: _Keyed) -> tuple[tuple[_Keyed, 
     return (*kept, record), True
 
 
+def _bounded_involvements(items: tuple[Involvement, ...]) -> tuple[Involvement, ...]:
+    """Every open involvement and the :data:`MAX_CLOSED_INVOLVEMENTS` latest others, in their order.
+
+    A forgotten one no longer guards against a stale version of itself: an old "in progress" of a
+    stay forgotten years ago would count again until its end is sent again.
+    """
+    closed = [item for item in items if not item.open]
+    if len(closed) <= MAX_CLOSED_INVOLVEMENTS:
+        return items
+    by_age = sorted(closed, key=lambda item: item.ended_at or item.as_of)
+    forgotten = {item.key for item in by_age[: len(closed) - MAX_CLOSED_INVOLVEMENTS]}
+    return tuple(item for item in items if item.key not in forgotten)
+
+
 def _resource_key(resource: Mapping[str, Any], context: _Context) -> tuple[str, bool]:
     """A stable key for the versions of one resource, and whether it comes from the resource itself.
 
@@ -488,6 +510,7 @@ def _involvement_update(
     involvements, fresh = _upsert(state.involvements, record)
     if not fresh:
         return StateUpdate(state, False, (f"{name} older than the version already applied: ignored",))
+    involvements = _bounded_involvements(involvements)
     effect = "open" if record.open else "ended" if record.ended_at else "does not count"
     return StateUpdate(replace(state, involvements=involvements), True, (f"{name} {status}: {effect}",))
 

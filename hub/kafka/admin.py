@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Iterable
 from typing import Any
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from hub.errors import BrokerError
@@ -97,5 +97,72 @@ def ensure_topics(
             f"cannot create topics on {bootstrap}: {type(exc).__name__}",
             hint="check the broker is up and this principal may create topics (`hub acl sync`)",
         ) from exc
+    finally:
+        admin.close()
+
+
+def align_topic_configs(
+    bootstrap: str,
+    names: Iterable[str],
+    configs: dict[str, str],
+    *,
+    security: KafkaSecurity | None = None,
+) -> list[str]:
+    """Set ``configs`` on the existing topics among ``names`` that differ; return the names changed.
+
+    For settings that may change after a topic was created (a retention the hub derives from its own
+    settings): :func:`ensure_topics` leaves existing topics as they are. Incremental: other configs of
+    the topic are kept. BrokerError when the broker refuses (the principal needs AlterConfigs).
+    """
+    admin = admin_client(bootstrap, security=security)
+    try:
+        listed = set(admin.list_topics())
+        existing = [name for name in dict.fromkeys(names) if name in listed]
+        if not existing:
+            return []
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(configs)) for name in existing],
+            config_filter="all",
+        ).get("topic", {})
+
+        def current(name: str, key: str) -> Any:
+            return (described.get(name, {}).get(key) or {}).get("value")
+
+        stale = [name for name in existing if any(current(name, k) != v for k, v in configs.items())]
+        if stale:
+            results = admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, dict(configs)) for name in stale],
+                incremental=True,
+            ).get("topic", {})
+            refused = {name: result for name, result in results.items() if result != "OK"}
+            if refused:
+                raise KafkaError("; ".join(f"{name}: {result}" for name, result in sorted(refused.items())))
+        return stale
+    except KafkaError as exc:
+        raise BrokerError(
+            f"cannot set {', '.join(sorted(configs))} of topics on {bootstrap}: {exc}",
+            hint="check the broker is up and this principal may alter these topics' configs (`hub acl sync`)",
+        ) from exc
+    finally:
+        admin.close()
+
+
+def topic_ids(
+    bootstrap: str, names: Iterable[str], *, security: KafkaSecurity | None = None
+) -> dict[str, str]:
+    """Kafka's id (a UUID, KIP-516) of each existing topic among ``names``.
+
+    A topic deleted and made again under the same name gets a new id: what was built from the old
+    one (a worker's table folder) can tell.
+    """
+    admin = admin_client(bootstrap, security=security)
+    try:
+        return {
+            str(topic["name"]): str(topic["topic_id"])
+            for topic in admin.describe_topics(list(names))
+            if not topic["error_code"]
+        }
+    except KafkaError as exc:
+        raise BrokerError(f"cannot describe topics on {bootstrap}: {type(exc).__name__}") from exc
     finally:
         admin.close()

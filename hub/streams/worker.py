@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy, load_recipients
 from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
 from hub.ingest.pipeline import IngestContext
 from hub.ingest.receipts import CONTRACT_RECORD_FACTOR
-from hub.kafka.admin import ensure_topics
+from hub.kafka.admin import align_topic_configs, ensure_topics, topic_ids
 from hub.kafka.security import KafkaSecurity
 from hub.logging import configure_logging, get_logger
 from hub.metrics import start_server
@@ -17,6 +19,7 @@ from hub.normalise.codes import load_concept_maps
 from hub.settings import Settings
 from hub.sources.registry import load_sources
 from hub.streams.app import INTERNAL_RECORD_LIMIT, TABLES, changelog_topic, create_app
+from hub.streams.store import changelog_configs, forget_foreign_tables
 from hub.topics import TopicNames
 
 log = get_logger(__name__)
@@ -87,14 +90,26 @@ def create_contract_topics(settings: Settings) -> list[str]:
         security=security,
         configs={"max.message.bytes": str(INTERNAL_RECORD_LIMIT)},
     )
-    created += ensure_topics(
-        settings.bootstrap_servers,
-        [changelog_topic(settings.app_id, table) for table in TABLES],
-        partitions=settings.topic_partitions,
-        replication_factor=settings.replication_factor,
-        security=security,
-        configs={"cleanup.policy": "compact", "max.message.bytes": str(INTERNAL_RECORD_LIMIT)},
-    )
+    # Compacted, deletions kept for the horizon; the dedupe tables' also deleted past it
+    # (hub.streams.store.changelog_configs).
+    changelogs: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for table in TABLES:
+        configs = tuple(sorted(changelog_configs(settings, table).items()))
+        changelogs.setdefault(configs, []).append(changelog_topic(settings.app_id, table))
+    for configs, topics in changelogs.items():
+        created += ensure_topics(
+            settings.bootstrap_servers,
+            topics,
+            partitions=settings.topic_partitions,
+            replication_factor=settings.replication_factor,
+            security=security,
+            configs={**dict(configs), "max.message.bytes": str(INTERNAL_RECORD_LIMIT)},
+        )
+        # An existing changelog keeps the configs it was created with: a changed horizon, or a
+        # changelog made before the horizon existed, is brought in line here.
+        aligned = align_topic_configs(settings.bootstrap_servers, topics, dict(configs), security=security)
+        for topic in aligned:
+            log.info("topics.configs_changed", topic=topic, configs=dict(configs))
     # faust's leader-election topic has one partition by design.
     return created + ensure_topics(
         settings.bootstrap_servers,
@@ -103,6 +118,20 @@ def create_contract_topics(settings: Settings) -> list[str]:
         replication_factor=settings.replication_factor,
         security=security,
     )
+
+
+def forget_foreign_tables_of(settings: Settings, tabledir: Path) -> None:
+    """Before faust opens them: drop the folder's tables whose changelog is another topic now
+    (hub.streams.store.forget_foreign_tables); faust then rebuilds them from the changelogs."""
+    changelogs = {table: changelog_topic(settings.app_id, table) for table in TABLES}
+    ids = topic_ids(
+        settings.bootstrap_servers, changelogs.values(), security=KafkaSecurity.from_settings(settings)
+    )
+    # A changelog not there yet (faust makes it at start) has no id: its table is left as it is.
+    known = {table: ids[topic] for table, topic in changelogs.items() if topic in ids}
+    removed = forget_foreign_tables(tabledir, known)
+    if removed:
+        log.warning("tables.rebuilt", tables=removed, reason="changelog topic not the one the folder copies")
 
 
 def run_worker(settings: Settings) -> None:
@@ -114,6 +143,8 @@ def run_worker(settings: Settings) -> None:
     recipients, policy = share_config(settings)
     networks = load_networks(settings.networks_dir)
     app = create_app(settings, context, recipients=recipients, policy=policy, networks=networks)
+    if settings.table_store == "rocksdb://":
+        forget_foreign_tables_of(settings, Path(app.conf.tabledir))
     try:
         host, port = start_server(settings.metrics_host, settings.metrics_port)
     except OSError as exc:

@@ -196,8 +196,16 @@ def _document(*, ratio: float, recipient_p99: float | None, patients: int, peak:
         memory={
             "worker_peak_rss_mb": peak,
             "worker_rss_ready_mb": 90.0,
+            "worker_rss_end_mb": 150.0,
             "patients_in_state": patients,
             "estimated_rss_mb_at_target_patients": 12345,
+            "restart": {"seconds_to_ready": 12.0, "changelog_records_read": 0, "rss_mb": 130.0},
+            "table_store": "rocksdb://",
+            "table_disk_mb": 3.5,
+            "table_disk_kb_per_1000_inputs": 1120,
+            "tables": {
+                "identity-seen-messages": {"keys": 3125, "live_bytes": 786_432, "disk_bytes": 1_048_576}
+            },
         },
         scaling={
             "raw_passthrough": {"records_per_s": 7000.0},
@@ -241,6 +249,8 @@ def test_result_document_shape_is_json_and_carries_its_targets() -> None:
     assert "MISSED" in table
     assert "hub, 2 workers" in table
     assert "x1.60" in table
+    assert "3.5 MB on disk, 1,120 kB per 1,000 inputs; 3,125 keys, 0.8 MB live" in table
+    assert "ready in 12 s, 0 changelog records read, 130 MB RSS" in table
 
 
 def test_targets_met_and_missed_at_the_limits() -> None:

@@ -303,7 +303,9 @@ def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tabl
     """An ingest and an identity agent, each of concurrency 1, and three co-partitioned identity tables."""
     from hub.crypto import Keyring, KeyStore, LocalKeyProvider  # noqa: PLC0415
 
-    settings = Settings(topic_prefix="f.", topic_partitions=4, bootstrap_servers="127.0.0.1:1")
+    settings = Settings(
+        topic_prefix="f.", topic_partitions=4, bootstrap_servers="127.0.0.1:1", table_dir=tmp_path / "tables"
+    )
     keyring = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(bytes(32)))
     app = create_app(settings, CONTEXT, keyring=keyring)
     agents = {agent.channel.get_topic_name(): agent for agent in app.agents.values()}

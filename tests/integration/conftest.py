@@ -180,6 +180,7 @@ def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: P
         # Encryption at rest (hub.crypto): the test's KEK and its own key store.
         "HUB_KEK": TEST_KEK.hex(),
         "HUB_KEY_STORE_FILE": str(tmp_path / "keys" / "data-keys.sqlite3"),
+        # The workers' RocksDB table folders (hub.streams.store), in the test's folder.
         "HUB_TABLE_DIR": str(tmp_path / "tables"),
     }
     registry: dict[str, Any] = {"sources": []}
@@ -210,7 +211,10 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """A `hub worker` process on the test's environment, appending to ``log_file`` (the test's log).
 
-    It runs in the test's folder, so anything it writes in its working directory stays there.
+    It runs in the test's folder, so anything it writes in its working directory stays there. Its
+    tables are in RocksDB (the default store), in a folder of its own under the test's HUB_TABLE_DIR
+    (``<app id>-data``, ``-data-2`` for a second worker running at once: hub.streams.store); a worker
+    restarted after another stopped takes that folder back and resumes from it.
     """
     with (log_file or env.log_file).open("ab") as log:
         return subprocess.Popen(

@@ -299,12 +299,10 @@ def test_erase_shreds_one_patient_everywhere_and_spares_the_other(  # noqa: PLR0
     # Nothing of the erased patient is left in the gateway; the other patient's alerts stay.
     assert set(gateway_alerts(env)) == {kept}
 
-    # Files: key store, logs, gateway store, and any faust table folder of this app.
-    app_id = env.environ["HUB_APP_ID"]
+    # Files: key store, logs, gateway store, and every worker's RocksDB table folder.
     paths = [*env.key_store_file.parent.iterdir(), env.log_file, gateway]
     paths += list(Path(env.environ["HUB_GATEWAY_STATE_FILE"]).parent.iterdir())
-    tables = Path(env.environ["HUB_TABLE_DIR"]) / f"{app_id}-data"
-    paths += [p for p in tables.rglob("*") if p.is_file()]
+    paths += [p for p in Path(env.environ["HUB_TABLE_DIR"]).rglob("*") if p.is_file()]
     for path in paths:
         assert marker.encode() not in path.read_bytes(), path
 

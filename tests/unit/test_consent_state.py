@@ -13,6 +13,7 @@ from hub.consent.recipients import FINESS_SYSTEM, NETWORK_SYSTEM, RPPS_SYSTEM, I
 from hub.consent.sensitivity import HIV, PSYCHIATRY
 from hub.consent.state import (
     CONSENT_UNINTERPRETABLE,
+    MAX_CLOSED_INVOLVEMENTS,
     ConsentRejected,
     PatientShareState,
     Period,
@@ -192,6 +193,35 @@ def test_a_late_older_version_does_not_reopen_a_stay() -> None:
     replay = applied(discharged, {**base, "status": "in-progress"}, at=datetime(2026, 9, 20, tzinfo=UTC))
     assert not replay.changed
     assert not replay.state.involvements[0].open
+
+
+def test_a_patient_keeps_every_open_stay_and_only_the_latest_ended_ones() -> None:
+    """Years of encounters do not grow the state without bound: past MAX_CLOSED_INVOLVEMENTS ended
+    stays the oldest are forgotten; an open stay, however old, is kept (docs/STATE.md)."""
+    first_day = T0 - timedelta(days=2000)
+
+    def stay(number: int, status: str) -> dict[str, Any]:
+        # Stay n ends n days after the first: the later the number, the more recent the stay.
+        end = {"end": (first_day + timedelta(days=number)).date().isoformat()} if status == "finished" else {}
+        return {
+            "resourceType": "Encounter",
+            "identifier": [{"system": "urn:test:stay", "value": f"SEJ-{number}"}],
+            "status": status,
+            "period": {"start": first_day.date().isoformat(), **end},
+            "serviceProvider": ref("Organization", HOSPITAL),
+        }
+
+    state = applied(PatientShareState.empty(PATIENT), stay(0, "in-progress"), at=first_day).state
+    # Sent newest first: what is forgotten is decided by when a stay ended, not by arrival order.
+    for number in reversed(range(1, MAX_CLOSED_INVOLVEMENTS + 11)):
+        state = applied(state, stay(number, "finished"), at=first_day + timedelta(days=number)).state
+    assert len(state.involvements) == MAX_CLOSED_INVOLVEMENTS + 1
+    kept = {item.key.rsplit("|", 1)[-1] for item in state.involvements}
+    # The open one and the latest ended ones; the ten stays that ended first are forgotten.
+    assert (
+        "SEJ-0" in kept and "SEJ-10" not in kept and {"SEJ-11", f"SEJ-{MAX_CLOSED_INVOLVEMENTS + 10}"} <= kept
+    )
+    assert PatientShareState.from_json(state.to_json()) == state
 
 
 def test_episode_of_care_managed_by_a_network_is_an_enrolment() -> None:

@@ -1,0 +1,215 @@
+"""How a worker keeps its faust tables: RocksDB through rocksdict, one folder per worker, a bound per table.
+
+Every table lives in RocksDB (``HUB_TABLE_STORE=rocksdb://``) unless a test chooses ``memory://``. Each
+partition of each table is one RocksDB database in the worker's folder, which also keeps the
+changelog offset it holds data up to: a restarted worker reads only the changelogs' tail.
+docs/STATE.md has the bound of every table and how to size a worker.
+
+- Memory: faust's RocksDB store gives each database its own 2 GiB block cache and 3 x 64 MiB write
+  buffers, and a worker holds one database per partition of each of its six tables (standbys
+  included): its RSS would follow the partition count, not the data. :class:`RocksDBStore` (faust's
+  store, registered as ``hubrocksdb://`` through the ``faust.stores`` entry point in pyproject.toml)
+  opens every database of the process with one block cache of ``HUB_TABLE_MEMORY_MB``, which also
+  holds their index and filter blocks and to which their write buffers are charged: one bound.
+- Horizon: the de-duplication tables (:data:`HORIZON_TABLES`) forget entries older than
+  ``HUB_DEDUPE_HORIZON_DAYS`` in both copies: RocksDB's TTL drops them at compaction, and their
+  changelogs are ``compact,delete`` with that retention, so a rebuild does not bring them back.
+- One folder per worker process: RocksDB locks each database, so two workers of the host sharing a
+  folder would wait on each other's locks. A worker takes the first folder of its app that no other
+  process holds (``<app id>-data``, then ``<app id>-data-2``...), locked until it exits.
+- A folder copies particular changelog topics: a table whose changelog was deleted and made again
+  since is dropped at start (:func:`forget_foreign_tables`) and rebuilt, never resumed from.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
+from faust.stores.rocksdb import Store as FaustRocksDBStore
+
+from hub.errors import ConfigError
+from hub.settings import Settings
+
+#: Tables that remember what the hub has seen, to answer "duplicate": forgotten past the horizon.
+HORIZON_TABLES = frozenset({"identity-seen-messages", "identity-seen-events"})
+#: faust's store scheme of each HUB_TABLE_STORE.
+STORE_URLS = {"rocksdb://": "hubrocksdb://", "memory://": "memory://"}
+
+MEBIBYTE = 1024 * 1024
+#: Write buffer (memtable) of each database, and how many it may have: written to disk when full,
+#: or sooner when all the process's write buffers reach half the memory budget.
+WRITE_BUFFER_BYTES = 4 * MEBIBYTE
+WRITE_BUFFERS = 2
+#: Files each database keeps open (faust's default: 90 % of the process's limit, for each database).
+MAX_OPEN_FILES = 64
+#: Table folders one host's workers of one app may hold: more workers than this on a host would
+#: exceed any sensible partition count (docs/DEPLOY.md, Scaling).
+MAX_FOLDERS = 64
+
+#: In a worker's faust table folder: the changelogs (table → Kafka topic id) its databases copy.
+CHANGELOGS_FILE = "changelogs.json"
+
+SECONDS_PER_DAY = 24 * 3600
+#: The table folders this process holds, locked until it exits (the kernel releases the lock, even
+#: after kill -9, so a restarted worker takes its folder back).
+_held: dict[Path, IO[bytes]] = {}
+
+
+@functools.cache
+def memory_budget(total_bytes: int) -> tuple[rocksdict.Cache, rocksdict.WriteBufferManager]:
+    """The process's block cache of ``total_bytes`` and the write-buffer manager charged to it.
+
+    One pair per process (and size): every database opened with it shares the bound. Write buffers
+    may take about half of it before RocksDB flushes the one being written; data, index and filter
+    blocks the rest.
+    """
+    cache = rocksdict.Cache(total_bytes)
+    return cache, rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+        total_bytes // 2, False, cache
+    )
+
+
+class BoundedOptions(RocksDBOptions):
+    """faust's RocksDB (rocksdict) options, every database opened within the process's memory budget."""
+
+    def __init__(self, budget_bytes: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.budget_bytes = budget_bytes
+
+    def as_options(self) -> rocksdict.Options:
+        """faust's own options (raw keys, bloom filters, binary-search index), with the shared budget."""
+        cache, write_buffers = memory_budget(self.budget_bytes)
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_max_open_files(MAX_OPEN_FILES)
+        options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        options.set_max_write_buffer_number(WRITE_BUFFERS)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_write_buffer_manager(write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, True)
+        table.set_block_cache(cache)
+        # Index and filter blocks in the cache too (else they grow with the data, outside any bound);
+        # the newest files' pinned, as RocksDB advises with this setting.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        options.set_block_based_table_factory(table)
+        return options
+
+
+class RocksDBStore(FaustRocksDBStore):
+    """faust's RocksDB store with rocksdict, its databases within the process's memory budget.
+
+    The table's options carry the budget (``memory_budget_bytes``) and, for the dedupe tables, the TTL.
+    """
+
+    def __init__(self, url: Any, app: Any, table: Any, *, options: dict[str, Any], **kwargs: Any) -> None:
+        options = dict(options)
+        budget = int(options.pop("memory_budget_bytes"))
+        super().__init__(url, app, table, options=options, **kwargs)
+        self.rocksdb_options = BoundedOptions(budget, ttl=options.get("ttl"), use_rocksdict=True)
+
+
+def horizon_seconds(settings: Settings) -> int:
+    """The de-duplication horizon in seconds."""
+    return settings.dedupe_horizon_days * SECONDS_PER_DAY
+
+
+def table_options(settings: Settings, table: str) -> dict[str, Any] | None:
+    """The store options of ``table``: rocksdict, the memory budget, the horizon as TTL; None for memory.
+
+    A new dict for each table: faust's RocksDB store pops ``driver`` out of the dict it is given.
+    """
+    if settings.table_store != "rocksdb://":
+        return None
+    options: dict[str, Any] = {
+        "driver": "rocksdict",
+        "memory_budget_bytes": settings.table_memory_mb * MEBIBYTE,
+    }
+    if table in HORIZON_TABLES:
+        # RocksDB's TTL (rocksdict AccessType.with_ttl): an entry written longer ago than this is
+        # dropped by the next compaction that reaches it.
+        options["ttl"] = horizon_seconds(settings)
+    return options
+
+
+def changelog_configs(settings: Settings, table: str) -> dict[str, str]:
+    """The cleanup configs of ``table``'s changelog topic.
+
+    Compacted (the latest value of each key); the de-duplication tables' also deleted past the
+    horizon, so that a worker rebuilding them from the changelog does not bring forgotten entries back.
+    Deletions (tombstones) are kept for the horizon too, not Kafka's default day: a worker that takes
+    a partition back after a while reads the changelog from where its folder stopped, and must still
+    find the deletions made meanwhile (a patient's held events, released).
+    """
+    horizon_ms = str(horizon_seconds(settings) * 1000)
+    if table in HORIZON_TABLES:
+        return {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": horizon_ms,
+            "delete.retention.ms": horizon_ms,
+        }
+    return {"cleanup.policy": "compact", "delete.retention.ms": horizon_ms}
+
+
+def claim_table_folder(settings: Settings) -> Path:
+    """The folder of this worker's tables: the first of its app's that no other process holds, locked.
+
+    Locked with ``flock`` on a file inside it, for the life of the process. ConfigError when
+    :data:`MAX_FOLDERS` workers of this app already hold one on this host.
+    """
+    tables = settings.table_dir or settings.state_dir / "tables"
+    for number in range(1, MAX_FOLDERS + 1):
+        folder = tables / (f"{settings.app_id}-data" if number == 1 else f"{settings.app_id}-data-{number}")
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = (folder / "worker.lock").open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()  # another worker of this host holds it
+            continue
+        _held[folder] = lock
+        return folder
+    raise ConfigError(
+        f"{MAX_FOLDERS} workers of {settings.app_id} already keep their tables under {tables}",
+        hint="stop a worker, or give this one its own HUB_TABLE_DIR",
+    )
+
+
+def forget_foreign_tables(tabledir: Path, changelog_ids: Mapping[str, str]) -> list[str]:
+    """Remove the databases of each table not built from the changelog that bears its name now.
+
+    A database says up to which changelog offset it holds data; against another topic of the same
+    name (deleted and made again, a new broker) that offset means nothing, and faust would go on with
+    stale entries (a message still "seen", a patient's old state). ``changelog_ids`` gives each
+    table's changelog topic id; the folder keeps those it was built from (:data:`CHANGELOGS_FILE`).
+    A table whose id changed, or any table of a folder that kept none, is removed, to be rebuilt
+    from its changelog. Returns the tables removed.
+    """
+    try:
+        built_from = json.loads((tabledir / CHANGELOGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        built_from = {}
+    removed = []
+    for table, topic_id in sorted(changelog_ids.items()):
+        if built_from.get(table) == topic_id:
+            continue
+        pattern = re.compile(rf"{re.escape(table)}-\d+\.db")
+        stale = [path for path in tabledir.glob(f"{table}-*.db") if pattern.fullmatch(path.name)]
+        for path in stale:
+            shutil.rmtree(path)
+        if stale:
+            removed.append(table)
+    tabledir.mkdir(parents=True, exist_ok=True)
+    (tabledir / CHANGELOGS_FILE).write_text(json.dumps(dict(changelog_ids), sort_keys=True), encoding="utf-8")
+    return removed
