@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -58,7 +58,10 @@ STAGE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 STAGE_FAILURES = Counter(
-    "hub_stage_failures", "Records on which a stage raised (the agent crashes).", ["stage"], registry=REGISTRY
+    "hub_stage_failures",
+    "Records on which a stage raised, or that Kafka refused for good (the partition moves on).",
+    ["stage"],
+    registry=REGISTRY,
 )
 RECEIPTS_TOTAL = Counter(
     "hub_receipts",
@@ -91,6 +94,12 @@ TABLE_KEYS = Gauge(
 )
 #: How often a worker counts its tables' keys (a faust timer; cheap for memory, estimated for RocksDB).
 TABLE_KEYS_SECONDS = 5.0
+TABLE_CHANGELOG_RECORDS = Counter(
+    "hub_table_changelog_records",
+    "Changelog records a worker read into a table: its recovery (at start, after a rebalance) and standbys.",
+    ["table"],
+    registry=REGISTRY,
+)
 
 GATEWAY_ALERT_CHANGES = Counter(
     "hub_gateway_alert_changes",
@@ -133,16 +142,35 @@ def _table_keys(table: Any) -> int:
     """A table's keys in this worker's active partitions.
 
     RocksDB: the sum of ``rocksdb.estimate-num-keys`` of the active partitions' databases, since
-    counting exactly would read every key on each tick; memory: the exact count.
+    counting exactly would read every key on each tick, less faust's own entry in each (the changelog
+    offset the database holds data up to); memory: the exact count.
     """
     store = table.data
     databases = getattr(store, "_dbs_for_actives", None)
     if databases is not None:
         try:
-            return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in databases())
+            count = 0
+            for db in databases():
+                estimate = int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+                count += max(0, estimate - (db.get(store.offset_key) is not None))
+            return count
         except (AttributeError, TypeError):  # another RocksDB binding: count them
             pass
     return len(table)
+
+
+def changelog_reader(table: str) -> Callable[[Any], Awaitable[None]]:
+    """faust's ``on_changelog_event`` of ``table``: counts each changelog record read into it.
+
+    With RocksDB a restarted worker reads only what was written since it stopped; with memory, or a
+    new folder, every record of its partitions' changelogs (docs/STATE.md).
+    """
+    counter = TABLE_CHANGELOG_RECORDS.labels(table=_label(table))
+
+    async def read(_event: Any) -> None:
+        counter.inc()
+
+    return read
 
 
 def watch_tables(app: Any, interval: float = TABLE_KEYS_SECONDS) -> None:

@@ -30,6 +30,7 @@ from hub.networks import NetworkRegistry, reload
 from hub.settings import Settings
 from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
 from hub.streams.routing import AlertRouter, IdentityRouter, IngestRouter, Outgoing, ShareRouter
+from hub.streams.store import STORE_URLS, claim_table_folder, table_options
 from hub.topics import TopicNames
 
 log = get_logger(__name__)
@@ -67,6 +68,12 @@ def changelog_topic(app_id: str, table: str) -> str:
     """faust's name for a table's changelog topic."""
     return f"{app_id}-{table}-changelog"
 
+
+#: A batch: at most this many records, or those that arrived within this time (a hop's added latency
+#: at low load; hub.streams.app agent).
+BATCH_MAX = 200
+BATCH_WITHIN_SECONDS = 0.01
+PRODUCER_LINGER_SECONDS = 0.002
 
 #: Largest record between stages: one input's normalised events are bigger than the input.
 INTERNAL_RECORD_LIMIT = 16 * 1024 * 1024
@@ -193,8 +200,14 @@ def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) 
     Co-partitioned with the topic of its agent (hub.identity.v1 or hub.pathway.v1, both keyed by
     patient): each worker remembers only its own patients.
     """
+    stored: dict[str, Any] = {
+        # RocksDB with bounded memory, the dedupe horizon as TTL (hub.streams.store); None for memory.
+        "options": table_options(settings, name),
+        # hub_table_changelog_records_total: what a start (or a standby copy) read from the changelog.
+        "on_changelog_event": metrics.changelog_reader(name),
+    }
     if name not in SEALED_TABLES:
-        return app.Table(name, default=None, partitions=settings.topic_partitions)
+        return app.Table(name, default=None, partitions=settings.topic_partitions, **stored)
     # Sealed values are bytes: the changelog and the state store hold ciphertext only.
     raw = app.Table(
         name,
@@ -202,18 +215,11 @@ def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) 
         partitions=settings.topic_partitions,
         # faust derives the "raw" serializer from value_type=bytes (tables take no value_serializer).
         value_type=bytes,
+        **stored,
     )
     return SealedTable(
         raw, keyring, topic=changelog_topic(settings.app_id, name), key_id_of=patient_of_table_key
     )
-
-
-def table_data_dir(settings: Settings) -> Path:
-    """The faust data folder of this app (tables below it); its parent is created here, because faust
-    creates only the last level."""
-    tables = settings.table_dir or settings.state_dir / "tables"
-    tables.mkdir(parents=True, exist_ok=True)
-    return tables / f"{settings.app_id}-data"
 
 
 def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in one place
@@ -236,13 +242,20 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         broker=f"hubkafka://{settings.bootstrap_servers}",
         # TLS and SASL (the worker's principal) as HUB_KAFKA_* say; None on a plaintext broker.
         broker_credentials=KafkaSecurity.from_settings(settings).faust_credentials(),
-        store=settings.table_store,
-        datadir=str(table_data_dir(settings)),
+        # RocksDB (faust's store, within one memory budget) or memory (hub.streams.store).
+        store=STORE_URLS[settings.table_store],
+        # This worker's own folder (hub.streams.store): a RocksDB database is locked by one process.
+        datadir=str(claim_table_folder(settings)),
         topic_partitions=settings.topic_partitions,
         # faust only creates topics the hub has not created first (create_contract_topics, which
         # follows the cluster's size when this is None).
         topic_replication_factor=settings.replication_factor or 1,
         producer_acks=-1,
+        # A batch's records leave together (hub.streams.app agent): a few ms of linger fills produce
+        # requests (1.8 records a request without, docs/PERFORMANCE.md). No compression: recipients
+        # read their topics with clients in any language, and lz4/zstd need a codec library in some
+        # of them (kafka-python, kafkajs); a topic's compression.type can still be set on the broker.
+        producer_linger=PRODUCER_LINGER_SECONDS,
         # The hub's payload limit is checked by the hub; Kafka must carry what it receives.
         producer_max_request_size=INTERNAL_RECORD_LIMIT,
         consumer_max_fetch_size=INTERNAL_RECORD_LIMIT,
@@ -319,24 +332,26 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
             key=out.key, value=out.value, headers=list(out.headers), force=True
         )
 
-    async def deliver_all(
+    async def deliver_batch(
         name: str,
-        message: Any,
-        outgoing: list[Outgoing],
+        batch: list[tuple[Any, list[Outgoing]]],
         replacing: Callable[[Any, Outgoing, str], list[Outgoing]] | None,
     ) -> None:
-        """Deliver a stage's records; a record refused for good is replaced as ``replacing`` says.
+        """Deliver a batch's records at once; a record refused for good is replaced as ``replacing`` says.
 
         With ``replacing`` (ingest), an input never goes without an outcome: a record with no
         substitute (a receipt), or a refused substitute, is resent until Kafka takes it, holding
         the partition (the lag shows it). Without it, a refused record is logged, counted and
         skipped: a poison record never stops a partition.
         """
-        for refused in await deliver(send, outgoing, stage=name):
+        owner = {id(out): message for message, outs in batch for out in outs}
+        records = [out for _, outs in batch for out in outs]
+        for refused in await deliver(send, records, stage=name):
             metrics.failed(name)
             log.error("stage.record_refused", stage=name, topic=refused.record.topic, error=refused.error)
             if replacing is None:
                 continue
+            message = owner[id(refused.record)]
             plain = replacing(message, refused.record, refused.error)
             metrics.count_outputs(plain)
             again = crypto.sealed(name, message, plain) if plain else [refused.record]
@@ -351,30 +366,47 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         *,
         encrypted: bool = True,
         replacing: Callable[[Any, Outgoing, str], list[Outgoing]] | None = None,
+        failing: Callable[[Any, str], list[Outgoing]] | None = None,
     ) -> None:
-        """A thin agent: for each record, bind its coordinates, open it, route it, seal and send the result.
+        """A thin agent: per batch of records, route each (open, decide, seal), then send them all.
 
-        concurrency=1: with more, faust can commit offsets past unfinished events (DESIGN.md 4).
-        Every record sent is acknowledged before the next input; one Kafka refuses for good is
-        sent as ``replacing`` says, or else logged and counted (a poison record never stops a
-        partition). Each record is counted in ``hub.metrics`` (stage, latency, what its outputs say).
+        Batches (``take_events``: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS)
+        pay one round of acknowledgements and one producer linger for many inputs; faust acks a
+        batch's offsets only after the body is done, and every record sent is acknowledged before
+        the next batch. concurrency=1: with more, faust can commit offsets past unfinished events
+        (DESIGN.md 4). A record Kafka refuses for good is sent as ``replacing`` says, or else logged
+        and counted. A record on which routing raises (a bug) ends as ``failing`` says (ingest: an
+        internal-error reject) or is logged and skipped: it never stops the partition, and never
+        takes the rest of its batch with it. Each record is counted in ``hub.metrics``.
         """
 
+        def routed(stream: Any, event: Any) -> list[Outgoing]:
+            # faust's tables write a key's changelog to the partition of the "current event": in a
+            # batch that is the record being routed, not the last one fetched.
+            stream._set_current_event(event)
+            message = event.message
+            bind_kafka_coordinates(message.topic, message.partition, message.offset)
+            try:
+                return crypto.route(name, message, route, encrypted=encrypted)
+            except Exception as exc:
+                metrics.failed(name)
+                log.error("stage.record_failed", stage=name, error=type(exc).__name__)
+                plain = failing(message, type(exc).__name__) if failing is not None else []
+                metrics.count_outputs(plain)
+                return crypto.sealed(name, message, plain)
+            finally:
+                clear_bound()
+
         async def process(stream: Any) -> None:
-            async for event in stream.events():
-                message = event.message
-                bind_kafka_coordinates(message.topic, message.partition, message.offset)
+            async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_SECONDS):
                 started = time.perf_counter()
-                try:
-                    outgoing = crypto.route(name, message, route, encrypted=encrypted)
-                    await deliver_all(name, message, outgoing, replacing)
-                except Exception:
-                    metrics.failed(name)
-                    raise
-                else:
-                    metrics.observe(name, outgoing, time.perf_counter() - started, contents=False)
-                finally:
-                    clear_bound()
+                batch = [(event.message, routed(stream, event)) for event in events]
+                stream._set_current_event(None)
+                await deliver_batch(name, batch, replacing)
+                # Each record gets its share of the batch's time (hub_stage_seconds is per record).
+                each = (time.perf_counter() - started) / len(batch)
+                for _, outgoing in batch:
+                    metrics.observe(name, outgoing, each, contents=False)
 
         app.agent(topic, name=name, concurrency=1)(process)
 
@@ -385,6 +417,9 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         lambda m: ingest_router.route(ingest_record(m), m.key),
         encrypted=False,
         replacing=lambda m, refused, error: ingest_router.replacing(ingest_record(m), m.key, refused, error),
+        failing=lambda m, error: ingest_router.internal_error(
+            ingest_record(m), m.key, f"the hub failed on this input ({error})"
+        ),
     )
     # Resolve each input's patient, drop known facts, publish the pathway and the receipt.
     agent("identity", identity_topic, lambda m: identity_router.route(m.value))
