@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -19,7 +19,7 @@ from hub.broker.cli import broker
 from hub.cli_support import EXIT_FAILURE, reporting_errors
 from hub.console.cli import console as console_command
 from hub.crypto.erase_cli import erase
-from hub.errors import ConfigError
+from hub.errors import BrokerError, ConfigError
 from hub.gateway.cli import gateway
 from hub.keys.cli import keys
 from hub.keyservice.cli import recipients
@@ -28,6 +28,9 @@ from hub.ops.dlq_cli import dlq
 from hub.ops.status import status
 from hub.settings import Settings
 from hub.sources.cli import sources
+
+if TYPE_CHECKING:
+    from hub.publish import ReceiptWait
 
 out = Console()
 err = Console(stderr=True)
@@ -57,12 +60,20 @@ def worker() -> None:
 def publish(source_id: str, wait: bool, timeout: float, paths: tuple[Path, ...]) -> None:
     """Sign FHIR files or folders as SOURCE and send them to hub.ingest.v1.
 
-    Exits 0 when every input was accepted (or a known duplicate), 1 when any was rejected, 2 when a
-    file cannot be sent (unreadable, not JSON/XML, over HUB_MAX_PAYLOAD_BYTES: nothing is sent) or
-    the broker refused a record.
+    Waits for the receipts on the source's own topic, hub.receipts.<SOURCE>.v1 (the one a source's
+    principal may read). Exits 0 when every input was accepted (or a known duplicate), 1 when any
+    was rejected or got no receipt in time, 2 when a file cannot be sent (unreadable, not JSON/XML,
+    over HUB_MAX_PAYLOAD_BYTES: nothing is sent), the receipt topic cannot be read (nothing is
+    sent) or the broker refused a record.
     """
     from hub.kafka.clients import end_offsets, producer  # noqa: PLC0415
-    from hub.publish import checked_publications, deliver, fhir_files, refused_error  # noqa: PLC0415
+    from hub.publish import (  # noqa: PLC0415
+        ReceiptWait,
+        checked_publications,
+        deliver,
+        fhir_files,
+        refused_error,
+    )
     from hub.sources.registry import load_sources  # noqa: PLC0415
     from hub.topics import TopicNames  # noqa: PLC0415
 
@@ -83,7 +94,20 @@ def publish(source_id: str, wait: bool, timeout: float, paths: tuple[Path, ...])
             path, source_id=source.id, secret=source.secrets[0], max_bytes=settings.max_payload_bytes
         )
     ]
-    start = {topics.receipts: end_offsets(settings.bootstrap_servers, topics.receipts)} if wait else {}
+    receipts_topic = topics.source_receipts(source.id)
+    start: dict[str, dict[int, int]] = {}
+    if wait:
+        start[receipts_topic] = end_offsets(settings.bootstrap_servers, receipts_topic)
+        if not start[receipts_topic]:
+            # Unknown, or not readable by this principal: Kafka does not say which. Waiting would
+            # end in "receipts not seen" however the inputs fared; better to say so before sending.
+            raise BrokerError(
+                f"cannot read {receipts_topic}, where the hub puts {source.id}'s receipts (it does not "
+                "exist, or this principal may not read it); nothing was sent",
+                hint="the hub's workers create it for every registered source (`hub topics create`); "
+                f"on the secured broker `hub acl sync` lets source-{source.id} read it; or publish with "
+                "--no-wait",
+            )
     # Room for any record within the hub's limit plus its headers: the broker, not the client, decides.
     sender = producer(settings.bootstrap_servers, max_request_size=2 * settings.max_payload_bytes)
     try:
@@ -99,9 +123,8 @@ def publish(source_id: str, wait: bool, timeout: float, paths: tuple[Path, ...])
     if delivery.refused:
         raise refused_error(delivery, topic=topics.ingest, max_bytes=settings.max_payload_bytes)
     if wait:
-        sent = {pub.key.decode(): pub.label for pub in delivery.acknowledged}
-        rejected = _await_receipts(settings, topics.receipts, start, sent, timeout)
-        sys.exit(EXIT_FAILURE if rejected else 0)
+        failures = _await_receipts(settings, receipts_topic, start, ReceiptWait.of(delivery), timeout)
+        sys.exit(EXIT_FAILURE if failures else 0)
 
 
 def _progress() -> Progress:
@@ -118,42 +141,45 @@ def _await_receipts(
     settings: Settings,
     receipts_topic: str,
     start: dict[str, dict[int, int]],
-    sent: dict[str, str],
+    wait: ReceiptWait,
     timeout: float,
 ) -> int:
-    """Follow receipts until every sent message has one; print a summary; return the reject count."""
+    """Follow the source's receipts until every record sent has one; print a summary; return the
+    rejects plus the receipts not seen."""
     from hub.kafka.clients import read  # noqa: PLC0415
 
-    waiting = set(sent)
-    counts: dict[str, int] = {}
     deadline = time.monotonic() + timeout
     with _progress() as progress:
-        task = progress.add_task("receipts", total=len(sent))
-        for record in read(
-            settings.bootstrap_servers, [receipts_topic], start=start, idle_timeout=timeout, deadline=deadline
-        ):
-            receipt = record.json_value() or {}
-            message_id = receipt.get("message_id")
-            if message_id not in waiting:
+        task = progress.add_task("receipts", total=len(wait.waiting))
+        records = (
+            iter(())
+            if wait.done  # nothing was acknowledged: no receipt to wait for
+            else read(
+                settings.bootstrap_servers,
+                [receipts_topic],
+                start=start,
+                idle_timeout=timeout,
+                deadline=deadline,
+            )
+        )
+        for record in records:
+            taken = wait.take(record.json_value())
+            if taken is None:  # another input's receipt, or a repeat of one already counted
                 continue
-            waiting.discard(message_id)
-            status = receipt["status"]
-            counts[status] = counts.get(status, 0) + 1
-            if status == "rejected":
-                error = receipt["error"]
-                err.print(f"rejected {sent[message_id]}: {error['code']}: {error['detail']}", markup=False)
+            pub, receipt = taken
+            if receipt.get("status") == "rejected":
+                error = receipt.get("error") or {}
+                err.print(f"rejected {pub.label}: {error.get('code')}: {error.get('detail')}", markup=False)
             progress.advance(task)
-            if not waiting:
+            if wait.done:
                 break
-    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    out.print(f"receipts: {summary or 'none'}")
-    if waiting:
+    out.print(f"receipts: {wait.summary()}")
+    if not wait.done:
         err.print(
-            f"[yellow]{len(waiting)} receipts not seen within {timeout:.0f} s[/yellow]: "
+            f"[yellow]{len(wait.waiting)} receipts not seen within {timeout:.0f} s[/yellow]: "
             "is a worker running? (`hub worker`)"
         )
-        return len(waiting) + counts.get("rejected", 0)
-    return counts.get("rejected", 0)
+    return wait.failures()
 
 
 _TOPIC_ALIASES = {"ingest", "receipts", "dlq", "pathway", "audit", "alerts"}

@@ -72,6 +72,11 @@ class ErrorCode(StrEnum):
     KEYS_NOT_PERMITTED = "keys.not_permitted"
     #: Too many requests with one credential, or from one address failing to authenticate (HTTP 429).
     KEYS_RATE_LIMITED = "keys.rate_limited"
+    # The audit chain (docs/SECURITY.md, "Tamper-evident audit"): logged, never a reject.
+    #: A sealer taking over a partition of hub.audit.v1 found records at its tail it cannot verify (not
+    #: sealed with the chain key, replayed, altered, unsealed, or a chain shorter than its checkpoint):
+    #: it does not chain onto them and starts a new segment whose first record says what it found.
+    AUDIT_TAIL_UNVERIFIABLE = "audit.tail_unverifiable"
 
 
 class WarningCode(StrEnum):

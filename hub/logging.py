@@ -35,6 +35,9 @@ _INS_PATTERN = re.compile(r"(?<!\d)[12]\s?\d{2}\s?\d{2}\s?(?:\d{2}|2[AB])\s?\d{3
 _secrets_lock = threading.Lock()
 _registered_secrets: set[str] = set()
 
+#: Filters every handler of :func:`configure_logging` carries (hub.kafka.outage folds client errors).
+_handler_filters: list[logging.Filter] = []
+
 
 def register_secret(secret: str) -> None:
     """Scrub this exact string from every later log line (source HMAC keys, tokens)."""
@@ -109,6 +112,8 @@ def configure_logging(level: str = "info", *, json: bool = True, stream: TextIO 
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    for kept in _handler_filters:
+        handler.addFilter(kept)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -124,6 +129,25 @@ def configure_logging(level: str = "info", *, json: bool = True, stream: TextIO 
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+def add_log_filter(kept: logging.Filter) -> None:
+    """Run ``kept`` on every line the root handlers write, now and after a later configure_logging.
+
+    On the handler, not on a logger: a logger's filters do not see its children's lines
+    (``aiokafka.consumer.fetcher`` under ``aiokafka``).
+    """
+    _handler_filters.append(kept)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(kept)
+
+
+def remove_log_filter(kept: logging.Filter) -> None:
+    """Undo :func:`add_log_filter` (tests)."""
+    if kept in _handler_filters:
+        _handler_filters.remove(kept)
+    for handler in logging.getLogger().handlers:
+        handler.removeFilter(kept)
 
 
 def bind_kafka_coordinates(topic: str, partition: int, offset: int) -> None:

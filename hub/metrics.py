@@ -14,10 +14,15 @@ is measured from the broker by the console (``hub.console``), not here: a stoppe
 
 from __future__ import annotations
 
+import atexit
 import errno
+import fcntl
 import json
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -105,6 +110,18 @@ GATEWAY_ALERT_CHANGES = Counter(
     "hub_gateway_alert_changes",
     "Alerts the gateway stored (received), pushed to a GP's stream (pushed), or a GP read or dismissed.",
     ["change"],
+    registry=REGISTRY,
+)
+
+BROKER_CONNECTED = Gauge(
+    "hub_broker_connected",
+    "0 while this process's Kafka clients cannot reach the broker (from broker.unavailable to "
+    "broker.recovered in its log), 1 otherwise.",
+    registry=REGISTRY,
+)
+CLIENT_ERRORS_FOLDED = Counter(
+    "hub_kafka_client_errors_folded",
+    "Kafka client connection-error log lines folded into broker.* events instead of written.",
     registry=REGISTRY,
 )
 
@@ -281,3 +298,85 @@ def _serve(host: str, port: int) -> tuple[str, int]:
     server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
     bound_host, bound_port = server.server_address[:2]
     return str(bound_host), int(bound_port)
+
+
+# --- where a worker's metrics are ---------------------------------------------------------------
+
+#: Open (and locked) for as long as this process serves metrics: see :func:`advertise`.
+_advertisements: list[IO[str]] = []
+
+
+def advertisement_dir(state_dir: Path) -> Path:
+    """The folder where running workers name their metrics address (one file per worker)."""
+    return state_dir.expanduser() / "metrics"
+
+
+def advertise(state_dir: Path, app_id: str, host: str, port: int) -> Path | None:
+    """Name this worker's metrics address in ``<state_dir>/metrics/worker-<pid>.json``.
+
+    The file is locked (``flock``) for as long as the process lives, so a reader can tell a running
+    worker's file from one a killed worker left (the kernel drops the lock with the process); the
+    file is removed at a normal exit. How `hub status` and the console find a worker whose port the
+    system chose (``HUB_METRICS_PORT=0``). A folder that cannot be written is logged
+    (``metrics.not_advertised``), never fatal: the worker still serves its metrics.
+    """
+    folder = advertisement_dir(state_dir)
+    path = folder / f"worker-{os.getpid()}.json"
+    staging = folder / f".worker-{os.getpid()}.json.tmp"
+    document = {"app_id": app_id, "host": host, "port": port, "pid": os.getpid(),
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _forget_stale(folder)
+        handle = os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w")
+        # Locked before it is visible under its name: a reader never takes a live worker for a dead one.
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        handle.write(json.dumps(document))
+        handle.flush()
+        os.replace(staging, path)
+    except OSError as exc:
+        log.warning("metrics.not_advertised", folder=str(folder), error=type(exc).__name__)
+        return None
+    _advertisements.append(handle)
+    atexit.register(path.unlink, missing_ok=True)
+    return path
+
+
+def advertised(state_dir: Path, app_id: str) -> list[tuple[str, int]]:
+    """(host, port) of the metrics of every running worker of ``app_id`` that advertised them."""
+    found: list[tuple[str, int]] = []
+    for path in sorted(advertisement_dir(state_dir).glob("worker-*.json")):
+        try:
+            with path.open(encoding="utf-8") as handle:
+                if not _held(handle):
+                    continue  # its worker is gone
+                document = json.loads(handle.read())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(document, dict) or document.get("app_id") != app_id:
+            continue
+        host, port = document.get("host"), document.get("port")
+        if isinstance(host, str) and isinstance(port, int) and 0 < port < 65536:
+            found.append((host, port))
+    return found
+
+
+def _held(handle: IO[str]) -> bool:
+    """Whether another open file (a running worker's) holds the lock of ``handle``'s file."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def _forget_stale(folder: Path) -> None:
+    """Remove the files of workers that are gone (killed: no exit handler ran)."""
+    for path in folder.glob("worker-*.json"):
+        try:
+            with path.open(encoding="utf-8") as handle:
+                if not _held(handle):
+                    path.unlink(missing_ok=True)
+        except OSError:
+            continue

@@ -9,7 +9,10 @@ entries: an entry that alone does not fit, or a single resource, leaves a record
 
 :func:`checked_publications` refuses, before anything is sent, a file the hub would refuse for what
 it is rather than for its content: unreadable, not JSON / well-formed XML, or over the limit once
-compacted and split. :func:`deliver` counts as sent only what the broker acknowledged.
+compacted and split. :func:`deliver` counts as sent only what the broker acknowledged, and where it
+put each record. :class:`ReceiptWait` then takes the source's receipts from its own topic,
+``hub.receipts.<source>.v1`` (the one its principal may read): receipts come at least once, so each
+acknowledged record is matched by its ingest coordinates, the receipts' de-duplication key.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from lxml import etree
 
 from hub.errors import BrokerError, BrokerRefused, ConfigError, ErrorCode, PayloadRefused
+from hub.ingest.outcome import KafkaCoordinates
 from hub.ingest.pipeline import CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER, SIGNATURE_HEADER, SOURCE_HEADER
 from hub.ingest.signature import sign
 
@@ -287,6 +291,8 @@ class Delivery:
 
     acknowledged: tuple[Publication, ...]
     refused: tuple[Refusal, ...]
+    #: Where the broker put each acknowledged record: the coordinates its receipt names.
+    placed: tuple[tuple[KafkaCoordinates, Publication], ...] = ()
 
 
 def deliver(
@@ -312,15 +318,64 @@ def deliver(
             done()
     sender.flush()
     acknowledged: list[Publication] = []
+    placed: list[tuple[KafkaCoordinates, Publication]] = []
     for pub, future in pending:
         try:
-            future.get()  # settled by the flush: the broker's acknowledgement, or its error
+            metadata = future.get()  # settled by the flush: the broker's acknowledgement, or its error
         except KafkaError as exc:
             refused.append(refusal(pub, exc))
         else:
             acknowledged.append(pub)
+            placed.append((KafkaCoordinates(metadata.topic, metadata.partition, metadata.offset), pub))
         done()
-    return Delivery(tuple(acknowledged), tuple(refused))
+    return Delivery(tuple(acknowledged), tuple(refused), tuple(placed))
+
+
+@dataclass
+class ReceiptWait:
+    """The receipts one run waits for: one per acknowledged record, matched by ingest coordinates.
+
+    Receipts are delivered at least once, with the same content each time: a second receipt for a
+    record already answered, and the receipts of other inputs (an earlier run, another process of
+    the same source), are passed over. Matching by coordinates rather than message id also tells
+    apart two records with the same body, and cannot be fooled by a receipt for someone else's
+    record that claims this source's id.
+    """
+
+    waiting: dict[KafkaCoordinates, Publication]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> ReceiptWait:
+        """Wait for a receipt for every record ``delivery`` placed."""
+        return cls(dict(delivery.placed))
+
+    def take(self, receipt: Any) -> tuple[Publication, dict[str, Any]] | None:
+        """(the record, its receipt) when ``receipt`` is the first one for an awaited record; else None."""
+        if not isinstance(receipt, dict) or not isinstance(receipt.get("ingest"), dict):
+            return None
+        try:
+            where = KafkaCoordinates(**receipt["ingest"])
+        except TypeError:  # not the {topic, partition, offset} of a hub receipt
+            return None
+        pub = self.waiting.pop(where, None)
+        if pub is None:
+            return None
+        status = str(receipt.get("status"))
+        self.counts[status] = self.counts.get(status, 0) + 1
+        return pub, receipt
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting
+
+    def summary(self) -> str:
+        """``2 accepted, 1 rejected``: the statuses seen, or ``none``."""
+        return ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items())) or "none"
+
+    def failures(self) -> int:
+        """Records rejected, or without a receipt yet."""
+        return len(self.waiting) + self.counts.get("rejected", 0)
 
 
 def refused_error(delivery: Delivery, *, topic: str, max_bytes: int) -> BrokerRefused:

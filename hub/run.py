@@ -60,6 +60,8 @@ def prepare_demo_environment() -> DemoEnvironment:
     _ensure_secret(secrets_dir / "pseudonym.key")
     # The Ed25519 seed (32 random bytes, hex) that signs the audit chain's checkpoints (hub.audit).
     _ensure_secret(secrets_dir / "audit-signing.key")
+    # The HMAC key (32 random bytes, hex) linking every audit record: only the workers hold it.
+    _ensure_secret(secrets_dir / "audit-chain.key")
     # The key-encryption key of the demo's data keys (hub.crypto): 32 random bytes, hex.
     _ensure_secret(secrets_dir / "kek.key")
     environ = {
@@ -67,6 +69,7 @@ def prepare_demo_environment() -> DemoEnvironment:
         "HUB_RECIPIENTS_FILE": str(DEMO_RECIPIENTS_FILE),
         "HUB_PSEUDONYM_KEY_FILE": str(secrets_dir / "pseudonym.key"),
         "HUB_AUDIT_SIGNING_KEY_FILE": str(secrets_dir / "audit-signing.key"),
+        "HUB_AUDIT_CHAIN_KEY_FILE": str(secrets_dir / "audit-chain.key"),
         "HUB_KEK_FILE": str(secrets_dir / "kek.key"),
         # The demo's INS use the test NIR system (.10), never real identities.
         "HUB_ALLOW_TEST_INS": "true",
@@ -183,7 +186,7 @@ def run_everything(*, patients: int, demo: bool) -> None:
         _say(
             "\n[bold]The hub is running.[/bold] In another terminal:\n"
             "  .venv/bin/hub tail pathway --from-beginning   # the unified patient pathway\n"
-            "  .venv/bin/hub tail receipts --from-beginning  # one receipt per input\n"
+            "  .venv/bin/hub tail receipts --from-beginning  # a receipt per input\n"
             "  .venv/bin/hub tail dlq --from-beginning       # rejects, with their error codes\n"
             "  .venv/bin/hub tail hub.pathway.demo-hospital-chu.v1 --from-beginning  # one hospital's view\n"
             "  .venv/bin/hub tail audit --from-beginning     # every share decision, as a FHIR AuditEvent\n"

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     #: without one the chain is still sealed, but a cut tail cannot be detected (docs/SECURITY.md).
     audit_signing_key: SecretStr | None = None
     audit_signing_key_file: Path | None = None
+    #: HMAC-SHA256 key (32 bytes, hex or base64) linking every hub.audit.v1 record: only the sealing
+    #: stage and `hub audit verify` hold it, so a record anyone else writes to the topic does not verify.
+    #: Required by workers (docs/SECURITY.md, "Tamper-evident audit").
+    audit_chain_key: SecretStr | None = None
+    audit_chain_key_file: Path | None = None
     #: A signed checkpoint after this many sealed records of a chain, or this many seconds.
     audit_checkpoint_records: int = Field(default=1000, ge=1)
     audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
@@ -98,8 +103,13 @@ class Settings(BaseSettings):
     key_store_file: Path | None = None
     #: How long a worker trusts a cached data key before reading the store again (erasure delay).
     key_cache_seconds: float = Field(default=5.0, ge=0.0, le=300.0)
-    #: Every worker deletes the ingest records its group has processed this often (0: never).
+    #: Every worker deletes the ingest records its group has processed, and rolls the ingest topic's
+    #: segments that are due, this often (0: never, and then workers refuse to start: no erasure bound).
     ingest_purge_seconds: float = Field(default=300.0, ge=0.0)
+    #: At most this long after an input was processed (and after `hub erase`), its cleartext has left
+    #: the broker's disks: the ingest topic's segment.ms and file.delete.delay.ms are derived from it
+    #: (hub.crypto.retention; docs/SECURITY.md, "Erasure with a bound").
+    erasure_bound_seconds: float = Field(default=3600.0, gt=0.0)
     log_level: str = "info"
     log_json: bool = True
     #: The alert gateway (`hub gateway serve`) listens on loopback unless told otherwise.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from hub.errors import ConfigError
+
 INGEST = "hub.ingest.v1"
 RECEIPTS = "hub.receipts.v1"
 DLQ = "hub.dlq.v1"
@@ -14,6 +18,13 @@ IDENTITY = "hub.identity.v1"
 
 #: Per-recipient pathway copies: ``hub.pathway.<recipient>.v1``.
 RECIPIENT_PATHWAY_TEMPLATE = "hub.pathway.{recipient}.v1"
+
+#: Per-source receipt copies: ``hub.receipts.<source>.v1``, the receipts of one registered source,
+#: which that source's principal may read (``hub.receipts.v1`` holds every source's).
+SOURCE_RECEIPTS_TEMPLATE = "hub.receipts.{source}.v1"
+#: A registered source id (schemas/sources.schema.json): no dot, so ``hub.receipts.<id>.v1`` can
+#: never be ``hub.receipts.v1`` or another source's topic, and always a legal Kafka topic name.
+_SOURCE_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 
 #: Topics the hub creates at start, in the order they appear in the contract.
 CONTRACT_TOPICS: tuple[str, ...] = (INGEST, RECEIPTS, DLQ, PATHWAY, AUDIT, ALERTS)
@@ -32,6 +43,22 @@ INTERNAL_TOPICS: tuple[str, ...] = (IDENTITY, SHARE_MERGE, AUDIT_UNSEALED, AUDIT
 def recipient_pathway(recipient_id: str) -> str:
     """Name of one recipient's pathway topic."""
     return RECIPIENT_PATHWAY_TEMPLATE.format(recipient=recipient_id)
+
+
+def is_source_id(text: str) -> bool:
+    """Whether ``text`` has the form of a registered source id (it may still not be registered)."""
+    return _SOURCE_ID.fullmatch(text) is not None
+
+
+def source_receipts(source_id: str) -> str:
+    """Name of one registered source's receipt topic; ConfigError for an id no registry can hold."""
+    if not is_source_id(source_id):
+        # Only registered (schema-checked) ids name a topic: an unchecked one never makes a new topic.
+        raise ConfigError(
+            "a source id that no source registry can hold names no receipt topic",
+            hint="source ids are 2 to 63 lowercase letters, digits and '-' (schemas/sources.schema.json)",
+        )
+    return SOURCE_RECEIPTS_TEMPLATE.format(source=source_id)
 
 
 def recipient_of_topic(topic: str, prefix: str = "") -> str | None:
@@ -58,6 +85,10 @@ class TopicNames:
         self.share_merge = prefix + SHARE_MERGE
         self.audit_unsealed = prefix + AUDIT_UNSEALED
         self.audit_checkpoints = prefix + AUDIT_CHECKPOINTS
+
+    def source_receipts(self, source_id: str) -> str:
+        """One registered source's own receipt topic under this prefix."""
+        return self.prefix + source_receipts(source_id)
 
     def contract(self) -> tuple[str, ...]:
         """Every contract topic under this prefix."""

@@ -1,6 +1,6 @@
 """Write deploy/k8s/kafka/topics.yaml and users.yaml from the hub's own names and registries.
 
-Topics come from hub/topics.py and the recipient registry; users and their ACLs from the same plan
+Topics come from hub/topics.py and the recipient and source registries; users and their ACLs from the same plan
 ``hub acl sync`` applies to the embedded secured broker (hub/acl/model.py), so the cluster and the
 local broker cannot drift apart. tests/unit/test_deploy_manifests.py fails when the committed files
 differ from what this script would write; run it after editing a registry:
@@ -21,10 +21,11 @@ import yaml
 
 from hub.acl.model import Binding, Pattern, Resource, plan_acls
 from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
+from hub.crypto.retention import DEFAULT_RETENTION_CHECK_MS, DLQ_SEGMENT_MS, cleartext_bound
 from hub.settings import Settings
 from hub.streams.app import TABLES, changelog_topic
 from hub.streams.store import changelog_configs
-from hub.topics import CONTRACT_TOPICS, DLQ, INGEST, INTERNAL_TOPICS, recipient_pathway
+from hub.topics import CONTRACT_TOPICS, DLQ, INGEST, INTERNAL_TOPICS, recipient_pathway, source_receipts
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -48,6 +49,13 @@ OPERATIONS = {
     "ALTER": "Alter",
     "ALTER_CONFIGS": "AlterConfigs",
     "DELETE": "Delete",
+}
+#: hub.acl's resource types → Strimzi's.
+RESOURCE_TYPES = {
+    Resource.TOPIC: "topic",
+    Resource.GROUP: "group",
+    Resource.CLUSTER: "cluster",
+    Resource.TRANSACTIONAL_ID: "transactionalId",
 }
 
 
@@ -74,23 +82,31 @@ def _topic(name: str, partitions: int, config: dict[str, str]) -> dict[str, Any]
     }
 
 
-def topics(recipient_ids: Iterable[str]) -> list[dict[str, Any]]:
+def topics(recipient_ids: Iterable[str], source_ids: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Every topic the workers would create, declared for the Topic Operator instead."""
     contract = {"max.message.bytes": str(CONTRACT_MAX_BYTES)}
     internal = {"max.message.bytes": str(INTERNAL_MAX_BYTES)}
-    # As the workers create them: ingest (sources' bytes in the clear) and the DLQ kept a bounded time.
-    retention = {INGEST: INGEST_RETENTION_MS, DLQ: DLQ_RETENTION_MS}
-    documents = [
-        _topic(
-            name, PARTITIONS, contract | ({"retention.ms": str(retention[name])} if name in retention else {})
-        )
-        for name in CONTRACT_TOPICS
-    ]
+    # As the workers create them: ingest (sources' bytes in the clear) and the DLQ kept a bounded time,
+    # with the segments the erasure bound rests on (hub.crypto.retention; the default bound and purge
+    # interval, and Kafka's default log.retention.check.interval.ms, which kafka.yaml keeps). The
+    # Topic Operator would undo a worker's change, so they are declared here.
+    settings = Settings()
+    bound = cleartext_bound(
+        bound_seconds=settings.erasure_bound_seconds,
+        purge_seconds=settings.ingest_purge_seconds,
+        check_ms=DEFAULT_RETENTION_CHECK_MS,
+    )
+    buffers = {
+        INGEST: {"retention.ms": str(INGEST_RETENTION_MS), **bound.topic_configs()},
+        DLQ: {"retention.ms": str(DLQ_RETENTION_MS), "segment.ms": str(DLQ_SEGMENT_MS)},
+    }
+    documents = [_topic(name, PARTITIONS, contract | buffers.get(name, {})) for name in CONTRACT_TOPICS]
     documents += [_topic(recipient_pathway(rid), PARTITIONS, contract) for rid in sorted(recipient_ids)]
+    # Each registered source's own receipts, which its principal reads (hub.acl).
+    documents += [_topic(source_receipts(sid), PARTITIONS, contract) for sid in sorted(source_ids)]
     documents += [_topic(name, PARTITIONS, internal) for name in INTERNAL_TOPICS]
     # As the workers create them: compacted, the dedupe tables' also deleted past the default horizon
     # (HUB_DEDUPE_HORIZON_DAYS; a region that changes it renders with it set).
-    settings = Settings()
     documents += [
         _topic(changelog_topic(APP_ID, table), PARTITIONS, {**internal, **changelog_configs(settings, table)})
         for table in TABLES
@@ -107,7 +123,7 @@ def _acls(bindings: Iterable[Binding]) -> list[dict[str, Any]]:
         grouped.setdefault((binding.resource, binding.pattern, binding.name), []).append(binding.operation)
     rules = []
     for (kind, pattern, name), operations in grouped.items():
-        resource: dict[str, Any] = {"type": kind.value.lower()}
+        resource: dict[str, Any] = {"type": RESOURCE_TYPES[kind]}
         if kind is not Resource.CLUSTER:
             resource["name"] = name
             resource["patternType"] = "prefix" if pattern is Pattern.PREFIXED else "literal"
@@ -149,7 +165,9 @@ def render(sources_file: Path, recipients_file: Path) -> dict[Path, str]:
         (r["id"], r["kafka_principal"]) for r in json.loads(recipients_file.read_text())["recipients"]
     ]
     return {
-        HERE / "kafka" / "topics.yaml": _dump(topics(r for r, _ in recipients), "the hub's topics"),
+        HERE / "kafka" / "topics.yaml": _dump(
+            topics((r for r, _ in recipients), source_ids), "the hub's topics"
+        ),
         HERE / "kafka" / "users.yaml": _dump(users(source_ids, recipients), "principals and ACLs of hub.acl"),
     }
 

@@ -6,13 +6,18 @@ do exactly what the bindings below allow, and nothing else. Every binding is an 
 ==============================  ===========================================================================
 principal                       may
 ==============================  ===========================================================================
-``source-<source id>``          WRITE (and DESCRIBE) ``hub.ingest.v1``; read nothing, not even receipts
+``source-<source id>``          WRITE (and DESCRIBE) ``hub.ingest.v1``; READ (and DESCRIBE) its own
+                                receipts, ``hub.receipts.<source id>.v1``, in its own group
+                                ``source-<source id>`` (or ``source-<source id>.*``); nothing else,
+                                not ``hub.receipts.v1`` (every source's receipts)
 recipient's ``kafka_principal`` READ its own ``hub.pathway.<id>.v1`` in its own group ``<id>`` (or
                                 ``<id>.*``); no other topic, not the unified ``hub.pathway.v1``
 ``hub-worker``                  READ/WRITE/CREATE/DESCRIBE the hub's topics (``hub.*``) and the faust
                                 changelogs (``<app id>-*``), in the workers' group (``<app id>*``);
-                                ALTER_CONFIGS the changelogs (their retention); DELETE processed
-                                records of ``hub.ingest.v1``
+                                ALTER_CONFIGS the changelogs (their retention), ``hub.ingest.v1``
+                                and ``hub.dlq.v1`` (their segments); DELETE processed records of
+                                ``hub.ingest.v1``; WRITE transactional ids ``<app id>*`` (the ingest
+                                segments' rolls); DESCRIBE_CONFIGS the cluster
 ``hub-gateway``                 READ ``hub.alerts.v1`` in its group ``<app id>-gateway``
 ``hub-keys``                    WRITE (and DESCRIBE) ``hub.audit-unsealed.v1``: the key service's
                                 AuditEvents; it reads no topic
@@ -22,7 +27,8 @@ recipient's ``kafka_principal`` READ its own ``hub.pathway.<id>.v1`` in its own 
 ==============================  ===========================================================================
 
 Topic names carry the hub's topic prefix (``HUB_TOPIC_PREFIX``), as the workers create them; so do
-recipients' group names, so that two hubs sharing a broker in tests cannot read each other's groups.
+recipients' and sources' group names, so that two hubs sharing a broker in tests cannot read each
+other's groups.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from enum import StrEnum
 
 from hub.broker.tls import check_user_name
 from hub.errors import ConfigError
-from hub.topics import ALERTS, AUDIT_UNSEALED, DLQ, INGEST, RECEIPTS, recipient_pathway
+from hub.topics import ALERTS, AUDIT_UNSEALED, DLQ, INGEST, RECEIPTS, recipient_pathway, source_receipts
 
 WORKER_USER = "hub-worker"
 GATEWAY_USER = "hub-gateway"
@@ -59,6 +65,7 @@ class Resource(StrEnum):
     TOPIC = "TOPIC"
     GROUP = "GROUP"
     CLUSTER = "CLUSTER"
+    TRANSACTIONAL_ID = "TRANSACTIONAL_ID"
 
 
 class Pattern(StrEnum):
@@ -124,6 +131,29 @@ def _grant(principal: Principal, resource: Resource, pattern: Pattern, name: str
     return {Binding(principal.name, resource, pattern, name, op) for op in ops}
 
 
+def _check_distinct(principals: Iterable[Principal]) -> None:
+    """ConfigError when two principals would share a Kafka user, or a recipient a source's groups."""
+    seen: dict[str, Principal] = {}
+    for principal in principals:
+        if principal.user in seen:
+            other = seen[principal.user]
+            raise ConfigError(
+                f"Kafka user {principal.user} would stand for both {other.role} {other.subject or ''} and "
+                f"{principal.role} {principal.subject or ''}".replace("  ", " "),
+                hint="give the recipient its own kafka_principal "
+                "(sources are source-<id>; hub-* are reserved)",
+            )
+        seen[principal.user] = principal
+    # A source's groups are source-<id>(.*), a recipient's <id>(.*): one name may not be both.
+    recipient_ids = {p.subject for p in seen.values() if p.role is Role.RECIPIENT and p.subject is not None}
+    clashing = recipient_ids & {p.user for p in seen.values() if p.role is Role.SOURCE}
+    if clashing:
+        raise ConfigError(
+            f"recipient id {sorted(clashing)[0]} is also the consumer group of the source it names",
+            hint="rename the recipient: ids source-<source id> are the sources' groups",
+        )
+
+
 def plan_acls(
     *,
     sources: Iterable[str],
@@ -143,26 +173,25 @@ def plan_acls(
         Principal(recipient_user(principal), Role.RECIPIENT, recipient)
         for recipient, principal in sorted(recipients)
     ]
-    seen: dict[str, Principal] = {}
-    for principal in principals:
-        if principal.user in seen:
-            other = seen[principal.user]
-            raise ConfigError(
-                f"Kafka user {principal.user} would stand for both {other.role} {other.subject or ''} and "
-                f"{principal.role} {principal.subject or ''}".replace("  ", " "),
-                hint="give the recipient its own kafka_principal "
-                "(sources are source-<id>; hub-* are reserved)",
-            )
-        seen[principal.user] = principal
+    _check_distinct(principals)
 
     hub_topics, changelogs = topic_prefix + "hub.", f"{app_id}-"
     bindings: set[Binding] = set()
     for principal in principals:
         match principal.role:
             case Role.SOURCE:
+                assert principal.subject is not None  # noqa: S101 - set for every source above
                 # WRITE on a topic also allows the idempotent producer (Kafka 3.0+, KIP-679).
                 bindings |= _grant(
                     principal, Resource.TOPIC, Pattern.LITERAL, topic_prefix + INGEST, "WRITE", "DESCRIBE"
+                )
+                # Its own receipts only: hub.receipts.v1 holds every source's message ids.
+                receipts = topic_prefix + source_receipts(principal.subject)
+                group = topic_prefix + principal.user
+                bindings |= _grant(principal, Resource.TOPIC, Pattern.LITERAL, receipts, "READ", "DESCRIBE")
+                bindings |= _grant(principal, Resource.GROUP, Pattern.LITERAL, group, "READ", "DESCRIBE")
+                bindings |= _grant(
+                    principal, Resource.GROUP, Pattern.PREFIXED, group + ".", "READ", "DESCRIBE"
                 )
             case Role.RECIPIENT:
                 assert principal.subject is not None  # noqa: S101 - set for every recipient above
@@ -185,6 +214,19 @@ def plan_acls(
                 # Processed ingest records are deleted (hub.crypto.retention): the sources' clear bytes.
                 bindings |= _grant(
                     principal, Resource.TOPIC, Pattern.LITERAL, topic_prefix + INGEST, "DELETE"
+                )
+                # The erasure bound (hub.crypto.retention): the ingest and DLQ topics' segment configs
+                # follow HUB_ERASURE_BOUND_SECONDS, which counts the brokers' retention check interval;
+                # the ingest segments are rolled by empty, aborted transactions (<app id>-ingest-roll-*).
+                for topic in (INGEST, DLQ):
+                    bindings |= _grant(
+                        principal, Resource.TOPIC, Pattern.LITERAL, topic_prefix + topic, "ALTER_CONFIGS"
+                    )
+                bindings |= _grant(
+                    principal, Resource.CLUSTER, Pattern.LITERAL, CLUSTER_NAME, "DESCRIBE_CONFIGS"
+                )
+                bindings |= _grant(
+                    principal, Resource.TRANSACTIONAL_ID, Pattern.PREFIXED, app_id, "WRITE", "DESCRIBE"
                 )
             case Role.GATEWAY:
                 alerts = topic_prefix + ALERTS

@@ -1,1 +1,1 @@
-"""Tamper-evident audit: hash chains over hub.audit.v1, signed checkpoints, and their verification."""
+"""Tamper-evident audit: keyed (HMAC) chains over hub.audit.v1, signed checkpoints, their verification."""

@@ -1,48 +1,74 @@
-"""The audit hash chain, pure: sealing one record, checkpoints, and their canonical encodings.
+"""The audit chain, pure: sealing one record, reading its chain headers back, checkpoints.
 
 Each partition of ``hub.audit.v1`` is one chain. A sealed record keeps its value (the FHIR
-AuditEvent, byte for byte) and carries the chain in headers:
+AuditEvent, byte for byte) and carries the chain in headers. Format 2, what the hub writes:
 
+- ``hub-audit-format``: ``2``;
 - ``hub-audit-seq``: position in the partition's chain, from 1, decimal;
-- ``hub-audit-prev``: the previous record's hash (64 hex digits; all zeros before the first);
-- ``hub-audit-hash``: SHA-256 over :func:`record_digest_input`.
+- ``hub-audit-prev``: the previous record's link (64 hex digits; all zeros before the first record,
+  and at the start of a segment that cannot link to what came before);
+- ``hub-audit-mac``: the record's link, HMAC-SHA256 under the audit chain key
+  (:mod:`hub.audit.chainkey`) over :func:`mac_input`;
+- ``hub-audit-key-id``: which chain key (its 16-hex-digit id);
+- ``hub-audit-break``: only on the first record of a new segment, the reason the sealer could not
+  continue from the records before it (``record.forged``, ``format.legacy``...): that record's value
+  is an AuditEvent (subtype ``audit-chain-break``) saying what it found.
 
-The digest covers a domain tag, the partition, the sequence number, the previous hash, and the key
-and value with their lengths, so no two different records encode alike and a record moved to another
-position or partition no longer verifies. A checkpoint states, for one chain, a position and the hash
-of the record there, signed with the hub's Ed25519 audit key (:mod:`hub.audit.signing`).
+The MAC covers a domain tag naming the format, the partition, the sequence number, the previous
+link, the break reason, the key and the value, all length-prefixed, so no two different records
+encode alike, a record moved to another position or partition no longer verifies, and nobody
+without the key can make a record that does. Format 1 (hubs before the chain key) had
+``hub-audit-hash``, a plain SHA-256 that anyone could recompute; it is still read, as legacy.
+
+A checkpoint states, for one chain, a position and the link of the record there, signed with the
+hub's Ed25519 audit key (:mod:`hub.audit.signing`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from hub.audit.chainkey import ChainKey
 from hub.normalise.time import utc_iso
 
+FORMAT_HEADER = "hub-audit-format"
 SEQ_HEADER = "hub-audit-seq"
 PREV_HEADER = "hub-audit-prev"
+MAC_HEADER = "hub-audit-mac"
+KEY_ID_HEADER = "hub-audit-key-id"
+BREAK_HEADER = "hub-audit-break"
+#: Format 1's link: SHA-256 without a key (legacy, read only).
 HASH_HEADER = "hub-audit-hash"
-CHAIN_HEADERS = (SEQ_HEADER, PREV_HEADER, HASH_HEADER)
+CHAIN_HEADERS = (FORMAT_HEADER, SEQ_HEADER, PREV_HEADER, MAC_HEADER, KEY_ID_HEADER, BREAK_HEADER, HASH_HEADER)
 
-#: The previous hash of a chain's first record.
+#: The record format the sealer writes.
+FORMAT = 2
+LEGACY_FORMAT = 1
+#: The previous link of a chain's first record.
 GENESIS = "0" * 64
-_RECORD_TAG = b"hub.audit.record.v1\x00"
+#: Positions stay far below 2**63, so a forged header cannot make the next position overflow.
+MAX_SEQ = 2**62
+_RECORD_TAG_V1 = b"hub.audit.record.v1\x00"
+_RECORD_TAG_V2 = b"hub.audit.record.v2\x00"
 _CHECKPOINT_TAG = b"hub.audit.checkpoint.v1\x00"
 _NO_KEY = 0xFFFFFFFF
+_BREAK_REASON = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass(frozen=True)
 class ChainHead:
-    """Where a chain stands: the last sealed record's position and hash."""
+    """Where a chain stands: the last sealed record's position and link."""
 
     seq: int
-    hash: str
+    link: str
 
     @classmethod
     def genesis(cls) -> ChainHead:
@@ -50,22 +76,56 @@ class ChainHead:
         return cls(0, GENESIS)
 
 
-def record_digest_input(partition: int, seq: int, prev: str, key: bytes | None, value: bytes) -> bytes:
-    """The canonical bytes a record's hash covers (length-prefixed, so unambiguous)."""
-    key_part = struct.pack(">I", _NO_KEY) if key is None else struct.pack(">I", len(key)) + key
+def _key_part(key: bytes | None) -> bytes:
+    return struct.pack(">I", _NO_KEY) if key is None else struct.pack(">I", len(key)) + key
+
+
+def mac_input(
+    partition: int, seq: int, prev: str, key: bytes | None, value: bytes, *, break_reason: str = ""
+) -> bytes:
+    """The canonical bytes a format-2 record's MAC covers (length-prefixed, so unambiguous)."""
+    reason = break_reason.encode("ascii")
     return (
-        _RECORD_TAG
+        _RECORD_TAG_V2
         + struct.pack(">IQ", partition, seq)
         + bytes.fromhex(prev)
-        + key_part
+        + struct.pack(">H", len(reason))
+        + reason
+        + _key_part(key)
         + struct.pack(">Q", len(value))
         + value
     )
 
 
-def record_hash(partition: int, seq: int, prev: str, key: bytes | None, value: bytes) -> str:
-    """SHA-256 of one record's canonical encoding, hex."""
-    return hashlib.sha256(record_digest_input(partition, seq, prev, key, value)).hexdigest()
+def record_mac(
+    chain_key: ChainKey,
+    *,
+    partition: int,
+    seq: int,
+    prev: str,
+    key: bytes | None,
+    value: bytes,
+    break_reason: str = "",
+) -> str:
+    """A format-2 record's link: HMAC-SHA256 of :func:`mac_input` under the chain key, hex."""
+    return chain_key.mac(mac_input(partition, seq, prev, key, value, break_reason=break_reason))
+
+
+def legacy_digest_input(partition: int, seq: int, prev: str, key: bytes | None, value: bytes) -> bytes:
+    """The canonical bytes a format-1 record's SHA-256 covers."""
+    return (
+        _RECORD_TAG_V1
+        + struct.pack(">IQ", partition, seq)
+        + bytes.fromhex(prev)
+        + _key_part(key)
+        + struct.pack(">Q", len(value))
+        + value
+    )
+
+
+def legacy_hash(partition: int, seq: int, prev: str, key: bytes | None, value: bytes) -> str:
+    """A format-1 record's link: SHA-256 without a key, which anyone can recompute (legacy)."""
+    return hashlib.sha256(legacy_digest_input(partition, seq, prev, key, value)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -76,25 +136,61 @@ class Sealed:
     head: ChainHead
 
 
-def seal(head: ChainHead, partition: int, key: bytes | None, value: bytes) -> Sealed:
-    """Chain one record after ``head``. Deterministic: the same input after the same head seals alike."""
+def seal(
+    head: ChainHead,
+    partition: int,
+    key: bytes | None,
+    value: bytes,
+    chain_key: ChainKey,
+    *,
+    break_reason: str | None = None,
+) -> Sealed:
+    """Chain one record after ``head``. Deterministic: the same input after the same head seals alike.
+
+    With ``break_reason`` the record starts a new segment: it links to ``head`` all the same (the
+    sealer passes the last record it could verify, or a head with the genesis link when none).
+    """
+    if break_reason is not None and not _BREAK_REASON.match(break_reason):
+        raise ValueError("a break reason is a short dotted code")
     seq = head.seq + 1
-    digest = record_hash(partition, seq, head.hash, key, value)
-    headers = (
-        (SEQ_HEADER, str(seq).encode()),
-        (PREV_HEADER, head.hash.encode()),
-        (HASH_HEADER, digest.encode()),
+    if seq > MAX_SEQ:
+        raise ValueError("the audit chain is full")
+    link = record_mac(
+        chain_key,
+        partition=partition,
+        seq=seq,
+        prev=head.link,
+        key=key,
+        value=value,
+        break_reason=break_reason or "",
     )
-    return Sealed(headers, ChainHead(seq, digest))
+    headers = [
+        (FORMAT_HEADER, str(FORMAT).encode()),
+        (SEQ_HEADER, str(seq).encode()),
+        (PREV_HEADER, head.link.encode()),
+        (MAC_HEADER, link.encode()),
+        (KEY_ID_HEADER, chain_key.key_id.encode()),
+    ]
+    if break_reason is not None:
+        headers.append((BREAK_HEADER, break_reason.encode()))
+    return Sealed(tuple(headers), ChainHead(seq, link))
 
 
 @dataclass(frozen=True)
 class ChainFields:
-    """The chain headers of a record as read back; None when a header is absent or malformed."""
+    """The chain headers of a record as read back (format 1 or 2)."""
 
+    format: int
     seq: int
     prev: str
-    hash: str
+    link: str
+    key_id: str | None = None
+    break_reason: str | None = None
+
+    @property
+    def head(self) -> ChainHead:
+        """The head this record leaves behind, if it is authentic."""
+        return ChainHead(self.seq, self.link)
 
 
 def _is_hex64(text: str) -> bool:
@@ -102,7 +198,10 @@ def _is_hex64(text: str) -> bool:
 
 
 def chain_fields(headers: Sequence[tuple[str, bytes]]) -> ChainFields | None:
-    """The chain headers of one record, or None when it was never sealed (or they are garbled)."""
+    """The chain headers of one record, or None when it was never sealed (or they are garbled).
+
+    Says nothing about authenticity: :func:`authentic` does, with the chain key.
+    """
     found: dict[str, str] = {}
     for name, raw in headers:
         if name in CHAIN_HEADERS:
@@ -112,16 +211,53 @@ def chain_fields(headers: Sequence[tuple[str, bytes]]) -> ChainFields | None:
                 return None
     seq_text = found.get(SEQ_HEADER, "")
     prev = found.get(PREV_HEADER, "")
-    digest = found.get(HASH_HEADER, "")
-    if not (seq_text.isascii() and seq_text.isdigit()) or not _is_hex64(prev) or not _is_hex64(digest):
+    if not (seq_text.isascii() and seq_text.isdigit()) or not _is_hex64(prev):
         return None
-    return ChainFields(int(seq_text), prev, digest)
+    seq = int(seq_text)
+    if not 1 <= seq <= MAX_SEQ:
+        return None
+    version = found.get(FORMAT_HEADER)
+    if version is None:
+        digest = found.get(HASH_HEADER, "")
+        return ChainFields(LEGACY_FORMAT, seq, prev, digest) if _is_hex64(digest) else None
+    if version != str(FORMAT):
+        return None
+    link, key_id = found.get(MAC_HEADER, ""), found.get(KEY_ID_HEADER, "")
+    reason = found.get(BREAK_HEADER)
+    if not _is_hex64(link) or not _KEY_ID.match(key_id):
+        return None
+    if reason is not None and not _BREAK_REASON.match(reason):
+        return None
+    return ChainFields(FORMAT, seq, prev, link, key_id, reason)
 
 
-def head_of(headers: Sequence[tuple[str, bytes]]) -> ChainHead | None:
-    """The chain head a sealed record leaves behind (what a restarted sealer continues from)."""
-    fields = chain_fields(headers)
-    return None if fields is None else ChainHead(fields.seq, fields.hash)
+#: What :func:`authentic` can say of a record.
+AUTHENTIC = "authentic"
+MAC_INVALID = "mac-invalid"
+KEY_UNKNOWN = "key-unknown"
+
+
+def authentic(
+    fields: ChainFields,
+    partition: int,
+    key: bytes | None,
+    value: bytes,
+    chain_keys: Mapping[str, ChainKey],
+) -> str:
+    """Whether a record's link is right for its content: :data:`AUTHENTIC`, :data:`MAC_INVALID`, or
+    :data:`KEY_UNKNOWN` (a format-2 record naming a chain key not in ``chain_keys``).
+
+    A format-1 record is "authentic" when its SHA-256 is right, which anyone can make so: the caller
+    decides what a legacy record is worth.
+    """
+    if fields.format == LEGACY_FORMAT:
+        right = legacy_hash(partition, fields.seq, fields.prev, key, value) == fields.link
+        return AUTHENTIC if right else MAC_INVALID
+    chain_key = chain_keys.get(fields.key_id or "")
+    if chain_key is None:
+        return KEY_UNKNOWN
+    data = mac_input(partition, fields.seq, fields.prev, key, value, break_reason=fields.break_reason or "")
+    return AUTHENTIC if chain_key.verifies(data, fields.link) else MAC_INVALID
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -129,7 +265,11 @@ def head_of(headers: Sequence[tuple[str, bytes]]) -> ChainHead | None:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A signed statement: chain ``partition`` had record ``seq`` with hash ``head`` at ``at``."""
+    """A signed statement: chain ``partition`` had record ``seq`` with link ``head`` at ``at``.
+
+    ``offset`` is where that record is in the partition: a hint that lets a sealer start reading
+    there, not signed (whoever uses it checks that the record there is the one signed for).
+    """
 
     partition: int
     seq: int
@@ -137,6 +277,7 @@ class Checkpoint:
     at: str
     key_id: str
     signature: str = ""
+    offset: int | None = None
 
     def signed_bytes(self) -> bytes:
         """The canonical bytes the Ed25519 signature covers."""
@@ -151,7 +292,7 @@ class Checkpoint:
 
     def as_json(self) -> dict[str, Any]:
         """The value of a ``hub.audit-checkpoints.v1`` record."""
-        return {
+        document: dict[str, Any] = {
             "kind": "audit-checkpoint",
             "chain": {"partition": self.partition},
             "seq": self.seq,
@@ -160,11 +301,15 @@ class Checkpoint:
             "key_id": self.key_id,
             "signature": self.signature,
         }
+        if self.offset is not None:
+            document["offset"] = self.offset
+        return document
 
     @classmethod
     def from_json(cls, document: Any) -> Checkpoint | None:
         """A checkpoint read back, or None when the record is not one."""
         try:
+            offset = document.get("offset")
             checkpoint = cls(
                 partition=int(document["chain"]["partition"]),
                 seq=int(document["seq"]),
@@ -172,22 +317,22 @@ class Checkpoint:
                 at=str(document["at"]),
                 key_id=str(document["key_id"]),
                 signature=str(document["signature"]),
+                offset=None if offset is None else int(offset),
             )
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             return None
-        return checkpoint if _is_hex64(checkpoint.head) and checkpoint.seq >= 1 else None
+        if checkpoint.offset is not None and checkpoint.offset < 0:
+            return None
+        return checkpoint if _is_hex64(checkpoint.head) and 1 <= checkpoint.seq <= MAX_SEQ else None
 
 
-def unsigned_checkpoint(partition: int, head: ChainHead, *, at: datetime, key_id: str) -> Checkpoint:
-    """A checkpoint of ``head``, to be signed."""
-    return Checkpoint(partition, head.seq, head.hash, utc_iso(at), key_id)
+def unsigned_checkpoint(
+    partition: int, head: ChainHead, *, at: datetime, key_id: str, offset: int | None = None
+) -> Checkpoint:
+    """A checkpoint of ``head`` (the record at ``offset``), to be signed."""
+    return Checkpoint(partition, head.seq, head.link, utc_iso(at), key_id, offset=offset)
 
 
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
     """JSON bytes of a checkpoint record."""
     return json.dumps(checkpoint.as_json(), separators=(",", ":"), sort_keys=True).encode()
-
-
-def header_map(headers: Sequence[tuple[str, bytes]]) -> Mapping[str, bytes]:
-    """Headers by name (the last wins)."""
-    return dict(headers)

@@ -8,6 +8,7 @@ the key in each checkpoint so a verifier knows which key it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -102,15 +103,8 @@ class CheckpointSigner:
 
     def sign(self, checkpoint: Checkpoint) -> Checkpoint:
         """The checkpoint with its key id and signature (hex) filled in."""
-        named = Checkpoint(checkpoint.partition, checkpoint.seq, checkpoint.head, checkpoint.at, self.key_id)
-        return Checkpoint(
-            named.partition,
-            named.seq,
-            named.head,
-            named.at,
-            named.key_id,
-            self._key.sign(named.signed_bytes()).hex(),
-        )
+        named = dataclasses.replace(checkpoint, key_id=self.key_id)
+        return dataclasses.replace(named, signature=self._key.sign(named.signed_bytes()).hex())
 
 
 def signature_valid(checkpoint: Checkpoint, public_key: Ed25519PublicKey) -> bool:

@@ -467,11 +467,13 @@ def render_server_properties(
     data_dir: Path,
     node: ClusterNode | None = None,
     secure: SecureListener | None = None,
+    extra: tuple[tuple[str, str, str], ...] = (),
 ) -> str:
     """The broker's server.properties, each setting preceded by the reason for it.
 
     ``node`` makes it one node of a static-quorum cluster; ``secure`` puts SCRAM over TLS on the
     client listener, mutual TLS on the controller listener, and the StandardAuthorizer in charge.
+    ``extra`` settings (key, value, reason) come last, so they win over the ones above.
     """
     client = f"{LOOPBACK}:{port}"
     controller = f"{LOOPBACK}:{controller_port}"
@@ -525,6 +527,12 @@ def render_server_properties(
             "the default 50 makes the first consumer group wait for 50 partitions to be created",
         ),
         ("transaction.state.log.replication.factor", str(replicas), "as many copies as the offsets"),
+        (
+            "transaction.state.log.num.partitions",
+            "10",
+            "the default 50 makes the first empty transaction that rolls the ingest segments (the"
+            " erasure bound, hub.crypto.retention) wait for 50 partitions to be created",
+        ),
         ("transaction.state.log.min.isr", str(min_isr), "as for every replicated topic"),
         *(
             [
@@ -563,6 +571,7 @@ def render_server_properties(
             "above the hub's 1 MiB payload limit: oversized payloads are rejected by the hub"
             " (with a receipt), never by the broker",
         ),
+        *extra,
     ]
     shape = f"node {node.node_id} of {size}" if node else "single node"
     lines = [
@@ -753,6 +762,7 @@ class EmbeddedBroker:
         progress: Progress = stderr_progress,
         secure: bool = False,
         node: ClusterNode | None = None,
+        extra_settings: tuple[tuple[str, str, str], ...] = (),
     ) -> None:
         self.layout = layout
         self.port = port
@@ -763,6 +773,9 @@ class EmbeddedBroker:
         self.secure = secure or layout.tls.exists()
         #: This broker's place in a cluster (hub.broker.cluster); None for the single-node broker.
         self.node = node
+        #: Settings (key, value, reason) added to server.properties, e.g. a test broker's short
+        #: retention check (tests/integration/test_erasure_bound.py).
+        self.extra_settings = extra_settings
         #: ``host:port`` for clients, once :meth:`start` returned.
         self.bootstrap: str | None = None
         #: The broker's process id, once :meth:`start` returned.
@@ -855,6 +868,7 @@ class EmbeddedBroker:
             data_dir=layout.data_dir,
             node=self.node,
             secure=secure,
+            extra=self.extra_settings,
         )
         # 0600 from creation: a secured broker's file holds its private key and SCRAM password.
         fd = os.open(layout.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -152,16 +152,22 @@ def audit_decisions(
     *,
     event: Mapping[str, Any],
     recorded: datetime,
+    released_by: str | None = None,
 ) -> dict[str, Any]:
     """The one AuditEvent of a pathway event's share decisions: every recipient's verdict, rule, reason.
 
     ``decisions`` is not empty; a recipient is an id when unregistered. The id is stable for the
     event, the policy version and the recipients decided: a redelivered event yields the same id.
+    ``released_by`` is the id of the event whose state change released this one to the recipients
+    decided here, when it waited for a basis (a late release, docs/CONSENT.md "Convergence"); the
+    detail ``released_by`` says so, and the id differs from the event's first decisions'.
     """
     event_id = _event_id(event)
     first = decisions[0][1]
     recipient_ids = [r if isinstance(r, str) else r.id for r, _ in decisions]
     common = [_detail("policy", first.policy), _detail("policy_version", first.policy_version)]
+    if released_by is not None:
+        common.append(_detail("released_by", released_by))
     if isinstance(event.get("kind"), str):
         common.append(_detail("kind", event["kind"]))
     source = event.get("source")
@@ -187,7 +193,13 @@ def audit_decisions(
     permitted = sum(1 for _, decision in decisions if decision.verdict == PERMIT)
     return {
         "resourceType": "AuditEvent",
-        "id": audit_id("share-decisions", event_id, first.policy_version, *sorted(recipient_ids)),
+        "id": audit_id(
+            "share-decisions",
+            event_id,
+            first.policy_version,
+            *sorted(recipient_ids),
+            *(() if released_by is None else ("released-by", released_by)),
+        ),
         "type": _EXPORT,
         "subtype": _subtype(SHARE_DECISIONS),
         "action": "R",

@@ -43,8 +43,10 @@ from hub.errors import ConfigError
 from hub.schemas import read_json_config, schema_errors
 
 #: Version of the rules below; change it with any change of what they decide.
-POLICY_VERSION = "2026-11-22.1"
+POLICY_VERSION = "2026-12-06.1"
 POLICY_SCHEMA = "policy.schema.json"
+#: Look-back of late release when config/policy.json does not set ``backfill_days``.
+DEFAULT_BACKFILL_DAYS = 30
 
 DENY_BY_DEFAULT = "deny_by_default"
 STATE_UNAVAILABLE = "state_unavailable"
@@ -80,6 +82,11 @@ class FinalDecision:
     policy: str
     policy_version: str
     votes: tuple[Decision, ...]
+    #: A deny that a later state can lift: no basis yet (outside the care team, no consent), a
+    #: sensitive category no consent covers yet, or the patient's state not there yet. Not an
+    #: objection, and not what the recipient did not ask for. The share stage keeps such events
+    #: and decides them again when the patient's state changes (hub.consent.decisions).
+    awaits_basis: bool = False
 
     @property
     def permitted(self) -> bool:
@@ -100,6 +107,8 @@ class PolicyConfig:
     version: str
     recency: timedelta
     sensitive_codes: Mapping[str, tuple[CodeSet, ...]]
+    #: Look-back of late release: how long an event denied for want of a basis waits for one.
+    backfill: timedelta = timedelta(days=DEFAULT_BACKFILL_DAYS)
 
     @property
     def label(self) -> str:
@@ -295,6 +304,24 @@ def care_team(
     view: EventView, recipient: Recipient, state: PatientShareState, now: datetime, policy: PolicyConfig
 ) -> Decision | None:
     """Permit a member of the care team: declared GP, CareTeam member, treating organisation, network."""
+    return _care_team_vote(recipient, state, now, policy)
+
+
+def may_have_basis(
+    recipient: Recipient, state: PatientShareState, now: datetime, policy: PolicyConfig
+) -> bool:
+    """Whether some event could now be permitted to ``recipient``: false when it is outside the care
+    team and no Consent is in force (the share stage then skips deciding its waiting events)."""
+    if state.corrupt or state.awaiting:
+        return False
+    if _care_team_vote(recipient, state, now, policy) is not None:
+        return True
+    return any(consent.in_force for consent in state.consents)
+
+
+def _care_team_vote(
+    recipient: Recipient, state: PatientShareState, now: datetime, policy: PolicyConfig
+) -> Decision | None:
     parties = recipient.parties
     if any(parties & set(gp.parties) for gp in state.general_practitioners):
         return Decision(PERMIT, CARE_TEAM, "the recipient is the patient's declared GP")
@@ -397,27 +424,37 @@ def decide(
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     view = view_event(event, policy)
-    for guard in (deny_by_default, state_unavailable):
-        vote = guard(view, recipient, state, now, policy)
-        if vote is not None:
-            return _final(vote, (vote,), policy)
+    vote = deny_by_default(view, recipient, state, now, policy)
+    if vote is not None:
+        return _final(vote, (vote,), policy)
+    vote = state_unavailable(view, recipient, state, now, policy)
+    if vote is not None:
+        # Never final: the event is decided again once the state is there.
+        return _final(vote, (vote,), policy, awaits_basis=True)
     if view is None or recipient is None or state is None:
         raise AssertionError("the guards deny a missing event, recipient or state")
     votes = tuple(vote for voter in VOTERS if (vote := voter(view, recipient, state, now, policy)))
     by_rule = {vote.rule: vote for vote in votes}
     if OBJECTION in by_rule:
         return _final(by_rule[OBJECTION], votes, policy)
+    # What the recipient did not ask for stays denied whatever the state becomes: it never waits.
+    requested = SUBSCRIPTION_FILTER not in by_rule
     basis = next((by_rule[rule] for rule in _BASIS_RULES if rule in by_rule), None)
     if basis is None:
-        return _final(_NO_BASIS, (*votes, _NO_BASIS), policy)
-    for rule in (SENSITIVITY, SUBSCRIPTION_FILTER):
-        if rule in by_rule:
-            return _final(by_rule[rule], votes, policy)
+        return _final(_NO_BASIS, (*votes, _NO_BASIS), policy, awaits_basis=requested)
+    if SENSITIVITY in by_rule:
+        return _final(by_rule[SENSITIVITY], votes, policy, awaits_basis=requested)
+    if not requested:
+        return _final(by_rule[SUBSCRIPTION_FILTER], votes, policy)
     return _final(basis, votes, policy)
 
 
-def _final(vote: Decision, votes: tuple[Decision, ...], policy: PolicyConfig) -> FinalDecision:
-    return FinalDecision(vote.verdict, vote.rule, vote.reason, policy.label, POLICY_VERSION, votes)
+def _final(
+    vote: Decision, votes: tuple[Decision, ...], policy: PolicyConfig, *, awaits_basis: bool = False
+) -> FinalDecision:
+    return FinalDecision(
+        vote.verdict, vote.rule, vote.reason, policy.label, POLICY_VERSION, votes, awaits_basis
+    )
 
 
 # -- configuration -------------------------------------------------------------------------------------
@@ -435,6 +472,7 @@ def parse_policy(document: Any, *, origin: str) -> PolicyConfig:
         id=document["id"],
         version=document["version"],
         recency=timedelta(days=document["recency_days"]),
+        backfill=timedelta(days=document.get("backfill_days", DEFAULT_BACKFILL_DAYS)),
         sensitive_codes={
             category: parse_code_sets(code_sets, where=f"{origin}: sensitive_codes.{category}")
             for category, code_sets in document["sensitive_codes"].items()

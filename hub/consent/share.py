@@ -13,16 +13,23 @@ identity, an objection least of all, is ever skipped.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from hub.consent.audit import audit_consent_rejected, audit_decisions
+from hub.consent.decisions import (
+    MAX_WAITING_EVENTS,
+    DecisionRecord,
+    LateRelease,
+    decided_key,
+    waiting_key,
+)
 from hub.consent.minimise import recipient_copy
-from hub.consent.policy import PolicyConfig, decide
-from hub.consent.recipients import RecipientRegistry
+from hub.consent.policy import FinalDecision, PolicyConfig, decide, may_have_basis
+from hub.consent.recipients import Recipient, RecipientRegistry
 from hub.consent.state import ConsentRejected, PatientShareState, apply
 from hub.logging import get_logger
 from hub.normalise.time import parse_fhir_datetime
@@ -45,7 +52,11 @@ class Share:
 
 
 class ShareStage:
-    """Applies each event to its patient's state, then decides per recipient; ``states`` is a table."""
+    """Applies each event to its patient's state, then decides per recipient; ``states`` is a table.
+
+    ``decided`` is the table of the decisions taken (hub.consent.decisions); without it, ``states``
+    keeps them too (its keys never collide).
+    """
 
     def __init__(
         self,
@@ -56,10 +67,12 @@ class ShareStage:
         topic_prefix: str,
         audit_topic: str,
         merge_topic: str,
+        decided: MutableMapping[str, Any] | None = None,
     ) -> None:
         self.recipients = recipients
         self.policy = policy
         self.states = states
+        self.decided = states if decided is None else decided
         self.topic_prefix = topic_prefix
         self.audit_topic = audit_topic
         self.merge_topic = merge_topic
@@ -102,6 +115,7 @@ class ShareStage:
 
     def _decide(self, event: dict[str, Any], state: PatientShareState, at: datetime) -> list[Share]:
         patient_id = str(event.get("patient_id"))
+        event_id = str(event.get("event_id"))
         occurred = parse_fhir_datetime(str(event.get("occurred_at", "")), UTC_ZONE) or at
         # A patient.linked event carries a Patient that only says who is who: applied as a Patient,
         # it would read as "this source now declares no GP".
@@ -109,11 +123,12 @@ class ShareStage:
         update = apply(
             state,
             resource,
-            event_id=str(event.get("event_id")),
+            event_id=event_id,
             occurred_at=occurred,
             source_id=str((event.get("source") or {}).get("id")),
         )
         shares: list[Share] = []
+        changed = False
         if isinstance(update, ConsentRejected):
             log.warning("share.consent_rejected", code=update.code, patient_id=patient_id)
             shares.append(
@@ -121,37 +136,233 @@ class ShareStage:
             )
         elif update.changed:
             state = update.state
+            changed = True
             self.states[patient_id] = state.to_json()
-        copies: list[Share] = []
-        decisions = []
-        for recipient in self.recipients:
-            decision = decide(event, recipient, state, now=at, policy=self.policy)
-            decisions.append((recipient, decision))
-            if decision.permitted:
-                copies.append(
-                    Share(
-                        self.topic_prefix + recipient.topic,
-                        patient_id,
-                        recipient_copy(event, recipient, decision),
-                    )
-                )
+        key = decided_key(patient_id, event_id)
+        stored = self.decided.get(key)
+        record = DecisionRecord.from_json(stored) if stored is not None else None
+        if record is not None:
+            # Read again (a worker died before committing it): the decisions first taken, not new ones.
+            return shares + self._replay(patient_id, event, record)
+        decisions = [
+            (recipient, decide(event, recipient, state, now=at, policy=self.policy))
+            for recipient in self.recipients
+        ]
         if decisions:
             # One AuditEvent for the event, every recipient's decision in it (hub.consent.audit).
             shares.append(
                 Share(self.audit_topic, patient_id, audit_decisions(decisions, event=event, recorded=at))
             )
         # Audit records go first: no copy ever leaves without its decision on record.
-        return shares + copies
+        shares.extend(self._copies(patient_id, event, decisions))
+        waiting = tuple(recipient.id for recipient, decision in decisions if decision.awaits_basis)
+        released: list[tuple[str, str]] = []
+        if changed:
+            # Only a change of the state can give a waiting recipient its basis (a CareTeam period
+            # that starts later is the exception: its events are released by the next change).
+            shares.extend(self._release(patient_id, state, at, by=event_id, released=released))
+        self.decided[key] = DecisionRecord(
+            at=at,
+            decisions={recipient.id: decision for recipient, decision in decisions},
+            waiting=waiting,
+            event=event if waiting else None,
+            released=tuple(released),
+        ).to_json()
+        if waiting:
+            ids = [i for i in self.decided.get(waiting_key(patient_id)) or [] if i != event_id]
+            self.decided[waiting_key(patient_id)] = [*ids, event_id][-MAX_WAITING_EVENTS:]
+        return shares
+
+    def _copies(
+        self,
+        patient_id: str,
+        event: Mapping[str, Any],
+        decisions: Sequence[tuple[Recipient, FinalDecision]],
+    ) -> list[Share]:
+        return [
+            Share(self.topic_prefix + recipient.topic, patient_id, recipient_copy(event, recipient, decision))
+            for recipient, decision in decisions
+            if decision.permitted
+        ]
+
+    def _release(
+        self,
+        patient_id: str,
+        state: PatientShareState,
+        at: datetime,
+        *,
+        by: str,
+        released: list[tuple[str, str]],
+    ) -> list[Share]:
+        """Decide the patient's waiting events again; send those now permitted (late releases).
+
+        Each goes through every rule again (an objection recorded since stops it); a deny that can
+        no longer change (an objection) ends the wait; events decided longer ago than the policy's
+        look-back stop waiting. ``released`` receives the (event, recipient) pairs released.
+        """
+        index = self.decided.get(waiting_key(patient_id)) or []
+        hopeful: dict[str, bool] = {}
+        still_waiting: list[str] = []
+        shares: list[Share] = []
+        for event_id in index:
+            if event_id == by:
+                continue
+            stored = self.decided.get(decided_key(patient_id, event_id))
+            record = DecisionRecord.from_json(stored) if stored is not None else None
+            if record is None or record.event is None or at - record.at > self.policy.backfill:
+                continue
+            late, waiting = self._decide_waiting(record, record.event, state, at, hopeful)
+            if late:
+                shares.append(
+                    Share(
+                        self.audit_topic,
+                        patient_id,
+                        audit_decisions(late, event=record.event, recorded=at, released_by=by),
+                    )
+                )
+                shares.extend(self._copies(patient_id, record.event, late))
+                released.extend((event_id, recipient.id) for recipient, _ in late)
+            if late or tuple(waiting) != record.waiting:
+                self.decided[decided_key(patient_id, event_id)] = replace(
+                    record,
+                    waiting=tuple(waiting),
+                    late={
+                        **record.late,
+                        **{r.id: LateRelease(d, at, by) for r, d in late},
+                    },
+                ).to_json()
+            if waiting:
+                still_waiting.append(event_id)
+        if still_waiting != [i for i in index if i != by]:
+            if still_waiting:
+                self.decided[waiting_key(patient_id)] = still_waiting
+            else:
+                self.decided.pop(waiting_key(patient_id), None)
+        if shares:
+            log.info("share.released", patient_id=patient_id, records=len(shares))
+        return shares
+
+    def _decide_waiting(
+        self,
+        record: DecisionRecord,
+        event: Mapping[str, Any],
+        state: PatientShareState,
+        at: datetime,
+        hopeful: dict[str, bool],
+    ) -> tuple[list[tuple[Recipient, FinalDecision]], list[str]]:
+        """One waiting event decided again: the recipients now permitted, and those still waiting."""
+        late: list[tuple[Recipient, FinalDecision]] = []
+        waiting: list[str] = []
+        for recipient_id in record.waiting:
+            recipient = self.recipients.get(recipient_id)
+            if recipient is None:
+                continue  # no longer registered: nothing to send it
+            if recipient_id not in hopeful:
+                hopeful[recipient_id] = may_have_basis(recipient, state, at, self.policy)
+            if not hopeful[recipient_id]:
+                waiting.append(recipient_id)  # cheap: most waiting recipients are still outside
+                continue
+            decision = decide(event, recipient, state, now=at, policy=self.policy)
+            if decision.permitted:
+                late.append((recipient, decision))
+            elif decision.awaits_basis:
+                waiting.append(recipient_id)
+        return late, waiting
+
+    def _replay(self, patient_id: str, event: Mapping[str, Any], record: DecisionRecord) -> list[Share]:
+        """The records an event's recorded decisions made, and the late releases it made, again."""
+        decisions: list[tuple[Recipient | str, FinalDecision]] = [
+            (self.recipients.get(rid) or rid, decision) for rid, decision in record.decisions.items()
+        ]
+        shares: list[Share] = []
+        if decisions:
+            shares.append(
+                Share(
+                    self.audit_topic,
+                    patient_id,
+                    audit_decisions(decisions, event=event, recorded=record.at),
+                )
+            )
+        shares.extend(
+            self._copies(patient_id, event, [(r, d) for r, d in decisions if isinstance(r, Recipient)])
+        )
+        by_event: dict[str, list[str]] = {}
+        for event_id, recipient_id in record.released:
+            by_event.setdefault(event_id, []).append(recipient_id)
+        for event_id, recipient_ids in by_event.items():
+            stored = self.decided.get(decided_key(patient_id, event_id))
+            released = DecisionRecord.from_json(stored) if stored is not None else None
+            if released is None or released.event is None:
+                continue
+            late = [
+                (recipient, released.late[rid])
+                for rid in recipient_ids
+                if rid in released.late and (recipient := self.recipients.get(rid)) is not None
+            ]
+            if not late:
+                continue
+            shares.append(
+                Share(
+                    self.audit_topic,
+                    patient_id,
+                    audit_decisions(
+                        [(r, item.decision) for r, item in late],
+                        event=released.event,
+                        recorded=late[0][1].at,
+                        released_by=late[0][1].released_by,
+                    ),
+                )
+            )
+            shares.extend(self._copies(patient_id, released.event, [(r, i.decision) for r, i in late]))
+        return shares
+
+    def waiting_events(self, patient_id: str) -> list[dict[str, Any]]:
+        """The patient's waiting decision records, as stored (a linked identity's, for the merge)."""
+        records = []
+        for event_id in self.decided.get(waiting_key(patient_id)) or []:
+            stored = self.decided.get(decided_key(patient_id, event_id))
+            if stored is not None:
+                records.append(stored)
+        return records
+
+    def _adopt_waiting(self, patient_id: str, records: Sequence[Any]) -> None:
+        """Take a linked identity's waiting events as this patient's (decided again on release)."""
+        ids = list(self.decided.get(waiting_key(patient_id)) or [])
+        for stored in records:
+            record = DecisionRecord.from_json(stored)
+            if record is None or record.event is None or not record.waiting:
+                continue
+            event = {**record.event, "patient_id": patient_id}
+            event_id = str(event.get("event_id"))
+            key = decided_key(patient_id, event_id)
+            if self.decided.get(key) is None:
+                self.decided[key] = replace(record, event=event, released=()).to_json()
+            if event_id not in ids:
+                ids.append(event_id)
+        if ids:
+            self.decided[waiting_key(patient_id)] = ids[-MAX_WAITING_EVENTS:]
 
     def handle_merge(self, record: dict[str, Any]) -> list[Share]:
         """One step of merging a linked identity's state (see the module docstring).
 
         Safe to read again: merging is idempotent, and an answer that already released the held
-        events (its worker died before their decisions left) decides them again, same event ids.
+        events (its worker died before their decisions left) gives the same decisions again.
         """
         if record.get("type") == "request":
             stored = self.states.get(record["from"])
-            return [Share(self.merge_topic, record["to"], {**record, "type": "state", "state": stored})]
+            return [
+                Share(
+                    self.merge_topic,
+                    record["to"],
+                    {
+                        **record,
+                        "type": "state",
+                        "state": stored,
+                        # The events the other identity's recipients wait for: decided again here.
+                        "waiting": self.waiting_events(record["from"]),
+                    },
+                )
+            ]
         target = self.state_of(record["to"])
         released = self.states.get(_released_key(record["to"]))
         if record["from"] not in target.awaiting and released and released.get("from") == record["from"]:
@@ -169,6 +380,7 @@ class ShareStage:
             target.merged_with(other), awaiting=tuple(i for i in target.awaiting if i != record["from"])
         )
         self.states[record["to"]] = merged.to_json()
+        self._adopt_waiting(record["to"], record.get("waiting") or [])
         log.info("share.states_merged", patient_id=record["to"], linked=record["from"])
         if merged.awaiting:
             return []
@@ -177,9 +389,16 @@ class ShareStage:
         # Kept until the next release: this answer read again decides them again (see above).
         self.states[_released_key(record["to"])] = {"from": record["from"], "events": held}
         self.states.pop(_held_key(record["to"]), None)
+        now = datetime.now(UTC)
         shares: list[Share] = []
         for event in held:
-            shares.extend(self._decide(event, self.state_of(record["to"]), datetime.now(UTC)))
+            shares.extend(self._decide(event, self.state_of(record["to"]), now))
+        # The merged state may give the waiting events of either identity their basis.
+        shares.extend(
+            self._release(
+                record["to"], self.state_of(record["to"]), now, by=f"merge:{record['from']}", released=[]
+            )
+        )
         return shares
 
 

@@ -26,10 +26,12 @@ def console(ctx: click.Context, host: str | None, port: int | None) -> None:
         return
     from hub.console.app import console_from_settings, create_app, serve  # noqa: PLC0415
     from hub.console.tokens import tokens_file  # noqa: PLC0415
+    from hub.kafka.outage import watch_broker_of  # noqa: PLC0415
     from hub.logging import configure_logging  # noqa: PLC0415
 
     settings = Settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    watch_broker_of(settings)  # a broker outage: two events in the log, not a flood
     app = create_app(console_from_settings(settings))
 
     def ready(url: str) -> None:

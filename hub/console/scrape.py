@@ -85,16 +85,28 @@ def _local(host: str) -> str:
 def targets(settings: Settings) -> list[Target]:
     """The workers and the gateway.
 
-    Workers: ``HUB_CONSOLE_WORKER_URLS``; else the ports a worker of this host takes from
-    ``HUB_METRICS_PORT`` (:func:`hub.settings.metrics_ports`): the first always (no worker there is
-    a worker down), the others while they answer.
+    Workers: ``HUB_CONSOLE_WORKER_URLS``; else those of this app id that advertise their address
+    in ``HUB_STATE_DIR`` (:func:`hub.metrics.advertised`: any port, ``HUB_METRICS_PORT=0`` too),
+    and the ports a worker of this host takes from ``HUB_METRICS_PORT``
+    (:func:`hub.settings.metrics_ports`): the first always when no worker advertises (no worker
+    there is a worker down), the others while they answer.
     """
+    from hub.metrics import advertised  # noqa: PLC0415 - only when no URL is configured
+
     urls = [url.strip() for url in settings.console_worker_urls.split(",") if url.strip()]
     host = _local(settings.metrics_host)
-    found = [Target("worker", url) for url in urls] or [
-        Target("worker", f"http://{host}:{port}/metrics", optional=n > 0)
-        for n, port in enumerate(metrics_ports(settings.metrics_port))
-    ]
+    if urls:
+        found = [Target("worker", url) for url in urls]
+    else:
+        named = advertised(settings.state_dir, settings.app_id)
+        found = [Target("worker", f"http://{_local(bound)}:{port}/metrics") for bound, port in named]
+        # Both lists are this host's workers: one port is one worker, whatever host name reaches it.
+        known = {port for _bound, port in named}
+        found += [
+            Target("worker", f"http://{host}:{port}/metrics", optional=n > 0 or bool(known))
+            for n, port in enumerate(metrics_ports(settings.metrics_port))
+            if port not in known
+        ]
     gateway = settings.console_gateway_url.strip()
     if gateway.lower() != "none":
         found.append(

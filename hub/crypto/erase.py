@@ -6,8 +6,11 @@ under several network ids: the qualified-INS id and the source-local ids linked 
 ``identity-aliases`` table, itself encrypted, read here with the operator's keys); every one of
 them is destroyed, with the keys of every recipient's copies of their events (``pt-…@<recipient>``,
 the keys the key service hands out). Ingest records (the sources' signed bytes, in the clear) that
-the worker group has processed are deleted from the ingest topic; the alert gateway's local store
-forgets the patient's alerts. Each erasure is audited, with ids and counts only.
+the worker group has processed are deleted from the ingest topic, and the segments that hold them
+rolled when due, so their cleartext leaves the broker's disks within ``HUB_ERASURE_BOUND_SECONDS``
+(:mod:`hub.crypto.retention`); rejects that name the patient (FHIR JSON or XML) are shredded; the
+alert gateway's local store forgets the patient's alerts. Each erasure is audited, with ids, counts
+and times only.
 """
 
 from __future__ import annotations
@@ -62,16 +65,54 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
             yield from _walk(value)
 
 
+def _xml_node(element: Any) -> dict[str, Any]:
+    """An XML element as the JSON-like node :func:`named_patients` walks: each child by its local
+    name (a primitive as its ``value`` attribute), a list where a name repeats; a capitalised element
+    (a resource) gets its ``resourceType``."""
+    from lxml import etree  # noqa: PLC0415 - only rejects in XML need it
+
+    node: dict[str, Any] = {}
+    name = etree.QName(element).localname
+    if name[:1].isupper():
+        node["resourceType"] = name
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue
+        value = child.get("value") if "value" in child.attrib else _xml_node(child)
+        key = etree.QName(child).localname
+        if key in node:
+            node[key] = [*node[key], value] if isinstance(node[key], list) else [node[key], value]
+        else:
+            node[key] = value
+    return node
+
+
+def reject_document(payload: bytes | None) -> Any:
+    """A reject's payload as JSON data: FHIR JSON as is, FHIR XML as :func:`_xml_node` reads it."""
+    try:
+        return json.loads(payload or b"")
+    except (ValueError, UnicodeDecodeError):
+        pass
+    from lxml import etree  # noqa: PLC0415
+
+    from hub.ingest.fhir_xml import SAFE_PARSER  # noqa: PLC0415 - no DTD, no entities, no network
+
+    try:
+        return _xml_node(etree.fromstring(payload or b"", parser=SAFE_PARSER))
+    except (etree.LxmlError, ValueError):
+        return None
+
+
 def named_patients(payload: bytes | None, source_id: str | None, *, pseudonym_key: bytes) -> set[str]:
-    """Every network id a rejected FHIR JSON payload could be about (over-inclusive, never under).
+    """Every network id a rejected FHIR payload (JSON or XML) could be about (over-inclusive, never under).
 
     The ids are derived as ingest derives them (``hub.ingest.split``): an identifier under the INS
-    systems or the source's own, a Patient's id, a ``Patient/<id>`` reference. Unparseable or XML
-    payloads name nobody here (docs/SECURITY.md: they expire with the DLQ's retention).
+    systems or the source's own, a Patient's id, a ``Patient/<id>`` reference. Payloads that are
+    neither JSON nor well-formed XML name nobody here (docs/SECURITY.md: they leave with the DLQ's
+    retention).
     """
-    try:
-        document = json.loads(payload or b"")
-    except (ValueError, UnicodeDecodeError):
+    document = reject_document(payload)
+    if document is None:
         return set()
     keys: set[PatientKey] = set()
     for node in _walk(document):
@@ -144,6 +185,11 @@ class ErasureReport:
     ingest_records_left: int
     dlq_records_shredded: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Readable rejects that are neither JSON nor XML: they name nobody, and stay until the DLQ's retention.
+    dlq_records_unattributed: int = 0
+    #: By when (UTC, ISO 8601) the processed ingest records' cleartext has left the broker's disks
+    #: (hub.crypto.retention); records not yet processed count from their processing instead.
+    ingest_cleartext_until: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON."""
@@ -154,6 +200,8 @@ class ErasureReport:
             "ingest_records_deleted": self.ingest_records_deleted,
             "ingest_records_left": self.ingest_records_left,
             "dlq_records_shredded": self.dlq_records_shredded,
+            "dlq_records_unattributed": self.dlq_records_unattributed,
+            "ingest_cleartext_until": self.ingest_cleartext_until,
             "notes": self.notes,
         }
 
@@ -169,7 +217,10 @@ def audit_erasure(report: ErasureReport, *, requested_by: str, recorded: datetim
         {"type": "ingest_records_deleted", "valueString": str(report.ingest_records_deleted)},
         {"type": "ingest_records_left", "valueString": str(report.ingest_records_left)},
         {"type": "dlq_records_shredded", "valueString": str(report.dlq_records_shredded)},
+        {"type": "dlq_records_unattributed", "valueString": str(report.dlq_records_unattributed)},
     ]
+    if report.ingest_cleartext_until is not None:
+        details.append({"type": "ingest_cleartext_until", "valueString": report.ingest_cleartext_until})
     return {
         "resourceType": "AuditEvent",
         "id": audit_id(ERASURE_SUBTYPE, *report.patient_ids, utc_iso(recorded)),

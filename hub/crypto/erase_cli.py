@@ -8,12 +8,15 @@ import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hub.cli_support import reporting_errors
 from hub.settings import Settings
+
+if TYPE_CHECKING:
+    from hub.crypto.retention import IngestPurge
 
 #: The alerts table of the gateway's SQLite store (hub.gateway.store) and its identifiers.
 _GATEWAY_DELETES = (
@@ -57,9 +60,13 @@ def _aliases(settings: Settings, opener: Any) -> dict[str, str]:
     return aliases_from_changelog((r.key, r.value) for r in records)
 
 
-def shred_dlq(settings: Settings, keyring: Any, patient_ids: list[str], who: str) -> int:
-    """Destroy the key of each DLQ record whose payload names one of ``patient_ids``; return how many."""
-    from hub.crypto.erase import named_patients  # noqa: PLC0415
+def shred_dlq(settings: Settings, keyring: Any, patient_ids: list[str], who: str) -> tuple[int, int]:
+    """Destroy the key of each DLQ record whose payload names one of ``patient_ids``.
+
+    Returns ``(shredded, unattributed)``: the second counts the readable rejects that are neither
+    JSON nor XML, so name nobody; they stay, sealed, until the DLQ's retention (docs/SECURITY.md).
+    """
+    from hub.crypto.erase import named_patients, reject_document  # noqa: PLC0415
     from hub.crypto.records import KEY_ID_HEADER, RecordOpener, header  # noqa: PLC0415
     from hub.errors import CryptoError  # noqa: PLC0415
     from hub.ops.cli import existing_topics, read_to_end  # noqa: PLC0415
@@ -67,9 +74,9 @@ def shred_dlq(settings: Settings, keyring: Any, patient_ids: list[str], who: str
 
     topic = TopicNames(settings.topic_prefix).dlq
     if topic not in existing_topics(settings.bootstrap_servers):
-        return 0
+        return 0, 0
     opener, wanted, key = RecordOpener(keyring), set(patient_ids), settings.pseudonym_key_bytes()
-    shredded = 0
+    shredded = unattributed = 0
     for record in read_to_end(settings.bootstrap_servers, [topic])[topic]:
         key_id = header(record.headers, KEY_ID_HEADER)
         try:
@@ -81,7 +88,58 @@ def shred_dlq(settings: Settings, keyring: Any, patient_ids: list[str], who: str
             and named_patients(payload, header(record.headers, "hub-source"), pseudonym_key=key) & wanted
         ):
             shredded += keyring.destroy(key_id, by=who)
-    return shredded
+        elif reject_document(payload) is None:
+            unattributed += 1
+    return shredded, unattributed
+
+
+def purge_ingest_now(settings: Settings, wait: float) -> tuple[IngestPurge, list[str], str | None]:
+    """Delete the processed ingest records and roll what is due (hub.crypto.retention), at once.
+
+    Returns the round, the notes that say what stays and until when, and that time (UTC, ISO 8601;
+    None when there is no bound, HUB_INGEST_PURGE_SECONDS being 0).
+    """
+    from hub.crypto.retention import bound_for, purge_ingest  # noqa: PLC0415
+    from hub.errors import ConfigError  # noqa: PLC0415
+    from hub.normalise.time import utc_iso  # noqa: PLC0415
+    from hub.topics import TopicNames  # noqa: PLC0415
+
+    done = purge_ingest(
+        settings.bootstrap_servers, TopicNames(settings.topic_prefix).ingest, settings.app_id, wait=wait
+    )
+    notes: list[str] = []
+    try:
+        bound = bound_for(
+            settings.bootstrap_servers,
+            bound_seconds=settings.erasure_bound_seconds,
+            purge_seconds=settings.ingest_purge_seconds,
+        )
+    except ConfigError as exc:
+        notes.append(f"no erasure bound: {exc}")
+        until = None
+    else:
+        # Segments below the log start go at the brokers' next retention check, a delete delay later;
+        # a segment whose roll is not due yet is rolled by a worker's round within a purge interval.
+        removal_ms = bound.check_ms + bound.delete_delay_ms
+        now_ms = round(datetime.now(UTC).timestamp() * 1000)
+        until_ms = max(
+            [now_ms + removal_ms, *(due + bound.purge_ms + removal_ms for due in done.roll_due_ms.values())]
+        )
+        until = utc_iso(datetime.fromtimestamp(until_ms / 1000, UTC))
+        notes.append(
+            f"the processed ingest records' cleartext leaves the broker's disks by {until} "
+            f"(HUB_ERASURE_BOUND_SECONDS={settings.erasure_bound_seconds:g}; ingest partitions rolled "
+            f"now: {list(done.rolled)}, later: {sorted(done.roll_due_ms)})"
+        )
+        if done.roll_due_ms:
+            notes.append("the later rolls need a running worker (`hub worker`)")
+    if done.left:
+        notes.append(
+            f"{done.left} ingest records not yet processed stay in the clear until a worker processes "
+            f"them, then at most HUB_ERASURE_BOUND_SECONDS more (or until the ingest retention, 7 days, "
+            "if no worker runs)"
+        )
+    return done, notes, until
 
 
 def _publish_audit(settings: Settings, audit: dict[str, Any], key: str) -> None:
@@ -125,10 +183,12 @@ def erase(
     PATIENT is a network patient id (pt-…) or an INS (SYSTEM|VALUE, or a VALUE in --ins-system).
     Every network id linked to the same person is erased with it, with the keys of every recipient's
     copies (the key service then answers crypto.key_destroyed). Then: rejects in the DLQ that
-    name the patient are shredded (each has its own key), the gateway forgets the
-    patient's alerts, processed ingest records are deleted from the ingest topic, and an AuditEvent
-    (who, which ids, counts) is published. Workers stop using the keys within HUB_KEY_CACHE_SECONDS.
-    Exits 0 when done, 2 on an error or without confirmation.
+    name the patient are shredded (each has its own key), the gateway forgets the patient's alerts,
+    processed ingest records are deleted from the ingest topic and the segments that hold them
+    rolled when due (their cleartext leaves the broker's disks by the time the report gives, within
+    HUB_ERASURE_BOUND_SECONDS), and an AuditEvent (who, which ids, counts, that time) is published.
+    Workers stop using the keys within HUB_KEY_CACHE_SECONDS. Exits 0 when done, 2 on an error or
+    without confirmation.
     """
     from hub.crypto.config import keyring_from_settings  # noqa: PLC0415
     from hub.crypto.erase import (  # noqa: PLC0415
@@ -139,9 +199,7 @@ def erase(
         resolve_patient,
     )
     from hub.crypto.records import RecordOpener  # noqa: PLC0415
-    from hub.crypto.retention import purge_processed_ingest  # noqa: PLC0415
     from hub.gateway import state_file  # noqa: PLC0415
-    from hub.topics import TopicNames  # noqa: PLC0415
 
     settings = Settings()
     try:
@@ -161,22 +219,33 @@ def erase(
     who = requested_by or getpass.getuser()
     destroyed = destroy_patient_keys(keyring, ids, by=who)
     alerts = forget_gateway_alerts(state_file(settings), ids)
-    dlq = shred_dlq(settings, keyring, ids, who)
-    deleted, left = purge_processed_ingest(
-        settings.bootstrap_servers,
-        TopicNames(settings.topic_prefix).ingest,
-        settings.app_id,
-        wait=wait_ingest,
+    dlq, unattributed = shred_dlq(settings, keyring, ids, who)
+    ingest, ingest_notes, until = purge_ingest_now(settings, wait_ingest)
+    notes = [f"workers stop using the keys within {settings.key_cache_seconds:g} s", *ingest_notes]
+    if unattributed:
+        notes.append(
+            f"{unattributed} DLQ rejects are neither JSON nor XML, so name nobody: they stay sealed "
+            "until the DLQ's retention (30 days) deletes them"
+        )
+    report = ErasureReport(
+        patient_ids=ids,
+        keys_destroyed=destroyed,
+        gateway_alerts_removed=alerts,
+        ingest_records_deleted=ingest.deleted,
+        ingest_records_left=ingest.left,
+        dlq_records_shredded=dlq,
+        dlq_records_unattributed=unattributed,
+        ingest_cleartext_until=until,
+        notes=notes,
     )
-    notes = [f"workers stop using the keys within {settings.key_cache_seconds:g} s"]
-    if left:
-        notes.append(f"{left} ingest records not yet processed stay until retention deletes them")
-    report = ErasureReport(ids, destroyed, alerts, deleted, left, dlq, notes)
     _publish_audit(settings, audit_erasure(report, requested_by=who, recorded=datetime.now(UTC)), patient_id)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         return
     click.echo(f"erased {', '.join(ids)}: {destroyed} data keys destroyed, {alerts} gateway alerts removed")
-    click.echo(f"ingest: {deleted} processed records deleted, {left} left; DLQ: {dlq} rejects shredded")
+    click.echo(
+        f"ingest: {ingest.deleted} processed records deleted, {ingest.left} left; "
+        f"DLQ: {dlq} rejects shredded, {unattributed} unattributable"
+    )
     for note in notes:
         click.echo(f"note: {note}")

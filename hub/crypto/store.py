@@ -3,12 +3,14 @@
 A key is created once (the first writer wins, so two workers never use two keys for one id) and can
 be destroyed: its wrapped bytes are overwritten and removed, and a tombstone stays so that nothing
 is ever encrypted under that id again. ``secure_delete`` overwrites freed pages and a WAL checkpoint
-follows each destruction, so the wrapped key does not survive in the file or its journal. Beyond one
+follows each destruction, so the wrapped key does not survive in the file or its journal. The file
+and its ``-wal`` and ``-shm`` companions are 0600 (a folder the store makes is 0700). Beyond one
 machine the store is the KMS's (docs/SECURITY.md): this file is the single-machine stand-in.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -54,6 +56,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def wal_files(path: Path) -> tuple[Path, Path]:
+    """The write-ahead log and shared-memory index SQLite keeps beside a database in WAL mode."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
 class KeyStore:
     """Wrapped data keys by key id; safe for several processes (SQLite locking) and threads (a lock)."""
 
@@ -62,11 +69,19 @@ class KeyStore:
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # 0600 before SQLite opens it: SQLite gives the -wal and -shm files it creates beside the
+            # store the store's own mode, and the WAL holds wrapped keys (and, until a checkpoint,
+            # the pages a destruction overwrote).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            path.chmod(0o600)
             self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute(_SCHEMA)
-            path.chmod(0o600)
+            # Files made before the store was 0600 (or by another tool) are brought in line too.
+            for companion in wal_files(path):
+                if companion.exists():
+                    companion.chmod(0o600)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"cannot open the key store {path}: {exc}",

@@ -29,10 +29,12 @@ def serve(host: str | None, port: int | None, no_consume: bool) -> None:
     """Serve the gateway in the foreground, consuming hub.alerts.v1 (Ctrl-C stops it)."""
     from hub.gateway.app import app_from_settings  # noqa: PLC0415 - aiohttp is only needed here
     from hub.gateway.app import serve as serve_app  # noqa: PLC0415
+    from hub.kafka.outage import watch_broker_of  # noqa: PLC0415
     from hub.logging import configure_logging  # noqa: PLC0415
 
     settings = Settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    watch_broker_of(settings)  # a broker outage: two events in the log, not a flood
     app = app_from_settings(settings, consume=not no_consume)
 
     def ready(url: str) -> None:

@@ -19,7 +19,9 @@ but the stage's outputs only as the input's processing completes and its offset 
 worker killed in between leaves the tables saying "seen" for an input whose events never left.
 The same input record read again (same ingest topic, partition and offset) is therefore processed
 again and publishes the same events under the same ids (consumers de-duplicate by ``event_id``,
-DESIGN.md 4); only another record (a resend, another source) is answered ``duplicate``.
+DESIGN.md 4); only another record (a resend, another source) is answered ``duplicate``. Its
+receipt is the first one again, byte for byte: the same status and event ids, and ``at`` the ingest
+record's timestamp (``recorded_at``), never the stage's clock (hub.ingest.receipts.receipt).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from hub.ingest.pipeline import with_patient
 from hub.ingest.receipts import receipt
 from hub.logging import get_logger
 from hub.normalise.time import utc_iso
-from hub.pathway.event import EVENT_ID_NAMESPACE, PathwayEvent, event_id_for
+from hub.pathway.event import EVENT_ID_NAMESPACE, PathwayEvent
 
 log = get_logger(__name__)
 
@@ -119,13 +121,14 @@ def linked_event(record: dict[str, Any]) -> PathwayEvent:
 def _under(event: dict[str, Any], surviving: str) -> dict[str, Any]:
     """An event made under a local id, moved to the id that local id was linked to.
 
-    Its id is made again under the surviving id, so the same fact sent by another source about
-    the same person has the same id (and is published once).
+    It keeps its id, made at ingest from the patient id its input names: were the id made again
+    under the surviving id, the same input would give one id when its link was processed first and
+    another when it was not, and what recipients hold would depend on arrival order (docs/CONSENT.md,
+    "Convergence"). The same fact sent by two sources that both name the qualified INS still has one id.
     """
     resource = with_patient(event["resource"], surviving)
     return {
         **event,
-        "event_id": event_id_for(surviving, resource),
         "patient_id": surviving,
         "resource": resource,
         "provenance": {**event["provenance"], "steps": [*event["provenance"]["steps"], "patient-id:linked"]},
@@ -166,11 +169,15 @@ class IdentityStage:
         self.seen_messages = seen_messages
         self.seen_events = seen_events
 
-    def handle(self, record: dict[str, Any], *, now: datetime) -> list[Send]:
-        """Every record to produce for one identity-stage record, in order."""
+    def handle(self, record: dict[str, Any]) -> list[Send]:
+        """Every record to produce for one identity-stage record, in order.
+
+        A function of the record and the tables only (no clock): read again after a worker died,
+        the record makes the same sends, its receipt the same bytes.
+        """
         if record.get("type") == LINK_RECORD:
             return self._link(record)
-        return self._input(record, now)
+        return self._input(record)
 
     def _link(self, record: dict[str, Any]) -> list[Send]:
         """Record the link on the local id's partition, then send the input on to the INS id's.
@@ -196,12 +203,12 @@ class IdentityStage:
         forwarded = {**record["input"], "linked": link if newly_linked else None}
         return [Send("identity", ins_id, forwarded)]
 
-    def _input(self, record: dict[str, Any], now: datetime) -> list[Send]:
+    def _input(self, record: dict[str, Any]) -> list[Send]:
         announced = record.get("linked")
         if announced:
             # Here, on the INS id's partition, the link goes out before the input's own events.
             announcement = [Send("pathway", announced["ins_id"], linked_event(announced).to_dict())]
-            return announcement + self._input({**record, "linked": None}, now)
+            return announcement + self._input({**record, "linked": None})
         routing_id = record["patient_id"]
         surviving = self.aliases.get(routing_id, routing_id)
         origin = KafkaCoordinates(**record["ingest"])
@@ -216,9 +223,9 @@ class IdentityStage:
                 return [Send("identity", surviving, {**record, "patient_id": surviving})]
             redelivered, first_ids = first
             if not redelivered:
-                return [self._receipt(record, origin, now, "duplicate", first_ids)]
+                return [self._receipt(record, origin, "duplicate", first_ids)]
             # The very record processed here before the link: publish what it published then.
-        # An input moved here from a linked local id: its events take this id (and their ids with it).
+        # An input moved here from a linked local id: its events take this id (and keep their ids).
         events = [_under(e, routing_id) if e["patient_id"] != routing_id else e for e in record["events"]]
         record = {**record, "events": events}
         all_ids = [event["event_id"] for event in record["events"]]
@@ -226,7 +233,7 @@ class IdentityStage:
         if memo is not None and memo in self.seen_messages:
             first_ids, first_origin = _first_message(self.seen_messages[memo])
             if first_origin != record["ingest"]:
-                return [self._receipt(record, origin, now, "duplicate", first_ids)]
+                return [self._receipt(record, origin, "duplicate", first_ids)]
         sends: list[Send] = []
         published: set[str] = set()
         for event in record["events"]:
@@ -248,7 +255,7 @@ class IdentityStage:
                 "patient_id": routing_id,
             }
         status = "accepted" if sends or not all_ids else "duplicate"
-        sends.append(self._receipt(record, origin, now, status, all_ids))
+        sends.append(self._receipt(record, origin, status, all_ids))
         return sends
 
     def _first_seen(self, record: dict[str, Any], routing_id: str) -> tuple[bool, list[str]] | None:
@@ -272,14 +279,14 @@ class IdentityStage:
         return any(o == record["ingest"] for o in origins), ids
 
     @staticmethod
-    def _receipt(
-        record: dict[str, Any], origin: KafkaCoordinates, now: datetime, status: str, event_ids: list[str]
-    ) -> Send:
+    def _receipt(record: dict[str, Any], origin: KafkaCoordinates, status: str, event_ids: list[str]) -> Send:
         accepted = Accepted(record["source"], record.get("message_id"), ())
         # A record written before ingest forwarded warnings has none to report.
         warnings = record.get("warnings") or []
+        # The ingest record's timestamp, as ingest forwarded it: the same on every redelivery.
+        at = datetime.fromisoformat(record["recorded_at"])
         return Send(
             "receipts",
             record["source"],
-            receipt(accepted, origin, at=now, status=status, event_ids=event_ids, warnings=warnings),
+            receipt(accepted, origin, at=at, status=status, event_ids=event_ids, warnings=warnings),
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 from hub.ingest.outcome import IngestOutcome, KafkaCoordinates, Rejected
 from hub.normalise.time import utc_iso
+from hub.topics import TopicNames, is_source_id
 
 ERROR_CODE_HEADER = "hub-error-code"
 ERROR_DETAIL_HEADER = "hub-error-detail"
@@ -48,6 +49,11 @@ def receipt(
 ) -> dict[str, Any]:
     """The receipt for one ingest record.
 
+    Receipts are delivered at least once: a worker that dies before committing its input's offset
+    answers that input again. So a receipt is a function of the input alone, the same bytes each
+    time: ``at`` is the ingest record's own timestamp (never a clock), and consumers de-duplicate by
+    ``ingest`` (topic, partition, offset), which names the input.
+
     For an accepted input, ``status`` may say ``duplicate`` and ``event_ids`` replace the outcome's
     own (the identity stage knows which facts were already published), and ``warnings`` the outcome's
     (the identity stage has them as ingest forwarded them, ``{code, detail}`` objects). A reject has
@@ -81,6 +87,16 @@ def receipt(
 def receipt_key(outcome: IngestOutcome) -> str:
     """Receipts are keyed by source id, so one source's receipts stay in order."""
     return outcome.source_id or UNKNOWN_SOURCE_KEY
+
+
+def receipt_topics(topics: TopicNames, source_id: str | None, *, registered: bool) -> tuple[str, ...]:
+    """Where one receipt goes: ``hub.receipts.v1`` (every receipt, for operators), and, for a
+    ``registered`` source, also that source's own ``hub.receipts.<source>.v1``, the only receipt
+    topic its principal may read. A source id no registry holds (a ``source.unknown`` reject's
+    header) never makes a topic: its receipt stays on ``hub.receipts.v1``, never lost to a bad name."""
+    if source_id is None or not registered or not is_source_id(source_id):
+        return (topics.receipts,)
+    return (topics.receipts, topics.source_receipts(source_id))
 
 
 def dlq_headers(
@@ -144,4 +160,4 @@ def dlq_record(
     )
 
 
-__all__ = ["DlqRecord", "dlq_headers", "dlq_record", "receipt", "receipt_key"]
+__all__ = ["DlqRecord", "dlq_headers", "dlq_record", "receipt", "receipt_key", "receipt_topics"]

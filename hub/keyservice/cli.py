@@ -26,12 +26,14 @@ def serve(host: str | None, port: int | None) -> None:
     Recipients authenticate with a credential from `hub recipients credentials issue`; every release
     and refusal is audited on hub.audit.v1 (docs/SECURITY.md, "Recipient key access").
     """
+    from hub.kafka.outage import watch_broker_of  # noqa: PLC0415
     from hub.keyservice.app import app_from_settings, server_tls  # noqa: PLC0415 - aiohttp only here
     from hub.keyservice.app import serve as serve_app  # noqa: PLC0415
     from hub.logging import configure_logging  # noqa: PLC0415
 
     settings = Settings()
     configure_logging(settings.log_level, json=settings.log_json)
+    watch_broker_of(settings)  # a broker outage: two events in the log, not a flood
     context, ca_file = server_tls(settings)
     app = app_from_settings(settings)
 

@@ -15,6 +15,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -93,6 +94,10 @@ def gather(
                     Check(f"lag {group}", lag <= max_lag, f"{lag} record(s) behind (max {max_lag})")
                 )
     for target in console.targets:
+        if _unnamed_port(target.url):  # HUB_METRICS_PORT=0 and no worker advertised an address
+            if not target.optional:
+                status.checks.append(Check("worker (HUB_METRICS_PORT=0)", False, _none_advertised(settings)))
+            continue
         step(f"scraping {target.name}")
         found = scrape(target)
         if target.optional and not found.up:  # no further worker on that port of the host
@@ -124,6 +129,24 @@ def gather(
             vars(r) for r in latest_rejects(settings.bootstrap_servers, console.watch.topics.dlq, rejects)
         ]
     return status
+
+
+def _unnamed_port(url: str) -> bool:
+    """Port 0: where the console's targets put a worker of ``HUB_METRICS_PORT=0`` that named none."""
+    try:
+        return urlsplit(url).port == 0
+    except ValueError:  # a malformed URL in HUB_CONSOLE_WORKER_URLS: its scrape says so
+        return False
+
+
+def _none_advertised(settings: Settings) -> str:
+    from hub.metrics import advertisement_dir  # noqa: PLC0415
+
+    return (
+        f"no running worker of app id {settings.app_id} named its metrics address in "
+        f"{advertisement_dir(settings.state_dir)} (HUB_METRICS_PORT=0): start one with the same "
+        "HUB_STATE_DIR, or list the workers in HUB_CONSOLE_WORKER_URLS"
+    )
 
 
 def render(status: Status, settings: Settings) -> None:

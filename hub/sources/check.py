@@ -32,7 +32,7 @@ from hub.ingest.decode import CONVERTED_VERSIONS
 from hub.ingest.outcome import Accepted, IngestRecord, IngestWarning, KafkaCoordinates, Rejected
 from hub.ingest.pipeline import IngestContext, process_ingest, with_patient
 from hub.normalise.versions import carried_element, dropped_element
-from hub.pathway.event import PathwayEvent, event_id_for
+from hub.pathway.event import PathwayEvent
 from hub.publish import fhir_files, publications_for_file
 
 #: The pseudo topic named in the provenance of checked events: nothing is read from Kafka.
@@ -256,12 +256,12 @@ class _Memory:
         )
 
     def event(self, event: PathwayEvent, identity: IdentityReport | None) -> EventReport:
-        """The event as the identity stage would publish it: under the surviving id when linked."""
+        """The event as the identity stage would publish it: under the surviving id when linked (its
+        id unchanged: hub.identity.stage._under)."""
         resource = event.resource
         event_id = event.event_id
         if identity is not None and identity.routed_to is not None:
             resource = with_patient(resource, identity.routed_to)
-            event_id = event_id_for(identity.routed_to, resource)
         return EventReport(
             event_id=event_id,
             kind=event.kind,

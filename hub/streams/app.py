@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import faust
 
 from hub import metrics
 from hub.alerts.stage import EligibilityStage
+from hub.audit.chainkey import ChainKey
 from hub.audit.stage import add_sealing_agent
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy
 from hub.consent.share import ShareStage
@@ -29,7 +30,14 @@ from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
 from hub.networks import NetworkRegistry, reload
 from hub.settings import Settings
 from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
-from hub.streams.routing import AlertRouter, IdentityRouter, IngestRouter, Outgoing, ShareRouter
+from hub.streams.routing import (
+    REGISTRY_CHECK_SECONDS,
+    AlertRouter,
+    IdentityRouter,
+    IngestRouter,
+    Outgoing,
+    ShareRouter,
+)
 from hub.streams.store import STORE_URLS, claim_table_folder, table_options
 from hub.topics import TopicNames
 
@@ -43,6 +51,7 @@ TABLES = (
     "identity-seen-messages",
     "identity-seen-events",
     "share-state",
+    "share-decided",
     "eligibility-facts",
     "eligibility-alerted",
 )
@@ -123,7 +132,7 @@ def erased_input(record: IngestRecord, topics: TopicNames, at: datetime) -> list
     """
     from hub.consent.audit import audit_reject  # noqa: PLC0415
     from hub.ingest.receipts import receipt, receipt_key  # noqa: PLC0415
-    from hub.streams.routing import _json  # noqa: PLC0415
+    from hub.streams.routing import _json, receipt_records  # noqa: PLC0415
 
     rejected = Rejected(
         ErrorCode.PATIENT_ERASED,
@@ -131,12 +140,21 @@ def erased_input(record: IngestRecord, topics: TopicNames, at: datetime) -> list
         printable_id(record.header(SOURCE_HEADER)),
         message_id_of(record),
     )
-    key = receipt_key(rejected).encode()
+    key = receipt_key(rejected)
     return [
         Outgoing(
-            topics.audit_unsealed, key, _json(audit_reject(rejected, origin=record.origin, recorded=at))
+            topics.audit_unsealed,
+            key.encode(),
+            _json(audit_reject(rejected, origin=record.origin, recorded=at)),
         ),
-        Outgoing(topics.receipts, key, _json(receipt(rejected, record.origin, at=at))),
+        # Only an accepted input's record is sealed under its patient's key, so its source is a
+        # registered one; ``at`` is the record's timestamp, as every receipt's (hub.ingest.receipts).
+        *receipt_records(
+            topics,
+            key,
+            receipt(rejected, record.origin, at=record.timestamp),
+            registered=rejected.source_id is not None,
+        ),
     ]
 
 
@@ -230,11 +248,15 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
     policy: PolicyConfig | None = None,
     networks: NetworkRegistry | None = None,
     keyring: Keyring | None = None,
+    audit_chain_key: ChainKey | None = None,
+    create_receipt_topics: Callable[[Collection[str]], object] | None = None,
 ) -> faust.App:
     """The faust app: ingest, identity and share agents; call once per worker process.
 
     Records that carry clinical data are sealed on their way out and opened on their way in
-    (``hub.crypto.records``); without a ``keyring`` one is made from the settings' KEK and key store.
+    (``hub.crypto.records``); without a ``keyring`` one is made from the settings' KEK and key store,
+    and without an ``audit_chain_key`` the sealing stage reads it from the settings (hub.audit).
+    ``create_receipt_topics`` makes the receipt topics of sources added while the worker runs.
     """
     topics = TopicNames(settings.topic_prefix)
     app = faust.App(
@@ -294,6 +316,7 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
             topics.share_merge,
             topics.alerts,
             *(topics.prefix + recipient.topic for recipient in recipients),
+            *(topics.source_receipts(source_id) for source_id in context.registry.sources),
         )
     }
 
@@ -304,12 +327,12 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
     )
     table = functools.partial(make_table, app, settings, crypto.keyring)
 
-    ingest_router = IngestRouter(context, topics)
+    ingest_router = IngestRouter(context, topics, create_receipt_topics=create_receipt_topics)
     identity_router = IdentityRouter(
         IdentityStage(
-            aliases=table(TABLES[0]),
-            seen_messages=table(TABLES[1]),
-            seen_events=table(TABLES[2]),
+            aliases=table("identity-aliases"),
+            seen_messages=table("identity-seen-messages"),
+            seen_events=table("identity-seen-events"),
         ),
         topics,
     )
@@ -318,19 +341,23 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         ShareStage(
             recipients,
             policy or load_policy(settings.policy_file),
-            table(TABLES[3]),
+            table("share-state"),
             topic_prefix=topics.prefix,
             audit_topic=topics.audit_unsealed,
             merge_topic=topics.share_merge,
+            decided=table("share-decided"),
         )
     )
 
     async def send(out: Outgoing) -> Any:
+        topic = outputs.get(out.topic)
+        if topic is None:
+            # A source's own receipt topic (hub.receipts.<source>.v1): sources come and go with the
+            # registry, which the worker reloads while it runs.
+            topic = outputs[out.topic] = raw_topic(out.topic)
         # force: sent now, not attached to the input for later (faust's default), so the agent
         # learns of each record's fate before it takes the next input (hub.streams.delivery).
-        return await outputs[out.topic].send(
-            key=out.key, value=out.value, headers=list(out.headers), force=True
-        )
+        return await topic.send(key=out.key, value=out.value, headers=list(out.headers), force=True)
 
     async def deliver_batch(
         name: str,
@@ -428,14 +455,20 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
     # Carry a linked identity's sharing state to the surviving id (co-partitioned with the pathway).
     agent("share-merge", merge_topic, lambda m: share_router.route_merge(m.value))
     # Chain every stage's AuditEvents into hub.audit.v1, one writer per partition (hub.audit).
-    add_sealing_agent(app, settings, topics, raw_topic)
+    add_sealing_agent(app, settings, topics, raw_topic, chain_key=audit_chain_key)
 
     # GP alerts, from each GP practice's own topic: only what that practice may see.
     practices = {r.id: r for r in recipients if r.kind == "gp"}
     if practices and networks is not None and len(networks):
         practice_topics = {rid: topics.prefix + r.topic for rid, r in practices.items()}
         alert_router = AlertRouter(
-            EligibilityStage(practices, networks, context.registry, table(TABLES[4]), table(TABLES[5])),
+            EligibilityStage(
+                practices,
+                networks,
+                context.registry,
+                table("eligibility-facts"),
+                table("eligibility-alerted"),
+            ),
             topics,
             practice_topics,
         )
@@ -460,6 +493,12 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
             ),
             lambda m: alert_router.route(m.topic, m.value),
         )
+
+    @app.timer(interval=REGISTRY_CHECK_SECONDS)  # type: ignore[untyped-decorator]  # faust's is untyped
+    async def refresh_sources() -> None:
+        """Ingest looks at the registry as inputs come; this looks without them too, so that a source
+        just registered has its receipt topic (which `hub publish` waits on) before its first input."""
+        ingest_router.refresh_registry()
 
     schedule_ingest_purge(app, settings, topics)
     # hub_table_keys: every table's size, counted by a faust timer (docs/OPERATIONS.md).

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -17,7 +18,7 @@ from hub.errors import ErrorCode, HubError
 from hub.identity.stage import IdentityStage, input_record, link_record
 from hub.ingest.outcome import IngestOutcome, IngestRecord, Rejected
 from hub.ingest.pipeline import SOURCE_HEADER, IngestContext, message_id_of, printable_id, process_ingest
-from hub.ingest.receipts import dlq_limit, dlq_record, receipt, receipt_key
+from hub.ingest.receipts import dlq_limit, dlq_record, receipt, receipt_key, receipt_topics
 from hub.logging import get_logger
 from hub.normalise.codes import UnmappedCounter
 from hub.topics import TopicNames
@@ -50,6 +51,16 @@ def _json(document: object) -> bytes:
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def receipt_records(
+    topics: TopicNames, key: str, value: Mapping[str, Any], *, registered: bool
+) -> list[Outgoing]:
+    """One receipt as Kafka records: the same bytes on ``hub.receipts.v1`` and, when its source is
+    ``registered``, on that source's own ``hub.receipts.<source>.v1`` (hub.ingest.receipts)."""
+    encoded = _json(value)
+    where = receipt_topics(topics, value.get("source"), registered=registered)
+    return [Outgoing(topic, key.encode(), encoded) for topic in where]
+
+
 class IngestRouter:
     """Decides, for one ingest record, every record to send.
 
@@ -57,11 +68,21 @@ class IngestRouter:
     here. An input with events goes on to the identity stage (``hub.identity.v1``), keyed by its
     patient, which publishes the events and the receipt; when the input links a local id to a
     qualified INS, a link record keyed by the local id goes first.
+
+    ``create_receipt_topics`` makes the receipt topics of sources added to the registry while the
+    worker runs (the broker creates no topic by itself), before their inputs are accepted.
     """
 
-    def __init__(self, context: IngestContext, topics: TopicNames) -> None:
+    def __init__(
+        self,
+        context: IngestContext,
+        topics: TopicNames,
+        *,
+        create_receipt_topics: Callable[[Collection[str]], object] | None = None,
+    ) -> None:
         self.context = context
         self.topics = topics
+        self.create_receipt_topics = create_receipt_topics
         self.unmapped = UnmappedCounter()
         self._registry_checked = time.monotonic()
 
@@ -83,8 +104,34 @@ class IngestRouter:
             log.error("sources.reload_refused", code=str(exc.code), error=exc.message, hint=exc.hint)
             self.context = replace(self.context, registry=replace(registry, watched=registry.stamped()))
             return
+        added = sorted(set(fresh.sources) - set(registry.sources))
+        if added and self.create_receipt_topics is not None:
+            try:
+                # A blocking admin call on the agent's loop, but only when a source is added.
+                self.create_receipt_topics(added)
+            except HubError as exc:
+                # An accepted input's receipt could not be sent without its topic: keep the registry
+                # as it was (the new source's inputs are refused source.unknown, for a replay) and
+                # try again at the next check, since the files still differ from the registry's.
+                log.error(
+                    "sources.receipt_topics_failed", code=str(exc.code), error=exc.message, hint=exc.hint
+                )
+                return
         self.context = replace(self.context, registry=fresh)
         log.info("sources.reloaded", sources=len(fresh))
+
+    def _registered(self, source_id: str | None) -> bool:
+        return source_id is not None and self.context.registry.get(source_id) is not None
+
+    def _receipt(self, outcome: IngestOutcome, record: IngestRecord) -> list[Outgoing]:
+        """The input's receipt records. ``at`` is the ingest record's timestamp, not the clock: the
+        same input read again (a redelivery) gets the same bytes (hub.ingest.receipts.receipt)."""
+        return receipt_records(
+            self.topics,
+            receipt_key(outcome),
+            receipt(outcome, record.origin, at=record.timestamp),
+            registered=self._registered(outcome.source_id),
+        )
 
     def outcome_for(self, record: IngestRecord, *, now: datetime) -> IngestOutcome:
         """The pure outcome; a bug in the core becomes a reject so the partition keeps moving."""
@@ -112,13 +159,7 @@ class IngestRouter:
         self.unmapped.add(outcome.source_id, outcome.unmapped_codes)
         if outcome.patient_id is None:
             log.info("ingest.accepted", source=outcome.source_id, events=0)
-            return [
-                Outgoing(
-                    self.topics.receipts,
-                    receipt_key(outcome).encode(),
-                    _json(receipt(outcome, record.origin, at=at)),
-                )
-            ]
+            return self._receipt(outcome, record)
         log.info("ingest.accepted", source=outcome.source_id, events=len(outcome.events))
         if outcome.link is not None:
             # The link record carries the input: it reaches the INS id only after the link is known.
@@ -167,11 +208,7 @@ class IngestRouter:
                 receipt_key(outcome).encode(),
                 _json(audit_reject(outcome, origin=record.origin, recorded=at)),
             ),
-            Outgoing(
-                self.topics.receipts,
-                receipt_key(outcome).encode(),
-                _json(receipt(outcome, record.origin, at=at)),
-            ),
+            *self._receipt(outcome, record),
         ]
 
     def replacing(
@@ -224,9 +261,9 @@ class IdentityRouter:
         self.stage = stage
         self.topics = topics
 
-    def route(self, value: bytes, *, now: datetime | None = None) -> list[Outgoing]:
+    def route(self, value: bytes) -> list[Outgoing]:
         """Every record to produce for one ``hub.identity.v1`` record."""
-        sends = self.stage.handle(json.loads(value), now=now or datetime.now(UTC))
+        sends = self.stage.handle(json.loads(value))
         out = []
         for send in sends:
             if send.topic == "pathway":
@@ -241,7 +278,8 @@ class IdentityRouter:
             elif send.topic == "identity":
                 out.append(Outgoing(self.topics.identity, send.key.encode(), _json(send.value)))
             else:
-                out.append(Outgoing(self.topics.receipts, send.key.encode(), _json(send.value)))
+                # The stage answers accepted inputs only, whose source ingest found registered.
+                out += receipt_records(self.topics, send.key, send.value, registered=True)
         return out
 
 

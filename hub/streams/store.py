@@ -29,6 +29,7 @@ import json
 import re
 import shutil
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,6 +42,10 @@ from hub.settings import Settings
 
 #: Tables that remember what the hub has seen, to answer "duplicate": forgotten past the horizon.
 HORIZON_TABLES = frozenset({"identity-seen-messages", "identity-seen-events"})
+#: The share stage's decisions (hub.consent.decisions): kept for the policy's look-back of late
+#: release (``backfill_days`` in config/policy.json), and a day more.
+DECISION_TABLES = frozenset({"share-decided"})
+
 #: faust's store scheme of each HUB_TABLE_STORE.
 STORE_URLS = {"rocksdb://": "hubrocksdb://", "memory://": "memory://"}
 
@@ -125,6 +130,23 @@ def horizon_seconds(settings: Settings) -> int:
     return settings.dedupe_horizon_days * SECONDS_PER_DAY
 
 
+def decision_memory_seconds(settings: Settings) -> int:
+    """How long the share stage's decisions are kept: the policy's look-back, and a day more, so that
+    no record the stage may still read is dropped first."""
+    from hub.consent import load_policy  # noqa: PLC0415 - the policy file is read only for this table
+
+    return int((load_policy(settings.policy_file).backfill + timedelta(days=1)).total_seconds())
+
+
+def forget_after_seconds(settings: Settings, table: str) -> int | None:
+    """After how long ``table`` forgets an entry (RocksDB TTL and changelog retention); None: never."""
+    if table in HORIZON_TABLES:
+        return horizon_seconds(settings)
+    if table in DECISION_TABLES:
+        return decision_memory_seconds(settings)
+    return None
+
+
 def table_options(settings: Settings, table: str) -> dict[str, Any] | None:
     """The store options of ``table``: rocksdict, the memory budget, the horizon as TTL; None for memory.
 
@@ -136,27 +158,30 @@ def table_options(settings: Settings, table: str) -> dict[str, Any] | None:
         "driver": "rocksdict",
         "memory_budget_bytes": settings.table_memory_mb * MEBIBYTE,
     }
-    if table in HORIZON_TABLES:
+    forget = forget_after_seconds(settings, table)
+    if forget is not None:
         # RocksDB's TTL (rocksdict AccessType.with_ttl): an entry written longer ago than this is
         # dropped by the next compaction that reaches it.
-        options["ttl"] = horizon_seconds(settings)
+        options["ttl"] = forget
     return options
 
 
 def changelog_configs(settings: Settings, table: str) -> dict[str, str]:
     """The cleanup configs of ``table``'s changelog topic.
 
-    Compacted (the latest value of each key); the de-duplication tables' also deleted past the
-    horizon, so that a worker rebuilding them from the changelog does not bring forgotten entries back.
+    Compacted (the latest value of each key); the tables that forget (the de-duplication tables past
+    the horizon, the share stage's decisions past the policy's look-back) also deleted past that, so
+    that a worker rebuilding them from the changelog does not bring forgotten entries back.
     Deletions (tombstones) are kept for the horizon too, not Kafka's default day: a worker that takes
     a partition back after a while reads the changelog from where its folder stopped, and must still
     find the deletions made meanwhile (a patient's held events, released).
     """
     horizon_ms = str(horizon_seconds(settings) * 1000)
-    if table in HORIZON_TABLES:
+    forget = forget_after_seconds(settings, table)
+    if forget is not None:
         return {
             "cleanup.policy": "compact,delete",
-            "retention.ms": horizon_ms,
+            "retention.ms": str(forget * 1000),
             "delete.retention.ms": horizon_ms,
         }
     return {"cleanup.policy": "compact", "delete.retention.ms": horizon_ms}

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from pathlib import Path
 
 import faust
 
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy, load_recipients
 from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
+from hub.crypto.retention import DLQ_SEGMENT_MS, bound_for
 from hub.ingest.pipeline import IngestContext
 from hub.ingest.receipts import CONTRACT_RECORD_FACTOR
 from hub.kafka.admin import align_topic_configs, ensure_topics, topic_ids
+from hub.kafka.outage import watch_broker_of
 from hub.kafka.security import KafkaSecurity
 from hub.logging import configure_logging, get_logger
-from hub.metrics import start_server
+from hub.metrics import advertise, start_server
 from hub.networks import load_networks
 from hub.normalise.codes import load_concept_maps
 from hub.settings import Settings
@@ -52,14 +56,44 @@ def share_config(settings: Settings) -> tuple[RecipientRegistry, PolicyConfig]:
     return recipients, load_policy(settings.policy_file)
 
 
-def create_contract_topics(settings: Settings) -> list[str]:
-    """Create the contract's topics, every recipient's and the internal ones; return those created."""
+def registered_source_ids(settings: Settings) -> list[str]:
+    """The ids of the source registry (schema-checked; its secrets are not needed to name topics)."""
+    from hub.acl.sync import source_ids  # noqa: PLC0415 - the registry's ids, as `hub acl` reads them
+
+    return source_ids(settings.sources_file)
+
+
+def create_receipt_topics(settings: Settings, source_ids: Iterable[str]) -> list[str]:
+    """Create the missing receipt topics of these registered sources (``hub.receipts.<id>.v1``)."""
+    names = TopicNames(settings.topic_prefix)
+    return ensure_topics(
+        settings.bootstrap_servers,
+        [names.source_receipts(source_id) for source_id in source_ids],
+        partitions=settings.topic_partitions,
+        replication_factor=settings.replication_factor,
+        security=KafkaSecurity.from_settings(settings),
+        configs={"max.message.bytes": str(CONTRACT_RECORD_FACTOR * settings.max_payload_bytes)},
+    )
+
+
+def create_contract_topics(settings: Settings, source_ids: Iterable[str] | None = None) -> list[str]:
+    """Create the contract's topics, every recipient's, every registered source's receipt topic
+    (``source_ids``; default: those of HUB_SOURCES_FILE) and the internal ones; return those created."""
     names = TopicNames(settings.topic_prefix)
     recipients, _ = share_config(settings)
+    sources = registered_source_ids(settings) if source_ids is None else list(source_ids)
     # Replication None: min(3, brokers) with min.insync.replicas=2 on a cluster (hub.kafka.admin).
     security = KafkaSecurity.from_settings(settings)
-    # The sources' bytes in the clear: ingest is a transit buffer, the DLQ (encrypted) is kept for
-    # replay; both for a bounded time (docs/SECURITY.md). Created first, so the call below skips them.
+    # The sources' bytes in the clear: ingest is a transit buffer whose segments roll and leave the
+    # disks within HUB_ERASURE_BOUND_SECONDS of processing (hub.crypto.retention); the DLQ (sealed) is
+    # kept for replay, its segments rolled daily. Created first, so the call below skips them.
+    bound = bound_for(
+        settings.bootstrap_servers,
+        bound_seconds=settings.erasure_bound_seconds,
+        purge_seconds=settings.ingest_purge_seconds,
+        security=security,
+    )
+    segments = {names.ingest: bound.topic_configs(), names.dlq: {"segment.ms": str(DLQ_SEGMENT_MS)}}
     created: list[str] = []
     for topic, retention_ms in ((names.ingest, INGEST_RETENTION_MS), (names.dlq, DLQ_RETENTION_MS)):
         created += ensure_topics(
@@ -71,11 +105,21 @@ def create_contract_topics(settings: Settings) -> list[str]:
             configs={
                 "max.message.bytes": str(CONTRACT_RECORD_FACTOR * settings.max_payload_bytes),
                 "retention.ms": str(retention_ms),
+                **segments[topic],
             },
         )
+        # An older topic, or a changed bound: the segment configs the bound rests on are set again
+        # (its retention stays as the operator may have set it).
+        aligned = align_topic_configs(settings.bootstrap_servers, [topic], segments[topic], security=security)
+        for changed in aligned:
+            log.info("topics.configs_changed", topic=changed, configs=segments[topic])
     created += ensure_topics(
         settings.bootstrap_servers,
-        [*names.contract(), *(names.prefix + recipient.topic for recipient in recipients)],
+        [
+            *names.contract(),
+            *(names.prefix + recipient.topic for recipient in recipients),
+            *(names.source_receipts(source_id) for source_id in sources),
+        ],
         partitions=settings.topic_partitions,
         replication_factor=settings.replication_factor,
         security=security,
@@ -137,12 +181,20 @@ def forget_foreign_tables_of(settings: Settings, tabledir: Path) -> None:
 def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
     configure_logging(settings.log_level, json=settings.log_json)
+    watch_broker_of(settings)  # a broker outage: two events in the log, not a flood (hub.kafka.outage)
     context = ingest_context(settings)
-    created = create_contract_topics(settings)
+    created = create_contract_topics(settings, source_ids=context.registry.sources)
     log.info("worker.starting", sources=len(context.registry), topics_created=created)
     recipients, policy = share_config(settings)
     networks = load_networks(settings.networks_dir)
-    app = create_app(settings, context, recipients=recipients, policy=policy, networks=networks)
+    app = create_app(
+        settings,
+        context,
+        recipients=recipients,
+        policy=policy,
+        networks=networks,
+        create_receipt_topics=functools.partial(create_receipt_topics, settings),
+    )
     if settings.table_store == "rocksdb://":
         forget_foreign_tables_of(settings, Path(app.conf.tabledir))
     try:
@@ -158,6 +210,7 @@ def run_worker(settings: Settings) -> None:
         )
     else:
         log.info("metrics.listening", host=host, port=port, url=f"http://{host}:{port}/metrics")
+        advertise(settings.state_dir, settings.app_id, host, port)  # how `hub status` finds port 0
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from hub.audit.chainkey import ChainKey
 from hub.errors import ErrorCode
 from hub.identity.network_id import INS_NIR, PatientKey
 from hub.identity.stage import IdentityStage
@@ -39,6 +40,8 @@ SOURCE = Source(
 )
 CONTEXT = IngestContext(registry=SourceRegistry({SOURCE.id: SOURCE}), pseudonym_key=KEY)
 TOPICS = TopicNames("f.")
+#: The registered source's own receipt topic: each of its receipts is also written there, same bytes.
+OWN_RECEIPTS = TOPICS.source_receipts(SOURCE.id)
 INS = "185057800608436"
 LOCAL_ID = PatientKey("local", SOURCE.id, "P-1").network_id(KEY)
 INS_ID = PatientKey("ins", INS_NIR, INS).network_id(KEY)
@@ -107,7 +110,7 @@ def through_both(ingest: IngestRouter, identity: IdentityRouter, rec: IngestReco
         sent.append(out)
         if out.topic == TOPICS.identity:
             assert out.value is not None
-            pending[:0] = identity.route(out.value, now=NOW)
+            pending[:0] = identity.route(out.value)
     return sent
 
 
@@ -147,7 +150,8 @@ def test_a_rejected_record_goes_to_the_dlq_unchanged_with_a_receipt() -> None:
     """Rejected: the original bytes and headers to the DLQ, plus code, detail and origin; then a receipt."""
     bad = record({"resourceType": "Condition", "subject": {"reference": "Group/x"}})
     sent = ingest_router().route(bad, b"k", now=NOW)
-    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit_unsealed, TOPICS.receipts]
+    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit_unsealed, TOPICS.receipts, OWN_RECEIPTS]
+    assert (sent[3].key, sent[3].value) == (sent[2].key, sent[2].value)
     assert sent[0].value == bad.value and sent[0].key == b"k"
     headers = dict(sent[0].headers)
     assert headers["hub-error-code"] == b"patient.unresolved"
@@ -160,9 +164,11 @@ def test_a_rejected_record_goes_to_the_dlq_unchanged_with_a_receipt() -> None:
 
 
 def test_an_input_about_no_patient_gets_its_receipt_at_ingest() -> None:
-    """Accepted with no event (an Organization): only an ``accepted`` receipt, with no event ids."""
-    [out] = ingest_router().route(record(ORGANIZATION), b"msg-1", now=NOW)
+    """Accepted with no event (an Organization): only an ``accepted`` receipt (and its source's copy),
+    with no event ids."""
+    [out, own] = ingest_router().route(record(ORGANIZATION), b"msg-1", now=NOW)
     assert (out.topic, out.key) == (TOPICS.receipts, SOURCE.id.encode())
+    assert (own.topic, own.key, own.value) == (OWN_RECEIPTS, out.key, out.value)
     receipt = value_of(out)
     assert (receipt["status"], receipt["event_ids"], receipt["message_id"]) == ("accepted", [], "msg-1")
     assert schema_errors("receipt.schema.json", receipt) == []
@@ -178,7 +184,7 @@ def test_a_bug_in_the_core_becomes_a_reject_and_the_partition_moves_on(
 
     monkeypatch.setattr(routing, "process_ingest", explode)
     sent = ingest_router().route(record(CONDITION), b"msg-1", now=NOW)
-    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit_unsealed, TOPICS.receipts]
+    assert [out.topic for out in sent] == [TOPICS.dlq, TOPICS.audit_unsealed, TOPICS.receipts, OWN_RECEIPTS]
     assert dict(sent[0].headers)["hub-error-code"] == b"hub.internal_error"
     receipt = value_of(sent[2])
     assert receipt["error"]["code"] == ErrorCode.INTERNAL
@@ -212,7 +218,7 @@ def test_receipts_carry_warnings_through_both_agents() -> None:
     ]
     assert (first["status"], first["warnings"]) == ("accepted", expected)
     assert (again["status"], again["warnings"]) == ("duplicate", expected)
-    [alone] = ingest.route(
+    [alone, _own] = ingest.route(
         record({"resourceType": "Medication", "status": "active"}, offset=9), None, now=NOW
     )
     assert value_of(alone)["warnings"][0]["code"] == "resource.ignored"
@@ -230,8 +236,13 @@ def test_the_identity_router_publishes_events_keyed_by_patient_then_the_receipt(
     """Identity stage sends become pathway records (key patient id, hub-event-id header), then a receipt."""
     [forwarded] = ingest_router().route(record(CONDITION), None, now=NOW)
     assert forwarded.value is not None
-    event_out, receipt_out = identity_router().route(forwarded.value, now=NOW)
-    assert (event_out.topic, receipt_out.topic) == (TOPICS.pathway, TOPICS.receipts)
+    event_out, receipt_out, own_out = identity_router().route(forwarded.value)
+    assert (event_out.topic, receipt_out.topic, own_out.topic) == (
+        TOPICS.pathway,
+        TOPICS.receipts,
+        OWN_RECEIPTS,
+    )
+    assert (own_out.key, own_out.value) == (receipt_out.key, receipt_out.value)
     event = value_of(event_out)
     assert event_out.key == event["patient_id"].encode() == LOCAL_ID.encode()
     assert dict(event_out.headers) == {EVENT_ID_HEADER: event["event_id"].encode()}
@@ -248,14 +259,14 @@ def test_a_link_then_a_local_input_are_published_under_the_ins_id() -> None:
     ingest, identity = ingest_router(), identity_router()
     first = through_both(ingest, identity, record(QUALIFIED_PATIENT, message_id="m-1"))
     assert [out.topic for out in first] == [
-        TOPICS.identity, TOPICS.identity, TOPICS.pathway, TOPICS.pathway, TOPICS.receipts,
+        TOPICS.identity, TOPICS.identity, TOPICS.pathway, TOPICS.pathway, TOPICS.receipts, OWN_RECEIPTS,
     ]  # fmt: skip
     assert (first[0].key, first[1].key) == (LOCAL_ID.encode(), INS_ID.encode())
     assert value_of(first[1])["linked"]["local_id"] == LOCAL_ID
     assert [value_of(out)["kind"] for out in first[2:4]] == ["patient.linked", "patient"]
     assert {out.key for out in first if out.topic == TOPICS.pathway} == {INS_ID.encode()}
     later = through_both(ingest, identity, record(CONDITION, message_id="m-2", offset=8))
-    [forwarded, moved, published, receipt] = later
+    [forwarded, moved, published, receipt, _own] = later
     assert forwarded.key == LOCAL_ID.encode()
     assert (moved.topic, moved.key) == (TOPICS.identity, INS_ID.encode())
     assert published.key == INS_ID.encode()
@@ -269,7 +280,7 @@ def test_a_resent_message_id_is_receipted_duplicate_and_sends_no_event() -> None
     ingest, identity = ingest_router(), identity_router()
     first = through_both(ingest, identity, record(CONDITION))
     again = through_both(ingest, identity, record(CONDITION, offset=8))
-    assert [out.topic for out in again] == [TOPICS.identity, TOPICS.receipts]
+    assert [out.topic for out in again] == [TOPICS.identity, TOPICS.receipts, OWN_RECEIPTS]
     receipt = value_of(again[-1])
     assert receipt["status"] == "duplicate"
     assert receipt["event_ids"] == value_of(first[-1])["event_ids"]
@@ -282,7 +293,7 @@ def test_without_a_message_id_the_same_fact_is_a_duplicate_with_its_event_id() -
     one = through_both(ingest, identity, record(CONDITION, message_id=None))
     two = through_both(ingest, identity, record(CONDITION, message_id=None, offset=9))
     event_id = value_of(one[1])["event_id"]
-    assert [out.topic for out in two] == [TOPICS.identity, TOPICS.receipts]
+    assert [out.topic for out in two] == [TOPICS.identity, TOPICS.receipts, OWN_RECEIPTS]
     assert (value_of(two[-1])["status"], value_of(two[-1])["event_ids"]) == ("duplicate", [event_id])
 
 
@@ -307,7 +318,7 @@ def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tabl
         topic_prefix="f.", topic_partitions=4, bootstrap_servers="127.0.0.1:1", table_dir=tmp_path / "tables"
     )
     keyring = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(bytes(32)))
-    app = create_app(settings, CONTEXT, keyring=keyring)
+    app = create_app(settings, CONTEXT, keyring=keyring, audit_chain_key=ChainKey(bytes(32)))
     agents = {agent.channel.get_topic_name(): agent for agent in app.agents.values()}
     assert {TOPICS.ingest, TOPICS.identity} <= set(agents)
     assert (agents[TOPICS.ingest].concurrency, agents[TOPICS.identity].concurrency) == (1, 1)
@@ -326,8 +337,9 @@ def test_a_refused_identity_record_ends_the_input_as_an_internal_reject_kept_who
     router = ingest_router()
     rec = record(CONDITION)
     [refused] = router.route(rec, b"msg-1", now=NOW)
-    dlq, audit, receipt = router.replacing(rec, b"msg-1", refused, "MessageSizeTooLargeError", now=NOW)
+    dlq, audit, receipt, own = router.replacing(rec, b"msg-1", refused, "MessageSizeTooLargeError", now=NOW)
     assert (dlq.topic, audit.topic, receipt.topic) == (TOPICS.dlq, TOPICS.audit_unsealed, TOPICS.receipts)
+    assert (own.topic, own.value) == (OWN_RECEIPTS, receipt.value)
     assert dlq.value == rec.value
     assert dict(dlq.headers)["hub-error-code"] == b"hub.internal_error"
     error = value_of(receipt)["error"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from faust.stores.memory import Store as MemoryStore
 
+from hub.audit.chainkey import ChainKey
 from hub.consent import load_recipients
 from hub.crypto import Keyring, KeyStore, LocalKeyProvider
 from hub.errors import ConfigError
@@ -20,6 +21,7 @@ from hub.sources.registry import SourceRegistry
 from hub.streams import store
 from hub.streams.app import TABLES, create_app
 from hub.streams.store import (
+    DECISION_TABLES,
     HORIZON_TABLES,
     RocksDBStore,
     changelog_configs,
@@ -39,6 +41,7 @@ def app_of(settings: Settings, tmp_path: Path) -> Any:
         settings,
         CONTEXT,
         keyring=keyring,
+        audit_chain_key=ChainKey(bytes(32)),
         recipients=load_recipients(ROOT / "config" / "recipients.demo.json"),
         networks=load_networks(settings.networks_dir),
     )
@@ -65,7 +68,12 @@ def test_by_default_every_table_is_in_rocksdb_within_one_memory_budget_and_the_d
         data = app.tables[name].data
         assert isinstance(data, RocksDBStore), name
         assert data.use_rocksdict, name
-        assert data.rocksdb_options.ttl == (30 * 24 * 3600 if name in HORIZON_TABLES else None), name
+        # The dedupe tables forget past the horizon, the share stage's decisions past the policy's
+        # look-back (30 days in config/policy.json) and a day; the others never.
+        expected_ttl = 30 * 24 * 3600 if name in HORIZON_TABLES else None
+        if name in DECISION_TABLES:
+            expected_ttl = 31 * 24 * 3600
+        assert data.rocksdb_options.ttl == expected_ttl, name
         assert data.rocksdb_options.budget_bytes == 64 * 1024 * 1024
     # Two databases opened with the store's options: each one's writes are charged to the one budget.
     seen = app.tables["identity-seen-events"].data.rocksdb_options
@@ -122,6 +130,8 @@ def test_the_dedupe_changelogs_are_deleted_past_the_horizon_and_the_others_only_
         expected = (
             {"cleanup.policy": "compact,delete", "retention.ms": horizon_ms}
             if name in HORIZON_TABLES
+            else {"cleanup.policy": "compact,delete", "retention.ms": str(31 * 24 * 3600 * 1000)}
+            if name in DECISION_TABLES
             else {"cleanup.policy": "compact"}
         )
         # Deletions are kept as long: a folder that catches up after a while still finds them.

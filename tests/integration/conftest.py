@@ -28,6 +28,8 @@ SYNTHEA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "synthea-r4"
 PARTITIONS = 3
 #: The workers' key-encryption key (hub.crypto); tests read the encrypted topics with it.
 TEST_KEK = bytes(range(32))
+#: The workers' audit chain key (hub.audit.chainkey); tests forge audit records without it.
+TEST_AUDIT_CHAIN_KEY = bytes(range(32, 64))
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,8 @@ def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: P
         "HUB_LOG_JSON": "true",
         # Encryption at rest (hub.crypto): the test's KEK and its own key store.
         "HUB_KEK": TEST_KEK.hex(),
+        # The audit chain key (hub.audit): the workers seal with it, `hub audit verify` checks with it.
+        "HUB_AUDIT_CHAIN_KEY": TEST_AUDIT_CHAIN_KEY.hex(),
         "HUB_KEY_STORE_FILE": str(tmp_path / "keys" / "data-keys.sqlite3"),
         # The workers' RocksDB table folders (hub.streams.store), in the test's folder.
         "HUB_TABLE_DIR": str(tmp_path / "tables"),

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.skipif(
 def synthea_patient(path: Path, marker: str) -> dict[str, Any]:
     """A Synthea bundle with ``marker`` as the family name and in an Observation note; the patient lives
     in Guadeloupe, declares Dr X as GP and has an active cancer (so the GP is alerted)."""
-    bundle = copy.deepcopy(json.loads(path.read_text(encoding="utf-8")))
+    bundle: dict[str, Any] = copy.deepcopy(json.loads(path.read_text(encoding="utf-8")))
     patient_entry = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     patient = patient_entry["resource"]
     patient["name"][0]["family"] = marker

@@ -192,6 +192,15 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_redelivers_with_the_same_i
         assert {r["status"] for r in receipts} <= {"accepted", "duplicate"}
     statuses = Counter(r[0]["status"] for r in got.values())
     assert "rejected" not in statuses, statuses
+    # At least once, the same bytes (docs/INGEST.md, Receipts): every copy of one input's receipt (one
+    # `ingest` coordinates, the de-duplication key) is byte for byte the first.
+    copies_by_input: dict[str, set[bytes]] = defaultdict(set)
+    for record in hub_env.settle(hub_env.topics.receipts, quiet=2.0):
+        copies_by_input[json.dumps(record.json_value()["ingest"], sort_keys=True)].add(record.value or b"")
+    differing = {where: copies for where, copies in copies_by_input.items() if len(copies) > 1}
+    assert not differing, f"{len(differing)} inputs got receipts that differ, e.g. " + "; ".join(
+        sorted(copy.decode() for copy in next(iter(differing.values())))
+    )
 
     # Every event a receipt names is on the pathway; a repeat carries the same id and content.
     expected = {e for receipts in got.values() for r in receipts for e in r["event_ids"]}

@@ -6,6 +6,7 @@ One secured embedded broker for the module (``kafka_bootstrap`` is overridden he
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
+from kafka.structs import OffsetAndMetadata
 
 from hub.acl.model import CONSOLE_USER, WORKER_USER, source_user
 from hub.acl.sync import SyncResult, plan_from_files, run_sync
@@ -84,12 +86,14 @@ def admin_describe_users(broker: EmbeddedBroker, users: list[str]) -> dict[str, 
         admin.close()
 
 
-def produce(bootstrap: str, security: KafkaSecurity, topic: str, value: bytes) -> None:
+def produce(
+    bootstrap: str, security: KafkaSecurity, topic: str, value: bytes, *, partition: int | None = None
+) -> None:
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, **security.kafka_python()
     )
     try:
-        producer.send(topic, value).get(timeout=30)
+        producer.send(topic, value, partition=partition).get(timeout=30)
     finally:
         producer.close()
 
@@ -257,39 +261,59 @@ def test_acl_sync_is_idempotent_removes_what_the_registry_drops_and_keeps_secret
           f"{len(dropped.acls_removed)} ACLs and its user")  # fmt: skip
 
 
+def env_for(env: HubEnv, broker: EmbeddedBroker, user: str) -> dict[str, str]:
+    """The test's environment for a `hub` command logged in as ``user`` (HUB_KAFKA_*)."""
+    layout = broker.layout
+    return env.environ | {
+        "HUB_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "HUB_KAFKA_SSL_CAFILE": str(layout.tls.ca_cert),
+        "HUB_KAFKA_SASL_USERNAME": user,
+        "HUB_KAFKA_SASL_PASSWORD_FILE": str(password_file(layout.credentials_dir, user)),
+    }
+
+
+def hub_as(
+    env: HubEnv, broker: EmbeddedBroker, *args: str, user: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``hub ARGS`` as a user would run it, logged in as ``user``."""
+    return subprocess.run(
+        [sys.executable, "-m", "hub", *args], env=os.environ | env_for(env, broker, user),
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def secured_worker(env: HubEnv, broker: EmbeddedBroker) -> Iterator[subprocess.Popen[bytes]]:
+    """The test's topics (created by hub-worker), then a `hub worker` logged in as hub-worker."""
+    created = hub_as(env, broker, "topics", "create", user=WORKER_USER)
+    assert created.returncode == 0, created.stdout + created.stderr
+    with env.log_file.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "hub", "worker"], env=os.environ | env_for(env, broker, WORKER_USER),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield worker
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
 def test_a_worker_with_its_principal_runs_the_pipeline_end_to_end(
     hub_env: HubEnv, secure_broker: EmbeddedBroker
 ) -> None:
     """Secured: hub-worker creates the topics and processes one signed input its source published."""
     sync_registries(hub_env, secure_broker)
-    layout = secure_broker.layout
-
-    def env_for(user: str) -> dict[str, str]:
-        return hub_env.environ | {
-            "HUB_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-            "HUB_KAFKA_SSL_CAFILE": str(layout.tls.ca_cert),
-            "HUB_KAFKA_SASL_USERNAME": user,
-            "HUB_KAFKA_SASL_PASSWORD_FILE": str(password_file(layout.credentials_dir, user)),
-        }
-
-    def hub(*args: str, user: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hub", *args], env=os.environ | env_for(user),
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-
-    created = hub("topics", "create", user=WORKER_USER)
-    assert created.returncode == 0, created.stdout + created.stderr
-    with hub_env.log_file.open("wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "hub", "worker"], env=os.environ | env_for(WORKER_USER),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
+    with secured_worker(hub_env, secure_broker):
         sample = PROJECT_ROOT / "tests" / "fixtures" / "fhir" / "patient-ins-vali.json"
-        published = hub(
-            "publish", "--no-wait", "--source", "gp-test", str(sample), user=source_user("gp-test")
-        )
+        published = hub_as(
+            hub_env, secure_broker, "publish", "--no-wait", "--source", "gp-test", str(sample),
+            user=source_user("gp-test"),
+        )  # fmt: skip
         assert published.returncode == 0, published.stdout + published.stderr
         receipts: list[dict[str, object]] = []
         for record in read(
@@ -298,19 +322,81 @@ def test_a_worker_with_its_principal_runs_the_pipeline_end_to_end(
         ):  # fmt: skip
             receipts.append(record.json_value())
             break
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
     log_text = hub_env.log_file.read_text(errors="replace")
     assert receipts, "no receipt within 90 s; worker log:\n" + log_text[-3000:]
     assert receipts[0]["status"] == "accepted", receipts[0]
     assert receipts[0]["source"] == "gp-test"
     assert "AuthorizationFailed" not in log_text, log_text[-3000:]
     print(f"checked: secured worker accepted the signed input (event ids {receipts[0]['event_ids']})")
+
+
+def read_every_partition(bootstrap: str, security: KafkaSecurity, topic: str) -> list[bytes]:
+    """Every value of every partition of ``topic`` that ``security`` can read (no group), after 3 s quiet."""
+    return [
+        record.value or b""
+        for record in read(
+            bootstrap, [topic], idle_timeout=3.0, deadline=time.monotonic() + 60, security=security
+        )
+    ]
+
+
+def commit_in_group(bootstrap: str, security: KafkaSecurity, topic: str, group: str) -> None:
+    """Commit offset 0 of ``topic``'s partition 0 in ``group``: needs READ on the group."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **security.kafka_python()
+    )
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.commit({tp: OffsetAndMetadata(0, "", -1)})
+    finally:
+        consumer.close()
+
+
+def test_hub_publish_as_a_source_sees_its_receipt_and_that_source_reads_no_other_receipts(
+    hub_env: HubEnv, secure_broker: EmbeddedBroker
+) -> None:
+    """`hub publish` logged in as source-gp-test waits on hub.receipts.gp-test.v1 and sees its receipt;
+    the same principal is refused hub.receipts.v1, synthea's receipt topic and synthea's group."""
+    sync_registries(hub_env, secure_broker)
+    bootstrap, topics, prefix = hub_env.bootstrap, hub_env.topics, hub_env.topics.prefix
+    admin, source = as_user(secure_broker, ADMIN_USER), as_user(secure_broker, source_user("gp-test"))
+    own, others = topics.source_receipts("gp-test"), topics.source_receipts("synthea")
+    sample = PROJECT_ROOT / "tests" / "fixtures" / "fhir" / "patient-ins-vali.json"
+    with secured_worker(hub_env, secure_broker):
+        published = hub_as(
+            hub_env, secure_broker, "publish", "--source", "gp-test", "--timeout", "120", str(sample),
+            user=source_user("gp-test"), timeout=240,
+        )  # fmt: skip
+    log_text = hub_env.log_file.read_text(errors="replace")
+    output = published.stdout + published.stderr
+    assert published.returncode == 0, output + "\nworker log:\n" + log_text[-3000:]
+    assert "receipts: 1 accepted" in published.stdout and "not seen" not in output, output
+    assert "AuthorizationFailed" not in log_text, log_text[-3000:]
+
+    # Its own topic (all partitions) holds the receipt `hub publish` saw; it may commit in its group.
+    [mine] = [json.loads(value) for value in read_every_partition(bootstrap, source, own)]
+    assert (mine["source"], mine["status"]) == ("gp-test", "accepted")
+    commit_in_group(bootstrap, source, own, prefix + "source-gp-test")
+    with pytest.raises(GroupAuthorizationFailedError):
+        commit_in_group(bootstrap, source, own, prefix + "source-synthea")
+    # A record on partition 0 of each receipt topic it must not see: the hub's and synthea's.
+    for forbidden in (topics.receipts, others):
+        produce(bootstrap, admin, forbidden, b"not for source-gp-test", partition=0)
+        assert offsets_of(bootstrap, admin, forbidden)[TopicPartition(forbidden, 0)] >= 1
+        # Denied DESCRIBE is reported by name, and a fetch from offset 0 returns nothing.
+        with pytest.raises(TopicAuthorizationFailedError):
+            offsets_of(bootstrap, source, forbidden)
+        assert poll_from_start(bootstrap, source, forbidden, None) == []
+    # `hub publish --source synthea` run as source-gp-test cannot read synthea's receipts: it says so
+    # before sending anything, rather than waiting for receipts it could never see.
+    borrowed = hub_as(
+        hub_env, secure_broker, "publish", "--source", "synthea", str(sample), user=source_user("gp-test")
+    )
+    assert borrowed.returncode == 2, borrowed.stdout + borrowed.stderr
+    assert f"cannot read {others}" in borrowed.stderr and "nothing was sent" in borrowed.stderr
+    assert "sent " not in borrowed.stdout
+    print(f"checked: hub publish as source-gp-test saw its receipt on {own}; refused the others")
 
 
 def test_status_probes_the_secured_broker_over_tls(secure_broker: EmbeddedBroker) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 
 import pytest
 
-from .conftest import HubEnv
+from hub.metrics import advertised
+
+from .conftest import HubEnv, start_worker
 from .test_ingest_stage import observation, signed
 from .test_lag_and_table_sizes import fetch, free_port, wait_for, watch_worker_metrics
 
@@ -70,3 +74,33 @@ def test_a_broker_that_does_not_answer_makes_the_hub_unhealthy(hub_env: HubEnv) 
     assert shown.returncode == 1, shown.stdout + shown.stderr
     assert "unhealthy" in shown.stdout
     assert "✗  broker" in shown.stdout or "✗ broker" in shown.stdout, shown.stdout
+
+
+def test_a_worker_on_a_port_the_system_chose_is_found_and_a_killed_one_is_missed(hub_env: HubEnv) -> None:
+    """HUB_METRICS_PORT=0: `hub status` reaches the worker at the port it advertised in the state
+    folder (exit 0); once the worker is killed -9, its left file is ignored and the check fails (1)."""
+    hub_env.environ["HUB_METRICS_PORT"] = "0"
+    hub_env.environ.pop("HUB_CONSOLE_WORKER_URLS")
+    state_dir = hub_env.work_dir / "state"
+    hub_env.environ["HUB_STATE_DIR"] = str(state_dir)
+    assert hub_env.cli("topics", "create", timeout=60).returncode == 0
+    process = start_worker(hub_env)
+    try:
+        deadline = time.monotonic() + 120
+        while not advertised(state_dir, hub_env.environ["HUB_APP_ID"]):
+            assert process.poll() is None and time.monotonic() < deadline, "the worker named no address"
+            time.sleep(0.2)
+        ((_host, port),) = advertised(state_dir, hub_env.environ["HUB_APP_ID"])
+        shown = hub_env.cli("status", "--json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        report = json.loads(shown.stdout)
+        assert [w["url"] for w in report["workers"]] == [f"http://127.0.0.1:{port}/metrics"]
+        assert report["workers"][0]["up"] and port != 0
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    shown = hub_env.cli("status", "--json")
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    checks = {c["name"]: c for c in json.loads(shown.stdout)["checks"]}
+    missing = checks["worker (HUB_METRICS_PORT=0)"]
+    assert not missing["ok"] and str(state_dir / "metrics") in missing["detail"]

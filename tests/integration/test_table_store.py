@@ -23,7 +23,7 @@ from hub.kafka.admin import admin_client
 from hub.kafka.clients import end_offsets
 from hub.settings import Settings
 from hub.streams.app import SEALED_TABLES, TABLES, changelog_topic
-from hub.streams.store import HORIZON_TABLES, BoundedOptions, table_options
+from hub.streams.store import DECISION_TABLES, HORIZON_TABLES, BoundedOptions, table_options
 
 from .conftest import HubEnv, start_worker, stop_worker
 
@@ -211,6 +211,10 @@ def assert_changelog_configs(env: HubEnv, horizon_days: int) -> None:
         if table in HORIZON_TABLES:
             assert configs["cleanup.policy"] == "compact,delete", table
             assert configs["retention.ms"] == horizon_ms, table
+        elif table in DECISION_TABLES:
+            # The share stage's decisions: the policy's look-back (30 days) and a day.
+            assert configs["cleanup.policy"] == "compact,delete", table
+            assert configs["retention.ms"] == str(31 * 24 * 3600 * 1000), table
         else:
             assert configs["cleanup.policy"] == "compact", table
 
@@ -223,12 +227,14 @@ def resend_to_a_worker(
     message_id = again[0].decode()
     process, url = run_worker(env, name, extra_env)
     try:
-        sent_at = datetime.now(UTC)
+        # A receipt's `at` is its input's Kafka timestamp, in whole milliseconds: compare at that grain.
+        before = datetime.now(UTC)
+        sent_at = before.replace(microsecond=before.microsecond // 1000 * 1000)
         env.send([signed(env, message_id, again[1], dict(again[2])["content-type"].decode())])
         deadline = time.monotonic() + 180
         new: list[dict[str, Any]] = []
         while not new and time.monotonic() < deadline:
-            # The resend's receipt: written after it was sent (same host, same clock).
+            # The resend's receipt: its input was produced after sent_at (same host, same clock).
             got = receipts(env).get(message_id, [])
             new = [r for r in got if datetime.fromisoformat(r["at"]) >= sent_at]
         # One record, one outcome: at-least-once may deliver it twice (a rebalance), same outcome.

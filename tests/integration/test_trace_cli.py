@@ -49,12 +49,18 @@ def rows(stdout: str) -> dict[str, dict[str, list[str]]]:
 
 
 def wait_for_sharing(
-    env: HubEnv, events: int, recipients: list[dict[str, Any]], copies: dict[str, int]
+    env: HubEnv,
+    events: int,
+    recipients: list[dict[str, Any]],
+    copies: dict[str, int],
+    *,
+    released: int = 0,
 ) -> None:
     """Until the share stage audited every event (one AuditEvent each, every recipient's decision in
-    it) and the expected copies are out."""
-    audits = env.collect(env.topics.audit, events)
-    assert sum(len(share_decisions(r.json_value())) for r in audits) == events * len(recipients)
+    it) and ``released`` late releases (one AuditEvent and one decision each), and the expected
+    copies are out."""
+    audits = env.collect(env.topics.audit, events + released)
+    assert sum(len(share_decisions(r.json_value())) for r in audits) == events * len(recipients) + released
     for recipient, count in copies.items():
         topic = f"{env.topics.prefix}hub.pathway.{recipient}.v1"
         assert len(env.collect(topic, count)) == count
@@ -76,8 +82,9 @@ def test_trace_shows_each_recipients_decision_and_consent_show_the_state_that_de
     [receipt] = [r.json_value() for r in hub_env.collect(hub_env.topics.receipts, 1)]
     assert receipt["status"] == "accepted"
     event_ids = receipt["event_ids"]
-    # As in test_share_stage: the GP gets the three events, the hospital the stay, the outsider nothing.
-    wait_for_sharing(hub_env, len(event_ids), list(RECIPIENTS), {"gp-dr-x": 3, "hosp-a": 2})
+    # As in test_share_stage: the GP gets the three events, the hospital the stay (the Patient entry
+    # by a late release), the outsider nothing.
+    wait_for_sharing(hub_env, len(event_ids), list(RECIPIENTS), {"gp-dr-x": 3, "hosp-a": 3}, released=1)
     events = {e["event_id"]: e for e in (r.json_value() for r in hub_env.settle(hub_env.topics.pathway))}
     expected = audited(hub_env)
     condition = next(i for i in event_ids if events[i]["kind"] == "condition")

@@ -27,12 +27,38 @@ def plan(prefix: str = "") -> dict[str, set[Binding]]:
     return by_principal
 
 
-def test_a_source_may_only_write_and_describe_the_ingest_topic() -> None:
-    """source-<id>: WRITE and DESCRIBE on hub.ingest.v1, literally; no READ anywhere, no group."""
-    assert plan()["User:source-gp-test"] == {
-        Binding("User:source-gp-test", Resource.TOPIC, Pattern.LITERAL, "hub.ingest.v1", "WRITE"),
-        Binding("User:source-gp-test", Resource.TOPIC, Pattern.LITERAL, "hub.ingest.v1", "DESCRIBE"),
+def test_a_source_writes_the_ingest_topic_and_reads_only_its_own_receipts() -> None:
+    """source-<id>: WRITE/DESCRIBE hub.ingest.v1, READ/DESCRIBE hub.receipts.<id>.v1, all literal; its
+    own groups source-<id>, source-<id>.*; nothing else (not hub.receipts.v1, not another's receipts)."""
+    user = "User:source-gp-test"
+    assert plan()[user] == {
+        Binding(user, Resource.TOPIC, Pattern.LITERAL, "hub.ingest.v1", "WRITE"),
+        Binding(user, Resource.TOPIC, Pattern.LITERAL, "hub.ingest.v1", "DESCRIBE"),
+        Binding(user, Resource.TOPIC, Pattern.LITERAL, "hub.receipts.gp-test.v1", "READ"),
+        Binding(user, Resource.TOPIC, Pattern.LITERAL, "hub.receipts.gp-test.v1", "DESCRIBE"),
+        Binding(user, Resource.GROUP, Pattern.LITERAL, "source-gp-test", "READ"),
+        Binding(user, Resource.GROUP, Pattern.LITERAL, "source-gp-test", "DESCRIBE"),
+        Binding(user, Resource.GROUP, Pattern.PREFIXED, "source-gp-test.", "READ"),
+        Binding(user, Resource.GROUP, Pattern.PREFIXED, "source-gp-test.", "DESCRIBE"),
     }
+
+
+def test_only_the_worker_and_the_console_read_every_sources_receipts() -> None:
+    """hub.receipts.v1 (every source's message ids) and a source's receipt topic: who may read each."""
+
+    def readers(topic: str) -> set[str]:
+        return {
+            principal
+            for principal, bindings in plan().items()
+            for b in bindings
+            if b.resource is Resource.TOPIC
+            and b.operation == "READ"
+            and (b.name == topic or (b.pattern is Pattern.PREFIXED and topic.startswith(b.name)))
+        }
+
+    assert readers("hub.receipts.v1") == {"User:hub-worker", "User:hub-console"}
+    assert readers("hub.receipts.gp-test.v1") == {"User:hub-worker", "User:source-gp-test"}
+    assert readers("hub.receipts.lab-1.v1") == {"User:hub-worker", "User:source-lab-1"}
 
 
 def test_a_recipient_may_read_its_own_topic_in_its_own_groups_only() -> None:
@@ -82,7 +108,9 @@ def test_the_topic_prefix_applies_to_every_topic_and_recipient_group() -> None:
     """Under HUB_TOPIC_PREFIX=t1. every topic name and recipient group starts with it."""
     bindings = plan("t1.")
     assert all(b.name.startswith("t1.") for b in bindings["User:hosp-a"])
-    assert {b.name for b in bindings["User:source-lab-1"]} == {"t1.hub.ingest.v1"}
+    assert {b.name for b in bindings["User:source-lab-1"]} == {
+        "t1.hub.ingest.v1", "t1.hub.receipts.lab-1.v1", "t1.source-lab-1", "t1.source-lab-1.",
+    }  # fmt: skip
 
 
 def test_principals_are_derived_and_checked() -> None:
@@ -95,10 +123,16 @@ def test_principals_are_derived_and_checked() -> None:
         recipient_user("User:bad name")
     with pytest.raises(ConfigError, match="both"):
         plan_acls(sources=[], recipients=[("console", "User:hub-console")])
-    roles = {p.user: p.role for p in plan_acls(sources=["s"], recipients=RECIPIENTS).principals}
+    # A recipient id that is a source's group name would share (and disturb) that source's groups.
+    with pytest.raises(ConfigError, match="consumer group"):
+        plan_acls(sources=["lab-1"], recipients=[("source-lab-1", "User:lab-reader")])
+    # No source id the registry schema refuses names a receipt topic (never a stray topic name).
+    with pytest.raises(ConfigError, match="receipt topic"):
+        plan_acls(sources=["Lab.1"], recipients=[])
+    roles = {p.user: p.role for p in plan_acls(sources=["sx"], recipients=RECIPIENTS).principals}
     assert roles == {
         "hub-worker": Role.WORKER, "hub-gateway": Role.GATEWAY, "hub-console": Role.CONSOLE,
-        "hub-keys": Role.KEYS, "source-s": Role.SOURCE, "hosp-a": Role.RECIPIENT, "gp-dr-x": Role.RECIPIENT,
+        "hub-keys": Role.KEYS, "source-sx": Role.SOURCE, "hosp-a": Role.RECIPIENT, "gp-dr-x": Role.RECIPIENT,
     }  # fmt: skip
 
 

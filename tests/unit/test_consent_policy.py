@@ -662,7 +662,7 @@ def test_sensitivity_categories(resource: dict[str, Any], categories: set[str]) 
 
 def test_policy_file_loads() -> None:
     """config/policy.json is valid: id, version, a 90-day window and code sets for five categories."""
-    assert POLICY.label == "hub-secret-partage@2026-11-22.1"
+    assert POLICY.label == "hub-secret-partage@2026-12-06.1"
     assert POLICY.recency == timedelta(days=90)
     assert set(POLICY.sensitive_codes) == {HIV, PSYCHIATRY, SEXUAL_REPRODUCTIVE, GENETICS, SUBSTANCE_USE}
 

@@ -49,6 +49,7 @@ from hub.topics import (
     INTERNAL_TOPICS,
     RECIPIENT_PATHWAY_TEMPLATE,
     SHARE_MERGE,
+    SOURCE_RECEIPTS_TEMPLATE,
 )
 
 ASYNCAPI = SCHEMAS_DIR / "asyncapi.yaml"
@@ -77,7 +78,7 @@ ORIGIN = KafkaCoordinates(INGEST, 3, 42)
 KEY = b"k" * 32
 #: Where asyncapi.yaml sits for $ref resolution: beside the JSON Schemas, whose $id share this base.
 ASYNCAPI_URI = "https://hub.example.org/schemas/asyncapi.yaml"
-POLICY = "hub-secret-partage@2026-11-22.1"
+POLICY = "hub-secret-partage@2026-12-06.1"
 HOSPITAL = Recipient(
     id="demo-hospital-chu",
     kind="hospital",
@@ -167,9 +168,10 @@ def _event(**overrides: Any) -> PathwayEvent:
 
 def test_asyncapi_channels_are_the_contract_topics() -> None:
     """The channel addresses of asyncapi.yaml are hub.topics' contract and internal topics plus the
-    recipient template."""
+    recipient and source-receipt templates."""
     addresses = {channel["address"] for channel in _asyncapi()["channels"].values()}
-    assert addresses == set(CONTRACT_TOPICS) | set(INTERNAL_TOPICS) | {RECIPIENT_PATHWAY_TEMPLATE}
+    templates = {RECIPIENT_PATHWAY_TEMPLATE, SOURCE_RECEIPTS_TEMPLATE}
+    assert addresses == set(CONTRACT_TOPICS) | set(INTERNAL_TOPICS) | templates
 
 
 def test_asyncapi_internal_channels_say_so() -> None:
@@ -191,6 +193,14 @@ def test_asyncapi_recipient_channel_declares_its_parameter() -> None:
     channels = _asyncapi()["channels"].values()
     (channel,) = [c for c in channels if c["address"] == RECIPIENT_PATHWAY_TEMPLATE]
     assert set(channel["parameters"]) == {"recipient"}
+
+
+def test_asyncapi_source_receipts_channel_declares_its_parameter_and_carries_the_receipt() -> None:
+    """hub.receipts.{source}.v1 declares {source} and carries the same receipt message as hub.receipts.v1."""
+    channels = {c["address"]: c for c in _asyncapi()["channels"].values()}
+    channel = channels[SOURCE_RECEIPTS_TEMPLATE]
+    assert set(channel["parameters"]) == {"source"}
+    assert channel["messages"] == channels["hub.receipts.v1"]["messages"]
 
 
 @pytest.mark.parametrize("path", JSON_SCHEMAS, ids=lambda p: p.name)
@@ -231,9 +241,9 @@ def test_reject_codes_in_schemas_are_the_ingest_reject_codes() -> None:
 
 
 def test_every_ingest_reject_code_is_in_the_schemas() -> None:
-    """Every code ingest can reject with (ErrorCode but config.*, broker.*, consent.*, crypto.*, keys.*)
-    is in both schemas."""
-    raised_or_audited = ("config.", "broker.", "consent.", "crypto.", "keys.")
+    """Every code ingest can reject with (ErrorCode but config.*, broker.*, consent.*, crypto.*, keys.*,
+    audit.*) is in both schemas."""
+    raised_or_audited = ("config.", "broker.", "consent.", "crypto.", "keys.", "audit.")
     ingest_codes = {str(code) for code in ErrorCode if not code.value.startswith(raised_or_audited)}
     receipt_codes = _schema("receipt.schema.json")["$defs"]["error"]["properties"]["code"]["enum"]
     dlq_codes = _schema("dlq-headers.schema.json")["properties"]["hub-error-code"]["enum"]
@@ -548,10 +558,10 @@ def test_identity_records_match_the_inline_schemas() -> None:
     assert _payload_errors("identityLink", {k: v for k, v in link.items() if k != "input"}) != []
     assert _payload_errors("identityLink", {**link, "input": {**record, "linked": None}}) != []
     stage = IdentityStage({}, {}, {})
-    [first] = stage.handle(link, now=AT)
+    [first] = stage.handle(link)
     # The same link from a later ingest record (read again from the same record, it is announced again).
     later = {**link["ingest"], "offset": link["ingest"]["offset"] + 1}
-    [again] = stage.handle({**link, "ingest": later, "input": {**link["input"], "ingest": later}}, now=AT)
+    [again] = stage.handle({**link, "ingest": later, "input": {**link["input"], "ingest": later}})
     announced = first.value["linked"]
     assert (announced["local_id"], again.value["linked"]) == (local_id, None)
     assert _payload_errors("identityInput", first.value) == []

@@ -24,7 +24,7 @@ from hub.acl.model import Pattern, Resource, plan_acls, recipient_user, source_u
 from hub.metrics import REGISTRY
 from hub.settings import Settings
 from hub.streams.app import TABLES, changelog_topic
-from hub.topics import CONTRACT_TOPICS, INGEST, INTERNAL_TOPICS, recipient_pathway
+from hub.topics import CONTRACT_TOPICS, INGEST, INTERNAL_TOPICS, recipient_pathway, source_receipts
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -154,6 +154,7 @@ def test_kafka_topics_are_the_hubs_with_three_replicas_and_two_in_sync() -> None
         *CONTRACT_TOPICS,
         *INTERNAL_TOPICS,
         *(recipient_pathway(r["id"]) for r in RECIPIENTS),
+        *(source_receipts(s["id"]) for s in SOURCES),
         *(changelog_topic("hub", table) for table in TABLES),
         "hub-__assignor-__leader",
     }
@@ -183,7 +184,8 @@ def test_kafka_users_are_the_acl_plan_of_the_registries() -> None:
             name = resource.get("name", "kafka-cluster")
             for operation in acl["operations"]:
                 op = re.sub(r"(?<!^)([A-Z])", r"_\1", operation).upper()
-                got.add((Resource(resource["type"].upper()), pattern, name, op))
+                kind = {"transactionalId": Resource.TRANSACTIONAL_ID}.get(resource["type"])
+                got.add((kind or Resource(resource["type"].upper()), pattern, name, op))
         wanted = {
             (b.resource, b.pattern, b.name, b.operation)
             for b in plan.bindings
@@ -192,14 +194,21 @@ def test_kafka_users_are_the_acl_plan_of_the_registries() -> None:
         assert got == wanted, principal.user
 
 
-def test_a_source_writes_the_ingest_topic_only_and_a_recipient_reads_its_own_topic_only() -> None:
-    """The security issue's rule, read straight from the manifests (not through the plan)."""
+def test_a_source_writes_the_ingest_topic_and_reads_its_own_receipts_only() -> None:
+    """The security issue's rule, read straight from the manifests (not through the plan): a source
+    writes the ingest topic, reads its own receipt topic in its own groups, and nothing else; a
+    recipient reads its own topic only."""
     users = {u["metadata"]["name"]: u["spec"]["authorization"]["acls"] for u in of_kind("KafkaUser")}
     for source in SOURCES:
-        acls = users[source_user(source["id"])]
-        assert [(a["resource"], sorted(a["operations"])) for a in acls] == [
-            ({"type": "topic", "name": INGEST, "patternType": "literal"}, ["Describe", "Write"])
-        ]
+        user = source_user(source["id"])
+        acls = users[user]
+        assert sorted((a["resource"]["type"], a["resource"]["name"], a["resource"]["patternType"],
+                       tuple(sorted(a["operations"]))) for a in acls) == [
+            ("group", user, "literal", ("Describe", "Read")),
+            ("group", user + ".", "prefix", ("Describe", "Read")),
+            ("topic", INGEST, "literal", ("Describe", "Write")),
+            ("topic", source_receipts(source["id"]), "literal", ("Describe", "Read")),
+        ]  # fmt: skip
     for recipient in RECIPIENTS:
         acls = users[recipient_user(recipient["kafka_principal"])]
         topics = {a["resource"]["name"] for a in acls if a["resource"]["type"] == "topic"}

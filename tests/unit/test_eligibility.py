@@ -815,7 +815,7 @@ def demo_pathway(now: datetime) -> Iterator[dict[str, Any]]:
         records = [link_record(outcome.link, outcome, origin, now)] if outcome.link else []
         records += [input_record(outcome, origin, now)] if outcome.events else []
         while records:
-            for send in stage.handle(records.pop(0), now=now):
+            for send in stage.handle(records.pop(0)):
                 if send.topic == "pathway":
                     yield send.value
                 elif send.topic == "identity":

@@ -15,7 +15,6 @@ Here the workers are stages over separate tables, as faust gives each worker its
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -76,7 +75,7 @@ def run(workers: dict[str, IdentityStage], key: str, record: dict[str, Any]) -> 
     pending = [(key, record)]
     while pending:
         key, record = pending.pop(0)
-        for send in workers[key].handle(record, now=datetime(2026, 11, 22, 10, tzinfo=UTC)):
+        for send in workers[key].handle(record):
             if send.topic == "identity":
                 pending.append((send.key, send.value))
             else:
@@ -144,12 +143,12 @@ def test_a_redelivered_input_publishes_again_what_its_lost_run_recorded() -> Non
     publishes every event its receipt names; a resend from the source stays a duplicate."""
     worker = stage()
     record = input_for(INS_ID, "m-1", 8.1, offset=4)
-    lost = worker.handle(record, now=datetime(2026, 11, 22, 10, tzinfo=UTC))  # never sent: killed
-    again = worker.handle(record, now=datetime(2026, 11, 22, 10, 1, tzinfo=UTC))
+    lost = worker.handle(record)  # never sent: killed
+    again = worker.handle(record)
     named = {e for s in again if s.topic == "receipts" for e in s.value["event_ids"]}
     assert named == {s.value["event_id"] for s in again if s.topic == "pathway"} != set()
     assert events(again) == events(lost)
-    resent = worker.handle(input_for(INS_ID, "m-1", 8.1, offset=9), now=datetime(2026, 11, 22, tzinfo=UTC))
+    resent = worker.handle(input_for(INS_ID, "m-1", 8.1, offset=9))
     assert [s.topic for s in resent] == ["receipts"]
     assert resent[0].value["status"] == "duplicate"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -23,7 +23,6 @@ from hub.identity.stage import (
 )
 from hub.ingest.outcome import Accepted, IdentityLink, IngestOutcome, IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext, process_ingest
-from hub.pathway.event import event_id_for
 from hub.schemas import schema_errors
 
 Loader = Callable[[str], dict[str, Any]]
@@ -114,7 +113,7 @@ def drive(stage: IdentityStage, value: dict[str, Any], now: datetime) -> list[Se
     """Every send for one hub.identity.v1 record, in order; each ``identity`` send is handled again by
     the stage right after it (as Kafka would bring it back), its own sends following it."""
     sends: list[Send] = []
-    for send in stage.handle(value, now=now):
+    for send in stage.handle(value):
         sends.append(send)
         if send.topic == "identity":
             sends += drive(stage, send.value, now)
@@ -202,10 +201,10 @@ def test_a_link_aliases_the_local_id_and_publishes_one_linked_event(
     """A link record remembers local id → INS id and sends its input on to the INS id, announcing the
     link; there one ``patient.linked`` event is published under the INS."""
     [link_value] = feed.records(qualified(feed.fhir), message_id="m-1")
-    [moved] = stage.handle(link_value, now=now)
+    [moved] = stage.handle(link_value)
     assert tables.aliases == {LOCAL_ID: INS_ID}
     assert moved == Send("identity", INS_ID, {**link_value["input"], "linked": without_input(link_value)})
-    sends = stage.handle(moved.value, now=now)
+    sends = stage.handle(moved.value)
     assert kinds(sends) == ["patient.linked", "patient"]
     send = pathway(sends)[0]
     assert send.key == INS_ID
@@ -230,9 +229,9 @@ def test_a_repeated_link_is_idempotent(
     assert linked_event(without_input(link_value)).event_id == linked["event_id"]
     resent = feed.records(qualified(feed.fhir), message_id="m-1")
     for again in (*resent, *feed.records(qualified(feed.fhir, gender="male"), message_id="m-2")):
-        [moved] = stage.handle(again, now=now)
+        [moved] = stage.handle(again)
         assert moved == Send("identity", INS_ID, {**again["input"], "linked": None})
-        assert "patient.linked" not in kinds(stage.handle(moved.value, now=now))
+        assert "patient.linked" not in kinds(stage.handle(moved.value))
     assert tables.aliases == {LOCAL_ID: INS_ID}
 
 
@@ -260,9 +259,9 @@ def test_a_conflicting_link_changes_nothing(
     other_ins_id = PatientKey("ins", INS_TEST_NIR, OTHER_INS).network_id(PSEUDONYM_KEY)
     [conflicting] = feed.records(qualified(feed.fhir, OTHER_INS), message_id="m-2")
     assert conflicting["ins_id"] == other_ins_id
-    [moved] = stage.handle(conflicting, now=now)
+    [moved] = stage.handle(conflicting)
     assert moved == Send("identity", other_ins_id, {**conflicting["input"], "linked": None})
-    sends = stage.handle(moved.value, now=now)
+    sends = stage.handle(moved.value)
     assert kinds(sends) == ["patient"]
     assert {send.key for send in pathway(sends)} == {other_ins_id}
     assert tables.aliases == {LOCAL_ID: INS_ID}
@@ -280,18 +279,18 @@ def test_the_linked_event_precedes_the_forwarded_inputs_events(
         "entry": [{"resource": qualified(feed.fhir)}, {"resource": ins_named(feed.fhir)}],
     }
     [link_value] = feed.records(bundle, message_id="m-1")
-    [moved] = stage.handle(link_value, now=now)
+    [moved] = stage.handle(link_value)
     assert (moved.topic, moved.key, moved.value["linked"]) == ("identity", INS_ID, without_input(link_value))
-    sends = stage.handle(moved.value, now=now)
+    sends = stage.handle(moved.value)
     assert kinds(sends) == ["patient.linked", "patient", "observation"]
     assert {send.key for send in pathway(sends)} == {INS_ID}
     assert {send.value["patient_id"] for send in pathway(sends)} == {INS_ID}
     receipt = the_receipt(sends)
     assert receipt["event_ids"] == [event["event_id"] for event in link_value["input"]["events"]]
     [link_again] = feed.records(bundle, message_id="m-2")
-    [moved_again] = stage.handle(link_again, now=now)
+    [moved_again] = stage.handle(link_again)
     assert moved_again == Send("identity", INS_ID, {**link_again["input"], "linked": None})
-    assert "patient.linked" not in kinds(stage.handle(moved_again.value, now=now))
+    assert "patient.linked" not in kinds(stage.handle(moved_again.value))
 
 
 def test_an_input_under_a_linked_local_id_is_published_under_the_ins_id(
@@ -300,20 +299,19 @@ def test_an_input_under_a_linked_local_id_is_published_under_the_ins_id(
     now: datetime,
 ) -> None:
     """After a link, an input routed under the local id moves to the INS id's partition, then is published
-    there under the INS id, its event ids made again under that id."""
+    there under the INS id; its event ids stay those made at ingest, whatever the order of the link."""
     [link_value] = feed.records(qualified(feed.fhir), message_id="m-1")
     drive(stage, link_value, now)
     [record] = feed.records(by_ipp(feed.fhir), message_id="m-2")
     assert record["patient_id"] == LOCAL_ID
     original = record["events"][0]
-    [moved] = stage.handle(record, now=now)
+    [moved] = stage.handle(record)
     assert (moved.topic, moved.key, moved.value["patient_id"]) == ("identity", INS_ID, INS_ID)
-    sends = stage.handle(moved.value, now=now)
+    sends = stage.handle(moved.value)
     [published] = pathway(sends)
     assert published.key == INS_ID
     event = published.value
-    assert event["event_id"] == event_id_for(INS_ID, event["resource"])
-    assert event["event_id"] != original["event_id"]
+    assert event["event_id"] == original["event_id"]
     assert event["patient_id"] == INS_ID
     assert event["resource"]["subject"] == {
         "reference": f"Patient/{INS_ID}",
@@ -333,7 +331,7 @@ def test_an_input_under_an_unlinked_local_id_is_published_as_it_came(
 ) -> None:
     """Without a link, an input's events are published unchanged under the id ingest made them under."""
     [record] = feed.records(by_ipp(feed.fhir))
-    [published] = pathway(stage.handle(record, now=now))
+    [published] = pathway(stage.handle(record))
     assert published.key == LOCAL_ID
     assert published.value == record["events"][0]
 
@@ -348,11 +346,11 @@ def test_the_same_message_twice_is_a_duplicate(
 ) -> None:
     """A resent message id publishes nothing; its receipt says ``duplicate`` with the first event ids."""
     *_, first_record = feed.records(feed.fhir("bundle-transaction.json"), message_id="tx-1")
-    first = stage.handle(first_record, now=now)
+    first = stage.handle(first_record)
     first_ids = the_receipt(first)["event_ids"]
     assert [send.value["event_id"] for send in pathway(first)] == first_ids
     *_, again_record = feed.records(feed.fhir("bundle-transaction.json"), message_id="tx-1")
-    again = stage.handle(again_record, now=now + timedelta(minutes=5))
+    again = stage.handle(again_record)
     assert pathway(again) == []
     receipt = the_receipt(again)
     assert (receipt["status"], receipt["event_ids"], receipt["message_id"]) == (
@@ -367,9 +365,9 @@ def test_the_same_message_id_from_another_source_is_not_a_duplicate_by_id(
 ) -> None:
     """Message ids are per source: another source's ``m-1`` with new facts is accepted."""
     [gp_record] = feed.records(by_ins(feed.fhir), message_id="m-1")
-    stage.handle(gp_record, now=now)
+    stage.handle(gp_record)
     [hospital_record] = feed.records(by_ins(feed.fhir, 8.2), message_id="m-1", **FROM_HOSPITAL)
-    sends = stage.handle(hospital_record, now=now)
+    sends = stage.handle(hospital_record)
     assert len(pathway(sends)) == 1
     assert the_receipt(sends)["status"] == "accepted"
     assert len(tables.seen_messages) == 2
@@ -382,9 +380,9 @@ def test_the_same_fact_from_another_source_is_a_duplicate(
 ) -> None:
     """Facts the GP sent, sent again by the hospital, are not published again; the receipt names their ids."""
     [from_gp] = feed.records(by_ins(feed.fhir), message_id="gp-1")
-    event_ids = the_receipt(stage.handle(from_gp, now=now))["event_ids"]
+    event_ids = the_receipt(stage.handle(from_gp))["event_ids"]
     [from_hospital] = feed.records(by_ins(feed.fhir), message_id="lab-9", **FROM_HOSPITAL)
-    sends = stage.handle(from_hospital, now=now)
+    sends = stage.handle(from_hospital)
     assert pathway(sends) == []
     receipt = the_receipt(sends)
     assert (receipt["status"], receipt["event_ids"], receipt["source"]) == (
@@ -402,10 +400,10 @@ def test_the_same_fact_without_message_id_is_a_duplicate(
 ) -> None:
     """Without ``hub-message-id`` nothing is remembered by message, but a known fact is still a duplicate."""
     [first] = feed.records(by_ins(feed.fhir))
-    assert the_receipt(stage.handle(first, now=now))["status"] == "accepted"
+    assert the_receipt(stage.handle(first))["status"] == "accepted"
     assert tables.seen_messages == {}
     [again] = feed.records(by_ins(feed.fhir))
-    sends = stage.handle(again, now=now)
+    sends = stage.handle(again)
     assert pathway(sends) == []
     assert the_receipt(sends)["status"] == "duplicate"
 
@@ -417,9 +415,9 @@ def test_a_partly_new_input_is_accepted_and_publishes_only_the_new_facts(
 ) -> None:
     """Known facts and a new one: ``accepted``, only the new event is sent, all ids are receipted."""
     [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
-    known_ids = the_receipt(stage.handle(single, now=now))["event_ids"]
+    known_ids = the_receipt(stage.handle(single))["event_ids"]
     [record] = feed.records(by_ins(feed.fhir, 7.4, 8.1), message_id="m-2")
-    sends = stage.handle(record, now=now)
+    sends = stage.handle(record)
     [published] = pathway(sends)
     assert published.value["event_id"] not in known_ids
     receipt = the_receipt(sends)
@@ -434,12 +432,12 @@ def test_a_resent_input_after_a_partial_one_is_a_duplicate_by_message(
 ) -> None:
     """The message memory keeps every event id of the input, not only the new ones."""
     [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
-    stage.handle(single, now=now)
+    stage.handle(single)
     bundle = by_ins(feed.fhir, 7.4, 8.1)
     [record] = feed.records(bundle, message_id="m-2")
-    first_ids = the_receipt(stage.handle(record, now=now))["event_ids"]
+    first_ids = the_receipt(stage.handle(record))["event_ids"]
     [resent] = feed.records(bundle, message_id="m-2")
-    again = stage.handle(resent, now=now)
+    again = stage.handle(resent)
     assert pathway(again) == []
     assert the_receipt(again)["event_ids"] == first_ids
 
@@ -451,10 +449,10 @@ def test_a_redelivered_partial_input_publishes_again_only_what_it_published(
 ) -> None:
     """The same record read again: its own new fact again (same id), not the one another input made."""
     [single] = feed.records(by_ins(feed.fhir), message_id="m-1")
-    known_ids = the_receipt(stage.handle(single, now=now))["event_ids"]
+    known_ids = the_receipt(stage.handle(single))["event_ids"]
     [record] = feed.records(by_ins(feed.fhir, 7.4, 8.1), message_id="m-2")
-    first = stage.handle(record, now=now)
-    again = stage.handle(record, now=now + timedelta(minutes=1))
+    first = stage.handle(record)
+    again = stage.handle(record)
     assert [s.value for s in pathway(again)] == [s.value for s in pathway(first)]
     assert not set(known_ids) & {s.value["event_id"] for s in pathway(again)}
     assert (the_receipt(again)["status"], the_receipt(again)["event_ids"]) == (
@@ -483,6 +481,9 @@ def test_receipts_and_events_match_the_contract(
     for value in feed.records(feed.fhir("bundle-transaction.json"), message_id="tx-1"):
         run(value)
         run(value)
+    # The same message sent again (a new record): a duplicate.
+    for value in feed.records(feed.fhir("bundle-transaction.json"), message_id="tx-1"):
+        run(value)
     for value in feed.records(by_ipp(feed.fhir)):
         run(value)
     statuses = {send.value["status"] for send in sends if send.topic == "receipts"}
@@ -503,12 +504,14 @@ def test_receipts_name_the_ingest_record(
     feed: Feed,
     now: datetime,
 ) -> None:
-    """The stage's receipt names the ingest record's coordinates and the stage's clock, as ingest's would."""
+    """The stage's receipt names the ingest record's coordinates and its timestamp (``recorded_at``),
+    as ingest's would: never the stage's clock, so a redelivery writes the same receipt."""
     origin = KafkaCoordinates("hub.ingest.v1", 5, 77)
     [record] = feed.records(by_ins(feed.fhir), message_id="m-1", origin=origin)
-    receipt = the_receipt(stage.handle(record, now=now + timedelta(seconds=3)))
+    record = {**record, "recorded_at": "2024-05-03T09:59:58.250Z"}
+    receipt = the_receipt(stage.handle(record))
     assert receipt["ingest"] == {"topic": "hub.ingest.v1", "partition": 5, "offset": 77}
-    assert receipt["at"] == "2024-05-03T10:00:03.000Z"
+    assert receipt["at"] == "2024-05-03T09:59:58.250Z"
     assert receipt["error"] is None
 
 
@@ -526,7 +529,7 @@ def test_seen_events_are_kept_one_key_per_fact_with_its_first_input(
     first_seen: dict[str, Any] = {}
     for n in range(3):
         [record] = feed.records(by_ins(feed.fhir, 6.0 + n / 10), message_id=f"m-{n}")
-        for event_id in the_receipt(stage.handle(record, now=now))["event_ids"]:
+        for event_id in the_receipt(stage.handle(record))["event_ids"]:
             first_seen.setdefault(stage_module.seen_event_key(event_id, INS_ID), record["ingest"])
     assert len(first_seen) == 4  # the Patient once, and three results
     assert tables.seen_events == first_seen
@@ -542,8 +545,8 @@ def test_seen_events_are_kept_per_routing_id(
     """Event ids are remembered under the id the input was routed by (the partition's own key)."""
     [by_local] = feed.records(by_ipp(feed.fhir))
     [by_ins_id] = feed.records(by_ins(feed.fhir))
-    stage.handle(by_local, now=now)
-    stage.handle(by_ins_id, now=now)
+    stage.handle(by_local)
+    stage.handle(by_ins_id)
     assert {patient_of_table_key(key) for key in tables.seen_events} == {LOCAL_ID, INS_ID}
 
 
@@ -598,9 +601,9 @@ def test_accepted_and_duplicate_receipts_carry_the_inputs_warnings(
     [record] = feed.records(patient, message_id="m-1")
     assert record["type"] == INPUT_RECORD
     assert record["warnings"] == [UNQUALIFIED_INS]
-    accepted_receipt = the_receipt(stage.handle(record, now=now))
+    accepted_receipt = the_receipt(stage.handle(record))
     [resent] = feed.records(patient, message_id="m-1")
-    duplicate_receipt = the_receipt(stage.handle(resent, now=now))
+    duplicate_receipt = the_receipt(stage.handle(resent))
     assert (accepted_receipt["status"], duplicate_receipt["status"]) == ("accepted", "duplicate")
     for receipt in (accepted_receipt, duplicate_receipt):
         assert receipt["warnings"] == [UNQUALIFIED_INS]
@@ -638,4 +641,4 @@ def test_a_record_from_before_warnings_receipts_none(stage: IdentityStage, feed:
     """An identity record written by a hub that did not forward warnings yet gets ``warnings: []``."""
     [record] = feed.records(by_ipp(feed.fhir), message_id="m-1")
     del record["warnings"]
-    assert the_receipt(stage.handle(record, now=now))["warnings"] == []
+    assert the_receipt(stage.handle(record))["warnings"] == []

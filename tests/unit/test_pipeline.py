@@ -209,11 +209,12 @@ def test_every_ingest_reject_code_is_reachable() -> None:
     # config.* and broker.* are raised, not receipted; hub.* means the hub itself failed (a bug);
     # consent.* belongs to the share stage, which audits rather than rejects; crypto.* is raised, and
     # patient.erased is decided by the worker once a key is destroyed (tests/integration/test_erasure.py);
-    # keys.* are the key service's answers to recipients (tests/functional/test_key_service_http.py).
+    # keys.* are the key service's answers to recipients (tests/functional/test_key_service_http.py);
+    # audit.* are the sealing stage's alarms (tests/integration/test_audit_chain.py).
     ingest_codes = {
         code
         for code in ErrorCode
-        if not code.value.startswith(("config.", "broker.", "hub.", "consent.", "crypto.", "keys."))
+        if not code.value.startswith(("config.", "broker.", "hub.", "consent.", "crypto.", "keys.", "audit."))
         and code is not ErrorCode.PATIENT_ERASED
     }
     assert ingest_codes == covered

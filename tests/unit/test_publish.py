@@ -1,17 +1,19 @@
 """``hub publish``'s checks and delivery (hub/publish.py), without Kafka: what is refused before sending,
-and what counts as sent (only what the broker acknowledged)."""
+what counts as sent (only what the broker acknowledged), and which receipts answer what was sent."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, NotEnoughReplicasError
 
 from hub.errors import BrokerError, ErrorCode, PayloadRefused
-from hub.publish import Publication, checked_publications, deliver, refused_error
+from hub.ingest.outcome import KafkaCoordinates
+from hub.publish import Delivery, Publication, ReceiptWait, checked_publications, deliver, refused_error
 
 SECRET = b"unit-publish-secret-0123456789abcdef"
 LIMIT = 16 * 1024
@@ -22,15 +24,16 @@ def pub(label: str) -> Publication:
 
 
 class Future:
-    """A send's future as kafka-python gives it, settled with a result or an error."""
+    """A send's future as kafka-python gives it, settled with the record's metadata or an error."""
 
-    def __init__(self, error: Exception | None) -> None:
+    def __init__(self, error: Exception | None, topic: str, offset: int) -> None:
         self.error = error
+        self.metadata = SimpleNamespace(topic=topic, partition=0, offset=offset)
 
     def get(self) -> object:
         if self.error is not None:
             raise self.error
-        return object()
+        return self.metadata
 
 
 class Sender:
@@ -47,7 +50,7 @@ class Sender:
         if label in self.at_send:
             raise self.at_send[label]
         self.sent.append(key)
-        return Future(self.refuse.get(label))
+        return Future(self.refuse.get(label), topic, offset=len(self.sent) - 1)
 
     def flush(self) -> None:
         self.flushed = True
@@ -62,6 +65,10 @@ def test_only_acknowledged_records_count_as_sent() -> None:
     )
     assert sender.flushed
     assert [p.label for p in delivery.acknowledged] == ["a.json", "c.json"]
+    # Where the broker put each: the coordinates their receipts will name.
+    assert [(str(where), p.label) for where, p in delivery.placed] == [
+        ("hub.ingest.v1/0/0", "a.json"), ("hub.ingest.v1/0/2", "c.json"),
+    ]  # fmt: skip
     [refusal] = delivery.refused
     assert refusal.label == "b.json" and refusal.too_large
     assert "larger than the topic accepts" in refusal.reason and "exceeds 2097152" in refusal.reason
@@ -147,3 +154,40 @@ def test_xml_with_a_doctype_is_refused_as_the_hub_refuses_it_without_reading_an_
         checked_publications(path, source_id="gp", secret=SECRET, max_bytes=LIMIT)
     assert caught.value.code is ErrorCode.PAYLOAD_MALFORMED and said in caught.value.message
     assert "root:" not in str(caught.value)
+
+
+def receipt(offset: int, status: str = "accepted", topic: str = "hub.ingest.v1") -> dict[str, Any]:
+    return {
+        "ingest": {"topic": topic, "partition": 0, "offset": offset},
+        "source": "gp",
+        "message_id": "same",
+        "status": status,
+        "error": {"code": "fhir.invalid", "detail": "x"} if status == "rejected" else None,
+        "event_ids": [],
+        "warnings": [],
+        "at": "2026-11-22T12:00:00.000Z",
+    }
+
+
+def test_receipts_are_matched_by_ingest_coordinates_and_a_repeat_counts_once() -> None:
+    """At-least-once receipts: the second copy of an input's receipt (a redelivery) is passed over, as are
+    receipts of other inputs with the same message id; each record sent is answered once."""
+    a, b = pub("a.json"), pub("b.json")
+    wait = ReceiptWait.of(
+        Delivery(
+            (a, b),
+            (),
+            ((KafkaCoordinates("hub.ingest.v1", 0, 5), a), (KafkaCoordinates("hub.ingest.v1", 0, 6), b)),
+        )
+    )
+    assert wait.take(receipt(4)) is None  # an earlier input with the same body: not this run's
+    assert wait.take(receipt(5, topic="other.hub.ingest.v1")) is None  # another hub's ingest topic
+    assert wait.take({"status": "accepted"}) is None and wait.take(None) is None
+    taken = wait.take(receipt(5))
+    assert taken is not None and taken[0] is a
+    assert wait.take(receipt(5)) is None  # the same receipt again: counted once
+    assert not wait.done and wait.failures() == 1  # b has no receipt yet
+    taken = wait.take(receipt(6, "rejected"))
+    assert taken is not None and taken[0] is b
+    assert wait.done
+    assert (wait.summary(), wait.failures()) == ("1 accepted, 1 rejected", 1)
