@@ -15,13 +15,16 @@ sees another's state):
    recipient-topic copy of each of its events, and to an alert its events made.
 4. **Worker peak memory**: ``VmHWM`` of the worker process after phases 2 and 3; then, the worker
    stopped, its table state: keys and bytes of each table (RocksDB, the default store); then the
-   same worker started again on it, with no input: how long until it is ready, how many changelog
-   records it read, its RSS with the whole state.
+   same worker started again on it with new inputs: how long until it handled them end to end
+   (:class:`ProbeWatch`), how many changelog records it read, its RSS with the whole state.
 5. **Scaling**: phases 1 and 2 again with two processes (two passthrough processes; two workers of
    one app id) on fresh topics.
+6. **State** (``--state-patients N``): the state of phase 2-4 copied to N patients (``bench.state``);
+   a worker rebuilding it from the changelogs, restarted on it, then fed new inputs with it in place.
 
-The pure helpers (percentiles, pacing, targets, the result document) are unit-tested without Kafka
-in ``tests/functional/test_bench_smoke.py``; everything else needs a broker.
+The run ends with the targets of issue 13 (:func:`evaluate_targets`, :func:`render_targets`). The
+pure helpers (percentiles, pacing, targets, readiness, the result document, the copies' keys) are
+unit-tested without Kafka in ``tests/functional/test_bench_smoke.py``; everything else needs a broker.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import KafkaError
 
+from bench.state import copies_for, read_table_state, write_state_copies
 from hub.broker.embedded import KAFKA_VERSION, BrokerLayout, EmbeddedBroker, tail
 from hub.consent import load_recipients
 from hub.crypto.config import keyring_from_settings
@@ -74,15 +78,21 @@ from hub.streams.worker import create_contract_topics
 from hub.topics import TopicNames
 
 #: Version of the JSON document ``hub bench --output`` writes.
-RESULT_SCHEMA = "hub-bench/1"
+RESULT_SCHEMA = "hub-bench/2"
 #: Header carrying the send time (ns since the epoch) of a latency-phase record.
 SENT_AT_HEADER = "bench-sent-at"
-#: Issue 8, item 4: the figures the benchmark must show on the 2-core machine.
-TARGET_RATIO = 0.10
-TARGET_RECIPIENT_P99_MS = 250.0
-TARGET_ALERT_P99_MS = 500.0
-TARGET_PEAK_RSS_MB = 500.0
+#: Issue 13: the figures the benchmark must show on the 2-core machine (see :func:`evaluate_targets`).
+TARGET_RATIO = 0.25
+TARGET_CPU_MS_PER_INPUT = 1.5
+TARGET_RECORDS_PER_INPUT = 12.0
+TARGET_RECIPIENT_P99_MS = 100.0
+TARGET_ALERT_P99_MS = 250.0
+TARGET_SPEEDUP = 1.7
+TARGET_PEAK_RSS_MB = 300.0
+TARGET_RESTART_SECONDS = 30.0
 TARGET_PATIENTS_IN_STATE = 100_000
+#: The verdicts of the targets table: a measure the run skipped is never "met".
+MET, MISSED, NOT_MEASURED = "yes", "no", "not measured"
 #: Records up to the hub's internal limit must pass through the raw consumer and producer too.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 #: Fraction of the feed kept for the latency phase; the rest is the throughput phase's input.
@@ -97,6 +107,16 @@ RESTART_SETTLE_SECONDS = 5.0
 MIN_INPUTS_TO_EXTRAPOLATE = 2000
 #: Raw passthrough runs per phase; the median one is reported.
 RAW_REPEATS = 3
+#: New inputs a restarted worker is timed on, end to end; from this many demo patients' feed at least.
+PROBE_INPUTS = 10
+PROBE_PATIENTS = 10
+#: Seconds between two progress lines of a long wait.
+PROGRESS_SECONDS = 5.0
+#: A restarted worker that handles some new inputs but not the others for this long has lost them.
+PROBE_STALL_SECONDS = 60.0
+#: Appended to the message ids of the restarts' new inputs: the demo generator numbers its messages per
+#: source, whatever the seed, so another seed's feed would repeat the first feed's ids (duplicates).
+FRESH_ID_SUFFIX = "-new"
 MEBIBYTE = 1024 * 1024
 
 Progress = Callable[[str], None]
@@ -227,59 +247,162 @@ def table_footprint(tables_dir: Path, app_id: str) -> dict[str, dict[str, int]]:
 
 @dataclass(frozen=True)
 class Target:
-    """One target of issue 8 item 4, and whether the run met it (None: the run could not show it)."""
+    """One row of the targets table of issue 13: what the run measured and whether it met the target.
 
-    name: str
+    ``met`` is :data:`MET`, :data:`MISSED` or :data:`NOT_MEASURED`: a measure the run skipped (no
+    scaling phase, no alert in the latency window) or measured at another size than the target's
+    (a state of fewer than 100,000 patients) is never met. ``value`` is the figure compared, if any.
+    """
+
+    measure: str
     target: str
     measured: str
-    met: bool | None
+    met: str
     note: str = ""
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A target's bound: ``value <comparison> bound``, shown with its unit."""
+
+    comparison: str
+    bound: float
+    unit: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.comparison} {self.bound:g}{self.unit}"
+
+    def met_by(self, value: float) -> bool:
+        return {">=": value >= self.bound, "<=": value <= self.bound, "<": value < self.bound}[
+            self.comparison
+        ]
+
+
+def _compared(measure: str, limit: Limit, value: float | None, measured: str, note: str = "") -> Target:
+    if value is None:
+        return Target(measure, str(limit), measured, NOT_MEASURED, note)
+    return Target(measure, str(limit), measured, MET if limit.met_by(value) else MISSED, note, value)
+
+
+def _at_size(measure: str, limit: Limit, value: float, measured: str, *, patients: int, where: str) -> Target:
+    """A row about a state of :data:`TARGET_PATIENTS_IN_STATE` patients: not measured at a smaller one."""
+    if patients < TARGET_PATIENTS_IN_STATE:
+        return Target(
+            measure,
+            str(limit),
+            measured,
+            NOT_MEASURED,
+            f"{where} with {patients:,} patients in state; the target is for "
+            f"{TARGET_PATIENTS_IN_STATE:,}: run with --state-patients {TARGET_PATIENTS_IN_STATE}",
+            value,
+        )
+    return _compared(measure, limit, value, measured)
 
 
 def evaluate_targets(result: Mapping[str, Any]) -> list[Target]:
-    """The targets against a result document (see :func:`result_document`)."""
-    targets: list[Target] = []
-    hub = result["hub"]
-    targets.append(
-        Target(
-            "hub throughput / raw passthrough",
-            f">= {TARGET_RATIO:.2f}",
-            f"{hub['ratio_to_raw']:.3f}",
-            hub["ratio_to_raw"] >= TARGET_RATIO,
-        )
-    )
-    latency = result["latency"]
-    for name, key, limit in (
-        ("p99 ingest -> recipient topic", "recipient_ms", TARGET_RECIPIENT_P99_MS),
-        ("p99 ingest -> alert", "alert_ms", TARGET_ALERT_P99_MS),
+    """The targets table of issue 13 from a result document (see :func:`result_document`)."""
+    hub, raw = result["hub"], result["raw_passthrough"]
+    latency = result.get("latency") or {}
+    rows = [
+        _compared(
+            "hub inputs/s / raw passthrough records/s",
+            Limit(">=", TARGET_RATIO),
+            hub["ratio_to_raw"],
+            f"{hub['ratio_to_raw']:.3f} ({hub['inputs_per_s']:,.1f} / {raw['records_per_s']:,.0f})",
+        ),
+        _compared(
+            "worker CPU per input (demo mix)",
+            Limit("<=", TARGET_CPU_MS_PER_INPUT, " ms"),
+            hub["worker_cpu_ms_per_input"],
+            f"{hub['worker_cpu_ms_per_input']:.2f} ms",
+        ),
+        _compared(
+            "records written per input",
+            Limit("<=", TARGET_RECORDS_PER_INPUT),
+            hub["records_written_per_input"],
+            f"{hub['records_written_per_input']:.1f}",
+        ),
+    ]
+    for what, key, bound in (
+        ("recipient topic", "recipient_ms", TARGET_RECIPIENT_P99_MS),
+        ("alert", "alert_ms", TARGET_ALERT_P99_MS),
     ):
-        summary = latency[key] if latency else {"count": 0}
+        measure, limit = f"p99 ingest -> {what}, at half the sustained load", Limit("<", bound, " ms")
+        summary = latency.get(key) or {"count": 0}
         if summary["count"]:
-            targets.append(
-                Target(name, f"< {limit:.0f} ms", f"{summary['p99']:.1f} ms", summary["p99"] < limit)
-            )
+            measured = f"{summary['p99']:.1f} ms (n={summary['count']:,})"
+            rows.append(_compared(measure, limit, summary["p99"], measured))
         else:
-            targets.append(Target(name, f"< {limit:.0f} ms", "none measured", None, "no sample in the run"))
-    memory = result["memory"]
-    patients = memory["patients_in_state"]
-    peak = memory["worker_peak_rss_mb"]
-    shown = patients >= TARGET_PATIENTS_IN_STATE
-    estimate = memory.get("estimated_rss_mb_at_target_patients")
-    note = ""
-    if not shown:
-        note = f"run with --patients {TARGET_PATIENTS_IN_STATE} to show it"
-        if estimate is not None:
-            note += f"; linear extrapolation of this run: {estimate:,.0f} MB"
-    targets.append(
-        Target(
-            f"worker peak RSS, {TARGET_PATIENTS_IN_STATE:,} patients in state",
-            f"< {TARGET_PEAK_RSS_MB:.0f} MB",
-            f"{peak:.0f} MB with {patients:,} patients",
-            (peak < TARGET_PEAK_RSS_MB) if shown else None,
-            note,
+            note = "no sample in the latency window" if latency else "no latency phase"
+            rows.append(_compared(measure, limit, None, "-", note))
+    scaling = result.get("scaling")
+    speedup = Limit(">=", TARGET_SPEEDUP, "x")
+    if scaling:
+        measured = (
+            f"{scaling['speedup']:.2f}x ({hub['inputs_per_s']:,.1f} -> "
+            f"{scaling['hub']['inputs_per_s']:,.1f} inputs/s)"
+        )
+        rows.append(_compared("throughput, 1 -> 2 workers", speedup, scaling["speedup"], measured))
+    else:
+        rows.append(_compared("throughput, 1 -> 2 workers", speedup, None, "-", "skipped (--skip-scaling)"))
+    state = result.get("state")
+    if state:
+        patients, where = state["patients_in_state"], "state phase"
+        peak, restart = state["worker_peak_rss_mb"], state["restart"]["seconds_to_ready"]
+        # The larger of the worker rebuilding the state and the one restarted on it, then loaded.
+        during = (
+            " (rebuilding it)"
+            if state["rebuild"]["peak_rss_mb"] >= state["worker_peak_rss_mb_loaded"]
+            else ""
+        )
+    else:
+        memory = result["memory"]
+        patients, where = memory["patients_in_state"], "throughput phase's worker"
+        peak, restart = memory["worker_peak_rss_mb"], memory["restart"]["seconds_to_ready"]
+        during = ""
+    rows.append(
+        _at_size(
+            f"worker peak RSS with {TARGET_PATIENTS_IN_STATE:,} patients in state",
+            Limit("<=", TARGET_PEAK_RSS_MB, " MB"),
+            peak,
+            f"{peak:,.0f} MB at {patients:,} patients{during}",
+            patients=patients,
+            where=where,
         )
     )
-    return targets
+    rows.append(
+        _at_size(
+            "restart to ready with that state",
+            Limit("<=", TARGET_RESTART_SECONDS, " s"),
+            restart,
+            f"{restart:,.1f} s at {patients:,} patients",
+            patients=patients,
+            where=where,
+        )
+    )
+    return rows
+
+
+def render_targets(targets: Sequence[Mapping[str, Any]]) -> str:
+    """The targets as a Markdown table (measure | target | measured | met?), notes numbered below it."""
+    header = ("measure", "target", "measured", "met?")
+    notes: list[str] = []
+    rows: list[tuple[str, str, str, str]] = []
+    for target in targets:
+        met = target["met"]
+        if target["note"]:
+            notes.append(target["note"])
+            met = f"{met} ({len(notes)})"
+        rows.append((target["measure"], target["target"], target["measured"], met))
+    widths = [max(len(row[n]) for row in (header, *rows)) for n in range(4)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)) + " |"
+
+    lines = [line(header), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *map(line, rows)]
+    lines.extend(f"({number}) {note}" for number, note in enumerate(notes, start=1))
+    return "\n".join(lines)
 
 
 def result_document(
@@ -291,11 +414,12 @@ def result_document(
     latency: Mapping[str, Any] | None,
     memory: Mapping[str, Any],
     scaling: Mapping[str, Any] | None,
+    state: Mapping[str, Any] | None = None,
     profile: Mapping[str, Any] | None = None,
     machine: Mapping[str, Any] | None = None,
     started_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of one run; ``targets`` is computed from the rest."""
+    """The JSON document of one run; ``targets`` (the table ``hub bench`` ends with) comes from the rest."""
     document: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "command": command,
@@ -307,6 +431,7 @@ def result_document(
         "latency": dict(latency) if latency is not None else None,
         "memory": dict(memory),
         "scaling": dict(scaling) if scaling is not None else None,
+        "state": dict(state) if state is not None else None,
         "profile": dict(profile) if profile is not None else None,
     }
     document["targets"] = [asdict(target) for target in evaluate_targets(document)]
@@ -402,14 +527,7 @@ def render_table(result: Mapping[str, Any]) -> str:
             f"{memory['worker_rss_end_mb']:.0f} MB at the end)",
         )
     )
-    restart = memory["restart"]
-    rows.append(
-        (
-            "worker restarted on its state",
-            f"ready in {restart['seconds_to_ready']:.0f} s, {restart['changelog_records_read']:,} changelog "
-            f"records read, {restart['rss_mb']:.0f} MB RSS with every input in state and no load",
-        )
-    )
+    rows.append(("worker restarted on its state", _restart_text(memory["restart"])))
     tables = memory["tables"]
     rows.append(
         (
@@ -434,17 +552,55 @@ def render_table(result: Mapping[str, Any]) -> str:
                 f"(x{scaling['speedup']:.2f} of 1 worker; /raw {scaling['hub']['ratio_to_raw']:.3f})",
             )
         )
+    state = result.get("state")
+    if state:
+        rows.extend(_state_rows(state, hub))
     width = max(len(label) for label, _ in rows)
     lines = [f"{label.ljust(width)}  {value}" for label, value in rows]
     lines.append("")
-    lines.append("targets (issue 8, item 4):")
-    for target in result["targets"]:
-        verdict = {True: "met", False: "MISSED", None: "not shown"}[target["met"]]
-        note = f"  ({target['note']})" if target["note"] else ""
-        lines.append(
-            f"  {verdict:9} {target['name']}: {target['measured']} (target {target['target']}){note}"
-        )
+    lines.append("targets (issue 13):")
+    lines.append(render_targets(result["targets"]))
     return "\n".join(lines)
+
+
+def _restart_text(restart: Mapping[str, Any]) -> str:
+    return (
+        f"ready in {restart['seconds_to_ready']:.1f} s ({restart['probe_inputs']} new inputs end to end; "
+        f"receipts in {restart['seconds_to_receipts']:.1f} s), {restart['changelog_records_read']:,} "
+        f"changelog records read, {restart['rss_mb']:.0f} MB RSS then"
+    )
+
+
+def _state_rows(state: Mapping[str, Any], hub: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The state phase's rows of the summary (``--state-patients``)."""
+    loaded = state["hub"]
+    tables = state["tables"]
+    return [
+        (
+            "state: patients in state",
+            f"{state['patients_in_state']:,}: {state['copies']:,} copies of the throughput phase's state of "
+            f"{state['template_patients']:,} patients ({state['records_written']:,} changelog records, "
+            f"{state['bytes_written'] / MEBIBYTE:,.0f} MB, written in {state['write_seconds']:.0f} s)",
+        ),
+        ("state: first start, rebuilt from the changelogs", _restart_text(state["rebuild"])),
+        ("state: worker restarted on it", _restart_text(state["restart"])),
+        (
+            "state: hub, 1 worker, with the state",
+            f"{_fmt(loaded['inputs_per_s'], 'inputs/s')} (without: {_fmt(hub['inputs_per_s'], '/s')}), "
+            f"{loaded['worker_cpu_ms_per_input']:.1f} ms of worker CPU per input, "
+            f"{loaded['inputs']:,} new inputs",
+        ),
+        (
+            "state: worker peak RSS (VmHWM)",
+            f"{state['worker_peak_rss_mb']:.0f} MB (rebuilding {state['rebuild']['peak_rss_mb']:.0f} MB, "
+            f"restarted and loaded {state['worker_peak_rss_mb_loaded']:.0f} MB)",
+        ),
+        (
+            "state: tables",
+            f"{state['table_disk_mb']:,.0f} MB on disk; {sum(t['keys'] for t in tables.values()):,} keys, "
+            f"{sum(t['live_bytes'] for t in tables.values()) / MEBIBYTE:,.0f} MB live",
+        ),
+    ]
 
 
 # --- the feed ------------------------------------------------------------------------------------
@@ -557,9 +713,13 @@ class Reader:
         tps = _partitions(self.bootstrap, topics)
         return dict(await self.consumer.end_offsets(tps))
 
-    async def count(self, topics: Sequence[str]) -> int:
-        """Records in the topics (the hub writes without transactions: end offset = record count)."""
-        return sum((await self.ends(topics)).values())
+    async def count(self, topics: Sequence[str], since: Mapping[Any, int] | None = None) -> int:
+        """Records in the topics (the hub writes without transactions: end offset = record count).
+
+        With ``since`` (end offsets taken earlier), the records written after them.
+        """
+        ends = await self.ends(topics)
+        return sum(end - (since or {}).get(tp, 0) for tp, end in ends.items())
 
     async def _records_at(self, wanted: Mapping[Any, int]) -> list[Any]:
         """The record at the given offset of each partition."""
@@ -581,10 +741,15 @@ class Reader:
         self.consumer.resume(*wanted)
         return list(found.values())
 
-    async def first_timestamp(self, topics: Sequence[str]) -> float:
-        """Seconds since the epoch of the earliest first record of the topics' partitions."""
+    async def first_timestamp(self, topics: Sequence[str], since: Mapping[Any, int] | None = None) -> float:
+        """Seconds since the epoch of the earliest first record of the topics' partitions.
+
+        With ``since`` (end offsets taken earlier), the first record written after them.
+        """
         tps = _partitions(self.bootstrap, topics)
         begins = await self.consumer.beginning_offsets(tps)
+        if since:
+            begins = {tp: max(begins[tp], since.get(tp, 0)) for tp in tps}
         ends = await self.consumer.end_offsets(tps)
         records = await self._records_at({tp: begins[tp] for tp in tps if ends[tp] > begins[tp]})
         return min(r.timestamp for r in records) / 1000 if records else math.nan
@@ -809,7 +974,12 @@ class Worker:
         return (_proc_status_kb(self.process.pid, "VmRSS") or 0) / 1024
 
     def changelog_records_read(self) -> int | None:
-        """``hub_table_changelog_records_total`` over its tables, from its /metrics; None before it serves.
+        """``hub_table_changelog_records_total`` over its tables, from its /metrics; None before it serves."""
+        by_table = self.changelog_records_by_table()
+        return None if by_table is None else sum(by_table.values())
+
+    def changelog_records_by_table(self) -> dict[str, int] | None:
+        """``hub_table_changelog_records_total`` of each table, from its /metrics; None before it serves.
 
         Its URL is the one it logged (``metrics.listening``: the benchmark gives it a free port).
         """
@@ -825,10 +995,8 @@ class Worker:
                 text = response.read().decode()
         except OSError:
             return None
-        return sum(
-            round(float(value))
-            for value in re.findall(r"^hub_table_changelog_records_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
-        )
+        pattern = r'^hub_table_changelog_records_total\{table="([^"]*)"[^}]*\} (\S+)$'
+        return {table: round(float(value)) for table, value in re.findall(pattern, text, re.MULTILINE)}
 
     def peak_rss_mb(self) -> float:
         return (_proc_status_kb(self.process.pid, "VmHWM") or 0) / 1024
@@ -955,15 +1123,18 @@ class Phase:
             "HUB_METRICS_PORT": "0",
         }
 
-    async def written_by_topic(self, reader: Reader) -> dict[str, int]:
-        """Records in each written topic, by name without the phase's prefix; recipient topics summed."""
+    async def written_by_topic(
+        self, reader: Reader, since: Mapping[Any, int] | None = None
+    ) -> dict[str, int]:
+        """Records in each written topic (after ``since``), by name without the phase's prefix;
+        recipient topics summed."""
         counts: dict[str, int] = {}
         for topic in self.written_topics:
             if topic in self.recipient_topics:
                 name = f"hub.pathway.<recipient>.v1 ({len(self.recipient_topics)} topics)"
             else:
                 name = topic.removeprefix(self.prefix).removeprefix(self.app_id + "-")
-            counts[name] = counts.get(name, 0) + await reader.count([topic])
+            counts[name] = counts.get(name, 0) + await reader.count([topic], since)
         return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
     @classmethod
@@ -1132,12 +1303,14 @@ async def measure_hub(
 
     Time runs from the first record a worker wrote (its first input's identity record or receipt:
     the start of consumption) to the last first-receipt and to the last recipient-topic record.
+    Records already on the topics (a state written before, earlier inputs) are not counted.
     """
     topics = phase.topics
     tracker = ReceiptTracker(frozenset(m.message_id for m in feed))
     reader = await Reader.open(phase.bootstrap)
     consumer = await _reader(phase.bootstrap)
     stop = asyncio.Event()
+    since = await reader.ends(list({*phase.written_topics, topics.receipts, topics.identity}))
 
     def check() -> None:
         for worker in workers:
@@ -1175,17 +1348,17 @@ async def measure_hub(
             workers=len(workers),
             inputs=len(feed),
             statuses=dict(Counter(status for _, status in tracker.first.values())),
-            receipts_total=await reader.count([topics.receipts]),
-            pathway_events=await reader.count([topics.pathway]),
-            recipient_copies=await reader.count(phase.recipient_topics),
-            alerts=await reader.count([topics.alerts]),
-            records_written=await reader.count(phase.written_topics),
-            started=await reader.first_timestamp([topics.identity, topics.receipts]),
+            receipts_total=await reader.count([topics.receipts], since),
+            pathway_events=await reader.count([topics.pathway], since),
+            recipient_copies=await reader.count(phase.recipient_topics, since),
+            alerts=await reader.count([topics.alerts], since),
+            records_written=await reader.count(phase.written_topics, since),
+            started=await reader.first_timestamp([topics.identity, topics.receipts], since),
             last_receipt=max(firsts),
             last_recipient=await reader.last_timestamp(phase.recipient_topics),
             steady_inputs_per_s=steady_rate(firsts),
             raw_records_per_s=per_second(raw.records, raw.seconds),
-            written_by_topic=tuple((await phase.written_by_topic(reader)).items()),
+            written_by_topic=tuple((await phase.written_by_topic(reader, since)).items()),
             worker_cpu_seconds=cpu_end[0] - cpu_start[0],
             broker_cpu_seconds=cpu_end[1] - cpu_start[1],
             other_cpu_seconds=max(
@@ -1342,6 +1515,49 @@ async def measure_latency(
     }
 
 
+@dataclass
+class ProbeWatch:
+    """When a (re)started worker is ready: the new inputs it was given, handled end to end.
+
+    Ready once every input has its receipt and a recipient topic has a new record (nothing else
+    writes to one meanwhile). Inputs all receipted but none shared for :data:`PROBE_STALL_SECONDS`:
+    ready as of the last receipt (``shared`` False). Some receipted and the others not for that long:
+    the worker handles inputs but lost those, and :class:`BenchFailed` names them.
+    """
+
+    expected: frozenset[str]
+    label: str
+    #: Records on the recipient topics before the worker started.
+    copies_before: int
+    receipted: dict[str, float] = field(default_factory=dict)
+    receipts_at: float = math.nan
+    ready_at: float = math.nan
+    shared: bool = False
+
+    def receipt(self, value: bytes, now: float) -> None:
+        message_id = json.loads(value).get("message_id")
+        if message_id in self.expected:
+            self.receipted.setdefault(message_id, now)
+
+    def check(self, copies: int, now: float) -> None:
+        if math.isnan(self.receipts_at):
+            if len(self.receipted) == len(self.expected):
+                self.receipts_at = max(self.receipted.values())
+            elif self.receipted and now - max(self.receipted.values()) > PROBE_STALL_SECONDS:
+                missing = sorted(self.expected - set(self.receipted))
+                raise BenchFailed(
+                    f"{self.label}: {len(missing)} of {len(self.expected)} new inputs have no receipt "
+                    f"{now - max(self.receipted.values()):.0f} s after the others' ({', '.join(missing)})",
+                    hint="the worker skipped them: its log and the broker's are in the directory below",
+                )
+        if math.isnan(self.receipts_at):
+            return
+        if copies > self.copies_before:
+            self.ready_at, self.shared = now, True
+        elif now - self.receipts_at > PROBE_STALL_SECONDS:
+            self.ready_at = self.receipts_at
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -1361,6 +1577,8 @@ class BenchConfig:
     profile: Path | None = None
     #: Seconds to wait for a phase's receipts before giving up.
     timeout: float = 600.0
+    #: Patients in the state phase (0: no state phase): copies of the throughput phase's state.
+    state_patients: int = 0
 
 
 QUICK = BenchConfig(patients=40, duration=5.0, partitions=3, skip_scaling=True)
@@ -1451,28 +1669,31 @@ class Bench:
         self.progress = progress
         self.work_dir = work_dir
         self.workers: list[Worker] = []
+        self.starts = 0
         # The workers' data keys and table state stay in the benchmark's folder (removed at the end).
         self.demo = {
             **prepare_demo_environment().environ,
             "HUB_KEY_STORE_FILE": str(work_dir / "keys" / "data-keys.sqlite3"),
             "HUB_TABLE_DIR": str(work_dir / "tables"),
         }
-        self.opener = RecordOpener(
-            keyring_from_settings(
-                Settings(
-                    kek_file=Path(self.demo["HUB_KEK_FILE"]),
-                    key_store_file=Path(self.demo["HUB_KEY_STORE_FILE"]),
-                )
+        # The workers' keys: to open what they seal, and to seal the state phase's copies.
+        self.keyring = keyring_from_settings(
+            Settings(
+                kek_file=Path(self.demo["HUB_KEK_FILE"]),
+                key_store_file=Path(self.demo["HUB_KEY_STORE_FILE"]),
             )
         )
+        self.opener = RecordOpener(self.keyring)
         registry = load_sources(DEMO_SOURCES_FILE)
         self.secrets = {source.id: source.secrets[0] for source in registry.sources.values()}
 
     def start_workers(self, phase: Phase, count: int, *, profile: Path | None) -> list[Worker]:
+        # A log of its own for each start: a restarted worker's must not overwrite the one before.
+        self.starts += 1
         started = [
             Worker.start(
                 phase.environ(self.demo),
-                self.work_dir / f"{phase.app_id}-worker-{n}.log",
+                self.work_dir / f"{phase.app_id}-worker-{n}-start-{self.starts}.log",
                 profile if n == 0 else None,
             )
             for n in range(count)
@@ -1535,45 +1756,183 @@ class Bench:
         )
         return phase, raw, run, started, rss_ready
 
-    async def restart(self, phase: Phase, *, timeout: float = 600.0) -> dict[str, Any]:
-        """The stopped worker started again on its table folder, with every input in state and no load.
+    async def start_until_ready(
+        self,
+        phase: Phase,
+        probes: Sequence[FeedMessage],
+        *,
+        label: str,
+        timeout: float,
+        changelog_records: int | None = None,
+    ) -> tuple[Worker, dict[str, Any]]:
+        """Start one worker on ``phase`` and time it until it has handled new inputs end to end.
 
-        Ready when it holds its partitions and has read what it needed of the changelogs (its
-        ``hub_table_changelog_records_total`` unchanged for :data:`RESTART_SETTLE_SECONDS`): with
-        RocksDB only what it had not yet applied, with memory every record. Then its RSS is the
-        worker's resident size with the whole state and nothing in flight.
+        The ``probes`` (inputs no worker has seen) are loaded as the process starts; :class:`ProbeWatch`
+        says when it is ready. The time includes the start of the process, joining the group and
+        whatever the worker reads of its changelogs first (faust handles no input before its tables
+        are recovered). Then, once its changelog reads are still for :data:`RESTART_SETTLE_SECONDS`,
+        how many it read and its RSS. ``changelog_records``: how many there are, for the progress.
         """
-        self.progress("restart: the same worker again, on its table folder, no input")
-        started = time.monotonic()
-        [worker] = self.start_workers(phase, 1, profile=None)
-        await phase.wait_until_assigned([worker], timeout=timeout)
-        read, changed, stable_since = -1, time.monotonic(), time.monotonic()
-        while time.monotonic() - stable_since < RESTART_SETTLE_SECONDS:
-            worker.check()
-            if time.monotonic() - started > timeout:
-                raise BenchFailed(
-                    f"the restarted worker was still reading changelogs after {timeout:.0f} s",
-                    hint="read its log in the directory named below",
-                )
-            now = await asyncio.to_thread(worker.changelog_records_read)
-            if now is None or now != read:
-                read, changed, stable_since = (
-                    now if now is not None else -1,
-                    time.monotonic(),
-                    time.monotonic(),
-                )
-            await asyncio.sleep(0.5)
+        topics = phase.topics
+        reader = await Reader.open(phase.bootstrap)
+        consumer = await _reader(phase.bootstrap)
+        try:
+            watch = ProbeWatch(
+                frozenset(m.message_id for m in probes), label, await reader.count(phase.recipient_topics)
+            )
+            tps = _partitions(phase.bootstrap, [topics.receipts])
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)
+            started = reported = time.monotonic()
+            [worker] = self.start_workers(phase, 1, profile=None)
+            await preload(
+                phase.bootstrap, topics.ingest, [signed(m, self.secrets[m.source_id]) for m in probes]
+            )
+            while math.isnan(watch.ready_at):
+                worker.check()
+                if time.monotonic() - started > timeout:
+                    raise BenchFailed(
+                        f"{label}: the worker handled {len(watch.receipted)} of {len(probes)} new inputs "
+                        f"in {timeout:.0f} s",
+                        hint="read its log in the directory named below",
+                    )
+                if time.monotonic() - reported >= PROGRESS_SECONDS:
+                    reported = time.monotonic()
+                    read = await asyncio.to_thread(worker.changelog_records_read)
+                    of = f" of {changelog_records:,}" if changelog_records is not None else ""
+                    self.progress(
+                        f"  {label}: {reported - started:.0f} s, "
+                        + (f"{read:,}{of} changelog records read" if read is not None else "starting")
+                        + f", {worker.rss_mb():.0f} MB RSS"
+                    )
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        watch.receipt(record.value, time.monotonic())
+                watch.check(await reader.count(phase.recipient_topics), time.monotonic())
+            read = await self._settled_changelog_reads(worker)
+        finally:
+            await consumer.stop()
+            await reader.close()
+        by_table = await asyncio.to_thread(worker.changelog_records_by_table)
         result = {
-            "seconds_to_ready": round(changed - started, 1),
+            "seconds_to_ready": round(watch.ready_at - started, 1),
+            "seconds_to_receipts": round(watch.receipts_at - started, 1),
+            "probe_inputs": len(probes),
+            "probe_shared": watch.shared,
             "changelog_records_read": read,
+            "changelog_records_read_by_table": by_table or {},
             "rss_mb": round(worker.rss_mb(), 1),
+            "peak_rss_mb": round(worker.peak_rss_mb(), 1),
         }
         self.progress(
-            f"restart: ready in {result['seconds_to_ready']:.0f} s, {read:,} changelog records read, "
+            f"{label}: ready in {result['seconds_to_ready']:.1f} s, {read:,} changelog records read, "
             f"{result['rss_mb']:.0f} MB RSS"
         )
+        return worker, result
+
+    @staticmethod
+    async def _settled_changelog_reads(worker: Worker) -> int:
+        """The worker's changelog records read, once still for :data:`RESTART_SETTLE_SECONDS`."""
+        read, stable_since = -1, time.monotonic()
+        while time.monotonic() - stable_since < RESTART_SETTLE_SECONDS:
+            worker.check()
+            now_read = await asyncio.to_thread(worker.changelog_records_read)
+            if now_read is None or now_read != read:
+                read, stable_since = (now_read if now_read is not None else -1), time.monotonic()
+            await asyncio.sleep(0.5)
+        return read
+
+    async def restart(
+        self, phase: Phase, probes: Sequence[FeedMessage], *, timeout: float = 600.0
+    ) -> dict[str, Any]:
+        """The stopped worker started again on its table folder, timed until it handled new inputs."""
+        self.progress(f"restart: the same worker again, on its table folder, with {len(probes)} new inputs")
+        _, result = await self.start_until_ready(phase, probes, label="restart", timeout=timeout)
         self.stop_workers()
         return result
+
+    async def state_phase(
+        self,
+        template: Phase,
+        fresh: Sequence[FeedMessage],
+        raw: Passthrough,
+        *,
+        inputs_in_template: int,
+    ) -> dict[str, Any]:
+        """``--state-patients``: the throughput phase's state copied to N patients (bench.state), then a
+        worker rebuilding it from the changelogs, restarted on it, and fed new inputs with it in place."""
+        config = self.config
+        assert config.bootstrap is not None
+        copies = copies_for(config.state_patients, config.patients)
+        phase = Phase.create(config.bootstrap, "state", config.partitions)
+        self.progress(f"state: reading the tables of {template.app_id} from their changelogs")
+        entries = await read_table_state(config.bootstrap, template.app_id, config.partitions, self.keyring)
+        self.progress(
+            f"state: {len(entries):,} table entries for {config.patients:,} patients; writing {copies:,} "
+            f"copies ({copies * config.patients:,} patients) to the changelogs of {phase.app_id}"
+        )
+        written = await write_state_copies(
+            config.bootstrap, entries, phase.app_id, copies, self.keyring, progress=self.progress
+        )
+        rebuild_probes, restart_probes = fresh[:PROBE_INPUTS], fresh[PROBE_INPUTS : 2 * PROBE_INPUTS]
+        loaded = fresh[2 * PROBE_INPUTS :]
+        # Hours at most: rebuilding is bounded by what was written, shown as it goes.
+        rebuild_timeout = max(config.timeout, 3600.0)
+        self.progress(
+            "state: first start, on an empty folder: the worker rebuilds its tables from the changelogs"
+        )
+        _, rebuild = await self.start_until_ready(
+            phase,
+            rebuild_probes,
+            label="state rebuild",
+            timeout=rebuild_timeout,
+            changelog_records=written.records,
+        )
+        self.progress("state: stopping the worker")
+        self.stop_workers()
+        self.progress("state: restart on that folder")
+        worker, restart = await self.start_until_ready(
+            phase, restart_probes, label="state restart", timeout=rebuild_timeout
+        )
+        self.progress(f"state: {len(loaded):,} new inputs at full speed, the state in place")
+        records = [signed(m, self.secrets[m.source_id]) for m in loaded]
+        run = await measure_hub(
+            phase,
+            [worker],
+            loaded,
+            records,
+            raw,
+            progress=self.progress,
+            timeout=config.timeout,
+            broker_pid=self.broker_pid,
+        )
+        peak_loaded = worker.peak_rss_mb()
+        hub = run.as_dict()
+        self.progress(
+            f"state: {hub['inputs_per_s']:,.1f} inputs/s with the state, "
+            f"{hub['worker_cpu_ms_per_input']:.1f} ms CPU per input, peak RSS {peak_loaded:.0f} MB"
+        )
+        self.stop_workers()
+        self.progress("state: counting the table folder's keys and bytes")
+        tables = table_footprint(self.work_dir / "tables", phase.app_id)
+        return {
+            "method": "copies of the throughput phase's tables (bench/state.py)",
+            "template_patients": config.patients,
+            "template_inputs": inputs_in_template,
+            "template_entries": len(entries),
+            "patients_in_state": copies * config.patients,
+            **written.as_dict(),
+            "rebuild": rebuild,
+            "restart": restart,
+            "hub": hub,
+            "worker_peak_rss_mb_loaded": round(peak_loaded, 1),
+            # The largest a worker with the state grew: rebuilding it, or restarted on it under load.
+            "worker_peak_rss_mb": round(max(rebuild["peak_rss_mb"], peak_loaded), 1),
+            "table_disk_mb": round(sum(t["disk_bytes"] for t in tables.values()) / MEBIBYTE, 1),
+            "tables": tables,
+        }
 
     async def run(self, command: str) -> dict[str, Any]:
         config = self.config
@@ -1586,6 +1945,12 @@ class Bench:
         self.progress(
             f"{len(feed):,} messages: {throughput_count:,} for throughput, {latency_count:,} kept for latency"
         )
+        # New inputs for the restarts (and the state phase's load): other patients, never sent before.
+        fresh_patients = config.patients if config.state_patients else min(config.patients, PROBE_PATIENTS)
+        fresh = [
+            replace(m, message_id=m.message_id + FRESH_ID_SUFFIX)
+            for m in prepare_feed(fresh_patients, config.seed + 1, started_at)
+        ]
 
         phase, raw, run, workers, rss_at_start = await self.hub_phase(
             "one", throughput_feed, workers=1, profile=config.profile
@@ -1636,7 +2001,7 @@ class Bench:
             # Bytes per input are kB per 1,000 inputs.
             "table_disk_kb_per_1000_inputs": round(per_second(disk_bytes, memory["inputs_in_state"])),
             "tables": tables,
-            "restart": await self.restart(phase),
+            "restart": await self.restart(phase, fresh[:PROBE_INPUTS]),
         }
         profile = None
         if config.profile is not None:
@@ -1655,6 +2020,15 @@ class Bench:
                 "hub": hub2,
                 "speedup": round(per_second(hub2["inputs_per_s"], hub["inputs_per_s"]), 3),
             }
+        state = None
+        if config.state_patients:
+            # Last: its gigabytes of changelogs would weigh on the broker under the phases above.
+            state = await self.state_phase(
+                phase,
+                fresh[PROBE_INPUTS:][: 2 * PROBE_INPUTS + throughput_count],
+                raw,
+                inputs_in_template=throughput_count + latency["sent"] + PROBE_INPUTS,
+            )
         return result_document(
             command=command,
             config={
@@ -1664,6 +2038,7 @@ class Bench:
                 "latency_messages": latency_count,
                 "table_store": Settings().table_store,
             },
+            state=state,
             raw=raw.as_dict(),
             hub=hub,
             latency=latency,

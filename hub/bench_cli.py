@@ -1,4 +1,4 @@
-"""``hub bench``: the benchmark of issue 8 from the command line (the code lives in ``bench/``).
+"""``hub bench``: the benchmark of issues 8 and 13 from the command line (the code lives in ``bench/``).
 
 The ``bench`` package is imported inside the command only: the hub itself never depends on it.
 """
@@ -38,6 +38,14 @@ _QUICK_OPTIONS = ("patients", "duration", "partitions", "skip_scaling")
     help="Use this Kafka broker instead of starting an embedded one on free ports.",
 )
 @click.option("--skip-scaling", is_flag=True, help="Skip the two-worker run.")
+@click.option(
+    "--state-patients",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Then a state of at least this many patients (copies of the throughput phase's state): "
+    "worker peak RSS, rebuild and restart time, throughput with it in place. 0: no state phase.",
+)
 @click.option("--quick", is_flag=True, help="A tiny run (40 patients, 5 s of latency, no scaling).")
 @click.option("--profile", is_flag=True, help="Run the single worker under cProfile; print its top 20.")
 @click.option(
@@ -59,8 +67,9 @@ _QUICK_OPTIONS = ("patients", "duration", "partitions", "skip_scaling")
 def bench(ctx: click.Context, /, **options: Any) -> None:
     """Measure throughput, latency and memory against raw Kafka on a real broker (3-4 minutes).
 
-    Prints a table and the targets of issue 8; progress goes to stderr. Ctrl-C stops every process
-    the benchmark started, and the broker if it started one.
+    Prints the figures, then the targets of issue 13 as a table (measure | target | measured | met?);
+    progress goes to stderr. --state-patients adds the state phase (docs/PERFORMANCE.md). Ctrl-C stops
+    every process the benchmark started, and the broker if it started one.
     """
     from bench.run import QUICK, BenchConfig, render_profile, render_table, run_bench  # noqa: PLC0415
 
