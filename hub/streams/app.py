@@ -29,6 +29,7 @@ from hub.kafka.security import KafkaSecurity
 from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
 from hub.networks import NetworkRegistry, reload
 from hub.settings import Settings
+from hub.streams.batches import take_batches
 from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
 from hub.streams.routing import (
     REGISTRY_CHECK_SECONDS,
@@ -397,14 +398,15 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
     ) -> None:
         """A thin agent: per batch of records, route each (open, decide, seal), then send them all.
 
-        Batches (``take_events``: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS)
-        pay one round of acknowledgements and one producer linger for many inputs; faust acks a
-        batch's offsets only after the body is done, and every record sent is acknowledged before
-        the next batch. concurrency=1: with more, faust can commit offsets past unfinished events
-        (DESIGN.md 4). A record Kafka refuses for good is sent as ``replacing`` says, or else logged
-        and counted. A record on which routing raises (a bug) ends as ``failing`` says (ingest: an
-        internal-error reject) or is logged and skipped: it never stops the partition, and never
-        takes the rest of its batch with it. Each record is counted in ``hub.metrics``.
+        Batches (``take_batches``: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS) pay
+        one round of acknowledgements and one producer linger for many inputs; a batch's offsets are
+        acknowledged only after the body is done with it (never when the agent stops on it), and every
+        record sent is acknowledged by Kafka before the next batch. concurrency=1: with more, faust can
+        commit offsets past unfinished events (DESIGN.md 4). A record Kafka refuses for good is sent as
+        ``replacing`` says, or else logged and counted. A record on which routing raises (a bug) ends as
+        ``failing`` says (ingest: an internal-error reject) or is logged and skipped: it never stops the
+        partition, and never takes the rest of its batch with it. Each record is counted in
+        ``hub.metrics``.
         """
 
         def routed(stream: Any, event: Any) -> list[Outgoing]:
@@ -425,7 +427,8 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
                 clear_bound()
 
         async def process(stream: Any) -> None:
-            async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_SECONDS):
+            # Not faust's take_events: it acknowledges a batch the agent stopped on (hub.streams.batches).
+            async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
                 started = time.perf_counter()
                 batch = [(event.message, routed(stream, event)) for event in events]
                 stream._set_current_event(None)

@@ -1,0 +1,98 @@
+"""Batches of a faust stream whose events are acknowledged only once their batch was processed.
+
+faust's ``Stream.take_events`` acknowledges a batch's events in a ``finally`` around its ``yield``: when
+the agent is stopped (SIGTERM, a rolling restart) or fails while it still works on a batch, faust
+closes the generator, the ``finally`` acknowledges the whole batch, and the consumer commits offsets
+past records whose outputs were never sent. Those inputs were lost without a trace: no receipt, no
+event (found by ``hub bench --state-patients``, which stops a worker with SIGTERM under load).
+
+:func:`take_batches` is faust's algorithm with one change: a batch is acknowledged only when the agent
+asks for the next one, that is, once its body has finished with it. A batch abandoned by a stop or an
+exception stays unacknowledged, its offsets are not committed, and the records are read again by the
+next owner of the partition (at-least-once, deterministic ids: DESIGN.md 4).
+
+It relies on faust's stream internals as ``take_events`` does (``add_processor``, ``_enable_passive``,
+``current_event``), checked against the pinned faust-streaming version by tests/unit/test_batches.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mode.utils.futures import notify
+
+
+async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to compare line by line
+    stream: Any, max_records: int, within: float
+) -> AsyncIterator[list[Any]]:
+    """The stream's events, up to ``max_records`` at a time or what came within ``within`` seconds.
+
+    Each batch's events are acknowledged after the caller has processed it (when it asks for the next
+    batch), never when the caller stops or fails on it.
+    """
+    buffer: list[Any] = []
+    events: list[Any] = []
+    buffer_full = asyncio.Event()
+    buffer_consumed = asyncio.Event()
+    consuming: asyncio.Future[None] | None = None
+    enable_acks: bool = stream.enable_acks
+
+    async def add_to_buffer(value: Any) -> Any:
+        # Called by faust for each event the stream reads in the background (a stream processor).
+        nonlocal consuming
+        if consuming is not None:
+            try:
+                await consuming
+            finally:
+                consuming = None
+        buffer.append(value)
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("the batch buffer found no current event")
+        events.append(event)
+        if len(buffer) >= max_records:
+            buffer_full.set()
+            # Not one record more than max_records in a batch: wait until this one is taken.
+            buffer_consumed.clear()
+            await stream.wait(buffer_consumed)
+        return value
+
+    # This generator acknowledges events itself, once their batch is done.
+    stream.enable_acks = False
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(aiter_of(stream.channel))
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(buffer_full, timeout=within)
+            if not buffer:
+                continue
+            # The background reader must not add to the buffer while the batch is out.
+            consuming = stream.loop.create_future()
+            batch = list(events)
+            processed = False
+            try:
+                yield batch
+                processed = True
+            finally:
+                # Else the caller stopped or failed on the batch: its events stay unacknowledged, so
+                # their offsets are never committed and the records are read again.
+                acknowledged = batch if processed else []
+                buffer.clear()
+                events.clear()
+                notify(consuming)
+                buffer_full.clear()
+                buffer_consumed.set()
+            for event in acknowledged:
+                await stream.ack(event)
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add_to_buffer)
+
+
+def aiter_of(channel: Any) -> Any:
+    """``aiter`` of a faust channel (mode's helper, as faust's own take_events uses)."""
+    from mode.utils.aiter import aiter  # noqa: PLC0415 - mode's, kept beside its one use
+
+    return aiter(channel)
