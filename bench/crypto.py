@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hub.crypto import Keyring, KeyStore, LocalKeyProvider
 from hub.crypto.records import RecordOpener, RecordSealer
+from hub.records import EVENT_ID_HEADER, encode_headers
 from hub.topics import TopicNames
 
 RECORDS = 20_000
@@ -33,7 +34,9 @@ def main() -> None:
             sealer.seal(topics.pathway, patient.encode(), value, ())
         keys = [patients[i % PATIENTS].encode() for i in range(RECORDS)]
         started = time.perf_counter()
-        sealed = [sealer.seal(topics.pathway, key, value, (("hub-event-id", b"e1"),)) for key in keys]
+        sealed = [
+            sealer.seal(topics.pathway, key, value, encode_headers({EVENT_ID_HEADER: "e1"})) for key in keys
+        ]
         sealing = time.perf_counter() - started
         started = time.perf_counter()
         for body, headers in sealed:

@@ -67,13 +67,20 @@ from hub.crypto.config import keyring_from_settings
 from hub.crypto.records import RecordOpener
 from hub.demo.generator import generate_feed
 from hub.errors import BrokerError, ErrorCode, HubError
-from hub.ingest.pipeline import CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER, SIGNATURE_HEADER, SOURCE_HEADER
 from hub.ingest.signature import sign
 from hub.kafka.admin import ensure_topics
+from hub.records import (
+    CONTENT_TYPE_HEADER,
+    MESSAGE_ID_HEADER,
+    SIGNATURE_HEADER,
+    SOURCE_HEADER,
+    decode_json,
+    encode_headers,
+)
 from hub.run import DEMO_RECIPIENTS_FILE, DEMO_SOURCES_FILE, prepare_demo_environment
 from hub.settings import Settings
 from hub.sources.registry import load_sources
-from hub.streams.app import TABLES, changelog_topic
+from hub.streams.app import TABLES
 from hub.streams.worker import create_contract_topics
 from hub.topics import TopicNames
 
@@ -633,10 +640,14 @@ def signed(
         message.message_id.encode(),
         message.body,
         [
-            (SOURCE_HEADER, message.source_id.encode()),
-            (SIGNATURE_HEADER, sign(secret, message.source_id, message.body, stamp).encode()),
-            (CONTENT_TYPE_HEADER, message.content_type.encode()),
-            (MESSAGE_ID_HEADER, message.message_id.encode()),
+            *encode_headers(
+                (
+                    (SOURCE_HEADER, message.source_id),
+                    (SIGNATURE_HEADER, sign(secret, message.source_id, message.body, stamp)),
+                    (CONTENT_TYPE_HEADER, message.content_type),
+                    (MESSAGE_ID_HEADER, message.message_id),
+                )
+            ),
             *extra,
         ],
     )
@@ -1095,7 +1106,7 @@ class Phase:
             *(name for name in topics.contract() if name != topics.ingest),
             *topics.internal(),
             *self.recipient_topics,
-            *(changelog_topic(self.app_id, table) for table in TABLES),
+            *(TopicNames.changelog(self.app_id, table) for table in TABLES),
         ]
 
     def settings(self) -> Settings:
@@ -1198,7 +1209,7 @@ class ReceiptTracker:
     total: int = 0
 
     def add(self, timestamp_ms: int, value: bytes) -> None:
-        receipt = json.loads(value)
+        receipt = decode_json(value)
         message_id = receipt.get("message_id")
         self.total += 1
         if message_id in self.expected and message_id not in self.first:
@@ -1401,13 +1412,13 @@ def latencies(sent: Mapping[str, float], arrivals: Arrivals) -> tuple[list[float
             sent_of_event.update((event_id, sent[message_id]) for event_id in event_ids)
     first_copy: dict[str, float] = {}
     for seen, value in arrivals.copies:
-        event_id = json.loads(value).get("event_id")
+        event_id = decode_json(value).get("event_id")
         if event_id in sent_of_event and seen < first_copy.get(event_id, math.inf):
             first_copy[event_id] = seen
     recipient_ms = [(seen - sent_of_event[event_id]) * 1000 for event_id, seen in first_copy.items()]
     alert_ms: list[float] = []
     for seen, value in arrivals.alerts:
-        reasons = json.loads(value).get("reasons") or []
+        reasons = decode_json(value).get("reasons") or []
         causes = [
             sent_of_event[e] for reason in reasons for e in reason.get("event_ids", ()) if e in sent_of_event
         ]
@@ -1431,7 +1442,7 @@ async def _collect(
         for tp, records in batch.items():
             for record in records:
                 if tp.topic == receipts:
-                    receipt = json.loads(record.value)
+                    receipt = decode_json(record.value)
                     arrivals.receipts[receipt.get("message_id")] = (
                         seen,
                         list(receipt.get("event_ids") or ()),
@@ -1535,7 +1546,7 @@ class ProbeWatch:
     shared: bool = False
 
     def receipt(self, value: bytes, now: float) -> None:
-        message_id = json.loads(value).get("message_id")
+        message_id = decode_json(value).get("message_id")
         if message_id in self.expected:
             self.receipted.setdefault(message_id, now)
 

@@ -35,7 +35,9 @@ from faust.serializers import codecs
 
 from hub.crypto.keyring import Keyring
 from hub.crypto.records import patient_of_table_key
-from hub.streams.app import SEALED_TABLES, TABLES, changelog_topic
+from hub.records import headers_of
+from hub.streams.app import SEALED_TABLES, TABLES
+from hub.topics import TopicNames
 
 #: The largest record a table's changelog carries (hub.streams.app.INTERNAL_RECORD_LIMIT).
 MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -139,7 +141,7 @@ async def read_table_state(
     entries: list[TableEntry] = []
     try:
         for table in TABLES:
-            topic = changelog_topic(app_id, table)
+            topic = TopicNames.changelog(app_id, table)
             tps = [TopicPartition(topic, p) for p in range(partitions)]
             ends = await consumer.end_offsets(tps)
             wanted = [tp for tp in tps if ends[tp] > 0]
@@ -164,8 +166,7 @@ async def read_table_state(
                     if table in SEALED_TABLES
                     else bytes(record.value)
                 )
-                headers = tuple((str(k), bytes(v or b"")) for k, v in record.headers or ())
-                entries.append(TableEntry(table, partition, key, value, headers))
+                entries.append(TableEntry(table, partition, key, value, headers_of(record.headers)))
     finally:
         await consumer.stop()
     return entries
@@ -203,7 +204,7 @@ async def write_state_copies(
             pending.clear()
 
     try:
-        topics = {table: changelog_topic(app_id, table) for table in TABLES}
+        topics = {table: TopicNames.changelog(app_id, table) for table in TABLES}
         for copy in range(copies):
             for entry in entries:
                 topic = topics[entry.table]

@@ -18,16 +18,17 @@ from hub.bench_cli import bench
 from hub.broker.cli import broker
 from hub.cli_support import EXIT_FAILURE, reporting_errors
 from hub.console.cli import console as console_command
-from hub.crypto.erase_cli import erase
 from hub.errors import BrokerError, ConfigError
 from hub.gateway.cli import gateway
 from hub.keys.cli import keys
 from hub.keyservice.cli import recipients
 from hub.ops.cli import consent, trace
 from hub.ops.dlq_cli import dlq
+from hub.ops.erase_cli import erase
+from hub.ops.sources_cli import sources
 from hub.ops.status import status
+from hub.records import SIGNATURE_HEADER, header_dict
 from hub.settings import Settings
-from hub.sources.cli import sources
 
 if TYPE_CHECKING:
     from hub.publish import ReceiptWait
@@ -220,7 +221,8 @@ def tail(topic: str, from_beginning: bool, follow: bool, limit: int | None) -> N
 def _print_record(record: Any) -> None:
     key = record.key.decode(errors="replace") if record.key else None
     out.rule(f"{record.topic}/{record.partition}/{record.offset}  key={key}", style="dim")
-    headers = {k: v.decode(errors="replace") for k, v in record.headers if k != "hub-signature"}
+    # Never the signature: a MAC an onlooker has no use for.
+    headers = {k: v for k, v in header_dict(record.headers).items() if k.lower() != SIGNATURE_HEADER}
     if headers:
         out.print_json(json.dumps(headers))
     value = record.json_value()

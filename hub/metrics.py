@@ -1,15 +1,16 @@
-"""Prometheus metrics of a hub process: what each stage produced, counted from the records it sends.
+"""Prometheus metrics of a hub process: the registry and every series, each stage's and the gateway's.
 
 Every metric lives in :data:`REGISTRY` (not prometheus_client's global one), served by
 :func:`start_server` in a worker and by ``GET /metrics`` in the gateway. Labels are only stage names,
 error codes, receipt statuses, pathway kinds, share rules and verdicts, network ids and alert statuses:
 never a patient id, a source message id or anything clinical (docs/OPERATIONS.md).
 
-:func:`observe` (or :func:`count_outputs`, before a worker seals its outputs) decodes the JSON of the
-records it needs (receipts, pathway events, audit events, alerts): one ``json.loads`` per such record
-on top of the stage's own work, accepted for now. :func:`watch_tables` counts each faust table's keys
-(``hub_table_keys``); the gateway adds its alerts by state and their read/dismiss changes. Consumer lag
-is measured from the broker by the console (``hub.console``), not here: a stopped worker cannot report it.
+A ground-floor module (docs/LAYOUT.md): it defines the series and imports nothing of the pipeline,
+so the gateway serves ``GET /metrics`` without loading the stages or faust. The agents count what
+they process, and what their outputs say, into these series with :mod:`hub.streams.counting`.
+:func:`watch_tables` counts each faust table's keys (``hub_table_keys``); the gateway adds its alerts
+by state and their read/dismiss changes. Consumer lag is measured from the broker by the console
+(``hub.console``), not here: a stopped worker cannot report it.
 """
 
 from __future__ import annotations
@@ -30,12 +31,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from hub.consent.audit import share_decisions
-from hub.ingest.receipts import ERROR_CODE_HEADER
 from hub.logging import get_logger
 from hub.settings import metrics_ports
-from hub.streams.routing import Outgoing
-from hub.topics import ALERTS, AUDIT_UNSEALED, DLQ, PATHWAY, RECEIPTS
 
 log = get_logger(__name__)
 
@@ -147,7 +144,7 @@ class AlertStateCollector(Collector):
             labels=["state"],
         )
         for state, number in sorted(count().items()):
-            family.add_metric([_label(state)], float(number))
+            family.add_metric([label(state)], float(number))
         return [family]
 
 
@@ -182,7 +179,7 @@ def changelog_reader(table: str) -> Callable[[Any], Awaitable[None]]:
     With RocksDB a restarted worker reads only what was written since it stopped; with memory, or a
     new folder, every record of its partitions' changelogs (docs/STATE.md).
     """
-    counter = TABLE_CHANGELOG_RECORDS.labels(table=_label(table))
+    counter = TABLE_CHANGELOG_RECORDS.labels(table=label(table))
 
     async def read(_event: Any) -> None:
         counter.inc()
@@ -196,85 +193,12 @@ def watch_tables(app: Any, interval: float = TABLE_KEYS_SECONDS) -> None:
     @app.timer(interval=interval)  # type: ignore[untyped-decorator]  # faust's is untyped
     async def count_table_keys() -> None:
         for name, table in list(app.tables.items()):
-            TABLE_KEYS.labels(table=_label(name)).set(_table_keys(table))
+            TABLE_KEYS.labels(table=label(name)).set(_table_keys(table))
 
 
-def _label(value: object) -> str:
+def label(value: object) -> str:
+    """A label value: a string cut to :data:`LABEL_MAX` characters; anything else is empty."""
     return value[:LABEL_MAX] if isinstance(value, str) else ""
-
-
-def _topic_is(topic: str, name: str) -> bool:
-    """Whether a (possibly prefixed) topic is the contract topic ``name``."""
-    return topic == name or topic.endswith("." + name)
-
-
-def _decode(value: bytes | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except ValueError:
-        return None
-
-
-def _header(headers: Iterable[tuple[str, bytes]], name: str) -> str:
-    for key, value in headers:
-        if key == name:
-            return value.decode("utf-8", "replace")
-    return ""
-
-
-def _count(out: Outgoing) -> None:
-    topic = out.topic
-    if _topic_is(topic, DLQ):
-        DLQ_TOTAL.labels(code=_label(_header(out.headers, ERROR_CODE_HEADER))).inc()
-        return
-    if not any(_topic_is(topic, name) for name in (RECEIPTS, PATHWAY, AUDIT_UNSEALED, ALERTS)):
-        return
-    value = _decode(out.value)
-    if not isinstance(value, dict):
-        return
-    if _topic_is(topic, RECEIPTS):
-        error = value.get("error")
-        code = error.get("code") if isinstance(error, dict) else ""
-        RECEIPTS_TOTAL.labels(status=_label(value.get("status")), code=_label(code)).inc()
-    elif _topic_is(topic, PATHWAY):
-        PATHWAY_EVENTS.labels(kind=_label(value.get("kind"))).inc()
-    elif _topic_is(topic, AUDIT_UNSEALED):  # stages audit here; hub.audit seals it
-        for decision in share_decisions(value):
-            SHARE_DECISIONS.labels(
-                rule=_label(decision.get("rule")), verdict=_label(decision.get("verdict"))
-            ).inc()
-    else:
-        network = value.get("network")
-        ALERTS_TOTAL.labels(
-            network=_label(network.get("id") if isinstance(network, dict) else None),
-            status=_label(value.get("status")),
-        ).inc()
-
-
-def observe(stage: str, outgoing: list[Outgoing], seconds: float, *, contents: bool = True) -> None:
-    """Count one record a stage processed in ``seconds``, and (with ``contents``) what its outputs say.
-
-    A worker that seals its outputs (encryption at rest) counts their contents with :func:`count_outputs`
-    before sealing, since a sealed value cannot be read here, and passes ``contents=False``.
-    """
-    STAGE_RECORDS.labels(stage=stage).inc()
-    STAGE_SECONDS.labels(stage=stage).observe(seconds)
-    STAGE_OUTPUTS.labels(stage=stage).inc(len(outgoing))
-    if contents:
-        count_outputs(outgoing)
-
-
-def count_outputs(outgoing: Iterable[Outgoing]) -> None:
-    """Count what plaintext outputs say: receipts, DLQ codes, pathway kinds, share decisions, alerts."""
-    for out in outgoing:
-        _count(out)
-
-
-def failed(stage: str) -> None:
-    """Count a record on which a stage raised."""
-    STAGE_FAILURES.labels(stage=stage).inc()
 
 
 def start_server(host: str, port: int) -> tuple[str, int]:

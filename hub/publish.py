@@ -30,8 +30,15 @@ from lxml import etree
 
 from hub.errors import BrokerError, BrokerRefused, ConfigError, ErrorCode, PayloadRefused
 from hub.ingest.outcome import KafkaCoordinates
-from hub.ingest.pipeline import CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER, SIGNATURE_HEADER, SOURCE_HEADER
 from hub.ingest.signature import sign
+from hub.records import (
+    CONTENT_TYPE_HEADER,
+    MESSAGE_ID_HEADER,
+    SIGNATURE_HEADER,
+    SOURCE_HEADER,
+    Headers,
+    encode_headers,
+)
 
 #: Bytes kept free under the limit for the Bundle wrapper around the entries.
 _WRAPPER_ALLOWANCE = 4096
@@ -43,7 +50,7 @@ class Publication:
 
     key: bytes
     value: bytes
-    headers: tuple[tuple[str, bytes], ...]
+    headers: Headers
     label: str  # file name and part, for progress and errors
 
 
@@ -160,11 +167,13 @@ def _publications(
             Publication(
                 key=message_id.encode(),
                 value=body,
-                headers=(
-                    (SOURCE_HEADER, source_id.encode()),
-                    (SIGNATURE_HEADER, sign(secret, source_id, body, timestamp).encode()),
-                    (CONTENT_TYPE_HEADER, media.encode()),
-                    (MESSAGE_ID_HEADER, message_id.encode()),
+                headers=encode_headers(
+                    (
+                        (SOURCE_HEADER, source_id),
+                        (SIGNATURE_HEADER, sign(secret, source_id, body, timestamp)),
+                        (CONTENT_TYPE_HEADER, media),
+                        (MESSAGE_ID_HEADER, message_id),
+                    )
                 ),
                 label=path.name if len(bodies) == 1 else f"{path.name} (part {n + 1}/{len(bodies)})",
             )

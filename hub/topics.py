@@ -1,4 +1,4 @@
-"""Every Kafka topic of the public contract, named once; schemas/asyncapi.yaml must agree (tested)."""
+"""Every Kafka topic, changelog and consumer group of the hub, named once; asyncapi.yaml agrees (tested)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,11 @@ AUDIT_CHECKPOINTS = "hub.audit-checkpoints.v1"
 
 INTERNAL_TOPICS: tuple[str, ...] = (IDENTITY, SHARE_MERGE, AUDIT_UNSEALED, AUDIT_CHECKPOINTS)
 
+#: faust names a table's changelog ``<app id>-<table>-changelog`` (:meth:`TopicNames.changelog`).
+CHANGELOG_SUFFIX = "-changelog"
+#: The alert gateway's consumer group is ``<app id>-gateway`` (:meth:`TopicNames.gateway_group`).
+GATEWAY_GROUP_SUFFIX = "-gateway"
+
 
 def recipient_pathway(recipient_id: str) -> str:
     """Name of one recipient's pathway topic."""
@@ -71,7 +76,8 @@ def recipient_of_topic(topic: str, prefix: str = "") -> str | None:
 
 
 class TopicNames:
-    """The contract's topic names under an optional prefix (tests isolate themselves with one)."""
+    """The hub's topic names under an optional prefix (tests isolate themselves with one), and the
+    changelog and consumer-group names of an app id: the only place any of them is spelled."""
 
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
@@ -97,3 +103,29 @@ class TopicNames:
     def internal(self) -> tuple[str, ...]:
         """The hub's internal topics under this prefix."""
         return tuple(self.prefix + name for name in INTERNAL_TOPICS)
+
+    def recipient_pathway(self, recipient_id: str) -> str:
+        """One recipient's pathway topic under this prefix."""
+        return self.prefix + recipient_pathway(recipient_id)
+
+    def recipient_of(self, topic: str) -> str | None:
+        """The recipient id of a recipient pathway topic under this prefix; None for any other topic."""
+        return recipient_of_topic(topic, self.prefix)
+
+    # Names of the workers' app id, not of the topic prefix: the app id isolates one hub's workers,
+    # their tables and their groups (hub.settings.Settings.app_id).
+
+    @staticmethod
+    def changelog(app_id: str, table: str) -> str:
+        """A faust table's changelog topic: faust names it ``<app id>-<table>-changelog``."""
+        return f"{app_id}-{table}{CHANGELOG_SUFFIX}"
+
+    @staticmethod
+    def worker_group(app_id: str) -> str:
+        """The workers' consumer group: faust's is the app id."""
+        return app_id
+
+    @staticmethod
+    def gateway_group(app_id: str) -> str:
+        """The alert gateway's consumer group."""
+        return f"{app_id}{GATEWAY_GROUP_SUFFIX}"

@@ -23,9 +23,17 @@ from hub.acl.model import Binding, Pattern, Resource, plan_acls
 from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
 from hub.crypto.retention import DEFAULT_RETENTION_CHECK_MS, DLQ_SEGMENT_MS, cleartext_bound
 from hub.settings import Settings
-from hub.streams.app import TABLES, changelog_topic
+from hub.streams.app import TABLES
 from hub.streams.store import changelog_configs
-from hub.topics import CONTRACT_TOPICS, DLQ, INGEST, INTERNAL_TOPICS, recipient_pathway, source_receipts
+from hub.topics import (
+    CONTRACT_TOPICS,
+    DLQ,
+    INGEST,
+    INTERNAL_TOPICS,
+    TopicNames,
+    recipient_pathway,
+    source_receipts,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -108,7 +116,9 @@ def topics(recipient_ids: Iterable[str], source_ids: Iterable[str] = ()) -> list
     # As the workers create them: compacted, the dedupe tables' also deleted past the default horizon
     # (HUB_DEDUPE_HORIZON_DAYS; a region that changes it renders with it set).
     documents += [
-        _topic(changelog_topic(APP_ID, table), PARTITIONS, {**internal, **changelog_configs(settings, table)})
+        _topic(
+            TopicNames.changelog(APP_ID, table), PARTITIONS, {**internal, **changelog_configs(settings, table)}
+        )
         for table in TABLES
     ]
     # faust's leader election uses a one-partition topic.

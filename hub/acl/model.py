@@ -39,7 +39,16 @@ from enum import StrEnum
 
 from hub.broker.tls import check_user_name
 from hub.errors import ConfigError
-from hub.topics import ALERTS, AUDIT_UNSEALED, DLQ, INGEST, RECEIPTS, recipient_pathway, source_receipts
+from hub.topics import (
+    ALERTS,
+    AUDIT_UNSEALED,
+    DLQ,
+    INGEST,
+    RECEIPTS,
+    TopicNames,
+    recipient_pathway,
+    source_receipts,
+)
 
 WORKER_USER = "hub-worker"
 GATEWAY_USER = "hub-gateway"
@@ -231,7 +240,9 @@ def plan_acls(
             case Role.GATEWAY:
                 alerts = topic_prefix + ALERTS
                 bindings |= _grant(principal, Resource.TOPIC, Pattern.LITERAL, alerts, "READ", "DESCRIBE")
-                bindings |= _grant(principal, Resource.GROUP, Pattern.LITERAL, f"{app_id}-gateway", "READ")
+                bindings |= _grant(
+                    principal, Resource.GROUP, Pattern.LITERAL, TopicNames.gateway_group(app_id), "READ"
+                )
             case Role.CONSOLE:
                 bindings |= _grant(principal, Resource.TOPIC, Pattern.PREFIXED, hub_topics, "DESCRIBE")
                 bindings |= _grant(principal, Resource.TOPIC, Pattern.PREFIXED, changelogs, "DESCRIBE")

@@ -27,7 +27,6 @@ hub's Ed25519 audit key (:mod:`hub.audit.signing`).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -37,16 +36,19 @@ from typing import Any
 
 from hub.audit.chainkey import ChainKey
 from hub.normalise.time import utc_iso
-
-FORMAT_HEADER = "hub-audit-format"
-SEQ_HEADER = "hub-audit-seq"
-PREV_HEADER = "hub-audit-prev"
-MAC_HEADER = "hub-audit-mac"
-KEY_ID_HEADER = "hub-audit-key-id"
-BREAK_HEADER = "hub-audit-break"
-#: Format 1's link: SHA-256 without a key (legacy, read only).
-HASH_HEADER = "hub-audit-hash"
-CHAIN_HEADERS = (FORMAT_HEADER, SEQ_HEADER, PREV_HEADER, MAC_HEADER, KEY_ID_HEADER, BREAK_HEADER, HASH_HEADER)
+from hub.records import (
+    AUDIT_BREAK_HEADER,
+    AUDIT_CHAIN_HEADERS,
+    AUDIT_FORMAT_HEADER,
+    AUDIT_HASH_HEADER,
+    AUDIT_KEY_ID_HEADER,
+    AUDIT_MAC_HEADER,
+    AUDIT_PREV_HEADER,
+    AUDIT_SEQ_HEADER,
+    canonical_json,
+    decode_json,
+    encode_headers,
+)
 
 #: The record format the sealer writes.
 FORMAT = 2
@@ -164,16 +166,17 @@ def seal(
         value=value,
         break_reason=break_reason or "",
     )
-    headers = [
-        (FORMAT_HEADER, str(FORMAT).encode()),
-        (SEQ_HEADER, str(seq).encode()),
-        (PREV_HEADER, head.link.encode()),
-        (MAC_HEADER, link.encode()),
-        (KEY_ID_HEADER, chain_key.key_id.encode()),
-    ]
-    if break_reason is not None:
-        headers.append((BREAK_HEADER, break_reason.encode()))
-    return Sealed(tuple(headers), ChainHead(seq, link))
+    headers = encode_headers(
+        (
+            (AUDIT_FORMAT_HEADER, str(FORMAT)),
+            (AUDIT_SEQ_HEADER, str(seq)),
+            (AUDIT_PREV_HEADER, head.link),
+            (AUDIT_MAC_HEADER, link),
+            (AUDIT_KEY_ID_HEADER, chain_key.key_id),
+            *(() if break_reason is None else ((AUDIT_BREAK_HEADER, break_reason),)),
+        )
+    )
+    return Sealed(headers, ChainHead(seq, link))
 
 
 @dataclass(frozen=True)
@@ -204,26 +207,26 @@ def chain_fields(headers: Sequence[tuple[str, bytes]]) -> ChainFields | None:
     """
     found: dict[str, str] = {}
     for name, raw in headers:
-        if name in CHAIN_HEADERS:
+        if name in AUDIT_CHAIN_HEADERS:
             try:
                 found[name] = raw.decode("ascii")
             except UnicodeDecodeError:
                 return None
-    seq_text = found.get(SEQ_HEADER, "")
-    prev = found.get(PREV_HEADER, "")
+    seq_text = found.get(AUDIT_SEQ_HEADER, "")
+    prev = found.get(AUDIT_PREV_HEADER, "")
     if not (seq_text.isascii() and seq_text.isdigit()) or not _is_hex64(prev):
         return None
     seq = int(seq_text)
     if not 1 <= seq <= MAX_SEQ:
         return None
-    version = found.get(FORMAT_HEADER)
+    version = found.get(AUDIT_FORMAT_HEADER)
     if version is None:
-        digest = found.get(HASH_HEADER, "")
+        digest = found.get(AUDIT_HASH_HEADER, "")
         return ChainFields(LEGACY_FORMAT, seq, prev, digest) if _is_hex64(digest) else None
     if version != str(FORMAT):
         return None
-    link, key_id = found.get(MAC_HEADER, ""), found.get(KEY_ID_HEADER, "")
-    reason = found.get(BREAK_HEADER)
+    link, key_id = found.get(AUDIT_MAC_HEADER, ""), found.get(AUDIT_KEY_ID_HEADER, "")
+    reason = found.get(AUDIT_BREAK_HEADER)
     if not _is_hex64(link) or not _KEY_ID.match(key_id):
         return None
     if reason is not None and not _BREAK_REASON.match(reason):
@@ -335,4 +338,12 @@ def unsigned_checkpoint(
 
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
     """JSON bytes of a checkpoint record."""
-    return json.dumps(checkpoint.as_json(), separators=(",", ":"), sort_keys=True).encode()
+    return canonical_json(checkpoint.as_json())
+
+
+def decode_checkpoint(value: bytes | None) -> Checkpoint | None:
+    """The checkpoint of a ``hub.audit-checkpoints.v1`` record; None when it is not one."""
+    try:
+        return Checkpoint.from_json(decode_json(value or b"null"))
+    except ValueError:
+        return None

@@ -20,12 +20,13 @@ from kafka import TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hub.audit.chain import ChainHead, Checkpoint
+from hub.audit.chain import ChainHead, Checkpoint, decode_checkpoint
 from hub.audit.chainkey import ChainKey, chain_key_configured, chain_key_from_settings, read_chain_key_file
 from hub.audit.signing import parse_public_key, public_pem, read_key_file, signer_from_settings
 from hub.audit.verify import AuditRecord, ChainVerifier, Report, Verified
 from hub.cli_support import EXIT_FAILURE, reporting_errors
 from hub.errors import BrokerError, ConfigError, SecretUnavailable
+from hub.records import headers_of
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -157,17 +158,10 @@ def _read_checkpoints(bootstrap: str, topic: str) -> list[Checkpoint]:
     with _progress() as progress:
         task = progress.add_task(f"reading {topic}", total=sum(end[p] - first[p] for p in end))
         for message in progress.track(records, task_id=task):
-            checkpoint = _checkpoint(message.value)
+            checkpoint = decode_checkpoint(message.value)
             if checkpoint is not None:
                 found.append(checkpoint)
     return found
-
-
-def _checkpoint(value: bytes | None) -> Checkpoint | None:
-    try:
-        return Checkpoint.from_json(json.loads(value or b"null"))
-    except ValueError:
-        return None
 
 
 def _progress() -> Progress:
@@ -273,7 +267,7 @@ def verify(  # noqa: PLR0917 - click passes each option as an argument
                     message.offset,
                     message.key,
                     message.value or b"",
-                    tuple((k, v or b"") for k, v in (message.headers or ())),
+                    headers_of(message.headers),
                 )
             )
             progress.advance(task)

@@ -14,17 +14,29 @@ from datetime import datetime
 from typing import Any
 
 from hub.audit.sealer import Takeover
-from hub.consent.audit import COMPONENT_SYSTEM, DCM, SUBTYPE_SYSTEM, audit_id
+from hub.audit_vocabulary import (
+    APPLICATION_ROLE,
+    AUDIT_CHAIN_BREAK,
+    AUDIT_CHAIN_SYSTEM,
+    AUDIT_COMPONENT,
+    OUTCOME_SERIOUS_FAILURE,
+    SECURITY_ALERT,
+    SECURITY_RESOURCE_ROLE,
+    SYSTEM_OBJECT,
+    agent,
+    audit_event,
+    audit_id,
+    component,
+    detail,
+    entity,
+    identified,
+    observer,
+)
 from hub.normalise.time import utc_iso
 
-CHAIN_BREAK = "audit-chain-break"
-#: The Kafka key of a break record (the sealer writes it to the partition it breaks, whatever the key).
-BREAK_KEY = b"hub-audit"
-#: Names an audit chain: ``<topic>/<partition>``.
-AUDIT_CHAIN_SYSTEM = "urn:hub:audit-chain"
-#: "The action was not successful due to some kind of major failure": the chain could not be continued.
-OUTCOME_SERIOUS_FAILURE = "8"
-_SEALER = {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": "hub-audit"}}
+#: The Kafka key of a break record, the sealer's component name (it writes the record to the partition
+#: it breaks, whatever the key).
+BREAK_KEY = AUDIT_COMPONENT.encode()
 
 
 def chain_break_event(
@@ -40,77 +52,46 @@ def chain_break_event(
         else "no authentic record: a new segment at seq " + str(takeover.head.seq + 1)
     )
     details = [
-        {"type": "reason", "valueString": takeover.break_reason or "unknown"},
-        {"type": "partition", "valueString": str(takeover.partition)},
-        {"type": "read_from_offset", "valueString": str(takeover.read_from)},
-        {"type": "end_offset", "valueString": str(takeover.end)},
-        {"type": "unverifiable_records", "valueString": str(len(unverifiable))},
-        {"type": "chain_key_id", "valueString": chain_key_id},
-        {"type": "segment_starts_at_seq", "valueString": str(takeover.head.seq + 1)},
+        detail("reason", takeover.break_reason or "unknown"),
+        detail("partition", str(takeover.partition)),
+        detail("read_from_offset", str(takeover.read_from)),
+        detail("end_offset", str(takeover.end)),
+        detail("unverifiable_records", str(len(unverifiable))),
+        detail("chain_key_id", chain_key_id),
+        detail("segment_starts_at_seq", str(takeover.head.seq + 1)),
     ]
     if kinds:
-        details.append(
-            {
-                "type": "kinds",
-                "valueString": ",".join(f"{kind}={count}" for kind, count in sorted(kinds.items())),
-            }
-        )
+        details.append(detail("kinds", ",".join(f"{kind}={count}" for kind, count in sorted(kinds.items()))))
     if offsets:
-        details.append({"type": "first_unverifiable_offset", "valueString": str(min(offsets))})
-        details.append({"type": "last_unverifiable_offset", "valueString": str(max(offsets))})
+        details.append(detail("first_unverifiable_offset", str(min(offsets))))
+        details.append(detail("last_unverifiable_offset", str(max(offsets))))
     if takeover.continues_from_offset is not None:
-        details.append({"type": "continues_from_seq", "valueString": str(takeover.head.seq)})
-        details.append({"type": "continues_from_offset", "valueString": str(takeover.continues_from_offset)})
-    return {
-        "resourceType": "AuditEvent",
-        "id": audit_id(
-            CHAIN_BREAK,
+        details.append(detail("continues_from_seq", str(takeover.head.seq)))
+        details.append(detail("continues_from_offset", str(takeover.continues_from_offset)))
+    return audit_event(
+        id=audit_id(
+            AUDIT_CHAIN_BREAK,
             topic,
             str(takeover.partition),
             str(takeover.read_from),
             str(takeover.end),
             takeover.break_reason or "",
         ),
-        "type": {"system": DCM, "code": "110113", "display": "Security Alert"},
-        "subtype": [{"system": SUBTYPE_SYSTEM, "code": CHAIN_BREAK}],
-        "action": "E",
-        "recorded": utc_iso(recorded),
-        "outcome": OUTCOME_SERIOUS_FAILURE,
-        "outcomeDesc": f"{topic} partition {takeover.partition}: {len(unverifiable)} record(s) the sealer "
+        type=SECURITY_ALERT,
+        subtype=AUDIT_CHAIN_BREAK,
+        action="E",
+        recorded=utc_iso(recorded),
+        outcome=OUTCOME_SERIOUS_FAILURE,
+        description=f"{topic} partition {takeover.partition}: {len(unverifiable)} record(s) the sealer "
         f"could not verify ({takeover.break_reason}); the chain goes on in a new segment from {continues}",
-        "agent": [
-            {
-                "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-                "who": _SEALER,
-                "requestor": False,
-            }
+        agents=[agent(APPLICATION_ROLE, component(AUDIT_COMPONENT), requestor=False)],
+        source=observer(AUDIT_COMPONENT),
+        entities=[
+            entity(
+                identified(AUDIT_CHAIN_SYSTEM, f"{topic}/{takeover.partition}"),
+                type=SYSTEM_OBJECT,
+                role=SECURITY_RESOURCE_ROLE,
+                details=details,
+            )
         ],
-        "source": {
-            "observer": _SEALER,
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
-        "entity": [
-            {
-                "what": {
-                    "identifier": {"system": AUDIT_CHAIN_SYSTEM, "value": f"{topic}/{takeover.partition}"}
-                },
-                "type": {
-                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
-                    "code": "2",
-                    "display": "System Object",
-                },
-                "role": {
-                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
-                    "code": "13",
-                    "display": "Security Resource",
-                },
-                "detail": details,
-            }
-        ],
-    }
+    )

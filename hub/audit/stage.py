@@ -17,7 +17,6 @@ and never chains onto a record it cannot verify: it then starts a new segment
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -28,7 +27,7 @@ import faust
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from kafka import TopicPartition
 
-from hub.audit.chain import ChainHead, Checkpoint, encode_checkpoint
+from hub.audit.chain import ChainHead, Checkpoint, decode_checkpoint, encode_checkpoint
 from hub.audit.chainkey import ChainKey, chain_key_from_settings
 from hub.audit.events import BREAK_KEY, chain_break_event
 from hub.audit.sealer import LEGACY_HEAD, Sealer, Takeover, assess_takeover
@@ -37,6 +36,7 @@ from hub.audit.verify import AuditRecord, ChainVerifier, Problem
 from hub.errors import ErrorCode
 from hub.kafka.clients import new_consumer
 from hub.logging import get_logger
+from hub.records import encode_json, headers_of
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -61,13 +61,6 @@ def _read(consumer: Any, tp: TopicPartition, start: int, end: int) -> Iterator[A
                 yield message
 
 
-def _checkpoint(value: bytes | None) -> Checkpoint | None:
-    try:
-        return Checkpoint.from_json(json.loads(value or b"null"))
-    except ValueError:
-        return None
-
-
 def last_checkpoint(
     bootstrap: str, topic: str, partition: int, public_key: Ed25519PublicKey
 ) -> Checkpoint | None:
@@ -87,7 +80,7 @@ def last_checkpoint(
             start = max(begin, end - _CHECKPOINT_WINDOW)
             found = [
                 checkpoint
-                for checkpoint in (_checkpoint(m.value) for m in _read(consumer, tp, start, end))
+                for checkpoint in (decode_checkpoint(m.value) for m in _read(consumer, tp, start, end))
                 if checkpoint is not None
                 and checkpoint.partition == partition
                 and checkpoint.offset is not None
@@ -134,7 +127,7 @@ def _verify_from(
                     message.offset,
                     message.key,
                     message.value or b"",
-                    tuple((k, v or b"") for k, v in (message.headers or ())),
+                    headers_of(message.headers),
                 )
             )
     finally:
@@ -297,7 +290,7 @@ def add_sealing_agent(  # noqa: PLR0915 - one wiring function: the agent, its ho
         event = chain_break_event(
             takeover, topic=topics.audit, chain_key_id=chain_key.key_id, recorded=datetime.now(UTC)
         )
-        value = json.dumps(event, separators=(",", ":")).encode()
+        value = encode_json(event)
         await send_sealed(partition, BREAK_KEY, value, break_reason=takeover.break_reason)
 
     async def seal_records(stream: Any) -> None:

@@ -21,9 +21,9 @@ from zoneinfo import ZoneInfo
 
 from hub.consent.recipients import Identifier
 from hub.consent.sensitivity import label_categories
-from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.normalise.references import SOURCE_REFERENCE_URL
 from hub.normalise.time import parse_fhir_datetime
+from hub.pathway.network_id import NETWORK_ID_SYSTEM
 
 #: Stable code of a Consent the hub cannot interpret; to be added to ``hub.errors.ErrorCode``.
 CONSENT_UNINTERPRETABLE = "consent.uninterpretable"

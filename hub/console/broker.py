@@ -20,23 +20,17 @@ from typing import Any
 from hub.broker.embedded import probe_metadata, probe_tls
 from hub.errors import HubError
 from hub.ingest.pipeline import printable_id
-from hub.ingest.receipts import ERROR_CODE_HEADER
 from hub.kafka.security import default_security
 from hub.normalise.time import utc_iso
+from hub.records import ERROR_CODE_HEADER, SOURCE_HEADER, header, headers_of
 from hub.topics import TopicNames
 
-SOURCE_HEADER = "hub-source"
 #: Rejects the console keeps and shows (newest first).
 LATEST_REJECTS = 20
 #: The broker must answer a metadata probe this fast to count as reachable.
 PROBE_SECONDS = 3.0
 #: kafka-python's per-request limit here: a stalled broker must not stall the console for minutes.
 REQUEST_TIMEOUT_MS = 8000
-
-
-def gateway_group(app_id: str) -> str:
-    """The gateway's consumer group (``hub.gateway.consumer.group_id``, spelled here to stay light)."""
-    return f"{app_id}-gateway"
 
 
 def hub_groups(app_id: str, topics: TopicNames) -> dict[str, tuple[str, ...]]:
@@ -46,8 +40,8 @@ def hub_groups(app_id: str, topics: TopicNames) -> dict[str, tuple[str, ...]]:
     GP practices' topics, which show once committed); the gateway's reads the alerts.
     """
     return {
-        app_id: (topics.ingest, topics.identity, topics.pathway, topics.share_merge),
-        gateway_group(app_id): (topics.alerts,),
+        TopicNames.worker_group(app_id): (topics.ingest, topics.identity, topics.pathway, topics.share_merge),
+        TopicNames.gateway_group(app_id): (topics.alerts,),
     }
 
 
@@ -287,21 +281,13 @@ class BrokerWatch:
         return reject
 
 
-def _header(headers: Iterable[tuple[str, Any]], name: str) -> str | None:
-    found = None
-    for key, value in headers:
-        if key == name:
-            found = bytes(value or b"").decode("utf-8", "replace")
-    return found
-
-
 def reject_of(
     topic: str, partition: int, offset: int, timestamp_ms: int, headers: Iterable[tuple[str, Any]]
 ) -> Reject:
     """The operator's view of one DLQ record: its code, its (printable) source id, when and where."""
-    pairs = list(headers)
-    code = printable_id(_header(pairs, ERROR_CODE_HEADER)) or "(none)"
-    source = printable_id(_header(pairs, SOURCE_HEADER)) or "(unknown)"
+    pairs = headers_of(headers)
+    code = printable_id(header(pairs, ERROR_CODE_HEADER)) or "(none)"
+    source = printable_id(header(pairs, SOURCE_HEADER)) or "(unknown)"
     at = utc_iso(datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC))
     return Reject(code[:64], source[:64], at, f"{topic}/{partition}/{offset}")
 

@@ -21,27 +21,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from hub.consent.audit import COMPONENT_SYSTEM, DCM, SUBTYPE_SYSTEM, audit_id
+from hub.audit_vocabulary import (
+    APPLICATION_ROLE,
+    OPERATOR_SYSTEM,
+    OPS_COMPONENT,
+    OUTCOME_SUCCESS,
+    PATIENT_ERASURE,
+    PATIENT_RECORD,
+    PATIENT_ROLE,
+    PERSON,
+    agent,
+    audit_event,
+    audit_id,
+    component,
+    detail,
+    entity,
+    identified,
+)
 from hub.crypto.keyids import recipient_keys_prefix
 from hub.crypto.keyring import Keyring
-from hub.identity.network_id import INS_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.normalise.time import utc_iso
+from hub.pathway.network_id import INS_NIR, NETWORK_ID_SYSTEM, PatientKey
+from hub.records import decode_json
 
-ERASURE_SUBTYPE = "patient-erasure"
-#: The audit identifier system of the person who asked for an erasure (an operator's login).
-OPERATOR_SYSTEM = "urn:hub:operator"
 NETWORK_ID_PREFIX = "pt-"
-_PATIENT_RECORD = {"system": DCM, "code": "110110", "display": "Patient Record"}
-_PATIENT_ROLE = {
-    "system": "http://terminology.hl7.org/CodeSystem/object-role",
-    "code": "1",
-    "display": "Patient",
-}
-_PERSON = {
-    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
-    "code": "1",
-    "display": "Person",
-}
 
 
 def resolve_patient(text: str, *, pseudonym_key: bytes, ins_system: str = INS_NIR) -> str:
@@ -147,8 +150,8 @@ def aliases_from_changelog(records: Iterable[tuple[bytes | None, bytes | None]])
     aliases: dict[str, str] = {}
     for key, value in records:
         try:
-            local_id = json.loads(key or b"null")
-            ins_id = json.loads(value) if value else None
+            local_id = decode_json(key or b"null")
+            ins_id = decode_json(value) if value else None
         except ValueError:
             continue
         if isinstance(local_id, str):
@@ -212,43 +215,40 @@ def audit_erasure(report: ErasureReport, *, requested_by: str, recorded: datetim
         raise ValueError("recorded must be timezone-aware")
     primary = report.patient_ids[0]
     details = [
-        {"type": "keys_destroyed", "valueString": str(report.keys_destroyed)},
-        {"type": "gateway_alerts_removed", "valueString": str(report.gateway_alerts_removed)},
-        {"type": "ingest_records_deleted", "valueString": str(report.ingest_records_deleted)},
-        {"type": "ingest_records_left", "valueString": str(report.ingest_records_left)},
-        {"type": "dlq_records_shredded", "valueString": str(report.dlq_records_shredded)},
-        {"type": "dlq_records_unattributed", "valueString": str(report.dlq_records_unattributed)},
+        detail("keys_destroyed", str(report.keys_destroyed)),
+        detail("gateway_alerts_removed", str(report.gateway_alerts_removed)),
+        detail("ingest_records_deleted", str(report.ingest_records_deleted)),
+        detail("ingest_records_left", str(report.ingest_records_left)),
+        detail("dlq_records_shredded", str(report.dlq_records_shredded)),
+        detail("dlq_records_unattributed", str(report.dlq_records_unattributed)),
     ]
     if report.ingest_cleartext_until is not None:
-        details.append({"type": "ingest_cleartext_until", "valueString": report.ingest_cleartext_until})
-    return {
-        "resourceType": "AuditEvent",
-        "id": audit_id(ERASURE_SUBTYPE, *report.patient_ids, utc_iso(recorded)),
-        "type": _PATIENT_RECORD,
-        "subtype": [{"system": SUBTYPE_SYSTEM, "code": ERASURE_SUBTYPE}],
-        "action": "D",
-        "recorded": utc_iso(recorded),
-        "outcome": "0",
-        "outcomeDesc": (
-            f"destroyed {report.keys_destroyed} data keys of {len(report.patient_ids)} network ids"
-        ),
-        "agent": [
-            {
-                "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-                "who": {"identifier": {"system": OPERATOR_SYSTEM, "value": requested_by}},
-                "requestor": True,
-            }
+        details.append(detail("ingest_cleartext_until", report.ingest_cleartext_until))
+    return audit_event(
+        id=audit_id(PATIENT_ERASURE, *report.patient_ids, utc_iso(recorded)),
+        type=PATIENT_RECORD,
+        subtype=PATIENT_ERASURE,
+        action="D",
+        recorded=utc_iso(recorded),
+        outcome=OUTCOME_SUCCESS,
+        description=f"destroyed {report.keys_destroyed} data keys of {len(report.patient_ids)} network ids",
+        agents=[
+            agent(
+                APPLICATION_ROLE,
+                {"identifier": {"system": OPERATOR_SYSTEM, "value": requested_by}},
+                requestor=True,
+            )
         ],
-        "source": {
-            "observer": {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": "hub-ops"}},
-        },
-        "entity": [
-            {
-                "what": {"identifier": {"system": NETWORK_ID_SYSTEM, "value": patient_id}},
-                "type": _PERSON,
-                "role": _PATIENT_ROLE,
-                **({"detail": details} if patient_id == primary else {}),
-            }
+        # Without a source type, as erasure records have always been written: the same act, the same record.
+        source={"observer": component(OPS_COMPONENT)},
+        entities=[
+            # The counts once, on the first id; the patient by id only (no "Patient" type, as always).
+            entity(
+                identified(NETWORK_ID_SYSTEM, patient_id),
+                type=PERSON,
+                role=PATIENT_ROLE,
+                details=details if patient_id == primary else None,
+            )
             for patient_id in report.patient_ids
         ],
-    }
+    )

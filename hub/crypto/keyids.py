@@ -21,7 +21,7 @@ from dataclasses import dataclass
 RECIPIENT_SEPARATOR = "@"
 #: Any key id the hub writes: 1 to 255 bytes of ASCII letters, digits and ``.``, ``_``, ``@``, ``-``.
 KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,254}")
-#: A recipient key id: a network patient id (``hub.identity.network_id``), ``@``, a recipient id
+#: A recipient key id: a network patient id (``hub.pathway.network_id``), ``@``, a recipient id
 #: (schemas/recipients.schema.json).
 RECIPIENT_KEY_ID = re.compile(r"(pt-[a-z2-7]{24})@([a-z0-9][a-z0-9-]{1,62})")
 

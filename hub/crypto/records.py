@@ -16,7 +16,6 @@ id); never any content.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,39 +27,33 @@ from hub.crypto.keyids import recipient_key_id
 from hub.crypto.keyring import Keyring
 from hub.errors import CryptoError, EnvelopeInvalid
 from hub.kafka.clients import Record
-from hub.topics import TopicNames, recipient_of_topic
+from hub.records import (
+    CRYPTO_HEADERS,
+    ENC_HEADER,
+    EVENT_ID_HEADER,
+    KEY_ID_HEADER,
+    ORIGIN_HEADER,
+    RECORD_ID_HEADER,
+    Header,
+    decode_json,
+    encode_headers,
+    encode_json,
+    header,
+)
+from hub.topics import CHANGELOG_SUFFIX, TopicNames, recipient_of_topic
 
-ENC_HEADER = "hub-enc"
-KEY_ID_HEADER = "hub-key-id"
-RECORD_ID_HEADER = "hub-record-id"
-EVENT_ID_HEADER = "hub-event-id"
-ORIGIN_HEADER = "hub-origin"
-CRYPTO_HEADERS = frozenset({ENC_HEADER, KEY_ID_HEADER, RECORD_ID_HEADER})
 DLQ_KEY_PREFIX = "dlq."
 #: How long the ingest topic keeps the sources' signed bytes (in the clear): long enough to ride out a
 #: worker outage; `hub erase` deletes what the workers have processed sooner.
 INGEST_RETENTION_MS = 7 * 24 * 3600 * 1000
 #: How long the DLQ keeps rejects (encrypted under its monthly key) for `hub dlq replay`.
 DLQ_RETENTION_MS = 30 * 24 * 3600 * 1000
-#: faust names a table's changelog ``<app id>-<table>-changelog``.
-CHANGELOG_SUFFIX = "-changelog"
-
-Headers = Sequence[tuple[str, bytes]]
-
-
-def header(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
-    """A header's text (last occurrence), or None."""
-    found = None
-    for key, value in headers:
-        if key == name:
-            found = value.decode(errors="replace")
-    return found
 
 
 def _table_key(key: bytes | None) -> str:
     """A changelog record's table key (faust writes keys as JSON)."""
     try:
-        value = json.loads(key or b"null")
+        value = decode_json(key or b"null")
     except ValueError as exc:
         raise EnvelopeInvalid("a changelog record's key is not JSON") from exc
     return str(value)
@@ -100,7 +93,7 @@ class RecordSealer:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: Headers,
+        headers: Sequence[Header],
         *,
         now: datetime | None = None,
     ) -> tuple[bytes | None, tuple[tuple[str, bytes], ...]]:
@@ -115,7 +108,7 @@ class RecordSealer:
             key_id = dlq_key_id(now or datetime.now(UTC))
             record_id = header(headers, ORIGIN_HEADER) or uuid.uuid4().hex
         elif topic == self.topics.alerts:
-            alert = json.loads(value)
+            alert = decode_json(value)
             key_id, record_id = str(alert["patient"]["patient_id"]), str(alert["alert_id"])
         else:
             if not key:
@@ -127,11 +120,7 @@ class RecordSealer:
                 # Never the patient's own key: the recipient obtains this one, and it opens nothing else.
                 key_id, parent = recipient_key_id(key_id, recipient), key_id
         sealed = self.keyring.seal(value, key_id=key_id, topic=topic, record_id=record_id, parent=parent)
-        added = (
-            (ENC_HEADER, SCHEME.encode()),
-            (KEY_ID_HEADER, key_id.encode()),
-            (RECORD_ID_HEADER, record_id.encode()),
-        )
+        added = encode_headers(((ENC_HEADER, SCHEME), (KEY_ID_HEADER, key_id), (RECORD_ID_HEADER, record_id)))
         return sealed, (*(h for h in headers if h[0] not in CRYPTO_HEADERS), *added)
 
 
@@ -142,7 +131,7 @@ class RecordOpener:
         self.keyring = keyring
 
     def open(
-        self, topic: str, value: bytes | None, headers: Headers, *, required: bool = False
+        self, topic: str, value: bytes | None, headers: Sequence[Header], *, required: bool = False
     ) -> bytes | None:
         """The plaintext of one record; a CryptoError says why not (``required``: refuse cleartext)."""
         if not is_envelope(value):
@@ -164,7 +153,7 @@ class RecordOpener:
             return record
         headers = record.headers
         if header(headers, RECORD_ID_HEADER) is None and record.topic.endswith(CHANGELOG_SUFFIX):
-            headers = (*headers, (RECORD_ID_HEADER, str(_table_key(record.key)).encode()))
+            headers = (*headers, *encode_headers({RECORD_ID_HEADER: _table_key(record.key)}))
         plain = self.open(record.topic, record.value, headers)
         return replace(
             record, value=plain, headers=tuple(h for h in record.headers if h[0] not in CRYPTO_HEADERS)
@@ -218,7 +207,7 @@ class SealedTable(MutableMapping[str, Any]):
         if raw is None:
             return None
         try:
-            return json.loads(self.keyring.open(bytes(raw), topic=self.topic, record_id=key))
+            return decode_json(self.keyring.open(bytes(raw), topic=self.topic, record_id=key))
         except KeyDestroyed:
             return None
 
@@ -234,7 +223,7 @@ class SealedTable(MutableMapping[str, Any]):
         return value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        plain = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        plain = encode_json(value)
         self.table[key] = self.keyring.seal(
             plain, key_id=self.key_id_of(key), topic=self.topic, record_id=key
         )

@@ -27,7 +27,7 @@ from hub.crypto.config import keyring_from_settings
 from hub.crypto.records import RecordOpener
 from hub.errors import HubError
 from hub.gateway import cds, state_file, tokens_file
-from hub.gateway.consumer import AlertConsumer, group_id
+from hub.gateway.consumer import AlertConsumer
 from hub.gateway.store import AlertStore, StoredAlert, StoreEvent
 from hub.gateway.tokens import TokenStore
 from hub.logging import get_logger
@@ -487,7 +487,7 @@ def app_from_settings(settings: Settings, *, consume: bool = True) -> web.Applic
             store,
             bootstrap_servers=settings.bootstrap_servers,
             topic=TopicNames(settings.topic_prefix).alerts,
-            group=group_id(settings.app_id),
+            group=TopicNames.gateway_group(settings.app_id),
             # Alerts are encrypted at rest: the gateway opens them with the machine's key access.
             opener=RecordOpener(keyring_from_settings(settings)),
         )

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from hub.gateway.store import AlertStore, InvalidAlert
 from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
+from hub.records import Headers, decode_json, headers_of
 
 if TYPE_CHECKING:
     from hub.crypto.records import RecordOpener
@@ -41,11 +41,6 @@ class ConsumerStatus(StrEnum):
     RUNNING = "running"
     RETRYING = "retrying"  # no broker answers (yet); alerts already stored are still served
     STOPPED = "stopped"
-
-
-def group_id(app_id: str) -> str:
-    """The consumer group of the gateway: ``<app_id>-gateway``."""
-    return f"{app_id}-gateway"
 
 
 class AlertConsumer:
@@ -150,7 +145,7 @@ class AlertConsumer:
             batches = await consumer.getmany(timeout_ms=BATCH_TIMEOUT_MS, max_records=MAX_RECORDS)
             for records in batches.values():
                 for record in records:
-                    headers = tuple((k, v or b"") for k, v in (record.headers or ()))
+                    headers = headers_of(record.headers)
                     self.handle(record.topic, record.partition, record.offset, record.value, headers)
             if batches:
                 await consumer.commit()
@@ -161,7 +156,7 @@ class AlertConsumer:
         partition: int,
         offset: int,
         value: bytes | None,
-        headers: tuple[tuple[str, bytes], ...] = (),
+        headers: Headers = (),
     ) -> bool:
         """Store one record's alert; False (logged without content) when it is not a usable alert."""
         from hub.errors import CryptoError  # noqa: PLC0415
@@ -170,7 +165,7 @@ class AlertConsumer:
         try:
             if self.opener is not None:
                 value = self.opener.open(topic, value, headers)
-            alert = json.loads(value) if value else None
+            alert = decode_json(value) if value else None
             if not isinstance(alert, dict):
                 raise InvalidAlert("alert: not a JSON object")
             self.store.add(alert)
@@ -191,4 +186,4 @@ class AlertConsumer:
         return True
 
 
-__all__ = ["AlertConsumer", "ConsumerStatus", "group_id"]
+__all__ = ["AlertConsumer", "ConsumerStatus"]

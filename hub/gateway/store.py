@@ -3,7 +3,8 @@
 ``add`` is an idempotent upsert by ``alert_id``: an alert that arrives twice is one alert, and its state
 (read, dismissed) is never reset by a new copy, so a dismissed alert stays quiet across redeliveries
 and restarts. Listeners registered with :meth:`AlertStore.listen` learn about each *new* alert and each
-state change; the HTTP app turns them into Server-Sent Events.
+state change; the HTTP app turns them into Server-Sent Events. Every SQL statement on the file is
+here, :func:`forget_patients` (``hub erase``) included.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -362,6 +363,41 @@ class AlertStore:
             listener(event, alert)
 
 
+#: What :func:`forget_patients` runs for each patient: the alerts' identifiers, then the alerts.
+_FORGET_PATIENT = (
+    "DELETE FROM alert_identifiers WHERE alert_id IN (SELECT alert_id FROM alerts WHERE patient_id = ?)",
+    "DELETE FROM alerts WHERE patient_id = ?",
+)
+
+
+def forget_patients(path: Path, patient_ids: Iterable[str]) -> int:
+    """Delete the patients' alerts from the store's file (``hub erase``); return how many were removed.
+
+    Works on the file itself, beside a running gateway (its own connection waits up to 30 s for the
+    gateway's write lock); no file, or a file without tables yet, removes nothing.
+    """
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        # Overwrite freed pages, and fold the WAL back in: deleted alerts do not linger on disk.
+        db.execute("PRAGMA secure_delete=ON")
+        db.execute("BEGIN IMMEDIATE")
+        removed = 0
+        for patient_id in patient_ids:
+            db.execute(_FORGET_PATIENT[0], (patient_id,))
+            removed += db.execute(_FORGET_PATIENT[1], (patient_id,)).rowcount
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    finally:
+        db.close()
+
+
 def _row_to_alert(row: tuple[Any, ...]) -> StoredAlert:
     alert_id, practitioner, patient_id, record, state, received_at, read_at, dismissed_at = row
     received = _parse_time(received_at)
@@ -395,6 +431,7 @@ __all__ = [
     "StoreEvent",
     "StoredAlert",
     "check_alert",
+    "forget_patients",
     "patient_identifiers",
     "practitioner_id",
 ]

@@ -1,1 +1,5 @@
-"""Patient identity: network patient ids from qualified INS or per-source local identifiers."""
+"""Patient identity: the identity stage, which links local ids to a qualified INS and drops duplicates.
+
+The network patient ids themselves (a keyed hash of an INS or a local identifier) are made by
+:mod:`hub.pathway.network_id`, below ingest, which computes them first.
+"""

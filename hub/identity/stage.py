@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.ingest.outcome import Accepted, IdentityLink, KafkaCoordinates
 from hub.ingest.pipeline import with_patient
 from hub.ingest.receipts import receipt
 from hub.logging import get_logger
 from hub.normalise.time import utc_iso
 from hub.pathway.event import EVENT_ID_NAMESPACE, PathwayEvent
+from hub.pathway.network_id import NETWORK_ID_SYSTEM
 
 log = get_logger(__name__)
 

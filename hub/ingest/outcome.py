@@ -8,6 +8,8 @@ from datetime import datetime
 
 from hub.errors import ErrorCode, WarningCode
 from hub.pathway.event import PathwayEvent
+from hub.records import Headers
+from hub.records import header as header_text
 
 #: The most warnings one receipt lists; more become one ``warnings.truncated``. A receipt stays small
 #: whatever the input, and the first warnings (the most important codes) are the ones a source acts on.
@@ -35,17 +37,13 @@ class IngestRecord:
     """One record of ``hub.ingest.v1`` as the pure core sees it: bytes, headers and position."""
 
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: Headers
     origin: KafkaCoordinates
     timestamp: datetime
 
     def header(self, name: str) -> str | None:
-        """A header's text (first occurrence, case-insensitive), or None when absent."""
-        wanted = name.lower()
-        for key, raw in self.headers:
-            if key.lower() == wanted:
-                return raw.decode("utf-8", errors="replace") if raw is not None else None
-        return None
+        """A header's text, or None when absent (:func:`hub.records.header`: a source's, first occurrence)."""
+        return header_text(self.headers, name)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from types import MappingProxyType
 from typing import Any
 
 from hub.errors import ErrorCode, WarningCode
-from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.ingest import decode as decoding
 from hub.ingest import signature
 from hub.ingest.outcome import (
@@ -35,12 +34,9 @@ from hub.normalise.time import utc_iso
 from hub.normalise.units import normalise_quantities
 from hub.normalise.versions import carried_element, dropped_element
 from hub.pathway.event import PathwayEvent, event_id_for
+from hub.pathway.network_id import NETWORK_ID_SYSTEM
+from hub.records import CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER, SIGNATURE_HEADER, SOURCE_HEADER
 from hub.sources.registry import Source, SourceRegistry
-
-SOURCE_HEADER = "hub-source"
-SIGNATURE_HEADER = "hub-signature"
-MESSAGE_ID_HEADER = "hub-message-id"
-CONTENT_TYPE_HEADER = "content-type"
 
 _PRINTABLE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 #: A code system a warning may name: a URI of printable ASCII, short. Anything else is described, not

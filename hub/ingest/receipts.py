@@ -10,16 +10,19 @@ from typing import Any
 
 from hub.ingest.outcome import IngestOutcome, KafkaCoordinates, Rejected
 from hub.normalise.time import utc_iso
+from hub.records import (
+    DLQ_KEPT_HEADER,
+    ERROR_CODE_HEADER,
+    ERROR_DETAIL_HEADER,
+    ORIGIN_HEADER,
+    ORIGINAL_DIGEST_HEADER,
+    ORIGINAL_SIZE_HEADER,
+    Header,
+    Headers,
+    encode_headers,
+)
 from hub.topics import TopicNames, is_source_id
 
-ERROR_CODE_HEADER = "hub-error-code"
-ERROR_DETAIL_HEADER = "hub-error-detail"
-ORIGIN_HEADER = "hub-origin"
-#: On a DLQ record whose original did not fit: ``excerpt`` (the value is the original's first bytes).
-DLQ_KEPT_HEADER = "hub-dlq-kept"
-#: The original value's length in bytes and its SHA-256 (hex), on an excerpt record.
-ORIGINAL_SIZE_HEADER = "hub-original-size"
-ORIGINAL_DIGEST_HEADER = "hub-original-sha256"
 #: What an excerpt record keeps: the value's first bytes, each header's first bytes, the first headers.
 DLQ_EXCERPT_BYTES = 4096
 DLQ_HEADER_VALUE_BYTES = 1024
@@ -99,15 +102,17 @@ def receipt_topics(topics: TopicNames, source_id: str | None, *, registered: boo
     return (topics.receipts, topics.source_receipts(source_id))
 
 
-def dlq_headers(
-    original: tuple[tuple[str, bytes], ...], rejected: Rejected, origin: KafkaCoordinates
-) -> list[tuple[str, bytes]]:
+def dlq_headers(original: Headers, rejected: Rejected, origin: KafkaCoordinates) -> list[Header]:
     """The original headers unchanged, followed by the reject's code, detail and origin."""
     return [
         *original,
-        (ERROR_CODE_HEADER, str(rejected.code).encode()),
-        (ERROR_DETAIL_HEADER, rejected.detail.encode()),
-        (ORIGIN_HEADER, str(origin).encode()),
+        *encode_headers(
+            (
+                (ERROR_CODE_HEADER, str(rejected.code)),
+                (ERROR_DETAIL_HEADER, rejected.detail),
+                (ORIGIN_HEADER, str(origin)),
+            )
+        ),
     ]
 
 
@@ -116,18 +121,18 @@ class DlqRecord:
     """The value and headers of one reject's ``hub.dlq.v1`` record."""
 
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: Headers
     #: False when only an excerpt of the original is kept (it was larger than the DLQ carries).
     whole: bool
 
 
-def _record_size(value: bytes | None, headers: tuple[tuple[str, bytes], ...]) -> int:
+def _record_size(value: bytes | None, headers: Headers) -> int:
     return len(value or b"") + sum(len(k) + len(v) for k, v in headers)
 
 
 def dlq_record(
     value: bytes | None,
-    headers: tuple[tuple[str, bytes], ...],
+    headers: Headers,
     rejected: Rejected,
     origin: KafkaCoordinates,
     *,
@@ -152,9 +157,13 @@ def dlq_record(
         original[:DLQ_EXCERPT_BYTES],
         (
             *dlq_headers(kept, rejected, origin),
-            (DLQ_KEPT_HEADER, b"excerpt"),
-            (ORIGINAL_SIZE_HEADER, str(len(original)).encode()),
-            (ORIGINAL_DIGEST_HEADER, hashlib.sha256(original).hexdigest().encode()),
+            *encode_headers(
+                (
+                    (DLQ_KEPT_HEADER, "excerpt"),
+                    (ORIGINAL_SIZE_HEADER, str(len(original))),
+                    (ORIGINAL_DIGEST_HEADER, hashlib.sha256(original).hexdigest()),
+                )
+            ),
         ),
         whole=False,
     )

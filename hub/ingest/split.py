@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hub.errors import ErrorCode, WarningCode
-from hub.identity.network_id import PatientKey, ins_systems, is_identity_validated
 from hub.ingest.outcome import IngestWarning, Rejected, counted
 from hub.normalise.clinical_scope import not_clinical
+from hub.pathway.network_id import PatientKey, ins_systems, is_identity_validated
 from hub.sources.registry import Source
 
 SPLIT_BUNDLE_TYPES = frozenset({"transaction", "batch", "collection", "message", "document"})

@@ -1,21 +1,26 @@
 """kafka-python clients for the CLI, configured as DESIGN.md section 4 asks (acks=all, idempotent).
 
 Every client takes ``security`` (None: the process's own, :func:`hub.kafka.security.default_security`).
+:func:`read` follows topics; :func:`read_to_end` reads them whole, to the end offsets taken when it
+starts (the operator commands: ``hub trace``, ``hub consent show``, ``hub dlq``, ``hub erase``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from hub.errors import BrokerError
 from hub.kafka.security import KafkaSecurity, resolve
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 def producer(
@@ -132,3 +137,116 @@ def read(  # noqa: PLR0912 - one loop with its stop conditions reads better than
         raise BrokerError(f"cannot read {list(topics)}: {type(exc).__name__}") from exc
     finally:
         consumer.close()
+
+
+# -- reading topics to their end ------------------------------------------------------------------------
+
+
+def existing_topics(bootstrap: str, *, security: KafkaSecurity | None = None) -> set[str]:
+    """Every topic the broker lists."""
+    consumer = new_consumer(
+        bootstrap, security=security, enable_auto_commit=False, group_id=None, client_id="hub-ops"
+    )
+    try:
+        return set(consumer.topics())
+    except KafkaError as exc:
+        raise BrokerError(f"cannot list topics at {bootstrap}: {type(exc).__name__}") from exc
+    finally:
+        consumer.close()
+
+
+def require_topics(existing: set[str], names: Iterable[str]) -> None:
+    """Raise a BrokerError naming the missing topics (wrong prefix or app id, or a hub never started)."""
+    missing = [name for name in names if name not in existing]
+    if missing:
+        raise BrokerError(
+            f"topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} not found on the broker",
+            hint="check HUB_TOPIC_PREFIX and HUB_APP_ID, or create the topics with `hub topics create`",
+        )
+
+
+def read_to_end(
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    keep: Callable[[Record], bool] = lambda _record: True,
+    progress: Progress | None = None,
+    description: str = "reading",
+    deadline: float | None = None,
+    opener: Callable[[Record], Record] | None = None,
+    security: KafkaSecurity | None = None,
+) -> dict[str, list[Record]]:
+    """The kept records of each topic, from its first offset to the end offsets taken at the start.
+
+    ``opener`` turns each record into the one ``keep`` and the result see: the operator commands open
+    encrypted records with it (``hub.ops.cli.record_opening``); without it records stay as read.
+
+    No consumer group: partitions are assigned and sought directly, nothing is committed. Stops when
+    every partition's position reached its end offset (gaps from compaction or transaction markers
+    included); a ``deadline`` (``time.monotonic()``) that passes first is a BrokerError.
+    """
+    result: dict[str, list[Record]] = {topic: [] for topic in topics}
+    consumer = new_consumer(
+        bootstrap, security=security, enable_auto_commit=False, group_id=None, client_id="hub-ops"
+    )
+    try:
+        begin, end = _assign(consumer, topics)
+        done = dict(begin)
+        task = (
+            progress.add_task(description, total=sum(end[tp] - begin[tp] for tp in end)) if progress else None
+        )
+        while end:
+            if deadline is not None and time.monotonic() > deadline:
+                raise BrokerError(
+                    f"reading {', '.join(topics)} took longer than allowed; the result would be incomplete",
+                    hint="retry with a larger --timeout",
+                )
+            for raw in _below_end(consumer.poll(timeout_ms=500), end):
+                record = opener(raw) if opener is not None else raw
+                if keep(record):
+                    result[record.topic].append(record)
+            for tp, stop in list(end.items()):
+                position = min(consumer.position(tp), stop)
+                if progress is not None and task is not None:
+                    progress.advance(task, position - done[tp])
+                done[tp] = position
+                if position >= stop:
+                    del end[tp]
+                    consumer.pause(tp)
+        return result
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read {', '.join(topics)}: {type(exc).__name__}") from exc
+    finally:
+        consumer.close()
+
+
+def _assign(consumer: Any, topics: Sequence[str]) -> tuple[dict[Any, int], dict[Any, int]]:
+    """Assign every non-empty partition of ``topics`` at its first offset; ``(begin, end)`` offsets."""
+    partitions: list[Any] = []
+    for topic in topics:
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            require_topics(set(), [topic])
+        partitions.extend(TopicPartition(topic, p) for p in sorted(found))
+    first = consumer.beginning_offsets(partitions)
+    last = consumer.end_offsets(partitions)
+    end = {tp: last[tp] for tp in partitions if last[tp] > first[tp]}
+    begin = {tp: first[tp] for tp in end}
+    consumer.assign(list(end))
+    for tp, offset in begin.items():
+        consumer.seek(tp, offset)
+    return begin, end
+
+
+def _below_end(batch: dict[Any, list[Any]], end: dict[Any, int]) -> Iterator[Record]:
+    """A poll's messages below each partition's end offset, as :class:`Record`."""
+    for tp, messages in batch.items():
+        stop = end.get(tp, -1)
+        for message in messages:
+            if message.offset >= stop:
+                break
+            yield Record(
+                message.topic, message.partition, message.offset, message.timestamp,
+                message.key, message.value,
+                tuple((k, v or b"") for k, v in (message.headers or ())),
+            )  # fmt: skip

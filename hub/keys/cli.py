@@ -10,7 +10,6 @@ be sent (the output says so); 2 nothing done (unknown source, no broker, unreada
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import sys
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ import click
 from hub.cli_support import EXIT_FAILURE, reporting_errors
 from hub.errors import ConfigError
 from hub.keyservice.cli import serve
+from hub.records import encode_json
 from hub.schemas import read_json_config
 from hub.settings import Settings
 from hub.sources.keys import (
@@ -59,7 +59,7 @@ def _send_audit(settings: Settings, rotation: Rotation, sender: Any) -> None:
     sender.send(
         names.audit_unsealed,
         key=rotation.source_id.encode(),
-        value=json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode(),
+        value=encode_json(event),
     ).get(timeout=30)
     sender.flush()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import math
 import ssl
 import traceback
@@ -40,6 +39,7 @@ from hub.keyservice.access import MESSAGES, KeyDecision, RateLimiter, decide
 from hub.keyservice.audit import KeyRequest, audit_key_access
 from hub.keyservice.credentials import RecipientCredentials
 from hub.logging import get_logger
+from hub.records import encode_json
 from hub.serving import serve_runner
 from hub.settings import Settings
 from hub.tokens import hash_token
@@ -85,7 +85,7 @@ class KafkaAuditSink:
         from aiokafka import AIOKafkaProducer  # noqa: PLC0415 - only the serving process needs it
         from aiokafka.errors import KafkaError  # noqa: PLC0415
 
-        value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        value = encode_json(event)
         try:
             if self._producer is None:
                 producer = AIOKafkaProducer(

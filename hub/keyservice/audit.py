@@ -15,44 +15,37 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hub.consent.audit import (
-    COMPONENT_SYSTEM,
-    DCM,
+from hub.audit_vocabulary import (
+    DESTINATION_ROLE,
+    EXPORT,
+    KEY_ID_SYSTEM,
+    KEY_REFUSAL,
+    KEY_RELEASE,
+    KEYS_COMPONENT,
     OUTCOME_NOT_DONE,
+    OUTCOME_SERIOUS_FAILURE,
     OUTCOME_SUCCESS,
     RECIPIENT_SYSTEM,
-    SUBTYPE_SYSTEM,
+    SECURITY_RESOURCE_ROLE,
+    SOURCE_ROLE,
+    SYSTEM_OBJECT,
+    agent,
+    audit_event,
     audit_id,
+    component,
+    detail,
+    entity,
+    identified,
+    observer,
+    patient_entity,
 )
 from hub.crypto.keyids import parse_recipient_key_id, well_formed
-from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.keyservice.access import KeyDecision
 from hub.normalise.time import utc_iso
+from hub.pathway.network_id import NETWORK_ID_SYSTEM
 
-RELEASE_SUBTYPE = "key-release"
-REFUSAL_SUBTYPE = "key-refusal"
-KEY_ID_SYSTEM = "urn:hub:data-key-id"
-#: The component that answers key requests (also the observer of `hub keys rotate`).
-COMPONENT = "hub-keys"
-#: FHIR AuditEvent outcome "serious failure": the hub could not answer (a wrong KEK), not a refusal.
-OUTCOME_FAILED = "8"
 #: The audit record's key when nobody was authenticated.
 UNAUTHENTICATED = "unauthenticated"
-
-_EXPORT = {"system": DCM, "code": "110106", "display": "Export"}
-_SOURCE_ROLE = {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]}
-_DESTINATION_ROLE = {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]}
-_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
-_SYSTEM_OBJECT = {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"}
-_SECURITY_RESOURCE = {"system": _OBJECT_ROLE, "code": "13", "display": "Security Resource"}
-_PERSON = {"system": _ENTITY_TYPE, "code": "1", "display": "Person"}
-_PATIENT_ROLE = {"system": _OBJECT_ROLE, "code": "1", "display": "Patient"}
-_APPLICATION_SERVER = {
-    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-    "code": "4",
-    "display": "Application Server",
-}
 #: FHIR R4 AuditEvent.agent.network.type: 2 is an IP address.
 _IP_ADDRESS = "2"
 
@@ -75,53 +68,38 @@ class KeyRequest:
         return (self.recipient or UNAUTHENTICATED).encode()
 
 
-def _detail(name: str, value: str) -> dict[str, str]:
-    return {"type": name, "valueString": value}
-
-
 def _requester(request: KeyRequest) -> dict[str, Any]:
     who: dict[str, Any] = (
         {"identifier": {"system": RECIPIENT_SYSTEM, "value": request.recipient}}
         if request.recipient
         else {"display": "unauthenticated client"}
     )
-    agent: dict[str, Any] = {"type": _DESTINATION_ROLE, "who": who, "requestor": True}
+    requester = agent(DESTINATION_ROLE, who, requestor=True)
     if request.address:
-        agent["network"] = {"address": request.address, "type": _IP_ADDRESS}
-    return agent
+        requester["network"] = {"address": request.address, "type": _IP_ADDRESS}
+    return requester
 
 
 def _entities(request: KeyRequest, decision: KeyDecision) -> list[dict[str, Any]]:
     details = [
-        _detail("status", str(decision.status)),
-        _detail("reason", decision.reason),
-        _detail("request_id", request.request_id),
+        detail("status", str(decision.status)),
+        detail("reason", decision.reason),
+        detail("request_id", request.request_id),
     ]
     if decision.code is not None:
-        details.append(_detail("code", str(decision.code)))
+        details.append(detail("code", str(decision.code)))
     if request.credential:
-        details.append(_detail("credential", request.credential))
+        details.append(detail("credential", request.credential))
     # A malformed id is whatever the client sent: its length is enough to recognise a probe.
     what: dict[str, Any] = (
-        {"identifier": {"system": KEY_ID_SYSTEM, "value": request.key_id}}
+        identified(KEY_ID_SYSTEM, request.key_id)
         if well_formed(request.key_id)
         else {"display": f"a malformed key id of {len(request.key_id.encode())} bytes"}
     )
-    entities: list[dict[str, Any]] = [
-        {"what": what, "type": _SYSTEM_OBJECT, "role": _SECURITY_RESOURCE, "detail": details}
-    ]
+    entities = [entity(what, type=SYSTEM_OBJECT, role=SECURITY_RESOURCE_ROLE, details=details)]
     parsed = parse_recipient_key_id(request.key_id)
     if parsed is not None:
-        entities.append(
-            {
-                "what": {
-                    "type": "Patient",
-                    "identifier": {"system": NETWORK_ID_SYSTEM, "value": parsed.patient_id},
-                },
-                "type": _PERSON,
-                "role": _PATIENT_ROLE,
-            }
-        )
+        entities.append(patient_entity(NETWORK_ID_SYSTEM, parsed.patient_id))
     return entities
 
 
@@ -130,41 +108,28 @@ def audit_key_access(request: KeyRequest, decision: KeyDecision, *, recorded: da
     if recorded.utcoffset() is None:
         raise ValueError("recorded must be timezone-aware")
     if decision.released:
-        outcome, subtype = OUTCOME_SUCCESS, RELEASE_SUBTYPE
+        outcome, code = OUTCOME_SUCCESS, KEY_RELEASE
         description = f"released {request.key_id} to recipient {request.recipient}"
     else:
-        outcome = OUTCOME_NOT_DONE if decision.status < 500 else OUTCOME_FAILED
-        subtype = REFUSAL_SUBTYPE
+        # A 5xx is the hub failing to answer (a wrong KEK), not a refusal.
+        outcome = OUTCOME_NOT_DONE if decision.status < 500 else OUTCOME_SERIOUS_FAILURE
+        code = KEY_REFUSAL
         description = f"refused ({decision.status} {decision.code}): {decision.reason}"
-    return {
-        "resourceType": "AuditEvent",
-        "id": audit_id("key-access", request.request_id),
-        "type": _EXPORT,
-        "subtype": [{"system": SUBTYPE_SYSTEM, "code": subtype}],
-        "action": "R",
-        "recorded": utc_iso(recorded),
-        "outcome": outcome,
-        "outcomeDesc": description,
-        "agent": [
-            {
-                "type": _SOURCE_ROLE,
-                "who": {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": COMPONENT}},
-                "requestor": False,
-            },
-            _requester(request),
-        ],
-        "source": {
-            "observer": {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": COMPONENT}},
-            "type": [_APPLICATION_SERVER],
-        },
-        "entity": _entities(request, decision),
-    }
+    return audit_event(
+        id=audit_id("key-access", request.request_id),
+        type=EXPORT,
+        subtype=code,
+        action="R",
+        recorded=utc_iso(recorded),
+        outcome=outcome,
+        description=description,
+        agents=[agent(SOURCE_ROLE, component(KEYS_COMPONENT), requestor=False), _requester(request)],
+        source=observer(KEYS_COMPONENT),
+        entities=_entities(request, decision),
+    )
 
 
 __all__ = [
-    "KEY_ID_SYSTEM",
-    "REFUSAL_SUBTYPE",
-    "RELEASE_SUBTYPE",
     "UNAUTHENTICATED",
     "KeyRequest",
     "audit_key_access",

@@ -33,8 +33,8 @@ from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from hub.consent.recipients import NETWORK_SYSTEM, RPPS_SYSTEM
-from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.normalise.time import parse_fhir_datetime
+from hub.pathway.network_id import NETWORK_ID_SYSTEM
 
 #: Version of the JSON shape written by :meth:`PatientFacts.to_json`.
 FACTS_FORMAT = 1

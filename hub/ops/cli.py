@@ -1,8 +1,9 @@
 """``hub trace`` and ``hub consent show``: read topics to their end, without a consumer group, and print.
 
-Both commands read from the beginning of each topic to the end offsets captured when they start:
-complete (nothing published before the command is missed) and quick (no waiting for silence). A
-progress bar goes to stderr; the result to stdout. Exit codes scripts can trust:
+Both commands read from the beginning of each topic to the end offsets captured when they start
+(:func:`hub.kafka.clients.read_to_end`): complete (nothing published before the command is missed)
+and quick (no waiting for silence). A progress bar goes to stderr; the result to stdout. Exit codes
+scripts can trust:
 
 - 0: found (the trace, or a readable share state);
 - 1: not found (no receipt, DLQ record, event or decision names the id; no state, deleted or corrupt);
@@ -18,14 +19,15 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import click
 
 from hub.cli_support import reporting_errors
-from hub.errors import BrokerError
+from hub.records import CRYPTO_ERROR_HEADER, encode_headers
 from hub.settings import Settings
+from hub.topics import TopicNames
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -37,12 +39,9 @@ if TYPE_CHECKING:
 EXIT_NOT_FOUND = 1
 #: Same as ``hub.cli``: configuration, broker or usage error, nothing was done.
 
-#: The faust table holding each patient's share state (``hub.streams.app.TABLES``).
+#: The faust table holding each patient's share state (``hub.streams.app.TABLES``; spelled here so that
+#: ``hub consent show`` does not import faust, and a unit test keeps the two the same).
 SHARE_STATE_TABLE = "share-state"
-_RECIPIENT_TOPIC_HEAD = "hub.pathway."
-_RECIPIENT_TOPIC_TAIL = ".v1"
-#: Added to a record read back that could not be opened: the error code, never the reason's details.
-CRYPTO_ERROR_HEADER = "hub-crypto-error"
 
 
 def record_opener(settings: Settings) -> RecordOpener:
@@ -51,6 +50,12 @@ def record_opener(settings: Settings) -> RecordOpener:
     from hub.crypto.records import RecordOpener  # noqa: PLC0415
 
     return RecordOpener(keyring_from_settings(settings))
+
+
+def record_opening(settings: Settings) -> Callable[[Record], Record]:
+    """What :func:`hub.kafka.clients.read_to_end` applies to each record it reads for an operator
+    command: :func:`opened` with the operator's opener."""
+    return functools.partial(opened, record_opener(settings))
 
 
 def optional_opener(settings: Settings) -> RecordOpener | None:
@@ -74,153 +79,9 @@ def opened(opener: RecordOpener | None, record: Record) -> Record:
     try:
         return opener.open_record(record)
     except CryptoError as exc:
-        return replace(
-            record, value=None, headers=(*record.headers, (CRYPTO_ERROR_HEADER, str(exc.code).encode()))
-        )
-
-
-def share_state_changelog(app_id: str) -> str:
-    """faust's changelog topic of the share-state table (``hub.streams.app.changelog_topic``).
-
-    Spelled here so that ``hub consent show`` does not import faust; a unit test keeps them equal.
-    """
-    return f"{app_id}-{SHARE_STATE_TABLE}-changelog"
-
-
-# -- reading to the end ---------------------------------------------------------------------------------
-
-
-def _consumer(bootstrap: str) -> Any:
-    from kafka import KafkaConsumer  # noqa: PLC0415 - keep `hub --help` fast
-    from kafka.errors import KafkaError  # noqa: PLC0415
-
-    from hub.kafka.security import default_security  # noqa: PLC0415
-
-    try:
-        return KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            client_id="hub-ops",
-            **default_security().kafka_python(),
-        )
-    except KafkaError as exc:
-        raise BrokerError(
-            f"no Kafka broker answers at {bootstrap} ({type(exc).__name__})",
-            hint="start one with `hub broker start`, or set HUB_BOOTSTRAP_SERVERS",
-        ) from exc
-
-
-def existing_topics(bootstrap: str) -> set[str]:
-    """Every topic the broker lists."""
-    from kafka.errors import KafkaError  # noqa: PLC0415
-
-    consumer = _consumer(bootstrap)
-    try:
-        return set(consumer.topics())
-    except KafkaError as exc:
-        raise BrokerError(f"cannot list topics at {bootstrap}: {type(exc).__name__}") from exc
-    finally:
-        consumer.close()
-
-
-def require_topics(existing: set[str], names: Iterable[str]) -> None:
-    """Raise a BrokerError naming the missing topics (wrong prefix or app id, or a hub never started)."""
-    missing = [name for name in names if name not in existing]
-    if missing:
-        raise BrokerError(
-            f"topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} not found on the broker",
-            hint="check HUB_TOPIC_PREFIX and HUB_APP_ID, or create the topics with `hub topics create`",
-        )
-
-
-def read_to_end(
-    bootstrap: str,
-    topics: Sequence[str],
-    *,
-    keep: Callable[[Record], bool] = lambda _record: True,
-    progress: Progress | None = None,
-    description: str = "reading",
-    deadline: float | None = None,
-    opener: RecordOpener | None = None,
-) -> dict[str, list[Record]]:
-    """The kept records of each topic, from its first offset to the end offsets taken at the start.
-
-    With an ``opener``, encrypted records are opened (see :func:`opened`) before ``keep`` sees them.
-
-    No consumer group: partitions are assigned and sought directly, nothing is committed. Stops when
-    every partition's position reached its end offset (gaps from compaction or transaction markers
-    included); a ``deadline`` (``time.monotonic()``) that passes first is a BrokerError.
-    """
-    from kafka.errors import KafkaError  # noqa: PLC0415
-
-    result: dict[str, list[Record]] = {topic: [] for topic in topics}
-    consumer = _consumer(bootstrap)
-    try:
-        begin, end = _assign(consumer, topics)
-        done = dict(begin)
-        task = (
-            progress.add_task(description, total=sum(end[tp] - begin[tp] for tp in end)) if progress else None
-        )
-        while end:
-            if deadline is not None and time.monotonic() > deadline:
-                raise BrokerError(
-                    f"reading {', '.join(topics)} took longer than allowed; the result would be incomplete",
-                    hint="retry with a larger --timeout",
-                )
-            for raw in _records(consumer.poll(timeout_ms=500), end):
-                record = opened(opener, raw)
-                if keep(record):
-                    result[record.topic].append(record)
-            for tp, stop in list(end.items()):
-                position = min(consumer.position(tp), stop)
-                if progress is not None and task is not None:
-                    progress.advance(task, position - done[tp])
-                done[tp] = position
-                if position >= stop:
-                    del end[tp]
-                    consumer.pause(tp)
-        return result
-    except KafkaError as exc:
-        raise BrokerError(f"cannot read {', '.join(topics)}: {type(exc).__name__}") from exc
-    finally:
-        consumer.close()
-
-
-def _assign(consumer: Any, topics: Sequence[str]) -> tuple[dict[Any, int], dict[Any, int]]:
-    """Assign every non-empty partition of ``topics`` at its first offset; ``(begin, end)`` offsets."""
-    from kafka import TopicPartition  # noqa: PLC0415
-
-    partitions: list[Any] = []
-    for topic in topics:
-        found = consumer.partitions_for_topic(topic)
-        if not found:
-            require_topics(set(), [topic])
-        partitions.extend(TopicPartition(topic, p) for p in sorted(found))
-    first = consumer.beginning_offsets(partitions)
-    last = consumer.end_offsets(partitions)
-    end = {tp: last[tp] for tp in partitions if last[tp] > first[tp]}
-    begin = {tp: first[tp] for tp in end}
-    consumer.assign(list(end))
-    for tp, offset in begin.items():
-        consumer.seek(tp, offset)
-    return begin, end
-
-
-def _records(batch: dict[Any, list[Any]], end: dict[Any, int]) -> Iterator[Record]:
-    """A poll's messages below each partition's end offset, as :class:`hub.kafka.clients.Record`."""
-    from hub.kafka.clients import Record  # noqa: PLC0415
-
-    for tp, messages in batch.items():
-        stop = end.get(tp, -1)
-        for message in messages:
-            if message.offset >= stop:
-                break
-            yield Record(
-                message.topic, message.partition, message.offset, message.timestamp,
-                message.key, message.value,
-                tuple((k, v or b"") for k, v in (message.headers or ())),
-            )  # fmt: skip
+        # The error code only, never the reason's details.
+        failed = encode_headers({CRYPTO_ERROR_HEADER: str(exc.code)})
+        return replace(record, value=None, headers=(*record.headers, *failed))
 
 
 def _progress() -> Progress:
@@ -236,14 +97,9 @@ def _progress() -> Progress:
     )
 
 
-def recipient_topics(existing: Iterable[str], prefix: str, pathway: str) -> dict[str, str]:
-    """``hub.pathway.<recipient>.v1`` topics under ``prefix``, mapped to their recipient id."""
-    head = prefix + _RECIPIENT_TOPIC_HEAD
-    found = {}
-    for topic in existing:
-        middle = topic[len(head) : -len(_RECIPIENT_TOPIC_TAIL)]
-        if topic != pathway and topic.startswith(head) and topic.endswith(_RECIPIENT_TOPIC_TAIL) and middle:
-            found[topic] = middle
+def recipient_topics(existing: Iterable[str], names: TopicNames) -> dict[str, str]:
+    """``hub.pathway.<recipient>.v1`` topics under the prefix of ``names``, mapped to their recipient id."""
+    found = {topic: recipient for topic in existing if (recipient := names.recipient_of(topic)) is not None}
     return dict(sorted(found.items()))
 
 
@@ -272,8 +128,8 @@ def trace(ident: str | None, message_id: str | None, as_json: bool, timeout: flo
     no topic knows the id, 2 on a configuration or broker error.
     """
     from hub.consent import load_recipients  # noqa: PLC0415
+    from hub.kafka.clients import existing_topics, read_to_end, require_topics  # noqa: PLC0415
     from hub.ops import trace as tr  # noqa: PLC0415
-    from hub.topics import TopicNames  # noqa: PLC0415
 
     settings = Settings()
     names = TopicNames(settings.topic_prefix)
@@ -290,10 +146,10 @@ def trace(ident: str | None, message_id: str | None, as_json: bool, timeout: flo
     deadline = time.monotonic() + timeout
     existing = existing_topics(bootstrap)
     require_topics(existing, [names.receipts, names.dlq, names.pathway, names.audit])
-    copies_from = recipient_topics(existing, names.prefix, names.pathway)
+    copies_from = recipient_topics(existing, names)
     with _progress() as progress:
         read = functools.partial(
-            read_to_end, bootstrap, progress=progress, deadline=deadline, opener=record_opener(settings)
+            read_to_end, bootstrap, progress=progress, deadline=deadline, opener=record_opening(settings)
         )
         first = read(
             [names.receipts, names.dlq],
@@ -378,10 +234,11 @@ def consent_show(patient_id: str, as_json: bool, timeout: float) -> None:
     """
     import json  # noqa: PLC0415
 
+    from hub.kafka.clients import existing_topics, read_to_end, require_topics  # noqa: PLC0415
     from hub.ops.consent_view import key_of, last_state, render_state, to_json  # noqa: PLC0415
 
     settings = Settings()
-    topic = share_state_changelog(settings.app_id)
+    topic = TopicNames.changelog(settings.app_id, SHARE_STATE_TABLE)
     bootstrap = settings.bootstrap_servers
     require_topics(existing_topics(bootstrap), [topic])
     with _progress() as progress:
@@ -392,7 +249,7 @@ def consent_show(patient_id: str, as_json: bool, timeout: float) -> None:
             progress=progress,
             description="share state",
             deadline=time.monotonic() + timeout,
-            opener=record_opener(settings),
+            opener=record_opening(settings),
         )[topic]
     lookup = last_state(records, patient_id)
     if as_json:

@@ -12,7 +12,6 @@ instants. No name, no clinical content.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from typing import Any, Literal
 from hub.consent.recipients import NETWORK_SYSTEM, Identifier
 from hub.consent.state import ConsentRecord, Involvement, PatientShareState, Period, Provision
 from hub.kafka.clients import Record
+from hub.records import CRYPTO_ERROR_HEADER, decode_json, header
 
 LookupStatus = Literal["present", "absent", "deleted", "corrupt"]
 
@@ -48,7 +48,7 @@ def key_of(record: Record) -> str | None:
     if record.key is None:
         return None
     try:
-        key = json.loads(record.key)
+        key = decode_json(record.key)
     except (ValueError, UnicodeDecodeError):
         return record.key.decode(errors="replace")
     return key if isinstance(key, str) else None
@@ -65,8 +65,8 @@ def last_state(records: Iterable[Record], patient_id: str) -> StateLookup:
             patient_id, "absent", reason="no share state: the hub has no event for this patient"
         )
     where = f"{last.topic}/{last.partition}/{last.offset}"
-    # Opened by hub.ops.cli.read_to_end: a state it could not decrypt carries the error's code.
-    crypto_error = next((v.decode() for k, v in last.headers if k == "hub-crypto-error"), None)
+    # Opened as read (hub.ops.cli.opened): a state it could not decrypt carries the error's code.
+    crypto_error = header(last.headers, CRYPTO_ERROR_HEADER)
     if crypto_error == "crypto.key_destroyed":
         return StateLookup(
             patient_id,

@@ -19,51 +19,45 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.consent.audit import (
-    COMPONENT_SYSTEM,
-    DCM,
+from hub.audit_vocabulary import (
+    DESTINATION_ROLE,
+    DLQ_REPLAY,
+    IMPORT,
+    JOB_ROLE,
     KAFKA_RECORD_SYSTEM,
+    OPS_COMPONENT,
     OUTCOME_SUCCESS,
-    SOURCE_SYSTEM,
-    SUBTYPE_SYSTEM,
+    SOURCE_ROLE,
+    SYSTEM_OBJECT,
+    agent,
+    audit_event,
     audit_id,
+    component,
+    detail,
+    entity,
+    identified,
+    observer,
+    source_who,
 )
 from hub.ingest.outcome import KafkaCoordinates
 from hub.ingest.pipeline import printable_id
-from hub.ingest.receipts import (
+from hub.ingest.receipts import UNKNOWN_SOURCE_KEY
+from hub.kafka.clients import Record
+from hub.normalise.time import utc_iso
+from hub.records import (
+    DLQ_HUB_HEADERS,
     DLQ_KEPT_HEADER,
     ERROR_CODE_HEADER,
     ERROR_DETAIL_HEADER,
+    MESSAGE_ID_HEADER,
     ORIGIN_HEADER,
     ORIGINAL_SIZE_HEADER,
-    UNKNOWN_SOURCE_KEY,
+    REPLAY_OF_HEADER,
+    SOURCE_HEADER,
+    Headers,
+    encode_headers,
+    header,
 )
-from hub.kafka.clients import Record
-from hub.normalise.time import utc_iso
-
-SOURCE_HEADER = "hub-source"
-MESSAGE_ID_HEADER = "hub-message-id"
-#: Added to a replayed record: the ``topic/partition/offset`` of the record first rejected.
-REPLAY_OF_HEADER = "hub-replay-of"
-#: The hub's own headers, dropped from a replayed record.
-HUB_HEADERS = frozenset({ERROR_CODE_HEADER, ERROR_DETAIL_HEADER, ORIGIN_HEADER, REPLAY_OF_HEADER})
-REPLAY_SUBTYPE = "dlq-replay"
-#: The audit record's key when the reject names no registered source (as receipts do).
-
-_IMPORT = {"system": DCM, "code": "110107", "display": "Import"}
-_SOURCE_ROLE = {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]}
-_DESTINATION_ROLE = {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]}
-_SYSTEM_OBJECT = {
-    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
-    "code": "2",
-    "display": "System Object",
-}
-_JOB_ROLE = {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "20", "display": "Job"}
-_APPLICATION_SERVER = {
-    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-    "code": "4",
-    "display": "Application Server",
-}
 
 
 @dataclass(frozen=True)
@@ -85,15 +79,6 @@ class DlqEntry:
         return asdict(self)
 
 
-def _header(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
-    """A header's text (last occurrence: the hub's headers come after the source's), or None."""
-    found = None
-    for key, value in headers:
-        if key == name:
-            found = value.decode(errors="replace")
-    return found
-
-
 def _message_id(raw: str | None) -> str | None:
     if raw is None or printable_id(raw) is not None:
         return raw
@@ -108,11 +93,11 @@ def entry(record: Record) -> DlqEntry:
     """The entry of one DLQ record; source and message id are echoed only when printable."""
     return DlqEntry(
         where=f"{record.topic}/{record.partition}/{record.offset}",
-        origin=_header(record.headers, ORIGIN_HEADER),
-        source=printable_id(_header(record.headers, SOURCE_HEADER)),
-        message_id=_message_id(_header(record.headers, MESSAGE_ID_HEADER)),
-        code=_header(record.headers, ERROR_CODE_HEADER),
-        detail=_header(record.headers, ERROR_DETAIL_HEADER),
+        origin=header(record.headers, ORIGIN_HEADER),
+        source=printable_id(header(record.headers, SOURCE_HEADER)),
+        message_id=_message_id(header(record.headers, MESSAGE_ID_HEADER)),
+        code=header(record.headers, ERROR_CODE_HEADER),
+        detail=header(record.headers, ERROR_DETAIL_HEADER),
         timestamp=_timestamp(record.timestamp_ms),
         excerpt_of=original_size(record),
     )
@@ -123,9 +108,9 @@ def original_size(record: Record) -> int | None:
 
     Such a record cannot be replayed: its value is not the input the source sent.
     """
-    if _header(record.headers, DLQ_KEPT_HEADER) != "excerpt":
+    if header(record.headers, DLQ_KEPT_HEADER) != "excerpt":
         return None
-    size = _header(record.headers, ORIGINAL_SIZE_HEADER) or ""
+    size = header(record.headers, ORIGINAL_SIZE_HEADER) or ""
     return int(size) if size.isdigit() else 0
 
 
@@ -133,9 +118,9 @@ def matches(
     record: Record, *, code: str | None = None, source: str | None = None, since: datetime | None = None
 ) -> bool:
     """Whether a DLQ record passes every given filter (code and source exactly; at or after ``since``)."""
-    if code is not None and _header(record.headers, ERROR_CODE_HEADER) != code:
+    if code is not None and header(record.headers, ERROR_CODE_HEADER) != code:
         return False
-    if source is not None and printable_id(_header(record.headers, SOURCE_HEADER)) != source:
+    if source is not None and printable_id(header(record.headers, SOURCE_HEADER)) != source:
         return False
     return since is None or record.timestamp_ms >= since.timestamp() * 1000
 
@@ -177,23 +162,21 @@ class ReplayRecord:
     origin: str
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: Headers
 
 
 def replay_record(record: Record) -> ReplayRecord:
     """The original record again: key and value unchanged, the hub's headers replaced by ``hub-replay-of``."""
-    origin = _header(record.headers, ORIGIN_HEADER) or f"{record.topic}/{record.partition}/{record.offset}"
-    headers = tuple((k, v) for k, v in record.headers if k not in HUB_HEADERS)
-    return ReplayRecord(origin, record.key, record.value, (*headers, (REPLAY_OF_HEADER, origin.encode())))
+    origin = header(record.headers, ORIGIN_HEADER) or f"{record.topic}/{record.partition}/{record.offset}"
+    headers = tuple((k, v) for k, v in record.headers if k not in DLQ_HUB_HEADERS)
+    return ReplayRecord(
+        origin, record.key, record.value, (*headers, *encode_headers({REPLAY_OF_HEADER: origin}))
+    )
 
 
 def audit_key(dlq_entry: DlqEntry) -> bytes:
     """The replay AuditEvent's key: the source id, as for the reject's own audit record."""
     return (dlq_entry.source or UNKNOWN_SOURCE_KEY).encode()
-
-
-def _detail(name: str, value: str) -> dict[str, str]:
-    return {"type": name, "valueString": value}
 
 
 def audit_replay(dlq_entry: DlqEntry, *, replayed_to: KafkaCoordinates, recorded: datetime) -> dict[str, Any]:
@@ -202,52 +185,33 @@ def audit_replay(dlq_entry: DlqEntry, *, replayed_to: KafkaCoordinates, recorded
         raise ValueError("recorded must be timezone-aware")
     origin = dlq_entry.origin or dlq_entry.where
     details = [
-        _detail("code", dlq_entry.code or "unknown"),
-        _detail("dlq", dlq_entry.where),
-        _detail("replayed_to", str(replayed_to)),
-        _detail("topic", replayed_to.topic),
-        _detail("partition", str(replayed_to.partition)),
-        _detail("offset", str(replayed_to.offset)),
+        detail("code", dlq_entry.code or "unknown"),
+        detail("dlq", dlq_entry.where),
+        detail("replayed_to", str(replayed_to)),
+        detail("topic", replayed_to.topic),
+        detail("partition", str(replayed_to.partition)),
+        detail("offset", str(replayed_to.offset)),
     ]
     if dlq_entry.message_id:
-        details.append(_detail("message_id", dlq_entry.message_id))
+        details.append(detail("message_id", dlq_entry.message_id))
     if dlq_entry.source:
-        details.append(_detail("source", dlq_entry.source))
-    return {
-        "resourceType": "AuditEvent",
-        "id": audit_id(REPLAY_SUBTYPE, origin, str(replayed_to)),
-        "type": _IMPORT,
-        "subtype": [{"system": SUBTYPE_SYSTEM, "code": REPLAY_SUBTYPE}],
-        "action": "C",
-        "recorded": utc_iso(recorded),
-        "outcome": OUTCOME_SUCCESS,
-        "outcomeDesc": f"replayed {origin} ({dlq_entry.code or 'unknown'}) as {replayed_to}",
-        "agent": [
-            {
-                "type": _SOURCE_ROLE,
-                "who": (
-                    {"identifier": {"system": SOURCE_SYSTEM, "value": dlq_entry.source}}
-                    if dlq_entry.source
-                    else {"display": "unregistered source"}
-                ),
-                "requestor": False,
-            },
-            {
-                "type": _DESTINATION_ROLE,
-                "who": {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": "hub-ops"}},
-                "requestor": True,
-            },
+        details.append(detail("source", dlq_entry.source))
+    return audit_event(
+        id=audit_id(DLQ_REPLAY, origin, str(replayed_to)),
+        type=IMPORT,
+        subtype=DLQ_REPLAY,
+        action="C",
+        recorded=utc_iso(recorded),
+        outcome=OUTCOME_SUCCESS,
+        description=f"replayed {origin} ({dlq_entry.code or 'unknown'}) as {replayed_to}",
+        agents=[
+            agent(SOURCE_ROLE, source_who(dlq_entry.source), requestor=False),
+            agent(DESTINATION_ROLE, component(OPS_COMPONENT), requestor=True),
         ],
-        "source": {
-            "observer": {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": "hub-ops"}},
-            "type": [_APPLICATION_SERVER],
-        },
-        "entity": [
-            {
-                "what": {"identifier": {"system": KAFKA_RECORD_SYSTEM, "value": origin}},
-                "type": _SYSTEM_OBJECT,
-                "role": _JOB_ROLE,
-                "detail": details,
-            }
+        source=observer(OPS_COMPONENT),
+        entities=[
+            entity(
+                identified(KAFKA_RECORD_SYSTEM, origin), type=SYSTEM_OBJECT, role=JOB_ROLE, details=details
+            )
         ],
-    }
+    )

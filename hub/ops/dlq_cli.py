@@ -19,6 +19,7 @@ import click
 
 from hub.cli_support import EXIT_FAILURE, EXIT_USAGE, reporting_errors
 from hub.errors import BrokerError
+from hub.records import CRYPTO_ERROR_HEADER, encode_json, header
 from hub.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,8 +53,9 @@ def _read(
     since: str | None,
     timeout: float,
 ) -> list[Record]:
+    from hub.kafka.clients import existing_topics, read_to_end, require_topics  # noqa: PLC0415
     from hub.ops import dlq as d  # noqa: PLC0415
-    from hub.ops.cli import _progress, existing_topics, read_to_end, record_opener, require_topics  # noqa: PLC0415
+    from hub.ops.cli import _progress, record_opening  # noqa: PLC0415
 
     try:
         after = d.parse_since(since) if since is not None else None
@@ -70,7 +72,7 @@ def _read(
             description="DLQ",
             deadline=time.monotonic() + timeout,
             # Rejects are kept encrypted under the DLQ's monthly key: opened for listing and replay.
-            opener=record_opener(settings),
+            opener=record_opening(settings),
         )[names.dlq]
 
 
@@ -135,10 +137,9 @@ def dlq_replay(
     settings = Settings()
     names = TopicNames(settings.topic_prefix)
     records = _read(settings, names, code=code, source=source, since=since, timeout=timeout)
-    from hub.ops.cli import CRYPTO_ERROR_HEADER  # noqa: PLC0415
 
     # A reject whose DLQ key was destroyed (or that does not authenticate) has no bytes to send back.
-    unreadable = [r for r in records if any(k == CRYPTO_ERROR_HEADER for k, _ in r.headers)]
+    unreadable = [r for r in records if header(r.headers, CRYPTO_ERROR_HEADER) is not None]
     if unreadable:
         click.echo(
             f"skipping {len(unreadable)} rejects that cannot be decrypted (shredded or altered)", err=True
@@ -197,7 +198,7 @@ def _replay(settings: Settings, names: TopicNames, records: list[Record]) -> int
                 sender.send(
                     names.audit_unsealed,
                     key=d.audit_key(entry),
-                    value=json.dumps(audit, separators=(",", ":"), ensure_ascii=False).encode(),
+                    value=encode_json(audit),
                 )
                 progress.advance(task)
             sender.flush()

@@ -22,17 +22,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from hub.consent.audit import EVENT_ID_SYSTEM, KAFKA_RECORD_SYSTEM, SUBTYPE_SYSTEM, share_decisions
-from hub.ingest.receipts import ERROR_CODE_HEADER, ORIGIN_HEADER
+from hub.audit_vocabulary import (
+    CONSENT_REJECTED,
+    EVENT_ID_SYSTEM,
+    INGEST_REJECT,
+    KAFKA_RECORD_SYSTEM,
+    SUBTYPE_SYSTEM,
+)
+from hub.consent.audit import share_decisions
 from hub.kafka.clients import Record
+from hub.records import ERROR_CODE_HEADER, MESSAGE_ID_HEADER, ORIGIN_HEADER, SOURCE_HEADER, header
 
 TargetKind = Literal["event", "ingest", "message"]
-
-MESSAGE_ID_HEADER = "hub-message-id"
-SOURCE_HEADER = "hub-source"
-
-INGEST_REJECT = "ingest-reject"
-CONSENT_REJECTED = "consent-rejected"
 
 
 # -- what to look for ---------------------------------------------------------------------------------
@@ -96,14 +97,6 @@ def where(record: Record) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
 
 
-def header(record: Record, name: str) -> str | None:
-    """A header's text (first occurrence), or None."""
-    for key, value in record.headers:
-        if key == name:
-            return value.decode(errors="replace")
-    return None
-
-
 def _strings(value: Any) -> list[str]:
     return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
@@ -126,9 +119,9 @@ def receipt_matches(target: Target, receipt: Any) -> bool:
 def dlq_matches(target: Target, record: Record) -> bool:
     """True when a DLQ record is the target's reject (by origin header or message id header)."""
     if target.kind == "ingest":
-        return header(record, ORIGIN_HEADER) == target.value
+        return header(record.headers, ORIGIN_HEADER) == target.value
     if target.kind == "message":
-        return header(record, MESSAGE_ID_HEADER) == target.value
+        return header(record.headers, MESSAGE_ID_HEADER) == target.value
     return False
 
 
@@ -182,7 +175,7 @@ def select(target: Target, receipts: Iterable[Any], dlq: Iterable[Record] = ()) 
     matching = [receipt for receipt in receipts if receipt_matches(target, receipt)]
     event_ids = {event_id for receipt in matching for event_id in _strings(receipt.get("event_ids"))}
     inputs = {coordinates(receipt.get("ingest")) for receipt in matching}
-    inputs |= {header(record, ORIGIN_HEADER) for record in dlq if dlq_matches(target, record)}
+    inputs |= {header(record.headers, ORIGIN_HEADER) for record in dlq if dlq_matches(target, record)}
     if target.kind == "ingest":
         inputs.add(target.value)
     return Selection(frozenset(event_ids), frozenset(value for value in inputs if value))
@@ -446,10 +439,10 @@ def build_trace(
 def _reject_view(record: Record) -> RejectView:
     return RejectView(
         where=where(record),
-        origin=header(record, ORIGIN_HEADER),
-        code=header(record, ERROR_CODE_HEADER),
-        source=header(record, SOURCE_HEADER),
-        message_id=header(record, MESSAGE_ID_HEADER),
+        origin=header(record.headers, ORIGIN_HEADER),
+        code=header(record.headers, ERROR_CODE_HEADER),
+        source=header(record.headers, SOURCE_HEADER),
+        message_id=header(record.headers, MESSAGE_ID_HEADER),
     )
 
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from hub.records import canonical_json, encode_json
 
 #: Namespace of every event id, so ids are stable across processes, versions and machines.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1b52-4c8e-4d43-9a55-6d0a3c1f2b7e")
 
 #: Resource fields that differ between copies of one clinical fact and so stay out of its id.
 _VOLATILE_FIELDS = frozenset({"id", "meta", "text"})
-
-
-def canonical_json(document: Any) -> bytes:
-    """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 LOINC = "http://loinc.org"
@@ -90,4 +86,4 @@ class PathwayEvent:
 
     def to_json(self) -> bytes:
         """Compact JSON bytes for Kafka."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        return encode_json(self.to_dict())

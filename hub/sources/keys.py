@@ -26,7 +26,23 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hub.consent.audit import COMPONENT_SYSTEM, DCM, OUTCOME_SUCCESS, SOURCE_SYSTEM, SUBTYPE_SYSTEM, audit_id
+from hub.audit_vocabulary import (
+    AUTHOR_ROLE,
+    KEY_ROTATION,
+    KEYS_COMPONENT,
+    OUTCOME_SUCCESS,
+    SECURITY_ALERT,
+    SECURITY_RESOURCE_ROLE,
+    SOURCE_SYSTEM,
+    SYSTEM_OBJECT,
+    agent,
+    audit_event,
+    audit_id,
+    detail,
+    entity,
+    identified,
+    observer,
+)
 from hub.errors import ConfigError, SecretUnavailable
 from hub.normalise.time import utc_iso
 
@@ -235,60 +251,28 @@ def env_instructions(rotation: Rotation, secret_out: Path) -> list[str]:
 def audit_key_rotation(rotation: Rotation, *, operator: str, recorded: datetime) -> dict[str, Any]:
     """The AuditEvent of one rotation (a key administration act): who, which source, until when; no key."""
     details = [
-        {"type": "reference", "valueString": rotation.reference},
-        {"type": "new_key_id", "valueString": rotation.new_key_id},
-        {"type": "previous_key_id", "valueString": rotation.previous_key_id},
-        {"type": "previous_valid_until", "valueString": utc_iso(rotation.valid_until)},
+        detail("reference", rotation.reference),
+        detail("new_key_id", rotation.new_key_id),
+        detail("previous_key_id", rotation.previous_key_id),
+        detail("previous_valid_until", utc_iso(rotation.valid_until)),
     ]
-    return {
-        "resourceType": "AuditEvent",
-        "id": audit_id("key-rotation", rotation.source_id, rotation.new_key_id),
-        "type": {"system": DCM, "code": "110113", "display": "Security Alert"},
-        "subtype": [{"system": SUBTYPE_SYSTEM, "code": "key-rotation"}],
-        "action": "U",
-        "recorded": utc_iso(recorded),
-        "outcome": OUTCOME_SUCCESS,
-        "outcomeDesc": f"source {rotation.source_id}: new key {rotation.new_key_id}; previous key "
+    return audit_event(
+        id=audit_id(KEY_ROTATION, rotation.source_id, rotation.new_key_id),
+        type=SECURITY_ALERT,
+        subtype=KEY_ROTATION,
+        action="U",
+        recorded=utc_iso(recorded),
+        outcome=OUTCOME_SUCCESS,
+        description=f"source {rotation.source_id}: new key {rotation.new_key_id}; previous key "
         f"{rotation.previous_key_id} valid until {utc_iso(rotation.valid_until)}",
-        "agent": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                            "code": "AUT",
-                            "display": "author (originator)",
-                        }
-                    ]
-                },
-                "who": {"display": f"operator {operator}"},
-                "requestor": True,
-            }
+        agents=[agent(AUTHOR_ROLE, {"display": f"operator {operator}"}, requestor=True)],
+        source=observer(KEYS_COMPONENT),
+        entities=[
+            entity(
+                identified(SOURCE_SYSTEM, rotation.source_id),
+                type=SYSTEM_OBJECT,
+                role=SECURITY_RESOURCE_ROLE,
+                details=details,
+            )
         ],
-        "source": {
-            "observer": {"type": "Device", "identifier": {"system": COMPONENT_SYSTEM, "value": "hub-keys"}},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
-        "entity": [
-            {
-                "what": {"identifier": {"system": SOURCE_SYSTEM, "value": rotation.source_id}},
-                "type": {
-                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
-                    "code": "2",
-                    "display": "System Object",
-                },
-                "role": {
-                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
-                    "code": "13",
-                    "display": "Security Resource",
-                },
-                "detail": details,
-            }
-        ],
-    }
+    )

@@ -24,11 +24,13 @@ from hub.crypto.records import RecordOpener, RecordSealer, SealedTable, patient_
 from hub.errors import CryptoError, ErrorCode, KeyDestroyed
 from hub.identity.stage import IdentityStage
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates, Rejected
-from hub.ingest.pipeline import SOURCE_HEADER, IngestContext, message_id_of, printable_id
+from hub.ingest.pipeline import IngestContext, message_id_of, printable_id
 from hub.kafka.security import KafkaSecurity
 from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
 from hub.networks import NetworkRegistry, reload
+from hub.records import SOURCE_HEADER, Outgoing, encode_json, headers_of
 from hub.settings import Settings
+from hub.streams import counting
 from hub.streams.batches import take_batches
 from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
 from hub.streams.routing import (
@@ -36,7 +38,6 @@ from hub.streams.routing import (
     AlertRouter,
     IdentityRouter,
     IngestRouter,
-    Outgoing,
     ShareRouter,
 )
 from hub.streams.store import STORE_URLS, claim_table_folder, table_options
@@ -74,11 +75,6 @@ def _folder_signature(folder: Path) -> tuple[tuple[str, float], ...]:
         return ()
 
 
-def changelog_topic(app_id: str, table: str) -> str:
-    """faust's name for a table's changelog topic."""
-    return f"{app_id}-{table}-changelog"
-
-
 #: A batch: at most this many records, or those that arrived within this time (a hop's added latency
 #: at low load; hub.streams.app agent).
 BATCH_MAX = 200
@@ -91,11 +87,9 @@ INTERNAL_RECORD_LIMIT = 16 * 1024 * 1024
 
 def ingest_record(message: Any) -> IngestRecord:
     """The pure core's view of a faust message."""
-    headers = message.headers or ()
-    pairs = headers.items() if isinstance(headers, dict) else headers
     return IngestRecord(
         value=message.value,
-        headers=tuple((str(k), bytes(v) if v is not None else b"") for k, v in pairs),
+        headers=headers_of(message.headers),
         origin=KafkaCoordinates(message.topic, message.partition, message.offset),
         timestamp=datetime.fromtimestamp(message.timestamp, tz=UTC),
     )
@@ -133,7 +127,7 @@ def erased_input(record: IngestRecord, topics: TopicNames, at: datetime) -> list
     """
     from hub.consent.audit import audit_reject  # noqa: PLC0415
     from hub.ingest.receipts import receipt, receipt_key  # noqa: PLC0415
-    from hub.streams.routing import _json, receipt_records  # noqa: PLC0415
+    from hub.streams.routing import receipt_records  # noqa: PLC0415
 
     rejected = Rejected(
         ErrorCode.PATIENT_ERASED,
@@ -146,7 +140,7 @@ def erased_input(record: IngestRecord, topics: TopicNames, at: datetime) -> list
         Outgoing(
             topics.audit_unsealed,
             key.encode(),
-            _json(audit_reject(rejected, origin=record.origin, recorded=at)),
+            encode_json(audit_reject(rejected, origin=record.origin, recorded=at)),
         ),
         # Only an accepted input's record is sealed under its patient's key, so its source is a
         # registered one; ``at`` is the record's timestamp, as every receipt's (hub.ingest.receipts).
@@ -175,8 +169,8 @@ class StreamCrypto:
         if encrypted and not self.opened(name, message):
             return []
         plain = route(message)
-        # Sealed values cannot be read by hub.metrics: count what the outputs say before sealing.
-        metrics.count_outputs(plain)
+        # Sealed values cannot be read when counted: count what the outputs say before sealing.
+        counting.count_outputs(plain)
         return self.sealed(name, message, plain)
 
     def sealed(self, name: str, message: Any, outgoing: list[Outgoing]) -> list[Outgoing]:
@@ -196,14 +190,9 @@ class StreamCrypto:
 
     def opened(self, name: str, message: Any) -> bool:
         """Replace the message's value by its plaintext; False (logged by code, never content) if unusable."""
-        headers = message.headers or ()
-        pairs = headers.items() if isinstance(headers, dict) else headers
         try:
             message.value = self.opener.open(
-                message.topic,
-                message.value,
-                tuple((str(k), bytes(v or b"")) for k, v in pairs),
-                required=True,
+                message.topic, message.value, headers_of(message.headers), required=True
             )
         except CryptoError as exc:
             # A poison record never stops the partition; an erased patient's records are simply gone.
@@ -237,7 +226,7 @@ def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) 
         **stored,
     )
     return SealedTable(
-        raw, keyring, topic=changelog_topic(settings.app_id, name), key_id_of=patient_of_table_key
+        raw, keyring, topic=TopicNames.changelog(settings.app_id, name), key_id_of=patient_of_table_key
     )
 
 
@@ -375,13 +364,13 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         owner = {id(out): message for message, outs in batch for out in outs}
         records = [out for _, outs in batch for out in outs]
         for refused in await deliver(send, records, stage=name):
-            metrics.failed(name)
+            counting.failed(name)
             log.error("stage.record_refused", stage=name, topic=refused.record.topic, error=refused.error)
             if replacing is None:
                 continue
             message = owner[id(refused.record)]
             plain = replacing(message, refused.record, refused.error)
-            metrics.count_outputs(plain)
+            counting.count_outputs(plain)
             again = crypto.sealed(name, message, plain) if plain else [refused.record]
             while await deliver(send, again, stage=name):
                 log.error("stage.record_refused_again", stage=name, error=refused.error)
@@ -406,7 +395,8 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         ``replacing`` says, or else logged and counted. A record on which routing raises (a bug) ends as
         ``failing`` says (ingest: an internal-error reject) or is logged and skipped: it never stops the
         partition, and never takes the rest of its batch with it. Each record is counted in
-        ``hub.metrics``.
+        ``hub.metrics``
+        (:mod:`hub.streams.counting`).
         """
 
         def routed(stream: Any, event: Any) -> list[Outgoing]:
@@ -418,10 +408,10 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
             try:
                 return crypto.route(name, message, route, encrypted=encrypted)
             except Exception as exc:
-                metrics.failed(name)
+                counting.failed(name)
                 log.error("stage.record_failed", stage=name, error=type(exc).__name__)
                 plain = failing(message, type(exc).__name__) if failing is not None else []
-                metrics.count_outputs(plain)
+                counting.count_outputs(plain)
                 return crypto.sealed(name, message, plain)
             finally:
                 clear_bound()
@@ -436,7 +426,7 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
                 # Each record gets its share of the batch's time (hub_stage_seconds is per record).
                 each = (time.perf_counter() - started) / len(batch)
                 for _, outgoing in batch:
-                    metrics.observe(name, outgoing, each, contents=False)
+                    counting.observe(name, outgoing, each, contents=False)
 
         app.agent(topic, name=name, concurrency=1)(process)
 

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
 from hub.logging import get_logger
-from hub.streams.routing import Outgoing
+from hub.records import Outgoing
 
 log = get_logger(__name__)
 

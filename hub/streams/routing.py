@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from hub.alerts.stage import EligibilityStage
 from hub.consent.audit import audit_reject
@@ -17,38 +14,18 @@ from hub.consent.share import ShareStage
 from hub.errors import ErrorCode, HubError
 from hub.identity.stage import IdentityStage, input_record, link_record
 from hub.ingest.outcome import IngestOutcome, IngestRecord, Rejected
-from hub.ingest.pipeline import SOURCE_HEADER, IngestContext, message_id_of, printable_id, process_ingest
+from hub.ingest.pipeline import IngestContext, message_id_of, printable_id, process_ingest
 from hub.ingest.receipts import dlq_limit, dlq_record, receipt, receipt_key, receipt_topics
 from hub.logging import get_logger
 from hub.normalise.codes import UnmappedCounter
+from hub.records import EVENT_ID_HEADER, SOURCE_HEADER, Outgoing, decode_json, encode_headers, encode_json
 from hub.topics import TopicNames
 
 log = get_logger(__name__)
 
-EVENT_ID_HEADER = "hub-event-id"
-
 #: How often ingest looks for a changed source registry or key file (a `hub keys rotate`, a new
 #: source): a stat of a few files, so a rotated key is accepted within seconds, without a restart.
 REGISTRY_CHECK_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One record to produce."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-def _json(document: object) -> bytes:
-    """Compact UTF-8 JSON; orjson, several times faster than the standard library on this hot path."""
-    try:
-        return orjson.dumps(document)
-    except TypeError:
-        # An integer beyond 64 bits (FHIR decimals may carry one): the standard library writes it as is.
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def receipt_records(
@@ -56,7 +33,7 @@ def receipt_records(
 ) -> list[Outgoing]:
     """One receipt as Kafka records: the same bytes on ``hub.receipts.v1`` and, when its source is
     ``registered``, on that source's own ``hub.receipts.<source>.v1`` (hub.ingest.receipts)."""
-    encoded = _json(value)
+    encoded = encode_json(value)
     where = receipt_topics(topics, value.get("source"), registered=registered)
     return [Outgoing(topic, key.encode(), encoded) for topic in where]
 
@@ -167,14 +144,14 @@ class IngestRouter:
                 Outgoing(
                     self.topics.identity,
                     outcome.link.local_id.encode(),
-                    _json(link_record(outcome.link, outcome, record.origin, record.timestamp)),
+                    encode_json(link_record(outcome.link, outcome, record.origin, record.timestamp)),
                 )
             ]
         return [
             Outgoing(
                 self.topics.identity,
                 outcome.patient_id.encode(),
-                _json(input_record(outcome, record.origin, record.timestamp)),
+                encode_json(input_record(outcome, record.origin, record.timestamp)),
             )
         ]
 
@@ -206,7 +183,7 @@ class IngestRouter:
             Outgoing(
                 self.topics.audit_unsealed,
                 receipt_key(outcome).encode(),
-                _json(audit_reject(outcome, origin=record.origin, recorded=at)),
+                encode_json(audit_reject(outcome, origin=record.origin, recorded=at)),
             ),
             *self._receipt(outcome, record),
         ]
@@ -263,7 +240,7 @@ class IdentityRouter:
 
     def route(self, value: bytes) -> list[Outgoing]:
         """Every record to produce for one ``hub.identity.v1`` record."""
-        sends = self.stage.handle(json.loads(value))
+        sends = self.stage.handle(decode_json(value))
         out = []
         for send in sends:
             if send.topic == "pathway":
@@ -271,12 +248,12 @@ class IdentityRouter:
                     Outgoing(
                         self.topics.pathway,
                         send.key.encode(),
-                        _json(send.value),
-                        ((EVENT_ID_HEADER, send.value["event_id"].encode()),),
+                        encode_json(send.value),
+                        encode_headers({EVENT_ID_HEADER: send.value["event_id"]}),
                     )
                 )
             elif send.topic == "identity":
-                out.append(Outgoing(self.topics.identity, send.key.encode(), _json(send.value)))
+                out.append(Outgoing(self.topics.identity, send.key.encode(), encode_json(send.value)))
             else:
                 # The stage answers accepted inputs only, whose source ingest found registered.
                 out += receipt_records(self.topics, send.key, send.value, registered=True)
@@ -292,21 +269,21 @@ class ShareRouter:
     def route(self, value: bytes, *, now: datetime | None = None) -> list[Outgoing]:
         """Every record to produce for one ``hub.pathway.v1`` event."""
         try:
-            event = json.loads(value)
+            event = decode_json(value)
         except ValueError:
             # Only the hub writes this topic; an unreadable record is a bug, and nothing leaves.
             log.error("share.unreadable_event")
             return []
         return [
-            Outgoing(share.topic, share.key.encode(), _json(share.value))
+            Outgoing(share.topic, share.key.encode(), encode_json(share.value))
             for share in self.stage.handle(event, now=now)
         ]
 
     def route_merge(self, value: bytes) -> list[Outgoing]:
         """Every record to produce for one ``hub.share-merge.v1`` record."""
         return [
-            Outgoing(share.topic, share.key.encode(), _json(share.value))
-            for share in self.stage.handle_merge(json.loads(value))
+            Outgoing(share.topic, share.key.encode(), encode_json(share.value))
+            for share in self.stage.handle_merge(decode_json(value))
         ]
 
 
@@ -326,6 +303,6 @@ class AlertRouter:
         if practice is None:
             return []
         return [
-            Outgoing(self.topics.alerts, alert.practitioner.encode(), _json(alert.value))
-            for alert in self.stage.handle(practice, json.loads(value), now=now)
+            Outgoing(self.topics.alerts, alert.practitioner.encode(), encode_json(alert.value))
+            for alert in self.stage.handle(practice, decode_json(value), now=now)
         ]

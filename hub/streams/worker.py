@@ -22,7 +22,7 @@ from hub.networks import load_networks
 from hub.normalise.codes import load_concept_maps
 from hub.settings import Settings
 from hub.sources.registry import load_sources
-from hub.streams.app import INTERNAL_RECORD_LIMIT, TABLES, changelog_topic, create_app
+from hub.streams.app import INTERNAL_RECORD_LIMIT, TABLES, create_app
 from hub.streams.store import changelog_configs, forget_foreign_tables
 from hub.topics import TopicNames
 
@@ -139,7 +139,7 @@ def create_contract_topics(settings: Settings, source_ids: Iterable[str] | None 
     changelogs: dict[tuple[tuple[str, str], ...], list[str]] = {}
     for table in TABLES:
         configs = tuple(sorted(changelog_configs(settings, table).items()))
-        changelogs.setdefault(configs, []).append(changelog_topic(settings.app_id, table))
+        changelogs.setdefault(configs, []).append(TopicNames.changelog(settings.app_id, table))
     for configs, topics in changelogs.items():
         created += ensure_topics(
             settings.bootstrap_servers,
@@ -167,7 +167,7 @@ def create_contract_topics(settings: Settings, source_ids: Iterable[str] | None 
 def forget_foreign_tables_of(settings: Settings, tabledir: Path) -> None:
     """Before faust opens them: drop the folder's tables whose changelog is another topic now
     (hub.streams.store.forget_foreign_tables); faust then rebuilds them from the changelogs."""
-    changelogs = {table: changelog_topic(settings.app_id, table) for table in TABLES}
+    changelogs = {table: TopicNames.changelog(settings.app_id, table) for table in TABLES}
     ids = topic_ids(
         settings.bootstrap_servers, changelogs.values(), security=KafkaSecurity.from_settings(settings)
     )

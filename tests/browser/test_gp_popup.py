@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from hub.identity.network_id import PatientKey
+from hub.pathway.network_id import PatientKey
 from tests.integration.conftest import PROJECT_ROOT, RPPS, HubEnv
 from tests.integration.test_share_stage import publish
 

@@ -12,17 +12,18 @@ import pytest
 
 from hub.audit.chainkey import ChainKey
 from hub.errors import ErrorCode
-from hub.identity.network_id import INS_NIR, PatientKey
 from hub.identity.stage import IdentityStage
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext
 from hub.ingest.signature import sign
+from hub.pathway.network_id import INS_NIR, PatientKey
+from hub.records import EVENT_ID_HEADER, Outgoing
 from hub.schemas import schema_errors
 from hub.settings import Settings
 from hub.sources.registry import Source, SourceRegistry
 from hub.streams import routing
 from hub.streams.app import create_app
-from hub.streams.routing import EVENT_ID_HEADER, IdentityRouter, IngestRouter, Outgoing
+from hub.streams.routing import IdentityRouter, IngestRouter
 from hub.topics import TopicNames
 
 NOW = datetime(2025, 3, 30, 0, 30, tzinfo=UTC)

@@ -24,11 +24,11 @@ from hub.crypto.keys import LocalKeyProvider
 from hub.crypto.records import RecordSealer
 from hub.crypto.store import KeyStore
 from hub.errors import BrokerError
-from hub.identity.network_id import PatientKey
 from hub.keyservice.access import RateLimiter
 from hub.keyservice.app import KeyService, create_app, server_tls
 from hub.keyservice.credentials import RecipientCredentials
 from hub.logging import configure_logging
+from hub.pathway.network_id import PatientKey
 from hub.schemas import schema_errors
 from hub.settings import Settings
 from hub.topics import TopicNames

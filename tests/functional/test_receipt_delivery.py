@@ -23,9 +23,10 @@ from hub.ingest.outcome import IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext
 from hub.ingest.receipts import receipt_topics
 from hub.ingest.signature import sign
+from hub.records import Outgoing
 from hub.schemas import schema_errors
 from hub.sources.registry import load_sources
-from hub.streams.routing import IdentityRouter, IngestRouter, Outgoing
+from hub.streams.routing import IdentityRouter, IngestRouter
 from hub.topics import TopicNames, source_receipts
 
 from .test_ingest_router import (

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hub.cli import main
-from hub.identity.network_id import PatientKey
+from hub.pathway.network_id import PatientKey
 
 ROOT = Path(__file__).resolve().parents[2]
 GP_MAP = ROOT / "tests" / "fixtures" / "conceptmaps" / "test-gp.conceptmap.json"

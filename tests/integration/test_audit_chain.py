@@ -17,20 +17,18 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from hub.audit.chain import (
-    BREAK_HEADER,
-    FORMAT_HEADER,
-    KEY_ID_HEADER,
-    MAC_HEADER,
-    PREV_HEADER,
-    SEQ_HEADER,
-    Checkpoint,
-    chain_fields,
-    mac_input,
-)
+from hub.audit.chain import Checkpoint, chain_fields, mac_input
 from hub.audit.signing import new_private_pem
 from hub.ingest.signature import sign
 from hub.kafka.clients import Record, end_offsets, read
+from hub.records import (
+    AUDIT_BREAK_HEADER,
+    AUDIT_FORMAT_HEADER,
+    AUDIT_KEY_ID_HEADER,
+    AUDIT_MAC_HEADER,
+    AUDIT_PREV_HEADER,
+    AUDIT_SEQ_HEADER,
+)
 
 from .conftest import PARTITIONS, HubEnv, start_worker, stop_worker
 
@@ -141,11 +139,11 @@ def unkeyed_forgery(after: Record, value: bytes) -> Sent:
     seq = fields.seq + 1
     link = hashlib.sha256(mac_input(after.partition, seq, fields.link, after.key, value)).hexdigest()
     headers = [
-        (FORMAT_HEADER, b"2"),
-        (SEQ_HEADER, str(seq).encode()),
-        (PREV_HEADER, fields.link.encode()),
-        (MAC_HEADER, link.encode()),
-        (KEY_ID_HEADER, fields.key_id.encode()),
+        (AUDIT_FORMAT_HEADER, b"2"),
+        (AUDIT_SEQ_HEADER, str(seq).encode()),
+        (AUDIT_PREV_HEADER, fields.link.encode()),
+        (AUDIT_MAC_HEADER, link.encode()),
+        (AUDIT_KEY_ID_HEADER, fields.key_id.encode()),
     ]
     return after.partition, after.key, value, headers
 
@@ -357,14 +355,14 @@ def check_the_break_after(env: HubEnv, head: Record, forgery: Sent) -> None:
     partition, forged_offset = head.partition, head.offset + 1
     head_fields = chain_fields(head.headers)
     assert head_fields is not None
-    forged_link = dict(forgery[3])[MAC_HEADER].decode()
+    forged_link = dict(forgery[3])[AUDIT_MAC_HEADER].decode()
     ours = [r for r in snapshot(env, env.topics.audit) if r.partition == partition]
     forged_value = forgery[2]
     assert ours[forged_offset].value == forged_value, "the forged record is still there"
     following = ours[forged_offset + 1]
     fields = chain_fields(following.headers)
     assert fields is not None
-    assert dict(following.headers).get(BREAK_HEADER) == b"record.forged", "a break follows the forgery"
+    assert dict(following.headers).get(AUDIT_BREAK_HEADER) == b"record.forged", "a break follows the forgery"
     assert (fields.seq, fields.prev) == (head_fields.seq + 1, head_fields.link), (
         "linked to the authentic head"
     )

@@ -25,8 +25,8 @@ from pydantic import SecretStr
 from hub.broker.embedded import BrokerLayout, EmbeddedBroker
 from hub.crypto.store import wal_files
 from hub.errors import HubError
-from hub.identity.network_id import PatientKey
 from hub.ingest.signature import sign
+from hub.pathway.network_id import PatientKey
 from hub.settings import Settings
 
 from .conftest import HubEnv

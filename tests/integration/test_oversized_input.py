@@ -15,14 +15,9 @@ import time
 
 from kafka import KafkaProducer
 
-from hub.ingest.receipts import (
-    DLQ_EXCERPT_BYTES,
-    DLQ_KEPT_HEADER,
-    ERROR_CODE_HEADER,
-    ORIGINAL_DIGEST_HEADER,
-    ORIGINAL_SIZE_HEADER,
-)
+from hub.ingest.receipts import DLQ_EXCERPT_BYTES
 from hub.ingest.signature import sign
+from hub.records import DLQ_KEPT_HEADER, ERROR_CODE_HEADER, ORIGINAL_DIGEST_HEADER, ORIGINAL_SIZE_HEADER
 
 from .conftest import HubEnv
 

@@ -22,8 +22,9 @@ from hub.ingest.signature import sign
 from hub.kafka.admin import admin_client
 from hub.kafka.clients import end_offsets
 from hub.settings import Settings
-from hub.streams.app import SEALED_TABLES, TABLES, changelog_topic
+from hub.streams.app import SEALED_TABLES, TABLES
 from hub.streams.store import DECISION_TABLES, HORIZON_TABLES, BoundedOptions, table_options
+from hub.topics import TopicNames
 
 from .conftest import HubEnv, start_worker, stop_worker
 
@@ -112,7 +113,8 @@ def changelog_records(env: HubEnv) -> dict[str, int]:
     """The records on each table's changelog (end offsets summed over partitions)."""
     app_id = env.environ["HUB_APP_ID"]
     return {
-        table: sum(end_offsets(env.bootstrap, changelog_topic(app_id, table)).values()) for table in TABLES
+        table: sum(end_offsets(env.bootstrap, TopicNames.changelog(app_id, table)).values())
+        for table in TABLES
     }
 
 
@@ -172,7 +174,7 @@ def assert_sealed_only(env: HubEnv, folder: Path, names: set[str]) -> None:
                 in_the_clear.add(value.decode())
                 continue
             assert is_envelope(value), f"{table}: a value in the clear"
-            plain = keyring.open(value, topic=changelog_topic(app_id, table), record_id=json.loads(key))
+            plain = keyring.open(value, topic=TopicNames.changelog(app_id, table), record_id=json.loads(key))
             plaintexts |= string_leaves(json.loads(plain))
     # Identifiers, dates and instants (not words like "active", which RocksDB's own files contain).
     markers = {
@@ -199,13 +201,13 @@ def assert_changelog_configs(env: HubEnv, horizon_days: int) -> None:
     admin = admin_client(env.bootstrap)
     try:
         described = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, changelog_topic(app_id, t)) for t in TABLES],
+            [ConfigResource(ConfigResourceType.TOPIC, TopicNames.changelog(app_id, t)) for t in TABLES],
             config_filter="all",
         )["topic"]
     finally:
         admin.close()
     for table in TABLES:
-        configs = {k: v["value"] for k, v in described[changelog_topic(app_id, table)].items()}
+        configs = {k: v["value"] for k, v in described[TopicNames.changelog(app_id, table)].items()}
         horizon_ms = str(horizon_days * 24 * 3600 * 1000)
         assert configs["delete.retention.ms"] == horizon_ms, table
         if table in HORIZON_TABLES:
@@ -299,7 +301,7 @@ def test_a_restarted_worker_resumes_from_its_folder_and_the_folder_holds_ciphert
 def recreate_changelogs(env: HubEnv) -> None:
     """Delete the tables' changelog topics, wait until they are gone, and create them again."""
     app_id = env.environ["HUB_APP_ID"]
-    changelogs = [changelog_topic(app_id, table) for table in TABLES]
+    changelogs = [TopicNames.changelog(app_id, table) for table in TABLES]
     admin = admin_client(env.bootstrap)
     try:
         admin.delete_topics(changelogs)

@@ -15,15 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import SecretStr
 
 from hub.audit.chain import (
-    BREAK_HEADER,
-    FORMAT_HEADER,
     GENESIS,
-    HASH_HEADER,
-    KEY_ID_HEADER,
-    MAC_HEADER,
     MAX_SEQ,
-    PREV_HEADER,
-    SEQ_HEADER,
     ChainHead,
     Checkpoint,
     chain_fields,
@@ -60,6 +53,15 @@ from hub.audit.verify import (
 )
 from hub.errors import ConfigError, SecretUnavailable
 from hub.logging import REDACTED, redact
+from hub.records import (
+    AUDIT_BREAK_HEADER,
+    AUDIT_FORMAT_HEADER,
+    AUDIT_HASH_HEADER,
+    AUDIT_KEY_ID_HEADER,
+    AUDIT_MAC_HEADER,
+    AUDIT_PREV_HEADER,
+    AUDIT_SEQ_HEADER,
+)
 from hub.settings import Settings
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -141,11 +143,11 @@ def unkeyed_forgery(after: AuditRecord, value: bytes, *, partition: int = 0) -> 
     seq = head.seq + 1
     link = hashlib.sha256(mac_input(partition, seq, head.link, b"src-0", value)).hexdigest()
     headers = (
-        (FORMAT_HEADER, b"2"),
-        (SEQ_HEADER, str(seq).encode()),
-        (PREV_HEADER, head.link.encode()),
-        (MAC_HEADER, link.encode()),
-        (KEY_ID_HEADER, KEY.key_id.encode()),
+        (AUDIT_FORMAT_HEADER, b"2"),
+        (AUDIT_SEQ_HEADER, str(seq).encode()),
+        (AUDIT_PREV_HEADER, head.link.encode()),
+        (AUDIT_MAC_HEADER, link.encode()),
+        (AUDIT_KEY_ID_HEADER, KEY.key_id.encode()),
     )
     return AuditRecord(partition, after.offset + 1, b"src-0", value, headers)
 
@@ -156,9 +158,9 @@ def legacy_forgery(after: AuditRecord, value: bytes) -> AuditRecord:
     seq = head.seq + 1
     digest = legacy_hash(after.partition, seq, head.link, b"src-0", value)
     headers = (
-        (SEQ_HEADER, str(seq).encode()),
-        (PREV_HEADER, head.link.encode()),
-        (HASH_HEADER, digest.encode()),
+        (AUDIT_SEQ_HEADER, str(seq).encode()),
+        (AUDIT_PREV_HEADER, head.link.encode()),
+        (AUDIT_HASH_HEADER, digest.encode()),
     )
     return AuditRecord(after.partition, after.offset + 1, b"src-0", value, headers)
 
@@ -170,9 +172,9 @@ def legacy_chain(partition: int, count: int) -> list[AuditRecord]:
         value = audit_value(n)
         digest = legacy_hash(partition, n + 1, link, b"k", value)
         headers = (
-            (SEQ_HEADER, str(n + 1).encode()),
-            (PREV_HEADER, link.encode()),
-            (HASH_HEADER, digest.encode()),
+            (AUDIT_SEQ_HEADER, str(n + 1).encode()),
+            (AUDIT_PREV_HEADER, link.encode()),
+            (AUDIT_HASH_HEADER, digest.encode()),
         )
         records.append(AuditRecord(partition, n, b"k", value, headers))
         link = digest
@@ -210,9 +212,15 @@ def test_sealing_is_deterministic_and_the_mac_binds_every_field_and_the_key() ->
     assert mac(key=b"kv", value=b"") != mac()
     sealed = seal(head, 1, b"k", b"v", KEY)
     names = [name for name, _ in sealed.headers]
-    assert names == [FORMAT_HEADER, SEQ_HEADER, PREV_HEADER, MAC_HEADER, KEY_ID_HEADER]
-    assert dict(sealed.headers)[KEY_ID_HEADER] == KEY.key_id.encode()
-    assert BREAK_HEADER in dict(seal(head, 1, b"k", b"v", KEY, break_reason="format.legacy").headers)
+    assert names == [
+        AUDIT_FORMAT_HEADER,
+        AUDIT_SEQ_HEADER,
+        AUDIT_PREV_HEADER,
+        AUDIT_MAC_HEADER,
+        AUDIT_KEY_ID_HEADER,
+    ]
+    assert dict(sealed.headers)[AUDIT_KEY_ID_HEADER] == KEY.key_id.encode()
+    assert AUDIT_BREAK_HEADER in dict(seal(head, 1, b"k", b"v", KEY, break_reason="format.legacy").headers)
 
 
 def test_the_link_is_not_a_plain_hash_of_the_record() -> None:
@@ -254,7 +262,7 @@ def test_an_altered_key_or_chain_header_is_altered() -> None:
     assert verify(records) == [(ALTERED, 1)]
     records = chain(0, 3)
     r = records[1]
-    moved = tuple((n, b"9" if n == SEQ_HEADER else v) for n, v in r.headers)
+    moved = tuple((n, b"9" if n == AUDIT_SEQ_HEADER else v) for n, v in r.headers)
     records[1] = AuditRecord(0, 1, r.key, r.value, moved)
     assert verify(records) == [(ALTERED, 1)]
 
@@ -322,7 +330,7 @@ def test_a_record_sealed_with_another_key_is_forged() -> None:
     records = chain(0, 3)
     own = seal(head_of(records[2]), 0, b"k", audit_value(7), OTHER_KEY)
     assert verify([*records, AuditRecord(0, 3, b"k", audit_value(7), own.headers)]) == [(FORGED, 3)]
-    posing = tuple((n, KEY.key_id.encode() if n == KEY_ID_HEADER else v) for n, v in own.headers)
+    posing = tuple((n, KEY.key_id.encode() if n == AUDIT_KEY_ID_HEADER else v) for n, v in own.headers)
     assert verify([*records, AuditRecord(0, 3, b"k", audit_value(7), posing)]) == [(FORGED, 3)]
     # The verifier that holds the other key too accepts it (a key rotation, both keys given).
     verifier = ChainVerifier([], None, [KEY, OTHER_KEY])
@@ -484,15 +492,15 @@ def test_chain_headers_garbled_or_of_an_unknown_format_read_as_unsealed() -> Non
     """Headers that are not what a sealer writes are no chain at all."""
     record = chain(0, 1)[0]
     assert chain_fields(record.headers) is not None
-    assert chain_fields(((SEQ_HEADER, b"1"), (HASH_HEADER, b"zz"))) is None
+    assert chain_fields(((AUDIT_SEQ_HEADER, b"1"), (AUDIT_HASH_HEADER, b"zz"))) is None
     assert chain_fields(()) is None
     for name, value in (
-        (FORMAT_HEADER, b"3"),
-        (SEQ_HEADER, str(MAX_SEQ + 1).encode()),
-        (SEQ_HEADER, b"0"),
-        (KEY_ID_HEADER, b"not-hex"),
-        (BREAK_HEADER, b"Has Spaces"),
-        (MAC_HEADER, b"\xff" * 64),
+        (AUDIT_FORMAT_HEADER, b"3"),
+        (AUDIT_SEQ_HEADER, str(MAX_SEQ + 1).encode()),
+        (AUDIT_SEQ_HEADER, b"0"),
+        (AUDIT_KEY_ID_HEADER, b"not-hex"),
+        (AUDIT_BREAK_HEADER, b"Has Spaces"),
+        (AUDIT_MAC_HEADER, b"\xff" * 64),
     ):
         garbled = (*((n, v) for n, v in record.headers if n != name), (name, value))
         assert chain_fields(garbled) is None, name

@@ -24,8 +24,8 @@ from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision
 from hub.consent.recipients import FINESS_SYSTEM, Identifier, Recipient, Subscription
 from hub.consent.state import CONSENT_UNINTERPRETABLE, ConsentRejected
 from hub.errors import ErrorCode
-from hub.identity.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM
 from hub.ingest.outcome import KafkaCoordinates, Rejected
+from hub.pathway.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM
 
 RECORDED = datetime(2026, 11, 22, 12, 30, 15, 250_000, tzinfo=UTC)
 PATIENT = "pt-" + "a" * 24

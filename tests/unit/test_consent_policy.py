@@ -55,8 +55,8 @@ from hub.consent.sensitivity import (
 )
 from hub.consent.state import PatientShareState, StateUpdate, apply
 from hub.errors import ConfigError
-from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.normalise.codes import CIM10
+from hub.pathway.network_id import NETWORK_ID_SYSTEM
 from hub.schemas import schema_errors
 
 ROOT = Path(__file__).resolve().parents[2]

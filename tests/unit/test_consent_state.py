@@ -20,8 +20,8 @@ from hub.consent.state import (
     StateUpdate,
     apply,
 )
-from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.normalise.references import SOURCE_REFERENCE_URL
+from hub.pathway.network_id import NETWORK_ID_SYSTEM
 
 PATIENT = "pt-" + "a" * 24
 OTHER_PATIENT = "pt-" + "b" * 24

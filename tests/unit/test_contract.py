@@ -24,7 +24,6 @@ from hub.consent.share import ShareStage
 from hub.consent.state import ConsentRejected, PatientShareState
 from hub.crypto.erase import ErasureReport, audit_erasure
 from hub.errors import ErrorCode, WarningCode
-from hub.identity.network_id import NETWORK_ID_SYSTEM, PatientKey
 from hub.identity.stage import IdentityStage, input_record, link_record, linked_event
 from hub.ingest.outcome import (
     MAX_WARNINGS,
@@ -40,6 +39,7 @@ from hub.ingest.signature import sign
 from hub.normalise.time import utc_iso
 from hub.ops.dlq import DlqEntry, audit_replay
 from hub.pathway.event import PathwayEvent, event_id_for
+from hub.pathway.network_id import NETWORK_ID_SYSTEM, PatientKey
 from hub.schemas import SCHEMAS_DIR, schema_errors
 from hub.sources.keys import Rotation, audit_key_rotation
 from hub.topics import (

@@ -12,14 +12,7 @@ from hub.crypto.config import kek_bytes, keyring_from_settings
 from hub.crypto.envelope import is_envelope, parse
 from hub.crypto.keyring import Keyring
 from hub.crypto.keys import LocalKeyProvider, parse_kek
-from hub.crypto.records import (
-    ENC_HEADER,
-    KEY_ID_HEADER,
-    RECORD_ID_HEADER,
-    RecordOpener,
-    RecordSealer,
-    SealedTable,
-)
+from hub.crypto.records import RecordOpener, RecordSealer, SealedTable
 from hub.crypto.store import KeyStore
 from hub.errors import (
     ConfigError,
@@ -32,6 +25,7 @@ from hub.errors import (
     SecretUnavailable,
 )
 from hub.kafka.clients import Record
+from hub.records import ENC_HEADER, KEY_ID_HEADER, RECORD_ID_HEADER
 from hub.settings import Settings
 from hub.topics import TopicNames
 

@@ -9,9 +9,9 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
+from hub.records import Outgoing
 from hub.streams import delivery
 from hub.streams.delivery import Refused, deliver, is_permanent
-from hub.streams.routing import Outgoing
 
 RECEIPT = Outgoing("hub.receipts.v1", b"src", b"{}")
 DLQ = Outgoing("hub.dlq.v1", b"k", b"x" * 10)

@@ -23,8 +23,15 @@ from jsonschema import validators
 from hub.acl.model import Pattern, Resource, plan_acls, recipient_user, source_user
 from hub.metrics import REGISTRY
 from hub.settings import Settings
-from hub.streams.app import TABLES, changelog_topic
-from hub.topics import CONTRACT_TOPICS, INGEST, INTERNAL_TOPICS, recipient_pathway, source_receipts
+from hub.streams.app import TABLES
+from hub.topics import (
+    CONTRACT_TOPICS,
+    INGEST,
+    INTERNAL_TOPICS,
+    TopicNames,
+    recipient_pathway,
+    source_receipts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -155,7 +162,7 @@ def test_kafka_topics_are_the_hubs_with_three_replicas_and_two_in_sync() -> None
         *INTERNAL_TOPICS,
         *(recipient_pathway(r["id"]) for r in RECIPIENTS),
         *(source_receipts(s["id"]) for s in SOURCES),
-        *(changelog_topic("hub", table) for table in TABLES),
+        *(TopicNames.changelog("hub", table) for table in TABLES),
         "hub-__assignor-__leader",
     }
     assert set(topics) == expected

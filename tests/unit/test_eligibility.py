@@ -17,7 +17,6 @@ import pytest
 
 from hub.consent.recipients import NETWORK_SYSTEM, RPPS_SYSTEM
 from hub.demo.generator import DEMO_SOURCES, generate_feed
-from hub.identity.network_id import NETWORK_ID_SYSTEM
 from hub.identity.stage import IdentityStage, input_record, link_record
 from hub.ingest.outcome import Accepted, IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext, process_ingest
@@ -36,6 +35,7 @@ from hub.networks.criteria import Context, Lookback, Territory, department_of
 from hub.networks.facts import OBSERVATIONS_PER_CODE, Address
 from hub.normalise.codes import CIM10, load_concept_maps
 from hub.normalise.time import utc_iso
+from hub.pathway.network_id import NETWORK_ID_SYSTEM
 from hub.sources.registry import Source, SourceRegistry
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hub.crypto.envelope import SCHEME, Envelope, associated_data, open_envelope, parse
-from hub.crypto.records import ENC_HEADER, KEY_ID_HEADER, RECORD_ID_HEADER
 from hub.errors import DecryptFailed
+from hub.records import ENC_HEADER, KEY_ID_HEADER, RECORD_ID_HEADER
 from hub.schemas import schema_errors
 
 ROOT = Path(__file__).resolve().parents[2]

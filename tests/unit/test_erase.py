@@ -15,7 +15,7 @@ from hub.crypto.erase import (
     named_patients,
     resolve_patient,
 )
-from hub.identity.network_id import INS_NIR, INS_TEST_NIR, PatientKey
+from hub.pathway.network_id import INS_NIR, INS_TEST_NIR, PatientKey
 
 KEY = b"unit-pseudonym-key"
 

@@ -15,7 +15,7 @@ import pytest
 
 from hub.errors import ConfigError
 from hub.gateway import state_file, tokens_file
-from hub.gateway.store import AlertState, AlertStore, InvalidAlert, StoredAlert, StoreEvent
+from hub.gateway.store import AlertState, AlertStore, InvalidAlert, StoredAlert, StoreEvent, forget_patients
 from hub.gateway.tokens import TOKEN_PREFIX, TokenStore, hash_token
 from hub.settings import Settings
 
@@ -131,6 +131,26 @@ def test_queries_by_practitioner_and_patient(store: AlertStore) -> None:
     assert store.alerts(GP_A, patient=LOCAL_SYSTEM) == []
     store.mark_read("a-1", GP_A)
     assert [a.alert_id for a in store.alerts(GP_A, unread_only=True)] == ["a-2"]
+
+
+def test_forgetting_patients_removes_their_alerts_and_identifiers_only(
+    store: AlertStore, db_path: Path
+) -> None:
+    """hub erase's deletion, on the file beside an open store: the erased patients' alerts go, with the
+    identifiers they were found by; another patient's stay; no file, or an empty one, removes nothing."""
+    store.add(make_alert("a-1", patient_id="np-0001", local_id="IPP-1"))
+    store.add(make_alert("b-1", practitioner=GP_B, patient_id="np-0001", local_id="IPP-1"))
+    store.add(make_alert("a-2", patient_id="np-0002", local_id="IPP-2"))
+    assert forget_patients(db_path, ["np-0001", "np-0009"]) == 2
+    assert [a.alert_id for a in store.alerts(GP_A)] == ["a-2"]
+    assert store.alerts(GP_B) == []
+    assert store.alerts(GP_A, patient="IPP-1") == []
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT DISTINCT alert_id FROM alert_identifiers").fetchall() == [("a-2",)]
+    assert forget_patients(db_path.parent / "absent.sqlite3", ["np-0002"]) == 0
+    empty = db_path.parent / "empty.sqlite3"
+    sqlite3.connect(empty).close()
+    assert forget_patients(empty, ["np-0002"]) == 0
 
 
 def test_only_the_alerts_own_practitioner_changes_its_state(store: AlertStore) -> None:

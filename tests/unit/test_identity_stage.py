@@ -11,7 +11,6 @@ import pytest
 
 from hub.crypto.records import patient_of_table_key
 from hub.identity import stage as stage_module
-from hub.identity.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.identity.stage import (
     INPUT_RECORD,
     LINK_RECORD,
@@ -23,6 +22,7 @@ from hub.identity.stage import (
 )
 from hub.ingest.outcome import Accepted, IdentityLink, IngestOutcome, IngestRecord, KafkaCoordinates
 from hub.ingest.pipeline import IngestContext, process_ingest
+from hub.pathway.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.schemas import schema_errors
 
 Loader = Callable[[str], dict[str, Any]]

@@ -21,13 +21,14 @@ from hub.crypto.keyids import (
 )
 from hub.crypto.keyring import Keyring
 from hub.crypto.keys import LocalKeyProvider
-from hub.crypto.records import KEY_ID_HEADER, RecordOpener, RecordSealer
+from hub.crypto.records import RecordOpener, RecordSealer
 from hub.crypto.store import KeyStore, StoredKey
 from hub.errors import DecryptFailed, ErrorCode, KeyDestroyed
-from hub.identity.network_id import PatientKey
 from hub.kafka.clients import Record
 from hub.keyservice.access import RateLimiter, decide
 from hub.keyservice.audit import KeyRequest, audit_key_access
+from hub.pathway.network_id import PatientKey
+from hub.records import KEY_ID_HEADER
 from hub.schemas import schema_errors
 from hub.topics import TopicNames, recipient_of_topic
 

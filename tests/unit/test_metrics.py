@@ -1,4 +1,5 @@
-"""hub.metrics: each counter moves when the records a stage produced say so; no patient data in labels."""
+"""hub.metrics and hub.streams.counting: each counter moves when the records a stage produced say so;
+no patient data in labels."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from hub.gateway.store import AlertStore
 from hub.gateway.tokens import TokenStore
 from hub.ingest.outcome import KafkaCoordinates, Rejected
 from hub.ingest.receipts import dlq_headers, receipt
+from hub.records import Outgoing
 from hub.serving import is_loopback
-from hub.streams.routing import Outgoing
+from hub.streams import counting
 from hub.topics import TopicNames
 
 AT = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -91,10 +93,10 @@ def alert() -> Outgoing:
 
 @pytest.fixture
 def everything() -> Iterator[None]:
-    metrics.observe("ingest", rejected_outputs(), 0.002)
-    metrics.observe("identity", [accepted_receipt(), pathway_event()], 0.004)
-    metrics.observe("share", [share_decision()], 0.001)
-    metrics.observe("eligibility", [alert()], 0.003)
+    counting.observe("ingest", rejected_outputs(), 0.002)
+    counting.observe("identity", [accepted_receipt(), pathway_event()], 0.004)
+    counting.observe("share", [share_decision()], 0.001)
+    counting.observe("eligibility", [alert()], 0.003)
     yield
 
 
@@ -103,7 +105,7 @@ def test_a_reject_counts_its_receipt_and_dlq_code() -> None:
     dlq = value("hub_dlq_total", code="signature.missing")
     records = value("hub_stage_records_total", stage="ingest")
     latencies = value("hub_stage_seconds_count", stage="ingest")
-    metrics.observe("ingest", rejected_outputs(), 0.002)
+    counting.observe("ingest", rejected_outputs(), 0.002)
     assert value("hub_receipts_total", status="rejected", code="signature.missing") == receipts + 1
     assert value("hub_dlq_total", code="signature.missing") == dlq + 1
     assert value("hub_stage_records_total", stage="ingest") == records + 1
@@ -115,27 +117,27 @@ def test_a_reject_counts_its_receipt_and_dlq_code() -> None:
 def test_an_accepted_receipt_and_a_pathway_event() -> None:
     accepted = value("hub_receipts_total", status="accepted", code="")
     kinds = value("hub_pathway_events_total", kind="observation")
-    metrics.observe("identity", [accepted_receipt(), pathway_event()], 0.004)
+    counting.observe("identity", [accepted_receipt(), pathway_event()], 0.004)
     assert value("hub_receipts_total", status="accepted", code="") == accepted + 1
     assert value("hub_pathway_events_total", kind="observation") == kinds + 1
 
 
 def test_a_share_decision_by_rule_and_verdict() -> None:
     before = value("hub_share_decisions_total", rule="care-team", verdict="deny")
-    metrics.observe("share", [share_decision()], 0.001)
+    counting.observe("share", [share_decision()], 0.001)
     assert value("hub_share_decisions_total", rule="care-team", verdict="deny") == before + 1
 
 
 def test_an_alert_by_network_and_status() -> None:
     before = value("hub_alerts_total", network="hiv-guadeloupe", status="eligible")
-    metrics.observe("eligibility", [alert()], 0.003)
+    counting.observe("eligibility", [alert()], 0.003)
     assert value("hub_alerts_total", network="hiv-guadeloupe", status="eligible") == before + 1
 
 
 def test_records_of_other_topics_and_unreadable_values_count_only_as_stage_outputs() -> None:
     before = value("hub_stage_outputs_total", stage="identity")
     receipts = sum(s.value for m in metrics.REGISTRY.collect() if m.name == "hub_receipts" for s in m.samples)
-    metrics.observe(
+    counting.observe(
         "identity",
         [Outgoing(TOPICS.identity, b"k", b"{}"), Outgoing(TOPICS.receipts, b"k", b"not json")],
         0.001,
@@ -147,7 +149,7 @@ def test_records_of_other_topics_and_unreadable_values_count_only_as_stage_outpu
 
 def test_a_failure_is_counted() -> None:
     before = value("hub_stage_failures_total", stage="share")
-    metrics.failed("share")
+    counting.failed("share")
     assert value("hub_stage_failures_total", stage="share") == before + 1
 
 

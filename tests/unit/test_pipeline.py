@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from hub.errors import ErrorCode, WarningCode
-from hub.identity.network_id import INS_NIR, INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.ingest.outcome import (
     MAX_WARNINGS,
     Accepted,
@@ -27,17 +26,12 @@ from hub.ingest.outcome import (
     bounded_warnings,
 )
 from hub.ingest.pipeline import IngestContext, process_ingest, with_patient
-from hub.ingest.receipts import (
-    ERROR_CODE_HEADER,
-    ERROR_DETAIL_HEADER,
-    ORIGIN_HEADER,
-    dlq_headers,
-    receipt,
-    receipt_key,
-)
+from hub.ingest.receipts import dlq_headers, receipt, receipt_key
 from hub.normalise.codes import ICD10, LOINC, SNOMED_CT, UNMAPPED_URL, load_concept_maps
 from hub.normalise.units import ORIGINAL_QUANTITY_URL
 from hub.pathway.event import PathwayEvent
+from hub.pathway.network_id import INS_NIR, INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
+from hub.records import ERROR_CODE_HEADER, ERROR_DETAIL_HEADER, ORIGIN_HEADER
 
 Loader = Callable[[str], dict[str, Any]]
 RecordBuilder = Callable[..., IngestRecord]

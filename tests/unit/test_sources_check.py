@@ -1,4 +1,4 @@
-"""``hub sources check``'s pure part (hub/sources/check.py): sample files through the real ingest core,
+"""``hub sources check``'s pure part (hub/ops/sources_check.py): sample files through the real ingest core,
 signed with the registry's secret and split as ``hub publish`` would, read back into a report."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from hub.errors import ConfigError, WarningCode
-from hub.identity.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates, Rejected
 from hub.ingest.pipeline import IngestContext, process_ingest
 from hub.normalise.codes import load_concept_maps
+from hub.ops.sources_check import Count, FileReport, PartReport, check_files, totals
+from hub.pathway.network_id import INS_TEST_NIR, NETWORK_ID_SYSTEM, PatientKey
 from hub.publish import publications_for_file
-from hub.sources.check import Count, FileReport, PartReport, check_files, totals
 from hub.sources.registry import Source
 
 Loader = Callable[[str], dict[str, Any]]

@@ -9,7 +9,9 @@ from typing import Any, Literal
 import pytest
 
 from hub.errors import ErrorCode, WarningCode
-from hub.identity.network_id import (
+from hub.ingest.outcome import IngestWarning, Rejected
+from hub.ingest.split import Entry, Ins, PatientIdentity, Split, read_ins, split_entries
+from hub.pathway.network_id import (
     INS_DEMO_NIR,
     INS_NIA,
     INS_NIR,
@@ -17,8 +19,6 @@ from hub.identity.network_id import (
     PatientKey,
     is_identity_validated,
 )
-from hub.ingest.outcome import IngestWarning, Rejected
-from hub.ingest.split import Entry, Ins, PatientIdentity, Split, read_ins, split_entries
 from hub.sources.registry import Source
 
 Loader = Callable[[str], dict[str, Any]]

@@ -28,9 +28,10 @@ from hub.errors import ErrorCode
 from hub.ingest.outcome import Accepted, KafkaCoordinates, Rejected
 from hub.ingest.receipts import dlq_headers, receipt
 from hub.kafka.clients import Record
-from hub.ops.cli import recipient_topics, share_state_changelog
+from hub.ops.cli import SHARE_STATE_TABLE, recipient_topics
 from hub.ops.consent_view import key_of, last_state, render_state, to_json
 from hub.ops.trace import Target, build_trace, parse_target, render
+from hub.topics import TopicNames
 
 PREFIX = "t."
 INGEST = PREFIX + "hub.ingest.v1"
@@ -336,11 +337,11 @@ def test_recipient_topics_are_found_under_the_prefix_only() -> None:
         "t.hub.pathway.v1", "t.hub.pathway.hosp-a.v1", "t.hub.pathway.gp.dr.v1", "hub.pathway.hosp-a.v1",
         "u.hub.pathway.hosp-a.v1", "t.hub.audit.v1",
     ]  # fmt: skip
-    assert recipient_topics(existing, "t.", "t.hub.pathway.v1") == {
+    assert recipient_topics(existing, TopicNames("t.")) == {
         "t.hub.pathway.gp.dr.v1": "gp.dr",
         "t.hub.pathway.hosp-a.v1": "hosp-a",
     }
-    assert recipient_topics(existing, "", "hub.pathway.v1") == {"hub.pathway.hosp-a.v1": "hosp-a"}
+    assert recipient_topics(existing, TopicNames()) == {"hub.pathway.hosp-a.v1": "hosp-a"}
 
 
 # -- consent view ---------------------------------------------------------------------------------------
@@ -504,7 +505,7 @@ def test_no_state_a_tombstone_and_a_corrupt_value_are_not_found() -> None:
 
 
 def test_the_changelog_name_is_fausts() -> None:
-    from hub.streams.app import TABLES, changelog_topic  # noqa: PLC0415 - imports faust
+    from hub.streams.app import TABLES  # noqa: PLC0415 - imports faust
 
-    assert "share-state" in TABLES
-    assert share_state_changelog("hub-x") == changelog_topic("hub-x", "share-state")
+    assert SHARE_STATE_TABLE in TABLES
+    assert TopicNames.changelog("hub-x", SHARE_STATE_TABLE) == "hub-x-share-state-changelog"

@@ -34,6 +34,7 @@ from hub.ingest.pipeline import IngestContext, process_ingest, with_patient
 from hub.normalise.versions import carried_element, dropped_element
 from hub.pathway.event import PathwayEvent
 from hub.publish import fhir_files, publications_for_file
+from hub.records import CONTENT_TYPE_HEADER
 
 #: The pseudo topic named in the provenance of checked events: nothing is read from Kafka.
 CHECK_TOPIC = "hub-sources-check"
@@ -378,7 +379,7 @@ def check_files(
             base: dict[str, Any] = {
                 "label": publication.label,
                 "size": len(publication.value),
-                "content_type": record.header("content-type") or "",
+                "content_type": record.header(CONTENT_TYPE_HEADER) or "",
                 "message_id": message_id,
                 "resend_of": memory.messages.get(message_id),
             }

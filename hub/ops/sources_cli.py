@@ -20,9 +20,9 @@ from rich.text import Text
 
 from hub.cli_support import EXIT_FAILURE, reporting_errors
 from hub.errors import ConfigError
+from hub.ops.sources_check import FileReport, IdentityReport, PartReport, Totals, check_files, totals
 from hub.publish import fhir_files
 from hub.settings import Settings
-from hub.sources.check import FileReport, IdentityReport, PartReport, Totals, check_files, totals
 from hub.sources.registry import Source
 
 #: Same as ``hub.cli``: the command ran and found a problem (a record would be rejected).

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
-import sqlite3
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,47 +15,21 @@ from hub.cli_support import reporting_errors
 from hub.settings import Settings
 
 if TYPE_CHECKING:
+    from hub.crypto.records import RecordOpener
     from hub.crypto.retention import IngestPurge
 
-#: The alerts table of the gateway's SQLite store (hub.gateway.store) and its identifiers.
-_GATEWAY_DELETES = (
-    "DELETE FROM alert_identifiers WHERE alert_id IN (SELECT alert_id FROM alerts WHERE patient_id = ?)",
-    "DELETE FROM alerts WHERE patient_id = ?",
-)
 
-
-def forget_gateway_alerts(path: Path, patient_ids: list[str]) -> int:
-    """Delete the patients' alerts from the gateway's SQLite store (if there is one); return how many."""
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    try:
-        # Overwrite freed pages, and fold the WAL back in: deleted alerts do not linger on disk.
-        db.execute("PRAGMA secure_delete=ON")
-        db.execute("BEGIN IMMEDIATE")
-        removed = 0
-        for patient_id in patient_ids:
-            db.execute(_GATEWAY_DELETES[0], (patient_id,))
-            removed += db.execute(_GATEWAY_DELETES[1], (patient_id,)).rowcount
-        db.execute("COMMIT")
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return removed
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return 0
-        raise
-    finally:
-        db.close()
-
-
-def _aliases(settings: Settings, opener: Any) -> dict[str, str]:
+def _aliases(settings: Settings, opener: RecordOpener) -> dict[str, str]:
     from hub.crypto.erase import aliases_from_changelog  # noqa: PLC0415
-    from hub.ops.cli import existing_topics, read_to_end  # noqa: PLC0415
+    from hub.kafka.clients import existing_topics, read_to_end  # noqa: PLC0415
+    from hub.ops.cli import opened  # noqa: PLC0415
+    from hub.topics import TopicNames  # noqa: PLC0415
 
-    topic = f"{settings.app_id}-identity-aliases-changelog"
+    topic = TopicNames.changelog(settings.app_id, "identity-aliases")
     if topic not in existing_topics(settings.bootstrap_servers):
         return {}
-    records = read_to_end(settings.bootstrap_servers, [topic], opener=opener)[topic]
+    opening = functools.partial(opened, opener)
+    records = read_to_end(settings.bootstrap_servers, [topic], opener=opening)[topic]
     return aliases_from_changelog((r.key, r.value) for r in records)
 
 
@@ -67,9 +40,10 @@ def shred_dlq(settings: Settings, keyring: Any, patient_ids: list[str], who: str
     JSON nor XML, so name nobody; they stay, sealed, until the DLQ's retention (docs/SECURITY.md).
     """
     from hub.crypto.erase import named_patients, reject_document  # noqa: PLC0415
-    from hub.crypto.records import KEY_ID_HEADER, RecordOpener, header  # noqa: PLC0415
+    from hub.crypto.records import RecordOpener  # noqa: PLC0415
     from hub.errors import CryptoError  # noqa: PLC0415
-    from hub.ops.cli import existing_topics, read_to_end  # noqa: PLC0415
+    from hub.kafka.clients import existing_topics, read_to_end  # noqa: PLC0415
+    from hub.records import KEY_ID_HEADER, SOURCE_HEADER, header  # noqa: PLC0415
     from hub.topics import TopicNames  # noqa: PLC0415
 
     topic = TopicNames(settings.topic_prefix).dlq
@@ -85,7 +59,7 @@ def shred_dlq(settings: Settings, keyring: Any, patient_ids: list[str], who: str
             continue  # already shredded, or not the hub's: nothing to read, nothing to destroy
         if (
             key_id
-            and named_patients(payload, header(record.headers, "hub-source"), pseudonym_key=key) & wanted
+            and named_patients(payload, header(record.headers, SOURCE_HEADER), pseudonym_key=key) & wanted
         ):
             shredded += keyring.destroy(key_id, by=who)
         elif reject_document(payload) is None:
@@ -144,13 +118,14 @@ def purge_ingest_now(settings: Settings, wait: float) -> tuple[IngestPurge, list
 
 def _publish_audit(settings: Settings, audit: dict[str, Any], key: str) -> None:
     from hub.kafka.clients import producer  # noqa: PLC0415
+    from hub.records import encode_json  # noqa: PLC0415
     from hub.topics import TopicNames  # noqa: PLC0415
 
     names = TopicNames(settings.topic_prefix)
     # The audit stage chains what reaches hub.audit-unsealed.v1 into hub.audit.v1 (hub.audit).
     sender = producer(settings.bootstrap_servers)
     try:
-        value = json.dumps(audit, separators=(",", ":"), ensure_ascii=False).encode()
+        value = encode_json(audit)
         sender.send(names.audit_unsealed, key=key.encode(), value=value).get(timeout=60)
         sender.flush()
     finally:
@@ -200,6 +175,7 @@ def erase(
     )
     from hub.crypto.records import RecordOpener  # noqa: PLC0415
     from hub.gateway import state_file  # noqa: PLC0415
+    from hub.gateway.store import forget_patients  # noqa: PLC0415
 
     settings = Settings()
     try:
@@ -218,7 +194,7 @@ def erase(
     ids = linked_ids(patient_id, _aliases(settings, RecordOpener(keyring)))
     who = requested_by or getpass.getuser()
     destroyed = destroy_patient_keys(keyring, ids, by=who)
-    alerts = forget_gateway_alerts(state_file(settings), ids)
+    alerts = forget_patients(state_file(settings), ids)
     dlq, unattributed = shred_dlq(settings, keyring, ids, who)
     ingest, ingest_notes, until = purge_ingest_now(settings, wait_ingest)
     notes = [f"workers stop using the keys within {settings.key_cache_seconds:g} s", *ingest_notes]

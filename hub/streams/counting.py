@@ -1,0 +1,97 @@
+"""What the stages' agents count into :mod:`hub.metrics`: records, time, failures, and what outputs say.
+
+The series are defined in :mod:`hub.metrics` (the ground floor: a gateway or console serves the same
+registry without loading the pipeline); reading a stage's outputs to count them needs the records'
+shapes (receipts, the DLQ's headers, pathway events, AuditEvents' share decisions, alerts), so it
+lives here, with the agents that send them. :func:`observe` (or :func:`count_outputs`, before a
+worker seals its outputs) decodes the JSON of the records it needs: one JSON read per such record on
+top of the stage's own work, accepted for now. Labels are codes only (:func:`hub.metrics.label`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from hub.consent.audit import share_decisions
+from hub.metrics import (
+    ALERTS_TOTAL,
+    DLQ_TOTAL,
+    PATHWAY_EVENTS,
+    RECEIPTS_TOTAL,
+    SHARE_DECISIONS,
+    STAGE_FAILURES,
+    STAGE_OUTPUTS,
+    STAGE_RECORDS,
+    STAGE_SECONDS,
+    label,
+)
+from hub.records import ERROR_CODE_HEADER, Outgoing, decode_json, header
+from hub.topics import ALERTS, AUDIT_UNSEALED, DLQ, PATHWAY, RECEIPTS
+
+
+def _topic_is(topic: str, name: str) -> bool:
+    """Whether a (possibly prefixed) topic is the contract topic ``name``."""
+    return topic == name or topic.endswith("." + name)
+
+
+def _decode(value: bytes | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return decode_json(value)
+    except ValueError:
+        return None
+
+
+def _count(out: Outgoing) -> None:
+    topic = out.topic
+    if _topic_is(topic, DLQ):
+        DLQ_TOTAL.labels(code=label(header(out.headers, ERROR_CODE_HEADER) or "")).inc()
+        return
+    if not any(_topic_is(topic, name) for name in (RECEIPTS, PATHWAY, AUDIT_UNSEALED, ALERTS)):
+        return
+    value = _decode(out.value)
+    if not isinstance(value, dict):
+        return
+    if _topic_is(topic, RECEIPTS):
+        error = value.get("error")
+        code = error.get("code") if isinstance(error, dict) else ""
+        RECEIPTS_TOTAL.labels(status=label(value.get("status")), code=label(code)).inc()
+    elif _topic_is(topic, PATHWAY):
+        PATHWAY_EVENTS.labels(kind=label(value.get("kind"))).inc()
+    elif _topic_is(topic, AUDIT_UNSEALED):  # stages audit here; hub.audit seals it
+        for decision in share_decisions(value):
+            SHARE_DECISIONS.labels(
+                rule=label(decision.get("rule")), verdict=label(decision.get("verdict"))
+            ).inc()
+    else:
+        network = value.get("network")
+        ALERTS_TOTAL.labels(
+            network=label(network.get("id") if isinstance(network, dict) else None),
+            status=label(value.get("status")),
+        ).inc()
+
+
+def observe(stage: str, outgoing: list[Outgoing], seconds: float, *, contents: bool = True) -> None:
+    """Count one record a stage processed in ``seconds``, and (with ``contents``) what its outputs say.
+
+    A worker that seals its outputs (encryption at rest) counts their contents with :func:`count_outputs`
+    before sealing, since a sealed value cannot be read here, and passes ``contents=False``.
+    """
+    STAGE_RECORDS.labels(stage=stage).inc()
+    STAGE_SECONDS.labels(stage=stage).observe(seconds)
+    STAGE_OUTPUTS.labels(stage=stage).inc(len(outgoing))
+    if contents:
+        count_outputs(outgoing)
+
+
+def count_outputs(outgoing: Iterable[Outgoing]) -> None:
+    """Count what plaintext outputs say: receipts, DLQ codes, pathway kinds, share decisions, alerts."""
+    for out in outgoing:
+        _count(out)
+
+
+def failed(stage: str) -> None:
+    """Count a record on which a stage raised."""
+    STAGE_FAILURES.labels(stage=stage).inc()
