@@ -48,6 +48,7 @@ from .conftest import (
     start_worker,
     stop_worker,
 )
+from .test_faults_worker_kill import wait_for_log
 
 PATIENTS = 16
 SEED = 11
@@ -252,15 +253,6 @@ def run_hub(env: HubEnv, inputs: list[Input], *, kill_at: int | None = None) -> 
     finally:
         for process in workers.values():
             stop_worker(process)
-
-
-def wait_for_log(path: Path, marker: str, *, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and marker in path.read_text(errors="replace"):
-            return True
-        time.sleep(0.5)
-    return False
 
 
 @pytest.fixture
