@@ -406,6 +406,12 @@ AUDIT_CASES = {
         event=_event().to_dict(),
         recorded=AT,
     ),
+    "late release": lambda: audit_decisions(
+        [(HOSPITAL, _decision("permit", rules.CARE_TEAM, "the recipient is the patient's declared GP"))],
+        event=_event().to_dict(),
+        recorded=AT,
+        released_by="00000000-0000-5000-8000-000000000002",
+    ),
     "deny": lambda: audit_decisions(
         [(HOSPITAL, _decision("deny", rules.OBJECTION, "the patient objects to sharing with everyone"))],
         event=_event().to_dict(),

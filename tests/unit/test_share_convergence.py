@@ -9,6 +9,7 @@ stage (no Kafka) and compare what each recipient holds.
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,15 @@ from typing import Any
 import pytest
 
 from hub.consent import load_policy, share_decisions
+from hub.consent.policy import DEFAULT_BACKFILL_DAYS, parse_policy
 from hub.consent.recipients import parse_recipients
 from hub.consent.share import ShareStage
 from hub.identity.stage import linked_event
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 RPPS = "urn:oid:1.2.250.1.71.4.2.1"
-POLICY = load_policy(Path(__file__).resolve().parents[2] / "config" / "policy.json")
+POLICY_FILE = Path(__file__).resolve().parents[2] / "config" / "policy.json"
+POLICY = load_policy(POLICY_FILE)
 GP_ORG = {"system": "urn:test:org", "value": "cabinet-x"}
 HOSPITAL_ORG = {"system": "urn:test:org", "value": "chu-y"}
 LAB_ORG = {"system": "urn:test:org", "value": "lab-z"}
@@ -275,7 +278,12 @@ def test_events_decided_longer_ago_than_the_look_back_are_not_released() -> None
 
 
 def test_the_look_back_is_read_from_the_policy_file() -> None:
-    assert POLICY.backfill == timedelta(days=30)
+    """config/policy.json says 30 days; another value in the file is taken, and the default is 30."""
+    document = json.loads(POLICY_FILE.read_text())
+    assert POLICY.backfill == timedelta(days=document["backfill_days"]) == timedelta(days=30)
+    assert parse_policy({**document, "backfill_days": 7}, origin="test").backfill == timedelta(days=7)
+    without = {k: v for k, v in document.items() if k != "backfill_days"}
+    assert parse_policy(without, origin="test").backfill == timedelta(days=DEFAULT_BACKFILL_DAYS)
 
 
 def test_what_the_recipient_did_not_ask_for_never_waits() -> None:
