@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from hub.networks import NetworkRegistry, reload
 from hub.records import SOURCE_HEADER, Outgoing, encode_json, headers_of
 from hub.settings import Settings
 from hub.streams import counting
+from hub.streams.batch_writes import BatchWrites
 from hub.streams.batches import take_batches
 from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
 from hub.streams.routing import (
@@ -202,11 +202,12 @@ class StreamCrypto:
         return True
 
 
-def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) -> Any:
+def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) -> BatchWrites:
     """One of the worker's tables; values of the SEALED_TABLES are sealed under their patient's key.
 
     Co-partitioned with the topic of its agent (hub.identity.v1 or hub.pathway.v1, both keyed by
-    patient): each worker remembers only its own patients.
+    patient): each worker remembers only its own patients. Writes are held for a batch and written
+    once per key (hub.streams.batch_writes): the agent using it flushes it.
     """
     stored: dict[str, Any] = {
         # RocksDB with bounded memory, the dedupe horizon as TTL (hub.streams.store); None for memory.
@@ -215,7 +216,8 @@ def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) 
         "on_changelog_event": metrics.changelog_reader(name),
     }
     if name not in SEALED_TABLES:
-        return app.Table(name, default=None, partitions=settings.topic_partitions, **stored)
+        plain = app.Table(name, default=None, partitions=settings.topic_partitions, **stored)
+        return BatchWrites(plain, name=name)
     # Sealed values are bytes: the changelog and the state store hold ciphertext only.
     raw = app.Table(
         name,
@@ -225,9 +227,10 @@ def make_table(app: faust.App, settings: Settings, keyring: Keyring, name: str) 
         value_type=bytes,
         **stored,
     )
-    return SealedTable(
+    sealed = SealedTable(
         raw, keyring, topic=TopicNames.changelog(settings.app_id, name), key_id_of=patient_of_table_key
     )
+    return BatchWrites(sealed, name=name)
 
 
 def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in one place
@@ -315,7 +318,13 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
         topics,
         (topics.prefix + recipient.topic for recipient in recipients),
     )
-    table = functools.partial(make_table, app, settings, crypto.keyring)
+    # Every table, each flushed by the agent that wrote it at the end of its batch (make_table).
+    tables: list[BatchWrites] = []
+
+    def table(name: str) -> BatchWrites:
+        made = make_table(app, settings, crypto.keyring, name)
+        tables.append(made)
+        return made
 
     ingest_router = IngestRouter(context, topics, create_receipt_topics=create_receipt_topics)
     identity_router = IdentityRouter(
@@ -421,6 +430,10 @@ def create_app(  # noqa: PLR0915 - one wiring function: every agent and table in
             async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
                 started = time.perf_counter()
                 batch = [(event.message, routed(stream, event)) for event in events]
+                # Each key the batch wrote, written once (hub.streams.batch_writes); no await between
+                # routing and this, so no other agent sees a batch's writes half done.
+                for written in tables:
+                    written.flush(stream)
                 stream._set_current_event(None)
                 await deliver_batch(name, batch, replacing)
                 # Each record gets its share of the batch's time (hub_stage_seconds is per record).

@@ -1,0 +1,147 @@
+"""hub.streams.batch_writes: a batch's table writes are read back at once and written once per key.
+
+The flush must write each key on the partition of the event that last wrote it (faust takes it from
+the stream's current event), so the fake stream below records which event was current at each write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import pytest
+from faust.streams import _current_event
+
+from hub.errors import KeyDestroyed
+from hub.streams.batch_writes import BatchWrites
+
+
+class RecordingStream:
+    """The one faust stream method the flush uses; records the current event at each table write."""
+
+    def __init__(self) -> None:
+        self.current_event: Any = None
+
+    def _set_current_event(self, event: Any = None) -> None:
+        self.current_event = event
+
+
+class RecordingTable(MutableMapping[str, Any]):
+    """A table that records every write with the event current when it was made."""
+
+    def __init__(self, stream: RecordingStream, data: dict[str, Any] | None = None) -> None:
+        self.stream = stream
+        self.data = dict(data or {})
+        self.writes: list[tuple[str, Any, Any]] = []
+        self.refuse: dict[str, type[Exception]] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self.refuse:
+            raise self.refuse[key]("refused")
+        self.writes.append((key, value, self.stream.current_event))
+        self.data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.writes.append((key, "<deleted>", self.stream.current_event))
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def routing(event: str) -> Any:
+    """What the agent does before routing a record: make it the current event (faust's contextvar)."""
+    return _current_event.set(_Ref(event))
+
+
+class _Ref:
+    """faust keeps a weak reference to the current event: calling it gives the event."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+
+    def __call__(self) -> str:
+        return self.event
+
+
+@pytest.fixture
+def stream() -> RecordingStream:
+    return RecordingStream()
+
+
+def test_writes_are_read_back_before_the_flush_and_written_once_per_key_after(stream: RecordingStream) -> None:
+    table = RecordingTable(stream, {"kept": 1})
+    batched = BatchWrites(table, name="share-state")
+    routing("event-1")
+    batched["p1"] = {"n": 1}
+    routing("event-2")
+    batched["p1"] = {"n": 2}
+    batched["p2"] = [1]
+    routing("event-3")
+    batched["p1"] = {"n": 3}
+
+    assert batched.get("p1") == {"n": 3}
+    assert batched["p2"] == [1]
+    assert batched.get("kept") == 1
+    assert table.writes == [], "nothing is written before the batch is flushed"
+    assert batched.pending == 2
+
+    assert batched.flush(stream) == 2
+    # Each key once, with its last value, on the event that last wrote it.
+    assert table.writes == [("p1", {"n": 3}, "event-3"), ("p2", [1], "event-2")]
+    assert stream.current_event is None
+    assert batched.pending == 0
+    assert batched["p1"] == {"n": 3}
+
+
+def test_a_key_deleted_in_the_batch_reads_as_absent_and_is_deleted_once(stream: RecordingStream) -> None:
+    table = RecordingTable(stream, {"waiting": ["e1"], "other": 2})
+    batched = BatchWrites(table, name="share-decided")
+    routing("event-1")
+    batched["waiting"] = ["e1", "e2"]
+    assert batched.pop("waiting", None) == ["e1", "e2"]
+    assert "waiting" not in batched
+    assert batched.get("waiting") is None
+    with pytest.raises(KeyError):
+        batched["waiting"]
+    with pytest.raises(KeyError):
+        del batched["never-there"]
+    assert sorted(batched) == ["other"]
+    assert len(batched) == 1
+
+    batched.flush(stream)
+    assert table.writes == [("waiting", "<deleted>", "event-1")]
+    assert "waiting" not in table.data
+
+
+def test_a_key_written_after_its_deletion_is_written_with_its_new_value(stream: RecordingStream) -> None:
+    table = RecordingTable(stream, {"k": 1})
+    batched = BatchWrites(table, name="t")
+    routing("event-1")
+    del batched["k"]
+    routing("event-2")
+    batched["k"] = 2
+    assert sorted(batched) == ["k"]
+    batched.flush(stream)
+    assert table.writes == [("k", 2, "event-2")]
+
+
+def test_an_erased_patients_key_is_dropped_and_a_failing_key_does_not_lose_the_others(
+    stream: RecordingStream,
+) -> None:
+    table = RecordingTable(stream)
+    table.refuse = {"erased": KeyDestroyed, "broken": RuntimeError}
+    batched = BatchWrites(table, name="share-state")
+    routing("event-1")
+    batched["erased"] = 1
+    batched["broken"] = 2
+    batched["fine"] = 3
+    assert batched.flush(stream) == 1
+    assert table.writes == [("fine", 3, "event-1")]
+    assert batched.pending == 0, "a failed key is not retried forever"
