@@ -80,7 +80,7 @@ from hub.records import (
 from hub.run import DEMO_RECIPIENTS_FILE, DEMO_SOURCES_FILE, prepare_demo_environment
 from hub.settings import Settings
 from hub.sources.registry import load_sources
-from hub.streams.app import TABLES
+from hub.streams.tables import TABLES
 from hub.streams.worker import create_contract_topics
 from hub.topics import TopicNames
 

@@ -5,7 +5,7 @@ machine, so the state phase copies instead a state the real pipeline built: the 
 throughput phase (its ``--patients`` demo patients, every table entry as the worker left it).
 
 - **Read**: each table's changelog topic of that phase, to its end, keeping the latest value of each
-  key (a deletion removes it): what the table holds. Sealed values (``hub.streams.app.SEALED_TABLES``)
+  key (a deletion removes it): what the table holds. Sealed values (``hub.streams.tables.SEALED_TABLES``)
   are opened with the hub's own keyring.
 - **Copy**: copy ``n`` of an entry has its patient renamed, ``pt-x`` becoming ``pt-x~n`` wherever the
   key names it (:func:`copy_key`, after ``hub.crypto.records.patient_of_table_key``), and its value
@@ -36,7 +36,7 @@ from faust.serializers import codecs
 from hub.crypto.keyring import Keyring
 from hub.crypto.records import patient_of_table_key
 from hub.records import headers_of
-from hub.streams.app import SEALED_TABLES, TABLES
+from hub.streams.tables import SEALED_TABLES, TABLES
 from hub.topics import TopicNames
 
 #: The largest record a table's changelog carries (hub.streams.app.INTERNAL_RECORD_LIMIT).

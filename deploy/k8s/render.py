@@ -23,8 +23,8 @@ from hub.acl.model import Binding, Pattern, Resource, plan_acls
 from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
 from hub.crypto.retention import DEFAULT_RETENTION_CHECK_MS, DLQ_SEGMENT_MS, cleartext_bound
 from hub.settings import Settings
-from hub.streams.app import TABLES
 from hub.streams.store import changelog_configs
+from hub.streams.tables import TABLES
 from hub.topics import (
     CONTRACT_TOPICS,
     DLQ,

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 EXIT_NOT_FOUND = 1
 #: Same as ``hub.cli``: configuration, broker or usage error, nothing was done.
 
-#: The faust table holding each patient's share state (``hub.streams.app.TABLES``; spelled here so that
+#: The faust table holding each patient's share state (``hub.streams.tables.TABLES``; spelled here so that
 #: ``hub consent show`` does not import faust, and a unit test keeps the two the same).
 SHARE_STATE_TABLE = "share-state"
 

@@ -9,7 +9,7 @@ and :meth:`BatchWrites.flush` writes each key once, with its last value, when th
 
 Why this is safe:
 
-- the agents route a whole batch and flush without awaiting in between (hub.streams.app ``agent``),
+- the agents route a whole batch and flush without awaiting in between (hub.streams.agents ``Agents.add``),
   so no other agent of the worker (``share`` and ``share-merge`` share their tables) ever sees a
   batch's writes half done, and nothing is pending across an ``await``;
 - each key is written to the changelog partition of the event that last wrote it (faust takes the

@@ -22,8 +22,9 @@ from hub.networks import load_networks
 from hub.normalise.codes import load_concept_maps
 from hub.settings import Settings
 from hub.sources.registry import load_sources
-from hub.streams.app import INTERNAL_RECORD_LIMIT, TABLES, create_app
+from hub.streams.app import INTERNAL_RECORD_LIMIT, create_app
 from hub.streams.store import changelog_configs, forget_foreign_tables
+from hub.streams.tables import TABLES
 from hub.topics import TopicNames
 
 log = get_logger(__name__)

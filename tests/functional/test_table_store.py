@@ -19,7 +19,7 @@ from hub.networks import load_networks
 from hub.settings import Settings
 from hub.sources.registry import SourceRegistry
 from hub.streams import store
-from hub.streams.app import TABLES, create_app
+from hub.streams.app import create_app
 from hub.streams.store import (
     DECISION_TABLES,
     HORIZON_TABLES,
@@ -29,6 +29,7 @@ from hub.streams.store import (
     forget_foreign_tables,
     memory_budget,
 )
+from hub.streams.tables import TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = IngestContext(registry=SourceRegistry({}), pseudonym_key=b"k" * 32)

@@ -22,8 +22,8 @@ from hub.ingest.signature import sign
 from hub.kafka.admin import admin_client
 from hub.kafka.clients import end_offsets
 from hub.settings import Settings
-from hub.streams.app import SEALED_TABLES, TABLES
 from hub.streams.store import DECISION_TABLES, HORIZON_TABLES, BoundedOptions, table_options
+from hub.streams.tables import SEALED_TABLES, TABLES
 from hub.topics import TopicNames
 
 from .conftest import HubEnv, start_worker, stop_worker

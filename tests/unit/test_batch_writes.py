@@ -75,7 +75,9 @@ def stream() -> RecordingStream:
     return RecordingStream()
 
 
-def test_writes_are_read_back_before_the_flush_and_written_once_per_key_after(stream: RecordingStream) -> None:
+def test_writes_are_read_back_before_the_flush_and_written_once_per_key_after(
+    stream: RecordingStream,
+) -> None:
     table = RecordingTable(stream, {"kept": 1})
     batched = BatchWrites(table, name="share-state")
     routing("event-1")

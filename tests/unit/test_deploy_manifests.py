@@ -23,7 +23,7 @@ from jsonschema import validators
 from hub.acl.model import Pattern, Resource, plan_acls, recipient_user, source_user
 from hub.metrics import REGISTRY
 from hub.settings import Settings
-from hub.streams.app import TABLES
+from hub.streams.tables import TABLES
 from hub.topics import (
     CONTRACT_TOPICS,
     INGEST,

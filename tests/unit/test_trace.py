@@ -505,7 +505,7 @@ def test_no_state_a_tombstone_and_a_corrupt_value_are_not_found() -> None:
 
 
 def test_the_changelog_name_is_fausts() -> None:
-    from hub.streams.app import TABLES  # noqa: PLC0415 - imports faust
+    from hub.streams.tables import TABLES  # noqa: PLC0415 - imports faust
 
     assert SHARE_STATE_TABLE in TABLES
     assert TopicNames.changelog("hub-x", SHARE_STATE_TABLE) == "hub-x-share-state-changelog"

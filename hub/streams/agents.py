@@ -1,0 +1,268 @@
+"""The worker's agents, made one way: batches in, each record opened, routed and sealed, tables written
+once per key, the batch's records sent and acknowledged by Kafka before the next batch.
+
+``create_app`` (hub.streams.app) wires the stages with :class:`Agents`; this module holds what every
+agent shares: encryption at rest on the way in and out (:class:`StreamCrypto`), the tables
+(:func:`make_table`), delivery with its replacements, and the agent loop itself (:meth:`Agents.add`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from hub.crypto.keyring import Keyring
+from hub.crypto.records import RecordOpener, RecordSealer
+from hub.errors import CryptoError, ErrorCode, KeyDestroyed
+from hub.ingest.outcome import IngestRecord, KafkaCoordinates, Rejected
+from hub.ingest.pipeline import message_id_of, printable_id
+from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
+from hub.records import SOURCE_HEADER, Outgoing, encode_json, headers_of
+from hub.settings import Settings
+from hub.streams import counting
+from hub.streams.batch_writes import BatchWrites
+from hub.streams.batches import take_batches
+from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
+from hub.streams.tables import make_table
+from hub.topics import TopicNames
+
+log = get_logger(__name__)
+
+#: A batch: at most this many records, or those that arrived within this time (a hop's added latency
+#: at low load; :meth:`Agents.add`).
+BATCH_MAX = 200
+BATCH_WITHIN_SECONDS = 0.01
+
+#: ``route(message)``: the plain records one input gives.
+Route = Callable[[Any], list[Outgoing]]
+#: ``replacing(message, refused record, error)``: what to send instead of a record Kafka refused.
+Replacing = Callable[[Any, Outgoing, str], list[Outgoing]]
+#: ``failing(message, error)``: what a record on which routing raised ends as.
+Failing = Callable[[Any, str], list[Outgoing]]
+
+
+def ingest_record(message: Any) -> IngestRecord:
+    """The pure core's view of a faust message."""
+    return IngestRecord(
+        value=message.value,
+        headers=headers_of(message.headers),
+        origin=KafkaCoordinates(message.topic, message.partition, message.offset),
+        timestamp=datetime.fromtimestamp(message.timestamp, tz=UTC),
+    )
+
+
+def erased_input(record: IngestRecord, topics: TopicNames, at: datetime) -> list[Outgoing]:
+    """What ingest sends instead when an input's patient was erased: a reject's receipt and audit.
+
+    Not its bytes to the DLQ: after `hub erase` the hub keeps nothing new of that patient.
+    """
+    from hub.consent.audit import audit_reject  # noqa: PLC0415
+    from hub.ingest.receipts import receipt, receipt_key  # noqa: PLC0415
+    from hub.streams.routing import receipt_records  # noqa: PLC0415
+
+    rejected = Rejected(
+        ErrorCode.PATIENT_ERASED,
+        "this patient's data was erased; the hub keeps nothing new about them",
+        printable_id(record.header(SOURCE_HEADER)),
+        message_id_of(record),
+    )
+    key = receipt_key(rejected)
+    return [
+        Outgoing(
+            topics.audit_unsealed,
+            key.encode(),
+            encode_json(audit_reject(rejected, origin=record.origin, recorded=at)),
+        ),
+        # Only an accepted input's record is sealed under its patient's key, so its source is a
+        # registered one; ``at`` is the record's timestamp, as every receipt's (hub.ingest.receipts).
+        *receipt_records(
+            topics,
+            key,
+            receipt(rejected, record.origin, at=record.timestamp),
+            registered=rejected.source_id is not None,
+        ),
+    ]
+
+
+class StreamCrypto:
+    """The agents' encryption at rest: open each record read, seal each record sent (``hub.crypto``)."""
+
+    def __init__(self, keyring: Keyring, topics: TopicNames, recipient_topics: Iterable[str]) -> None:
+        self.topics = topics
+        self.keyring = keyring
+        self.sealer = RecordSealer(keyring, topics, recipient_topics)
+        self.opener = RecordOpener(keyring)
+
+    def route(
+        self, name: str, message: Any, route: Callable[[Any], list[Outgoing]], *, encrypted: bool
+    ) -> list[Outgoing]:
+        """Open the message (when its topic is ``encrypted``), route it, seal what it sends."""
+        if encrypted and not self.opened(name, message):
+            return []
+        plain = route(message)
+        # Sealed values cannot be read when counted: count what the outputs say before sealing.
+        counting.count_outputs(plain)
+        return self.sealed(name, message, plain)
+
+    def sealed(self, name: str, message: Any, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """The outputs as sent: sealed where they carry clinical data; an erased patient's dropped."""
+        sent: list[Outgoing] = []
+        for out in outgoing:
+            try:
+                value, headers = self.sealer.seal(out.topic, out.key, out.value, out.headers)
+            except KeyDestroyed:
+                if name == "ingest":
+                    # The whole input is about an erased patient: it ends as a reject, nothing else.
+                    return erased_input(ingest_record(message), self.topics, datetime.now(UTC))
+                log.info("crypto.record_dropped", code=str(ErrorCode.CRYPTO_KEY_DESTROYED), stage=name)
+                continue
+            sent.append(Outgoing(out.topic, out.key, value, headers))
+        return sent
+
+    def opened(self, name: str, message: Any) -> bool:
+        """Replace the message's value by its plaintext; False (logged by code, never content) if unusable."""
+        try:
+            message.value = self.opener.open(
+                message.topic, message.value, headers_of(message.headers), required=True
+            )
+        except CryptoError as exc:
+            # A poison record never stops the partition; an erased patient's records are simply gone.
+            level = log.info if isinstance(exc, KeyDestroyed) else log.error
+            level("crypto.record_skipped", code=str(exc.code), stage=name)
+            return False
+        return True
+
+
+class Agents:
+    """Makes the worker's thin agents and the tables they write; one per faust app.
+
+    ``outputs`` are the topics the agents send to, by name (a source's own receipt topic is added when
+    first used: sources come and go with the registry, which the worker reloads while it runs);
+    ``raw_topic`` declares a topic of raw bytes.
+    """
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        crypto: StreamCrypto,
+        outputs: dict[str, faust.TopicT],
+        raw_topic: Callable[[str], faust.TopicT],
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.crypto = crypto
+        self.outputs = outputs
+        self.raw_topic = raw_topic
+        #: Every table, each flushed by the agent that wrote it at the end of its batch.
+        self.tables: list[BatchWrites] = []
+
+    def table(self, name: str) -> BatchWrites:
+        """A table of the worker (:func:`make_table`), flushed after each batch of any agent."""
+        made = make_table(self.app, self.settings, self.crypto.keyring, name)
+        self.tables.append(made)
+        return made
+
+    async def send(self, out: Outgoing) -> Any:
+        """Hand one record to the producer; the future of its acknowledgement.
+
+        Straight to the producer, not through faust's ``Topic.send``: the records are bytes already,
+        and faust's path (a pending message, a future message, its channel, sensors) took 7.0 s of the
+        agents' 56.8 s in session 4's profile (docs/PERFORMANCE.md). ``outputs`` declares the topics.
+        """
+        if out.topic not in self.outputs:
+            self.outputs[out.topic] = self.raw_topic(out.topic)
+        producer = await self.app.maybe_start_producer()
+        return await producer.send(
+            out.topic, out.key, out.value, partition=None, timestamp=None, headers=list(out.headers)
+        )
+
+    async def deliver_batch(
+        self, name: str, batch: list[tuple[Any, list[Outgoing]]], replacing: Replacing | None
+    ) -> None:
+        """Deliver a batch's records at once; a record refused for good is replaced as ``replacing`` says.
+
+        With ``replacing`` (ingest), an input never goes without an outcome: a record with no
+        substitute (a receipt), or a refused substitute, is resent until Kafka takes it, holding
+        the partition (the lag shows it). Without it, a refused record is logged, counted and
+        skipped: a poison record never stops a partition.
+        """
+        owner = {id(out): message for message, outs in batch for out in outs}
+        records = [out for _, outs in batch for out in outs]
+        for refused in await deliver(self.send, records, stage=name):
+            counting.failed(name)
+            log.error("stage.record_refused", stage=name, topic=refused.record.topic, error=refused.error)
+            if replacing is None:
+                continue
+            message = owner[id(refused.record)]
+            plain = replacing(message, refused.record, refused.error)
+            counting.count_outputs(plain)
+            again = self.crypto.sealed(name, message, plain) if plain else [refused.record]
+            while await deliver(self.send, again, stage=name):
+                log.error("stage.record_refused_again", stage=name, error=refused.error)
+                await asyncio.sleep(LAST_BACKOFF_SECONDS)
+
+    def add(
+        self,
+        name: str,
+        topic: faust.TopicT,
+        route: Route,
+        *,
+        encrypted: bool = True,
+        replacing: Replacing | None = None,
+        failing: Failing | None = None,
+    ) -> None:
+        """A thin agent: per batch of records, route each (open, decide, seal), then send them all.
+
+        Batches (``take_batches``: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS) pay
+        one round of acknowledgements and one producer linger for many inputs; a batch's offsets are
+        acknowledged only after the body is done with it (never when the agent stops on it), and every
+        record sent is acknowledged by Kafka before the next batch. The tables the batch wrote are
+        written once per key before its records are sent (hub.streams.batch_writes). concurrency=1:
+        with more, faust can commit offsets past unfinished events (DESIGN.md 4). A record Kafka
+        refuses for good is sent as ``replacing`` says, or else logged and counted. A record on which
+        routing raises (a bug) ends as ``failing`` says (ingest: an internal-error reject) or is logged
+        and skipped: it never stops the partition, and never takes the rest of its batch with it.
+        Each record is counted in ``hub.metrics`` (:mod:`hub.streams.counting`).
+        """
+        crypto = self.crypto
+
+        def routed(stream: Any, event: Any) -> list[Outgoing]:
+            # faust's tables write a key's changelog to the partition of the "current event": in a
+            # batch that is the record being routed, not the last one fetched.
+            stream._set_current_event(event)
+            message = event.message
+            bind_kafka_coordinates(message.topic, message.partition, message.offset)
+            try:
+                return crypto.route(name, message, route, encrypted=encrypted)
+            except Exception as exc:
+                counting.failed(name)
+                log.error("stage.record_failed", stage=name, error=type(exc).__name__)
+                plain = failing(message, type(exc).__name__) if failing is not None else []
+                counting.count_outputs(plain)
+                return crypto.sealed(name, message, plain)
+            finally:
+                clear_bound()
+
+        async def process(stream: Any) -> None:
+            # Not faust's take_events: it acknowledges a batch the agent stopped on (hub.streams.batches).
+            async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
+                started = time.perf_counter()
+                batch = [(event.message, routed(stream, event)) for event in events]
+                # Each key the batch wrote, written once; no await between routing and this, so no
+                # other agent (share and share-merge share their tables) sees a batch half written.
+                for written in self.tables:
+                    written.flush(stream)
+                stream._set_current_event(None)
+                await self.deliver_batch(name, batch, replacing)
+                # Each record gets its share of the batch's time (hub_stage_seconds is per record).
+                each = (time.perf_counter() - started) / len(batch)
+                for _, outgoing in batch:
+                    counting.observe(name, outgoing, each, contents=False)
+
+        self.app.agent(topic, name=name, concurrency=1)(process)
