@@ -421,7 +421,8 @@ def _to_r4(document: dict[str, Any], version: str) -> tuple[dict[str, Any], tupl
     problem = versions.validate_version(document, version)
     if problem is not None:
         return Rejected(ErrorCode.FHIR_INVALID, problem)
-    converted = versions.convert_to_r4(document, version)
+    # The document was parsed for this input alone: converted in place, not deep-copied first.
+    converted = versions.convert_to_r4(document, version, given_up=True)
     if isinstance(converted, versions.Unconvertible):
         return Rejected(converted.code, converted.detail)
     rejected = _structure_problem(converted.resource, "4.0")

@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
@@ -3073,10 +3073,11 @@ def _r5_composition_attesters(el: _Element) -> None:
 
 def _r5_composition_relates_to(el: _Element) -> None:
     """R5→R4: relatesTo became a RelatedArtifact; one of R4's four relationships to a referenced
-    composition keeps its place, any other relation is carried."""
+    composition keeps its place, any other relation is carried, and so is one that names no composition
+    by reference (R4's target is required; R5's resourceReference is not)."""
     converted = []
     for item in el.take("relatesTo") or ():
-        if item.get("type") not in _R4_RELATIONSHIPS or set(item) - {"type", "resourceReference"}:
+        if item.get("type") not in _R4_RELATIONSHIPS or set(item) != {"type", "resourceReference"}:
             el.carry_value("relatesTo", item)
             continue
         converted.append({"code": item["type"], "targetReference": item["resourceReference"]})
@@ -3716,23 +3717,46 @@ def _referenced_type(reference: BaseModel) -> str | None:
     return named if isinstance(named, str) and _is_r4_type(named) else None
 
 
+class _ModelField(NamedTuple):
+    """What the reference check needs of one field of a model: where it stands among the model's fields,
+    its FHIR name, and the resource types a reference in it may name (None: any)."""
+
+    order: int
+    label: str
+    allowed: frozenset[str] | None
+
+
+@cache  # one entry per model class: a fixed set
+def _model_fields(model_class: type[BaseModel]) -> dict[str, _ModelField]:
+    found: dict[str, _ModelField] = {}
+    for order, (name, field) in enumerate(model_class.model_fields.items()):
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        types = extra.get("enum_reference_types")
+        allowed = frozenset(str(kind) for kind in types) if isinstance(types, list) else None
+        found[name] = _ModelField(
+            order, field.alias or name, None if allowed and "Resource" in allowed else allowed
+        )
+    return found
+
+
 def _reference_problem(model: BaseModel, path: str) -> str | None:
     """A reference to a resource type its R4 element does not allow: R5 widened many of them (an
     Encounter based on a CarePlan...), and STU3's context allowed an EpisodeOfCare where R4's
-    encounter does not. The R4B models list the allowed types but do not check them."""
+    encounter does not. The R4B models list the allowed types but do not check them.
+
+    Only the fields validation set are looked at (a field left out holds None: nothing to check), in
+    the model's field order, so that the first problem told is the same whatever the input's order.
+    """
     from fhir.resources.R4B.resource import Resource  # noqa: PLC0415 - heavy import, once
 
-    for name, field in type(model).model_fields.items():
+    fields = _model_fields(type(model))
+    for name in sorted(model.model_fields_set, key=lambda set_name: fields[set_name].order):
         value = getattr(model, name)
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        types = extra.get("enum_reference_types")
-        allowed = frozenset(str(kind) for kind in types) if isinstance(types, list) else {"Resource"}
-        where = f"{path}.{field.alias or name}"
+        where, allowed = f"{path}.{fields[name].label}", fields[name].allowed
         for item in value if isinstance(value, list) else [value]:
             if not isinstance(item, BaseModel):
                 continue
-            named = _referenced_type(item) if "Resource" not in allowed else None
-            if named is not None and named not in allowed:
+            if allowed is not None and (named := _referenced_type(item)) is not None and named not in allowed:
                 return f"{where}: R4 does not allow a reference to that resource type here"
             inner_path = item.get_resource_type() if isinstance(item, Resource) else where
             problem = _reference_problem(item, inner_path)
@@ -3777,16 +3801,22 @@ def validate_version(document: Mapping[str, Any], version: str) -> str | None:
     return None
 
 
-def convert_to_r4(document: Mapping[str, Any], version: str) -> Converted | Unconvertible:
+def convert_to_r4(
+    document: Mapping[str, Any], version: str, *, given_up: bool = False
+) -> Converted | Unconvertible:
     """Convert a validated STU3 ("3.0") or R5 ("5.0") resource, or Bundle, to canonical R4.
 
-    The input is not modified. The result has been validated with the R4B models.
+    The input is not modified, unless the caller says it has ``given_up`` the document (ingest, which
+    parsed it for this call alone): the result then shares its unchanged parts instead of a deep copy
+    of it, and the document must not be used again. The result has been validated with the R4B models.
     """
     if version not in _VERSION_NAMES:
         return Unconvertible("only STU3 (3.0) and R5 (5.0) are converted to R4")
     run = _Run(version)
     try:
-        resource = _convert_resource(copy.deepcopy(dict(document)), run)
+        # The rules copy unchanged elements by reference and the last pass renames references in place.
+        source = document if given_up else copy.deepcopy(dict(document))
+        resource = _convert_resource(source, run)
         _finish(resource, run)
     except _Refused as refused:
         return Unconvertible(refused.detail, refused.code)
