@@ -1,8 +1,9 @@
 """The eligibility stage: GP alerts from what each GP practice may see, and nothing else.
 
-It reads the per-recipient topics of GP practices (``hub.pathway.<practice>.v1``), never the unified
-pathway: a patient's facts are kept per (practice, patient) and built only from events the consent
-policy let through to that practice, so an alert, its reasons and its very existence cannot reveal
+It is handed each GP practice's copy of an event as the share stage makes it (what that practice's
+topic ``hub.pathway.<practice>.v1`` receives), never the unified pathway: a patient's facts are kept
+per (practice, patient) and built only from events the consent policy let through to that practice,
+so an alert, its reasons and its very existence cannot reveal
 what the GP may not see. When a patient newly meets a network's criteria (and lives in its
 territory) or is enrolled in it, each of the patient's declared GPs who works in that practice gets
 one alert on ``hub.alerts.v1`` (keyed by RPPS); the same situation never alerts twice, except when
@@ -49,7 +50,7 @@ def practice_identifier_systems(practice: Recipient, sources: SourceRegistry) ->
 
 
 class EligibilityStage:
-    """Handles one event of one GP practice's topic; ``facts`` and ``alerted`` are faust tables."""
+    """Handles one GP practice's copy of an event; ``facts`` and ``alerted`` are tables."""
 
     def __init__(
         self,

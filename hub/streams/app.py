@@ -130,7 +130,7 @@ def create_app(
     audit_chain_key: ChainKey | None = None,
     create_receipt_topics: Callable[[Collection[str]], object] | None = None,
 ) -> faust.App:
-    """The faust app: ingest, identity, share, sealing and eligibility agents; once per worker process.
+    """The faust app: ingest, identity, share (with GP alerts), share-merge and sealing agents.
 
     Records that carry clinical data are sealed on their way out and opened on their way in
     (``hub.crypto.records``); without a ``keyring`` one is made from the settings' KEK and key store,
@@ -176,7 +176,11 @@ def create_app(
         topics,
     )
     agents.add("identity", raw_topic(topics.identity), lambda m: identity.route(m.value))
-    # Decide each event for each recipient: audit every decision, send what is permitted.
+    # Decide each event for each recipient: audit every decision, send what is permitted; a GP
+    # practice's copy goes on to its alerts, from exactly what that practice may see.
+    alerts = alert_router(
+        agents, settings=settings, topics=topics, context=context, recipients=recipients, networks=networks
+    )
     share = ShareRouter(
         ShareStage(
             recipients,
@@ -186,17 +190,14 @@ def create_app(
             audit_topic=topics.audit_unsealed,
             merge_topic=topics.share_merge,
             decided=agents.table("share-decided"),
-        )
+        ),
+        alerts,
     )
     agents.add("share", raw_topic(topics.pathway), lambda m: share.route(m.value))
     # Carry a linked identity's sharing state to the surviving id (co-partitioned with the pathway).
     agents.add("share-merge", raw_topic(topics.share_merge), lambda m: share.route_merge(m.value))
     # Chain every stage's AuditEvents into hub.audit.v1, one writer per partition (hub.audit).
     add_sealing_agent(app, settings, topics, raw_topic, chain_key=audit_chain_key)
-    # GP alerts, from each GP practice's own topic: only what that practice may see.
-    add_eligibility_agent(
-        agents, settings=settings, topics=topics, context=context, recipients=recipients, networks=networks
-    )
 
     @app.timer(interval=REGISTRY_CHECK_SECONDS)  # type: ignore[untyped-decorator]  # faust's is untyped
     async def refresh_sources() -> None:
@@ -210,7 +211,7 @@ def create_app(
     return app
 
 
-def add_eligibility_agent(
+def alert_router(
     agents: Agents,
     *,
     settings: Settings,
@@ -218,11 +219,15 @@ def add_eligibility_agent(
     context: IngestContext,
     recipients: RecipientRegistry,
     networks: NetworkRegistry | None,
-) -> None:
-    """GP alerts, read from each GP practice's own topic; none when no practice or no network is known."""
+) -> AlertRouter | None:
+    """The eligibility stage the share agents hand GP practices' copies to; None without practice or network.
+
+    Its tables are written by the share agents, on the partition of the patient's pathway events
+    (the practices' topics are keyed by patient as the pathway is, with the same partition count).
+    """
     practices = {r.id: r for r in recipients if r.kind == "gp"}
     if not practices or networks is None or not len(networks):
-        return
+        return None
     practice_topics = {rid: topics.prefix + r.topic for rid, r in practices.items()}
     alerts = AlertRouter(
         EligibilityStage(
@@ -246,8 +251,4 @@ def add_eligibility_agent(
             watched["signature"] = signature
             eligibility.networks = reload(settings.networks_dir, eligibility.networks)
 
-    agents.add(
-        "eligibility",
-        agents.raw_topic(*practice_topics.values()),
-        lambda m: alerts.route(m.topic, m.value),
-    )
+    return alerts

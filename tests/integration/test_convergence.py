@@ -134,10 +134,10 @@ def demo_env(kafka_bootstrap: str, name: str, folder: Path) -> HubEnv:
     return HubEnv(environ, TopicNames(f"{name}."), kafka_bootstrap, folder, folder / "worker.log")
 
 
-def recipient_topics(env: HubEnv, *, kind: str | None = None) -> list[str]:
-    """The demo recipients' topics (of one kind: the eligibility stage reads the GP practices')."""
+def recipient_topics(env: HubEnv) -> list[str]:
+    """The demo recipients' topics."""
     recipients = json.loads((PROJECT_ROOT / "config" / "recipients.demo.json").read_text())["recipients"]
-    return [f"{env.topics.prefix}hub.pathway.{r['id']}.v1" for r in recipients if kind in (None, r["kind"])]
+    return [f"{env.topics.prefix}hub.pathway.{r['id']}.v1" for r in recipients]
 
 
 def lagging(env: HubEnv) -> list[str]:
@@ -149,7 +149,6 @@ def lagging(env: HubEnv) -> list[str]:
         env.topics.pathway,
         env.topics.share_merge,
         env.topics.audit_unsealed,
-        *recipient_topics(env, kind="gp"),
     ]
     admin = KafkaAdminClient(bootstrap_servers=env.bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=env.bootstrap)
