@@ -408,6 +408,10 @@ _NO_BASIS = Decision(
 )
 
 
+#: ``decide``'s ``view`` when the caller has not read the event yet.
+_UNREAD: Any = object()
+
+
 def decide(
     event: Mapping[str, Any],
     recipient: Recipient | None,
@@ -415,15 +419,19 @@ def decide(
     *,
     now: datetime,
     policy: PolicyConfig,
+    view: EventView | None = _UNREAD,
 ) -> FinalDecision:
     """Whether one pathway event may go to one recipient, and by which rule; pure.
 
     ``recipient`` is None for an id not in the registry; ``state`` is None when the patient has no
     state entry. ``now`` (aware) is when the event would be sent: periods are checked against it.
+    ``view`` is ``view_event(event, policy)`` when the caller decides one event for many recipients
+    (it depends on the event and the policy only: read once, not once per recipient).
     """
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    view = view_event(event, policy)
+    if view is _UNREAD:
+        view = view_event(event, policy)
     vote = deny_by_default(view, recipient, state, now, policy)
     if vote is not None:
         return _final(vote, (vote,), policy)

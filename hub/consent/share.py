@@ -28,7 +28,7 @@ from hub.consent.decisions import (
     waiting_key,
 )
 from hub.consent.minimise import recipient_copy
-from hub.consent.policy import FinalDecision, PolicyConfig, decide, may_have_basis
+from hub.consent.policy import EventView, FinalDecision, PolicyConfig, decide, may_have_basis, view_event
 from hub.consent.recipients import Recipient, RecipientRegistry
 from hub.consent.state import ConsentRejected, PatientShareState, apply
 from hub.logging import get_logger
@@ -144,8 +144,9 @@ class ShareStage:
         if record is not None:
             # Read again (a worker died before committing it): the decisions first taken, not new ones.
             return shares + self._replay(patient_id, event, record)
+        view = view_event(event, self.policy)
         decisions = [
-            (recipient, decide(event, recipient, state, now=at, policy=self.policy))
+            (recipient, decide(event, recipient, state, now=at, policy=self.policy, view=view))
             for recipient in self.recipients
         ]
         if decisions:
@@ -253,6 +254,7 @@ class ShareStage:
         """One waiting event decided again: the recipients now permitted, and those still waiting."""
         late: list[tuple[Recipient, FinalDecision]] = []
         waiting: list[str] = []
+        view: EventView | None = None
         for recipient_id in record.waiting:
             recipient = self.recipients.get(recipient_id)
             if recipient is None:
@@ -262,7 +264,8 @@ class ShareStage:
             if not hopeful[recipient_id]:
                 waiting.append(recipient_id)  # cheap: most waiting recipients are still outside
                 continue
-            decision = decide(event, recipient, state, now=at, policy=self.policy)
+            view = view or view_event(event, self.policy)
+            decision = decide(event, recipient, state, now=at, policy=self.policy, view=view)
             if decision.permitted:
                 late.append((recipient, decision))
             elif decision.awaits_basis:

@@ -1,4 +1,4 @@
-"""Table writes held for the length of one batch, then written once per key.
+"""Table writes held for the length of one batch, then written once per key; reads kept for the batch.
 
 A faust table write is a changelog record, a RocksDB put and, for a sealed table, a JSON encoding and
 an AES-GCM seal. The stages write the same keys again and again within a batch: a patient's sharing
@@ -6,6 +6,7 @@ state for each of their events, the index of the events waiting for a basis, a p
 the benchmark (docs/PERFORMANCE.md) that was 3.3 ``share-state`` and 5.2 ``share-decided`` changelog
 records per input. :class:`BatchWrites` keeps a batch's writes in memory, reads its own writes back,
 and :meth:`BatchWrites.flush` writes each key once, with its last value, when the batch is decided.
+What the batch read from the table is kept until then too (the same keys are read again and again).
 
 Why this is safe:
 
@@ -46,22 +47,28 @@ class BatchWrites(MutableMapping[str, Any]):
         self.name = name
         #: key → (value or _DELETED, the faust event being routed when it was written).
         self._pending: dict[str, tuple[Any, Any]] = {}
+        #: key → the table's value as first read in this batch (None: absent), until the flush. The
+        #: share stage reads a patient's waiting decisions again at each change of their state; each
+        #: read is a RocksDB get, a decryption and a JSON decoding.
+        self._read: dict[str, Any] = {}
+
+    def _stored(self, key: str) -> Any:
+        if key in self._read:
+            return self._read[key]
+        value = self._read[key] = self.table.get(key)
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
         """The batch's own write of the key, else the table's value."""
         pending = self._pending.get(key)
-        if pending is None:
-            return self.table.get(key, default)
-        value = pending[0]
-        return default if value is _DELETED else value
+        value = self._stored(key) if pending is None else pending[0]
+        return default if value is None or value is _DELETED else value
 
     def __getitem__(self, key: str) -> Any:
-        pending = self._pending.get(key)
-        if pending is None:
-            return self.table[key]
-        if pending[0] is _DELETED:
+        value = self.get(key, _DELETED)
+        if value is _DELETED:
             raise KeyError(key)
-        return pending[0]
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._pending[key] = (value, current_event())
@@ -72,12 +79,7 @@ class BatchWrites(MutableMapping[str, Any]):
         self._pending[key] = (_DELETED, current_event())
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        pending = self._pending.get(key)
-        if pending is None:
-            return key in self.table
-        return pending[0] is not _DELETED
+        return isinstance(key, str) and self.get(key, _DELETED) is not _DELETED
 
     def __iter__(self) -> Iterator[str]:
         for key in self.table:
@@ -103,6 +105,8 @@ class BatchWrites(MutableMapping[str, Any]):
         """
         written = 0
         pending, self._pending = self._pending, {}
+        # Past the batch another worker may own the partition: nothing read is trusted after it.
+        self._read.clear()
         try:
             for key, (value, event) in pending.items():
                 # faust writes a key's changelog to the partition of the stream's current event.

@@ -147,3 +147,26 @@ def test_an_erased_patients_key_is_dropped_and_a_failing_key_does_not_lose_the_o
     assert batched.flush(stream) == 1
     assert table.writes == [("fine", 3, "event-1")]
     assert batched.pending == 0, "a failed key is not retried forever"
+
+
+def test_what_a_batch_read_is_read_once_and_forgotten_at_the_flush(stream: RecordingStream) -> None:
+    reads: list[str] = []
+
+    class Counting(RecordingTable):
+        def __getitem__(self, key: str) -> Any:
+            reads.append(key)
+            return super().__getitem__(key)
+
+    table = Counting(stream, {"decided": {"n": 1}})
+    batched = BatchWrites(table, name="share-decided")
+    routing("event-1")
+    assert [batched.get("decided"), batched.get("decided"), batched.get("absent")] == [
+        {"n": 1},
+        {"n": 1},
+        None,
+    ]
+    assert "absent" not in batched
+    assert reads == ["decided", "absent"], "each key read from the table once in the batch"
+    table.data["decided"] = {"n": 2}  # another owner of the partition, after this batch
+    batched.flush(stream)
+    assert batched.get("decided") == {"n": 2}, "nothing read is trusted past the batch"
