@@ -4,8 +4,8 @@ The series are defined in :mod:`hub.metrics` (the ground floor: a gateway or con
 registry without loading the pipeline); reading a stage's outputs to count them needs the records'
 shapes (receipts, the DLQ's headers, pathway events, AuditEvents' share decisions, alerts), so it
 lives here, with the agents that send them. :func:`observe` (or :func:`count_outputs`, before a
-worker seals its outputs) decodes the JSON of the records it needs: one JSON read per such record on
-top of the stage's own work, accepted for now. Labels are codes only (:func:`hub.metrics.label`).
+worker seals its outputs) reads the document a record was encoded from (``Outgoing.plain``), or
+decodes the record's JSON when the stage did not keep it. Labels are codes only (:func:`hub.metrics.label`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _count(out: Outgoing) -> None:
         return
     if not any(_topic_is(topic, name) for name in (RECEIPTS, PATHWAY, AUDIT_UNSEALED, ALERTS)):
         return
-    value = _decode(out.value)
+    value = out.plain if out.plain is not None else _decode(out.value)
     if not isinstance(value, dict):
         return
     if _topic_is(topic, RECEIPTS):

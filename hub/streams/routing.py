@@ -35,7 +35,7 @@ def receipt_records(
     ``registered``, on that source's own ``hub.receipts.<source>.v1`` (hub.ingest.receipts)."""
     encoded = encode_json(value)
     where = receipt_topics(topics, value.get("source"), registered=registered)
-    return [Outgoing(topic, key.encode(), encoded) for topic in where]
+    return [Outgoing(topic, key.encode(), encoded, plain=value) for topic in where]
 
 
 class IngestRouter:
@@ -250,6 +250,7 @@ class IdentityRouter:
                         send.key.encode(),
                         encode_json(send.value),
                         encode_headers({EVENT_ID_HEADER: send.value["event_id"]}),
+                        plain=send.value,
                     )
                 )
             elif send.topic == "identity":
@@ -282,7 +283,7 @@ class ShareRouter:
             return []
         return self._with_alerts(
             [
-                Outgoing(share.topic, share.key.encode(), encode_json(share.value))
+                Outgoing(share.topic, share.key.encode(), encode_json(share.value), plain=share.value)
                 for share in self.stage.handle(event, now=now)
             ],
             now=now,
@@ -292,7 +293,7 @@ class ShareRouter:
         """Every record to produce for one ``hub.share-merge.v1`` record."""
         return self._with_alerts(
             [
-                Outgoing(share.topic, share.key.encode(), encode_json(share.value))
+                Outgoing(share.topic, share.key.encode(), encode_json(share.value), plain=share.value)
                 for share in self.stage.handle_merge(decode_json(value))
             ]
         )
@@ -326,6 +327,8 @@ class AlertRouter:
         if practice is None:
             return []
         return [
-            Outgoing(self.topics.alerts, alert.practitioner.encode(), encode_json(alert.value))
+            Outgoing(
+                self.topics.alerts, alert.practitioner.encode(), encode_json(alert.value), plain=alert.value
+            )
             for alert in self.stage.handle(practice, decode_json(value), now=now)
         ]

@@ -177,6 +177,24 @@ def test_an_integer_beyond_64_bits_survives_the_round_trip_exactly() -> None:
     assert isinstance(decode_json(b"123456789012345678901234567890"), int)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"-9223372036854775809",
+        b"[18446744073709551616, 1]",
+        b'{"v": 0.12345678901234567890123}',
+        b"[NaN, Infinity]",
+        b'"\\ud800"',
+        b"[1e400]",
+        b'{"a": 1, "a": 2, "b": [true, null, -0.0, 1.5e-7, "\\u00e9"]}',
+    ],
+)
+def test_decode_reads_every_value_as_the_standard_library_does(text: bytes) -> None:
+    """orjson reads most records; what it would read inexactly or refuse goes to the standard library."""
+    decoded, expected = decode_json(text), json.loads(text)
+    assert repr(decoded) == repr(expected)
+
+
 def test_canonical_bytes_sort_keys_and_keep_the_standard_number_format() -> None:
     """Event ids and signed checkpoints are computed over these bytes: they must never change."""
     document = {"b": 1e-05, "a": {"d": 1e16, "c": "é"}}
