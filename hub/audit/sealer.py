@@ -1,11 +1,12 @@
 """The sealing stage's state, pure: one chain head per partition, when each is due a checkpoint, and
 what a sealer taking a partition over must do with what it finds there.
 
-The stage that drives it (:mod:`hub.audit.stage`) is the single writer of each chain: it reads
-``hub.audit-unsealed.v1`` partition *p* with ``concurrency=1`` and writes ``hub.audit.v1`` partition
-*p*. A head is only trusted while the partition stays assigned; after a (re)assignment the stage
-verifies the partition's records from the last signed checkpoint (or from the start) with the same
-rules as ``hub audit verify`` (:mod:`hub.audit.verify`), and :func:`assess_takeover` says what to do:
+The writer that drives it (:class:`hub.audit.stage.ChainWriter`) is the single writer of each chain:
+it appends the share agents' AuditEvents and what the sealing agent reads from
+``hub.audit-unsealed.v1`` partition *p* to ``hub.audit.v1`` partition *p*. A head is only trusted
+while the partition stays assigned; after a (re)assignment the stage verifies the partition's
+records from the last signed checkpoint (or from the start) with the same rules as
+``hub audit verify`` (:mod:`hub.audit.verify`), and :func:`assess_takeover` says what to do:
 
 - the last record is authentic and links: continue from it (a restart or a redelivery continues the
   chain instead of forking it);

@@ -1,7 +1,10 @@
-"""The sealing stage: a thin faust agent that chains ``hub.audit-unsealed.v1`` into ``hub.audit.v1``.
+"""The audit chains' one writer per partition (:class:`ChainWriter`), and the sealing agent that
+chains ``hub.audit-unsealed.v1`` into ``hub.audit.v1`` with it.
 
-Every stage writes its AuditEvents, unsealed, to ``hub.audit-unsealed.v1`` (same key, same partition
-count); this agent, ``concurrency=1``, is the one writer of each ``hub.audit.v1`` partition. It sends
+The share agents chain their decisions' AuditEvents with the writer as they send them; every other
+stage writes its AuditEvents, unsealed, to ``hub.audit-unsealed.v1`` (same key, same partition
+count), which this agent, ``concurrency=1``, appends. The writer is the one writer of each
+``hub.audit.v1`` partition the worker holds (co-partitioned with the pathway). It sends
 each sealed record at once (``force=True``, not as a faust attachment), so records reach the chain in
 the order they were sealed, and faust flushes the producer before it commits an input offset: a
 committed input is always sealed. A checkpoint is sent only after the record it vouches for is
@@ -190,71 +193,116 @@ def _kinds(problems: Iterable[Problem]) -> dict[str, int]:
     return dict(Counter(problem.kind for problem in problems))
 
 
-def add_sealing_agent(  # noqa: PLR0915 - one wiring function: the agent, its hooks and its timer
-    app: faust.App,
-    settings: Settings,
-    topics: TopicNames,
-    raw_topic: Callable[[str], faust.TopicT],
-    *,
-    chain_key: ChainKey | None = None,
-) -> None:
-    """Register the sealing agent, its idle-checkpoint timer and its rebalance hook on ``app``.
+class ChainWriter:
+    """The one writer of each ``hub.audit.v1`` partition this worker holds: seals, sends, checkpoints.
 
-    Without ``chain_key`` it comes from the settings, and a worker without one does not start
-    (SecretUnavailable): it would otherwise seal records anyone could forge.
+    Two agents append: the sealing agent (each stage's AuditEvents read from ``hub.audit-unsealed.v1``)
+    and the share agents (their decisions' AuditEvents, written here directly: the record is keyed by
+    the patient, on the partition of the pathway event being decided, which the worker holds with the
+    chain). A lock per partition keeps seal-then-send atomic, so records reach the log in the order
+    they were chained. Before the first record of a partition, the partition is verified from its
+    last signed checkpoint (:func:`recover_chain`); a head is forgotten when the partition is revoked.
     """
-    chain_key = chain_key or chain_key_from_settings(settings)
-    signer = signer_from_settings(settings)
-    if signer is None:
-        # The chain still shows a changed, forged, replayed or removed record; only a cut tail goes unseen.
-        log.warning(
-            "audit.checkpoints_off",
-            hint="set HUB_AUDIT_SIGNING_KEY_FILE to an Ed25519 key to sign audit checkpoints",
-        )
-    public_key = None if signer is None else signer.public_key()
-    sealer = Sealer(
-        signer,
-        chain_key,
-        every_records=settings.audit_checkpoint_records,
-        every_seconds=settings.audit_checkpoint_seconds,
-    )
-    unsealed = raw_topic(topics.audit_unsealed)
-    audit = raw_topic(topics.audit)
-    checkpoints = raw_topic(topics.audit_checkpoints)
-    #: Per partition, the last sealed head and its delivery: a checkpoint waits for it.
-    pending: dict[int, tuple[ChainHead, Awaitable[Any]]] = {}
 
-    async def send_checkpoint(partition: int) -> None:
-        head, delivered = pending[partition]
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        topics: TopicNames,
+        raw_topic: Callable[[str], faust.TopicT],
+        *,
+        chain_key: ChainKey | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.topics = topics
+        #: Without a chain key a worker does not start (SecretUnavailable): it would otherwise seal
+        #: records anyone could forge.
+        self.chain_key = chain_key or chain_key_from_settings(settings)
+        self.signer = signer_from_settings(settings)
+        if self.signer is None:
+            # The chain still shows a changed, forged, replayed or removed record; only a cut tail is unseen.
+            log.warning(
+                "audit.checkpoints_off",
+                hint="set HUB_AUDIT_SIGNING_KEY_FILE to an Ed25519 key to sign audit checkpoints",
+            )
+        self.public_key = None if self.signer is None else self.signer.public_key()
+        self.sealer = Sealer(
+            self.signer,
+            self.chain_key,
+            every_records=settings.audit_checkpoint_records,
+            every_seconds=settings.audit_checkpoint_seconds,
+        )
+        self.audit = raw_topic(topics.audit)
+        self.checkpoints = raw_topic(topics.audit_checkpoints)
+        #: Per partition, the last sealed head and its delivery: a checkpoint waits for it.
+        self.pending: dict[int, tuple[ChainHead, Awaitable[Any]]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    async def append(self, partition: int, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        """Chain one AuditEvent onto ``partition`` and send it; the future of its acknowledgement."""
+        lock = self._locks.setdefault(partition, asyncio.Lock())
+        async with lock:
+            if not self.sealer.knows(partition):
+                await self._take_over(partition)
+            delivered = await self._send_sealed(partition, key, value)
+            if self.sealer.checkpoint_due(partition, now=time.monotonic()):
+                await self._send_checkpoint(partition)
+        return delivered
+
+    def forget(self, partitions: set[int]) -> None:
+        """Partitions revoked: another worker may chain them now, and a head held here would fork them."""
+        self.sealer.forget(partitions)
+        for partition in partitions:
+            self.pending.pop(partition, None)
+
+    async def checkpoint_idle(self) -> None:
+        """A quiet chain still gets its last records checkpointed within the interval."""
+        for partition in self.sealer.due(now=time.monotonic()):
+            if partition in self.pending:
+                async with self._locks.setdefault(partition, asyncio.Lock()):
+                    if partition in self.pending and self.sealer.checkpoint_due(
+                        partition, now=time.monotonic()
+                    ):
+                        await self._send_checkpoint(partition)
+
+    async def _send_checkpoint(self, partition: int) -> None:
+        head, delivered = self.pending[partition]
         metadata = await delivered
-        checkpoint = sealer.checkpoint(
+        checkpoint = self.sealer.checkpoint(
             partition,
             head,
             at=datetime.now(UTC),
             now=time.monotonic(),
             offset=getattr(metadata, "offset", None),
         )
-        await checkpoints.send(
+        await self.checkpoints.send(
             key=str(partition).encode(), value=encode_checkpoint(checkpoint), partition=partition, force=True
         )
         log.info("audit.checkpoint", partition=partition, seq=head.seq)
 
-    async def send_sealed(
-        partition: int, key: bytes | None, value: bytes, *, break_reason: str | None = None
-    ) -> None:
-        sealed = sealer.seal(partition, key, value, break_reason=break_reason)
-        delivered = await audit.send(
+    async def _send_sealed(
+        self, partition: int, key: bytes | None, value: bytes, *, break_reason: str | None = None
+    ) -> Awaitable[Any]:
+        sealed = self.sealer.seal(partition, key, value, break_reason=break_reason)
+        delivered: Awaitable[Any] = await self.audit.send(
             key=key, value=value, partition=partition, headers=list(sealed.headers), force=True
         )
-        pending[partition] = (sealed.head, delivered)
+        self.pending[partition] = (sealed.head, delivered)
+        return delivered
 
-    async def take_over(partition: int) -> None:
+    async def _take_over(self, partition: int) -> None:
         # Anything this process still has in flight must be in the log before reading it back.
-        await app.producer.flush()
+        await self.app.producer.flush()
         takeover = await asyncio.to_thread(
-            recover_chain, settings.bootstrap_servers, topics, partition, chain_key, public_key
+            recover_chain,
+            self.settings.bootstrap_servers,
+            self.topics,
+            partition,
+            self.chain_key,
+            self.public_key,
         )
-        sealer.start(partition, takeover.head, now=time.monotonic())
+        self.sealer.start(partition, takeover.head, now=time.monotonic())
         if takeover.earlier:
             log.warning(
                 "audit.chain_problems",
@@ -288,38 +336,48 @@ def add_sealing_agent(  # noqa: PLR0915 - one wiring function: the agent, its ho
             "`hub audit verify`, and find out who wrote to the audit topic",
         )
         event = chain_break_event(
-            takeover, topic=topics.audit, chain_key_id=chain_key.key_id, recorded=datetime.now(UTC)
+            takeover, topic=self.topics.audit, chain_key_id=self.chain_key.key_id, recorded=datetime.now(UTC)
         )
-        value = encode_json(event)
-        await send_sealed(partition, BREAK_KEY, value, break_reason=takeover.break_reason)
+        await self._send_sealed(partition, BREAK_KEY, encode_json(event), break_reason=takeover.break_reason)
+
+
+def add_sealing_agent(
+    app: faust.App,
+    settings: Settings,
+    topics: TopicNames,
+    raw_topic: Callable[[str], faust.TopicT],
+    *,
+    chain_key: ChainKey | None = None,
+) -> ChainWriter:
+    """Register the sealing agent, its idle-checkpoint timer and its rebalance hook on ``app``.
+
+    The agent chains what the other stages write to ``hub.audit-unsealed.v1``; the returned writer is
+    the same one the share agents append their decisions' AuditEvents with.
+    """
+    writer = ChainWriter(app, settings, topics, raw_topic, chain_key=chain_key)
 
     async def seal_records(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
-            partition = message.partition
-            if not sealer.knows(partition):
-                await take_over(partition)
-            await send_sealed(partition, message.key, message.value or b"")
-            if sealer.checkpoint_due(partition, now=time.monotonic()):
-                await send_checkpoint(partition)
+            await writer.append(message.partition, message.key, message.value or b"")
 
-    app.agent(unsealed, name="audit-seal", concurrency=1)(seal_records)
+    app.agent(raw_topic(topics.audit_unsealed), name="audit-seal", concurrency=1)(seal_records)
+
+    # The chain of partition p is written by the agents holding hub.audit-unsealed.v1 p and
+    # hub.pathway.v1 p (and hub.share-merge.v1 p): co-partitioned, so one worker holds them all.
+    chained_from = {topics.audit_unsealed, topics.pathway, topics.share_merge}
 
     def on_revoked(_sender: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
-        # Another worker may seal these now: a head held here would fork the chain on return.
         revoked = args[0] if args else _kwargs.get("revoked", ())
-        gone = {tp.partition for tp in revoked if tp.topic == topics.audit_unsealed}
-        sealer.forget(gone)
-        for partition in gone:
-            pending.pop(partition, None)
+        writer.forget({tp.partition for tp in revoked if tp.topic in chained_from})
 
     app.on_partitions_revoked.connect(on_revoked)
 
-    if signer is not None:
+    if writer.signer is not None:
 
         @app.timer(interval=max(1.0, settings.audit_checkpoint_seconds / 2))  # type: ignore[untyped-decorator]
         async def checkpoint_idle_chains() -> None:
             """A quiet chain still gets its last records checkpointed within the interval."""
-            for partition in sealer.due(now=time.monotonic()):
-                if partition in pending:
-                    await send_checkpoint(partition)
+            await writer.checkpoint_idle()
+
+    return writer

@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 
+from hub.audit.stage import ChainWriter
 from hub.crypto.keyring import Keyring
 from hub.crypto.records import RecordOpener, RecordSealer
 from hub.errors import CryptoError, ErrorCode, KeyDestroyed
@@ -37,6 +38,11 @@ log = get_logger(__name__)
 #: at low load; :meth:`Agents.add`).
 BATCH_MAX = 200
 BATCH_WITHIN_SECONDS = 0.01
+
+#: The stages whose AuditEvents are chained into ``hub.audit.v1`` as they are sent, instead of going
+#: through ``hub.audit-unsealed.v1`` and the sealing agent: their records are keyed by patient, so the
+#: partition of the record being routed is the partition of its AuditEvents' chain, held by this worker.
+CHAINING_STAGES = frozenset({"share", "share-merge"})
 
 #: ``route(message)``: the plain records one input gives.
 Route = Callable[[Any], list[Outgoing]]
@@ -161,6 +167,8 @@ class Agents:
         self.raw_topic = raw_topic
         #: Every table, each flushed by the agent that wrote it at the end of its batch.
         self.tables: list[BatchWrites] = []
+        #: The audit chains' writer: the CHAINING_STAGES chain their AuditEvents with it directly.
+        self.chain: ChainWriter | None = None
 
     def table(self, name: str) -> BatchWrites:
         """A table of the worker (:func:`make_table`), flushed after each batch of any agent."""
@@ -194,7 +202,16 @@ class Agents:
         """
         owner = {id(out): message for message, outs in batch for out in outs}
         records = [out for _, outs in batch for out in outs]
-        for refused in await deliver(self.send, records, stage=name):
+        chain = self.chain if name in CHAINING_STAGES else None
+
+        async def send(out: Outgoing) -> Any:
+            message = owner.get(id(out))
+            if chain is None or message is None or out.topic != self.crypto.topics.audit_unsealed:
+                return await self.send(out)
+            # Chained here, on the partition of the event decided (hub.audit.stage.ChainWriter).
+            return await chain.append(message.partition, out.key, out.value or b"")
+
+        for refused in await deliver(send, records, stage=name):
             counting.failed(name)
             log.error("stage.record_refused", stage=name, topic=refused.record.topic, error=refused.error)
             if replacing is None:

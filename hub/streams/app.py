@@ -196,8 +196,9 @@ def create_app(
     agents.add("share", raw_topic(topics.pathway), lambda m: share.route(m.value))
     # Carry a linked identity's sharing state to the surviving id (co-partitioned with the pathway).
     agents.add("share-merge", raw_topic(topics.share_merge), lambda m: share.route_merge(m.value))
-    # Chain every stage's AuditEvents into hub.audit.v1, one writer per partition (hub.audit).
-    add_sealing_agent(app, settings, topics, raw_topic, chain_key=audit_chain_key)
+    # Chain every stage's AuditEvents into hub.audit.v1, one writer per partition (hub.audit): the
+    # share agents' as they send them, the other stages' from hub.audit-unsealed.v1.
+    agents.chain = add_sealing_agent(app, settings, topics, raw_topic, chain_key=audit_chain_key)
 
     @app.timer(interval=REGISTRY_CHECK_SECONDS)  # type: ignore[untyped-decorator]  # faust's is untyped
     async def refresh_sources() -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from hub.consent.audit import share_decisions
@@ -112,7 +113,7 @@ def publish(env: HubEnv, resource: dict[str, Any], message_id: str) -> None:
 
 
 def test_each_recipient_gets_what_it_may_and_an_objection_stops_what_follows(
-    hub_env: HubEnv, worker: subprocess.Popen[bytes]
+    hub_env: HubEnv, worker: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     """Care team (declared GP, treating hospital) receives, an outsider never; after an objection, nobody."""
     publish(hub_env, admission(), "adm-1")
@@ -144,6 +145,12 @@ def test_each_recipient_gets_what_it_may_and_an_objection_stops_what_follows(
     assert [(d["event_id"], d["recipient"], d["verdict"], d["rule"], d["released_by"]) for d in released] == [
         (patient_event, "hosp-a", "permit", "care_team", encounter_event)
     ]
+    # The share agents chain their AuditEvents themselves (hub.audit.stage.ChainWriter): none goes
+    # through hub.audit-unsealed.v1 and the sealing agent, and the chain they wrote verifies.
+    unsealed = [r.json_value() for r in hub_env.settle(hub_env.topics.audit_unsealed, quiet=0.5)]
+    assert not [audit for audit in unsealed if share_decisions(audit)]
+    verified = hub_env.cli("audit", "verify", "--state", str(tmp_path / "verified.json"))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
     received = {
         r["id"]: {
