@@ -37,7 +37,7 @@ log = get_logger(__name__)
 #: A batch: at most this many records, or those that arrived within this time (a hop's added latency
 #: at low load; :meth:`Agents.add`).
 BATCH_MAX = 200
-BATCH_WITHIN_SECONDS = 0.01
+BATCH_WITHIN_SECONDS = 0.002
 
 #: The stages whose AuditEvents are chained into ``hub.audit.v1`` as they are sent, instead of going
 #: through ``hub.audit-unsealed.v1`` and the sealing agent: their records are keyed by patient, so the
