@@ -18,7 +18,10 @@ docs/STATE.md has the bound of every table and how to size a worker.
   folder would wait on each other's locks. A worker takes the first folder of its app that no other
   process holds (``<app id>-data``, then ``<app id>-data-2``...), locked until it exits.
 - A folder copies particular changelog topics: a table whose changelog was deleted and made again
-  since is dropped at start (:func:`forget_foreign_tables`) and rebuilt, never resumed from.
+  since is dropped at start (:func:`forget_foreign_tables`) and rebuilt, never resumed from; so is a
+  folder written by an earlier format of this store (:data:`STORE_FORMAT`).
+- Every database is opened with the hub's options only, never with those its OPTIONS file kept:
+  reloaded, they stacked a second TTL filter that dropped live entries (:class:`BoundedOptions`).
 """
 
 from __future__ import annotations
@@ -60,8 +63,14 @@ MAX_OPEN_FILES = 64
 #: exceed any sensible partition count (docs/DEPLOY.md, Scaling).
 MAX_FOLDERS = 64
 
-#: In a worker's faust table folder: the changelogs (table → Kafka topic id) its databases copy.
+#: In a worker's faust table folder: the changelogs (table → Kafka topic id) its databases copy, and
+#: the format of the store that wrote them (:data:`STORE_FORMAT`).
 CHANGELOGS_FILE = "changelogs.json"
+#: 2: the databases are opened with the hub's options only (:class:`BoundedOptions`). A folder of an
+#: earlier format may have lost entries at a compaction (a TTL filter applied twice): rebuilt once.
+STORE_FORMAT = 2
+#: RocksDB's one column family, the only one faust's store uses.
+DEFAULT_COLUMN_FAMILY = "default"
 
 SECONDS_PER_DAY = 24 * 3600
 #: The table folders this process holds, locked until it exits (the kernel releases the lock, even
@@ -84,11 +93,43 @@ def memory_budget(total_bytes: int) -> tuple[rocksdict.Cache, rocksdict.WriteBuf
 
 
 class BoundedOptions(RocksDBOptions):
-    """faust's RocksDB (rocksdict) options, every database opened within the process's memory budget."""
+    """faust's RocksDB (rocksdict) options, every database opened within the process's memory budget.
+
+    Opened with exactly these options (:meth:`open`), never with those a database's OPTIONS file kept
+    from its last session. Without them given, rocksdict reopens an existing database with the
+    options in that file; once the process has opened one TTL database (RocksDB then knows its TTL
+    filter's name), that file's ``TtlCompactionFilterFactory`` is rebuilt as the column family's own
+    filter, and RocksDB's TTL wraps it in a second one. The inner filter then reads the last four
+    bytes of each value (the stored value, its timestamp already taken off) as a write time: at the
+    next compaction it drops live entries whose bytes read as an old time, faust's changelog offset
+    (``b"6147"``, a date in 1999) among them, so a restart read the whole partition again
+    (docs/STATE.md, "Restart").
+    """
 
     def __init__(self, budget_bytes: int, **options: Any) -> None:
         super().__init__(**options)
         self.budget_bytes = budget_bytes
+
+    def open(self, path: Path, *, read_only: bool = False) -> Any:
+        """Open the database at ``path`` with these options, and these only (see the class's text).
+
+        ``read_only`` is faust's argument for python-rocksdb; with rocksdict faust opens read-write too.
+        A ``rocksdict.Rdict`` in raw mode (bytes keys and values), typed as faust's ``open`` is.
+        """
+        access = (
+            rocksdict.AccessType.read_write() if self.ttl is None else rocksdict.AccessType.with_ttl(self.ttl)
+        )
+        db = rocksdict.Rdict(
+            str(path),
+            options=self.as_options(),
+            # The default column family's options given here, not read back from the database's
+            # OPTIONS file: that file names the TTL filter of the last session, which rocksdict
+            # would load and RocksDB wrap in another one (see the class's text).
+            column_families={DEFAULT_COLUMN_FAMILY: self.as_options()},
+            access_type=access,
+        )
+        db.set_read_options(rocksdict.ReadOptions())
+        return db
 
     def as_options(self) -> rocksdict.Options:
         """faust's own options (raw keys, bloom filters, binary-search index), with the shared budget."""
@@ -117,6 +158,8 @@ class RocksDBStore(FaustRocksDBStore):
 
     The table's options carry the budget (``memory_budget_bytes``) and, for the dedupe tables, the TTL.
     """
+
+    rocksdb_options: BoundedOptions
 
     def __init__(self, url: Any, app: Any, table: Any, *, options: dict[str, Any], **kwargs: Any) -> None:
         options = dict(options)
@@ -217,14 +260,18 @@ def forget_foreign_tables(tabledir: Path, changelog_ids: Mapping[str, str]) -> l
     A database says up to which changelog offset it holds data; against another topic of the same
     name (deleted and made again, a new broker) that offset means nothing, and faust would go on with
     stale entries (a message still "seen", a patient's old state). ``changelog_ids`` gives each
-    table's changelog topic id; the folder keeps those it was built from (:data:`CHANGELOGS_FILE`).
-    A table whose id changed, or any table of a folder that kept none, is removed, to be rebuilt
+    table's changelog topic id; the folder keeps those it was built from (:data:`CHANGELOGS_FILE`),
+    with the store's format. A table whose id changed, or any table of a folder that kept none or
+    was written by another format of the store (:data:`STORE_FORMAT`), is removed, to be rebuilt
     from its changelog. Returns the tables removed.
     """
     try:
-        built_from = json.loads((tabledir / CHANGELOGS_FILE).read_text(encoding="utf-8"))
+        kept = json.loads((tabledir / CHANGELOGS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        built_from = {}
+        kept = {}
+    built_from = (
+        kept.get("changelogs", {}) if isinstance(kept, dict) and kept.get("format") == STORE_FORMAT else {}
+    )
     removed = []
     for table, topic_id in sorted(changelog_ids.items()):
         if built_from.get(table) == topic_id:
@@ -236,5 +283,8 @@ def forget_foreign_tables(tabledir: Path, changelog_ids: Mapping[str, str]) -> l
         if stale:
             removed.append(table)
     tabledir.mkdir(parents=True, exist_ok=True)
-    (tabledir / CHANGELOGS_FILE).write_text(json.dumps(dict(changelog_ids), sort_keys=True), encoding="utf-8")
+    (tabledir / CHANGELOGS_FILE).write_text(
+        json.dumps({"format": STORE_FORMAT, "changelogs": dict(changelog_ids)}, sort_keys=True),
+        encoding="utf-8",
+    )
     return removed

@@ -166,8 +166,9 @@ def create_contract_topics(settings: Settings, source_ids: Iterable[str] | None 
 
 
 def forget_foreign_tables_of(settings: Settings, tabledir: Path) -> None:
-    """Before faust opens them: drop the folder's tables whose changelog is another topic now
-    (hub.streams.store.forget_foreign_tables); faust then rebuilds them from the changelogs."""
+    """Before faust opens them: drop the folder's tables whose changelog is another topic now, or all
+    of a folder an earlier store format wrote (hub.streams.store.forget_foreign_tables); faust then
+    rebuilds them from the changelogs."""
     changelogs = {table: TopicNames.changelog(settings.app_id, table) for table in TABLES}
     ids = topic_ids(
         settings.bootstrap_servers, changelogs.values(), security=KafkaSecurity.from_settings(settings)
@@ -176,7 +177,11 @@ def forget_foreign_tables_of(settings: Settings, tabledir: Path) -> None:
     known = {table: ids[topic] for table, topic in changelogs.items() if topic in ids}
     removed = forget_foreign_tables(tabledir, known)
     if removed:
-        log.warning("tables.rebuilt", tables=removed, reason="changelog topic not the one the folder copies")
+        log.warning(
+            "tables.rebuilt",
+            tables=removed,
+            reason="changelog topic not the one the folder copies, or a folder of an earlier store format",
+        )
 
 
 def run_worker(settings: Settings) -> None:

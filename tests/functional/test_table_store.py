@@ -3,6 +3,7 @@ the de-duplication horizon in RocksDB and in the changelogs, one folder per work
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,14 @@ from hub.streams.app import create_app
 from hub.streams.store import (
     DECISION_TABLES,
     HORIZON_TABLES,
+    STORE_FORMAT,
+    BoundedOptions,
     RocksDBStore,
     changelog_configs,
     claim_table_folder,
     forget_foreign_tables,
     memory_budget,
+    table_options,
 )
 from hub.streams.tables import TABLES
 
@@ -123,6 +127,59 @@ def test_an_entry_past_the_ttl_is_gone_after_compaction_and_other_tables_keep_th
         db.close()
 
 
+#: faust's own entry in each database: the changelog offset it holds data up to.
+OFFSET_KEY = b"__faust\x00offset__"
+
+
+def test_databases_reopened_in_one_process_keep_every_entry_and_their_offset_through_a_compaction(
+    tmp_path: Path,
+) -> None:
+    """What a restarted worker does with its folder: every table's databases opened again in one
+    process, then compacted (RocksDB does it by itself once a database has 4 files).
+
+    Opened with a database's own OPTIONS file, every TTL database but the process's first got RocksDB's
+    TTL filter twice, the inner one reading a value's last 4 bytes as its write time: the compaction
+    dropped faust's offset (``b"6147"`` reads as 1999) and every entry whose value ends like it, and
+    the worker read the whole changelog partition again (hub.streams.store.BoundedOptions).
+    """
+    settings = Settings(bootstrap_servers="127.0.0.1:1", table_dir=tmp_path / "tables")
+    tables = sorted(HORIZON_TABLES | DECISION_TABLES | {"identity-aliases"})
+    options = {}
+    for table in tables:
+        stored = table_options(settings, table) or {}
+        options[table] = BoundedOptions(
+            stored["memory_budget_bytes"], ttl=stored.get("ttl"), use_rocksdict=True
+        )
+    # Values ending in digits, as faust's offset does, and in JSON: both must survive.
+    written = {
+        f"{table}-{partition}": {
+            **{
+                f'"key-{i}"'.encode(): f'{{"at":"2026-12-0{i % 9 + 1}","n":{i}}}'.encode() for i in range(200)
+            },
+            **{f'"digits-{i}"'.encode(): f"{6000 + i}".encode() for i in range(200)},
+            OFFSET_KEY: b"6147",
+        }
+        for table in tables
+        for partition in range(2)
+    }
+    for name, entries in written.items():
+        db = options[name.rsplit("-", 1)[0]].open(tmp_path / f"{name}.db")
+        for key, value in entries.items():
+            db.put(key, value)
+        db.close()
+
+    databases = {name: options[name.rsplit("-", 1)[0]].open(tmp_path / f"{name}.db") for name in written}
+    for db in databases.values():
+        db.compact_range(None, None)
+    kept = {name: dict(db.items()) for name, db in databases.items()}
+    for db in databases.values():
+        db.close()
+    for name, entries in written.items():
+        lost = sorted(set(entries) - set(kept[name]))
+        assert not lost, f"{name}: {len(lost)} of {len(entries)} entries dropped, e.g. {lost[:3]}"
+        assert kept[name] == entries, name
+
+
 def test_the_dedupe_changelogs_are_deleted_past_the_horizon_and_the_others_only_compacted() -> None:
     """Else a worker rebuilding a dedupe table from its changelog would bring forgotten entries back."""
     settings = Settings(dedupe_horizon_days=400)
@@ -174,3 +231,20 @@ def test_a_folder_built_from_another_changelog_of_the_same_name_is_rebuilt(tmp_p
         "identity-seen-messages-0.db",
         "share-state-backups",
     ]
+
+
+def test_a_folder_written_by_an_earlier_store_format_is_rebuilt(tmp_path: Path) -> None:
+    """Folders of the store before STORE_FORMAT 2 may have lost entries at a compaction (the TTL filter
+    applied twice): their tables are removed once, then the folder is kept."""
+    tables = tmp_path / "v1" / "tables"
+    (tables / "identity-seen-events-0.db").mkdir(parents=True)
+    ids = {"identity-seen-events": "id-1"}
+    # The earlier format: the changelogs' ids only.
+    (tables / "changelogs.json").write_text('{"identity-seen-events": "id-1"}', encoding="utf-8")
+    assert forget_foreign_tables(tables, ids) == ["identity-seen-events"]
+    assert json.loads((tables / "changelogs.json").read_text(encoding="utf-8")) == {
+        "format": STORE_FORMAT,
+        "changelogs": ids,
+    }
+    (tables / "identity-seen-events-0.db").mkdir()
+    assert forget_foreign_tables(tables, ids) == []

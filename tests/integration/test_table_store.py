@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from hub.crypto.envelope import is_envelope
@@ -312,3 +313,77 @@ def recreate_changelogs(env: HubEnv) -> None:
         admin.close()
     result = env.cli("topics", "create", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: Records written to each dedupe changelog's partition 0 before the worker starts: more than 999, so
+#: that faust's offset entry has four digits (a TTL filter applied twice reads them as a 1999 date).
+REBUILT_RECORDS = 1_100
+
+
+def write_changelog_entries(env: HubEnv, tables: list[str], count: int) -> None:
+    """``count`` entries of each table, written to partition 0 of its changelog as faust writes them
+    (JSON key and value); no input of the test names them."""
+    app_id = env.environ["HUB_APP_ID"]
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap, acks="all", enable_idempotence=True)
+    for table in tables:
+        for i in range(count):
+            key = json.dumps(f"rebuilt-{table}-{i}").encode()
+            producer.send(TopicNames.changelog(app_id, table), key=key, value=b'{"n": %d}' % i, partition=0)
+    producer.flush()
+    producer.close()
+
+
+def compact_as_rocksdb_will(folder: Path) -> dict[str, int]:
+    """Every database of the folder opened in one process as the worker opens them, then compacted (what
+    RocksDB does by itself once a database has 4 files); asserts that each keeps every entry, faust's
+    offset included. Returns the entries of each database."""
+    settings = Settings()
+    databases = {}
+    for path in sorted(folder.glob("v1/tables/*.db")):
+        options = table_options(settings, path.name.rsplit("-", 1)[0]) or {}
+        databases[path.name] = BoundedOptions(
+            options["memory_budget_bytes"], ttl=options.get("ttl"), use_rocksdict=True
+        ).open(path)
+    try:
+        before = {name: dict(db.items()) for name, db in databases.items()}
+        for db in databases.values():
+            db.compact_range(None, None)
+        after = {name: dict(db.items()) for name, db in databases.items()}
+    finally:
+        for db in databases.values():
+            db.close()
+    for name, entries in before.items():
+        lost = sorted(set(entries) - set(after[name]))
+        assert not lost, (
+            f"{name}: the compaction dropped {len(lost)} of {len(entries)} entries, e.g. {lost[:3]}"
+        )
+    return {name: len(entries) for name, entries in after.items()}
+
+
+def test_a_worker_restarted_on_a_folder_rebuilt_from_the_changelogs_reads_none_of_them_again(
+    hub_env: HubEnv,
+) -> None:
+    """A worker on an empty folder rebuilds its tables from the changelogs; its folder survives a
+    compaction whole; restarted on it, the worker reads no changelog record again.
+
+    ``hub bench --state-patients`` found the restart reading a whole dedupe or decision partition
+    again: reopened with their OPTIONS file, the TTL databases got RocksDB's TTL filter twice, and the
+    first compaction dropped faust's offset entry (hub.streams.store.BoundedOptions).
+    """
+    records, _ = demo_inputs(hub_env)
+    result = hub_env.cli("topics", "create", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rebuilt = ["identity-seen-messages", "identity-seen-events"]
+    write_changelog_entries(hub_env, rebuilt, REBUILT_RECORDS)
+
+    # The new input's receipt: the worker only takes inputs once its tables are rebuilt.
+    read = resend_to_a_worker(hub_env, "rebuild", records[0], {}, expected="accepted")
+    assert {table: read.get(table, 0) for table in rebuilt} == dict.fromkeys(rebuilt, REBUILT_RECORDS), read
+
+    kept = compact_as_rocksdb_will(table_folder(hub_env))
+    for table in rebuilt:
+        # The rebuilt entries and faust's offset, in the partition they were written to.
+        assert kept[f"{table}-0.db"] >= REBUILT_RECORDS + 1, kept
+
+    read_after_restart = resend_to_a_worker(hub_env, "restarted", records[0], {}, expected="duplicate")
+    assert sum(read_after_restart.values()) == 0, read_after_restart
