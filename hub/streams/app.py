@@ -52,6 +52,9 @@ def _folder_signature(folder: Path) -> tuple[tuple[str, float], ...]:
 
 PRODUCER_LINGER_SECONDS = 0.002
 
+#: Records one poll of the worker's consumer returns, at most.
+MAX_POLL_RECORDS = 500
+
 #: Largest record between stages: one input's normalised events are bigger than the input.
 INTERNAL_RECORD_LIMIT = 16 * 1024 * 1024
 
@@ -105,6 +108,10 @@ def faust_app(settings: Settings) -> faust.App:
         # The hub's payload limit is checked by the hub; Kafka must carry what it receives.
         producer_max_request_size=INTERNAL_RECORD_LIMIT,
         consumer_max_fetch_size=INTERNAL_RECORD_LIMIT,
+        # faust turns every record one poll returns into Python objects before applying any: unbounded,
+        # a worker rebuilding its tables held hundreds of MB of them (docs/STATE.md, "Memory while
+        # rebuilding"; with hub.streams.transport.FETCH_MAX_BYTES).
+        broker_max_poll_records=MAX_POLL_RECORDS,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         # A faust table write needs its changelog; keep the defaults' at-least-once guarantee.

@@ -49,6 +49,13 @@ class RewindingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TopicPartition, int]:
         return await self.call_thread(self._seek_to_committed)  # type: ignore[no-any-return]
 
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka takes fetch_max_bytes at construction only, and faust builds the consumer: set what
+        # start() reads (aiokafka pinned <0.15; tests/unit/test_transport.py checks it is read).
+        consumer._fetch_max_bytes = FETCH_MAX_BYTES
+        return consumer
+
     async def _seek_to_committed(self) -> Mapping[TopicPartition, int]:
         consumer = self._ensure_consumer()
         committed: Mapping[TopicPartition, int] = await consumer.seek_to_committed()
@@ -56,6 +63,13 @@ class RewindingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if rewind:
             await consumer.seek_to_beginning(*rewind)
         return committed
+
+
+#: What one fetch brings back, all partitions together (aiokafka's default, 50 MiB, which faust never
+#: sets): a worker rebuilding its tables held up to 140 MB of fetched changelog records at once
+#: (docs/STATE.md, "Memory while rebuilding"). Not a record size limit: Kafka still returns a first
+#: batch larger than this, so a 16 MiB internal record still passes.
+FETCH_MAX_BYTES = 4 * 1024 * 1024
 
 
 class RewindingConsumer(faust_aiokafka.Consumer):

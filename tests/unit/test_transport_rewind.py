@@ -32,3 +32,17 @@ def test_the_hub_transport_uses_the_rewinding_consumer_thread() -> None:
     assert Transport.Consumer is RewindingConsumer
     assert "_new_consumer_thread" in vars(RewindingConsumer)
     assert "seek_to_committed" in vars(RewindingConsumerThread)
+
+
+def test_the_worker_consumer_fetches_at_most_fetch_max_bytes_which_aiokafka_reads_at_start() -> None:
+    """faust builds the consumer without fetch_max_bytes (aiokafka's default: 50 MiB); the transport sets
+    the attribute start() reads. If aiokafka stops reading it there, this fails (aiokafka is pinned)."""
+    import inspect  # noqa: PLC0415 - this test only
+
+    from aiokafka import AIOKafkaConsumer  # noqa: PLC0415
+
+    from hub.streams.transport import FETCH_MAX_BYTES  # noqa: PLC0415
+
+    assert "fetch_max_bytes=self._fetch_max_bytes" in inspect.getsource(AIOKafkaConsumer.start)
+    assert "_create_worker_consumer" in vars(RewindingConsumerThread)
+    assert FETCH_MAX_BYTES < 52428800
