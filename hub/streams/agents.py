@@ -147,24 +147,14 @@ class StreamCrypto:
 class Agents:
     """Makes the worker's thin agents and the tables they write; one per faust app.
 
-    ``outputs`` are the topics the agents send to, by name (a source's own receipt topic is added when
-    first used: sources come and go with the registry, which the worker reloads while it runs);
-    ``raw_topic`` declares a topic of raw bytes.
+    The agents send to topics the worker created before faust started (the contract's, the
+    recipients', each source's receipts: hub.streams.worker), by their names.
     """
 
-    def __init__(
-        self,
-        app: faust.App,
-        settings: Settings,
-        crypto: StreamCrypto,
-        outputs: dict[str, faust.TopicT],
-        raw_topic: Callable[[str], faust.TopicT],
-    ) -> None:
+    def __init__(self, app: faust.App, settings: Settings, crypto: StreamCrypto) -> None:
         self.app = app
         self.settings = settings
         self.crypto = crypto
-        self.outputs = outputs
-        self.raw_topic = raw_topic
         #: Every table, each flushed by the agent that wrote it at the end of its batch.
         self.tables: list[BatchWrites] = []
         #: The audit chains' writer: the CHAINING_STAGES chain their AuditEvents with it directly.
@@ -181,10 +171,8 @@ class Agents:
 
         Straight to the producer, not through faust's ``Topic.send``: the records are bytes already,
         and faust's path (a pending message, a future message, its channel, sensors) took 7.0 s of the
-        agents' 56.8 s in session 4's profile (docs/PERFORMANCE.md). ``outputs`` declares the topics.
+        agents' 56.8 s in session 4's profile (docs/PERFORMANCE.md).
         """
-        if out.topic not in self.outputs:
-            self.outputs[out.topic] = self.raw_topic(out.topic)
         producer = await self.app.maybe_start_producer()
         return await producer.send(
             out.topic, out.key, out.value, partition=None, timestamp=None, headers=list(out.headers)

@@ -147,22 +147,16 @@ def create_app(
     topics = TopicNames(settings.topic_prefix)
     app = faust_app(settings)
 
-    def raw_topic(*names: str) -> faust.TopicT:
+    def raw_topic(name: str) -> faust.TopicT:
         # Bytes in, bytes out: the pure core owns every encoding decision.
         return app.topic(
-            *names, partitions=settings.topic_partitions, key_serializer="raw", value_serializer="raw"
+            name, partitions=settings.topic_partitions, key_serializer="raw", value_serializer="raw"
         )
 
     recipients = recipients or RecipientRegistry({})
     recipient_topics = [topics.prefix + recipient.topic for recipient in recipients]
-    sent_to = (topics.receipts, topics.dlq, topics.pathway, topics.identity, topics.audit_unsealed)
-    sources = (topics.source_receipts(source_id) for source_id in context.registry.sources)
-    outputs = {
-        name: raw_topic(name)
-        for name in (*sent_to, topics.share_merge, topics.alerts, *recipient_topics, *sources)
-    }
     crypto = StreamCrypto(keyring or keyring_from_settings(settings), topics, recipient_topics)
-    agents = Agents(app, settings, crypto, outputs, raw_topic)
+    agents = Agents(app, settings, crypto)
 
     # Authenticate, validate and normalise each input.
     ingest = IngestRouter(context, topics, create_receipt_topics=create_receipt_topics)

@@ -299,14 +299,18 @@ class ShareRouter:
         )
 
     def _with_alerts(self, outgoing: list[Outgoing], *, now: datetime | None = None) -> list[Outgoing]:
-        """The records, then the alerts their GP practices' copies make (after them: a copy first)."""
+        """The records, then the alerts their GP practices' copies make (after them: a copy first).
+
+        Each copy is handed over as the document its record was encoded from (``Outgoing.plain``):
+        the same content the practice's topic receives, without decoding it again.
+        """
         if self.alerts is None:
             return outgoing
         alerts = [
             alert
             for out in outgoing
-            if out.value is not None
-            for alert in self.alerts.route(out.topic, out.value, now=now)
+            if isinstance(out.plain, dict)
+            for alert in self.alerts.route(out.topic, out.plain, now=now)
         ]
         return [*outgoing, *alerts]
 
@@ -321,7 +325,7 @@ class AlertRouter:
         self.topics = topics
         self.practice_of_topic = {topic: practice for practice, topic in practice_topics.items()}
 
-    def route(self, topic: str, value: bytes, *, now: datetime | None = None) -> list[Outgoing]:
+    def route(self, topic: str, copy: dict[str, Any], *, now: datetime | None = None) -> list[Outgoing]:
         """Every alert one GP practice's copy makes; none for a record of another topic."""
         practice = self.practice_of_topic.get(topic)
         if practice is None:
@@ -330,5 +334,5 @@ class AlertRouter:
             Outgoing(
                 self.topics.alerts, alert.practitioner.encode(), encode_json(alert.value), plain=alert.value
             )
-            for alert in self.stage.handle(practice, decode_json(value), now=now)
+            for alert in self.stage.handle(practice, copy, now=now)
         ]

@@ -36,8 +36,8 @@ class Alerts:
     def __init__(self) -> None:
         self.handed: list[tuple[str, Any]] = []
 
-    def route(self, topic: str, value: bytes, *, now: datetime | None = None) -> list[Outgoing]:
-        self.handed.append((topic, decode_json(value)))
+    def route(self, topic: str, copy: dict[str, Any], *, now: datetime | None = None) -> list[Outgoing]:
+        self.handed.append((topic, copy))
         if topic != "hub.pathway.gp-x.v1":
             return []
         return [Outgoing("hub.alerts.v1", b"10009900019", b'{"alert": true}')]
