@@ -56,11 +56,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import KafkaError
 
-from bench.state import copies_for, read_table_state, write_state_copies
+from bench.state import (
+    MAX_RECORD_BYTES,
+    copies_for,
+    new_producer,
+    new_reader,
+    read_table_state,
+    write_state_copies,
+)
 from hub.broker.embedded import KAFKA_VERSION, BrokerLayout, EmbeddedBroker, tail
 from hub.consent import load_recipients
 from hub.crypto.config import keyring_from_settings
@@ -100,8 +107,6 @@ TARGET_RESTART_SECONDS = 30.0
 TARGET_PATIENTS_IN_STATE = 100_000
 #: The verdicts of the targets table: a measure the run skipped is never "met".
 MET, MISSED, NOT_MEASURED = "yes", "no", "not measured"
-#: Records up to the hub's internal limit must pass through the raw consumer and producer too.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
 #: Fraction of the feed kept for the latency phase; the rest is the throughput phase's input.
 LATENCY_SHARE = 0.35
 #: Offered load of the latency phase, as a fraction of the sustained hub throughput.
@@ -661,20 +666,6 @@ def _record_bytes(record: Any) -> int:
     return len(record.key or b"") + len(record.value or b"") + headers
 
 
-async def _reader(bootstrap: str, **options: Any) -> Any:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=MAX_RECORD_BYTES,
-        fetch_max_bytes=4 * MAX_RECORD_BYTES,
-        **options,
-    )
-    await consumer.start()
-    return consumer
-
-
 #: Partition ids by topic; the benchmark's topics never change their partition count.
 _PARTITIONS: dict[str, tuple[int, ...]] = {}
 
@@ -695,17 +686,6 @@ def _partitions(bootstrap: str, topics: Sequence[str]) -> list[Any]:
     return [TopicPartition(topic, p) for topic in topics for p in _PARTITIONS[topic]]
 
 
-async def _producer(bootstrap: str) -> Any:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=MAX_RECORD_BYTES,
-    )
-    await producer.start()
-    return producer
-
-
 class Reader:
     """Offsets, counts and edge timestamps of topics, without a consumer group."""
 
@@ -715,7 +695,7 @@ class Reader:
 
     @classmethod
     async def open(cls, bootstrap: str) -> Reader:
-        return cls(bootstrap, await _reader(bootstrap))
+        return cls(bootstrap, await new_reader(bootstrap))
 
     async def close(self) -> None:
         await self.consumer.stop()
@@ -789,7 +769,7 @@ async def preload(
     bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]
 ) -> None:
     """Produce records (key, value, headers), ``acks=all``, idempotent, and wait for every ack."""
-    producer = await _producer(bootstrap)
+    producer = await new_producer(bootstrap)
     try:
         futures = [
             await producer.send(topic, value=value, key=key, headers=headers)
@@ -846,8 +826,8 @@ class Passthrough:
 async def passthrough(bootstrap: str, source: str, target: str, partitions: Sequence[int]) -> Passthrough:
     """Consume ``partitions`` of ``source`` from the start and produce each record to the same
     partition of ``target``; time from the first fetched batch to the last acknowledgement."""
-    consumer = await _reader(bootstrap)
-    producer = await _producer(bootstrap)
+    consumer = await new_reader(bootstrap)
+    producer = await new_producer(bootstrap)
     try:
         tps = [TopicPartition(source, p) for p in partitions]
         ends = await consumer.end_offsets(tps)
@@ -1319,7 +1299,7 @@ async def measure_hub(
     topics = phase.topics
     tracker = ReceiptTracker(frozenset(m.message_id for m in feed))
     reader = await Reader.open(phase.bootstrap)
-    consumer = await _reader(phase.bootstrap)
+    consumer = await new_reader(phase.bootstrap)
     stop = asyncio.Event()
     since = await reader.ends(list({*phase.written_topics, topics.receipts, topics.identity}))
 
@@ -1472,8 +1452,8 @@ async def measure_latency(
             f"  the feed holds {count} messages for the latency phase: {count / rate:.0f} s at this rate"
         )
     topics = phase.topics
-    consumer = await _reader(phase.bootstrap, fetch_max_wait_ms=100)
-    producer = await _producer(phase.bootstrap)
+    consumer = await new_reader(phase.bootstrap, fetch_max_wait_ms=100)
+    producer = await new_producer(phase.bootstrap)
     arrivals = Arrivals()
     stop = asyncio.Event()
     try:
@@ -1786,7 +1766,7 @@ class Bench:
         """
         topics = phase.topics
         reader = await Reader.open(phase.bootstrap)
-        consumer = await _reader(phase.bootstrap)
+        consumer = await new_reader(phase.bootstrap)
         try:
             watch = ProbeWatch(
                 frozenset(m.message_id for m in probes), label, await reader.count(phase.recipient_topics)

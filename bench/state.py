@@ -36,11 +36,12 @@ from faust.serializers import codecs
 from hub.crypto.keyring import Keyring
 from hub.crypto.records import patient_of_table_key
 from hub.records import headers_of
+from hub.streams.app import INTERNAL_RECORD_LIMIT
 from hub.streams.tables import SEALED_TABLES, TABLES
 from hub.topics import TopicNames
 
-#: The largest record a table's changelog carries (hub.streams.app.INTERNAL_RECORD_LIMIT).
-MAX_RECORD_BYTES = 16 * 1024 * 1024
+#: The largest record the benchmark reads or writes: a table's changelog record, an internal record.
+MAX_RECORD_BYTES = INTERNAL_RECORD_LIMIT
 #: Records are written in batches of this size (one in flight per partition).
 BATCH_BYTES = 1024 * 1024
 #: faust's codec of the tables' keys (``key_serializer="json"`` in hub.streams.app).
@@ -124,11 +125,8 @@ class StateWritten:
         }
 
 
-async def read_table_state(
-    bootstrap: str, app_id: str, partitions: int, keyring: Keyring
-) -> list[TableEntry]:
-    """Every table's entries of ``app_id`` (changelogs of ``partitions`` partitions), from its changelogs
-    (latest value per key), sealed ones opened."""
+async def new_reader(bootstrap: str, **options: Any) -> Any:
+    """A started consumer of the benchmark: no group, earliest offset, records up to the hub's limit."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -136,8 +134,31 @@ async def read_table_state(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_RECORD_BYTES,
         fetch_max_bytes=4 * MAX_RECORD_BYTES,
+        **options,
     )
     await consumer.start()
+    return consumer
+
+
+async def new_producer(bootstrap: str, **options: Any) -> Any:
+    """A started producer of the benchmark: acks=all, idempotent, records up to MAX_RECORD_BYTES."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=MAX_RECORD_BYTES,
+        **options,
+    )
+    await producer.start()
+    return producer
+
+
+async def read_table_state(
+    bootstrap: str, app_id: str, partitions: int, keyring: Keyring
+) -> list[TableEntry]:
+    """Every table's entries of ``app_id`` (changelogs of ``partitions`` partitions), from its changelogs
+    (latest value per key), sealed ones opened."""
+    consumer = await new_reader(bootstrap)
     entries: list[TableEntry] = []
     try:
         for table in TABLES:
@@ -182,14 +203,7 @@ async def write_state_copies(
     progress: Callable[[str], None],
 ) -> StateWritten:
     """Write ``copies`` copies of ``entries`` to ``app_id``'s changelog topics (see the module's text)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=MAX_RECORD_BYTES,
-        max_batch_size=BATCH_BYTES,
-    )
-    await producer.start()
+    producer = await new_producer(bootstrap, max_batch_size=BATCH_BYTES)
     started = reported = time.monotonic()
     records = size = 0
     by_table: dict[str, int] = dict.fromkeys(TABLES, 0)
