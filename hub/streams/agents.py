@@ -1,5 +1,5 @@
-"""The worker's agents, made one way: batches in, each record opened, routed and sealed, tables written
-once per key, the batch's records sent and acknowledged by Kafka before the next batch.
+"""The worker's agents, made one way: batches in, each record opened, routed and sealed, the batch's
+records sent and acknowledged by Kafka, then the tables written once per key, before the next batch.
 
 ``create_app`` (hub.streams.app) wires the stages with :class:`Agents`; this module holds what every
 agent shares: encryption at rest on the way in and out (:class:`StreamCrypto`), the tables
@@ -155,16 +155,26 @@ class Agents:
         self.app = app
         self.settings = settings
         self.crypto = crypto
-        #: Every table, each flushed by the agent that wrote it at the end of its batch.
-        self.tables: list[BatchWrites] = []
+        #: The tables, by the group of agents that writes them (:meth:`table`); one lock per group.
+        self.groups: dict[str, list[BatchWrites]] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
         #: The audit chains' writer: the CHAINING_STAGES chain their AuditEvents with it directly.
         self.chain: ChainWriter | None = None
 
-    def table(self, name: str) -> BatchWrites:
-        """A table of the worker (:func:`make_table`), flushed after each batch of any agent."""
+    def table(self, name: str, *, writers: str) -> BatchWrites:
+        """A table of the worker (:func:`make_table`), written by the agents added with ``writes=writers``.
+
+        Those agents take turns (one lock per group): a batch's writes are held from its routing until
+        its records are acknowledged, and no other agent may read them, or flush them, meanwhile.
+        """
         made = make_table(self.app, self.settings, self.crypto.keyring, name)
-        self.tables.append(made)
+        self.groups.setdefault(writers, []).append(made)
+        self.locks.setdefault(writers, asyncio.Lock())
         return made
+
+    def assigned(self) -> Any:
+        """The partitions the worker holds now (faust's consumer's assignment)."""
+        return self.app.consumer.assignment()
 
     async def send(self, out: Outgoing) -> Any:
         """Hand one record to the producer; the future of its acknowledgement.
@@ -219,16 +229,23 @@ class Agents:
         route: Route,
         *,
         encrypted: bool = True,
+        writes: str | None = None,
         replacing: Replacing | None = None,
         failing: Failing | None = None,
     ) -> None:
-        """A thin agent: per batch of records, route each (open, decide, seal), then send them all.
+        """A thin agent: per batch of records, route each (open, decide, seal), send them all, then
+        write the tables of its group ``writes`` (:meth:`table`).
 
         Batches (``take_batches``: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS) pay
         one round of acknowledgements and one producer linger for many inputs; a batch's offsets are
         acknowledged only after the body is done with it (never when the agent stops on it), and every
         record sent is acknowledged by Kafka before the next batch. The tables the batch wrote are
-        written once per key before its records are sent (hub.streams.batch_writes). concurrency=1:
+        written once per key (hub.streams.batch_writes) after its records are acknowledged: after a
+        crash the tables are never ahead of what was sent. A table that says "released" or "decided"
+        while the records it stands for were lost loses them for good: the event read again finds
+        nothing left to send (a killed worker lost 5 of a hospital's events so, when its changelog
+        records reached Kafka before the batch's). Behind, the tables only make the records read again
+        decide as they did and send them again, under the same ids (DESIGN.md 4). concurrency=1:
         with more, faust can commit offsets past unfinished events (DESIGN.md 4). A record Kafka
         refuses for good is sent as ``replacing`` says, or else logged and counted. A record on which
         routing raises (a bug) ends as ``failing`` says (ingest: an internal-error reject) or is logged
@@ -254,17 +271,34 @@ class Agents:
             finally:
                 clear_bound()
 
+        tables = self.groups.get(writes, []) if writes is not None else []
+        # Agents that share tables take turns for a whole batch (share and share-merge).
+        turn = self.locks.setdefault(writes, asyncio.Lock()) if writes is not None else None
+
         async def process(stream: Any) -> None:
             # Not faust's take_events: it acknowledges a batch the agent stopped on (hub.streams.batches).
             async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
                 started = time.perf_counter()
-                batch = [(event.message, routed(stream, event)) for event in events]
-                # Each key the batch wrote, written once; no await between routing and this, so no
-                # other agent (share and share-merge share their tables) sees a batch half written.
-                for written in self.tables:
-                    written.flush(stream)
-                stream._set_current_event(None)
-                await self.deliver_batch(name, batch, replacing)
+                if turn is not None:
+                    await turn.acquire()
+                try:
+                    batch = [(event.message, routed(stream, event)) for event in events]
+                    stream._set_current_event(None)
+                    await self.deliver_batch(name, batch, replacing)
+                except BaseException:
+                    # Not sent (the agent stops, or fails): the batch is read again, its writes with it.
+                    for table in tables:
+                        table.discard()
+                    raise
+                else:
+                    # A partition taken away while the records were sent is not written: its next
+                    # owner reads the batch again (its offsets were not committed) and writes it.
+                    assigned = self.assigned()
+                    for table in tables:
+                        table.flush(stream, assigned=assigned)
+                finally:
+                    if turn is not None:
+                        turn.release()
                 # Each record gets its share of the batch's time (hub_stage_seconds is per record).
                 each = (time.perf_counter() - started) / len(batch)
                 for _, outgoing in batch:

@@ -171,12 +171,16 @@ def create_app(
         ),
     )
     # Resolve each input's patient, drop known facts, publish the pathway and the receipt.
-    seen_messages = agents.table("identity-seen-messages")
+    seen_messages = agents.table("identity-seen-messages", writers="identity")
     identity = IdentityRouter(
-        IdentityStage(agents.table("identity-aliases"), seen_messages, agents.table("identity-seen-events")),
+        IdentityStage(
+            agents.table("identity-aliases", writers="identity"),
+            seen_messages,
+            agents.table("identity-seen-events", writers="identity"),
+        ),
         topics,
     )
-    agents.add("identity", raw_topic(topics.identity), lambda m: identity.route(m.value))
+    agents.add("identity", raw_topic(topics.identity), lambda m: identity.route(m.value), writes="identity")
     # Decide each event for each recipient: audit every decision, send what is permitted; a GP
     # practice's copy goes on to its alerts, from exactly what that practice may see.
     alerts = alert_router(
@@ -186,17 +190,19 @@ def create_app(
         ShareStage(
             recipients,
             policy or load_policy(settings.policy_file),
-            agents.table("share-state"),
+            agents.table("share-state", writers="share"),
             topic_prefix=topics.prefix,
             audit_topic=topics.audit_unsealed,
             merge_topic=topics.share_merge,
-            decided=agents.table("share-decided"),
+            decided=agents.table("share-decided", writers="share"),
         ),
         alerts,
     )
-    agents.add("share", raw_topic(topics.pathway), lambda m: share.route(m.value))
+    agents.add("share", raw_topic(topics.pathway), lambda m: share.route(m.value), writes="share")
     # Carry a linked identity's sharing state to the surviving id (co-partitioned with the pathway).
-    agents.add("share-merge", raw_topic(topics.share_merge), lambda m: share.route_merge(m.value))
+    agents.add(
+        "share-merge", raw_topic(topics.share_merge), lambda m: share.route_merge(m.value), writes="share"
+    )
     # Chain every stage's AuditEvents into hub.audit.v1, one writer per partition (hub.audit): the
     # share agents' as they send them, the other stages' from hub.audit-unsealed.v1.
     agents.chain = add_sealing_agent(app, settings, topics, raw_topic, chain_key=audit_chain_key)
@@ -236,8 +242,8 @@ def alert_router(
             practices,
             networks,
             context.registry,
-            agents.table("eligibility-facts"),
-            agents.table("eligibility-alerted"),
+            agents.table("eligibility-facts", writers="share"),
+            agents.table("eligibility-alerted", writers="share"),
         ),
         topics,
         practice_topics,

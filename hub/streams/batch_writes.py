@@ -10,13 +10,15 @@ What the batch read from the table is kept until then too (the same keys are rea
 
 Why this is safe:
 
-- the agents route a whole batch and flush without awaiting in between (hub.streams.agents ``Agents.add``),
-  so no other agent of the worker (``share`` and ``share-merge`` share their tables) ever sees a
-  batch's writes half done, and nothing is pending across an ``await``;
+- the agents that share tables (``share`` and ``share-merge``) take turns for a whole batch, from its
+  routing to its flush (hub.streams.agents ``Agents.add``): no other agent ever reads, or writes, a
+  batch's writes before they are flushed;
 - each key is written to the changelog partition of the event that last wrote it (faust takes the
   partition from the "current event"), which is the partition it would have had before;
-- the flush comes before the batch's records are sent, as the writes did before: after a crash the
-  tables are never behind what was sent (the stages are written for redelivery, DESIGN.md 4).
+- the flush comes after the batch's records are acknowledged by Kafka, and a batch not sent is
+  discarded (:meth:`BatchWrites.discard`): after a crash the tables are never ahead of what was sent,
+  only behind it, and the records read again are decided and sent again under the same ids (the
+  stages are written for redelivery, DESIGN.md 4).
 
 Values are held by reference, as a plain ``dict`` table holds them: a stage that changed a value after
 writing it would change what is written; none does (they write new values), and the unit tests run
@@ -25,7 +27,7 @@ the stages on plain dicts, which behave the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Container, Iterator, MutableMapping
 from typing import Any
 
 from faust.streams import current_event
@@ -97,9 +99,16 @@ class BatchWrites(MutableMapping[str, Any]):
         """Keys written in the current batch and not yet flushed."""
         return len(self._pending)
 
-    def flush(self, stream: Any) -> int:
+    def discard(self) -> None:
+        """Forget the batch's writes and reads: its records were not sent, it will be read again."""
+        self._pending.clear()
+        self._read.clear()
+
+    def flush(self, stream: Any, *, assigned: Container[Any] | None = None) -> int:
         """Write each key of the batch once, on its own event's partition; the number of keys written.
 
+        With ``assigned`` (the worker's partitions), a key whose last writing event came from another
+        partition is not written: the partition was taken away while the batch's records were sent.
         A key whose patient was erased meanwhile is dropped (the patient is forgotten); any other
         failure is logged by code and table name, never content, and the other keys are still written.
         """
@@ -109,6 +118,8 @@ class BatchWrites(MutableMapping[str, Any]):
         self._read.clear()
         try:
             for key, (value, event) in pending.items():
+                if assigned is not None and event.message.tp not in assigned:
+                    continue
                 # faust writes a key's changelog to the partition of the stream's current event.
                 stream._set_current_event(event)
                 try:

@@ -42,15 +42,18 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
     async def add_to_buffer(value: Any) -> Any:
         # Called by faust for each event the stream reads in the background (a stream processor).
         nonlocal consuming
+        # The value's event, read before waiting: meanwhile the agent sets the stream's current event
+        # as it routes and writes (hub.streams.agents), and leaves it None (faust's take_events reads
+        # it after the wait: a value was buffered without its event, and the next batch came empty).
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("the batch buffer found no current event")
         if consuming is not None:
             try:
                 await consuming
             finally:
                 consuming = None
         buffer.append(value)
-        event = stream.current_event
-        if event is None:
-            raise RuntimeError("the batch buffer found no current event")
         events.append(event)
         if len(buffer) >= max_records:
             buffer_full.set()

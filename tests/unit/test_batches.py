@@ -45,7 +45,7 @@ def run_agent(
             if failing_on in values:
                 raise RuntimeError("the body fails on this batch")
 
-    agent = app.agent(name="process")(process)
+    agent: Any = app.agent(name="process")(process)
 
     async def main() -> None:
         async with agent.test_context() as running:
@@ -86,3 +86,44 @@ def test_faust_take_events_acknowledges_the_failed_batch_which_is_why_the_hub_do
     )
     assert seen == [[1, 2, 3], [4, 5, 6]]
     assert acked == [1, 2, 3, 4, 5, 6]
+
+
+def test_each_value_keeps_its_event_when_the_body_changes_the_current_event_while_it_waits() -> None:
+    """The agents set the stream's current event as they route and write a batch, and leave it None
+    (hub.streams.agents). A value read while a batch is out waits for it: it must keep its own event
+    (read after the wait, it was None: the value was buffered alone and the next batch came empty)."""
+    app = faust.App("test-batches-current-event", store="memory://", web_enabled=False)
+    batches: list[list[tuple[int, int]]] = []
+    streams: list[Any] = []
+    proceed = asyncio.Event()
+
+    async def process(stream: Any) -> None:
+        streams.append(stream)
+        async for events in take_batches(stream, 10, 0.05):
+            batches.append([(event.value, event.message.value) for event in events])
+            await proceed.wait()
+            stream._set_current_event(None)
+
+    agent: Any = app.agent(name="process")(process)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while not condition() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    def reading(value: int) -> bool:
+        event = streams[0].current_event if streams else None
+        return event is not None and event.value == value
+
+    async def main() -> None:
+        async with agent.test_context() as running:
+            await running.put(0)
+            await until(lambda: len(batches) == 1)
+            # The batch [0] is out: 1 is read, and waits with the stream's current event its own.
+            await running.put(1)
+            await until(lambda: reading(1))
+            proceed.set()
+            await until(lambda: len(batches) == 2)
+
+    asyncio.run(main())
+    assert batches == [[(0, 0)], [(1, 1)]]

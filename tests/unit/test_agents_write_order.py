@@ -1,0 +1,121 @@
+"""hub.streams.agents: a batch's tables are written only once Kafka has acknowledged its records.
+
+A killed worker lost 5 of a hospital's events (the convergence test, CI): the share stage's tables,
+written before the batch's records were sent, reached Kafka and said "released" while the released
+copies never did; the event read again found nothing left to send. Here a real faust agent (its test
+context: an in-memory channel, no broker) runs :meth:`Agents.add` with a producer whose
+acknowledgements the test holds back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from hub.crypto.keyring import Keyring
+from hub.crypto.keys import LocalKeyProvider
+from hub.crypto.store import KeyStore
+from hub.records import Outgoing
+from hub.settings import Settings
+from hub.streams.agents import Agents, StreamCrypto
+from hub.streams.batch_writes import BatchWrites
+from hub.topics import TopicNames
+
+KEK = bytes(range(32))
+
+
+class RecordingTable(dict[str, Any]):
+    """A plain table that writes its writes in the timeline."""
+
+    def __init__(self, timeline: list[str]) -> None:
+        super().__init__()
+        self.timeline = timeline
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.timeline.append(f"written {key}")
+        super().__setitem__(key, value)
+
+
+class HeldProducer:
+    """Takes records and acknowledges them only when told to (``release``), as Kafka may take its time."""
+
+    def __init__(self, timeline: list[str]) -> None:
+        self.timeline = timeline
+        self.futures: list[tuple[str, asyncio.Future[None]]] = []
+
+    async def send(self, out: Outgoing) -> asyncio.Future[None]:
+        key = (out.key or b"").decode()
+        self.timeline.append(f"sent {key}")
+        future = asyncio.get_running_loop().create_future()
+        self.futures.append((key, future))
+        return future
+
+    def release(self) -> None:
+        for key, future in self.futures:
+            if not future.done():
+                self.timeline.append(f"acknowledged {key}")
+                future.set_result(None)
+
+
+def run_agent(
+    tmp_path: Path, keys: list[str], *, acknowledge: bool, until: Callable[[list[str]], bool]
+) -> list[str]:
+    """Put ``keys`` through an agent that writes each in a table and sends one record for it; the
+    producer acknowledges (or never does), the agent is stopped once ``until(timeline)`` holds."""
+    timeline: list[str] = []
+    app = faust.App(f"test-agents-write-order-{acknowledge}", store="memory://", web_enabled=False)
+    keyring = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(KEK))
+    agents = Agents(app, Settings(), StreamCrypto(keyring, TopicNames(""), []))
+    table = BatchWrites(RecordingTable(timeline), name="t")
+    agents.groups["g"] = [table]
+    producer = HeldProducer(timeline)
+    agents.send = producer.send  # type: ignore[method-assign]
+    # The channel's partition is the worker's (a real consumer's assignment).
+    agents.assigned = _AllPartitions  # type: ignore[method-assign]
+
+    def route(message: Any) -> list[Outgoing]:
+        key = message.value.decode()
+        table[key] = {"seen": True}
+        return [Outgoing("out", key.encode(), b"{}")]
+
+    agents.add("stage", app.channel(), route, encrypted=False, writes="g")  # type: ignore[arg-type]
+    agent = app.agents["stage"]
+
+    async def main() -> None:
+        async with agent.test_context() as running:
+            for key in keys:
+                await running.put(key.encode())
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while not until(timeline) and asyncio.get_running_loop().time() < deadline:
+                if acknowledge and producer.futures:
+                    await asyncio.sleep(0.05)
+                    producer.release()
+                await asyncio.sleep(0.02)
+        # Leaving the context stops the agent: a batch still being sent is abandoned (a kill).
+
+    asyncio.run(main())
+    return timeline
+
+
+class _AllPartitions:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def test_a_batch_is_written_after_its_records_are_acknowledged(tmp_path: Path) -> None:
+    timeline = run_agent(
+        tmp_path, ["a", "b"], acknowledge=True, until=lambda t: sum(e.startswith("written") for e in t) == 2
+    )
+    for key in ("a", "b"):
+        assert timeline.index(f"acknowledged {key}") < timeline.index(f"written {key}"), timeline
+
+
+def test_a_batch_stopped_while_its_records_are_sent_writes_nothing(tmp_path: Path) -> None:
+    timeline = run_agent(
+        tmp_path, ["a", "b"], acknowledge=False, until=lambda t: sum(e.startswith("sent") for e in t) == 2
+    )
+    assert timeline == ["sent a", "sent b"], "killed before Kafka took them: the tables say nothing"
