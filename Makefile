@@ -33,7 +33,7 @@ run: install
 	$(BIN)/hub run
 
 test: install lint typecheck $(EXAMPLES) $(CHROMIUM)
-	$(BIN)/pytest tests/unit tests/corpus tests/functional tests/integration tests/browser
+	$(BIN)/pytest --durations=25 tests/unit tests/corpus tests/functional tests/integration tests/browser
 
 unit: install
 	$(BIN)/pytest tests/unit

@@ -172,10 +172,6 @@ class Agents:
         self.locks.setdefault(writers, asyncio.Lock())
         return made
 
-    def assigned(self) -> Any:
-        """The partitions the worker holds now (faust's consumer's assignment)."""
-        return self.app.consumer.assignment()
-
     async def send(self, out: Outgoing) -> Any:
         """Hand one record to the producer; the future of its acknowledgement.
 
@@ -291,11 +287,12 @@ class Agents:
                         table.discard()
                     raise
                 else:
-                    # A partition taken away while the records were sent is not written: its next
-                    # owner reads the batch again (its offsets were not committed) and writes it.
-                    assigned = self.assigned()
+                    # Written even if a rebalance took the partition away meanwhile: its next owner
+                    # reads the batch again (not committed) and writes the same keys again. Left out,
+                    # the writes would be lost if the partition came back to this worker (faust takes
+                    # the batch's acknowledgements all the same).
                     for table in tables:
-                        table.flush(stream, assigned=assigned)
+                        table.flush(stream)
                 finally:
                     if turn is not None:
                         turn.release()

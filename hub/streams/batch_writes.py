@@ -27,7 +27,7 @@ the stages on plain dicts, which behave the same.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from faust.streams import current_event
@@ -104,11 +104,9 @@ class BatchWrites(MutableMapping[str, Any]):
         self._pending.clear()
         self._read.clear()
 
-    def flush(self, stream: Any, *, assigned: Container[Any] | None = None) -> int:
+    def flush(self, stream: Any) -> int:
         """Write each key of the batch once, on its own event's partition; the number of keys written.
 
-        With ``assigned`` (the worker's partitions), a key whose last writing event came from another
-        partition is not written: the partition was taken away while the batch's records were sent.
         A key whose patient was erased meanwhile is dropped (the patient is forgotten); any other
         failure is logged by code and table name, never content, and the other keys are still written.
         """
@@ -118,8 +116,6 @@ class BatchWrites(MutableMapping[str, Any]):
         self._read.clear()
         try:
             for key, (value, event) in pending.items():
-                if assigned is not None and event.message.tp not in assigned:
-                    continue
                 # faust writes a key's changelog to the partition of the stream's current event.
                 stream._set_current_event(event)
                 try:

@@ -74,8 +74,6 @@ def run_agent(
     agents.groups["g"] = [table]
     producer = HeldProducer(timeline)
     agents.send = producer.send  # type: ignore[method-assign]
-    # The channel's partition is the worker's (a real consumer's assignment).
-    agents.assigned = _AllPartitions  # type: ignore[method-assign]
 
     def route(message: Any) -> list[Outgoing]:
         key = message.value.decode()
@@ -99,11 +97,6 @@ def run_agent(
 
     asyncio.run(main())
     return timeline
-
-
-class _AllPartitions:
-    def __contains__(self, item: object) -> bool:
-        return True
 
 
 def test_a_batch_is_written_after_its_records_are_acknowledged(tmp_path: Path) -> None:
