@@ -8,7 +8,10 @@ When identity finds that a local id is the same person as an INS id (``patient.l
 id's state lives on another partition. The INS id's state is then marked *awaiting* it (every
 decision denies), a request goes to ``hub.share-merge.v1`` keyed by the local id, that partition
 answers with its state keyed by the INS id, and the two are merged: nothing recorded under either
-identity, an objection least of all, is ever skipped.
+identity, an objection least of all, is ever skipped. The local id's events not decided yet when the
+request is answered (its partition of the pathway ran behind the merge topic's, as it does after a
+rebalance) go on to the INS id through ``hub.share-merge.v1`` and are decided there: under the local
+id they would wait for a state that no longer changes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ UTC_ZONE = ZoneInfo("UTC")
 
 #: Events held per patient while a linked identity's state is merged (two hops): a bound, not a budget.
 MAX_HELD_EVENTS = 10_000
+#: How many times an event goes on to the identity its patient's state was merged into (identities
+#: linked one after another); past it, it is decided where it is (two identities linked to each other
+#: must not pass an event back and forth for ever).
+MAX_FORWARDS = 4
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,9 @@ class ShareStage:
         stored = self.states.get(patient_id)
         return PatientShareState.empty(patient_id) if stored is None else PatientShareState.from_json(stored)
 
-    def handle(self, event: dict[str, Any], *, now: datetime | None = None) -> list[Share]:
+    def handle(
+        self, event: dict[str, Any], *, now: datetime | None = None, forwarded: int = 0
+    ) -> list[Share]:
         """Every record to produce for one pathway event: audits first, copies after.
 
         While a linked identity's state is on its way, the patient's events are held (in order) and
@@ -91,6 +100,23 @@ class ShareStage:
         """
         at = now or datetime.now(UTC)
         patient_id = str(event.get("patient_id"))
+        merged_into = self.states.get(_merged_into_key(patient_id))
+        if isinstance(merged_into, str) and forwarded < MAX_FORWARDS:
+            # This identity's state went to a linked one before this event was decided (its partition
+            # of the pathway ran behind the merge's): decided there, on the state it now belongs to.
+            return [
+                Share(
+                    self.merge_topic,
+                    merged_into,
+                    {
+                        "type": "event",
+                        "from": patient_id,
+                        "to": merged_into,
+                        "event": event,
+                        "forwarded": forwarded + 1,
+                    },
+                )
+            ]
         state = self.state_of(patient_id)
         merge_requests: list[Share] = []
         if event.get("kind") == "patient.linked":
@@ -351,7 +377,14 @@ class ShareStage:
         Safe to read again: merging is idempotent, and an answer that already released the held
         events (its worker died before their decisions left) gives the same decisions again.
         """
+        if record.get("type") == "event":
+            return self.handle(
+                {**record["event"], "patient_id": record["to"]}, forwarded=int(record.get("forwarded") or 1)
+            )
         if record.get("type") == "request":
+            # From now on this identity's events are decided under the other one (see ``handle``):
+            # those not decided yet would otherwise wait under a state nothing changes any more.
+            self.states[_merged_into_key(record["from"])] = record["to"]
             stored = self.states.get(record["from"])
             return [
                 Share(
@@ -413,6 +446,11 @@ def _held_key(patient_id: str) -> str:
 def _released_key(patient_id: str) -> str:
     """Where the events a merge last released are kept, in case its answer is read again."""
     return f"{patient_id}#released"
+
+
+def _merged_into_key(patient_id: str) -> str:
+    """Where an identity whose state was handed to a linked one names it, in the state table."""
+    return f"{patient_id}#merged-into"
 
 
 def _replaced_id(event: dict[str, Any]) -> str | None:

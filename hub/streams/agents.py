@@ -239,9 +239,8 @@ class Agents:
         written once per key (hub.streams.batch_writes) after its records are acknowledged: after a
         crash the tables are never ahead of what was sent. A table that says "released" or "decided"
         while the records it stands for were lost loses them for good: the event read again finds
-        nothing left to send (the likely cause of 5 of a hospital's events lost by a killed worker in
-        one CI run, when the tables were written first). Behind, the tables only make the records read again
-        decide as they did and send them again, under the same ids (DESIGN.md 4). concurrency=1:
+        nothing left to send. Behind, the tables only make the records read again decide as they did
+        and send them again, under the same ids (DESIGN.md 4). concurrency=1:
         with more, faust can commit offsets past unfinished events (DESIGN.md 4). A record Kafka
         refuses for good is sent as ``replacing`` says, or else logged and counted. A record on which
         routing raises (a bug) ends as ``failing`` says (ingest: an internal-error reject) or is logged

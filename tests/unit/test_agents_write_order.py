@@ -1,10 +1,9 @@
 """hub.streams.agents: a batch's tables are written only once Kafka has acknowledged its records.
 
-A killed worker lost 5 of a hospital's events (the convergence test, CI): the share stage's tables,
-written before the batch's records were sent, reached Kafka and said "released" while the released
-copies never did; the event read again found nothing left to send. Here a real faust agent (its test
-context: an in-memory channel, no broker) runs :meth:`Agents.add` with a producer whose
-acknowledgements the test holds back.
+Written before the batch's records were sent, the share stage's tables could reach Kafka and say
+"released" while the released copies never did (a worker killed in between); the event read again
+found nothing left to send. Here a real faust agent (its test context: an in-memory channel, no
+broker) runs :meth:`Agents.add` with a producer whose acknowledgements the test holds back.
 """
 
 from __future__ import annotations

@@ -320,3 +320,43 @@ def test_events_waiting_under_a_linked_local_id_are_released_on_the_merged_state
     [answer] = sharing.handle_merge(request.value)
     shares += sharing.handle_merge(answer.value)
     assert local["event_id"] in holdings(shares)["t.hub.pathway.gp-x.v1"]
+
+
+@pytest.mark.parametrize("answered_first", [True, False])
+def test_a_local_id_event_decided_after_the_merge_request_is_decided_under_the_ins_id(
+    answered_first: bool,
+) -> None:
+    """The local id's partition of the pathway ran behind the merge topic's (after a rebalance): the
+    request was answered before the local id's diagnosis was decided. Decided under the local id, it
+    would wait for a state nothing changes any more; it goes on to the INS id and the GP receives it,
+    as when it came first (tests/integration/test_convergence.py's killed run lost a hospital's events so)."""
+    sharing = stage({})
+    local = event(8, condition("I10"), "condition", organization=HOSPITAL_ORG, patient_id="pt-local")
+    declared = event(2, patient(), "patient", organization=GP_ORG)
+    linked = linked_event(
+        {
+            "local_id": "pt-local",
+            "ins_id": "pt-x",
+            "source": "src-chu-y",
+            "organization": HOSPITAL_ORG,
+            "ingest": {"topic": "hub.ingest.v1", "partition": 0, "offset": 9},
+            "recorded_at": "2026-12-06T10:00:00.000Z",
+        }
+    ).to_dict()
+    shares = sharing.handle(declared, now=NOW)
+    [request] = [s for s in sharing.handle(linked, now=NOW) if s.topic == "t.merge"]
+    [answer] = sharing.handle_merge(request.value)
+    if answered_first:
+        shares += sharing.handle_merge(answer.value)
+    [forward] = sharing.handle(local, now=NOW)
+    assert forward.topic == "t.merge" and forward.key == "pt-x", "on to the identity it was merged into"
+    shares += sharing.handle_merge(forward.value)
+    if not answered_first:
+        shares += sharing.handle_merge(answer.value)
+    assert local["event_id"] in holdings(shares)["t.hub.pathway.gp-x.v1"]
+    copies = [
+        s.value
+        for s in shares
+        if s.topic == "t.hub.pathway.gp-x.v1" and s.value["event_id"] == local["event_id"]
+    ]
+    assert {c["patient_id"] for c in copies} == {"pt-x"}
