@@ -26,7 +26,7 @@ from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
 from hub.records import SOURCE_HEADER, Outgoing, encode_json, headers_of
 from hub.settings import Settings
 from hub.streams import counting
-from hub.streams.batch_writes import BatchWrites
+from hub.streams.batch_writes import WRITER, BatchWrites
 from hub.streams.batches import take_batches
 from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
 from hub.streams.tables import make_table
@@ -155,21 +155,22 @@ class Agents:
         self.app = app
         self.settings = settings
         self.crypto = crypto
-        #: The tables, by the group of agents that writes them (:meth:`table`); one lock per group.
+        #: The tables, by the group of agents that writes them (:meth:`table`).
         self.groups: dict[str, list[BatchWrites]] = {}
-        self.locks: dict[str, asyncio.Lock] = {}
+        #: Per group, the batches routed and not yet written (or discarded), in the order they began.
+        self.unwritten: dict[str, list[asyncio.Future[None]]] = {}
         #: The audit chains' writer: the CHAINING_STAGES chain their AuditEvents with it directly.
         self.chain: ChainWriter | None = None
 
     def table(self, name: str, *, writers: str) -> BatchWrites:
         """A table of the worker (:func:`make_table`), written by the agents added with ``writes=writers``.
 
-        Those agents take turns (one lock per group): a batch's writes are held from its routing until
-        its records are acknowledged, and no other agent may read them, or flush them, meanwhile.
+        Each of those agents' batches holds its writes from its routing until its records are
+        acknowledged (hub.streams.batch_writes); the others read them meanwhile, and write theirs only
+        after it (:meth:`add`).
         """
         made = make_table(self.app, self.settings, self.crypto.keyring, name)
         self.groups.setdefault(writers, []).append(made)
-        self.locks.setdefault(writers, asyncio.Lock())
         return made
 
     async def send(self, out: Outgoing) -> Any:
@@ -267,19 +268,25 @@ class Agents:
                 clear_bound()
 
         tables = self.groups.get(writes, []) if writes is not None else []
-        # Agents that share tables take turns for a whole batch (share and share-merge).
-        turn = self.locks.setdefault(writes, asyncio.Lock()) if writes is not None else None
+        unwritten = self.unwritten.setdefault(writes, []) if writes is not None else []
 
         async def process(stream: Any) -> None:
+            # This task's writes are its own until its batch is written (hub.streams.batch_writes).
+            WRITER.set(name)
             # Not faust's take_events: it acknowledges a batch the agent stopped on (hub.streams.batches).
             async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
                 started = time.perf_counter()
-                if turn is not None:
-                    await turn.acquire()
+                # The group's batches begun before this one: this one may have read their writes, so
+                # it writes its own after them (share and share-merge; no wait while routing).
+                earlier = list(unwritten)
+                written = asyncio.get_running_loop().create_future()
+                unwritten.append(written)
                 try:
                     batch = [(event.message, routed(stream, event)) for event in events]
                     stream._set_current_event(None)
                     await self.deliver_batch(name, batch, replacing)
+                    if earlier:
+                        await asyncio.wait(earlier)
                 except BaseException:
                     # Not sent (the agent stops, or fails): the batch is read again, its writes with it.
                     for table in tables:
@@ -293,8 +300,8 @@ class Agents:
                     for table in tables:
                         table.flush(stream)
                 finally:
-                    if turn is not None:
-                        turn.release()
+                    unwritten.remove(written)
+                    written.set_result(None)
                 # Each record gets its share of the batch's time (hub_stage_seconds is per record).
                 each = (time.perf_counter() - started) / len(batch)
                 for _, outgoing in batch:

@@ -10,9 +10,10 @@ What the batch read from the table is kept until then too (the same keys are rea
 
 Why this is safe:
 
-- the agents that share tables (``share`` and ``share-merge``) take turns for a whole batch, from its
-  routing to its flush (hub.streams.agents ``Agents.add``): no other agent ever reads, or writes, a
-  batch's writes before they are flushed;
+- each agent's writes are its own until its batch is flushed or discarded (:data:`WRITER`); the
+  agents that share tables (``share`` and ``share-merge``) read each other's pending writes, and
+  flush in the order they began routing (hub.streams.agents ``Agents.add``), so a value derived from
+  another agent's batch is never written before that batch;
 - each key is written to the changelog partition of the event that last wrote it (faust takes the
   partition from the "current event"), which is the partition it would have had before;
 - the flush comes after the batch's records are acknowledged by Kafka, and a batch not sent is
@@ -28,6 +29,7 @@ the stages on plain dicts, which behave the same.
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 from faust.streams import current_event
@@ -40,18 +42,28 @@ log = get_logger(__name__)
 #: A key deleted within the batch (``None`` is a value some tables hold).
 _DELETED = object()
 
+#: The agent whose batch is being routed (each agent runs in its own task, with its own value): whose
+#: pending writes a write joins, and which a flush or discard concerns.
+WRITER: ContextVar[str] = ContextVar("hub_table_writer", default="")
+
 
 class BatchWrites(MutableMapping[str, Any]):
-    """A table whose writes within a batch stay in memory until :meth:`flush` writes each key once."""
+    """A table whose writes within a batch stay in memory until :meth:`flush` writes each key once.
+
+    Two agents may write one table (``share`` and ``share-merge``): each has its own pending writes
+    (:data:`WRITER`), flushed or discarded with its own batch. Reads see every agent's pending writes,
+    the latest first, as they would have seen the table had each write gone straight to it.
+    """
 
     def __init__(self, table: MutableMapping[str, Any], *, name: str) -> None:
         self.table = table
         self.name = name
-        #: key → (value or _DELETED, the faust event being routed when it was written).
-        self._pending: dict[str, tuple[Any, Any]] = {}
-        #: key → the table's value as first read in this batch (None: absent), until the flush. The
-        #: share stage reads a patient's waiting decisions again at each change of their state; each
-        #: read is a RocksDB get, a decryption and a JSON decoding.
+        #: writer → key → (value or _DELETED, the faust event being routed when it was written, order).
+        self._pending: dict[str, dict[str, tuple[Any, Any, int]]] = {}
+        self._order = 0
+        #: key → the table's value as first read (None: absent), until the next flush. The share stage
+        #: reads a patient's waiting decisions again at each change of their state; each read is a
+        #: RocksDB get, a decryption and a JSON decoding.
         self._read: dict[str, Any] = {}
 
     def _stored(self, key: str) -> Any:
@@ -60,9 +72,18 @@ class BatchWrites(MutableMapping[str, Any]):
         value = self._read[key] = self.table.get(key)
         return value
 
+    def _latest(self, key: str) -> tuple[Any, Any, int] | None:
+        """The latest pending write of the key, by any agent (None: none)."""
+        latest = None
+        for writes in self._pending.values():
+            entry = writes.get(key)
+            if entry is not None and (latest is None or entry[2] > latest[2]):
+                latest = entry
+        return latest
+
     def get(self, key: str, default: Any = None) -> Any:
-        """The batch's own write of the key, else the table's value."""
-        pending = self._pending.get(key)
+        """The latest pending write of the key, else the table's value."""
+        pending = self._latest(key)
         value = self._stored(key) if pending is None else pending[0]
         return default if value is None or value is _DELETED else value
 
@@ -72,23 +93,28 @@ class BatchWrites(MutableMapping[str, Any]):
             raise KeyError(key)
         return value
 
+    def _write(self, key: str, value: Any) -> None:
+        self._order += 1
+        self._pending.setdefault(WRITER.get(), {})[key] = (value, current_event(), self._order)
+
     def __setitem__(self, key: str, value: Any) -> None:
-        self._pending[key] = (value, current_event())
+        self._write(key, value)
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
             raise KeyError(key)
-        self._pending[key] = (_DELETED, current_event())
+        self._write(key, _DELETED)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key, _DELETED) is not _DELETED
 
     def __iter__(self) -> Iterator[str]:
+        written = {key for writes in self._pending.values() for key in writes}
         for key in self.table:
-            if key not in self._pending:
+            if key not in written:
                 yield key
-        for key, (value, _) in self._pending.items():
-            if value is not _DELETED:
+        for key in written:
+            if self.get(key, _DELETED) is not _DELETED:
                 yield key
 
     def __len__(self) -> int:
@@ -96,26 +122,27 @@ class BatchWrites(MutableMapping[str, Any]):
 
     @property
     def pending(self) -> int:
-        """Keys written in the current batch and not yet flushed."""
-        return len(self._pending)
+        """Keys written by the current agent's batch and not yet flushed."""
+        return len(self._pending.get(WRITER.get(), {}))
 
     def discard(self) -> None:
-        """Forget the batch's writes and reads: its records were not sent, it will be read again."""
-        self._pending.clear()
+        """Forget the current agent's batch's writes: its records were not sent, it will be read again."""
+        self._pending.pop(WRITER.get(), None)
         self._read.clear()
 
     def flush(self, stream: Any) -> int:
-        """Write each key of the batch once, on its own event's partition; the number of keys written.
+        """Write each key of the current agent's batch once, on its own event's partition; the number
+        of keys written.
 
         A key whose patient was erased meanwhile is dropped (the patient is forgotten); any other
         failure is logged by code and table name, never content, and the other keys are still written.
         """
         written = 0
-        pending, self._pending = self._pending, {}
+        pending = self._pending.pop(WRITER.get(), {})
         # Past the batch another worker may own the partition: nothing read is trusted after it.
         self._read.clear()
         try:
-            for key, (value, event) in pending.items():
+            for key, (value, event, _) in pending.items():
                 # faust writes a key's changelog to the partition of the stream's current event.
                 stream._set_current_event(event)
                 try:

@@ -53,9 +53,9 @@ class HeldProducer:
         self.futures.append((key, future))
         return future
 
-    def release(self) -> None:
+    def release(self, only: str | None = None) -> None:
         for key, future in self.futures:
-            if not future.done():
+            if not future.done() and only in (None, key):
                 self.timeline.append(f"acknowledged {key}")
                 future.set_result(None)
 
@@ -111,3 +111,55 @@ def test_a_batch_stopped_while_its_records_are_sent_writes_nothing(tmp_path: Pat
         tmp_path, ["a", "b"], acknowledge=False, until=lambda t: sum(e.startswith("sent") for e in t) == 2
     )
     assert timeline == ["sent a", "sent b"], "killed before Kafka took them: the tables say nothing"
+
+
+def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) -> None:
+    """share and share-merge write the same tables: share-merge, whose batch began while share's was
+    still being sent, reads share's pending write and writes its own only after share's is written,
+    even though Kafka acknowledged share-merge's records first."""
+    timeline: list[str] = []
+    app = faust.App("test-agents-write-order-two", store="memory://", web_enabled=False)
+    keyring = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(KEK))
+    agents = Agents(app, Settings(), StreamCrypto(keyring, TopicNames(""), []))
+    table = BatchWrites(RecordingTable(timeline), name="t")
+    agents.groups["g"] = [table]
+    producer = HeldProducer(timeline)
+    agents.send = producer.send  # type: ignore[method-assign]
+    read: list[Any] = []
+
+    def first(message: Any) -> list[Outgoing]:
+        table["pt-x"] = {"by": "share"}
+        return [Outgoing("out", b"share", b"{}")]
+
+    def second(message: Any) -> list[Outgoing]:
+        read.append(table.get("pt-x"))
+        table["pt-x"] = {"by": "share-merge"}
+        return [Outgoing("out", b"merge", b"{}")]
+
+    agents.add("share", app.channel(), first, encrypted=False, writes="g")  # type: ignore[arg-type]
+    agents.add("share-merge", app.channel(), second, encrypted=False, writes="g")  # type: ignore[arg-type]
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while not condition() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        async with (
+            app.agents["share"].test_context() as share,
+            app.agents["share-merge"].test_context() as merge,
+        ):
+            await share.put(b"1")
+            await until(lambda: "sent share" in timeline)
+            await merge.put(b"2")
+            await until(lambda: "sent merge" in timeline)
+            producer.release("merge")
+            await asyncio.sleep(0.2)
+            assert not [e for e in timeline if e.startswith("written")], "share-merge waits for share"
+            producer.release("share")
+            await until(lambda: sum(e.startswith("written") for e in timeline) == 2)
+
+    asyncio.run(main())
+    assert read == [{"by": "share"}], "share's pending write was read"
+    assert [e for e in timeline if e.startswith("written")] == ["written pt-x", "written pt-x"]
+    assert table.table["pt-x"] == {"by": "share-merge"}, "the later batch's value is the one kept"

@@ -13,7 +13,7 @@ import pytest
 from faust.streams import _current_event
 
 from hub.errors import KeyDestroyed
-from hub.streams.batch_writes import BatchWrites
+from hub.streams.batch_writes import WRITER, BatchWrites
 
 
 class RecordingStream:
@@ -170,3 +170,37 @@ def test_what_a_batch_read_is_read_once_and_forgotten_at_the_flush(stream: Recor
     table.data["decided"] = {"n": 2}  # another owner of the partition, after this batch
     batched.flush(stream)
     assert batched.get("decided") == {"n": 2}, "nothing read is trusted past the batch"
+
+
+def as_writer(name: str) -> Any:
+    """What each agent's task does first: its writes are its own (hub.streams.agents)."""
+    return WRITER.set(name)
+
+
+def test_two_agents_writes_are_their_own_and_each_reads_the_others_latest(stream: RecordingStream) -> None:
+    """share and share-merge write one table: each flushes (or discards) its own batch's writes only,
+    and each reads the latest pending write of the key, whichever agent made it."""
+    table = RecordingTable(stream, {"pt-x": {"v": 0}})
+    batched = BatchWrites(table, name="share-state")
+    token = as_writer("share")
+    try:
+        routing("e1")
+        batched["pt-x"] = {"v": 1}
+        batched["pt-y"] = {"v": 1}
+        as_writer("share-merge")
+        assert batched["pt-x"] == {"v": 1}, "the other agent's pending write is read"
+        routing("m1")
+        batched["pt-x"] = {"v": 2}
+        batched["pt-z"] = {"v": 2}
+        assert batched.pending == 2
+        as_writer("share")
+        assert batched["pt-x"] == {"v": 2}, "the latest write, by either agent"
+        assert batched.flush(stream) == 2, "share writes its own two keys, not share-merge's"
+        assert table.writes == [("pt-x", {"v": 1}, "e1"), ("pt-y", {"v": 1}, "e1")]
+        assert batched["pt-x"] == {"v": 2}, "share-merge's write is still pending, and read"
+        as_writer("share-merge")
+        batched.discard()
+        assert batched["pt-x"] == {"v": 1} and "pt-z" not in batched, "a discarded batch's writes are gone"
+        assert batched.flush(stream) == 0
+    finally:
+        WRITER.reset(token)
