@@ -37,7 +37,7 @@ from hub.audit.sealer import LEGACY_HEAD, Sealer, Takeover, assess_takeover
 from hub.audit.signing import signature_valid, signer_from_settings
 from hub.audit.verify import AuditRecord, ChainVerifier, Problem
 from hub.errors import ErrorCode
-from hub.kafka.clients import new_consumer
+from hub.kafka.clients import in_daemon_thread, new_consumer
 from hub.logging import get_logger
 from hub.records import encode_json, headers_of
 from hub.settings import Settings
@@ -294,7 +294,7 @@ class ChainWriter:
     async def _take_over(self, partition: int) -> None:
         # Anything this process still has in flight must be in the log before reading it back.
         await self.app.producer.flush()
-        takeover = await asyncio.to_thread(
+        takeover = await in_daemon_thread(
             recover_chain,
             self.settings.bootstrap_servers,
             self.topics,

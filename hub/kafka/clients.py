@@ -7,11 +7,13 @@ starts (the operator commands: ``hub trace``, ``hub consent show``, ``hub dlq``,
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
@@ -21,6 +23,36 @@ from hub.kafka.security import KafkaSecurity, resolve
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+T = TypeVar("T")
+
+
+async def in_daemon_thread(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a daemon thread, awaited: a blocking kafka-python call made by a worker.
+
+    Not ``asyncio.to_thread``: its threads are joined when the process exits, so a worker asked to
+    stop while one of them waited on the broker (a request times out after 30 s) went on running
+    that long after it had closed everything (a SIGTERM'ed worker seen hanging 30 s in CI). What runs
+    here is safe to abandon (deleting processed ingest records, reading a chain back).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = call(*args)
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            error = exc
+            loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=run, name=f"hub-{getattr(call, '__name__', 'call')}", daemon=True).start()
+    return await future
 
 
 def producer(

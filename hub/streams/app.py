@@ -5,7 +5,7 @@ The agents are made one way (hub.streams.agents), the tables too (hub.streams.ta
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from hub.crypto.config import keyring_from_settings
 from hub.crypto.keyring import Keyring
 from hub.identity.stage import IdentityStage
 from hub.ingest.pipeline import IngestContext
+from hub.kafka.clients import in_daemon_thread
 from hub.kafka.security import KafkaSecurity
 from hub.logging import get_logger
 from hub.networks import NetworkRegistry, reload
@@ -74,8 +75,14 @@ def schedule_ingest_purge(app: faust.App, settings: Settings, topics: TopicNames
         from hub.errors import HubError  # noqa: PLC0415
 
         try:
-            deleted, left = await asyncio.to_thread(
-                purge_processed_ingest, settings.bootstrap_servers, topics.ingest, settings.app_id, wait=0.0
+            deleted, left = await in_daemon_thread(
+                functools.partial(
+                    purge_processed_ingest,
+                    settings.bootstrap_servers,
+                    topics.ingest,
+                    settings.app_id,
+                    wait=0.0,
+                )
             )
         except HubError as exc:
             log.warning("ingest.purge_failed", code=str(exc.code))
