@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     #: Every worker deletes the ingest records its group has processed, and rolls the ingest topic's
     #: segments that are due, this often (0: never, and then workers refuse to start: no erasure bound).
     ingest_purge_seconds: float = Field(default=300.0, ge=0.0)
+    #: How long the group waits on a worker that stopped answering (killed, cut off) before its
+    #: partitions go to the others; also how long a rebalance waits for every worker to rejoin.
+    group_session_seconds: float = Field(default=30.0, ge=6.0, le=300.0)
     #: At most this long after an input was processed (and after `hub erase`), its cleartext has left
     #: the broker's disks: the ingest topic's segment.ms and file.delete.delay.ms are derived from it
     #: (hub.crypto.retention; docs/SECURITY.md, "Erasure with a bound").

@@ -124,8 +124,8 @@ def faust_app(settings: Settings) -> faust.App:
         # A faust table write needs its changelog; keep the defaults' at-least-once guarantee.
         processing_guarantee="at_least_once",
         # Tests and demos join groups often: don't wait the default 3 s before assigning.
-        broker_rebalance_timeout=30.0,
-        broker_session_timeout=30.0,
+        broker_rebalance_timeout=settings.group_session_seconds,
+        broker_session_timeout=settings.group_session_seconds,
         stream_wait_empty=False,
         # Tables (the changelogs) store JSON keys and values; topics below say raw bytes.
         key_serializer="json",

@@ -176,6 +176,8 @@ def hub_env(kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: P
         "HUB_SOURCES_FILE": str(sources_file),
         "HUB_PSEUDONYM_KEY": "integration-test-pseudonym-key",
         "HUB_ALLOW_TEST_INS": "true",
+        # A killed worker's partitions move after 12 s instead of 30 (docs/DEPLOY.md).
+        "HUB_GROUP_SESSION_SECONDS": "12",
         "HUB_TOPIC_PARTITIONS": str(PARTITIONS),
         "HUB_LOG_LEVEL": "info",
         "HUB_LOG_JSON": "true",
