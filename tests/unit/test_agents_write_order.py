@@ -60,19 +60,27 @@ class HeldProducer:
                 future.set_result(None)
 
 
-def run_agent(
-    tmp_path: Path, keys: list[str], *, acknowledge: bool, until: Callable[[list[str]], bool]
-) -> list[str]:
-    """Put ``keys`` through an agent that writes each in a table and sends one record for it; the
-    producer acknowledges (or never does), the agent is stopped once ``until(timeline)`` holds."""
-    timeline: list[str] = []
-    app = faust.App(f"test-agents-write-order-{acknowledge}", store="memory://", web_enabled=False)
+def held_agents(
+    tmp_path: Path, app_id: str, timeline: list[str]
+) -> tuple[faust.App, Agents, BatchWrites, HeldProducer]:
+    """An app's :class:`Agents` with one table group ``g`` (one table) and a held producer."""
+    app = faust.App(app_id, store="memory://", web_enabled=False)
     keyring = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(KEK))
     agents = Agents(app, Settings(), StreamCrypto(keyring, TopicNames(""), []))
     table = BatchWrites(RecordingTable(timeline), name="t")
     agents.groups["g"] = [table]
     producer = HeldProducer(timeline)
     agents.send = producer.send  # type: ignore[method-assign]
+    return app, agents, table, producer
+
+
+def run_agent(
+    tmp_path: Path, keys: list[str], *, acknowledge: bool, until: Callable[[list[str]], bool]
+) -> list[str]:
+    """Put ``keys`` through an agent that writes each in a table and sends one record for it; the
+    producer acknowledges (or never does), the agent is stopped once ``until(timeline)`` holds."""
+    timeline: list[str] = []
+    app, agents, table, producer = held_agents(tmp_path, f"test-agents-write-order-{acknowledge}", timeline)
 
     def route(message: Any) -> list[Outgoing]:
         key = message.value.decode()
@@ -118,13 +126,7 @@ def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) ->
     still being sent, reads share's pending write and writes its own only after share's is written,
     even though Kafka acknowledged share-merge's records first."""
     timeline: list[str] = []
-    app = faust.App("test-agents-write-order-two", store="memory://", web_enabled=False)
-    keyring = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(KEK))
-    agents = Agents(app, Settings(), StreamCrypto(keyring, TopicNames(""), []))
-    table = BatchWrites(RecordingTable(timeline), name="t")
-    agents.groups["g"] = [table]
-    producer = HeldProducer(timeline)
-    agents.send = producer.send  # type: ignore[method-assign]
+    app, agents, table, producer = held_agents(tmp_path, "test-agents-write-order-two", timeline)
     read: list[Any] = []
 
     def first(message: Any) -> list[Outgoing]:

@@ -295,15 +295,9 @@ def test_what_the_recipient_did_not_ask_for_never_waits() -> None:
     assert stored is not None and stored["waiting"] == ["gp-x"], "the hospital produced it: sent back"
 
 
-@pytest.mark.parametrize("link_first", [True, False])
-def test_events_waiting_under_a_linked_local_id_are_released_on_the_merged_state(link_first: bool) -> None:
-    """A diagnosis sent under a local id (no GP known there) waits; the link to the INS id, whose
-    Patient declares the GP, brings it over and the GP receives it, whichever came first."""
-    states: dict[str, Any] = {}
-    sharing = stage(states)
-    local = event(8, condition("I10"), "condition", organization=HOSPITAL_ORG, patient_id="pt-local")
-    declared = event(2, patient(), "patient", organization=GP_ORG)
-    linked = linked_event(
+def local_linked_to_ins() -> dict[str, Any]:
+    """Identity's ``patient.linked``: the hospital's local id pt-local is the INS id pt-x."""
+    return linked_event(
         {
             "local_id": "pt-local",
             "ins_id": "pt-x",
@@ -313,6 +307,17 @@ def test_events_waiting_under_a_linked_local_id_are_released_on_the_merged_state
             "recorded_at": "2026-12-06T10:00:00.000Z",
         }
     ).to_dict()
+
+
+@pytest.mark.parametrize("link_first", [True, False])
+def test_events_waiting_under_a_linked_local_id_are_released_on_the_merged_state(link_first: bool) -> None:
+    """A diagnosis sent under a local id (no GP known there) waits; the link to the INS id, whose
+    Patient declares the GP, brings it over and the GP receives it, whichever came first."""
+    states: dict[str, Any] = {}
+    sharing = stage(states)
+    local = event(8, condition("I10"), "condition", organization=HOSPITAL_ORG, patient_id="pt-local")
+    declared = event(2, patient(), "patient", organization=GP_ORG)
+    linked = local_linked_to_ins()
     shares = []
     for item in [declared, local] if link_first else [local, declared]:
         shares += sharing.handle(item, now=NOW)
@@ -333,16 +338,7 @@ def test_a_local_id_event_decided_after_the_merge_request_is_decided_under_the_i
     sharing = stage({})
     local = event(8, condition("I10"), "condition", organization=HOSPITAL_ORG, patient_id="pt-local")
     declared = event(2, patient(), "patient", organization=GP_ORG)
-    linked = linked_event(
-        {
-            "local_id": "pt-local",
-            "ins_id": "pt-x",
-            "source": "src-chu-y",
-            "organization": HOSPITAL_ORG,
-            "ingest": {"topic": "hub.ingest.v1", "partition": 0, "offset": 9},
-            "recorded_at": "2026-12-06T10:00:00.000Z",
-        }
-    ).to_dict()
+    linked = local_linked_to_ins()
     shares = sharing.handle(declared, now=NOW)
     [request] = [s for s in sharing.handle(linked, now=NOW) if s.topic == "t.merge"]
     [answer] = sharing.handle_merge(request.value)
