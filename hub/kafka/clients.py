@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def in_daemon_thread(call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)`` in a daemon thread, awaited: a blocking kafka-python call made by a worker.
+async def in_daemon_thread(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)`` in a daemon thread, awaited: a blocking kafka-python call of a worker.
 
     Not ``asyncio.to_thread``: its threads are joined when the process exits, so a worker asked to
     stop while one of them waited on the broker (a request times out after 30 s) went on running
@@ -44,7 +44,7 @@ async def in_daemon_thread(call: Callable[..., T], *args: Any) -> T:
 
     def run() -> None:
         try:
-            result = call(*args)
+            result = call(*args, **kwargs)
         except BaseException as exc:  # handed to the awaiting task, which decides
             error = exc
             loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))

@@ -5,7 +5,6 @@ The agents are made one way (hub.streams.agents), the tables too (hub.streams.ta
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -76,13 +75,7 @@ def schedule_ingest_purge(app: faust.App, settings: Settings, topics: TopicNames
 
         try:
             deleted, left = await in_daemon_thread(
-                functools.partial(
-                    purge_processed_ingest,
-                    settings.bootstrap_servers,
-                    topics.ingest,
-                    settings.app_id,
-                    wait=0.0,
-                )
+                purge_processed_ingest, settings.bootstrap_servers, topics.ingest, settings.app_id, wait=0.0
             )
         except HubError as exc:
             log.warning("ingest.purge_failed", code=str(exc.code))

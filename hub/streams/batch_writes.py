@@ -5,8 +5,9 @@ an AES-GCM seal. The stages write the same keys again and again within a batch: 
 state for each of their events, the index of the events waiting for a basis, a practice's facts. In
 the benchmark (docs/PERFORMANCE.md) that was 3.3 ``share-state`` and 5.2 ``share-decided`` changelog
 records per input. :class:`BatchWrites` keeps a batch's writes in memory, reads its own writes back,
-and :meth:`BatchWrites.flush` writes each key once, with its last value, when the batch is decided.
-What the batch read from the table is kept until then too (the same keys are read again and again).
+and :meth:`BatchWrites.flush` writes each key once, with its last value, once Kafka has acknowledged
+the batch's records. What the batch read from the table is kept until then too (the same keys are
+read again and again).
 
 Why this is safe:
 

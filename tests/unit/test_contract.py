@@ -603,3 +603,9 @@ def test_share_merge_records_match_the_inline_schemas() -> None:
     assert _payload_errors("shareMergeState", answer.value) == []
     assert _payload_errors("shareMergeState", {**answer.value, "state": None}) == []
     assert _payload_errors("shareMergeState", {**answer.value, "state": "corrupt"}) != []
+    # A pathway event of the local id decided after the hand-over goes on to the surviving id.
+    late = _event(patient_id=local_id).to_dict()
+    (forward,) = stage.handle(late, now=AT)
+    assert (forward.topic, forward.key) == (SHARE_MERGE, event.patient_id)
+    assert _payload_errors("shareMergeEvent", forward.value) == []
+    assert _payload_errors("shareMergeEvent", {**forward.value, "forwarded": 5}) != []
