@@ -127,3 +127,38 @@ def test_each_value_keeps_its_event_when_the_body_changes_the_current_event_whil
 
     asyncio.run(main())
     assert batches == [[(0, 0)], [(1, 1)]]
+
+
+def test_an_idle_stream_sleeps_until_a_value_comes_instead_of_waking_every_window() -> None:
+    """With nothing to read, the batch loop waits for the first value, not for the window to pass
+    again and again: four agents polling every 2 ms cost ~15 % of a worker's CPU (docs/PERFORMANCE.md)
+    and kept an idle worker busy. A value put after the idle spell still makes its batch at once."""
+    app = faust.App("test-batches-idle", store="memory://", web_enabled=False)
+    batches: list[list[int]] = []
+    waits: list[float | None] = []
+
+    async def process(stream: Any) -> None:
+        wait_for_stopped = stream.wait_for_stopped
+
+        async def counting(*coros: Any, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return bool(await wait_for_stopped(*coros, timeout=timeout))
+
+        stream.wait_for_stopped = counting
+        async for events in take_batches(stream, 10, 0.002):
+            batches.append([event.value for event in events])
+
+    agent: Any = app.agent(name="process")(process)
+
+    async def main() -> None:
+        async with agent.test_context() as running:
+            await asyncio.sleep(0.5)
+            idle_waits = len(waits)
+            await running.put(7)
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while not batches and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            assert idle_waits <= 2, f"{idle_waits} waits in 0.5 s of idleness (every 2 ms: ~250)"
+
+    asyncio.run(main())
+    assert batches == [[7]]
