@@ -22,13 +22,18 @@ docs/STATE.md has the bound of every table and how to size a worker.
   folder written by an earlier format of this store (:data:`STORE_FORMAT`).
 - Every database is opened with the hub's options only, never with those its OPTIONS file kept:
   reloaded, they stacked a second TTL filter that dropped live entries (:class:`BoundedOptions`).
+- Outside the budget: glibc's malloc gives each thread that allocates an arena of its own (up to
+  eight per core), and RocksDB's threads allocate; the worker keeps :data:`MALLOC_ARENAS`
+  (:func:`limit_malloc_arenas`) unless MALLOC_ARENA_MAX says otherwise.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import functools
 import json
+import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -48,6 +53,12 @@ HORIZON_TABLES = frozenset({"identity-seen-messages", "identity-seen-events"})
 #: The share stage's decisions (hub.consent.decisions): kept for the policy's look-back of late
 #: release (``backfill_days`` in config/policy.json), and a day more.
 DECISION_TABLES = frozenset({"share-decided"})
+
+#: glibc malloc arenas a worker keeps (``M_ARENA_MAX``, glibc's default is eight per core): fewer arenas
+#: hold less freed memory between RocksDB's threads and the event loop (docs/PERFORMANCE.md).
+MALLOC_ARENAS = 2
+#: mallopt's parameter number for the arena limit (glibc's malloc.h).
+M_ARENA_MAX = -8
 
 #: faust's store scheme of each HUB_TABLE_STORE.
 STORE_URLS = {"rocksdb://": "hubrocksdb://", "memory://": "memory://"}
@@ -79,6 +90,23 @@ _held: dict[Path, IO[bytes]] = {}
 
 
 @functools.cache
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Limit glibc's malloc arenas of this process, early, before the threads that would make more.
+
+    True if the limit is set; False on another C library (no mallopt, or refused), or when the
+    operator's MALLOC_ARENA_MAX (read by glibc itself at start) already says how many.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
 def memory_budget(total_bytes: int) -> tuple[rocksdict.Cache, rocksdict.WriteBufferManager]:
     """The process's block cache of ``total_bytes`` and the write-buffer manager charged to it.
 
