@@ -35,18 +35,19 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
     """
     buffer: list[Any] = []
     events: list[Any] = []
-    # Set by the first value of a batch: an idle agent sleeps on it instead of polling every
-    # ``within`` (a wait of mode's costs three tasks; four agents polling every 2 ms were ~15 % of a
-    # worker's CPU under load in the profile, and busy even when no input came).
-    buffer_started = asyncio.Event()
+    # Set when the batch is full, or by the timer its first value starts (``within``): the loop makes
+    # one wait per batch and none while idle. (Waiting on a timeout instead woke an idle agent every
+    # ``within``: a wait of mode's costs three tasks, and four agents polling every 2 ms were ~15 % of
+    # a worker's CPU in the profile, busy even when no input came.)
     buffer_full = asyncio.Event()
+    window: asyncio.TimerHandle | None = None
     buffer_consumed = asyncio.Event()
     consuming: asyncio.Future[None] | None = None
     enable_acks: bool = stream.enable_acks
 
     async def add_to_buffer(value: Any) -> Any:
         # Called by faust for each event the stream reads in the background (a stream processor).
-        nonlocal consuming
+        nonlocal consuming, window
         # The value's event, read before waiting: meanwhile the agent sets the stream's current event
         # as it routes and writes (hub.streams.agents), and leaves it None (faust's take_events reads
         # it after the wait: a value was buffered without its event, and the next batch came empty).
@@ -60,7 +61,8 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
                 consuming = None
         buffer.append(value)
         events.append(event)
-        buffer_started.set()
+        if len(buffer) == 1:
+            window = stream.loop.call_later(within, buffer_full.set)
         if len(buffer) >= max_records:
             buffer_full.set()
             # Not one record more than max_records in a batch: wait until this one is taken.
@@ -74,11 +76,9 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
     stream._enable_passive(aiter_of(stream.channel))
     try:
         while not stream.should_stop:
+            await stream.wait_for_stopped(buffer_full)
             if not buffer:
-                # The batch's window opens with its first value: nothing to wake up for until then.
-                await stream.wait_for_stopped(buffer_started)
-                continue
-            await stream.wait_for_stopped(buffer_full, timeout=within)
+                continue  # stopped while idle
             # The background reader must not add to the buffer while the batch is out.
             consuming = stream.loop.create_future()
             batch = list(events)
@@ -92,13 +92,17 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
                 acknowledged = batch if processed else []
                 buffer.clear()
                 events.clear()
-                buffer_started.clear()
+                if window is not None:
+                    window.cancel()  # the batch was full first: its timer must not cut the next one
+                    window = None
                 notify(consuming)
                 buffer_full.clear()
                 buffer_consumed.set()
             for event in acknowledged:
                 await stream.ack(event)
     finally:
+        if window is not None:
+            window.cancel()
         stream.enable_acks = enable_acks
         stream._processors.remove(add_to_buffer)
 
