@@ -12,6 +12,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -242,7 +243,8 @@ def check_tampered_copies(
     # An earlier run verified the first part, when no checkpoint vouched for more than it.
     then = f"{env.topics.prefix}scratch.checkpoints-then"
     create_topics(env.bootstrap, [then], partitions=PARTITIONS)
-    for name, (appended, kind, offset) in cases.items():
+
+    def check(name: str, appended: list[Sent], kind: str, offset: int | None) -> None:
         topic = f"{env.topics.prefix}scratch.{name}"
         create_topics(env.bootstrap, [topic], partitions=PARTITIONS)
         produce(env, topic, [as_sent(r) for r in audit[:split]])
@@ -270,6 +272,12 @@ def check_tampered_copies(
             if offset is not None:
                 assert f"offset {offset}:" in line, (name, line)
         assert breaks(resumed) == breaks(full), f"{name}: an incremental run and a full one disagree"
+
+    # The cases are independent (a topic and state files each): checked at once, each `hub audit
+    # verify` a process of its own.
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        for checked in [pool.submit(check, name, *case) for name, case in cases.items()]:
+            checked.result()
 
     # The copy verified once; the same state against a shorter topic is a cut tail even without a
     # checkpoint, for an incremental run and a full one alike.

@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,15 +296,20 @@ def test_a_hospitals_java_consumer_opens_its_own_stream_and_nothing_else(
     count = settled(env, topic, at_least=3)
 
     shown = tail(env, topic)
-    opened, skipped = run_consumer(java_classpath, env, key_service, topic, group="hosp-a", token=hosp_a)
+    # hosp-a's consumer, and another recipient's credential on hosp-a's records (as if it could read
+    # the topic), run at once: two JVMs in their own groups.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        own = pool.submit(run_consumer, java_classpath, env, key_service, topic, group="hosp-a", token=hosp_a)
+        other = pool.submit(
+            run_consumer, java_classpath, env, key_service, topic, group="outsider", token=outsider
+        )
+        (opened, skipped), (stolen, refused) = own.result(), other.result()
     assert len(shown) == count and skipped == []
     assert opened == shown, "the Java consumer and `hub tail` disagree"
     assert any(marker in json.dumps(event) for event in opened.values())
     assert {event["decision"]["basis"] for event in opened.values()} == {"care_team"}
     patient_id = next(iter(opened.values()))["patient_id"]
-
-    # Another recipient's credential, on hosp-a's records (as if it could read the topic): nothing.
-    stolen, refused = run_consumer(java_classpath, env, key_service, topic, group="outsider", token=outsider)
+    # The outsider's opens nothing.
     assert stolen == {} and refused == ["keys.not_permitted"] * count
 
     def audited() -> tuple[set[str], set[str]]:
