@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -184,6 +185,25 @@ def forget_foreign_tables_of(settings: Settings, tabledir: Path) -> None:
         )
 
 
+#: The garbage collector's thresholds (Python's: 700, 10, 10): a young collection after this many new
+#: objects. The stages make few reference cycles (full collections found nearly nothing to free), and
+#: a worker makes hundreds of thousands of short-lived objects a second under load.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, FHIR models, the app: millions of objects that live as long
+    as the process) out of the garbage collector's full collections.
+
+    Each full collection walked all of them: 110-160 ms with the event loop stopped, every 3-5 s under
+    load, and nearly all found nothing to free (docs/PERFORMANCE.md, session 7): a pause every agent
+    and every record in flight waits through.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
     limit_malloc_arenas()  # before RocksDB's and the clients' threads start (hub.streams.store)
@@ -218,6 +238,7 @@ def run_worker(settings: Settings) -> None:
     else:
         log.info("metrics.listening", host=host, port=port, url=f"http://{host}:{port}/metrics")
         advertise(settings.state_dir, settings.app_id, host, port)  # how `hub status` finds port 0
+    freeze_startup_objects()
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,
