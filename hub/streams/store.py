@@ -89,7 +89,6 @@ SECONDS_PER_DAY = 24 * 3600
 _held: dict[Path, IO[bytes]] = {}
 
 
-@functools.cache
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Limit glibc's malloc arenas of this process, early, before the threads that would make more.
 
@@ -107,6 +106,7 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     return bool(mallopt(M_ARENA_MAX, arenas))
 
 
+@functools.cache
 def memory_budget(total_bytes: int) -> tuple[rocksdict.Cache, rocksdict.WriteBufferManager]:
     """The process's block cache of ``total_bytes`` and the write-buffer manager charged to it.
 
