@@ -113,6 +113,9 @@ LATENCY_SHARE = 0.35
 LOAD_FACTOR = 0.5
 #: Seconds without a new output record after which a phase's pipeline counts as drained.
 QUIET_SECONDS = 5.0
+#: Seconds the worker's CPU is measured with no input, once the latency phase has drained: what a
+#: worker of a quiet region costs (its timers, its consumer's fetches, its agents' waits).
+IDLE_SECONDS = 10.0
 #: A restarted worker is ready once its changelog reads have not moved for this long.
 RESTART_SETTLE_SECONDS = 5.0
 #: Fewer inputs than this say too little about memory per input to extrapolate to the target's size.
@@ -539,6 +542,8 @@ def render_table(result: Mapping[str, Any]) -> str:
             f"{memory['worker_rss_end_mb']:.0f} MB at the end)",
         )
     )
+    if memory.get("worker_idle_cpu_percent") is not None:
+        rows.append(("worker CPU while idle", f"{memory['worker_idle_cpu_percent']:.1f} % of a core"))
     rows.append(("worker restarted on its state", _restart_text(memory["restart"])))
     tables = memory["tables"]
     rows.append(
@@ -1960,8 +1965,13 @@ class Bench:
             opener=self.opener,
         )
         peak = workers[0].peak_rss_mb()
-        # Now, idle with every input in state: what stays resident, apart from the load's peak.
+        # Now, idle with every input in state: what stays resident, apart from the load's peak, and the
+        # CPU it spends with nothing to do.
         rss_end = workers[0].rss_mb()
+        self.progress(f"idle: the worker's CPU for {IDLE_SECONDS:.0f} s without input")
+        idle_from = workers[0].cpu_seconds()
+        await asyncio.sleep(IDLE_SECONDS)
+        idle_cpu_percent = 100 * (workers[0].cpu_seconds() - idle_from) / IDLE_SECONDS
         growth, estimate = memory_estimate(
             ready_mb=rss_at_start,
             peak_mb=peak,
@@ -1973,6 +1983,7 @@ class Bench:
             "worker_peak_rss_mb": round(peak, 1),
             "worker_rss_ready_mb": round(rss_at_start, 1),
             "worker_rss_end_mb": round(rss_end, 1),
+            "worker_idle_cpu_percent": round(idle_cpu_percent, 1),
             "patients_in_state": config.patients,
             "inputs_in_state": throughput_count + latency["sent"],
             "rss_growth_mb_per_1000_inputs": round(growth, 2),

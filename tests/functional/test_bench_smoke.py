@@ -228,6 +228,7 @@ def _document(
             "worker_peak_rss_mb": peak,
             "worker_rss_ready_mb": 90.0,
             "worker_rss_end_mb": 150.0,
+            "worker_idle_cpu_percent": 6.9,
             "patients_in_state": patients,
             "estimated_rss_mb_at_target_patients": 12345,
             "restart": restart,
@@ -346,6 +347,7 @@ def test_the_run_ends_with_the_table_of_every_target() -> None:
     assert "hub, 2 workers" in summary
     assert "x1.60" in summary
     assert "3.5 MB on disk, 1,120 kB per 1,000 inputs; 3,125 keys, 0.8 MB live" in summary
+    assert "worker CPU while idle" in summary and "6.9 % of a core" in summary
     assert (
         "ready in 12.0 s (10 new inputs end to end; receipts in 11.0 s), 0 changelog records read" in summary
     )
