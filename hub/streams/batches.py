@@ -37,8 +37,8 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
     events: list[Any] = []
     # Set when the batch is full, or by the timer its first value starts (``within``): the loop makes
     # one wait per batch and none while idle. (Waiting on a timeout instead woke an idle agent every
-    # ``within``: a wait of mode's costs three tasks, and four agents polling every 2 ms were ~15 % of
-    # a worker's CPU in the profile, busy even when no input came.)
+    # ``within``: a wait of mode's costs three tasks, and four agents polling every 2 ms kept an idle
+    # worker at 20-23 % of a core, against 7-8 % now: docs/PERFORMANCE.md, session 7.)
     buffer_full = asyncio.Event()
     window: asyncio.TimerHandle | None = None
     buffer_consumed = asyncio.Event()

@@ -192,7 +192,7 @@ GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def freeze_startup_objects() -> None:
-    """Keep what start-up made (modules, FHIR models, the app: millions of objects that live as long
+    """Keep what start-up made (modules, FHIR models, the app: most of the heap, and it lives as long
     as the process) out of the garbage collector's full collections.
 
     Each full collection walked all of them: 110-160 ms with the event loop stopped, every 3-5 s under
