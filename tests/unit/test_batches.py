@@ -131,8 +131,8 @@ def test_each_value_keeps_its_event_when_the_body_changes_the_current_event_whil
 
 def test_an_idle_stream_sleeps_until_a_value_comes_instead_of_waking_every_window() -> None:
     """With nothing to read, the batch loop waits for the first value, not for the window to pass
-    again and again: four agents polling every 2 ms kept an idle worker at ~20 % of a core (docs/PERFORMANCE.md)
-    and kept an idle worker busy. A value put after the idle spell still makes its batch at once."""
+    again and again: four agents polling every 2 ms kept an idle worker at ~20 % of a core
+    (docs/PERFORMANCE.md, session 7). A value put after the idle spell still makes its batch at once."""
     app = faust.App("test-batches-idle", store="memory://", web_enabled=False)
     batches: list[list[int]] = []
     waits: list[float | None] = []
