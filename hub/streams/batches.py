@@ -6,10 +6,11 @@ closes the generator, the ``finally`` acknowledges the whole batch, and the cons
 past records whose outputs were never sent. Those inputs were lost without a trace: no receipt, no
 event (found by ``hub bench --state-patients``, which stops a worker with SIGTERM under load).
 
-:func:`take_batches` is faust's algorithm with one change: a batch is acknowledged only when the agent
-asks for the next one, that is, once its body has finished with it. A batch abandoned by a stop or an
-exception stays unacknowledged, its offsets are not committed, and the records are read again by the
-next owner of the partition (at-least-once, deterministic ids: DESIGN.md 4).
+:func:`take_batches` is faust's algorithm with two changes. A batch is acknowledged only when the
+agent asks for the next one, that is, once its body has finished with it: a batch abandoned by a stop
+or an exception stays unacknowledged, its offsets are not committed, and the records are read again by
+the next owner of the partition (at-least-once, deterministic ids: DESIGN.md 4). And a batch's window
+is a timer its first event starts, instead of a wait that times out over and over while idle.
 
 It relies on faust's stream internals as ``take_events`` does (``add_processor``, ``_enable_passive``,
 ``current_event``), checked against the pinned faust-streaming version by tests/unit/test_batches.py.
