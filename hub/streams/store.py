@@ -22,9 +22,12 @@ docs/STATE.md has the bound of every table and how to size a worker.
   folder written by an earlier format of this store (:data:`STORE_FORMAT`).
 - Every database is opened with the hub's options only, never with those its OPTIONS file kept:
   reloaded, they stacked a second TTL filter that dropped live entries (:class:`BoundedOptions`).
-- Outside the budget: glibc's malloc gives each thread that allocates an arena of its own (up to
-  eight per core), and RocksDB's threads allocate; the worker keeps :data:`MALLOC_ARENAS`
-  (:func:`limit_malloc_arenas`) unless MALLOC_ARENA_MAX says otherwise.
+- Outside the budget, glibc's malloc (:func:`tune_malloc`, unless the operator's environment says
+  otherwise): each thread that allocates gets an arena of its own (up to eight per core), and
+  RocksDB's threads allocate: the worker keeps :data:`MALLOC_ARENAS`. And glibc raises its mmap
+  threshold to the largest block freed (up to 32 MiB), after which the Kafka client's fetch buffers
+  (up to 4 MiB each) come from the heap and leave it full of holes: the worker fixes the threshold
+  at :data:`MMAP_THRESHOLD_BYTES`, so large blocks go back to the system when freed.
 """
 
 from __future__ import annotations
@@ -59,6 +62,13 @@ DECISION_TABLES = frozenset({"share-decided"})
 MALLOC_ARENAS = 2
 #: mallopt's parameter number for the arena limit (glibc's malloc.h).
 M_ARENA_MAX = -8
+#: Blocks of this size or more are mapped for themselves and unmapped when freed (glibc's initial
+#: value). Set, it stays: glibc no longer raises it to the largest block freed, which made the Kafka
+#: client's fetch buffers land in the heap and leave it fragmented, 40-70 MB of free heap held during
+#: a rebuild (docs/STATE.md, "Memory while rebuilding").
+MMAP_THRESHOLD_BYTES = 128 * 1024
+#: mallopt's parameter number for the mmap threshold (glibc's malloc.h).
+M_MMAP_THRESHOLD = -3
 
 #: faust's store scheme of each HUB_TABLE_STORE.
 STORE_URLS = {"rocksdb://": "hubrocksdb://", "memory://": "memory://"}
@@ -89,21 +99,47 @@ SECONDS_PER_DAY = 24 * 3600
 _held: dict[Path, IO[bytes]] = {}
 
 
+def tune_malloc() -> dict[str, bool]:
+    """Set this process's glibc malloc for a long-lived worker, early, before the threads start.
+
+    Two malloc arenas (:func:`limit_malloc_arenas`) and a fixed mmap threshold
+    (:func:`fix_mmap_threshold`); each only where the operator's environment does not set it. Returns
+    what was set.
+    """
+    return {"arenas": limit_malloc_arenas(), "mmap_threshold": fix_mmap_threshold()}
+
+
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """Limit glibc's malloc arenas of this process, early, before the threads that would make more.
 
     True if the limit is set; False on another C library (no mallopt, or refused), or when the
     operator's MALLOC_ARENA_MAX (read by glibc itself at start) already says how many.
     """
-    if os.environ.get("MALLOC_ARENA_MAX"):
+    if os.environ.get("MALLOC_ARENA_MAX") or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
+    return _mallopt(M_ARENA_MAX, arenas)
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes (see :data:`MMAP_THRESHOLD_BYTES`).
+
+    True if set; False on another C library, or when the operator set it (MALLOC_MMAP_THRESHOLD_ or
+    the glibc.malloc.mmap_threshold tunable, read by glibc itself at start).
+    """
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    return _mallopt(M_MMAP_THRESHOLD, threshold)
+
+
+def _mallopt(parameter: int, value: int) -> bool:
+    """glibc's mallopt; False where the C library has none, or refuses."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, arenas))
+    return bool(mallopt(parameter, value))
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from hub.normalise.codes import load_concept_maps
 from hub.settings import Settings
 from hub.sources.registry import load_sources
 from hub.streams.app import INTERNAL_RECORD_LIMIT, create_app
-from hub.streams.store import changelog_configs, forget_foreign_tables, limit_malloc_arenas
+from hub.streams.store import changelog_configs, forget_foreign_tables, tune_malloc
 from hub.streams.tables import TABLES
 from hub.topics import TopicNames
 
@@ -206,7 +206,7 @@ def freeze_startup_objects() -> None:
 
 def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
-    limit_malloc_arenas()  # before RocksDB's and the clients' threads start (hub.streams.store)
+    tune_malloc()  # before RocksDB's and the clients' threads start (hub.streams.store)
     configure_logging(settings.log_level, json=settings.log_json)
     watch_broker_of(settings)  # a broker outage: two events in the log, not a flood (hub.kafka.outage)
     context = ingest_context(settings)
