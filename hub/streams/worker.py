@@ -206,12 +206,12 @@ def freeze_startup_objects() -> None:
 
 def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground; returns when it is stopped (SIGINT/SIGTERM)."""
-    tune_malloc()  # before RocksDB's and the clients' threads start (hub.streams.store)
+    malloc = tune_malloc()  # before RocksDB's and the clients' threads start (hub.streams.store)
     configure_logging(settings.log_level, json=settings.log_json)
     watch_broker_of(settings)  # a broker outage: two events in the log, not a flood (hub.kafka.outage)
     context = ingest_context(settings)
     created = create_contract_topics(settings, source_ids=context.registry.sources)
-    log.info("worker.starting", sources=len(context.registry), topics_created=created)
+    log.info("worker.starting", sources=len(context.registry), topics_created=created, malloc_tuned=malloc)
     recipients, policy = share_config(settings)
     networks = load_networks(settings.networks_dir)
     app = create_app(
