@@ -29,7 +29,6 @@ so one record means the same thing to every part that touches it.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,8 +167,12 @@ def canonical_json(document: object) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-#: A run of 19 digits: the only numbers orjson reads inexactly (an integer past 64 bits becomes a float).
-_LONG_NUMBER = re.compile(rb"\d{19}")
+#: Each ASCII digit to "9", every other byte to a space: a run of 19 digits, the only numbers orjson
+#: reads inexactly (an integer past 64 bits becomes a float), becomes :data:`_LONG_RUN`. A translation
+#: and a substring search cost a fifteenth of the regular expression ``\d{19}`` on the agents' records
+#: (1.3 against 19 µs for 2 kB; orjson's parse of them, 4.8 µs).
+_DIGITS_ONLY = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_RUN = b"9" * 19
 
 
 def decode_json(data: bytes | bytearray | str) -> Any:
@@ -179,7 +182,7 @@ def decode_json(data: bytes | bytearray | str) -> Any:
     value with a 19-digit run, or one orjson refuses (NaN, a lone surrogate), is the standard
     library's, which reads any integer exactly.
     """
-    if not isinstance(data, str) and not _LONG_NUMBER.search(data):
+    if not isinstance(data, str) and _LONG_RUN not in data.translate(_DIGITS_ONLY):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
