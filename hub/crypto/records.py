@@ -35,6 +35,7 @@ from hub.records import (
     ORIGIN_HEADER,
     RECORD_ID_HEADER,
     Header,
+    Outgoing,
     decode_json,
     encode_headers,
     encode_json,
@@ -111,17 +112,30 @@ class RecordSealer:
             alert = decode_json(value)
             key_id, record_id = str(alert["patient"]["patient_id"]), str(alert["alert_id"])
         else:
-            if not key:
-                raise EnvelopeInvalid(f"a record to {topic} needs its patient key to be encrypted")
-            key_id = key.decode()
+            key_id, parent = self._record_key(topic, key)
             record_id = header(headers, EVENT_ID_HEADER) or uuid.uuid4().hex
-            recipient = self.recipients.get(topic)
-            if recipient is not None:
-                # Never the patient's own key: the recipient obtains this one, and it opens nothing else.
-                key_id, parent = recipient_key_id(key_id, recipient), key_id
         sealed = self.keyring.seal(value, key_id=key_id, topic=topic, record_id=record_id, parent=parent)
         added = encode_headers(((ENC_HEADER, SCHEME), (KEY_ID_HEADER, key_id), (RECORD_ID_HEADER, record_id)))
         return sealed, (*(h for h in headers if h[0] not in CRYPTO_HEADERS), *added)
+
+    def keys_of(self, records: Iterable[Outgoing]) -> Iterator[tuple[str, str | None]]:
+        """The ``(key id, parent)`` that :meth:`seal` will seal each record under, for
+        :meth:`Keyring.prepare`: those to the topics keyed by patient only (alerts and rejects are few,
+        and a reject's key is its own)."""
+        for record in records:
+            if record.value is not None and record.key and record.topic in self.by_key:
+                yield self._record_key(record.topic, record.key)
+
+    def _record_key(self, topic: str, key: bytes | None) -> tuple[str, str | None]:
+        """The key id and parent of a record to a topic keyed by patient (identity, merges, pathways)."""
+        if not key:
+            raise EnvelopeInvalid(f"a record to {topic} needs its patient key to be encrypted")
+        key_id = key.decode()
+        recipient = self.recipients.get(topic)
+        if recipient is None:
+            return key_id, None
+        # Never the patient's own key: the recipient obtains this one, and it opens nothing else.
+        return recipient_key_id(key_id, recipient), key_id
 
 
 class RecordOpener:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,9 @@ CREATE TABLE IF NOT EXISTS data_keys (
     destroyed_by TEXT
 )
 """
+
+
+_SELECT_KEY = "SELECT key_id, kek_id, wrapped, created_at, destroyed_at FROM data_keys WHERE key_id = ?"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,16 @@ class StoredKey:
     def issued(self) -> bool:
         """True when a key was ever stored under this id; False for the tombstone of an unused id."""
         return bool(self.kek_id)
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A wrapped key to store (:meth:`KeyStore.create_many`), and the key it depends on, if any."""
+
+    key_id: str
+    kek_id: str
+    wrapped: bytes
+    unless_destroyed: str | None = None
 
 
 def _now() -> str:
@@ -96,10 +110,7 @@ class KeyStore:
     def get(self, key_id: str) -> StoredKey | None:
         """The key or its tombstone, or None when the id was never used."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT key_id, kek_id, wrapped, created_at, destroyed_at FROM data_keys WHERE key_id = ?",
-                (key_id,),
-            ).fetchone()
+            row = self._db.execute(_SELECT_KEY, (key_id,)).fetchone()
         return None if row is None else StoredKey(row[0], row[1], row[2], row[3], row[4])
 
     def create(
@@ -138,6 +149,49 @@ class KeyStore:
         if stored is None:  # pragma: no cover - an insert that neither wrote nor found a row
             raise ConfigError(f"the key store {self.path} lost key {key_id}")
         return stored
+
+    def get_many(self, key_ids: Iterable[str]) -> dict[str, StoredKey]:
+        """The keys or tombstones stored under ``key_ids``; ids never used are left out."""
+        found: dict[str, StoredKey] = {}
+        with self._lock:
+            for key_id in dict.fromkeys(key_ids):
+                row = self._db.execute(_SELECT_KEY, (key_id,)).fetchone()
+                if row is not None:
+                    found[key_id] = StoredKey(row[0], row[1], row[2], row[3], row[4])
+        return found
+
+    def create_many(self, keys: Iterable[NewKey]) -> dict[str, StoredKey]:
+        """Store new wrapped keys in one transaction (one commit, one sync to disk for them all).
+
+        Each as :meth:`create` stores one: unless its id exists (the store's key is returned, maybe
+        another process's), and not when the key it depends on (``unless_destroyed``) is destroyed.
+        Returns what the store holds for each key not refused that way; a refused one is left out.
+        """
+        keys = list(keys)
+        refused: set[str] = set()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for key in keys:
+                    if key.unless_destroyed is not None and (
+                        self._db.execute(
+                            "SELECT 1 FROM data_keys WHERE key_id = ? AND destroyed_at IS NOT NULL",
+                            (key.unless_destroyed,),
+                        ).fetchone()
+                        is not None
+                    ):
+                        refused.add(key.key_id)
+                        continue
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO data_keys (key_id, kek_id, wrapped, created_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (key.key_id, key.kek_id, key.wrapped, _now()),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.get_many(key.key_id for key in keys if key.key_id not in refused)
 
     def destroy(self, key_id: str, *, by: str) -> bool:
         """Destroy the key (or forbid the id if unused); True when a usable key was destroyed."""

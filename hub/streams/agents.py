@@ -107,13 +107,24 @@ class StreamCrypto:
     def route(
         self, name: str, message: Any, route: Callable[[Any], list[Outgoing]], *, encrypted: bool
     ) -> list[Outgoing]:
-        """Open the message (when its topic is ``encrypted``), route it, seal what it sends."""
+        """Open the message (when its topic is ``encrypted``) and route it: what it sends, not sealed yet."""
         if encrypted and not self.opened(name, message):
             return []
         plain = route(message)
         # Sealed values cannot be read when counted: count what the outputs say before sealing.
         counting.count_outputs(plain)
-        return self.sealed(name, message, plain)
+        return plain
+
+    def prepare(self, name: str, outgoing: Iterable[Outgoing]) -> None:
+        """Make the keys a batch's records will be sealed under, the new ones in one commit.
+
+        Only a head start (hub.crypto.keyring.Keyring.prepare): if it fails, each record's seal makes
+        its key as before, and fails the same way if the store does.
+        """
+        try:
+            self.keyring.prepare(self.sealer.keys_of(outgoing))
+        except Exception as exc:
+            log.warning("crypto.prepare_failed", stage=name, error=type(exc).__name__)
 
     def sealed(self, name: str, message: Any, outgoing: list[Outgoing]) -> list[Outgoing]:
         """The outputs as sent: sealed where they carry clinical data; an erased patient's dropped."""
@@ -142,6 +153,58 @@ class StreamCrypto:
             level("crypto.record_skipped", code=str(exc.code), stage=name)
             return False
         return True
+
+
+def route_batch(
+    crypto: StreamCrypto,
+    name: str,
+    stream: Any,
+    events: list[Any],
+    route: Route,
+    *,
+    encrypted: bool,
+    failing: Failing | None,
+) -> list[tuple[Any, list[Outgoing]]]:
+    """Each record of a batch with what it sends, sealed: opened and routed one by one, then sealed
+    once all are routed, so that the keys of the whole batch are made in one commit (``prepare``).
+
+    A record on which routing or sealing raises (a bug) ends as ``failing`` says (ingest: an
+    internal-error reject) or with nothing sent; it never takes the rest of its batch with it.
+    """
+
+    def failed(message: Any, exc: Exception) -> list[Outgoing]:
+        counting.failed(name)
+        log.error("stage.record_failed", stage=name, error=type(exc).__name__)
+        plain = failing(message, type(exc).__name__) if failing is not None else []
+        counting.count_outputs(plain)
+        return plain
+
+    def routed(event: Any) -> list[Outgoing]:
+        # faust's tables write a key's changelog to the partition of the "current event": in a
+        # batch that is the record being routed, not the last one fetched.
+        stream._set_current_event(event)
+        message = event.message
+        bind_kafka_coordinates(message.topic, message.partition, message.offset)
+        try:
+            return crypto.route(name, message, route, encrypted=encrypted)
+        except Exception as exc:
+            return failed(message, exc)
+        finally:
+            clear_bound()
+
+    def sealed(message: Any, plain: list[Outgoing]) -> list[Outgoing]:
+        bind_kafka_coordinates(message.topic, message.partition, message.offset)
+        try:
+            return crypto.sealed(name, message, plain)
+        except Exception as exc:
+            return crypto.sealed(name, message, failed(message, exc))
+        finally:
+            clear_bound()
+
+    plain = [(event.message, routed(event)) for event in events]
+    stream._set_current_event(None)
+    crypto.prepare(name, (out for _, outs in plain for out in outs))
+    return [(message, sealed(message, outs)) for message, outs in plain]
 
 
 class Agents:
@@ -250,23 +313,6 @@ class Agents:
         """
         crypto = self.crypto
 
-        def routed(stream: Any, event: Any) -> list[Outgoing]:
-            # faust's tables write a key's changelog to the partition of the "current event": in a
-            # batch that is the record being routed, not the last one fetched.
-            stream._set_current_event(event)
-            message = event.message
-            bind_kafka_coordinates(message.topic, message.partition, message.offset)
-            try:
-                return crypto.route(name, message, route, encrypted=encrypted)
-            except Exception as exc:
-                counting.failed(name)
-                log.error("stage.record_failed", stage=name, error=type(exc).__name__)
-                plain = failing(message, type(exc).__name__) if failing is not None else []
-                counting.count_outputs(plain)
-                return crypto.sealed(name, message, plain)
-            finally:
-                clear_bound()
-
         tables = self.groups.get(writes, []) if writes is not None else []
         unwritten = self.unwritten.setdefault(writes, []) if writes is not None else []
 
@@ -282,8 +328,9 @@ class Agents:
                 written = asyncio.get_running_loop().create_future()
                 unwritten.append(written)
                 try:
-                    batch = [(event.message, routed(stream, event)) for event in events]
-                    stream._set_current_event(None)
+                    batch = route_batch(
+                        crypto, name, stream, events, route, encrypted=encrypted, failing=failing
+                    )
                     await self.deliver_batch(name, batch, replacing)
                     if earlier:
                         await asyncio.wait(earlier)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hub.crypto.config import kek_bytes, keyring_from_settings
 from hub.crypto.envelope import is_envelope, parse
+from hub.crypto.keyids import recipient_key_id
 from hub.crypto.keyring import Keyring
 from hub.crypto.keys import LocalKeyProvider, parse_kek
 from hub.crypto.records import RecordOpener, RecordSealer, SealedTable
@@ -25,7 +27,7 @@ from hub.errors import (
     SecretUnavailable,
 )
 from hub.kafka.clients import Record
-from hub.records import ENC_HEADER, KEY_ID_HEADER, RECORD_ID_HEADER
+from hub.records import ENC_HEADER, KEY_ID_HEADER, RECORD_ID_HEADER, Outgoing
 from hub.settings import Settings
 from hub.topics import TopicNames
 
@@ -256,3 +258,66 @@ def test_sealed_headers_match_the_asyncapi_contract(keyring: Keyring) -> None:
         _, sealed = sealer.seal(topic, key, PLAIN, headers)
         found = {k: v.decode() for k, v in sealed}
         assert list(validator.iter_errors(found)) == [], topic
+
+
+# -- Keys made a batch at a time (Keyring.prepare) -----------------------------------------------------------
+
+
+def commits_while(store: KeyStore, action: Callable[[], object]) -> int:
+    """How many transactions ``store`` committed (each one a sync to disk) while ``action`` ran."""
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        store._db.set_trace_callback(None)
+    return sum(statement.strip().upper() == "COMMIT" for statement in statements)
+
+
+def test_a_batch_of_new_keys_is_made_in_one_commit_and_sealing_then_reads_no_store(
+    keyring: Keyring, store: KeyStore
+) -> None:
+    """Sealing alone commits once per new key; prepared first, the batch's keys take one commit."""
+    topics = TopicNames("p.")
+    recipient_topic = "p.hub.pathway.hosp-a.v1"
+    sealer = RecordSealer(keyring, topics, [recipient_topic])
+    batch = [
+        Outgoing(topics.pathway, f"pt-{n}".encode(), PLAIN, (("hub-event-id", b"e1"),)) for n in range(20)
+    ]
+    batch += [Outgoing(recipient_topic, out.key, out.value, out.headers) for out in batch]
+    assert commits_while(store, lambda: sealer.seal(topics.pathway, b"pt-one", PLAIN, ())) == 1
+
+    assert commits_while(store, lambda: keyring.prepare(sealer.keys_of(batch))) == 1
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    sealed = [sealer.seal(out.topic, out.key, out.value, out.headers) for out in batch]
+    store._db.set_trace_callback(None)
+    assert statements == []
+    # The recipient's copies are under the (recipient, patient) keys, made with the patient's as parent.
+    assert {dict(headers)[KEY_ID_HEADER] for _, headers in sealed[20:]} == {
+        recipient_key_id(f"pt-{n}", "hosp-a").encode() for n in range(20)
+    }
+    opener = RecordOpener(Keyring(store, LocalKeyProvider(KEK)))
+    for out, (value, headers) in zip(batch, sealed, strict=True):
+        assert opener.open(out.topic, value, headers) == PLAIN
+
+
+def test_prepare_takes_the_stores_key_and_leaves_destroyed_ones_to_refuse(
+    keyring: Keyring, store: KeyStore, tmp_path: Path
+) -> None:
+    """Another process's key wins over a new one; an erased patient's keys, and keys of a recipient
+    for that patient, are not made: sealing under them still raises KeyDestroyed."""
+    other = Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(KEK))
+    by_other = other.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    keyring.destroy("pt-erased", by="test")
+    for_recipient = recipient_key_id("pt-erased", "hosp-a")
+    keyring.prepare([("pt-a", None), ("pt-erased", None), (for_recipient, "pt-erased"), ("pt-b", None)])
+    assert keyring.open(by_other, topic="t", record_id="e1") == PLAIN
+    for key_id, parent in [("pt-erased", None), (for_recipient, "pt-erased")]:
+        with pytest.raises(KeyDestroyed):
+            keyring.seal(PLAIN, key_id=key_id, topic="t", record_id="e1", parent=parent)
+    assert store.get(for_recipient) is None
+    assert (
+        other.open(keyring.seal(PLAIN, key_id="pt-b", topic="t", record_id="e2"), topic="t", record_id="e2")
+        == PLAIN
+    )
