@@ -123,32 +123,12 @@ class KeyStore:
         insert are one transaction, so a key created while ``hub erase`` runs is either seen by it or
         refused, never left behind.
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                blocked = unless_destroyed is not None and (
-                    self._db.execute(
-                        "SELECT 1 FROM data_keys WHERE key_id = ? AND destroyed_at IS NOT NULL",
-                        (unless_destroyed,),
-                    ).fetchone()
-                    is not None
-                )
-                if not blocked:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO data_keys (key_id, kek_id, wrapped, created_at) "
-                        "VALUES (?, ?, ?, ?)",
-                        (key_id, kek_id, wrapped, _now()),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        if blocked:
-            raise KeyDestroyed(f"data key {unless_destroyed} was destroyed: no key {key_id} is made for it")
-        stored = self.get(key_id)
-        if stored is None:  # pragma: no cover - an insert that neither wrote nor found a row
+        stored = self.create_many([NewKey(key_id, kek_id, wrapped, unless_destroyed)]).get(key_id)
+        if stored is not None:
+            return stored
+        if unless_destroyed is None:  # pragma: no cover - an insert that neither wrote nor found a row
             raise ConfigError(f"the key store {self.path} lost key {key_id}")
-        return stored
+        raise KeyDestroyed(f"data key {unless_destroyed} was destroyed: no key {key_id} is made for it")
 
     def get_many(self, key_ids: Iterable[str]) -> dict[str, StoredKey]:
         """The keys or tombstones stored under ``key_ids``; ids never used are left out."""
@@ -163,9 +143,11 @@ class KeyStore:
     def create_many(self, keys: Iterable[NewKey]) -> dict[str, StoredKey]:
         """Store new wrapped keys in one transaction (one commit, one sync to disk for them all).
 
-        Each as :meth:`create` stores one: unless its id exists (the store's key is returned, maybe
-        another process's), and not when the key it depends on (``unless_destroyed``) is destroyed.
-        Returns what the store holds for each key not refused that way; a refused one is left out.
+        Each unless its id exists (the store's key is returned, maybe another process's), and not
+        when the key it depends on (``unless_destroyed``) is destroyed: the check and the insert are
+        one transaction, so a key created while ``hub erase`` runs is either seen by it or refused,
+        never left behind. Returns what the store holds for each key not refused; a refused one is
+        left out.
         """
         keys = list(keys)
         refused: set[str] = set()
