@@ -66,15 +66,15 @@ class Keyring:
         cached = self._cached(key_id)
         if cached is not None:
             return cached
+        if create:
+            # Made as a batch's keys are (:meth:`prepare`): unless it, or its parent, is destroyed.
+            self.prepare([(key_id, parent)])
+            cached = self._cached(key_id)
+            if cached is not None:
+                return cached
         stored = self.store.get(key_id)
-        if stored is None and create:
-            dek = os.urandom(KEY_BYTES)
-            stored = self.store.create(
-                key_id,
-                kek_id=self.provider.kek_id,
-                wrapped=self.provider.wrap(dek, key_id=key_id),
-                unless_destroyed=parent,
-            )
+        if stored is None and create and parent is not None:
+            raise KeyDestroyed(f"data key {parent} was destroyed: no key {key_id} is made for it")
         if stored is None:
             raise KeyUnknown(f"no data key {key_id} in the key store", hint="is HUB_KEY_STORE_FILE right?")
         if stored.destroyed or stored.wrapped is None:
@@ -84,11 +84,11 @@ class Keyring:
     def prepare(self, wanted: Iterable[tuple[str, str | None]]) -> None:
         """Have the keys ``(key id, parent)`` ready in the cache, the new ones created in one commit.
 
-        For the agents, before they seal a batch: :meth:`seal` creates a missing key on its own, one
+        For the agents, before they seal a batch: :meth:`seal` makes a missing key on its own, one
         transaction and one sync to disk per key, which was 6 % of a worker's event loop with new
-        patients arriving (docs/PERFORMANCE.md, session 8). Same rules as :meth:`seal`'s: the store's
-        key wins over a new one (another process may have made it first); a destroyed key, or one whose
-        parent is destroyed, is left out, and sealing under it raises KeyDestroyed as before.
+        patients arriving (docs/PERFORMANCE.md, session 8). The store's key wins over a new one
+        (another process may have made it first); a destroyed key, or one whose parent is destroyed,
+        is left out, and sealing under it raises KeyDestroyed.
         """
         missing = dict(item for item in wanted if self._cached(item[0]) is None)
         if not missing:

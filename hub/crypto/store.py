@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hub.errors import ConfigError, KeyDestroyed
+from hub.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
@@ -109,26 +109,7 @@ class KeyStore:
 
     def get(self, key_id: str) -> StoredKey | None:
         """The key or its tombstone, or None when the id was never used."""
-        with self._lock:
-            row = self._db.execute(_SELECT_KEY, (key_id,)).fetchone()
-        return None if row is None else StoredKey(row[0], row[1], row[2], row[3], row[4])
-
-    def create(
-        self, key_id: str, *, kek_id: str, wrapped: bytes, unless_destroyed: str | None = None
-    ) -> StoredKey:
-        """Store a new wrapped key unless the id exists; return what the store holds (maybe another's).
-
-        ``unless_destroyed`` names the key this one depends on (a recipient key's patient key): when
-        that key is destroyed, nothing is stored and :class:`KeyDestroyed` is raised. The check and the
-        insert are one transaction, so a key created while ``hub erase`` runs is either seen by it or
-        refused, never left behind.
-        """
-        stored = self.create_many([NewKey(key_id, kek_id, wrapped, unless_destroyed)]).get(key_id)
-        if stored is not None:
-            return stored
-        if unless_destroyed is None:  # pragma: no cover - an insert that neither wrote nor found a row
-            raise ConfigError(f"the key store {self.path} lost key {key_id}")
-        raise KeyDestroyed(f"data key {unless_destroyed} was destroyed: no key {key_id} is made for it")
+        return self.get_many([key_id]).get(key_id)
 
     def get_many(self, key_ids: Iterable[str]) -> dict[str, StoredKey]:
         """The keys or tombstones stored under ``key_ids``; ids never used are left out."""
@@ -141,7 +122,8 @@ class KeyStore:
         return found
 
     def create_many(self, keys: Iterable[NewKey]) -> dict[str, StoredKey]:
-        """Store new wrapped keys in one transaction (one commit, one sync to disk for them all).
+        """Store new wrapped keys in one transaction (one commit, one sync to disk for them all): the
+        only way a key is made.
 
         Each unless its id exists (the store's key is returned, maybe another process's), and not
         when the key it depends on (``unless_destroyed``) is destroyed: the check and the insert are

@@ -17,7 +17,7 @@ from hub.acl.model import Binding, Pattern, Resource, plan_acls
 from hub.broker.embedded import render_server_properties
 from hub.crypto.erase import named_patients
 from hub.crypto.retention import MIN_SEGMENT_MS, SLACK_FRACTION, cleartext_bound
-from hub.crypto.store import KeyStore, wal_files
+from hub.crypto.store import KeyStore, NewKey, wal_files
 from hub.errors import ConfigError
 
 KEY = b"unit-pseudonym-key"
@@ -113,7 +113,7 @@ def test_the_key_stores_wal_and_shm_files_are_as_private_as_the_store(tmp_path: 
     path = tmp_path / "keys" / "data-keys.sqlite3"
     store = KeyStore(path)
     try:
-        store.create("pt-one", kek_id="kek-1", wrapped=b"\x01" * 60)
+        store.create_many([NewKey("pt-one", kek_id="kek-1", wrapped=b"\x01" * 60)])
         store.destroy("pt-one", by="dpo")
         wal, shm = wal_files(path)
         assert wal.exists() and shm.exists()  # WAL mode, while the store is open
