@@ -1972,6 +1972,7 @@ class Bench:
         idle_from = workers[0].cpu_seconds()
         await asyncio.sleep(IDLE_SECONDS)
         idle_cpu_percent = 100 * (workers[0].cpu_seconds() - idle_from) / IDLE_SECONDS
+        table_store = Settings().table_store
         growth, estimate = memory_estimate(
             ready_mb=rss_at_start,
             peak_mb=peak,
@@ -1994,7 +1995,7 @@ class Bench:
             "estimated_rss_mb_at_target_patients": (
                 round(estimate)
                 if throughput_count + latency["sent"] >= MIN_INPUTS_TO_EXTRAPOLATE
-                and Settings().table_store == "memory://"
+                and table_store == "memory://"
                 else None
             ),
         }
@@ -2004,7 +2005,7 @@ class Bench:
         tables = table_footprint(self.work_dir / "tables", phase.app_id)
         disk_bytes = sum(t["disk_bytes"] for t in tables.values())
         memory |= {
-            "table_store": Settings().table_store,
+            "table_store": table_store,
             "table_disk_mb": round(disk_bytes / MEBIBYTE, 1),
             # Bytes per input are kB per 1,000 inputs.
             "table_disk_kb_per_1000_inputs": round(per_second(disk_bytes, memory["inputs_in_state"])),

@@ -170,7 +170,7 @@ def canonical_json(document: object) -> bytes:
 #: Each ASCII digit to "9", every other byte to a space: a run of 19 digits, the only numbers orjson
 #: reads inexactly (an integer past 64 bits becomes a float), becomes :data:`_LONG_RUN`. A translation
 #: and a substring search cost a fifteenth of the regular expression ``\d{19}`` on the agents' records
-#: (1.3 against 19 µs for 2 kB; orjson's parse of them, 4.8 µs).
+#: (1.3 against 19 µs for 2 kB; orjson's parse of them, 4.8 µs: docs/PERFORMANCE.md, session 8).
 _DIGITS_ONLY = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_RUN = b"9" * 19
 
