@@ -166,7 +166,7 @@ def destroy_patient_keys(keyring: Keyring, patient_ids: Iterable[str], *, by: st
     """Destroy each id's own data key, then every recipient key of it; return how many usable keys went.
 
     The patient's key first: from then on no recipient key of that patient can be created
-    (:meth:`hub.crypto.store.KeyStore.create` checks it in the same transaction), so the list of
+    (:meth:`hub.crypto.store.KeyStore.create_many` checks it in the same transaction), so the list of
     recipient keys read next is complete even while workers run.
     """
     destroyed = 0

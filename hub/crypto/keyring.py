@@ -116,7 +116,7 @@ class Keyring:
         """Encrypt under ``key_id`` (created on first use); KeyDestroyed once that key is destroyed.
 
         ``parent``: the key ``key_id`` depends on (a recipient key's patient key); a new key is not
-        created once the parent is destroyed (:meth:`KeyStore.create`).
+        created once the parent is destroyed (:meth:`KeyStore.create_many`).
         """
         dek = self._load(key_id, create=True, parent=parent)
         return seal(dek, plaintext, key_id=key_id, topic=topic, record_id=record_id)
