@@ -131,8 +131,9 @@ def read(  # noqa: PLR0912 - one loop with its stop conditions reads better than
 ) -> Iterator[Record]:
     """Read records without a consumer group: from ``start`` offsets, the beginning or the end.
 
-    Stops after ``idle_timeout`` seconds without a record (None: follow forever) or at ``deadline``
-    (a ``time.monotonic()`` value).
+    Stops after ``idle_timeout`` seconds without a record once every record that was there when the
+    read began has been read (None: follow forever), or at ``deadline`` (a ``time.monotonic()``
+    value), whichever comes first.
     """
     consumer = new_consumer(bootstrap, security=security, enable_auto_commit=False, group_id=None)
     try:
@@ -150,12 +151,15 @@ def read(  # noqa: PLR0912 - one loop with its stop conditions reads better than
                 consumer.seek_to_beginning(tp)
             else:
                 consumer.seek_to_end(tp)
+        # Idle only counts once caught up: a cold consumer's first fetches can take longer than the
+        # pause on a busy broker, and stopping then would pass a topic's backlog off as its end.
+        backlog = consumer.end_offsets(tps) if idle_timeout is not None else {}
         last = time.monotonic()
         while True:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
-            if idle_timeout is not None and now - last > idle_timeout:
+            if idle_timeout is not None and not backlog and now - last > idle_timeout:
                 return
             batch = consumer.poll(timeout_ms=200)
             for messages in batch.values():
@@ -165,6 +169,9 @@ def read(  # noqa: PLR0912 - one loop with its stop conditions reads better than
                         m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
                         tuple((k, v or b"") for k, v in (m.headers or ())),
                     )  # fmt: skip
+            for tp, stop in list(backlog.items()):
+                if consumer.position(tp) >= stop:  # gaps (compaction, transaction markers) included
+                    del backlog[tp]
     except KafkaError as exc:
         raise BrokerError(f"cannot read {list(topics)}: {type(exc).__name__}") from exc
     finally:

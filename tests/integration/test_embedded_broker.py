@@ -10,6 +10,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from hub.broker.embedded import BrokerLayout, EmbeddedBroker, probe_metadata
+from hub.kafka.clients import producer, read
 from hub.settings import Settings
 
 
@@ -82,3 +83,26 @@ def test_second_start_reports_the_running_broker(tmp_path: Path) -> None:
             assert (second.started, second.pid) == (False, first.pid)
         assert first.status().running  # leaving the reused broker's context did not stop it
     assert not first.status().running
+
+
+def test_a_read_with_an_idle_pause_reads_the_whole_backlog_first(
+    kafka_bootstrap: str, unique_name: Callable[..., str], create_topics: Callable[..., None]
+) -> None:
+    """`read` (hub tail --no-follow, the tests' readers) ends on an idle pause only once caught up.
+
+    A pause of zero ends the read at the first poll that brings nothing; before, a consumer whose first
+    fetch came later than the pause returned part of a topic, or none of it, as if that were all.
+    """
+    topic = unique_name("t")
+    create_topics(kafka_bootstrap, [topic], partitions=3)
+    sender = producer(kafka_bootstrap)
+    try:
+        for index in range(300):
+            sender.send(topic, key=str(index).encode(), value=str(index).encode())
+        sender.flush(timeout=60)
+    finally:
+        sender.close()
+    values = sorted(int(record.value or b"") for record in read(kafka_bootstrap, [topic], idle_timeout=0.0))
+    assert values == list(range(300))
+    # Started at the end, there is no backlog: the pause ends the read with nothing.
+    assert list(read(kafka_bootstrap, [topic], from_beginning=False, idle_timeout=0.0)) == []
