@@ -11,20 +11,33 @@ loss of any one broker (DESIGN.md section 4; the three-broker cluster in docs/KA
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from hub.errors import BrokerError
 from hub.kafka.security import KafkaSecurity, resolve
+from hub.logging import get_logger
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
 
 #: Replicas the hub asks for at most: three copies survive one broker down for maintenance plus one
 #: failure; more would only cost disk and network.
 MAX_REPLICATION = 3
 #: In-sync replicas an ``acks=all`` write needs once the topic is replicated.
 MIN_INSYNC_REPLICAS = 2
+#: How long a starting worker keeps asking when its admin requests meet a broker that is away: a
+#: cluster moves leadership off a dead node within seconds (KRaft fences it after
+#: broker.session.timeout.ms, 9 s by default), and a broker restarted for maintenance is back within
+#: a minute. The worker's stream clients wait out an outage by themselves; its admin client does not.
+STARTUP_RETRY_SECONDS = 60.0
+#: The pause between two attempts.
+STARTUP_RETRY_PAUSE_SECONDS = 2.0
 
 
 def admin_client(
@@ -41,6 +54,44 @@ def admin_client(
             hint="start one with `hub broker start`, or set HUB_BOOTSTRAP_SERVERS (and HUB_KAFKA_* on a "
             "secured broker)",
         ) from exc
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether another attempt may succeed: a broker error kafka-python calls retriable (a connection
+    lost or refused, a node not ready, a request timed out, a controller moved), raised as is or as
+    the cause of a BrokerError. Refusals (authorisation, a bad request) are not."""
+    cause = exc if isinstance(exc, KafkaError) else exc.__cause__
+    return isinstance(cause, KafkaError) and bool(cause.retriable)
+
+
+def retrying(
+    action: str,
+    attempt: Callable[[], T],
+    *,
+    seconds: float = STARTUP_RETRY_SECONDS,
+    pause: float = STARTUP_RETRY_PAUSE_SECONDS,
+) -> T:
+    """``attempt()``, again every ``pause`` seconds while it fails on a :func:`transient` broker error,
+    for up to ``seconds``; then its last error. Each retry is a ``broker.retrying`` warning."""
+    deadline = time.monotonic() + seconds
+    tries = 1
+    while True:
+        try:
+            return attempt()
+        except (BrokerError, KafkaError) as exc:
+            if not transient(exc) or time.monotonic() + pause > deadline:
+                raise
+            cause = exc if isinstance(exc, KafkaError) else exc.__cause__
+            log.warning(
+                "broker.retrying",
+                action=action,
+                attempt=tries,
+                error=type(cause).__name__,
+                hint="a broker of the cluster is away or the cluster is starting; retrying for up to "
+                f"{seconds:.0f} s",
+            )
+            time.sleep(pause)
+            tries += 1
 
 
 def replication_for(brokers: int) -> tuple[int, int]:

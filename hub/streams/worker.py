@@ -14,7 +14,7 @@ from hub.crypto.records import DLQ_RETENTION_MS, INGEST_RETENTION_MS
 from hub.crypto.retention import DLQ_SEGMENT_MS, bound_for
 from hub.ingest.pipeline import IngestContext
 from hub.ingest.receipts import CONTRACT_RECORD_FACTOR
-from hub.kafka.admin import align_topic_configs, ensure_topics, topic_ids
+from hub.kafka.admin import align_topic_configs, ensure_topics, retrying, topic_ids
 from hub.kafka.outage import watch_broker_of
 from hub.kafka.security import KafkaSecurity
 from hub.logging import configure_logging, get_logger
@@ -210,7 +210,11 @@ def run_worker(settings: Settings) -> None:
     configure_logging(settings.log_level, json=settings.log_json)
     watch_broker_of(settings)  # a broker outage: two events in the log, not a flood (hub.kafka.outage)
     context = ingest_context(settings)
-    created = create_contract_topics(settings, source_ids=context.registry.sources)
+    # A broker away as the worker starts (one node of a cluster killed, a broker restarting) delays
+    # the start instead of ending it: the admin requests below are the only ones that do not wait.
+    created = retrying(
+        "create topics", lambda: create_contract_topics(settings, source_ids=context.registry.sources)
+    )
     log.info("worker.starting", sources=len(context.registry), topics_created=created, malloc_tuned=malloc)
     recipients, policy = share_config(settings)
     networks = load_networks(settings.networks_dir)
@@ -223,7 +227,8 @@ def run_worker(settings: Settings) -> None:
         create_receipt_topics=functools.partial(create_receipt_topics, settings),
     )
     if settings.table_store == "rocksdb://":
-        forget_foreign_tables_of(settings, Path(app.conf.tabledir))
+        tabledir = Path(app.conf.tabledir)
+        retrying("check table folders", lambda: forget_foreign_tables_of(settings, tabledir))
     try:
         host, port = start_server(settings.metrics_host, settings.metrics_port)
     except OSError as exc:

@@ -244,6 +244,22 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def worker_troubles(log_file: Path, *, last: int = 15) -> str:
+    """The last warnings, errors and non-JSON lines (a start-up error's message) of a worker's log, for
+    an assertion's message: what a failure in CI needs to be understood without the machine."""
+    if not log_file.exists():
+        return f"(no log at {log_file})"
+    lines = []
+    for line in log_file.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict) or entry.get("level") in ("warning", "error", "critical"):
+            lines.append(line[:300])
+    return "\n".join(lines[-last:]) or "(no warning or error logged)"
+
+
 @pytest.fixture
 def worker(hub_env: HubEnv) -> Iterator[subprocess.Popen[bytes]]:
     """One `hub worker` process for the test, on topics created first (as `hub run` does); stopped after."""

@@ -26,7 +26,7 @@ from hub.kafka.admin import admin_client
 from hub.kafka.clients import producer, read
 from hub.settings import Settings
 
-from .conftest import HubEnv
+from .conftest import HubEnv, worker_troubles
 
 #: The stream's pace and length: long enough to straddle the kill, the outage and the restart.
 RATE_PER_SECOND = 25
@@ -253,7 +253,12 @@ def test_killing_the_ingest_leader_mid_stream_loses_no_acknowledged_input(
     )
     assert acked_before_kill > 0 and acked_after_restart > 0, "the kill must fall mid-stream"
     assert victim not in set(new_leaders.values()), f"node {victim} still leads {new_leaders} while down"
-    assert not missing, f"{len(missing)} acknowledged inputs have no receipt, e.g. {sorted(missing)[:5]}"
+    troubles = worker_troubles(hub_env.log_file)
+    assert worker.poll() is None, f"the worker ended ({worker.returncode}):\n{troubles}"
+    assert not missing, (
+        f"{len(missing)} acknowledged inputs have no receipt, e.g. {sorted(missing)[:5]}; the worker's "
+        f"log:\n{troubles}"
+    )
     codes = Counter(r["error"]["code"] for r in receipts.values() if r["status"] == "rejected")
     assert statuses["rejected"] == 0, codes
     # Everything unacknowledged failed loudly at the producer: nothing vanished silently either.

@@ -49,6 +49,7 @@ from .conftest import (
     HubEnv,
     start_worker,
     stop_worker,
+    worker_troubles,
 )
 from .test_faults_worker_kill import wait_for_log
 
@@ -257,7 +258,7 @@ def run_hub(env: HubEnv, inputs: list[Input], *, kill_at: int | None = None) -> 
         behind = settled(env, timeout=SETTLE_TIMEOUT)
         assert not behind, f"not settled in {SETTLE_TIMEOUT:.0f} s: {behind[:10]}"
         for name, process in workers.items():
-            assert process.poll() is None, f"{name} died"
+            assert process.poll() is None, f"{name} died:\n{worker_troubles(env.work_dir / f'{name}.log')}"
         return outcome(env)
     finally:
         for process in workers.values():
