@@ -39,7 +39,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +88,12 @@ MAX_FOLDERS = 64
 #: In a worker's faust table folder: the changelogs (table → Kafka topic id) its databases copy, and
 #: the format of the store that wrote them (:data:`STORE_FORMAT`).
 CHANGELOGS_FILE = "changelogs.json"
+#: How often, at most, a table partition's changelog offset is written to its database under load.
+#: faust writes it for every changelog record Kafka acknowledges (2.7 % of a loaded worker's event loop,
+#: docs/PERFORMANCE.md, session 9); the offset only tells a restarted worker where to resume reading
+#: the changelog, so one behind by up to this long costs a restart after kill -9 that much re-reading
+#: (the records re-applied write the values the database already has), and nothing else.
+OFFSET_WRITE_SECONDS = 1.0
 #: 2: the databases are opened with the hub's options only (:class:`BoundedOptions`). A folder of an
 #: earlier format may have lost entries at a compaction (a TTL filter applied twice): rebuilt once.
 STORE_FORMAT = 2
@@ -230,6 +237,39 @@ class RocksDBStore(FaustRocksDBStore):
         budget = int(options.pop("memory_budget_bytes"))
         super().__init__(url, app, table, options=options, **kwargs)
         self.rocksdb_options = BoundedOptions(budget, ttl=options.get("ttl"), use_rocksdict=True)
+        #: Changelog offsets acknowledged and not yet written (OFFSET_WRITE_SECONDS), by partition.
+        self.unwritten_offsets: dict[Any, int] = {}
+        self._offsets_written_at = 0.0
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        """Remember ``offset`` as the partition's last changelog offset in the database; written at
+        most every OFFSET_WRITE_SECONDS (with every other partition's), and when the partition is
+        revoked or the store stops, instead of once per acknowledged record."""
+        self.unwritten_offsets[tp] = offset
+        if time.monotonic() - self._offsets_written_at >= OFFSET_WRITE_SECONDS:
+            self.write_offsets()
+
+    def write_offsets(self, tps: Iterable[Any] | None = None) -> None:
+        """Write the unwritten offsets (of ``tps`` only, when given) to their databases."""
+        for tp in (
+            list(self.unwritten_offsets) if tps is None else [t for t in tps if t in self.unwritten_offsets]
+        ):
+            super().set_persisted_offset(tp, self.unwritten_offsets.pop(tp))
+        if tps is None:
+            self._offsets_written_at = time.monotonic()
+
+    def persisted_offset(self, tp: Any) -> int | None:
+        """The partition's last changelog offset: the unwritten one if there is one."""
+        unwritten = self.unwritten_offsets.get(tp)
+        return unwritten if unwritten is not None else super().persisted_offset(tp)
+
+    def revoke_partitions(self, table: Any, tps: Any) -> None:
+        self.write_offsets(tps)
+        super().revoke_partitions(table, tps)
+
+    async def stop(self) -> None:
+        self.write_offsets()
+        await super().stop()
 
 
 def horizon_seconds(settings: Settings) -> int:

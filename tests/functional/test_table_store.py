@@ -3,6 +3,7 @@ the de-duplication horizon in RocksDB and in the changelogs, one folder per work
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -248,3 +249,42 @@ def test_a_folder_written_by_an_earlier_store_format_is_rebuilt(tmp_path: Path) 
     }
     (tables / "identity-seen-events-0.db").mkdir()
     assert forget_foreign_tables(tables, ids) == []
+
+
+def test_a_tables_changelog_offset_is_written_once_a_second_and_at_revocation_and_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faust writes a partition's changelog offset to its database for every record Kafka acknowledges;
+    the hub's store writes the latest at most every OFFSET_WRITE_SECONDS, and when the partition is
+    revoked or the store stops. The store answers with the latest either way."""
+    from faust.types import TP  # noqa: PLC0415
+
+    clock = [1000.0]
+    monkeypatch.setattr(store.time, "monotonic", lambda: clock[0])
+    settings = Settings(bootstrap_servers="127.0.0.1:1", table_dir=tmp_path / "tables")
+    table = app_of(settings, tmp_path).tables["share-state"]
+    data = table.data
+    assert isinstance(data, RocksDBStore)
+    tp = TP(table.changelog_topic.get_topic_name(), 0)
+    other = TP(tp.topic, 1)
+
+    def in_database(partition: TP) -> int | None:
+        value = data._db_for_partition(partition.partition).get(data.offset_key)
+        return int(value) if value is not None else None
+
+    data.set_persisted_offset(tp, 1)  # the first: written at once
+    for offset in range(2, 200):  # a burst within the second: remembered, not written
+        data.set_persisted_offset(tp, offset)
+    data.set_persisted_offset(other, 7)
+    assert (in_database(tp), in_database(other)) == (1, None)
+    assert (data.persisted_offset(tp), data.persisted_offset(other)) == (199, 7)
+    clock[0] += store.OFFSET_WRITE_SECONDS
+    data.set_persisted_offset(tp, 200)  # a second later: every partition's latest written
+    assert (in_database(tp), in_database(other), data.unwritten_offsets) == (200, 7, {})
+
+    data.set_persisted_offset(tp, 201)
+    data.set_persisted_offset(other, 8)
+    data.revoke_partitions(table, {other})  # the revoked partition's offset goes with it
+    assert (in_database(tp), in_database(other)) == (200, 8)
+    asyncio.run(data.stop())  # and the rest when the store stops
+    assert in_database(tp) == 201 and not data.unwritten_offsets
