@@ -87,8 +87,8 @@ def retrying(
                 action=action,
                 attempt=tries,
                 error=type(cause).__name__,
-                hint="a broker of the cluster is away or the cluster is starting; retrying for up to "
-                f"{seconds:.0f} s",
+                hint=f"retrying for up to {seconds:.0f} s: a broker of the cluster is away or starting, "
+                "or HUB_BOOTSTRAP_SERVERS and HUB_KAFKA_SECURITY_PROTOCOL do not match its listener",
             )
             time.sleep(pause)
             tries += 1
