@@ -27,7 +27,7 @@ from hub.records import SOURCE_HEADER, Outgoing, encode_json, headers_of
 from hub.settings import Settings
 from hub.streams import counting
 from hub.streams.batch_writes import WRITER, BatchWrites
-from hub.streams.batches import take_batches
+from hub.streams.batches import Batch, take_batches
 from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
 from hub.streams.tables import make_table
 from hub.topics import TopicNames
@@ -38,6 +38,9 @@ log = get_logger(__name__)
 #: at low load; :meth:`Agents.add`).
 BATCH_MAX = 200
 BATCH_WITHIN_SECONDS = 0.002
+
+#: How often a batch done during a rebalance looks whether it has ended (:meth:`Agents.settled_generation`).
+REBALANCE_POLL_SECONDS = 0.05
 
 #: The stages whose AuditEvents are chained into ``hub.audit.v1`` as they are sent, instead of going
 #: through ``hub.audit-unsealed.v1`` and the sealing agent: their records are keyed by patient, so the
@@ -50,6 +53,34 @@ Route = Callable[[Any], list[Outgoing]]
 Replacing = Callable[[Any, Outgoing, str], list[Outgoing]]
 #: ``failing(message, error)``: what a record on which routing raised ends as.
 Failing = Callable[[Any, str], list[Outgoing]]
+
+
+def read_before(events: Iterable[Any], generation: int | None) -> bool:
+    """True if any of the events was read before the consumer group's ``generation`` (None: unknown).
+
+    faust stamps each record with the generation it was fetched in, and skips a record of an older one
+    when it reads its stream; a batch holds records read before the rebalance began.
+    """
+    return generation is None or any(event.message.generation_id != generation for event in events)
+
+
+def write_tables(name: str, stream: Any, events: Batch, tables: list[BatchWrites]) -> bool:
+    """Write the batch's table writes, or forget them if it is to be read again; True if written."""
+    if not events.read_again:
+        for table in tables:
+            table.flush(stream)
+        return True
+    # Its partitions were reassigned while it was processed: another worker may own them now, and has
+    # rebuilt their tables from the changelogs without this batch's writes. Written now, they would
+    # land in its changelogs after what it writes, and the next rebuild would mix two writers' values
+    # (found by tests/integration/test_convergence.py under load: events a recipient waited for, no
+    # longer in the patient's waiting index, never released). Not acknowledged either: read again
+    # after the rewind that ends every rebalance, and decided by whoever owns the partition then (the
+    # records already sent are sent again, under the same ids).
+    for table in tables:
+        table.discard()
+    log.info("stage.batch_read_again", stage=name, records=len(events))
+    return False
 
 
 def ingest_record(message: Any) -> IngestRecord:
@@ -220,8 +251,9 @@ class Agents:
         self.crypto = crypto
         #: The tables, by the group of agents that writes them (:meth:`table`).
         self.groups: dict[str, list[BatchWrites]] = {}
-        #: Per group, the batches routed and not yet written (or discarded), in the order they began.
-        self.unwritten: dict[str, list[asyncio.Future[None]]] = {}
+        #: Per group, the batches routed and not yet written (or discarded), in the order they began;
+        #: each resolves to whether it was written.
+        self.unwritten: dict[str, list[asyncio.Future[bool]]] = {}
         #: The audit chains' writer: the CHAINING_STAGES chain their AuditEvents with it directly.
         self.chain: ChainWriter | None = None
 
@@ -235,6 +267,26 @@ class Agents:
         made = make_table(self.app, self.settings, self.crypto.keyring, name)
         self.groups.setdefault(writers, []).append(made)
         return made
+
+    async def settled_generation(self) -> int | None:
+        """The consumer group generation once no rebalance is going on (None: the worker stops first).
+
+        faust raises ``app.rebalancing`` as partitions are revoked and lowers it once the new
+        assignment's tables are recovered and its partitions rewound; ``consumer_generation_id`` is
+        the generation of the last assignment.
+        """
+        while self.app.rebalancing:
+            if self.app.should_stop:
+                return None
+            await asyncio.sleep(REBALANCE_POLL_SECONDS)
+        return int(self.app.consumer_generation_id)
+
+    async def outdated(self, events: list[Any], earlier: list[asyncio.Future[bool]]) -> bool:
+        """True if a batch's table writes must not be written: a batch begun before it was not
+        written (this one may have read its writes), or its partitions were reassigned meanwhile."""
+        return not all(batch.result() for batch in earlier) or read_before(
+            events, await self.settled_generation()
+        )
 
     async def send(self, out: Outgoing) -> Any:
         """Hand one record to the producer; the future of its acknowledgement.
@@ -298,7 +350,8 @@ class Agents:
 
         Batches (``take_batches``: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS) pay
         one round of acknowledgements and one producer linger for many inputs; a batch's offsets are
-        acknowledged only after the body is done with it (never when the agent stops on it), and every
+        acknowledged only after the body is done with it (never when the agent stops on it, nor when a
+        rebalance reassigned its partitions meanwhile: :func:`write_tables`), and every
         record sent is acknowledged by Kafka before the next batch. The tables the batch wrote are
         written once per key (hub.streams.batch_writes) after its records are acknowledged: after a
         crash the tables are never ahead of what was sent. A table that says "released" or "decided"
@@ -323,34 +376,39 @@ class Agents:
             async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
                 started = time.perf_counter()
                 # The group's batches begun before this one: this one may have read their writes, so
-                # it writes its own after them (share and share-merge; no wait while routing).
+                # it writes its own after them (share and share-merge; no wait while routing), and
+                # not at all if they were not written.
                 earlier = list(unwritten)
-                written = asyncio.get_running_loop().create_future()
+                written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
                 unwritten.append(written)
+                flushed = False
+                batch: list[tuple[Any, list[Outgoing]]] = []
                 try:
-                    batch = route_batch(
-                        crypto, name, stream, events, route, encrypted=encrypted, failing=failing
-                    )
-                    await self.deliver_batch(name, batch, replacing)
+                    # Read before the last rebalance (the stream buffered them): the rewind that
+                    # rebalance made reads them again, to be decided on the tables as they are now.
+                    if tables and read_before(events, self.app.consumer_generation_id):
+                        events.read_again = True
+                    else:
+                        batch = route_batch(
+                            crypto, name, stream, events, route, encrypted=encrypted, failing=failing
+                        )
+                        await self.deliver_batch(name, batch, replacing)
                     if earlier:
                         await asyncio.wait(earlier)
+                    if tables and not events.read_again:
+                        events.read_again = await self.outdated(events, earlier)
                 except BaseException:
                     # Not sent (the agent stops, or fails): the batch is read again, its writes with it.
                     for table in tables:
                         table.discard()
                     raise
                 else:
-                    # Written even if a rebalance took the partition away meanwhile: its next owner
-                    # reads the batch again (not committed) and writes the same keys again. Left out,
-                    # the writes would be lost if the partition came back to this worker (faust takes
-                    # the batch's acknowledgements all the same).
-                    for table in tables:
-                        table.flush(stream)
+                    flushed = write_tables(name, stream, events, tables)
                 finally:
                     unwritten.remove(written)
-                    written.set_result(None)
+                    written.set_result(flushed)
                 # Each record gets its share of the batch's time (hub_stage_seconds is per record).
-                each = (time.perf_counter() - started) / len(batch)
+                each = (time.perf_counter() - started) / max(len(batch), 1)
                 for _, outgoing in batch:
                     counting.observe(name, outgoing, each, contents=False)
 

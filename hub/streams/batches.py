@@ -12,6 +12,10 @@ or an exception stays unacknowledged, its offsets are not committed, and the rec
 the next owner of the partition (at-least-once, deterministic ids: DESIGN.md 4). And a batch's window
 is a timer its first event starts, instead of a wait that times out over and over while idle.
 
+A batch the caller cannot stand behind (its partitions were reassigned while it was processed:
+hub.streams.agents) is marked :attr:`Batch.read_again`: it is not acknowledged either, and the rewind
+that follows every rebalance (hub.streams.transport) reads it again.
+
 It relies on faust's stream internals as ``take_events`` does (``add_processor``, ``_enable_passive``,
 ``current_event``), checked against the pinned faust-streaming version by tests/unit/test_batches.py.
 """
@@ -25,14 +29,20 @@ from typing import Any
 from mode.utils.futures import notify
 
 
+class Batch(list[Any]):
+    """One batch's events; set :attr:`read_again` to leave them unacknowledged though processed."""
+
+    read_again: bool = False
+
+
 async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to compare line by line
     stream: Any, max_records: int, within: float
-) -> AsyncIterator[list[Any]]:
+) -> AsyncIterator[Batch]:
     """The stream's events, up to ``max_records`` at a time or what came within ``within`` seconds of
     the batch's first event.
 
     Each batch's events are acknowledged after the caller has processed it (when it asks for the next
-    batch), never when the caller stops or fails on it.
+    batch), never when the caller stops or fails on it, nor when it marked the batch ``read_again``.
     """
     buffer: list[Any] = []
     events: list[Any] = []
@@ -82,7 +92,7 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
                 continue  # stopped while idle
             # The background reader must not add to the buffer while the batch is out.
             consuming = stream.loop.create_future()
-            batch = list(events)
+            batch = Batch(events)
             processed = False
             try:
                 yield batch
@@ -90,7 +100,7 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
             finally:
                 # Else the caller stopped or failed on the batch: its events stay unacknowledged, so
                 # their offsets are never committed and the records are read again.
-                acknowledged = batch if processed else []
+                acknowledged = batch if processed and not batch.read_again else []
                 buffer.clear()
                 events.clear()
                 if window is not None:

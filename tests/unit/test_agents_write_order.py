@@ -165,3 +165,92 @@ def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) ->
     assert read == [{"by": "share"}], "share's pending write was read"
     assert [e for e in timeline if e.startswith("written")] == ["written pt-x", "written pt-x"]
     assert table.table["pt-x"] == {"by": "share-merge"}, "the later batch's value is the one kept"
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def test_a_batch_sent_while_a_rebalance_reassigned_its_partitions_writes_nothing_and_is_read_again(
+    tmp_path: Path,
+) -> None:
+    """The partitions of a batch in flight may go to another worker, which rebuilds their tables from
+    the changelogs without this batch's writes: written after that, they would land among the new
+    owner's (two writers of one table; tests/integration/test_convergence.py lost late releases that
+    way). The batch waits for the rebalance to end, writes nothing, and stays unacknowledged: the
+    rewind that ends the rebalance reads it again."""
+    timeline: list[str] = []
+    app, agents, table, producer = held_agents(tmp_path, "test-agents-write-order-rebalance", timeline)
+    routed: list[Any] = []
+
+    def route(message: Any) -> list[Outgoing]:
+        routed.append(message)
+        table["pt-x"] = {"decided": message.value.decode()}
+        return [Outgoing("out", b"pt-x", b"{}")]
+
+    agents.add("share", app.channel(), route, encrypted=False, writes="g")  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with app.agents["share"].test_context() as share:
+            await share.put(b"before")
+            await wait_until(lambda: "sent pt-x" in timeline)
+            # A rebalance begins while the batch's records are out: faust raises app.rebalancing as
+            # the partitions are revoked, and the new assignment has the next generation.
+            app.rebalancing = True
+            app.consumer_generation_id += 1
+            producer.release()
+            await asyncio.sleep(0.3)
+            assert timeline == ["sent pt-x", "acknowledged pt-x"], "nothing is written during it"
+            app.rebalancing = False
+            await wait_until(lambda: table.pending == 0 and not agents.unwritten["g"])
+            # Read again after the rewind (in this test, put again): decided now, and written.
+            await share.put(b"after")
+            await wait_until(lambda: timeline.count("sent pt-x") == 2)
+            producer.release()
+            await wait_until(lambda: any(e.startswith("written") for e in timeline))
+
+    asyncio.run(main())
+    assert [e for e in timeline if e.startswith("written")] == ["written pt-x"]
+    assert table.table["pt-x"] == {"decided": "after"}, "the batch sent across the rebalance wrote nothing"
+    assert [m.acked for m in routed] == [False, True], "the first batch is left to be read again"
+
+
+def test_a_batch_that_read_the_writes_of_a_batch_read_again_is_read_again_too(tmp_path: Path) -> None:
+    """share-merge's batch began after the rebalance and read share's pending write, from a batch that
+    is then read again: what it derived from that write must not be written either."""
+    timeline: list[str] = []
+    app, agents, table, producer = held_agents(tmp_path, "test-agents-write-order-cascade", timeline)
+    read: list[Any] = []
+
+    def first(message: Any) -> list[Outgoing]:
+        table["pt-x"] = {"by": "share"}
+        return [Outgoing("out", b"share", b"{}")]
+
+    def second(message: Any) -> list[Outgoing]:
+        read.append(table.get("pt-x"))
+        table["pt-x"] = {"by": "share-merge", "after": table.get("pt-x")}
+        return [Outgoing("out", b"merge", b"{}")]
+
+    agents.add("share", app.channel(), first, encrypted=False, writes="g")  # type: ignore[arg-type]
+    agents.add("share-merge", app.channel(), second, encrypted=False, writes="g")  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with (
+            app.agents["share"].test_context() as share,
+            app.agents["share-merge"].test_context() as merge,
+        ):
+            await share.put(b"1")
+            await wait_until(lambda: "sent share" in timeline)
+            app.consumer_generation_id += 1  # a rebalance came and went while share's batch was out
+            await merge.put(b"2")
+            await wait_until(lambda: "sent merge" in timeline)
+            producer.release()
+            await wait_until(lambda: not agents.unwritten["g"])
+            await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert read == [{"by": "share"}], "share-merge read share's pending write"
+    assert not [e for e in timeline if e.startswith("written")], timeline
+    assert "pt-x" not in table.table
