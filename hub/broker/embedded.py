@@ -261,16 +261,31 @@ def cached_classpath(layout: BrokerLayout) -> str | None:
 
 
 def resolve_classpath(layout: BrokerLayout, *, progress: Progress = stderr_progress) -> str:
-    """The broker's Java classpath; runs Maven the first time (minutes) and caches the answer."""
+    """The broker's Java classpath; runs Maven the first time (minutes) and caches the answer.
+
+    One process at a time resolves (a lock in the jars folder): two first starts at once (the test
+    suite's processes, each with its own broker) would run two Mavens on one local repository; the
+    second finds the first one's answer instead.
+    """
     cached = cached_classpath(layout)
     if cached is not None:
         return cached
+    layout.jars_dir.mkdir(parents=True, exist_ok=True)
+    with (layout.jars_dir / ".resolve.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return cached_classpath(layout) or _run_maven(layout, progress)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run_maven(layout: BrokerLayout, progress: Progress) -> str:
+    """Resolve the pom's classpath with Maven and cache it (the caller holds the resolve lock)."""
     mvn = shutil.which("mvn")
     if mvn is None:
         raise _prerequisite_error(["Maven (no `mvn` on PATH; it downloads the Kafka jars once)"])
     cache_file = classpath_cache_file(layout)
-    layout.jars_dir.mkdir(parents=True, exist_ok=True)
-    # Per-process name, then an atomic rename: two first starts at once both succeed.
+    # Per-process name, then an atomic rename: a reader never sees half a file.
     partial = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")
     progress(
         f"Resolving the Kafka {KAFKA_VERSION} jars with Maven (first start only; "

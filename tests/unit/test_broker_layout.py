@@ -32,6 +32,7 @@ from hub.broker.embedded import (
     read_bootstrap,
     read_pid_file,
     render_server_properties,
+    resolve_classpath,
 )
 from hub.errors import ConfigError, ErrorCode, PrerequisiteMissing
 
@@ -222,6 +223,42 @@ def test_classpath_cache_is_keyed_by_the_pom_and_checked_against_the_disk(tmp_pa
     jar.write_bytes(b"PK")
     (deploy / "pom.xml").write_text("<project>v2</project>")
     assert cached_classpath(layout) is None  # another Kafka version: resolve again
+
+
+def test_two_first_starts_at_once_run_maven_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test` runs its broker tiers in two processes, each starting a broker: on a fresh machine
+    both resolve the jars. One Maven runs (two on one local repository could clash); the other process
+    waits for it and takes its classpath."""
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / "pom.xml").write_text("<project/>")
+    layout = BrokerLayout(root=tmp_path / "broker", jars_dir=tmp_path / "jars", deploy_dir=deploy)
+    jar = tmp_path / "kafka.jar"
+    jar.write_bytes(b"PK")
+    runs = tmp_path / "maven-runs"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A slow fake Maven: counts its runs, then writes the classpath where -Dmdep.outputFile= says.
+    (bin_dir / "mvn").write_text(
+        "#!/bin/sh\n"
+        f"echo run >> {runs}\n"
+        "sleep 1\n"
+        'for argument in "$@"; do case "$argument" in -Dmdep.outputFile=*) '
+        f'printf %s {jar} > "${{argument#-Dmdep.outputFile=}}";; esac; done\n'
+    )
+    (bin_dir / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    classpaths: list[str] = []
+    resolvers = [
+        threading.Thread(target=lambda: classpaths.append(resolve_classpath(layout, progress=lambda _: None)))
+        for _ in range(2)
+    ]
+    for resolver in resolvers:
+        resolver.start()
+    for resolver in resolvers:
+        resolver.join(timeout=30)
+    assert classpaths == [str(jar), str(jar)]
+    assert runs.read_text().splitlines() == ["run"], "the second start took the first one's answer"
 
 
 def test_cluster_id_has_kafka_uuid_form() -> None:
