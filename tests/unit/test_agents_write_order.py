@@ -121,12 +121,18 @@ def test_a_batch_stopped_while_its_records_are_sent_writes_nothing(tmp_path: Pat
     assert timeline == ["sent a", "sent b"], "killed before Kafka took them: the tables say nothing"
 
 
-def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) -> None:
-    """share and share-merge write the same tables: share-merge, whose batch began while share's was
-    still being sent, reads share's pending write and writes its own only after share's is written,
-    even though Kafka acknowledged share-merge's records first."""
-    timeline: list[str] = []
-    app, agents, table, producer = held_agents(tmp_path, "test-agents-write-order-two", timeline)
+async def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def share_and_merge(
+    tmp_path: Path, app_id: str, timeline: list[str]
+) -> tuple[faust.App, Agents, BatchWrites, HeldProducer, list[Any]]:
+    """Two agents writing one table group, as share and share-merge do: share writes ``pt-x``;
+    share-merge reads it (recorded in the returned list), then writes it."""
+    app, agents, table, producer = held_agents(tmp_path, app_id, timeline)
     read: list[Any] = []
 
     def first(message: Any) -> list[Outgoing]:
@@ -140,11 +146,15 @@ def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) ->
 
     agents.add("share", app.channel(), first, encrypted=False, writes="g")  # type: ignore[arg-type]
     agents.add("share-merge", app.channel(), second, encrypted=False, writes="g")  # type: ignore[arg-type]
+    return app, agents, table, producer, read
 
-    async def until(condition: Callable[[], bool]) -> None:
-        deadline = asyncio.get_running_loop().time() + 10.0
-        while not condition() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+
+def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) -> None:
+    """share and share-merge write the same tables: share-merge, whose batch began while share's was
+    still being sent, reads share's pending write and writes its own only after share's is written,
+    even though Kafka acknowledged share-merge's records first."""
+    timeline: list[str] = []
+    app, _, table, producer, read = share_and_merge(tmp_path, "test-agents-write-order-two", timeline)
 
     async def main() -> None:
         async with (
@@ -152,25 +162,19 @@ def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) ->
             app.agents["share-merge"].test_context() as merge,
         ):
             await share.put(b"1")
-            await until(lambda: "sent share" in timeline)
+            await wait_until(lambda: "sent share" in timeline)
             await merge.put(b"2")
-            await until(lambda: "sent merge" in timeline)
+            await wait_until(lambda: "sent merge" in timeline)
             producer.release("merge")
             await asyncio.sleep(0.2)
             assert not [e for e in timeline if e.startswith("written")], "share-merge waits for share"
             producer.release("share")
-            await until(lambda: sum(e.startswith("written") for e in timeline) == 2)
+            await wait_until(lambda: sum(e.startswith("written") for e in timeline) == 2)
 
     asyncio.run(main())
     assert read == [{"by": "share"}], "share's pending write was read"
     assert [e for e in timeline if e.startswith("written")] == ["written pt-x", "written pt-x"]
     assert table.table["pt-x"] == {"by": "share-merge"}, "the later batch's value is the one kept"
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    deadline = asyncio.get_running_loop().time() + 10.0
-    while not condition() and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
 
 
 def test_a_batch_sent_while_a_rebalance_reassigned_its_partitions_writes_nothing_and_is_read_again(
@@ -221,20 +225,9 @@ def test_a_batch_that_read_the_writes_of_a_batch_read_again_is_read_again_too(tm
     """share-merge's batch began after the rebalance and read share's pending write, from a batch that
     is then read again: what it derived from that write must not be written either."""
     timeline: list[str] = []
-    app, agents, table, producer = held_agents(tmp_path, "test-agents-write-order-cascade", timeline)
-    read: list[Any] = []
-
-    def first(message: Any) -> list[Outgoing]:
-        table["pt-x"] = {"by": "share"}
-        return [Outgoing("out", b"share", b"{}")]
-
-    def second(message: Any) -> list[Outgoing]:
-        read.append(table.get("pt-x"))
-        table["pt-x"] = {"by": "share-merge", "after": table.get("pt-x")}
-        return [Outgoing("out", b"merge", b"{}")]
-
-    agents.add("share", app.channel(), first, encrypted=False, writes="g")  # type: ignore[arg-type]
-    agents.add("share-merge", app.channel(), second, encrypted=False, writes="g")  # type: ignore[arg-type]
+    app, agents, table, producer, read = share_and_merge(
+        tmp_path, "test-agents-write-order-cascade", timeline
+    )
 
     async def main() -> None:
         async with (

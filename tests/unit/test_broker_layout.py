@@ -204,14 +204,20 @@ def test_java_home_is_preferred_and_maven_optional_once_jars_are_cached(
     assert java_major_version(str(tmp_path / "bin" / "java")) == 8
 
 
-def test_classpath_cache_is_keyed_by_the_pom_and_checked_against_the_disk(tmp_path: Path) -> None:
-    """A cached classpath is used only for the same pom and while every jar it names exists."""
+def layout_with_pom(tmp_path: Path, pom: str) -> tuple[BrokerLayout, Path]:
+    """A layout whose deploy folder holds ``pom``, and a jar on disk for a classpath to name."""
     deploy = tmp_path / "deploy"
     deploy.mkdir()
-    (deploy / "pom.xml").write_text("<project>v1</project>")
-    layout = BrokerLayout(root=tmp_path / "broker", jars_dir=tmp_path / "jars", deploy_dir=deploy)
+    (deploy / "pom.xml").write_text(pom)
     jar = tmp_path / "kafka.jar"
     jar.write_bytes(b"PK")
+    return BrokerLayout(root=tmp_path / "broker", jars_dir=tmp_path / "jars", deploy_dir=deploy), jar
+
+
+def test_classpath_cache_is_keyed_by_the_pom_and_checked_against_the_disk(tmp_path: Path) -> None:
+    """A cached classpath is used only for the same pom and while every jar it names exists."""
+    layout, jar = layout_with_pom(tmp_path, "<project>v1</project>")
+    deploy = layout.deploy_dir
     assert cached_classpath(layout) is None
 
     # Resolve "by hand": write the cache file where resolve_classpath would.
@@ -229,12 +235,7 @@ def test_two_first_starts_at_once_run_maven_once(tmp_path: Path, monkeypatch: py
     """`make test` runs its broker tiers in two processes, each starting a broker: on a fresh machine
     both resolve the jars. One Maven runs (two on one local repository could clash); the other process
     waits for it and takes its classpath."""
-    deploy = tmp_path / "deploy"
-    deploy.mkdir()
-    (deploy / "pom.xml").write_text("<project/>")
-    layout = BrokerLayout(root=tmp_path / "broker", jars_dir=tmp_path / "jars", deploy_dir=deploy)
-    jar = tmp_path / "kafka.jar"
-    jar.write_bytes(b"PK")
+    layout, jar = layout_with_pom(tmp_path, "<project/>")
     runs = tmp_path / "maven-runs"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
