@@ -200,6 +200,16 @@ class KeyDestroyed(CryptoError):
     code = ErrorCode.CRYPTO_KEY_DESTROYED
 
 
+class BatchOutdated(HubError):
+    """A rebalance reassigned a batch's partitions while it was sent: the rest of it is not sent.
+
+    Never shown to a user: the agent reads the batch again (hub.streams.agents), for whoever owns the
+    partitions now.
+    """
+
+    code = ErrorCode.INTERNAL
+
+
 class KekInvalid(CryptoError):
     """The configured key-encryption key did not wrap this data key (a wrong or rotated KEK)."""
 
@@ -207,6 +217,7 @@ class KekInvalid(CryptoError):
 
 
 __all__ = [
+    "BatchOutdated",
     "BrokerError",
     "BrokerRefused",
     "BrokerStartFailed",

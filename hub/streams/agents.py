@@ -19,7 +19,7 @@ import faust
 from hub.audit.stage import ChainWriter
 from hub.crypto.keyring import Keyring
 from hub.crypto.records import RecordOpener, RecordSealer
-from hub.errors import CryptoError, ErrorCode, KeyDestroyed
+from hub.errors import BatchOutdated, CryptoError, ErrorCode, KeyDestroyed
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates, Rejected
 from hub.ingest.pipeline import message_id_of, printable_id
 from hub.logging import bind_kafka_coordinates, clear_bound, get_logger
@@ -318,6 +318,11 @@ class Agents:
             message = owner.get(id(out))
             if chain is None or message is None or out.topic != self.crypto.topics.audit_unsealed:
                 return await self.send(out)
+            if self.app.rebalancing or message.generation_id != self.app.consumer_generation_id:
+                # The partition may be another worker's now, chaining it too: an AuditEvent chained
+                # here would fork its chain. The batch stops (its records after this one unsent, so
+                # no copy leaves without its decision) and is read again by the partition's owner.
+                raise BatchOutdated("a rebalance reassigned the batch's partitions while it was sent")
             # Chained here, on the partition of the event decided (hub.audit.stage.ChainWriter).
             return await chain.append(message.partition, out.key, out.value or b"")
 
@@ -392,7 +397,10 @@ class Agents:
                         batch = route_batch(
                             crypto, name, stream, events, route, encrypted=encrypted, failing=failing
                         )
-                        await self.deliver_batch(name, batch, replacing)
+                        try:
+                            await self.deliver_batch(name, batch, replacing)
+                        except BatchOutdated:
+                            events.read_again = True
                     if earlier:
                         await asyncio.wait(earlier)
                     if tables and not events.read_again:

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
+from hub.errors import BatchOutdated
 from hub.logging import get_logger
 from hub.records import Outgoing
 
@@ -66,6 +67,8 @@ async def _attempt(send: Send, records: Sequence[Outgoing]) -> list[tuple[Outgoi
     for record in records:
         try:
             pending.append((record, await send(record)))
+        except BatchOutdated:
+            raise  # the batch stops here, the records after this one unsent (hub.streams.agents)
         except Exception as exc:  # refused before it left (larger than the producer sends)
             failed.append((record, exc))
     results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import pytest
 
+import hub.streams.agents
 from hub.crypto.keyring import Keyring
 from hub.crypto.keys import LocalKeyProvider
 from hub.crypto.store import KeyStore
@@ -247,3 +249,61 @@ def test_a_batch_that_read_the_writes_of_a_batch_read_again_is_read_again_too(tm
     assert read == [{"by": "share"}], "share-merge read share's pending write"
     assert not [e for e in timeline if e.startswith("written")], timeline
     assert "pt-x" not in table.table
+
+
+class RevokingChain:
+    """The audit chain's writer (hub.audit.stage.ChainWriter) as the share agents use it: records each
+    AuditEvent chained; the first one chained, a rebalance begins (the partition is revoked meanwhile)."""
+
+    def __init__(self, app: faust.App, timeline: list[str]) -> None:
+        self.app = app
+        self.timeline = timeline
+
+    async def append(self, partition: int, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+        self.timeline.append(f"chained {value.decode()}")
+        self.app.rebalancing = True
+        self.app.consumer_generation_id += 1
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def test_a_batch_stops_chaining_once_its_partitions_are_revoked_and_sends_no_copy_without_its_audit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker may chain the partition now: an AuditEvent chained here would fork the chain.
+    The batch stops at its next AuditEvent, and the copy that comes after it is never sent: no copy
+    leaves without its decision on record. The whole batch is read again (nothing written, nothing
+    acknowledged)."""
+    # One batch of both events, cut by its size, whatever pause the machine makes between the puts.
+    monkeypatch.setattr(hub.streams.agents, "BATCH_MAX", 2)
+    monkeypatch.setattr(hub.streams.agents, "BATCH_WITHIN_SECONDS", 5.0)
+    timeline: list[str] = []
+    app, agents, table, _ = held_agents(tmp_path, "test-agents-write-order-chain", timeline)
+    agents.chain = RevokingChain(app, timeline)  # type: ignore[assignment]
+    audit_topic = agents.crypto.topics.audit_unsealed
+    routed: list[Any] = []
+
+    def route(message: Any) -> list[Outgoing]:
+        routed.append(message)
+        event = message.value.decode()
+        table[f"pt-{event}"] = {"decided": event}
+        return [
+            Outgoing(audit_topic, b"pt", f"audit {event}".encode()),
+            Outgoing("out", event.encode(), b"{}"),
+        ]
+
+    agents.add("share", app.channel(), route, encrypted=False, writes="g")  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with app.agents["share"].test_context() as share:
+            # Two events in one batch: both are routed before the batch is sent.
+            await share.put(b"1")
+            await share.put(b"2")
+            await wait_until(lambda: len(routed) == 2 and not agents.unwritten["g"])
+            app.rebalancing = False
+
+    asyncio.run(main())
+    assert timeline == ["chained audit 1", "sent 1"], "audit 2 not chained, so copy 2 not sent"
+    assert not table.table and table.pending == 0
+    assert [m.acked for m in routed] == [False, False]
