@@ -9,7 +9,8 @@ broker) runs :meth:`Agents.add` with a producer whose acknowledgements the test 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,24 @@ def share_and_merge(
     return app, agents, table, producer, read
 
 
+@contextlib.asynccontextmanager
+async def both_sent(
+    app: faust.App, timeline: list[str], *, between: Callable[[], None] = lambda: None
+) -> AsyncIterator[None]:
+    """share and share-merge running, each with a batch sent and not yet acknowledged: share's first,
+    then (after ``between``) share-merge's, which read share's pending write."""
+    async with (
+        app.agents["share"].test_context() as share,
+        app.agents["share-merge"].test_context() as merge,
+    ):
+        await share.put(b"1")
+        await wait_until(lambda: "sent share" in timeline)
+        between()
+        await merge.put(b"2")
+        await wait_until(lambda: "sent merge" in timeline)
+        yield
+
+
 def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) -> None:
     """share and share-merge write the same tables: share-merge, whose batch began while share's was
     still being sent, reads share's pending write and writes its own only after share's is written,
@@ -159,14 +178,7 @@ def test_an_agent_writes_after_the_batch_of_the_other_it_read(tmp_path: Path) ->
     app, _, table, producer, read = share_and_merge(tmp_path, "test-agents-write-order-two", timeline)
 
     async def main() -> None:
-        async with (
-            app.agents["share"].test_context() as share,
-            app.agents["share-merge"].test_context() as merge,
-        ):
-            await share.put(b"1")
-            await wait_until(lambda: "sent share" in timeline)
-            await merge.put(b"2")
-            await wait_until(lambda: "sent merge" in timeline)
+        async with both_sent(app, timeline):
             producer.release("merge")
             await asyncio.sleep(0.2)
             assert not [e for e in timeline if e.startswith("written")], "share-merge waits for share"
@@ -231,16 +243,11 @@ def test_a_batch_that_read_the_writes_of_a_batch_read_again_is_read_again_too(tm
         tmp_path, "test-agents-write-order-cascade", timeline
     )
 
+    def rebalance() -> None:
+        app.consumer_generation_id += 1  # a rebalance came and went while share's batch was out
+
     async def main() -> None:
-        async with (
-            app.agents["share"].test_context() as share,
-            app.agents["share-merge"].test_context() as merge,
-        ):
-            await share.put(b"1")
-            await wait_until(lambda: "sent share" in timeline)
-            app.consumer_generation_id += 1  # a rebalance came and went while share's batch was out
-            await merge.put(b"2")
-            await wait_until(lambda: "sent merge" in timeline)
+        async with both_sent(app, timeline, between=rebalance):
             producer.release()
             await wait_until(lambda: not agents.unwritten["g"])
             await asyncio.sleep(0.1)
