@@ -64,12 +64,12 @@ def read_before(events: Iterable[Any], generation: int | None) -> bool:
     return generation is None or any(event.message.generation_id != generation for event in events)
 
 
-def write_tables(name: str, stream: Any, events: Batch, tables: list[BatchWrites]) -> bool:
-    """Write the batch's table writes, or forget them if it is to be read again; True if written."""
+def write_tables(name: str, stream: Any, events: Batch, tables: list[BatchWrites]) -> None:
+    """Write the batch's table writes, or forget them if it is to be read again."""
     if not events.read_again:
         for table in tables:
             table.flush(stream)
-        return True
+        return
     # Its partitions were reassigned while it was processed: another worker may own them now, and has
     # rebuilt their tables from the changelogs without this batch's writes. Written now, they would
     # land in its changelogs after what it writes, and the next rebuild would mix two writers' values
@@ -80,7 +80,6 @@ def write_tables(name: str, stream: Any, events: Batch, tables: list[BatchWrites
     for table in tables:
         table.discard()
     log.info("stage.batch_read_again", stage=name, records=len(events))
-    return False
 
 
 def ingest_record(message: Any) -> IngestRecord:
@@ -251,9 +250,8 @@ class Agents:
         self.crypto = crypto
         #: The tables, by the group of agents that writes them (:meth:`table`).
         self.groups: dict[str, list[BatchWrites]] = {}
-        #: Per group, the batches routed and not yet written (or discarded), in the order they began;
-        #: each resolves to whether it was written.
-        self.unwritten: dict[str, list[asyncio.Future[bool]]] = {}
+        #: Per group, the batches routed and not yet written (or discarded), in the order they began.
+        self.unwritten: dict[str, list[asyncio.Future[None]]] = {}
         #: The audit chains' writer: the CHAINING_STAGES chain their AuditEvents with it directly.
         self.chain: ChainWriter | None = None
 
@@ -281,12 +279,16 @@ class Agents:
             await asyncio.sleep(REBALANCE_POLL_SECONDS)
         return int(self.app.consumer_generation_id)
 
-    async def outdated(self, events: list[Any], earlier: list[asyncio.Future[bool]]) -> bool:
-        """True if a batch's table writes must not be written: a batch begun before it was not
-        written (this one may have read its writes), or its partitions were reassigned meanwhile."""
-        return not all(batch.result() for batch in earlier) or read_before(
-            events, await self.settled_generation()
-        )
+    async def outdated(self, events: list[Any]) -> bool:
+        """True if a batch's table writes must not be written: its partitions were reassigned meanwhile.
+
+        Only a batch read before the current generation is read again: the rewind that ended that
+        generation's rebalance came after its records were read, so they are sure to come again. A
+        batch read since would never come again, its commits held for good (a later batch that read
+        the pending writes of one read again is written: what it took from them is decided again,
+        to the same effect, when those records come again).
+        """
+        return read_before(events, await self.settled_generation())
 
     async def send(self, out: Outgoing) -> Any:
         """Hand one record to the producer; the future of its acknowledgement.
@@ -318,10 +320,11 @@ class Agents:
             message = owner.get(id(out))
             if chain is None or message is None or out.topic != self.crypto.topics.audit_unsealed:
                 return await self.send(out)
-            if self.app.rebalancing or message.generation_id != self.app.consumer_generation_id:
+            if message.generation_id != await self.settled_generation():
                 # The partition may be another worker's now, chaining it too: an AuditEvent chained
                 # here would fork its chain. The batch stops (its records after this one unsent, so
-                # no copy leaves without its decision) and is read again by the partition's owner.
+                # no copy leaves without its decision) and is read again by the partition's owner:
+                # read before the rebalance's rewind, it is sure to be read again after it.
                 raise BatchOutdated("a rebalance reassigned the batch's partitions while it was sent")
             # Chained here, on the partition of the event decided (hub.audit.stage.ChainWriter).
             return await chain.append(message.partition, out.key, out.value or b"")
@@ -381,12 +384,10 @@ class Agents:
             async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
                 started = time.perf_counter()
                 # The group's batches begun before this one: this one may have read their writes, so
-                # it writes its own after them (share and share-merge; no wait while routing), and
-                # not at all if they were not written.
+                # it writes its own after them (share and share-merge; no wait while routing).
                 earlier = list(unwritten)
-                written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                written = asyncio.get_running_loop().create_future()
                 unwritten.append(written)
-                flushed = False
                 batch: list[tuple[Any, list[Outgoing]]] = []
                 try:
                     # Read before the last rebalance (the stream buffered them): the rewind that
@@ -404,17 +405,17 @@ class Agents:
                     if earlier:
                         await asyncio.wait(earlier)
                     if tables and not events.read_again:
-                        events.read_again = await self.outdated(events, earlier)
+                        events.read_again = await self.outdated(events)
                 except BaseException:
                     # Not sent (the agent stops, or fails): the batch is read again, its writes with it.
                     for table in tables:
                         table.discard()
                     raise
                 else:
-                    flushed = write_tables(name, stream, events, tables)
+                    write_tables(name, stream, events, tables)
                 finally:
                     unwritten.remove(written)
-                    written.set_result(flushed)
+                    written.set_result(None)
                 # Each record gets its share of the batch's time (hub_stage_seconds is per record).
                 each = (time.perf_counter() - started) / max(len(batch), 1)
                 for _, outgoing in batch:
