@@ -34,7 +34,7 @@ run: install
 
 # The tests without a broker are CPU-bound and independent: one process per core for them (1 min 45 s
 # alone, 51 s on two). The broker's tests run one at a time, as their timings assume: on two processes
-# (each with its own broker) they took 9-14 min instead of 17-21, but the load made a timing claim fail
+# (each with its own broker) they took 9-14 min instead of 16-21, but the load made a timing claim fail
 # once in six runs (the broker outage's log lines); docs/RUNNING.md.
 TEST_PROCESSES ?= 2
 
