@@ -14,11 +14,13 @@ bootstrap servers itself (:class:`BrokerProbe`), what it meant:
   ``broker.connection_errors`` event (warning) with the count, once the errors stop or, while they
   go on, after :data:`SETTLE_SECONDS` and then every :data:`REMINDER_SECONDS`.
 
-Every event carries the number of client lines it folded: nothing is dropped silently. Other client
-errors (an authorisation failure, a record too large...) are not connection errors and pass as they
-are. The decisions are taken by :class:`OutageTracker`, plain logic over a clock, tested without Kafka;
-:class:`BrokerWatch` is the glue (filter, thread, probe, log, metrics); entry points call
-:func:`watch_broker_of` right after :func:`hub.logging.configure_logging`.
+Every event carries the number of client lines it folded: nothing is dropped silently. A client's
+line saying it lost its group coordinator (:func:`is_coordinator_lost`) is folded too, but only while
+an episode is open: then it is the outage's consequence; alone it may be a broker's own problem.
+Other client errors (an authorisation failure, a record too large...) are not connection errors and
+pass as they are. The decisions are taken by :class:`OutageTracker`, plain logic over a clock,
+tested without Kafka; :class:`BrokerWatch` is the glue (filter, thread, probe, log, metrics); entry
+points call :func:`watch_broker_of` right after :func:`hub.logging.configure_logging`.
 """
 
 from __future__ import annotations
@@ -80,6 +82,16 @@ _CONNECTION_MARKERS = (
 )
 # aiokafka: "Connection at host:port closed"
 _CONNECTION_CLOSED = re.compile(r"connection at \S+ closed")
+# What a client says when it loses its group coordinator (aiokafka 0.14), lower-cased. During an
+# outage these follow from the lost connection, once per rediscovery attempt (a dozen in a minute);
+# outside one they may mean a broker-side problem, so they are folded only while an episode is
+# open (:meth:`OutageTracker.in_episode`), never on their own.
+_COORDINATOR_LOST_MARKERS = (
+    "marking the coordinator dead",  # "Marking the coordinator dead (node 1)for group g."
+    "marking coordinator dead",  # "Heartbeat session expired - marking coordinator dead"
+    # "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError"
+    "coordinatornotavailable",
+)
 
 
 def is_connection_error(logger_name: str, level: int, text: str) -> bool:
@@ -94,6 +106,14 @@ def is_connection_error(logger_name: str, level: int, text: str) -> bool:
     return any(marker in lowered for marker in _CONNECTION_MARKERS) or bool(
         _CONNECTION_CLOSED.search(lowered)
     )
+
+
+def is_coordinator_lost(logger_name: str, level: int, text: str) -> bool:
+    """Whether a client's line says it lost its group coordinator (folded only during an outage)."""
+    if not _client_warning(logger_name, level):
+        return False
+    lowered = text.lower()
+    return any(marker in lowered for marker in _COORDINATOR_LOST_MARKERS)
 
 
 def _client_warning(logger_name: str, level: int) -> bool:
@@ -198,6 +218,11 @@ class OutageTracker:
     def up(self) -> bool:
         """False only between ``broker.unavailable`` and ``broker.recovered``."""
         return self.phase is not Phase.DOWN
+
+    @property
+    def in_episode(self) -> bool:
+        """Whether clients have failed to connect and the episode is not over yet."""
+        return self.phase is not Phase.UP
 
     def client_error(self, now: float) -> None:
         """A client's connection error was folded; the first of an episode asks for a probe now."""
@@ -387,14 +412,18 @@ class BrokerWatch(logging.Filter):
         if verdict is not None:
             return not verdict
         # The cheap test first: most lines are the hub's own, and formatting them twice would cost.
-        folded = _client_warning(record.name, record.levelno) and is_connection_error(
-            record.name, record.levelno, _record_text(record)
-        )
+        folded = False
+        if _client_warning(record.name, record.levelno):
+            text = _record_text(record)
+            with self._lock:
+                folded = is_connection_error(record.name, record.levelno, text) or (
+                    self.tracker.in_episode and is_coordinator_lost(record.name, record.levelno, text)
+                )
+                if folded:
+                    self.tracker.client_error(self._clock())
         setattr(record, _FOLDED, folded)
         if not folded:
             return True
-        with self._lock:
-            self.tracker.client_error(self._clock())
         self._on_fold()
         self._wake.set()
         return False

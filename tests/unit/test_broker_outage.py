@@ -26,6 +26,7 @@ from hub.kafka.outage import (
     OutageTracker,
     Phase,
     is_connection_error,
+    is_coordinator_lost,
 )
 from hub.logging import add_log_filter, configure_logging, get_logger, remove_log_filter
 
@@ -283,6 +284,45 @@ def test_the_probe_reads_every_bootstrap_address() -> None:
     """host:port lists, IPv6 in brackets, spaces tolerated."""
     probe = BrokerProbe("kafka-1:9092, kafka-2:9093,[::1]:9094")
     assert probe.addresses() == [("kafka-1", 9092), ("kafka-2", 9093), ("::1", 9094)]
+
+
+#: Lines aiokafka 0.14 writes when it loses its group coordinator: a dozen over a minute's outage.
+COORDINATOR_LOST_LINES = (
+    ("aiokafka.consumer.group_coordinator", "Marking the coordinator dead (node 1)for group hub-test."),
+    ("aiokafka.consumer.group_coordinator", "Heartbeat session expired - marking coordinator dead"),
+    (
+        "aiokafka.consumer.group_coordinator",
+        "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError",
+    ),
+)
+
+
+@pytest.mark.parametrize(("logger", "text"), COORDINATOR_LOST_LINES)
+def test_a_lost_coordinator_line_is_recognised_but_is_not_a_connection_error(logger: str, text: str) -> None:
+    assert is_coordinator_lost(logger, logging.WARNING, text)
+    assert not is_connection_error(logger, logging.WARNING, text)
+    assert not is_coordinator_lost("hub.streams.agents", logging.WARNING, text)
+
+
+def test_a_lost_coordinator_is_folded_during_an_outage_and_passes_outside_one(
+    log_output: io.StringIO,
+) -> None:
+    """Folded only once a connection error opened an episode: alone it may be the broker's problem."""
+    folded: list[int] = []
+    watch = BrokerWatch("127.0.0.1:9", lambda: False, on_fold=lambda: folded.append(1))
+    alone = "Marking the coordinator dead (node 1)for group before."
+    add_log_filter(watch)
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    try:
+        coordinator.warning(alone)
+        logging.getLogger("aiokafka").error("Unable connect to node with id 1: [Errno 111] Connect refused")
+        for logger, text in COORDINATOR_LOST_LINES:
+            logging.getLogger(logger).error(text)
+    finally:
+        remove_log_filter(watch)
+    assert [e["event"] for e in events(log_output)] == [alone]
+    assert len(folded) == 1 + len(COORDINATOR_LOST_LINES)
+    assert watch.tracker.in_episode
 
 
 def test_a_hub_logger_line_is_never_folded(log_output: io.StringIO) -> None:
