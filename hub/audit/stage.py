@@ -1,15 +1,16 @@
-"""The audit chains' one writer per partition (:class:`ChainWriter`), and the sealing agent that
-chains ``hub.audit-unsealed.v1`` into ``hub.audit.v1`` with it.
+"""The audit chains' one writer per partition (:class:`ChainWriter`, made by :func:`chain_writer`).
 
 The share agents chain their decisions' AuditEvents with the writer as they send them; every other
 stage writes its AuditEvents, unsealed, to ``hub.audit-unsealed.v1`` (same key, same partition
-count), which this agent, ``concurrency=1``, appends. The writer is the one writer of each
-``hub.audit.v1`` partition the worker holds (co-partitioned with the pathway). It sends
-each sealed record at once (``force=True``, not as a faust attachment), so records reach the chain in
-the order they were sealed, and faust flushes the producer before it commits an input offset: a
-committed input is always sealed. A checkpoint is sent only after the record it vouches for is
-acknowledged, so ``hub audit verify`` never sees a checkpoint ahead of its chain; it carries that
-record's offset, where the next sealer of the partition starts verifying.
+count), which the sealing agent (``concurrency=1``, hub.streams.agents) appends. Both say, with each
+record, how to tell whether a rebalance has reassigned its partition meanwhile: such a record is not
+chained (:meth:`ChainWriter.append`), since the partition's new owner chains it too. The writer is
+the one writer of each ``hub.audit.v1`` partition the worker holds (co-partitioned with the
+pathway). It sends each sealed record at once (``force=True``, not as a faust attachment), so
+records reach the chain in the order they were sealed, and faust flushes the producer before it
+commits an input offset: a committed input is always sealed. A checkpoint is sent only after the
+record it vouches for is acknowledged, so ``hub audit verify`` never sees a checkpoint ahead of its
+chain; it carries that record's offset, where the next sealer of the partition starts verifying.
 
 When it takes a partition over, before sealing anything there, the stage verifies the partition from
 its last signed checkpoint (from its start without one) with the chain key (:func:`recover_chain`)
@@ -36,7 +37,7 @@ from hub.audit.events import BREAK_KEY, chain_break_event
 from hub.audit.sealer import LEGACY_HEAD, Sealer, Takeover, assess_takeover
 from hub.audit.signing import signature_valid, signer_from_settings
 from hub.audit.verify import AuditRecord, ChainVerifier, Problem
-from hub.errors import ErrorCode
+from hub.errors import BatchOutdated, ErrorCode
 from hub.kafka.clients import in_daemon_thread, new_consumer
 from hub.logging import get_logger
 from hub.records import encode_json, headers_of
@@ -239,12 +240,33 @@ class ChainWriter:
         self.pending: dict[int, tuple[ChainHead, Awaitable[Any]]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
 
-    async def append(self, partition: int, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        """Chain one AuditEvent onto ``partition`` and send it; the future of its acknowledgement."""
+    async def append(
+        self,
+        partition: int,
+        key: bytes | None,
+        value: bytes,
+        *,
+        still_current: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Awaitable[Any]:
+        """Chain one AuditEvent onto ``partition`` and send it; the future of its acknowledgement.
+
+        ``still_current`` says whether the record being processed was read in the consumer group's
+        current generation (once any rebalance going on has ended). It is asked with the partition's
+        head in hand, just before sealing: when a rebalance came meanwhile, the partition may be
+        another worker's now, chaining it too, and a record chained here would fork its chain. Then
+        nothing is chained, the head is forgotten (read again from the log by the partition's next
+        append here: it may be behind the other worker's already), and :class:`BatchOutdated` is
+        raised: the caller leaves its record to be read again by whoever owns the partition now.
+        """
         lock = self._locks.setdefault(partition, asyncio.Lock())
         async with lock:
             if not self.sealer.knows(partition):
                 await self._take_over(partition)
+            if still_current is not None and not await still_current():
+                self.forget({partition})
+                raise BatchOutdated("a rebalance reassigned the partition of the AuditEvent to chain")
+            # No wait from here until the record is with the producer (faust sends at once with
+            # force=True, the topic's metadata known): no rebalance can come in between.
             delivered = await self._send_sealed(partition, key, value)
             if self.sealer.checkpoint_due(partition, now=time.monotonic()):
                 await self._send_checkpoint(partition)
@@ -341,7 +363,7 @@ class ChainWriter:
         await self._send_sealed(partition, BREAK_KEY, encode_json(event), break_reason=takeover.break_reason)
 
 
-def add_sealing_agent(
+def chain_writer(
     app: faust.App,
     settings: Settings,
     topics: TopicNames,
@@ -349,19 +371,13 @@ def add_sealing_agent(
     *,
     chain_key: ChainKey | None = None,
 ) -> ChainWriter:
-    """Register the sealing agent, its idle-checkpoint timer and its rebalance hook on ``app``.
+    """The worker's chain writer, with its rebalance hook and its idle-checkpoint timer on ``app``.
 
-    The agent chains what the other stages write to ``hub.audit-unsealed.v1``; the returned writer is
-    the same one the share agents append their decisions' AuditEvents with.
+    The share agents append their decisions' AuditEvents with it, and the sealing agent
+    (hub.streams.agents, ``Agents.add_sealing``) what the other stages write to
+    ``hub.audit-unsealed.v1``.
     """
     writer = ChainWriter(app, settings, topics, raw_topic, chain_key=chain_key)
-
-    async def seal_records(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            await writer.append(message.partition, message.key, message.value or b"")
-
-    app.agent(raw_topic(topics.audit_unsealed), name="audit-seal", concurrency=1)(seal_records)
 
     # The chain of partition p is written by the agents holding hub.audit-unsealed.v1 p and
     # hub.pathway.v1 p (and hub.share-merge.v1 p): co-partitioned, so one worker holds them all.

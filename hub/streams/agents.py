@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import faust
@@ -279,6 +280,10 @@ class Agents:
             await asyncio.sleep(REBALANCE_POLL_SECONDS)
         return int(self.app.consumer_generation_id)
 
+    async def current(self, message: Any) -> bool:
+        """Whether ``message`` was read in the current generation, once any rebalance has ended."""
+        return bool(message.generation_id == await self.settled_generation())
+
     async def outdated(self, events: list[Any]) -> bool:
         """True if a batch's table writes must not be written: its partitions were reassigned meanwhile.
 
@@ -320,14 +325,14 @@ class Agents:
             message = owner.get(id(out))
             if chain is None or message is None or out.topic != self.crypto.topics.audit_unsealed:
                 return await self.send(out)
-            if message.generation_id != await self.settled_generation():
-                # The partition may be another worker's now, chaining it too: an AuditEvent chained
-                # here would fork its chain. The batch stops (its records after this one unsent, so
-                # no copy leaves without its decision) and is read again by the partition's owner:
-                # read before the rebalance's rewind, it is sure to be read again after it.
-                raise BatchOutdated("a rebalance reassigned the batch's partitions while it was sent")
-            # Chained here, on the partition of the event decided (hub.audit.stage.ChainWriter).
-            return await chain.append(message.partition, out.key, out.value or b"")
+            # Chained here, on the partition of the event decided (hub.audit.stage.ChainWriter). When
+            # a rebalance reassigned it meanwhile, the writer raises BatchOutdated: the batch stops
+            # (its records after this one unsent, so no copy leaves without its decision) and is
+            # read again by the partition's owner (read before the rebalance's rewind, it is sure
+            # to be read again after it).
+            return await chain.append(
+                message.partition, out.key, out.value or b"", still_current=partial(self.current, message)
+            )
 
         for refused in await deliver(send, records, stage=name):
             counting.failed(name)
@@ -341,6 +346,36 @@ class Agents:
             while await deliver(self.send, again, stage=name):
                 log.error("stage.record_refused_again", stage=name, error=refused.error)
                 await asyncio.sleep(LAST_BACKOFF_SECONDS)
+
+    def add_sealing(self, topic: faust.TopicT, chain: ChainWriter) -> None:
+        """The sealing agent: chains what the other stages write to ``hub.audit-unsealed.v1`` with
+        ``chain``, the writer the share agents chain their own AuditEvents with.
+
+        In batches, acknowledged once chained; an AuditEvent whose partition a rebalance reassigned
+        while it waited is not chained (the new owner chains that partition: :meth:`ChainWriter.append`)
+        and its batch stops there, unacknowledged, to be read again by the partition's owner. The
+        records of the batch chained before it are chained again then: two records, two positions, a
+        valid chain, and one AuditEvent id for consumers to de-duplicate (hub.audit.verify).
+        """
+        self.chain = chain
+
+        async def seal(stream: Any) -> None:
+            async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
+                for event in events:
+                    message = event.message
+                    try:
+                        await chain.append(
+                            message.partition,
+                            message.key,
+                            message.value or b"",
+                            still_current=partial(self.current, message),
+                        )
+                    except BatchOutdated:
+                        log.info("stage.batch_read_again", stage="audit-seal", records=len(events))
+                        events.read_again = True
+                        break
+
+        self.app.agent(topic, name="audit-seal", concurrency=1)(seal)
 
     def add(
         self,

@@ -13,7 +13,7 @@ import faust
 from hub import metrics
 from hub.alerts.stage import EligibilityStage
 from hub.audit.chainkey import ChainKey
-from hub.audit.stage import add_sealing_agent
+from hub.audit.stage import chain_writer
 from hub.consent import PolicyConfig, RecipientRegistry, load_policy
 from hub.consent.share import ShareStage
 from hub.crypto.config import keyring_from_settings
@@ -205,7 +205,10 @@ def create_app(
     )
     # Chain every stage's AuditEvents into hub.audit.v1, one writer per partition (hub.audit): the
     # share agents' as they send them, the other stages' from hub.audit-unsealed.v1.
-    agents.chain = add_sealing_agent(app, settings, topics, raw_topic, chain_key=audit_chain_key)
+    agents.add_sealing(
+        raw_topic(topics.audit_unsealed),
+        chain_writer(app, settings, topics, raw_topic, chain_key=audit_chain_key),
+    )
 
     @app.timer(interval=REGISTRY_CHECK_SECONDS)  # type: ignore[untyped-decorator]  # faust's is untyped
     async def refresh_sources() -> None:

@@ -12,12 +12,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
 
 import hub.streams.agents
+from hub.audit.chain import ChainHead
+from hub.audit.chainkey import ChainKey
+from hub.audit.stage import ChainWriter
 from hub.crypto.keyring import Keyring
 from hub.crypto.keys import LocalKeyProvider
 from hub.crypto.store import KeyStore
@@ -259,21 +263,27 @@ def test_a_batch_read_since_the_rebalance_is_written_even_after_one_read_again(t
     assert table.table["pt-x"] == {"by": "share-merge"}
 
 
-class RevokingChain:
-    """The audit chain's writer (hub.audit.stage.ChainWriter) as the share agents use it: records each
-    AuditEvent chained; while the first one is chained, a rebalance reassigns the partitions."""
+def revoking_chain(app: faust.App, timeline: list[str]) -> ChainWriter:
+    """The audit chain's real writer (hub.audit.stage.ChainWriter), on a producer that records each
+    AuditEvent chained: while the first one is sent, a rebalance reassigns the partitions."""
+    writer = ChainWriter(app, Settings(), TopicNames(""), app.topic, chain_key=ChainKey(bytes(range(32))))
 
-    def __init__(self, app: faust.App, timeline: list[str]) -> None:
-        self.app = app
-        self.timeline = timeline
+    async def take_over(partition: int) -> None:
+        # What recover_chain reads from the log of a partition chained by no one yet.
+        timeline.append("head read")
+        writer.sealer.start(partition, ChainHead.genesis(), now=0.0)
 
-    async def append(self, partition: int, key: bytes | None, value: bytes) -> asyncio.Future[None]:
-        self.timeline.append(f"chained {value.decode()}")
+    async def send(*, key: bytes | None, value: bytes, **_sealed: Any) -> asyncio.Future[None]:
+        timeline.append(f"chained {value.decode()}")
         # A rebalance ran meanwhile: the next assignment is the next generation.
-        self.app.consumer_generation_id += 1
+        app.consumer_generation_id += 1
         future = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
+
+    writer._take_over = take_over  # type: ignore[method-assign]
+    writer.audit = SimpleNamespace(send=send)  # type: ignore[assignment]
+    return writer
 
 
 def test_a_batch_stops_chaining_once_its_partitions_are_revoked_and_sends_no_copy_without_its_audit(
@@ -288,7 +298,7 @@ def test_a_batch_stops_chaining_once_its_partitions_are_revoked_and_sends_no_cop
     monkeypatch.setattr(hub.streams.agents, "BATCH_WITHIN_SECONDS", 5.0)
     timeline: list[str] = []
     app, agents, table, _ = held_agents(tmp_path, "test-agents-write-order-chain", timeline)
-    agents.chain = RevokingChain(app, timeline)  # type: ignore[assignment]
+    agents.chain = chain = revoking_chain(app, timeline)
     audit_topic = agents.crypto.topics.audit_unsealed
     routed: list[Any] = []
 
@@ -311,6 +321,35 @@ def test_a_batch_stops_chaining_once_its_partitions_are_revoked_and_sends_no_cop
             await wait_until(lambda: len(routed) == 2 and not agents.unwritten["g"])
 
     asyncio.run(main())
-    assert timeline == ["chained audit 1", "sent 1"], "audit 2 not chained, so copy 2 not sent"
+    assert timeline == ["head read", "chained audit 1", "sent 1"], "audit 2 not chained, so copy 2 not sent"
     assert not table.table and table.pending == 0
     assert [m.acked for m in routed] == [False, False]
+    assert not chain.sealer.knows(0), "the head held here may be behind the new owner's: read again"
+
+
+def test_the_sealing_agent_stops_chaining_once_its_partitions_are_revoked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other stages' AuditEvents (hub.audit-unsealed.v1) are chained by the sealing agent: one whose
+    partition a rebalance reassigned while it waited is not chained (the new owner chains it), and its
+    batch is left unacknowledged, to be read again by the partition's owner."""
+    monkeypatch.setattr(hub.streams.agents, "BATCH_MAX", 2)
+    monkeypatch.setattr(hub.streams.agents, "BATCH_WITHIN_SECONDS", 5.0)
+    timeline: list[str] = []
+    app, agents, _, _ = held_agents(tmp_path, "test-agents-write-order-seal", timeline)
+    chain = revoking_chain(app, timeline)
+    agents.add_sealing(app.channel(), chain)  # type: ignore[arg-type]
+    assert agents.chain is chain, "the share agents chain with the same writer"
+    taken: list[Any] = []
+
+    async def main() -> None:
+        async with app.agents["audit-seal"].test_context() as seal:
+            for value in (b"reject 1", b"reject 2"):
+                taken.append(await seal.put(value, partition=0))
+            await wait_until(lambda: bool(timeline) and not chain._locks[0].locked())
+            await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert timeline == ["head read", "chained reject 1"], "reject 2 was chained on a partition not ours"
+    assert [event.message.acked for event in taken] == [False, False]
+    assert not chain.sealer.knows(0)
