@@ -162,3 +162,59 @@ def test_an_idle_stream_sleeps_until_a_value_comes_instead_of_waking_every_windo
 
     asyncio.run(main())
     assert batches == [[7]]
+
+
+def test_a_record_read_before_a_rebalance_and_buffered_after_it_is_left_out_of_its_batch() -> None:
+    """A value read while a batch is out waits in the buffer; a rebalance then rewinds the partitions,
+    and the records read again come after it. The stale one is left out of the next batch (neither
+    processed nor acknowledged, as faust skips stale records), so that batch is the rewound records
+    only: marked to be read again for the stale one's sake, the rewound ones would never come again."""
+    app = faust.App("test-batches-stale", store="memory://", web_enabled=False)
+    batches: list[list[int]] = []
+    acked: list[int] = []
+    streams: list[Any] = []
+    proceed = asyncio.Event()
+
+    async def process(stream: Any) -> None:
+        streams.append(stream)
+        acknowledge = stream.ack
+
+        async def recording(event: Any) -> bool:
+            acked.append(event.value)
+            return bool(await acknowledge(event))
+
+        stream.ack = recording
+        # The first batch is cut by its window (the reader stays free to read the next value), the
+        # second by its size: three values are in the buffer well within the window.
+        async for events in take_batches(stream, 3, 2.0):
+            batches.append([event.value for event in events])
+            await proceed.wait()
+            stream._set_current_event(None)
+
+    agent: Any = app.agent(name="process")(process)
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while not condition() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    def reading(value: int) -> bool:
+        event = streams[0].current_event if streams else None
+        return event is not None and event.value == value
+
+    async def main() -> None:
+        async with agent.test_context() as running:
+            await running.put(1)
+            await until(lambda: len(batches) == 1)
+            # The batch [1] is out: 2 is read in this generation and waits to enter the buffer.
+            await running.put(2)
+            await until(lambda: reading(2))
+            app.consumer_generation_id += 1  # a rebalance: 3 and 4 are read in the next generation
+            for value in (3, 4):
+                await running.put(value, wait=False)
+            proceed.set()
+            await until(lambda: len(batches) == 2 and 4 in acked)
+
+    asyncio.run(main())
+    assert batches == [[1], [3, 4]], "the stale 2 is left out; the batch is the rewound records alone"
+    assert acked == [1, 3, 4], "2 is not acknowledged: the rewind reads it again"
