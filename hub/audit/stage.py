@@ -1,6 +1,7 @@
 """The audit chains' one writer per partition (:class:`ChainWriter`, made by :func:`chain_writer`).
 
-The share agents chain their decisions' AuditEvents with the writer as they send them; every other
+The agents that decide (identity, which decides each event it publishes, and share-merge) chain
+their share decisions' AuditEvents with the writer as they send them; every other
 stage writes its AuditEvents, unsealed, to ``hub.audit-unsealed.v1`` (same key, same partition
 count), which the sealing agent (``concurrency=1``, hub.streams.agents) appends. Both say, with each
 record, how to tell whether a rebalance has reassigned its partition meanwhile: such a record is not
@@ -198,9 +199,9 @@ class ChainWriter:
     """The one writer of each ``hub.audit.v1`` partition this worker holds: seals, sends, checkpoints.
 
     Two agents append: the sealing agent (each stage's AuditEvents read from ``hub.audit-unsealed.v1``)
-    and the share agents (their decisions' AuditEvents, written here directly: the record is keyed by
-    the patient, on the partition of the pathway event being decided, which the worker holds with the
-    chain). A lock per partition keeps seal-then-send atomic, so records reach the log in the order
+    and the deciding agents (their share decisions' AuditEvents, written here directly: the record is
+    keyed by the patient, on the partition of the pathway event being decided, which the worker holds
+    with the chain). A lock per partition keeps seal-then-send atomic, so records reach the log in the order
     they were chained. Before the first record of a partition, the partition is verified from its
     last signed checkpoint (:func:`recover_chain`); a head is forgotten when the partition is revoked.
     """
@@ -373,15 +374,15 @@ def chain_writer(
 ) -> ChainWriter:
     """The worker's chain writer, with its rebalance hook and its idle-checkpoint timer on ``app``.
 
-    The share agents append their decisions' AuditEvents with it, and the sealing agent
+    The deciding agents append their share decisions' AuditEvents with it, and the sealing agent
     (hub.streams.agents, ``Agents.add_sealing``) what the other stages write to
     ``hub.audit-unsealed.v1``.
     """
     writer = ChainWriter(app, settings, topics, raw_topic, chain_key=chain_key)
 
     # The chain of partition p is written by the agents holding hub.audit-unsealed.v1 p and
-    # hub.pathway.v1 p (and hub.share-merge.v1 p): co-partitioned, so one worker holds them all.
-    chained_from = {topics.audit_unsealed, topics.pathway, topics.share_merge}
+    # hub.identity.v1 p (and hub.share-merge.v1 p): co-partitioned, so one worker holds them all.
+    chained_from = {topics.audit_unsealed, topics.identity, topics.share_merge}
 
     def on_revoked(_sender: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
         revoked = args[0] if args else _kwargs.get("revoked", ())

@@ -36,11 +36,12 @@ REQUEST_TIMEOUT_MS = 8000
 def hub_groups(app_id: str, topics: TopicNames) -> dict[str, tuple[str, ...]]:
     """The hub's consumer groups and the topics each reads even before it has committed anything.
 
-    The worker's group (faust uses the app id) reads ingest, identity, pathway and share-merge (and the
-    GP practices' topics, which show once committed); the gateway's reads the alerts.
+    The worker's group (faust uses the app id) reads ingest, identity and share-merge (the pathway is
+    decided as identity publishes it; the unsealed AuditEvents show once committed); the gateway's
+    reads the alerts.
     """
     return {
-        TopicNames.worker_group(app_id): (topics.ingest, topics.identity, topics.pathway, topics.share_merge),
+        TopicNames.worker_group(app_id): (topics.ingest, topics.identity, topics.share_merge),
         TopicNames.gateway_group(app_id): (topics.alerts,),
     }
 

@@ -17,7 +17,7 @@ from hub.console.broker import BrokerView, Reject
 from hub.console.scrape import Scrape
 
 #: The worker's stages, in pipeline order (``hub.streams.app``).
-STAGES = ("ingest", "identity", "share", "share-merge")
+STAGES = ("ingest", "identity", "share-merge")
 #: Points kept: at the default 2 s refresh, ten minutes.
 HISTORY_POINTS = 300
 

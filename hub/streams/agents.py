@@ -43,10 +43,11 @@ BATCH_WITHIN_SECONDS = 0.002
 #: How often a batch done during a rebalance looks whether it has ended (:meth:`Agents.settled_generation`).
 REBALANCE_POLL_SECONDS = 0.05
 
-#: The stages whose AuditEvents are chained into ``hub.audit.v1`` as they are sent, instead of going
-#: through ``hub.audit-unsealed.v1`` and the sealing agent: their records are keyed by patient, so the
-#: partition of the record being routed is the partition of its AuditEvents' chain, held by this worker.
-CHAINING_STAGES = frozenset({"share", "share-merge"})
+#: The stages whose AuditEvents (the share decisions') are chained into ``hub.audit.v1`` as they are
+#: sent, instead of going through ``hub.audit-unsealed.v1`` and the sealing agent: their records are
+#: keyed by patient, so the partition of the record being routed is the partition of its AuditEvents'
+#: chain, held by this worker. ``identity`` decides each event it publishes (hub.streams.routing).
+CHAINING_STAGES = frozenset({"identity", "share-merge"})
 
 #: ``route(message)``: the plain records one input gives.
 Route = Callable[[Any], list[Outgoing]]

@@ -170,19 +170,10 @@ def create_app(
             ingest_record(m), m.key, f"the hub failed on this input ({error})"
         ),
     )
-    # Resolve each input's patient, drop known facts, publish the pathway and the receipt.
-    seen_messages = agents.table("identity-seen-messages", writers="identity")
-    identity = IdentityRouter(
-        IdentityStage(
-            agents.table("identity-aliases", writers="identity"),
-            seen_messages,
-            agents.table("identity-seen-events", writers="identity"),
-        ),
-        topics,
-    )
-    agents.add("identity", raw_topic(topics.identity), lambda m: identity.route(m.value), writes="identity")
-    # Decide each event for each recipient: audit every decision, send what is permitted; a GP
-    # practice's copy goes on to its alerts, from exactly what that practice may see.
+    # One agent per patient's partition resolves each input's patient, drops known facts, publishes
+    # the pathway and the receipt, and decides each event for each recipient as it publishes it:
+    # audits every decision, sends what is permitted; a GP practice's copy goes on to its alerts,
+    # from exactly what that practice may see (hub.streams.routing.IdentityRouter).
     alerts = alert_router(
         agents, settings=settings, topics=topics, context=context, recipients=recipients, networks=networks
     )
@@ -190,21 +181,30 @@ def create_app(
         ShareStage(
             recipients,
             policy or load_policy(settings.policy_file),
-            agents.table("share-state", writers="share"),
+            agents.table("share-state", writers="patient"),
             topic_prefix=topics.prefix,
             audit_topic=topics.audit_unsealed,
             merge_topic=topics.share_merge,
-            decided=agents.table("share-decided", writers="share"),
+            decided=agents.table("share-decided", writers="patient"),
         ),
         alerts,
     )
-    agents.add("share", raw_topic(topics.pathway), lambda m: share.route(m.value), writes="share")
+    identity = IdentityRouter(
+        IdentityStage(
+            agents.table("identity-aliases", writers="patient"),
+            agents.table("identity-seen-messages", writers="patient"),
+            agents.table("identity-seen-events", writers="patient"),
+        ),
+        topics,
+        share,
+    )
+    agents.add("identity", raw_topic(topics.identity), lambda m: identity.route(m.value), writes="patient")
     # Carry a linked identity's sharing state to the surviving id (co-partitioned with the pathway).
     agents.add(
-        "share-merge", raw_topic(topics.share_merge), lambda m: share.route_merge(m.value), writes="share"
+        "share-merge", raw_topic(topics.share_merge), lambda m: share.route_merge(m.value), writes="patient"
     )
     # Chain every stage's AuditEvents into hub.audit.v1, one writer per partition (hub.audit): the
-    # share agents' as they send them, the other stages' from hub.audit-unsealed.v1.
+    # deciding agents' as they send them, the other stages' from hub.audit-unsealed.v1.
     agents.add_sealing(
         raw_topic(topics.audit_unsealed),
         chain_writer(app, settings, topics, raw_topic, chain_key=audit_chain_key),
@@ -231,9 +231,9 @@ def alert_router(
     recipients: RecipientRegistry,
     networks: NetworkRegistry | None,
 ) -> AlertRouter | None:
-    """The eligibility stage the share agents hand GP practices' copies to; None without practice or network.
+    """The eligibility stage the deciding agents hand GP practices' copies to (None: no practice or network).
 
-    Its tables are written by the share agents, on the partition of the patient's pathway events
+    Its tables are written by the agents that decide, on the partition of the patient's pathway events
     (the practices' topics are keyed by patient as the pathway is, with the same partition count).
     """
     practices = {r.id: r for r in recipients if r.kind == "gp"}
@@ -245,8 +245,8 @@ def alert_router(
             practices,
             networks,
             context.registry,
-            agents.table("eligibility-facts", writers="share"),
-            agents.table("eligibility-alerted", writers="share"),
+            agents.table("eligibility-facts", writers="patient"),
+            agents.table("eligibility-alerted", writers="patient"),
         ),
         topics,
         practice_topics,

@@ -19,6 +19,7 @@ from hub.ingest.receipts import dlq_limit, dlq_record, receipt, receipt_key, rec
 from hub.logging import get_logger
 from hub.normalise.codes import UnmappedCounter
 from hub.records import EVENT_ID_HEADER, SOURCE_HEADER, Outgoing, decode_json, encode_headers, encode_json
+from hub.streams import counting
 from hub.topics import TopicNames
 
 log = get_logger(__name__)
@@ -232,11 +233,20 @@ class IngestRouter:
 
 
 class IdentityRouter:
-    """The identity stage's sends as Kafka records: pathway events keyed by patient, receipts by source."""
+    """The identity stage's sends as Kafka records: pathway events keyed by patient, receipts by source.
 
-    def __init__(self, stage: IdentityStage, topics: TopicNames) -> None:
+    With ``share``, each pathway event is decided as it is published, in the same batch: its
+    AuditEvent, recipient copies and alerts follow it. Both stages work on the patient's partition
+    (``hub.identity.v1`` and ``hub.pathway.v1`` are keyed alike, with the same partition count), so
+    the share stage takes the event as identity made it instead of reading ``hub.pathway.v1`` back:
+    a Kafka hop less between an input and its recipients, and no read, decryption and decoding of
+    each event (docs/PERFORMANCE.md, session 11). ``hub.pathway.v1`` is still written, for its readers.
+    """
+
+    def __init__(self, stage: IdentityStage, topics: TopicNames, share: ShareRouter | None = None) -> None:
         self.stage = stage
         self.topics = topics
+        self.share = share
 
     def route(self, value: bytes) -> list[Outgoing]:
         """Every record to produce for one ``hub.identity.v1`` record."""
@@ -253,12 +263,29 @@ class IdentityRouter:
                         plain=send.value,
                     )
                 )
+                if self.share is not None:
+                    # After the event: on the pathway it comes before what was decided about it.
+                    out += self._decided(self.share, send.value)
             elif send.topic == "identity":
                 out.append(Outgoing(self.topics.identity, send.key.encode(), encode_json(send.value)))
             else:
                 # The stage answers accepted inputs only, whose source ingest found registered.
                 out += receipt_records(self.topics, send.key, send.value, registered=True)
         return out
+
+    @staticmethod
+    def _decided(share: ShareRouter, event: dict[str, Any]) -> list[Outgoing]:
+        """The share stage's records for one event; none when deciding it raises (a bug).
+
+        As when the share stage had its own agent: a bug costs that event its decisions (logged and
+        counted, like any record a stage fails on), never the input its receipt or its other events.
+        """
+        try:
+            return share.route(event)
+        except Exception as exc:
+            counting.failed("share")
+            log.error("stage.record_failed", stage="share", error=type(exc).__name__)
+            return []
 
 
 class ShareRouter:
@@ -273,14 +300,8 @@ class ShareRouter:
         self.stage = stage
         self.alerts = alerts
 
-    def route(self, value: bytes, *, now: datetime | None = None) -> list[Outgoing]:
-        """Every record to produce for one ``hub.pathway.v1`` event."""
-        try:
-            event = decode_json(value)
-        except ValueError:
-            # Only the hub writes this topic; an unreadable record is a bug, and nothing leaves.
-            log.error("share.unreadable_event")
-            return []
+    def route(self, event: dict[str, Any], *, now: datetime | None = None) -> list[Outgoing]:
+        """Every record to produce for one pathway event, as identity publishes it."""
         return self._with_alerts(
             [
                 Outgoing(share.topic, share.key.encode(), encode_json(share.value), plain=share.value)

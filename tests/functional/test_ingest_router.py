@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from hub import metrics
 from hub.audit.chainkey import ChainKey
 from hub.errors import ErrorCode
 from hub.identity.stage import IdentityStage
@@ -254,6 +255,66 @@ def test_the_identity_router_publishes_events_keyed_by_patient_then_the_receipt(
     assert receipt["at"] == "2025-03-30T00:30:00.000Z"
 
 
+def sent_by_identity(value: bytes) -> list[Outgoing]:
+    return identity_router().route(value)
+
+
+class Deciding:
+    """The share router's interface: one AuditEvent and one copy per event; raises on ``failing_on``."""
+
+    def __init__(self, failing_on: str | None = None) -> None:
+        self.failing_on = failing_on
+
+    def route(self, event: dict[str, Any], *, now: datetime | None = None) -> list[Outgoing]:
+        if event["kind"] == self.failing_on:
+            raise KeyError("a bug in the share stage")
+        key = event["patient_id"].encode()
+        return [Outgoing(TOPICS.audit_unsealed, key, b"{}"), Outgoing("f.hub.pathway.chu.v1", key, b"{}")]
+
+
+BUNDLE = {
+    "resourceType": "Bundle",
+    "type": "collection",
+    "entry": [
+        {"resource": CONDITION},
+        {"resource": {**CONDITION, "code": {"coding": [{**CONDITION["code"]["coding"][0], "code": "I10"}]}}},
+    ],
+}
+
+
+def test_each_event_is_decided_as_it_is_published_right_after_it() -> None:
+    """The share stage decides each pathway event in the identity agent's batch: its records follow it."""
+    [forwarded] = ingest_router().route(record(BUNDLE), None, now=NOW)
+    assert forwarded.value is not None
+    router = IdentityRouter(IdentityStage({}, {}, {}), TOPICS, Deciding())  # type: ignore[arg-type]
+    sent = router.route(forwarded.value)
+    assert [out.topic for out in sent] == [
+        TOPICS.pathway,
+        TOPICS.audit_unsealed,
+        "f.hub.pathway.chu.v1",
+        TOPICS.pathway,
+        TOPICS.audit_unsealed,
+        "f.hub.pathway.chu.v1",
+        TOPICS.receipts,
+        OWN_RECEIPTS,
+    ]
+
+
+def test_a_bug_deciding_an_event_costs_its_decisions_not_the_input_its_receipt() -> None:
+    """As when the share stage had its own agent: the event is published, the receipt sent, the
+    failure logged and counted; nothing about the event leaves for any recipient."""
+    [forwarded] = ingest_router().route(record(CONDITION), None, now=NOW)
+    assert forwarded.value is not None
+    failures = metrics.REGISTRY.get_sample_value
+    before = failures("hub_stage_failures_total", {"stage": "share"}) or 0.0
+    failing = Deciding(failing_on=value_of(sent_by_identity(forwarded.value)[0])["kind"])
+    router = IdentityRouter(IdentityStage({}, {}, {}), TOPICS, failing)  # type: ignore[arg-type]
+    sent = router.route(forwarded.value)
+    assert [out.topic for out in sent] == [TOPICS.pathway, TOPICS.receipts, OWN_RECEIPTS]
+    assert value_of(sent[1])["status"] == "accepted"
+    assert failures("hub_stage_failures_total", {"stage": "share"}) == before + 1
+
+
 def test_a_link_then_a_local_input_are_published_under_the_ins_id() -> None:
     """End to end in process: link record → its input on to the INS id → patient.linked, then the input's
     event; a later local-only input goes under the INS id."""
@@ -322,6 +383,8 @@ def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tabl
     app = create_app(settings, CONTEXT, keyring=keyring, audit_chain_key=ChainKey(bytes(32)))
     agents = {agent.channel.get_topic_name(): agent for agent in app.agents.values()}
     assert {TOPICS.ingest, TOPICS.identity} <= set(agents)
+    # The identity agent decides each pathway event as it publishes it: nothing reads the pathway back.
+    assert TOPICS.pathway not in agents
     assert (agents[TOPICS.ingest].concurrency, agents[TOPICS.identity].concurrency) == (1, 1)
     for name in ("identity-aliases", "identity-seen-messages", "identity-seen-events"):
         assert app.tables[name].partitions == 4, name

@@ -148,10 +148,10 @@ def recipient_topics(env: HubEnv) -> list[str]:
 def lagging(env: HubEnv) -> list[str]:
     """The partitions the hub's group reads and has not committed to their end (or why unknown)."""
     group = env.environ["HUB_APP_ID"]
+    # Not the pathway: the identity agent decides each event as it publishes it, nothing reads it back.
     inputs = [
         env.topics.ingest,
         env.topics.identity,
-        env.topics.pathway,
         env.topics.share_merge,
         env.topics.audit_unsealed,
     ]

@@ -311,13 +311,14 @@ def test_a_batch_stops_chaining_once_its_partitions_are_revoked_and_sends_no_cop
             Outgoing("out", event.encode(), b"{}"),
         ]
 
-    agents.add("share", app.channel(), route, encrypted=False, writes="g")  # type: ignore[arg-type]
+    # The agent that decides each pathway event as identity publishes it (hub.streams.routing).
+    agents.add("identity", app.channel(), route, encrypted=False, writes="g")  # type: ignore[arg-type]
 
     async def main() -> None:
-        async with app.agents["share"].test_context() as share:
+        async with app.agents["identity"].test_context() as deciding:
             # Two events in one batch: both are routed before the batch is sent.
-            await share.put(b"1")
-            await share.put(b"2")
+            await deciding.put(b"1")
+            await deciding.put(b"2")
             await wait_until(lambda: len(routed) == 2 and not agents.unwritten["g"])
 
     asyncio.run(main())

@@ -46,7 +46,7 @@ class Alerts:
 def test_a_practices_copy_makes_its_alerts_after_the_events_records() -> None:
     alerts = Alerts()
     router = ShareRouter(Stage(), alerts)  # type: ignore[arg-type]  # the two interfaces it uses
-    sent = router.route(b'{"event_id": "e1", "patient_id": "pt-1"}', now=NOW)
+    sent = router.route({"event_id": "e1", "patient_id": "pt-1"}, now=NOW)
     assert [out.topic for out in sent] == [
         "hub.audit-unsealed.v1",
         "hub.pathway.gp-x.v1",
@@ -68,4 +68,4 @@ def test_a_merge_that_releases_a_copy_to_a_practice_alerts_too() -> None:
 
 def test_without_networks_or_practices_nothing_is_added() -> None:
     router = ShareRouter(Stage())  # type: ignore[arg-type]
-    assert "hub.alerts.v1" not in [out.topic for out in router.route(b'{"event_id": "e1"}', now=NOW)]
+    assert "hub.alerts.v1" not in [out.topic for out in router.route({"event_id": "e1"}, now=NOW)]
