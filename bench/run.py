@@ -9,7 +9,7 @@ sees another's state):
 2. **Hub throughput**: one ``hub worker`` process with the demo sources and recipients consumes the
    same pre-loaded, signed demo feed. Time runs from the worker's first output record (the start of
    consumption, read from the record's Kafka timestamp) to the last receipt and to the last
-   recipient-topic record (the end of the full pipeline: ingest, identity, share).
+   recipient-topic record (the end of the full pipeline: ingest, then identity and its share decisions).
 3. **Latency**: the same worker, fed at a fixed rate of about half the sustained throughput of 2 with
    the next messages of the feed; from each ingest record's timestamp to its receipt, to the first
    recipient-topic copy of each of its events, and to an alert its events made.
