@@ -88,6 +88,30 @@ def test_faust_take_events_acknowledges_the_failed_batch_which_is_why_the_hub_do
     assert acked == [1, 2, 3, 4, 5, 6]
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition`` holds, 10 s at most (the assertions after it say what was missed)."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def reading(streams: list[Any], value: int) -> bool:
+    """Whether the agent's stream is reading ``value`` (its current event), e.g. waiting with it."""
+    event = streams[0].current_event if streams else None
+    return event is not None and event.value == value
+
+
+async def second_waits_behind_first(
+    running: Any, batches: list[Any], streams: list[Any], first: int, second: int
+) -> None:
+    """Put ``first`` and wait until its batch is out, then put ``second`` and wait until the stream
+    reads it: it waits behind that batch to enter the buffer."""
+    await running.put(first)
+    await until(lambda: len(batches) == 1)
+    await running.put(second)
+    await until(lambda: reading(streams, second))
+
+
 def test_each_value_keeps_its_event_when_the_body_changes_the_current_event_while_it_waits() -> None:
     """The agents set the stream's current event as they route and write a batch, and leave it None
     (hub.streams.agents). A value read while a batch is out waits for it: it must keep its own event
@@ -106,22 +130,10 @@ def test_each_value_keeps_its_event_when_the_body_changes_the_current_event_whil
 
     agent: Any = app.agent(name="process")(process)
 
-    async def until(condition: Callable[[], bool]) -> None:
-        deadline = asyncio.get_running_loop().time() + 10.0
-        while not condition() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-
-    def reading(value: int) -> bool:
-        event = streams[0].current_event if streams else None
-        return event is not None and event.value == value
-
     async def main() -> None:
         async with agent.test_context() as running:
-            await running.put(0)
-            await until(lambda: len(batches) == 1)
             # The batch [0] is out: 1 is read, and waits with the stream's current event its own.
-            await running.put(1)
-            await until(lambda: reading(1))
+            await second_waits_behind_first(running, batches, streams, 0, 1)
             proceed.set()
             await until(lambda: len(batches) == 2)
 
@@ -193,22 +205,10 @@ def test_a_record_read_before_a_rebalance_and_buffered_after_it_is_left_out_of_i
 
     agent: Any = app.agent(name="process")(process)
 
-    async def until(condition: Callable[[], bool]) -> None:
-        deadline = asyncio.get_running_loop().time() + 10.0
-        while not condition() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-
-    def reading(value: int) -> bool:
-        event = streams[0].current_event if streams else None
-        return event is not None and event.value == value
-
     async def main() -> None:
         async with agent.test_context() as running:
-            await running.put(1)
-            await until(lambda: len(batches) == 1)
             # The batch [1] is out: 2 is read in this generation and waits to enter the buffer.
-            await running.put(2)
-            await until(lambda: reading(2))
+            await second_waits_behind_first(running, batches, streams, 1, 2)
             app.consumer_generation_id += 1  # a rebalance: 3 and 4 are read in the next generation
             for value in (3, 4):
                 await running.put(value, wait=False)
