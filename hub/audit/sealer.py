@@ -2,7 +2,7 @@
 what a sealer taking a partition over must do with what it finds there.
 
 The writer that drives it (:class:`hub.audit.stage.ChainWriter`) is the single writer of each chain:
-it appends the share agents' AuditEvents and what the sealing agent reads from
+it appends the deciding agents' AuditEvents and what the sealing agent reads from
 ``hub.audit-unsealed.v1`` partition *p* to ``hub.audit.v1`` partition *p*. A head is only trusted
 while the partition stays assigned; after a (re)assignment the stage verifies the partition's
 records from the last signed checkpoint (or from the start) with the same rules as

@@ -350,7 +350,7 @@ class Agents:
 
     def add_sealing(self, topic: faust.TopicT, chain: ChainWriter) -> None:
         """The sealing agent: chains what the other stages write to ``hub.audit-unsealed.v1`` with
-        ``chain``, the writer the share agents chain their own AuditEvents with.
+        ``chain``, the writer the deciding agents chain their own AuditEvents with.
 
         In batches, acknowledged once chained; an AuditEvent whose partition a rebalance reassigned
         while it waited is not chained (the new owner chains that partition: :meth:`ChainWriter.append`)
