@@ -34,7 +34,7 @@ run: install
 
 # The tests without a broker are CPU-bound and independent: one process per core for them (1 min 45 s
 # alone, 51 s on two). The broker's tests mostly wait: two processes, each with its own broker, whole
-# modules at a time (9-14 min against 16-21 one at a time, which the 20-minute budget could not hold);
+# modules at a time (8-14 min against 16-21 one at a time, which the 20-minute budget could not hold);
 # docs/RUNNING.md.
 TEST_PROCESSES ?= 2
 

@@ -100,20 +100,22 @@ def is_connection_error(logger_name: str, level: int, text: str) -> bool:
     ``text`` is the line's message plus, when it has one, its exception's class and message.
     Only warnings and errors of the client loggers (:data:`CLIENT_LOGGERS`) are candidates.
     """
-    if not _client_warning(logger_name, level):
-        return False
-    lowered = text.lower()
-    return any(marker in lowered for marker in _CONNECTION_MARKERS) or bool(
-        _CONNECTION_CLOSED.search(lowered)
+    return _client_line_says(logger_name, level, text, _CONNECTION_MARKERS) or (
+        _client_warning(logger_name, level) and bool(_CONNECTION_CLOSED.search(text.lower()))
     )
 
 
 def is_coordinator_lost(logger_name: str, level: int, text: str) -> bool:
     """Whether a client's line says it lost its group coordinator (folded only during an outage)."""
+    return _client_line_says(logger_name, level, text, _COORDINATOR_LOST_MARKERS)
+
+
+def _client_line_says(logger_name: str, level: int, text: str, markers: tuple[str, ...]) -> bool:
+    """Whether a client library's warning (or worse) contains one of ``markers`` (lower-case)."""
     if not _client_warning(logger_name, level):
         return False
     lowered = text.lower()
-    return any(marker in lowered for marker in _COORDINATOR_LOST_MARKERS)
+    return any(marker in lowered for marker in markers)
 
 
 def _client_warning(logger_name: str, level: int) -> bool:

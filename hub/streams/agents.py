@@ -28,7 +28,7 @@ from hub.records import SOURCE_HEADER, Outgoing, encode_json, headers_of
 from hub.settings import Settings
 from hub.streams import counting
 from hub.streams.batch_writes import WRITER, BatchWrites
-from hub.streams.batches import Batch, take_batches
+from hub.streams.batches import Batch, read_in, take_batches
 from hub.streams.delivery import LAST_BACKOFF_SECONDS, deliver
 from hub.streams.tables import make_table
 from hub.topics import TopicNames
@@ -63,7 +63,8 @@ def read_before(events: Iterable[Any], generation: int | None) -> bool:
     faust stamps each record with the generation it was fetched in, and skips a record of an older one
     when it reads its stream; a batch holds records read before the rebalance began.
     """
-    return generation is None or any(event.message.generation_id != generation for event in events)
+    events = list(events)
+    return generation is None or len(read_in(events, generation)) < len(events)
 
 
 def write_tables(name: str, stream: Any, events: Batch, tables: list[BatchWrites]) -> None:
@@ -426,8 +427,9 @@ class Agents:
                 unwritten.append(written)
                 batch: list[tuple[Any, list[Outgoing]]] = []
                 try:
-                    # Read before the last rebalance (the stream buffered them): the rewind that
-                    # rebalance made reads them again, to be decided on the tables as they are now.
+                    # Read before a rebalance that came after the batch was cut (take_batches leaves
+                    # out what was stale at the cut): its rewind reads them again, to be decided on
+                    # the tables as they are now.
                     if tables and read_before(events, self.app.consumer_generation_id):
                         events.read_again = True
                     else:

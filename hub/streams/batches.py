@@ -32,7 +32,7 @@ It relies on faust's stream internals as ``take_events`` does (``add_processor``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from mode.utils.futures import notify
@@ -101,7 +101,7 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
                 continue  # stopped while idle
             # The background reader must not add to the buffer while the batch is out.
             consuming = stream.loop.create_future()
-            batch = Batch(current(events, stream.app.consumer_generation_id))
+            batch = Batch(read_in(events, stream.app.consumer_generation_id))
             processed = False
             try:
                 if batch:
@@ -128,7 +128,7 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
         stream._processors.remove(add_to_buffer)
 
 
-def current(events: list[Any], generation: int) -> list[Any]:
+def read_in(events: Iterable[Any], generation: int) -> list[Any]:
     """The events read in the consumer group's current ``generation`` (faust stamps each record)."""
     return [event for event in events if event.message.generation_id == generation]
 
