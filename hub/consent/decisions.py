@@ -13,7 +13,11 @@ partition, for the policy's ``backfill_days``):
 - ``<patient>#d:<event id>`` → :class:`DecisionRecord`: when it was decided, each recipient's decision,
   the recipients still waiting for a basis (``waiting``, with the event itself while any waits), the
   late releases made to this event (``late``) and those this event's state change made (``released``);
-- ``<patient>#waiting`` → the ids of the patient's events that some recipient waits for, oldest first.
+- and in the patient's record of the ``share-state`` table, beside their sharing state, the field
+  :data:`WAITING_FIELD`: the ids of the patient's events that some recipient waits for, oldest first
+  (one record for both: a batch writes the patient's record once, where two keys made two changelog
+  records; before session 12 the index had a key of its own, ``<patient>#waiting``, still read until
+  the patient's record is next written).
 
 An event read again gets its recorded decisions back, not new ones; a change of the patient's state
 decides the waiting events again, and sends those now permitted (a *late release*, audited with the
@@ -38,8 +42,13 @@ def decided_key(patient_id: str, event_id: str) -> str:
     return f"{patient_id}#d:{event_id}"
 
 
+#: The field of the patient's ``share-state`` record listing the ids of their waiting events.
+WAITING_FIELD = "waiting"
+
+
 def waiting_key(patient_id: str) -> str:
-    """The table key of the ids of the patient's events that some recipient waits for."""
+    """The ``share-decided`` key the waiting index had before it moved into the patient's record
+    (:data:`WAITING_FIELD`): read, then deleted, when the patient's index is next written."""
     return f"{patient_id}#waiting"
 
 

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from hub.consent.audit import audit_consent_rejected, audit_decisions
 from hub.consent.decisions import (
     MAX_WAITING_EVENTS,
+    WAITING_FIELD,
     DecisionRecord,
     LateRelease,
     decided_key,
@@ -124,7 +125,7 @@ class ShareStage:
             if local_id is not None and not state.corrupt:
                 if local_id not in state.awaiting:
                     state = replace(state, awaiting=(*state.awaiting, local_id))
-                    self.states[patient_id] = state.to_json()
+                    self._store(patient_id, state=state)
                 # Asked again when already awaited: this event read again after a worker died may
                 # have recorded the wait without its request ever leaving (a merge is idempotent).
                 merge_requests.append(
@@ -163,7 +164,7 @@ class ShareStage:
         elif update.changed:
             state = update.state
             changed = True
-            self.states[patient_id] = state.to_json()
+            self._store(patient_id, state=state)
         key = decided_key(patient_id, event_id)
         stored = self.decided.get(key)
         record = DecisionRecord.from_json(stored) if stored is not None else None
@@ -196,9 +197,42 @@ class ShareStage:
             released=tuple(released),
         ).to_json()
         if waiting:
-            ids = [i for i in self.decided.get(waiting_key(patient_id)) or [] if i != event_id]
-            self.decided[waiting_key(patient_id)] = [*ids, event_id][-MAX_WAITING_EVENTS:]
+            ids = [i for i in self._waiting_ids(patient_id) if i != event_id]
+            self._store(patient_id, waiting=[*ids, event_id])
         return shares
+
+    def _waiting_ids(self, patient_id: str) -> list[str]:
+        """The ids of the patient's events some recipient waits for, oldest first."""
+        stored = self.states.get(patient_id)
+        if isinstance(stored, dict) and WAITING_FIELD in stored:
+            return [str(event_id) for event_id in stored[WAITING_FIELD]]
+        # Kept under a key of its own before session 12: read until the patient's record is next written.
+        return list(self.decided.get(waiting_key(patient_id)) or [])
+
+    def _store(
+        self, patient_id: str, *, state: PatientShareState | None = None, waiting: list[str] | None = None
+    ) -> None:
+        """Write the patient's record: their sharing state and the ids of their waiting events.
+
+        One record for both: the waiting index changes with almost every event that waits for a basis,
+        the state with every event that changes it, and a batch then writes the patient's record once
+        (hub.streams.batch_writes) where two keys made two changelog records. ``state`` or ``waiting``
+        replaces its part; the other part is kept as stored.
+        """
+        stored = self.states.get(patient_id)
+        if state is not None:
+            document = state.to_json()
+        elif isinstance(stored, dict):
+            # Kept as stored, readable or not: a state that cannot be read still denies everything.
+            document = {key: value for key, value in stored.items() if key != WAITING_FIELD}
+        else:
+            document = self.state_of(patient_id).to_json()
+        ids = self._waiting_ids(patient_id) if waiting is None else waiting
+        # Written even when empty: a record with the field never falls back on the key of before.
+        document[WAITING_FIELD] = ids[-MAX_WAITING_EVENTS:]
+        self.states[patient_id] = document
+        if waiting is not None and self.decided.get(waiting_key(patient_id)) is not None:
+            del self.decided[waiting_key(patient_id)]  # moved into the patient's record
 
     def _copies(
         self,
@@ -227,7 +261,7 @@ class ShareStage:
         no longer change (an objection) ends the wait; events decided longer ago than the policy's
         look-back stop waiting. ``released`` receives the (event, recipient) pairs released.
         """
-        index = self.decided.get(waiting_key(patient_id)) or []
+        index = self._waiting_ids(patient_id)
         hopeful: dict[str, bool] = {}
         still_waiting: list[str] = []
         shares: list[Share] = []
@@ -261,10 +295,7 @@ class ShareStage:
             if waiting:
                 still_waiting.append(event_id)
         if still_waiting != [i for i in index if i != by]:
-            if still_waiting:
-                self.decided[waiting_key(patient_id)] = still_waiting
-            else:
-                self.decided.pop(waiting_key(patient_id), None)
+            self._store(patient_id, waiting=still_waiting)
         if shares:
             log.info("share.released", patient_id=patient_id, records=len(shares))
         return shares
@@ -348,7 +379,7 @@ class ShareStage:
     def waiting_events(self, patient_id: str) -> list[dict[str, Any]]:
         """The patient's waiting decision records, as stored (a linked identity's, for the merge)."""
         records = []
-        for event_id in self.decided.get(waiting_key(patient_id)) or []:
+        for event_id in self._waiting_ids(patient_id):
             stored = self.decided.get(decided_key(patient_id, event_id))
             if stored is not None:
                 records.append(stored)
@@ -356,7 +387,7 @@ class ShareStage:
 
     def _adopt_waiting(self, patient_id: str, records: Sequence[Any]) -> None:
         """Take a linked identity's waiting events as this patient's (decided again on release)."""
-        ids = list(self.decided.get(waiting_key(patient_id)) or [])
+        ids = self._waiting_ids(patient_id)
         for stored in records:
             record = DecisionRecord.from_json(stored)
             if record is None or record.event is None or not record.waiting:
@@ -368,8 +399,8 @@ class ShareStage:
                 self.decided[key] = replace(record, event=event, released=()).to_json()
             if event_id not in ids:
                 ids.append(event_id)
-        if ids:
-            self.decided[waiting_key(patient_id)] = ids[-MAX_WAITING_EVENTS:]
+        if ids != self._waiting_ids(patient_id):
+            self._store(patient_id, waiting=ids)
 
     def handle_merge(self, record: dict[str, Any]) -> list[Share]:
         """One step of merging a linked identity's state (see the module docstring).
@@ -415,7 +446,7 @@ class ShareStage:
         merged = replace(
             target.merged_with(other), awaiting=tuple(i for i in target.awaiting if i != record["from"])
         )
-        self.states[record["to"]] = merged.to_json()
+        self._store(record["to"], state=merged)
         self._adopt_waiting(record["to"], record.get("waiting") or [])
         log.info("share.states_merged", patient_id=record["to"], linked=record["from"])
         if merged.awaiting:

@@ -17,10 +17,13 @@ from typing import Any
 import pytest
 
 from hub.consent import load_policy, share_decisions
+from hub.consent.decisions import WAITING_FIELD, decided_key, waiting_key
 from hub.consent.policy import DEFAULT_BACKFILL_DAYS, parse_policy
 from hub.consent.recipients import parse_recipients
 from hub.consent.share import ShareStage
+from hub.consent.state import PatientShareState
 from hub.identity.stage import linked_event
+from hub.streams.batch_writes import BatchWrites
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 RPPS = "urn:oid:1.2.250.1.71.4.2.1"
@@ -293,6 +296,68 @@ def test_what_the_recipient_did_not_ask_for_never_waits() -> None:
     sharing.handle(HOSPITAL_FEED[0], now=NOW)
     stored = sharing.decided.get(f"pt-x#d:{HOSPITAL_FEED[0]['event_id']}")
     assert stored is not None and stored["waiting"] == ["gp-x"], "the hospital produced it: sent back"
+
+
+def test_the_waiting_index_lives_in_the_patients_record_and_a_batch_writes_that_record_once() -> None:
+    """The ids of the events waiting for a basis are a field of the patient's share-state record: a
+    batch where the hospital's events wait and its stay changes the state writes the patient's record
+    once, and share-decided only the events' own decisions (no ``#waiting`` key)."""
+    states = BatchWrites({}, name="share-state")
+    decided = BatchWrites({}, name="share-decided")
+    sharing = ShareStage(
+        RECIPIENTS,
+        POLICY,
+        states,
+        topic_prefix="t.",
+        audit_topic="t.audit",
+        merge_topic="t.merge",
+        decided=decided,
+    )
+    diagnosis, stay = HOSPITAL_FEED
+    run([diagnosis, stay, GP_FEED[0]], sharing)
+    assert set(states._pending[""]) == {"pt-x"}
+    assert set(decided._pending[""]) == {
+        decided_key("pt-x", e["event_id"]) for e in (diagnosis, stay, GP_FEED[0])
+    }
+    # The GP has no basis yet for the hospital's events; the stay is in the state beside the index.
+    assert (
+        states["pt-x"][WAITING_FIELD] == [diagnosis["event_id"], stay["event_id"]] == still_waiting(sharing)
+    )
+    assert PatientShareState.from_json(states["pt-x"]).involvements
+    # The Patient declaring the GP releases them: they leave the index, the state keeps the stay.
+    released = run([GP_FEED[1]], sharing)
+    assert holdings(released)["t.hub.pathway.gp-x.v1"] >= {diagnosis["event_id"], stay["event_id"]}
+    assert states["pt-x"][WAITING_FIELD] == still_waiting(sharing) == []
+    assert PatientShareState.from_json(states["pt-x"]).involvements
+
+
+def still_waiting(sharing: ShareStage) -> list[str]:
+    """The events whose decision record says some recipient still waits, in event order."""
+    records = {key: sharing.decided[key] for key in sharing.decided if "#d:" in key}
+    return sorted(key.split("#d:")[1] for key, record in records.items() if record.get("waiting"))
+
+
+def test_a_waiting_index_stored_under_its_own_key_before_is_read_then_moved_into_the_record() -> None:
+    """Tables written before the index moved hold it at ``<patient>#waiting`` in share-decided: its
+    events are still released, and the key is deleted once the patient's index is written."""
+    states: dict[str, Any] = {}
+    decided: dict[str, Any] = {}
+    sharing = ShareStage(
+        RECIPIENTS,
+        POLICY,
+        states,
+        topic_prefix="t.",
+        audit_topic="t.audit",
+        merge_topic="t.merge",
+        decided=decided,
+    )
+    sharing.handle(HOSPITAL_FEED[0], now=NOW)
+    # As the previous format stored it: the state without the field, the index under its own key.
+    decided[waiting_key("pt-x")] = states["pt-x"].pop(WAITING_FIELD)
+    released = sharing.handle(GP_FEED[1], now=NOW)
+    assert HOSPITAL_FEED[0]["event_id"] in holdings(released)["t.hub.pathway.gp-x.v1"]
+    assert waiting_key("pt-x") not in decided
+    assert HOSPITAL_FEED[0]["event_id"] not in states["pt-x"][WAITING_FIELD]
 
 
 def local_linked_to_ins() -> dict[str, Any]:
