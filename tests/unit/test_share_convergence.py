@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ RECIPIENTS = parse_recipients(
 )
 
 
-def stage(states: dict[str, Any] | None = None) -> ShareStage:
+def stage(
+    states: MutableMapping[str, Any] | None = None, decided: MutableMapping[str, Any] | None = None
+) -> ShareStage:
     return ShareStage(
         RECIPIENTS,
         POLICY,
@@ -71,6 +74,7 @@ def stage(states: dict[str, Any] | None = None) -> ShareStage:
         topic_prefix="t.",
         audit_topic="t.audit",
         merge_topic="t.merge",
+        decided=decided,
     )
 
 
@@ -304,15 +308,7 @@ def test_the_waiting_index_lives_in_the_patients_record_and_a_batch_writes_that_
     once, and share-decided only the events' own decisions (no ``#waiting`` key)."""
     states = BatchWrites({}, name="share-state")
     decided = BatchWrites({}, name="share-decided")
-    sharing = ShareStage(
-        RECIPIENTS,
-        POLICY,
-        states,
-        topic_prefix="t.",
-        audit_topic="t.audit",
-        merge_topic="t.merge",
-        decided=decided,
-    )
+    sharing = stage(states, decided)
     diagnosis, stay = HOSPITAL_FEED
     run([diagnosis, stay, GP_FEED[0]], sharing)
     assert set(states._pending[""]) == {"pt-x"}
@@ -342,15 +338,7 @@ def test_a_waiting_index_stored_under_its_own_key_before_is_read_then_moved_into
     events are still released, and the key is deleted once the patient's index is written."""
     states: dict[str, Any] = {}
     decided: dict[str, Any] = {}
-    sharing = ShareStage(
-        RECIPIENTS,
-        POLICY,
-        states,
-        topic_prefix="t.",
-        audit_topic="t.audit",
-        merge_topic="t.merge",
-        decided=decided,
-    )
+    sharing = stage(states, decided)
     sharing.handle(HOSPITAL_FEED[0], now=NOW)
     # As the previous format stored it: the state without the field, the index under its own key.
     decided[waiting_key("pt-x")] = states["pt-x"].pop(WAITING_FIELD)
