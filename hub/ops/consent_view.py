@@ -3,8 +3,9 @@
 The share stage keeps each patient's :class:`~hub.consent.state.PatientShareState` in the faust table
 ``share-state``; its changelog topic (``<app id>-share-state-changelog``, compacted) holds, for each
 patient, records keyed by the JSON-encoded network patient id (``"pt-..."``, quotes included) whose
-values are the state's JSON. The last record of a key is the state that decides; a tombstone (no
-value) means the state was deleted.
+values are the state's JSON, with the ids of the patient's events some recipient waits for
+(hub.consent.decisions.WAITING_FIELD). The last record of a key is the state that decides; a
+tombstone (no value) means the state was deleted.
 
 What is shown is what the policy reads: identifiers (system and value), statuses, codes, periods and
 instants. No name, no clinical content.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from hub.consent.decisions import WAITING_FIELD
 from hub.consent.recipients import NETWORK_SYSTEM, Identifier
 from hub.consent.state import ConsentRecord, Involvement, PatientShareState, Period, Provision
 from hub.kafka.clients import Record
@@ -36,6 +38,8 @@ class StateLookup:
     where: str | None = None
     timestamp_ms: int | None = None
     reason: str = ""
+    #: How many of the patient's events some recipient waits for (decided again when the state changes).
+    waiting: int = 0
 
     @property
     def found(self) -> bool:
@@ -102,7 +106,21 @@ def last_state(records: Iterable[Record], patient_id: str) -> StateLookup:
             timestamp_ms=last.timestamp_ms,
             reason="the stored state belongs to another patient",
         )
-    return StateLookup(patient_id, "present", state, where=where, timestamp_ms=last.timestamp_ms)
+    return StateLookup(
+        patient_id,
+        "present",
+        state,
+        where=where,
+        timestamp_ms=last.timestamp_ms,
+        waiting=_waiting_count(last.value),
+    )
+
+
+def _waiting_count(value: bytes) -> int:
+    """How many waiting event ids a (readable) state record lists; 0 when it lists none."""
+    document = decode_json(value)
+    ids = document.get(WAITING_FIELD) if isinstance(document, dict) else None
+    return len(ids) if isinstance(ids, list) else 0
 
 
 # -- text ---------------------------------------------------------------------------------------------
@@ -250,6 +268,10 @@ def render_state(lookup: StateLookup, *, now: datetime | None = None) -> list[st
         if consent.provision is not None:
             consents.extend(_provision(consent.provision, 0))
     lines += _section("consents", consents)
+    lines += _section(
+        "events waiting for a basis",
+        [f"  {lookup.waiting}, decided again at each change of this state"] if lookup.waiting else [],
+    )
     return lines
 
 
@@ -262,4 +284,5 @@ def to_json(lookup: StateLookup) -> dict[str, Any]:
         "timestamp_ms": lookup.timestamp_ms,
         "reason": lookup.reason or None,
         "state": lookup.state.to_json() if lookup.state is not None and lookup.found else None,
+        "waiting_events": lookup.waiting,
     }

@@ -211,8 +211,11 @@ def test_trace_follows_one_synthea_observation_from_ingest_to_a_recipient_topic(
         assert shown[recipient][1] == "deny_by_default"
     assert measurement not in traced.stdout, "clinical content printed"
 
-    # Nothing about this patient changes sharing (no GP, no team, no consent): no state, exit 1.
+    # Nothing about this patient changes sharing (no GP, no team, no consent): an empty state, which
+    # keeps the events the denied recipients wait for (decided again if a basis arrives).
     state = env.cli("consent", "show", events[observation]["patient_id"])
-    assert state.returncode == 1, state.stdout + state.stderr
-    assert "no share state" in state.stdout
+    assert state.returncode == 0, state.stdout + state.stderr
+    for section in ("declared GPs", "care teams", "consents"):
+        assert f"{section}:\n  none\n" in state.stdout, state.stdout
+    assert "events waiting for a basis:\n  2, decided again" in state.stdout, state.stdout
     assert worker.poll() is None, "the worker died"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject
+from hub.consent.decisions import WAITING_FIELD
 from hub.consent.policy import FinalDecision
 from hub.consent.recipients import FINESS_SYSTEM, NETWORK_SYSTEM, RPPS_SYSTEM, Identifier
 from hub.consent.state import (
@@ -482,8 +483,18 @@ def test_an_empty_state_says_none_in_each_section() -> None:
     lines = render_state(last_state(changelog((PATIENT, PatientShareState(PATIENT).to_json())), PATIENT))
     assert lines[1:] == [
         "declared GPs:", "  none", "care teams:", "  none", "organisations involved:", "  none",
-        "network enrolments:", "  none", "consents:", "  none",
+        "network enrolments:", "  none", "consents:", "  none", "events waiting for a basis:", "  none",
     ]  # fmt: skip
+
+
+def test_the_events_waiting_for_a_basis_are_counted_from_the_patients_record() -> None:
+    """The share stage keeps the ids of the patient's waiting events in the same record: a patient
+    whose events wait has a state, however empty, and the view says how many wait."""
+    record = {**PatientShareState(PATIENT).to_json(), WAITING_FIELD: [E1, E2]}
+    lookup = last_state(changelog((PATIENT, record)), PATIENT)
+    assert lookup.found and lookup.waiting == 2 and to_json(lookup)["waiting_events"] == 2
+    lines = render_state(lookup)
+    assert lines[-2:] == ["events waiting for a basis:", "  2, decided again at each change of this state"]
 
 
 def test_no_state_a_tombstone_and_a_corrupt_value_are_not_found() -> None:
