@@ -16,8 +16,8 @@ partition, for the policy's ``backfill_days``):
 - and in the patient's record of the ``share-state`` table, beside their sharing state, the field
   :data:`WAITING_FIELD`: the ids of the patient's events that some recipient waits for, oldest first
   (one record for both: a batch writes the patient's record once, where two keys made two changelog
-  records; before session 12 the index had a key of its own, ``<patient>#waiting``, still read until
-  the patient's record is next written).
+  records; before session 12 the index had a key of its own, ``<patient>#waiting``, read and deleted
+  when the patient's record is next written).
 
 An event read again gets its recorded decisions back, not new ones; a change of the patient's state
 decides the waiting events again, and sends those now permitted (a *late release*, audited with the
@@ -48,7 +48,7 @@ WAITING_FIELD = "waiting"
 
 def waiting_key(patient_id: str) -> str:
     """The ``share-decided`` key the waiting index had before it moved into the patient's record
-    (:data:`WAITING_FIELD`): read, then deleted, when the patient's index is next written."""
+    (:data:`WAITING_FIELD`): read, then deleted, when the patient's record is next written."""
     return f"{patient_id}#waiting"
 
 

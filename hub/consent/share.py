@@ -231,8 +231,11 @@ class ShareStage:
         # Written even when empty: a record with the field never falls back on the key of before.
         document[WAITING_FIELD] = ids[-MAX_WAITING_EVENTS:]
         self.states[patient_id] = document
-        if waiting is not None and self.decided.get(waiting_key(patient_id)) is not None:
-            del self.decided[waiting_key(patient_id)]  # moved into the patient's record
+        # The record's first write with the field takes over an index of before (read above, when
+        # no ``waiting`` is given): its key goes. Later writes read no key of before at all.
+        first_with_field = not (isinstance(stored, dict) and WAITING_FIELD in stored)
+        if first_with_field and self.decided.get(waiting_key(patient_id)) is not None:
+            del self.decided[waiting_key(patient_id)]
 
     def _copies(
         self,
@@ -387,7 +390,8 @@ class ShareStage:
 
     def _adopt_waiting(self, patient_id: str, records: Sequence[Any]) -> None:
         """Take a linked identity's waiting events as this patient's (decided again on release)."""
-        ids = self._waiting_ids(patient_id)
+        before = self._waiting_ids(patient_id)
+        ids = list(before)
         for stored in records:
             record = DecisionRecord.from_json(stored)
             if record is None or record.event is None or not record.waiting:
@@ -399,7 +403,7 @@ class ShareStage:
                 self.decided[key] = replace(record, event=event, released=()).to_json()
             if event_id not in ids:
                 ids.append(event_id)
-        if ids != self._waiting_ids(patient_id):
+        if ids != before:
             self._store(patient_id, waiting=ids)
 
     def handle_merge(self, record: dict[str, Any]) -> list[Share]:

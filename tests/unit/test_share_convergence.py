@@ -335,7 +335,7 @@ def still_waiting(sharing: ShareStage) -> list[str]:
 
 def test_a_waiting_index_stored_under_its_own_key_before_is_read_then_moved_into_the_record() -> None:
     """Tables written before the index moved hold it at ``<patient>#waiting`` in share-decided: its
-    events are still released, and the key is deleted once the patient's index is written."""
+    events are still released, and the key is deleted once the patient's record is written."""
     states: dict[str, Any] = {}
     decided: dict[str, Any] = {}
     sharing = stage(states, decided)
