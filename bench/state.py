@@ -37,6 +37,7 @@ from hub.crypto.keyring import Keyring
 from hub.crypto.records import patient_of_table_key
 from hub.records import headers_of
 from hub.streams.app import INTERNAL_RECORD_LIMIT
+from hub.streams.changelog_batches import batch_entries
 from hub.streams.tables import SEALED_TABLES, TABLES
 from hub.topics import TopicNames
 
@@ -166,7 +167,8 @@ async def read_table_state(
             tps = [TopicPartition(topic, p) for p in range(partitions)]
             ends = await consumer.end_offsets(tps)
             wanted = [tp for tp in tps if ends[tp] > 0]
-            latest: dict[tuple[int, bytes], Any] = {}
+            # (partition, key bytes) → (value bytes, headers): the latest of each key.
+            latest: dict[tuple[int, bytes], tuple[bytes, tuple[tuple[str, bytes], ...]]] = {}
             if wanted:
                 consumer.assign(wanted)
                 await consumer.seek_to_beginning(*wanted)
@@ -175,22 +177,38 @@ async def read_table_state(
                         for record in records:
                             if record.offset >= ends[tp]:
                                 continue
-                            slot = (tp.partition, record.key)
-                            if record.value is None:
-                                latest.pop(slot, None)  # a deletion
-                            else:
-                                latest[slot] = record
-            for (partition, _), record in latest.items():
-                key = table_key(record.key)
+                            _keep_latest(latest, tp.partition, record)
+            for (partition, raw_key), (raw_value, headers) in latest.items():
+                key = table_key(raw_key)
                 value = (
-                    keyring.open(record.value, topic=topic, record_id=key)
+                    keyring.open(raw_value, topic=topic, record_id=key)
                     if table in SEALED_TABLES
-                    else bytes(record.value)
+                    else raw_value
                 )
-                entries.append(TableEntry(table, partition, key, value, headers_of(record.headers)))
+                entries.append(TableEntry(table, partition, key, value, headers))
     finally:
         await consumer.stop()
     return entries
+
+
+def _keep_latest(
+    latest: dict[tuple[int, bytes], tuple[bytes, tuple[tuple[str, bytes], ...]]], partition: int, record: Any
+) -> None:
+    """Apply one changelog record to ``latest``: a key's value or deletion, or each entry of a batch
+    record (hub.streams.changelog_batches), as a rebuilding worker applies them."""
+    entries = batch_entries(record.headers, record.value)
+    if entries is None:
+        if record.key is None:
+            raise StateFormatError("a changelog record without a key")
+        entries = [(bytes(record.key), None if record.value is None else bytes(record.value))]
+        headers = headers_of(record.headers)
+    else:
+        headers = ()
+    for key, value in entries:
+        if value is None:
+            latest.pop((partition, key), None)  # a deletion
+        else:
+            latest[(partition, key)] = (value, headers)
 
 
 async def write_state_copies(

@@ -54,6 +54,11 @@ ORIGINAL_DIGEST_HEADER = "hub-original-sha256"
 #: Added to a replayed record (``hub dlq replay``): the ``topic/partition/offset`` first rejected.
 REPLAY_OF_HEADER = "hub-replay-of"
 
+#: On a table's changelog record that carries the entries of a batch (hub.streams.changelog_batches):
+#: their packing's format.
+TABLE_BATCH_HEADER = "hub-table-batch"
+TABLE_BATCH_FORMAT = "1"
+
 #: A pathway event's id, on ``hub.pathway.v1``: the record id its envelope is bound to.
 EVENT_ID_HEADER = "hub-event-id"
 

@@ -29,7 +29,8 @@ the stages on plain dicts, which behave the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -56,9 +57,18 @@ class BatchWrites(MutableMapping[str, Any]):
     the latest first, as they would have seen the table had each write gone straight to it.
     """
 
-    def __init__(self, table: MutableMapping[str, Any], *, name: str) -> None:
+    def __init__(
+        self,
+        table: MutableMapping[str, Any],
+        *,
+        name: str,
+        batching: Callable[[], AbstractContextManager[None]] | None = None,
+    ) -> None:
         self.table = table
         self.name = name
+        #: Around a flush's writes, for a table whose changelog takes a batch's entries in one record
+        #: per partition (hub.streams.changelog_batches): they are sent on leaving it.
+        self.batching = batching or nullcontext
         #: writer → key → (value or _DELETED, the faust event being routed when it was written, order).
         self._pending: dict[str, dict[str, tuple[Any, Any, int]]] = {}
         self._order = 0
@@ -138,26 +148,31 @@ class BatchWrites(MutableMapping[str, Any]):
         A key whose patient was erased meanwhile is dropped (the patient is forgotten); any other
         failure is logged by code and table name, never content, and the other keys are still written.
         """
-        written = 0
         pending = self._pending.pop(WRITER.get(), {})
         # Past the batch another worker may own the partition: nothing read is trusted after it.
         self._read.clear()
         try:
-            for key, (value, event, _) in pending.items():
-                # faust writes a key's changelog to the partition of the stream's current event.
-                stream._set_current_event(event)
-                try:
-                    if value is _DELETED:
-                        self.table.pop(key, None)
-                    else:
-                        self.table[key] = value
-                except KeyDestroyed:
-                    log.info("table.write_dropped", table=self.name, reason="key_destroyed")
-                    continue
-                except Exception as exc:  # one key's failure must not lose the others
-                    log.error("table.write_failed", table=self.name, error=type(exc).__name__)
-                    continue
-                written += 1
+            with self.batching():
+                written = self._write_pending(pending, stream)
         finally:
             stream._set_current_event(None)
+        return written
+
+    def _write_pending(self, pending: dict[str, tuple[Any, Any, int]], stream: Any) -> int:
+        written = 0
+        for key, (value, event, _) in pending.items():
+            # faust writes a key's changelog to the partition of the stream's current event.
+            stream._set_current_event(event)
+            try:
+                if value is _DELETED:
+                    self.table.pop(key, None)
+                else:
+                    self.table[key] = value
+            except KeyDestroyed:
+                log.info("table.write_dropped", table=self.name, reason="key_destroyed")
+                continue
+            except Exception as exc:  # one key's failure must not lose the others
+                log.error("table.write_failed", table=self.name, error=type(exc).__name__)
+                continue
+            written += 1
         return written

@@ -24,6 +24,7 @@ from hub.settings import Settings
 from hub.sources.registry import Source, SourceRegistry
 from hub.streams import routing
 from hub.streams.app import create_app
+from hub.streams.changelog_batches import BatchedChangelogTable
 from hub.streams.routing import IdentityRouter, IngestRouter
 from hub.topics import TopicNames
 
@@ -390,7 +391,12 @@ def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tabl
         assert app.tables[name].partitions == 4, name
     # Encryption at rest: sealed tables keep bytes (their changelogs hold ciphertext only).
     assert app.tables["identity-aliases"].value_serializer == "raw"
-    assert app.tables["identity-seen-messages"].value_serializer == "json"
+    # identity-seen-messages is in the clear, its JSON values kept as bytes: its changelog, as
+    # identity-seen-events', takes a batch's entries in one record per partition.
+    assert app.tables["identity-seen-messages"].value_serializer == "raw"
+    for name in ("identity-seen-messages", "identity-seen-events"):
+        assert isinstance(app.tables[name], BatchedChangelogTable), name
+    assert not isinstance(app.tables["identity-aliases"], BatchedChangelogTable)
 
 
 # --- what replaces a record Kafka refused for good ------------------------------------------------------

@@ -21,10 +21,11 @@ from hub.crypto.envelope import is_envelope
 from hub.demo.generator import DEMO_SOURCES, generate_feed
 from hub.ingest.signature import sign
 from hub.kafka.admin import admin_client
-from hub.kafka.clients import end_offsets
+from hub.kafka.clients import end_offsets, read_to_end
 from hub.settings import Settings
+from hub.streams.changelog_batches import batch_entries
 from hub.streams.store import DECISION_TABLES, HORIZON_TABLES, BoundedOptions, table_options
-from hub.streams.tables import SEALED_TABLES, TABLES
+from hub.streams.tables import BATCHED_CHANGELOG_TABLES, SEALED_TABLES, TABLES
 from hub.topics import TopicNames
 
 from .conftest import HubEnv, start_worker, stop_worker
@@ -148,6 +149,22 @@ def stored_entries(folder: Path) -> dict[str, list[tuple[bytes, bytes]]]:
         finally:
             db.close()
     return entries
+
+
+def assert_batched_changelogs_match_the_folder(env: HubEnv, folder: Path) -> None:
+    """The de-duplication tables' changelogs hold batch records only, fewer than their entries, and
+    their entries are exactly what the worker's folder holds (the same keys and bytes)."""
+    app_id = env.environ["HUB_APP_ID"]
+    stored = stored_entries(folder)
+    for table in sorted(BATCHED_CHANGELOG_TABLES):
+        records = read_to_end(env.bootstrap, [TopicNames.changelog(app_id, table)])[
+            TopicNames.changelog(app_id, table)
+        ]
+        unpacked = [batch_entries(record.headers, record.value) for record in records]
+        assert records and None not in unpacked, f"{table}: a record of one key"
+        entries = {key: value for batch in unpacked for key, value in batch or []}
+        assert len(entries) > len(records), (table, len(entries), len(records))
+        assert dict(stored[table]) == entries, table
 
 
 def string_leaves(node: Any) -> set[str]:
@@ -279,6 +296,7 @@ def test_a_restarted_worker_resumes_from_its_folder_and_the_folder_holds_ciphert
     written = changelog_records(hub_env)
 
     assert_sealed_only(hub_env, table_folder(hub_env), names)
+    assert_batched_changelogs_match_the_folder(hub_env, table_folder(hub_env))
 
     again = records[0]
     read_after_restart = resend_to_a_worker(hub_env, "restarted", again, {"HUB_DEDUPE_HORIZON_DAYS": "30"})
