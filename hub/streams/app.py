@@ -51,6 +51,10 @@ def _folder_signature(folder: Path) -> tuple[tuple[str, float], ...]:
 
 
 PRODUCER_LINGER_SECONDS = 0.002
+#: Bytes of records one produce batch (of one partition) may gather: aiokafka's default, 16 KiB, makes
+#: any record for a partition whose open batch is full wait until that batch has left (an ack of
+#: acks=all away), and faust's producer sends its buffer in order: every record behind it waits too.
+PRODUCER_BATCH_BYTES = 1024 * 1024
 
 #: Records one poll of the worker's consumer returns, at most.
 MAX_POLL_RECORDS = 500
@@ -105,6 +109,7 @@ def faust_app(settings: Settings) -> faust.App:
         # read their topics with clients in any language, and lz4/zstd need a codec library in some
         # of them (kafka-python, kafkajs); a topic's compression.type can still be set on the broker.
         producer_linger=PRODUCER_LINGER_SECONDS,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         # The hub's payload limit is checked by the hub; Kafka must carry what it receives.
         producer_max_request_size=INTERNAL_RECORD_LIMIT,
         consumer_max_fetch_size=INTERNAL_RECORD_LIMIT,
