@@ -44,9 +44,10 @@ from hub.records import TABLE_BATCH_FORMAT, TABLE_BATCH_HEADER, header, headers_
 
 log = get_logger(__name__)
 
-#: A packed batch stays under this size (Kafka's default largest record is 1 MiB): a batch of
-#: BATCH_MAX inputs of the identity stage packs to about 100 KiB in the benchmark.
-BATCH_RECORD_BYTES = 512 * 1024
+#: A packed batch stays under this size: several fit in one produce batch of a partition
+#: (hub.streams.app.PRODUCER_BATCH_BYTES), and far under Kafka's default largest record (1 MiB). A
+#: batch of the identity stage packs to a few KiB to a few tens of KiB in the benchmark.
+BATCH_RECORD_BYTES = 256 * 1024
 #: Each entry: the key's length, the value's length (DELETED_LENGTH: a deletion), then both.
 _LENGTHS = struct.Struct(">II")
 #: The value length that marks a deleted key (no value follows).
