@@ -1,29 +1,33 @@
-"""Changelog records that carry a batch of table entries: the de-duplication tables' writes.
+"""Changelog records that carry a batch of table entries: the writes of the tables that forget by age.
 
 faust writes one changelog record per table write. The de-duplication tables
 (``identity-seen-messages``, ``identity-seen-events``: hub.streams.store.HORIZON_TABLES) get an entry
-for every input and every published fact, never changed afterwards: 3.4 changelog records per input
-in the benchmark (docs/PERFORMANCE.md, session 13), each a faust send, a share of a produce request and
-a record for the broker to store and compact. :class:`BatchedChangelogTable` writes each entry to its
-store as faust does, but sends the entries a batch wrote on one partition as one changelog record
+for every input and every published fact, and the share stage's decisions (``share-decided``,
+DECISION_TABLES) one for every event decided: 6.2 changelog records per input in the benchmark
+(docs/PERFORMANCE.md, session 13), each a faust send, a share of a produce request and a record for
+the broker to store. :class:`BatchedChangelogTable` writes each entry to its store as faust does, but
+sends the entries a batch wrote on one partition as one changelog record
 (:data:`hub.records.TABLE_BATCH_HEADER`, the value packed by :func:`pack_entries`), and reads such a
 record back into its entries when it rebuilds the table (recovery, standby copies).
 
 Why this is safe for these tables, and not for the others:
 
-- their changelogs are ``compact,delete`` with the horizon as retention (hub.streams.store): an entry
-  leaves the changelog when the record that wrote it is older than the horizon, as it did when each
-  entry had a record of its own. Compaction, which keeps the latest record of each key, has nothing
-  to do on batch records (each has a key of its own), and needs nothing: an entry is written once,
-  and one written again (the same value, after a redelivery) is simply read twice;
-- a rebuild applies records in offset order: entries of a batch record land as the per-key records
-  would have, and records written per key before this format are still read as they were;
+- what bounds their changelogs is retention, not compaction: they are ``compact,delete`` with the
+  horizon (or the look-back) as retention (hub.streams.store), so a record leaves the changelog once
+  older than that, whichever key it has, and its entries with it, as they did when each entry had a
+  record of its own (the store forgets them at the same age: RocksDB's TTL). Compaction keeps every
+  batch record (each has a key of its own); what it dropped before, a key's older value, now stays
+  until the retention drops it: a decision rewritten (released late) weighs twice for at most the
+  look-back, an entry of the dedupe tables is written once;
+- a rebuild applies records in offset order, the entries of a batch record in the order written: a
+  key's latest value, or its deletion, is what the store keeps, as with records of one key; records
+  written per key before this format are still read as they were;
 - the bytes each entry carries are those its own record would have carried (the key as faust encodes
-  it, the value sealed under its patient's key for ``identity-seen-events``), so the store holds the
-  same bytes either way, and an erased patient's entries stay unreadable.
+  it, the value sealed under its patient's key), so the store holds the same bytes either way, and an
+  erased patient's entries stay unreadable.
 
-A table whose entries change (a patient's sharing state) needs compaction to drop what a key held
-before, which batch records would defeat: those keep faust's record per key.
+A table that keeps its entries for good (a patient's sharing state, the identity links) is bounded by
+compaction alone, which batch records would defeat: those keep faust's record per key.
 
 Batches stay under :data:`BATCH_RECORD_BYTES`; a larger batch is sent as several records.
 """

@@ -14,7 +14,7 @@ from hub.records import decode_json, encode_json
 from hub.settings import Settings
 from hub.streams.batch_writes import BatchWrites
 from hub.streams.changelog_batches import BatchedChangelogTable
-from hub.streams.store import HORIZON_TABLES, table_options
+from hub.streams.store import DECISION_TABLES, HORIZON_TABLES, table_options
 from hub.topics import TopicNames
 
 #: The faust tables of the worker; their changelog topics are created before faust starts (see
@@ -35,8 +35,10 @@ TABLES = (
 #: ``identity-seen-messages`` holds source message ids and event ids only, in the clear.
 SEALED_TABLES = frozenset(TABLES) - {"identity-seen-messages"}
 #: Tables whose changelog takes a batch's entries in one record per partition
-#: (hub.streams.changelog_batches): the de-duplication tables, whose entries never change.
-BATCHED_CHANGELOG_TABLES = HORIZON_TABLES
+#: (hub.streams.changelog_batches): those that forget their entries by age (the de-duplication tables
+#: past the horizon, the share stage's decisions past the look-back), whose changelog's retention, not
+#: its compaction, is what bounds it.
+BATCHED_CHANGELOG_TABLES = HORIZON_TABLES | DECISION_TABLES
 
 
 class JsonValues(MutableMapping[str, Any]):

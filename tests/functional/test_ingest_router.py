@@ -392,7 +392,7 @@ def test_the_app_declares_an_ingest_and_an_identity_agent_with_the_identity_tabl
     # Encryption at rest: sealed tables keep bytes (their changelogs hold ciphertext only).
     assert app.tables["identity-aliases"].value_serializer == "raw"
     # identity-seen-messages is in the clear, its JSON values kept as bytes: its changelog, as
-    # identity-seen-events', takes a batch's entries in one record per partition.
+    # identity-seen-events' and share-decided's, takes a batch's entries in one record per partition.
     assert app.tables["identity-seen-messages"].value_serializer == "raw"
     for name in ("identity-seen-messages", "identity-seen-events"):
         assert isinstance(app.tables[name], BatchedChangelogTable), name

@@ -152,8 +152,8 @@ def stored_entries(folder: Path) -> dict[str, list[tuple[bytes, bytes]]]:
 
 
 def assert_batched_changelogs_match_the_folder(env: HubEnv, folder: Path) -> None:
-    """The de-duplication tables' changelogs hold batch records only, fewer than their entries, and
-    their entries are exactly what the worker's folder holds (the same keys and bytes)."""
+    """The changelogs of the tables that forget by age hold batch records only, fewer than their
+    entries, and their entries are exactly what the worker's folder holds (the same keys and bytes)."""
     app_id = env.environ["HUB_APP_ID"]
     stored = stored_entries(folder)
     for table in sorted(BATCHED_CHANGELOG_TABLES):
@@ -162,7 +162,12 @@ def assert_batched_changelogs_match_the_folder(env: HubEnv, folder: Path) -> Non
         ]
         unpacked = [batch_entries(record.headers, record.value) for record in records]
         assert records and None not in unpacked, f"{table}: a record of one key"
-        entries = {key: value for batch in unpacked for key, value in batch or []}
+        entries: dict[bytes, bytes] = {}
+        for key, value in (entry for batch in unpacked for entry in batch or []):
+            if value is None:
+                entries.pop(key, None)  # a deletion
+            else:
+                entries[key] = value
         assert len(entries) > len(records), (table, len(entries), len(records))
         assert dict(stored[table]) == entries, table
 
