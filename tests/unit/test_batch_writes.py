@@ -55,6 +55,16 @@ class RecordingTable(MutableMapping[str, Any]):
         return len(self.data)
 
 
+@pytest.fixture(autouse=True)
+def no_current_event_left() -> Iterator[None]:
+    """faust's current event is a context variable of the test process: what a test makes current
+    (``routing``) must not be the current event of the tests that run after it in the same process
+    (a table store then reads a partition from it)."""
+    token = _current_event.set(None)
+    yield
+    _current_event.reset(token)
+
+
 def routing(event: str) -> Any:
     """What the agent does before routing a record: make it the current event (faust's contextvar)."""
     return _current_event.set(_Ref(event))
