@@ -5,7 +5,8 @@ machine, so the state phase copies instead a state the real pipeline built: the 
 throughput phase (its ``--patients`` demo patients, every table entry as the worker left it).
 
 - **Read**: each table's changelog topic of that phase, to its end, keeping the latest value of each
-  key (a deletion removes it): what the table holds. Sealed values (``hub.streams.tables.SEALED_TABLES``)
+  key (a deletion removes it; a batch record's entries are read as records of their own,
+  hub.streams.changelog_batches): what the table holds. Sealed values (``hub.streams.tables.SEALED_TABLES``)
   are opened with the hub's own keyring.
 - **Copy**: copy ``n`` of an entry has its patient renamed, ``pt-x`` becoming ``pt-x~n`` wherever the
   key names it (:func:`copy_key`, after ``hub.crypto.records.patient_of_table_key``), and its value
@@ -14,6 +15,9 @@ throughput phase (its ``--patients`` demo patients, every table entry as the wor
   template itself. Each record goes to the partition its template record was on, with its headers.
 - **Write**: the records go to the changelog topics of a fresh app id; the worker started on them
   finds an empty folder and rebuilds its RocksDB tables from the changelogs, as a new worker does.
+  Every entry is written as a record of its own, also those of the tables whose worker writes a
+  batch's entries in one record (a worker reads both): the rebuild is timed on the larger count of
+  records.
 
 What this is, and is not: the tables hold as many keys and bytes as ``copies`` times the template's,
 in the same tables, partitions and encryption, one data key per patient; a copy's values are the
