@@ -104,19 +104,14 @@ def unpack_entries(data: bytes) -> list[Entry]:
     return entries
 
 
-def batch_format(headers: Any) -> str | None:
-    """The batch format a changelog record's headers (faust's or a Kafka client's) name; None for a
-    record of one key."""
-    return header(headers_of(headers), TABLE_BATCH_HEADER)
-
-
 def batch_entries(headers: Any, value: bytes | None) -> list[Entry] | None:
-    """The entries of a changelog record if it is a batch record (None: a record of one key).
+    """The entries of a changelog record if its headers (faust's or a Kafka client's) mark it as a
+    batch record (None: a record of one key).
 
     ValueError if it is one this version cannot read: another format (a newer hub wrote it), or cut
     short.
     """
-    found = batch_format(headers)
+    found = header(headers_of(headers), TABLE_BATCH_HEADER)
     if found is None:
         return None
     if found != TABLE_BATCH_FORMAT:
@@ -133,7 +128,6 @@ class _EntryMessage:
     partition: int
     key: bytes
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
