@@ -3,7 +3,7 @@
 faust writes one changelog record per table write. The de-duplication tables
 (``identity-seen-messages``, ``identity-seen-events``: hub.streams.store.HORIZON_TABLES) get an entry
 for every input and every published fact, and the share stage's decisions (``share-decided``,
-DECISION_TABLES) one for every event decided: 6.2 changelog records per input in the benchmark
+DECISION_TABLES) one for every event decided: 6.3 changelog records per input in the benchmark
 (docs/PERFORMANCE.md, session 13), each a faust send, a share of a produce request and a record for
 the broker to store. :class:`BatchedChangelogTable` writes each entry to its store as faust does, but
 sends the entries a batch wrote on one partition as one changelog record
@@ -49,8 +49,7 @@ from hub.records import TABLE_BATCH_FORMAT, TABLE_BATCH_HEADER, header, headers_
 log = get_logger(__name__)
 
 #: A packed batch stays under this size: several fit in one produce batch of a partition
-#: (hub.streams.app.PRODUCER_BATCH_BYTES), and far under Kafka's default largest record (1 MiB). A
-#: batch of the identity stage packs to a few KiB to a few tens of KiB in the benchmark.
+#: (hub.streams.app.PRODUCER_BATCH_BYTES), and far under Kafka's default largest record (1 MiB).
 BATCH_RECORD_BYTES = 256 * 1024
 #: Each entry: the key's length, the value's length (DELETED_LENGTH: a deletion), then both.
 _LENGTHS = struct.Struct(">II")
