@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 
 from hub.audit.stage import ChainWriter
 from hub.crypto.keyring import Keyring
@@ -39,6 +40,9 @@ log = get_logger(__name__)
 #: at low load; :meth:`Agents.add`).
 BATCH_MAX = 200
 BATCH_WITHIN_SECONDS = 0.002
+#: While the consumer knows of records waiting behind a batch (a backlog), its window stretches up to
+#: this long after its first record, to fill it (hub.streams.batches; docs/PERFORMANCE.md, session 14).
+BATCH_LONGEST_SECONDS = 0.020
 
 #: How often a batch done during a rebalance looks whether it has ended (:meth:`Agents.settled_generation`).
 REBALANCE_POLL_SECONDS = 0.05
@@ -282,6 +286,32 @@ class Agents:
             await asyncio.sleep(REBALANCE_POLL_SECONDS)
         return int(self.app.consumer_generation_id)
 
+    def take(self, stream: Any) -> AsyncIterator[Batch]:
+        """The stream's batches: cut after BATCH_WITHIN_SECONDS, or up to BATCH_LONGEST_SECONDS while
+        the consumer knows of records behind them (:meth:`records_behind`)."""
+        return take_batches(
+            stream,
+            BATCH_MAX,
+            BATCH_WITHIN_SECONDS,
+            longest=BATCH_LONGEST_SECONDS,
+            behind=self.records_behind,
+        )
+
+    def records_behind(self, last_offsets: Mapping[Any, int]) -> bool:
+        """Whether a partition holds records after its last buffered offset, as the consumer's last
+        fetch of it said (its high watermark: the offset the next record will take)."""
+        consumer = self.app.consumer
+        for tp, offset in last_offsets.items():
+            try:
+                highwater = consumer.highwater(tp)
+            except (AssertionError, ConsumerNotStarted):
+                # aiokafka asserts the partition is assigned (a rebalance revoked it meanwhile), and
+                # faust's consumer may not run yet: nothing is known to wait, the batch is cut.
+                return False
+            if highwater is not None and highwater > offset + 1:
+                return True
+        return False
+
     async def current(self, message: Any) -> bool:
         """Whether ``message`` was read in the current generation, once any rebalance has ended."""
         return bool(message.generation_id == await self.settled_generation())
@@ -362,7 +392,7 @@ class Agents:
         self.chain = chain
 
         async def seal(stream: Any) -> None:
-            async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
+            async for events in self.take(stream):
                 for event in events:
                     message = event.message
                     try:
@@ -418,7 +448,7 @@ class Agents:
             # This task's writes are its own until its batch is written (hub.streams.batch_writes).
             WRITER.set(name)
             # Not faust's take_events: it acknowledges a batch the agent stopped on (hub.streams.batches).
-            async for events in take_batches(stream, BATCH_MAX, BATCH_WITHIN_SECONDS):
+            async for events in self.take(stream):
                 started = time.perf_counter()
                 # The group's batches begun before this one: this one may have read their writes, so
                 # it writes its own after them (share and share-merge; no wait while routing).

@@ -12,6 +12,12 @@ or an exception stays unacknowledged, its offsets are not committed, and the rec
 the next owner of the partition (at-least-once, deterministic ids: DESIGN.md 4). And a batch's window
 is a timer its first event starts, instead of a wait that times out over and over while idle.
 
+A window can stretch while records are known to wait behind it (``longest``, ``behind``): when the
+consumer's fetches say a buffered partition holds later records, the batch waits for them, a window
+at a time, until it is full or ``longest`` has passed since its first event. Under a backlog the
+batches fill (fewer table writes, changelog records and acknowledgement rounds per input); at a load
+the worker keeps up with, nothing waits behind the batch and it is cut after ``within`` as before.
+
 A batch the caller cannot stand behind (its partitions were reassigned while it was processed:
 hub.streams.agents) is marked :attr:`Batch.read_again`: it is not acknowledged either, and the rewind
 that follows every rebalance (hub.streams.transport) reads it again.
@@ -32,7 +38,7 @@ It relies on faust's stream internals as ``take_events`` does (``add_processor``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from mode.utils.futures import notify
@@ -44,11 +50,21 @@ class Batch(list[Any]):
     read_again: bool = False
 
 
+#: Whether the consumer knows of records after these offsets (the last buffered, per partition).
+RecordsBehind = Callable[[Mapping[Any, int]], bool]
+
+
 async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to compare line by line
-    stream: Any, max_records: int, within: float
+    stream: Any,
+    max_records: int,
+    within: float,
+    *,
+    longest: float = 0.0,
+    behind: RecordsBehind | None = None,
 ) -> AsyncIterator[Batch]:
     """The stream's events, up to ``max_records`` at a time or what came within ``within`` seconds of
-    the batch's first event.
+    the batch's first event; while ``behind`` says more records wait on the buffered partitions, the
+    window is stretched by ``within`` at a time, up to ``longest`` after the first event.
 
     Each batch's events are acknowledged after the caller has processed it (when it asks for the next
     batch), never when the caller stops or fails on it, nor when it marked the batch ``read_again``.
@@ -64,10 +80,20 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
     buffer_consumed = asyncio.Event()
     consuming: asyncio.Future[None] | None = None
     enable_acks: bool = stream.enable_acks
+    # The last buffered offset of each partition, and when the batch's first event came.
+    last_offsets: dict[Any, int] = {}
+    first_at = 0.0
+
+    def window_ended() -> None:
+        nonlocal window
+        if behind is not None and stream.loop.time() + within - first_at <= longest and behind(last_offsets):
+            window = stream.loop.call_later(within, window_ended)
+        else:
+            buffer_full.set()
 
     async def add_to_buffer(value: Any) -> Any:
         # Called by faust for each event the stream reads in the background (a stream processor).
-        nonlocal consuming, window
+        nonlocal consuming, window, first_at
         # The value's event, read before waiting: meanwhile the agent sets the stream's current event
         # as it routes and writes (hub.streams.agents), and leaves it None (faust's take_events reads
         # it after the wait: a value was buffered without its event, and the next batch came empty).
@@ -81,8 +107,10 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
                 consuming = None
         buffer.append(value)
         events.append(event)
+        last_offsets[event.message.tp] = event.message.offset
         if len(buffer) == 1:
-            window = stream.loop.call_later(within, buffer_full.set)
+            first_at = stream.loop.time()
+            window = stream.loop.call_later(within, window_ended)
         if len(buffer) >= max_records:
             buffer_full.set()
             # Not one record more than max_records in a batch: wait until this one is taken.
@@ -113,6 +141,7 @@ async def take_batches(  # noqa: PLR0915 - faust's take_events, kept whole to co
                 acknowledged = batch if processed and not batch.read_again else []
                 buffer.clear()
                 events.clear()
+                last_offsets.clear()
                 if window is not None:
                     window.cancel()  # the batch was full first: its timer must not cut the next one
                     window = None
