@@ -132,6 +132,21 @@ def erased_input(record: IngestRecord, topics: TopicNames, at: datetime) -> list
     ]
 
 
+def records_behind(consumer: Any, last_offsets: Mapping[Any, int]) -> bool:
+    """Whether a partition holds records after its last buffered offset, as the consumer's last
+    fetch of it said (its high watermark: the offset the next record will take)."""
+    for tp, offset in last_offsets.items():
+        try:
+            highwater = consumer.highwater(tp)
+        except (AssertionError, ConsumerNotStarted):
+            # aiokafka asserts the partition is assigned (a rebalance revoked it meanwhile), and
+            # faust's consumer may not run yet: nothing is known to wait, the batch is cut.
+            return False
+        if highwater is not None and highwater > offset + 1:
+            return True
+    return False
+
+
 class StreamCrypto:
     """The agents' encryption at rest: open each record read, seal each record sent (``hub.crypto``)."""
 
@@ -288,29 +303,14 @@ class Agents:
 
     def take(self, stream: Any) -> AsyncIterator[Batch]:
         """The stream's batches: cut after BATCH_WITHIN_SECONDS, or up to BATCH_LONGEST_SECONDS while
-        the consumer knows of records behind them (:meth:`records_behind`)."""
+        the consumer knows of records behind them (:func:`records_behind`)."""
         return take_batches(
             stream,
             BATCH_MAX,
             BATCH_WITHIN_SECONDS,
             longest=BATCH_LONGEST_SECONDS,
-            behind=self.records_behind,
+            behind=lambda last_offsets: records_behind(self.app.consumer, last_offsets),
         )
-
-    def records_behind(self, last_offsets: Mapping[Any, int]) -> bool:
-        """Whether a partition holds records after its last buffered offset, as the consumer's last
-        fetch of it said (its high watermark: the offset the next record will take)."""
-        consumer = self.app.consumer
-        for tp, offset in last_offsets.items():
-            try:
-                highwater = consumer.highwater(tp)
-            except (AssertionError, ConsumerNotStarted):
-                # aiokafka asserts the partition is assigned (a rebalance revoked it meanwhile), and
-                # faust's consumer may not run yet: nothing is known to wait, the batch is cut.
-                return False
-            if highwater is not None and highwater > offset + 1:
-                return True
-        return False
 
     async def current(self, message: Any) -> bool:
         """Whether ``message`` was read in the current generation, once any rebalance has ended."""

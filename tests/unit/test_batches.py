@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from hub.streams.agents import records_behind
 from hub.streams.batches import take_batches
 
 Batches = Callable[[Any], AsyncIterator[list[Any]]]
@@ -218,3 +219,76 @@ def test_a_record_read_before_a_rebalance_and_buffered_after_it_is_left_out_of_i
     asyncio.run(main())
     assert batches == [[1], [3, 4]], "the stale 2 is left out; the batch is the rewound records alone"
     assert acked == [1, 3, 4], "2 is not acknowledged: the rewind reads it again"
+
+
+def batches_with_backlog(
+    behind: Callable[[dict[Any, int]], bool], *, longest: float, second_after: float
+) -> tuple[list[list[int]], list[dict[Any, int]]]:
+    """Put 1, then 2 ``second_after`` seconds later, through batches of 2 ms windows that stretch up to
+    ``longest`` while ``behind`` says records wait: (the batches, the offsets ``behind`` was asked about)."""
+    app = faust.App(f"test-batches-backlog-{longest}-{second_after}", store="memory://", web_enabled=False)
+    batches: list[list[int]] = []
+    asked: list[dict[Any, int]] = []
+
+    def recording(last_offsets: Any) -> bool:
+        asked.append(dict(last_offsets))
+        return behind(last_offsets)
+
+    async def process(stream: Any) -> None:
+        async for events in take_batches(stream, 10, 0.002, longest=longest, behind=recording):
+            batches.append([event.value for event in events])
+
+    agent: Any = app.agent(name="process")(process)
+
+    async def main() -> None:
+        async with agent.test_context() as running:
+            await running.put(1)
+            await asyncio.sleep(second_after)
+            await running.put(2)
+            await until(lambda: sum(map(len, batches)) == 2)
+
+    asyncio.run(main())
+    return batches, asked
+
+
+def test_a_batch_waits_for_the_records_the_consumer_knows_are_behind_it() -> None:
+    """Under a backlog the window stretches (2 ms at a time, up to ``longest``): the record that comes
+    50 ms later joins the batch. ``longest`` is 5 s, so that no pause of the machine cuts it first."""
+    batches, asked = batches_with_backlog(lambda _: True, longest=5.0, second_after=0.05)
+    assert batches == [[1, 2]]
+    assert len(asked) >= 2, "asked again at each window's end"
+    assert all(len(offsets) == 1 for offsets in asked), "the last buffered offset of its one partition"
+
+
+def test_a_batch_is_cut_after_its_window_when_nothing_waits_behind_it() -> None:
+    # 0.5 s apart: the 2 ms window ends long before the second record comes.
+    batches, asked = batches_with_backlog(lambda _: False, longest=5.0, second_after=0.5)
+    assert batches == [[1], [2]], "a load the worker keeps up with: no wait beyond the window"
+    assert len(asked) == 2
+
+
+def test_a_stretched_window_ends_at_its_longest_though_records_still_wait() -> None:
+    """The window timer's check and the sleep's end are ordered by their deadlines: the batch is cut at
+    ``longest`` (20 ms), long before the second record comes (2 s), whatever says records wait."""
+    batches, _ = batches_with_backlog(lambda _: True, longest=0.02, second_after=2.0)
+    assert batches == [[1], [2]]
+
+
+class Highwaters:
+    """A consumer's last known high watermarks (aiokafka's ``highwater``: the next record's offset;
+    None before a fetch; an AssertionError for a partition no longer assigned)."""
+
+    def __init__(self, known: dict[str, int | None]) -> None:
+        self.known = known
+
+    def highwater(self, tp: str) -> int | None:
+        assert tp in self.known, "Partition is not assigned"
+        return self.known[tp]
+
+
+def test_records_are_behind_a_batch_when_a_partition_holds_more_than_it_buffered() -> None:
+    consumer = Highwaters({"p0": 11, "p1": 20, "p2": None})
+    assert records_behind(consumer, {"p0": 10, "p1": 12})
+    assert not records_behind(consumer, {"p0": 10}), "offset 10 is the last record: highwater 11"
+    assert not records_behind(consumer, {"p2": 3}), "not fetched yet: nothing known"
+    assert not records_behind(consumer, {"revoked": 3}), "revoked meanwhile: the batch is cut"
