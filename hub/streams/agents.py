@@ -43,6 +43,8 @@ BATCH_WITHIN_SECONDS = 0.002
 #: While the consumer knows of records waiting behind a batch (a backlog), its window stretches up to
 #: this long after its first record, to fill it (hub.streams.batches; docs/PERFORMANCE.md, session 14).
 BATCH_LONGEST_SECONDS = 0.020
+#: A backlog: at least this many records known to wait behind a batch's partitions.
+BATCH_BACKLOG = 50
 
 #: How often a batch done during a rebalance looks whether it has ended (:meth:`Agents.settled_generation`).
 REBALANCE_POLL_SECONDS = 0.05
@@ -132,19 +134,20 @@ def erased_input(record: IngestRecord, topics: TopicNames, at: datetime) -> list
     ]
 
 
-def records_behind(consumer: Any, last_offsets: Mapping[Any, int]) -> bool:
-    """Whether a partition holds records after its last buffered offset, as the consumer's last
-    fetch of it said (its high watermark: the offset the next record will take)."""
+def records_waiting(consumer: Any, last_offsets: Mapping[Any, int]) -> int:
+    """How many records the partitions hold after their last buffered offsets, as the consumer's last
+    fetch of each said (its high watermark: the offset the next record will take)."""
+    waiting = 0
     for tp, offset in last_offsets.items():
         try:
             highwater = consumer.highwater(tp)
         except (AssertionError, ConsumerNotStarted):
             # aiokafka asserts the partition is assigned (a rebalance revoked it meanwhile), and
-            # faust's consumer may not run yet: nothing is known to wait, the batch is cut.
-            return False
-        if highwater is not None and highwater > offset + 1:
-            return True
-    return False
+            # faust's consumer may not run yet: nothing is known to wait there.
+            continue
+        if highwater is not None:
+            waiting += max(highwater - offset - 1, 0)
+    return waiting
 
 
 class StreamCrypto:
@@ -303,13 +306,13 @@ class Agents:
 
     def take(self, stream: Any) -> AsyncIterator[Batch]:
         """The stream's batches: cut after BATCH_WITHIN_SECONDS, or up to BATCH_LONGEST_SECONDS while
-        the consumer knows of records behind them (:func:`records_behind`)."""
+        at least BATCH_BACKLOG records wait behind them (:func:`records_waiting`)."""
         return take_batches(
             stream,
             BATCH_MAX,
             BATCH_WITHIN_SECONDS,
             longest=BATCH_LONGEST_SECONDS,
-            behind=lambda last_offsets: records_behind(self.app.consumer, last_offsets),
+            behind=lambda last_offsets: records_waiting(self.app.consumer, last_offsets) >= BATCH_BACKLOG,
         )
 
     async def current(self, message: Any) -> bool:

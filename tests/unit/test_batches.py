@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from hub.streams.agents import records_behind
+from hub.streams.agents import records_waiting
 from hub.streams.batches import take_batches
 
 Batches = Callable[[Any], AsyncIterator[list[Any]]]
@@ -286,9 +286,9 @@ class Highwaters:
         return self.known[tp]
 
 
-def test_records_are_behind_a_batch_when_a_partition_holds_more_than_it_buffered() -> None:
+def test_the_records_waiting_behind_a_batch_are_what_its_partitions_hold_past_their_last_offsets() -> None:
     consumer = Highwaters({"p0": 11, "p1": 20, "p2": None})
-    assert records_behind(consumer, {"p0": 10, "p1": 12})
-    assert not records_behind(consumer, {"p0": 10}), "offset 10 is the last record: highwater 11"
-    assert not records_behind(consumer, {"p2": 3}), "not fetched yet: nothing known"
-    assert not records_behind(consumer, {"revoked": 3}), "revoked meanwhile: the batch is cut"
+    assert records_waiting(consumer, {"p0": 10, "p1": 12}) == 7
+    assert records_waiting(consumer, {"p0": 10}) == 0, "offset 10 is the last record: highwater 11"
+    assert records_waiting(consumer, {"p2": 3}) == 0, "not fetched yet: nothing known"
+    assert records_waiting(consumer, {"revoked": 3, "p1": 18}) == 1, "revoked meanwhile: not counted"
