@@ -41,8 +41,8 @@ from hub.crypto.keyring import Keyring
 from hub.crypto.records import patient_of_table_key
 from hub.records import headers_of
 from hub.streams.app import INTERNAL_RECORD_LIMIT
-from hub.streams.changelog_batches import batch_entries
 from hub.streams.tables import SEALED_TABLES, TABLES
+from hub.table_batches import batch_entries
 from hub.topics import TopicNames
 
 #: The largest record the benchmark reads or writes: a table's changelog record, an internal record.

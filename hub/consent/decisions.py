@@ -13,11 +13,12 @@ partition, for the policy's ``backfill_days``):
 - ``<patient>#d:<event id>`` → :class:`DecisionRecord`: when it was decided, each recipient's decision,
   the recipients still waiting for a basis (``waiting``, with the event itself while any waits), the
   late releases made to this event (``late``) and those this event's state change made (``released``);
-- and in the patient's record of the ``share-state`` table, beside their sharing state, the field
-  :data:`WAITING_FIELD`: the ids of the patient's events that some recipient waits for, oldest first
-  (one record for both: a batch writes the patient's record once, where two keys made two changelog
-  records; before session 12 the index had a key of its own, ``<patient>#waiting``, read and deleted
-  when the patient's record is next written).
+- ``<patient>#waiting`` (:func:`waiting_key`): the ids of the patient's events that some recipient
+  waits for, oldest first. It changes with almost every event that waits; this table's changelog takes
+  a batch's entries in one record (hub.streams.changelog_batches), where the patient's ``share-state``
+  record, kept for good, is a changelog record per write. Sessions 12 and 13 kept it in that record
+  instead (the field :data:`WAITING_FIELD`): read while it is there, it leaves the record when either
+  is next written.
 
 An event read again gets its recorded decisions back, not new ones; a change of the patient's state
 decides the waiting events again, and sends those now permitted (a *late release*, audited with the
@@ -42,13 +43,13 @@ def decided_key(patient_id: str, event_id: str) -> str:
     return f"{patient_id}#d:{event_id}"
 
 
-#: The field of the patient's ``share-state`` record listing the ids of their waiting events.
+#: The field of the patient's ``share-state`` record that listed the ids of their waiting events in
+#: sessions 12 and 13 (read until the record is next written; :func:`waiting_key` since).
 WAITING_FIELD = "waiting"
 
 
 def waiting_key(patient_id: str) -> str:
-    """The ``share-decided`` key the waiting index had before it moved into the patient's record
-    (:data:`WAITING_FIELD`): read, then deleted, when the patient's record is next written."""
+    """The ``share-decided`` key of the ids of the patient's waiting events."""
     return f"{patient_id}#waiting"
 
 

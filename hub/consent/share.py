@@ -205,37 +205,39 @@ class ShareStage:
         """The ids of the patient's events some recipient waits for, oldest first."""
         stored = self.states.get(patient_id)
         if isinstance(stored, dict) and WAITING_FIELD in stored:
+            # In the patient's record (sessions 12 and 13): read until the record is next written.
             return [str(event_id) for event_id in stored[WAITING_FIELD]]
-        # Kept under a key of its own before session 12: read until the patient's record is next written.
         return list(self.decided.get(waiting_key(patient_id)) or [])
 
     def _store(
         self, patient_id: str, *, state: PatientShareState | None = None, waiting: list[str] | None = None
     ) -> None:
-        """Write the patient's record: their sharing state and the ids of their waiting events.
+        """Write the patient's sharing state (``share-state``) or the ids of their waiting events
+        (``share-decided``, ``<patient>#waiting``), or both.
 
-        One record for both: the waiting index changes with almost every event that waits for a basis,
-        the state with every event that changes it, and a batch then writes the patient's record once
-        (hub.streams.batch_writes) where two keys made two changelog records. ``state`` or ``waiting``
-        replaces its part; the other part is kept as stored.
+        Two tables: the index changes with almost every event that waits for a basis, the state only
+        with the events that change it. ``share-state`` is kept for good, so its changelog takes a
+        record per key written; ``share-decided`` forgets by age and its changelog takes a batch's
+        entries in one record (hub.streams.changelog_batches), where the index rides for free. An
+        index that stops changing is forgotten past the look-back with the decisions it lists, whose
+        events are then too old to be released anyway.
         """
         stored = self.states.get(patient_id)
+        in_record = isinstance(stored, dict) and WAITING_FIELD in stored
+        if in_record and waiting is None:
+            # The index leaves the patient's record (sessions 12 and 13) as the record is written.
+            waiting = self._waiting_ids(patient_id)
         if state is not None:
-            document = state.to_json()
-        elif isinstance(stored, dict):
+            self.states[patient_id] = state.to_json()
+        elif in_record and isinstance(stored, dict):
             # Kept as stored, readable or not: a state that cannot be read still denies everything.
-            document = {key: value for key, value in stored.items() if key != WAITING_FIELD}
-        else:
-            document = self.state_of(patient_id).to_json()
-        ids = self._waiting_ids(patient_id) if waiting is None else waiting
-        # Written even when empty: a record with the field never falls back on the key of before.
-        document[WAITING_FIELD] = ids[-MAX_WAITING_EVENTS:]
-        self.states[patient_id] = document
-        # The record's first write with the field takes over an index of before (read above, when
-        # no ``waiting`` is given): its key goes. Later writes read no key of before at all.
-        first_with_field = not (isinstance(stored, dict) and WAITING_FIELD in stored)
-        if first_with_field and self.decided.get(waiting_key(patient_id)) is not None:
-            del self.decided[waiting_key(patient_id)]
+            self.states[patient_id] = {key: value for key, value in stored.items() if key != WAITING_FIELD}
+        if waiting is not None:
+            key = waiting_key(patient_id)
+            if waiting:
+                self.decided[key] = waiting[-MAX_WAITING_EVENTS:]
+            elif self.decided.get(key) is not None:
+                del self.decided[key]
 
     def _copies(
         self,

@@ -42,6 +42,8 @@ EXIT_NOT_FOUND = 1
 #: The faust table holding each patient's share state (``hub.streams.tables.TABLES``; spelled here so that
 #: ``hub consent show`` does not import faust, and a unit test keeps the two the same).
 SHARE_STATE_TABLE = "share-state"
+#: The faust table holding each event's share decisions and each patient's waiting index (the same).
+SHARE_DECIDED_TABLE = "share-decided"
 
 
 def record_opener(settings: Settings) -> RecordOpener:
@@ -234,13 +236,25 @@ def consent_show(patient_id: str, as_json: bool, timeout: float) -> None:
     """
     import json  # noqa: PLC0415
 
+    from hub.consent.decisions import waiting_key  # noqa: PLC0415
     from hub.kafka.clients import existing_topics, read_to_end, require_topics  # noqa: PLC0415
-    from hub.ops.consent_view import key_of, last_state, render_state, to_json  # noqa: PLC0415
+    from hub.ops.consent_view import (  # noqa: PLC0415
+        entries_of,
+        holds_key,
+        key_of,
+        last_state,
+        render_state,
+        to_json,
+    )
 
     settings = Settings()
     topic = TopicNames.changelog(settings.app_id, SHARE_STATE_TABLE)
+    decided_topic = TopicNames.changelog(settings.app_id, SHARE_DECIDED_TABLE)
+    index_key = waiting_key(patient_id)
     bootstrap = settings.bootstrap_servers
-    require_topics(existing_topics(bootstrap), [topic])
+    require_topics(existing_topics(bootstrap), [topic, decided_topic])
+    deadline = time.monotonic() + timeout
+    opening = record_opening(settings)
     with _progress() as progress:
         records = read_to_end(
             bootstrap,
@@ -248,10 +262,20 @@ def consent_show(patient_id: str, as_json: bool, timeout: float) -> None:
             keep=lambda r: key_of(r) == patient_id,
             progress=progress,
             description="share state",
-            deadline=time.monotonic() + timeout,
-            opener=record_opening(settings),
+            deadline=deadline,
+            opener=opening,
         )[topic]
-    lookup = last_state(records, patient_id)
+        # Read as stored (a batch record's entries are sealed one by one), keeping only the records
+        # with an entry of the index: only those are opened, not every decision of the look-back.
+        decided = read_to_end(
+            bootstrap,
+            [decided_topic],
+            keep=lambda r: holds_key(r, index_key),
+            progress=progress,
+            description="waiting events",
+            deadline=deadline,
+        )[decided_topic]
+    lookup = last_state(records, patient_id, [opening(r) for r in entries_of(decided, index_key)])
     if as_json:
         click.echo(json.dumps(to_json(lookup), indent=2, ensure_ascii=False))
     else:

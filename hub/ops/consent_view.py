@@ -3,9 +3,11 @@
 The share stage keeps each patient's :class:`~hub.consent.state.PatientShareState` in the faust table
 ``share-state``; its changelog topic (``<app id>-share-state-changelog``, compacted) holds, for each
 patient, records keyed by the JSON-encoded network patient id (``"pt-..."``, quotes included) whose
-values are the state's JSON, with the ids of the patient's events some recipient waits for
-(hub.consent.decisions.WAITING_FIELD). The last record of a key is the state that decides; a
-tombstone (no value) means the state was deleted.
+values are the state's JSON. The last record of a key is the state that decides; a tombstone (no
+value) means the state was deleted. The ids of the patient's events some recipient waits for are in
+``share-decided``, under ``<patient>#waiting`` (hub.consent.decisions.waiting_key), often inside a
+record carrying a batch of entries (hub.table_batches); the state records of sessions 12 and 13 held
+them in a field of their own (hub.consent.decisions.WAITING_FIELD), read while it is there.
 
 What is shown is what the policy reads: identifiers (system and value), statuses, codes, periods and
 instants. No name, no clinical content.
@@ -13,8 +15,8 @@ instants. No name, no clinical content.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,6 +25,7 @@ from hub.consent.recipients import NETWORK_SYSTEM, Identifier
 from hub.consent.state import ConsentRecord, Involvement, PatientShareState, Period, Provision
 from hub.kafka.clients import Record
 from hub.records import CRYPTO_ERROR_HEADER, decode_json, header
+from hub.table_batches import batch_entries
 
 LookupStatus = Literal["present", "absent", "deleted", "corrupt"]
 
@@ -58,13 +61,55 @@ def key_of(record: Record) -> str | None:
     return key if isinstance(key, str) else None
 
 
-def last_state(records: Iterable[Record], patient_id: str) -> StateLookup:
-    """The last value of ``patient_id``'s key in changelog records (in topic order): last value wins."""
+def holds_key(record: Record, key: str) -> bool:
+    """Whether a changelog record is of table key ``key``, or carries a batch with an entry of it."""
+    return next(entries_of([record], key), None) is not None
+
+
+def entries_of(records: Iterable[Record], key: str) -> Iterator[Record]:
+    """The changelog records of table key ``key``, in topic order: a batch record's entries of that key
+    as records of their own, with the batch record's coordinates. A batch record in a format this
+    version cannot read (a newer hub's) is skipped, as a rebuilding worker skips it."""
+    for record in records:
+        try:
+            entries = batch_entries(record.headers, record.value)
+        except ValueError:
+            continue
+        if entries is None:
+            if key_of(record) == key:
+                yield record
+            continue
+        for entry_key, value in entries:
+            entry = replace(record, key=entry_key, value=value, headers=())
+            if key_of(entry) == key:
+                yield entry
+
+
+def last_state(
+    records: Iterable[Record], patient_id: str, waiting_index: Iterable[Record] = ()
+) -> StateLookup:
+    """The last value of ``patient_id``'s key in changelog records (in topic order): last value wins.
+
+    ``waiting_index``: the (opened) records of the patient's ``share-decided`` waiting index key. A
+    patient with waiting events and no state record is decided on an empty state: shown as one.
+    """
     last: Record | None = None
     for record in records:
         if key_of(record) == patient_id:
             last = record
+    # The index's last record: its value now (a deletion: none waits).
+    index = next(iter(reversed(list(waiting_index))), None)
     if last is None:
+        waiting = _waiting_count(index.value) if index is not None else 0
+        if index is not None and waiting:
+            return StateLookup(
+                patient_id,
+                "present",
+                PatientShareState.empty(patient_id),
+                where=f"{index.topic}/{index.partition}/{index.offset}",
+                timestamp_ms=index.timestamp_ms,
+                waiting=waiting,
+            )
         return StateLookup(
             patient_id, "absent", reason="no share state: the hub has no event for this patient"
         )
@@ -112,14 +157,29 @@ def last_state(records: Iterable[Record], patient_id: str) -> StateLookup:
         state,
         where=where,
         timestamp_ms=last.timestamp_ms,
-        waiting=_waiting_count(last.value),
+        waiting=_waiting_in_record(last.value, index),
     )
 
 
-def _waiting_count(value: bytes) -> int:
-    """How many waiting event ids a (readable) state record lists; 0 when it lists none."""
+def _waiting_in_record(value: bytes, index: Record | None) -> int:
+    """How many events wait: as the state record lists them (sessions 12 and 13), else as the index."""
     document = decode_json(value)
-    ids = document.get(WAITING_FIELD) if isinstance(document, dict) else None
+    if isinstance(document, dict) and WAITING_FIELD in document:
+        return _waiting_count_of(document[WAITING_FIELD])
+    return _waiting_count(index.value if index is not None else None)
+
+
+def _waiting_count(value: bytes | None) -> int:
+    """How many event ids a waiting index value lists; 0 for none, a deletion or an unreadable value."""
+    if value is None:
+        return 0
+    try:
+        return _waiting_count_of(decode_json(value))
+    except ValueError:
+        return 0
+
+
+def _waiting_count_of(ids: Any) -> int:
     return len(ids) if isinstance(ids, list) else 0
 
 

@@ -22,14 +22,9 @@ from hub.records import TABLE_BATCH_FORMAT, TABLE_BATCH_HEADER
 from hub.settings import Settings
 from hub.sources.registry import SourceRegistry
 from hub.streams.app import create_app
-from hub.streams.changelog_batches import (
-    BATCH_KEY_PREFIX,
-    BatchedChangelogTable,
-    batch_entries,
-    pack_entries,
-    unpack_entries,
-)
+from hub.streams.changelog_batches import BatchedChangelogTable
 from hub.streams.tables import BATCHED_CHANGELOG_TABLES
+from hub.table_batches import BATCH_KEY_PREFIX, batch_entries, pack_entries, unpack_entries
 
 CONTEXT = IngestContext(registry=SourceRegistry({}), pseudonym_key=b"k" * 32)
 BATCH_HEADERS = ((TABLE_BATCH_HEADER, TABLE_BATCH_FORMAT.encode()),)

@@ -23,9 +23,9 @@ from hub.ingest.signature import sign
 from hub.kafka.admin import admin_client
 from hub.kafka.clients import end_offsets, read_to_end
 from hub.settings import Settings
-from hub.streams.changelog_batches import batch_entries
 from hub.streams.store import DECISION_TABLES, HORIZON_TABLES, BoundedOptions, table_options
 from hub.streams.tables import BATCHED_CHANGELOG_TABLES, SEALED_TABLES, TABLES
+from hub.table_batches import batch_entries
 from hub.topics import TopicNames
 
 from .conftest import HubEnv, start_worker, stop_worker

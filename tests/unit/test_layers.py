@@ -40,6 +40,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "serving",
                 "cli_support",
                 "records",
+                "table_batches",
                 "audit_vocabulary",
                 "metrics",
             }

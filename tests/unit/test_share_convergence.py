@@ -302,10 +302,11 @@ def test_what_the_recipient_did_not_ask_for_never_waits() -> None:
     assert stored is not None and stored["waiting"] == ["gp-x"], "the hospital produced it: sent back"
 
 
-def test_the_waiting_index_lives_in_the_patients_record_and_a_batch_writes_that_record_once() -> None:
-    """The ids of the events waiting for a basis are a field of the patient's share-state record: a
-    batch where the hospital's events wait and its stay changes the state writes the patient's record
-    once, and share-decided only the events' own decisions (no ``#waiting`` key)."""
+def test_the_waiting_index_lives_in_share_decided_and_the_state_is_written_only_when_it_changes() -> None:
+    """The ids of the events waiting for a basis are kept in share-decided (``<patient>#waiting``),
+    whose changelog takes a batch's entries in one record: a batch where the hospital's events wait
+    writes the patient's share-state record only for the stay that changes the state, and none when
+    only the index changes."""
     states = BatchWrites({}, name="share-state")
     decided = BatchWrites({}, name="share-decided")
     sharing = stage(states, decided)
@@ -313,17 +314,23 @@ def test_the_waiting_index_lives_in_the_patients_record_and_a_batch_writes_that_
     run([diagnosis, stay, GP_FEED[0]], sharing)
     assert set(states._pending[""]) == {"pt-x"}
     assert set(decided._pending[""]) == {
-        decided_key("pt-x", e["event_id"]) for e in (diagnosis, stay, GP_FEED[0])
+        waiting_key("pt-x"),
+        *(decided_key("pt-x", e["event_id"]) for e in (diagnosis, stay, GP_FEED[0])),
     }
-    # The GP has no basis yet for the hospital's events; the stay is in the state beside the index.
-    assert (
-        states["pt-x"][WAITING_FIELD] == [diagnosis["event_id"], stay["event_id"]] == still_waiting(sharing)
-    )
+    # The GP has no basis yet for the hospital's events; the stay is in the state, not the index.
+    assert decided[waiting_key("pt-x")] == [diagnosis["event_id"], stay["event_id"]] == still_waiting(sharing)
+    assert WAITING_FIELD not in states["pt-x"]
     assert PatientShareState.from_json(states["pt-x"]).involvements
-    # The Patient declaring the GP releases them: they leave the index, the state keeps the stay.
+    # An event that only waits writes the index, not the state.
+    state_write, index_write = states._pending[""]["pt-x"], decided._pending[""][waiting_key("pt-x")]
+    run([{**diagnosis, "event_id": "0" * 31 + "9"}], sharing)
+    assert states._pending[""]["pt-x"] is state_write, "the state did not change: not written again"
+    assert decided._pending[""][waiting_key("pt-x")] != index_write
+    # The Patient declaring the GP releases them: the index goes, the state keeps the stay.
     released = run([GP_FEED[1]], sharing)
     assert holdings(released)["t.hub.pathway.gp-x.v1"] >= {diagnosis["event_id"], stay["event_id"]}
-    assert states["pt-x"][WAITING_FIELD] == still_waiting(sharing) == []
+    assert decided.get(waiting_key("pt-x")) is None
+    assert still_waiting(sharing) == []
     assert PatientShareState.from_json(states["pt-x"]).involvements
 
 
@@ -333,19 +340,38 @@ def still_waiting(sharing: ShareStage) -> list[str]:
     return sorted(key.split("#d:")[1] for key, record in records.items() if record.get("waiting"))
 
 
-def test_a_waiting_index_stored_under_its_own_key_before_is_read_then_moved_into_the_record() -> None:
-    """Tables written before the index moved hold it at ``<patient>#waiting`` in share-decided: its
-    events are still released, and the key is deleted once the patient's record is written."""
+def test_a_waiting_index_in_the_patients_record_is_read_then_moved_to_share_decided() -> None:
+    """Tables written by sessions 12 and 13 hold the index in the patient's share-state record: its
+    events are still released, and the field leaves the record the next time either is written."""
     states: dict[str, Any] = {}
     decided: dict[str, Any] = {}
     sharing = stage(states, decided)
     sharing.handle(HOSPITAL_FEED[0], now=NOW)
-    # As the previous format stored it: the state without the field, the index under its own key.
-    decided[waiting_key("pt-x")] = states["pt-x"].pop(WAITING_FIELD)
+    # As sessions 12 and 13 stored it: the index a field of the patient's record.
+    states["pt-x"] = {
+        **PatientShareState.empty("pt-x").to_json(),
+        WAITING_FIELD: decided.pop(waiting_key("pt-x")),
+    }
+    assert still_waiting(sharing) == [HOSPITAL_FEED[0]["event_id"]]
     released = sharing.handle(GP_FEED[1], now=NOW)
     assert HOSPITAL_FEED[0]["event_id"] in holdings(released)["t.hub.pathway.gp-x.v1"]
-    assert waiting_key("pt-x") not in decided
-    assert HOSPITAL_FEED[0]["event_id"] not in states["pt-x"][WAITING_FIELD]
+    assert WAITING_FIELD not in states["pt-x"]
+    assert HOSPITAL_FEED[0]["event_id"] not in (decided.get(waiting_key("pt-x")) or [])
+
+
+def test_an_index_in_the_patients_record_moves_to_share_decided_when_an_event_waits() -> None:
+    states: dict[str, Any] = {}
+    decided: dict[str, Any] = {}
+    sharing = stage(states, decided)
+    diagnosis = HOSPITAL_FEED[0]
+    sharing.handle(diagnosis, now=NOW)
+    states["pt-x"] = {
+        **PatientShareState.empty("pt-x").to_json(),
+        WAITING_FIELD: decided.pop(waiting_key("pt-x")),
+    }
+    sharing.handle({**diagnosis, "event_id": "0" * 31 + "9"}, now=NOW)
+    assert WAITING_FIELD not in states["pt-x"]
+    assert decided[waiting_key("pt-x")] == [diagnosis["event_id"], "0" * 31 + "9"]
 
 
 def local_linked_to_ins() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject
-from hub.consent.decisions import WAITING_FIELD
+from hub.consent.decisions import WAITING_FIELD, waiting_key
 from hub.consent.policy import FinalDecision
 from hub.consent.recipients import FINESS_SYSTEM, NETWORK_SYSTEM, RPPS_SYSTEM, Identifier
 from hub.consent.state import (
@@ -30,8 +30,10 @@ from hub.ingest.outcome import Accepted, KafkaCoordinates, Rejected
 from hub.ingest.receipts import dlq_headers, receipt
 from hub.kafka.clients import Record
 from hub.ops.cli import SHARE_STATE_TABLE, recipient_topics
-from hub.ops.consent_view import key_of, last_state, render_state, to_json
+from hub.ops.consent_view import entries_of, holds_key, key_of, last_state, render_state, to_json
 from hub.ops.trace import Target, build_trace, parse_target, render
+from hub.records import TABLE_BATCH_FORMAT, TABLE_BATCH_HEADER
+from hub.table_batches import BATCH_KEY_PREFIX, pack_entries
 from hub.topics import TopicNames
 
 PREFIX = "t."
@@ -487,14 +489,61 @@ def test_an_empty_state_says_none_in_each_section() -> None:
     ]  # fmt: skip
 
 
-def test_the_events_waiting_for_a_basis_are_counted_from_the_patients_record() -> None:
-    """The share stage keeps the ids of the patient's waiting events in the same record: a patient
-    whose events wait has a state, however empty, and the view says how many wait."""
-    record = {**PatientShareState(PATIENT).to_json(), WAITING_FIELD: [E1, E2]}
-    lookup = last_state(changelog((PATIENT, record)), PATIENT)
+def decided_changelog(*records: tuple[str, Any] | list[tuple[str, Any]]) -> list[Record]:
+    """share-decided's changelog: a record per key, or (a list) one record carrying a batch of entries."""
+    topic = Topic("hub-share-decided-changelog")
+    for item in records:
+        if isinstance(item, list):
+            [packed] = pack_entries(
+                (json.dumps(key).encode(), None if value is None else json.dumps(value).encode())
+                for key, value in item
+            )
+            headers = ((TABLE_BATCH_HEADER, TABLE_BATCH_FORMAT.encode()),)
+            topic.add(packed, key=json.dumps(f"{BATCH_KEY_PREFIX}1"), headers=headers)
+        else:
+            key, value = item
+            topic.add(value, key=json.dumps(key))
+    return topic.records
+
+
+def waiting_lookup(states: list[Record], decided: list[Record]) -> Any:
+    """As ``hub consent show`` reads: the records holding the index, then its entries."""
+    index = waiting_key(PATIENT)
+    return last_state(states, PATIENT, list(entries_of([r for r in decided if holds_key(r, index)], index)))
+
+
+def test_the_events_waiting_for_a_basis_are_counted_from_the_waiting_index_in_share_decided() -> None:
+    """The share stage keeps the ids of the patient's waiting events under ``<patient>#waiting`` in
+    share-decided, often inside a batch record: its last value counts, a deletion is none."""
+    states = changelog((PATIENT, PatientShareState(PATIENT).to_json()))
+    index = waiting_key(PATIENT)
+    batched = decided_changelog(
+        (index, [E1]),
+        [(f"{PATIENT}#d:{E1}", {"waiting": ["gp"]}), (index, [E1, E2]), (f"{OTHER}#waiting", [E1])],
+    )
+    lookup = waiting_lookup(states, batched)
     assert lookup.found and lookup.waiting == 2 and to_json(lookup)["waiting_events"] == 2
     lines = render_state(lookup)
     assert lines[-2:] == ["events waiting for a basis:", "  2, decided again at each change of this state"]
+    assert waiting_lookup(states, [*batched, *decided_changelog([(index, None)])]).waiting == 0
+    unreadable = decided_changelog([(index, [E1])])[0]
+    future = dataclasses.replace(unreadable, headers=((TABLE_BATCH_HEADER, b"9"),))
+    assert waiting_lookup(states, [*batched, future]).waiting == 2, "a newer format is skipped"
+
+
+def test_a_patient_whose_events_wait_without_a_state_record_is_shown_with_an_empty_state() -> None:
+    """The state is written only when an event changes it: events that only wait leave the index."""
+    lookup = waiting_lookup(changelog(), decided_changelog([(waiting_key(PATIENT), [E1])]))
+    assert lookup.found and lookup.state == PatientShareState.empty(PATIENT) and lookup.waiting == 1
+    assert lookup.where == "hub-share-decided-changelog/0/0"
+    absent = waiting_lookup(changelog(), decided_changelog([(waiting_key(PATIENT), None)]))
+    assert absent.status == "absent"
+
+
+def test_the_waiting_ids_in_a_state_record_of_sessions_12_and_13_are_counted_while_there() -> None:
+    record = {**PatientShareState(PATIENT).to_json(), WAITING_FIELD: [E1, E2]}
+    lookup = waiting_lookup(changelog((PATIENT, record)), decided_changelog((waiting_key(PATIENT), [E1])))
+    assert lookup.found and lookup.waiting == 2, "the record's field, not an index written before it"
 
 
 def test_no_state_a_tombstone_and_a_corrupt_value_are_not_found() -> None:
