@@ -5,13 +5,20 @@ Runs on ``hub.pathway.v1`` (keyed by network patient id), so a patient's consent
 applies to every event processed after it, on every recipient topic.
 
 When identity finds that a local id is the same person as an INS id (``patient.linked``), the local
-id's state lives on another partition. The INS id's state is then marked *awaiting* it (every
-decision denies), a request goes to ``hub.share-merge.v1`` keyed by the local id, that partition
-answers with its state keyed by the INS id, and the two are merged: nothing recorded under either
-identity, an objection least of all, is ever skipped. The local id's events not decided yet when the
-request is answered (its partition of the pathway ran behind the merge topic's, as it does after a
-rebalance) go on to the INS id through ``hub.share-merge.v1`` and are decided there: under the local
-id they would wait for a state that no longer changes.
+id's state lives on another partition. Since session 14 the local id's partition hands its state
+over with the link itself (:meth:`ShareStage.hand_over`: identity records the link there and sends
+the input on to the INS id, and the share stage decides in the same agent, so every event made under
+the local id is decided by then and none is after); the INS id's partition merges it as the
+``patient.linked`` event comes (:meth:`ShareStage.handle` with ``handover``), before anything the
+input brings is decided: no round trip, nothing held.
+
+A link without a hand-over (one sent on by an earlier version) takes the round trip: the INS id's
+state is marked *awaiting* the local id (every decision denies), a request goes to
+``hub.share-merge.v1`` keyed by the local id, that partition answers with its state keyed by the INS
+id, and the two are merged: nothing recorded under either identity, an objection least of all, is
+ever skipped. The local id's events not decided yet when the request is answered go on to the INS id
+through ``hub.share-merge.v1`` and are decided there: under the local id they would wait for a state
+that no longer changes.
 """
 
 from __future__ import annotations
@@ -91,11 +98,18 @@ class ShareStage:
         return PatientShareState.empty(patient_id) if stored is None else PatientShareState.from_json(stored)
 
     def handle(
-        self, event: dict[str, Any], *, now: datetime | None = None, forwarded: int = 0
+        self,
+        event: dict[str, Any],
+        *,
+        now: datetime | None = None,
+        forwarded: int = 0,
+        handover: Mapping[str, Any] | None = None,
     ) -> list[Share]:
         """Every record to produce for one pathway event: audits first, copies after.
 
-        While a linked identity's state is on its way, the patient's events are held (in order) and
+        ``handover``: with a ``patient.linked`` event, what the local id's partition handed over with
+        the link (:meth:`hand_over`), merged before the event is decided. While a linked identity's
+        state is on its way (a link without one), the patient's events are held (in order) and
         decided once it has arrived: a decision is never taken on half the facts, and nothing a
         recipient may see is lost to the wait.
         """
@@ -120,9 +134,13 @@ class ShareStage:
             ]
         state = self.state_of(patient_id)
         merge_requests: list[Share] = []
+        taken: list[Share] = []
         if event.get("kind") == "patient.linked":
             local_id = _replaced_id(event)
-            if local_id is not None and not state.corrupt:
+            if local_id is not None and not state.corrupt and handover and handover.get("from") == local_id:
+                taken = self._take_over(patient_id, handover, at)
+                state = self.state_of(patient_id)
+            elif local_id is not None and not state.corrupt:
                 if local_id not in state.awaiting:
                     state = replace(state, awaiting=(*state.awaiting, local_id))
                     self._store(patient_id, state=state)
@@ -137,8 +155,50 @@ class ShareStage:
             # An event read again (redelivered) is held once: it is decided once when released.
             if all(h.get("event_id") != event.get("event_id") for h in held):
                 self.states[held_key] = [*held, event][-MAX_HELD_EVENTS:]
-            return merge_requests
-        return self._decide(event, state, at)
+            return taken + merge_requests
+        return taken + self._decide(event, state, at)
+
+    def hand_over(self, local_id: str, ins_id: str) -> dict[str, Any]:
+        """What the local id's partition knows of it, for the INS id identity has just linked it to:
+        its sharing state and its waiting events (``state`` None and no ``waiting``: nothing to merge,
+        said explicitly, so that the INS id's partition does not ask).
+
+        Taken as identity records the link, in the same agent: every event made under the local id
+        was decided before, and identity sends the later ones to the INS id. Should one still come
+        here (an input read again), it goes on to the INS id as after a round-trip merge; a local id
+        with nothing to hand over has no event to come again.
+        """
+        state = self.states.get(local_id)
+        waiting = self.waiting_events(local_id)
+        if state is not None or waiting:
+            self.states[_merged_into_key(local_id)] = ins_id
+        return {"from": local_id, "to": ins_id, "state": state, "waiting": waiting}
+
+    def _take_over(self, patient_id: str, handover: Mapping[str, Any], at: datetime) -> list[Share]:
+        """Merge a linked local id's hand-over into the patient's state; decide the waiting events of
+        both again on the merged state (those of the local id become the patient's). Idempotent: the
+        same hand-over read again merges to the same state and releases nothing new."""
+        target = self.state_of(patient_id)
+        changed = False
+        if handover.get("state") is not None:
+            other = replace(
+                PatientShareState.from_json(handover["state"]), patient_id=patient_id, awaiting=()
+            )
+            merged = target.merged_with(other)
+            if merged != target:
+                self._store(patient_id, state=merged)
+                changed = True
+        waiting = handover.get("waiting") or []
+        if waiting:
+            self._adopt_waiting(patient_id, waiting)
+            changed = True
+        if not changed:
+            return []  # nothing came with the link: nothing can be released by it
+        log.info("share.states_merged", patient_id=patient_id, linked=handover.get("from"))
+        state = self.state_of(patient_id)
+        if state.awaiting:
+            return []  # released when the identities still awaited arrive (their round trip)
+        return self._release(patient_id, state, at, by=f"merge:{handover.get('from')}", released=[])
 
     def _decide(self, event: dict[str, Any], state: PatientShareState, at: datetime) -> list[Share]:
         patient_id = str(event.get("patient_id"))

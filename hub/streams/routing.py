@@ -249,8 +249,16 @@ class IdentityRouter:
         self.share = share
 
     def route(self, value: bytes) -> list[Outgoing]:
-        """Every record to produce for one ``hub.identity.v1`` record."""
-        sends = self.stage.handle(decode_json(value))
+        """Every record to produce for one ``hub.identity.v1`` record.
+
+        An input identity sends on to the INS id a local id was just linked to carries the share
+        stage's hand-over of the local id (``handover``: its state and waiting events, taken here, on
+        the local id's partition); the INS id's partition merges it as the ``patient.linked`` event
+        is decided (hub.consent.share), instead of asking for it over ``hub.share-merge.v1``.
+        """
+        record = decode_json(value)
+        sends = self.stage.handle(record)
+        handover = record.get("handover") if isinstance(record, dict) else None
         out = []
         for send in sends:
             if send.topic == "pathway":
@@ -265,23 +273,31 @@ class IdentityRouter:
                 )
                 if self.share is not None:
                     # After the event: on the pathway it comes before what was decided about it.
-                    out += self._decided(self.share, send.value)
+                    linked = send.value.get("kind") == "patient.linked"
+                    out += self._decided(self.share, send.value, handover if linked else None)
             elif send.topic == "identity":
-                out.append(Outgoing(self.topics.identity, send.key.encode(), encode_json(send.value)))
+                forwarded = send.value
+                link = forwarded.get("linked")
+                if self.share is not None and isinstance(link, dict):
+                    handed = self.share.hand_over(str(link["local_id"]), str(link["ins_id"]))
+                    forwarded = {**forwarded, "handover": handed}
+                out.append(Outgoing(self.topics.identity, send.key.encode(), encode_json(forwarded)))
             else:
                 # The stage answers accepted inputs only, whose source ingest found registered.
                 out += receipt_records(self.topics, send.key, send.value, registered=True)
         return out
 
     @staticmethod
-    def _decided(share: ShareRouter, event: dict[str, Any]) -> list[Outgoing]:
+    def _decided(
+        share: ShareRouter, event: dict[str, Any], handover: dict[str, Any] | None = None
+    ) -> list[Outgoing]:
         """The share stage's records for one event; none when deciding it raises (a bug).
 
         As when the share stage had its own agent: a bug costs that event its decisions (logged and
         counted, like any record a stage fails on), never the input its receipt or its other events.
         """
         try:
-            return share.route(event)
+            return share.route(event, handover=handover)
         except Exception as exc:
             counting.failed("share")
             log.error("stage.record_failed", stage="share", error=type(exc).__name__)
@@ -300,15 +316,26 @@ class ShareRouter:
         self.stage = stage
         self.alerts = alerts
 
-    def route(self, event: dict[str, Any], *, now: datetime | None = None) -> list[Outgoing]:
-        """Every record to produce for one pathway event, as identity publishes it."""
+    def route(
+        self,
+        event: dict[str, Any],
+        *,
+        now: datetime | None = None,
+        handover: dict[str, Any] | None = None,
+    ) -> list[Outgoing]:
+        """Every record to produce for one pathway event, as identity publishes it (``handover``: a
+        linked local id's, with its ``patient.linked`` event: hub.consent.share.ShareStage.handle)."""
         return self._with_alerts(
             [
                 Outgoing(share.topic, share.key.encode(), encode_json(share.value), plain=share.value)
-                for share in self.stage.handle(event, now=now)
+                for share in self.stage.handle(event, now=now, handover=handover)
             ],
             now=now,
         )
+
+    def hand_over(self, local_id: str, ins_id: str) -> dict[str, Any]:
+        """The share stage's hand-over of a local id just linked to an INS id (ShareStage.hand_over)."""
+        return self.stage.hand_over(local_id, ins_id)
 
     def route_merge(self, value: bytes) -> list[Outgoing]:
         """Every record to produce for one ``hub.share-merge.v1`` record."""

@@ -12,6 +12,10 @@ import pytest
 
 from hub import metrics
 from hub.audit.chainkey import ChainKey
+from hub.consent import load_policy
+from hub.consent.recipients import RecipientRegistry
+from hub.consent.share import ShareStage
+from hub.consent.state import PatientShareState
 from hub.errors import ErrorCode
 from hub.identity.stage import IdentityStage
 from hub.ingest.outcome import IngestRecord, KafkaCoordinates
@@ -25,10 +29,11 @@ from hub.sources.registry import Source, SourceRegistry
 from hub.streams import routing
 from hub.streams.app import create_app
 from hub.streams.changelog_batches import BatchedChangelogTable
-from hub.streams.routing import IdentityRouter, IngestRouter
+from hub.streams.routing import IdentityRouter, IngestRouter, ShareRouter
 from hub.topics import TopicNames
 
 NOW = datetime(2025, 3, 30, 0, 30, tzinfo=UTC)
+POLICY = load_policy(Path(__file__).resolve().parents[2] / "config" / "policy.json")
 SECRET = b"functional-secret-0123456789abcdef"
 KEY = b"k" * 32
 LOCAL_SYSTEM = "urn:hub:test:patient"
@@ -266,7 +271,9 @@ class Deciding:
     def __init__(self, failing_on: str | None = None) -> None:
         self.failing_on = failing_on
 
-    def route(self, event: dict[str, Any], *, now: datetime | None = None) -> list[Outgoing]:
+    def route(
+        self, event: dict[str, Any], *, now: datetime | None = None, handover: dict[str, Any] | None = None
+    ) -> list[Outgoing]:
         if event["kind"] == self.failing_on:
             raise KeyError("a bug in the share stage")
         key = event["patient_id"].encode()
@@ -336,6 +343,33 @@ def test_a_link_then_a_local_input_are_published_under_the_ins_id() -> None:
     assert value_of(published)["patient_id"] == INS_ID
     assert value_of(published)["provenance"]["steps"][-1] == "patient-id:linked"
     assert value_of(receipt)["event_ids"] == [value_of(published)["event_id"]]
+
+
+def test_a_link_carries_the_local_ids_share_state_to_the_ins_id_instead_of_a_merge_round_trip() -> None:
+    """The identity agent decides as it publishes: on the local id's partition the share stage hands
+    the local id's state over with the input sent on to the INS id, whose partition merges it as the
+    patient.linked event is decided. Nothing goes to hub.share-merge.v1."""
+    states: dict[str, Any] = {LOCAL_ID: PatientShareState.empty(LOCAL_ID).to_json()}
+    sharing = ShareStage(
+        RecipientRegistry({}),
+        POLICY,
+        states,
+        topic_prefix="f.",
+        audit_topic="a",
+        merge_topic=TOPICS.share_merge,
+    )
+    identity = IdentityRouter(IdentityStage({}, {}, {}), TOPICS, ShareRouter(sharing))
+    sent = through_both(ingest_router(), identity, record(QUALIFIED_PATIENT, message_id="m-1"))
+    [moved] = [out for out in sent if out.topic == TOPICS.identity and out.key == INS_ID.encode()]
+    assert value_of(moved)["handover"] == {
+        "from": LOCAL_ID,
+        "to": INS_ID,
+        "state": states[LOCAL_ID],
+        "waiting": [],
+    }
+    assert states[f"{LOCAL_ID}#merged-into"] == INS_ID
+    assert "m" not in {out.topic for out in sent}, "no request, no answer on the merge topic"
+    assert not states.get(INS_ID, {}).get("awaiting") and f"{INS_ID}#held" not in states
 
 
 def test_a_resent_message_id_is_receipted_duplicate_and_sends_no_event() -> None:

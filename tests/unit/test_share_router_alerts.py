@@ -19,7 +19,9 @@ NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 class Stage:
     """A share stage that sends one copy to a GP practice, one to a hospital and one AuditEvent."""
 
-    def handle(self, event: dict[str, Any], *, now: datetime | None = None) -> list[Share]:
+    def handle(
+        self, event: dict[str, Any], *, now: datetime | None = None, handover: dict[str, Any] | None = None
+    ) -> list[Share]:
         return [
             Share("hub.audit-unsealed.v1", "pt-1", {"resourceType": "AuditEvent"}),
             Share("hub.pathway.gp-x.v1", "pt-1", {"event_id": event["event_id"], "for": "gp-x"}),

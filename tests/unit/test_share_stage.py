@@ -187,3 +187,75 @@ def test_a_merge_answer_read_again_decides_the_released_events_again_with_the_sa
     assert condition["event_id"] in [c.value["event_id"] for c in copies(again)]
     assert len(audits(again)) == len(audits(released))
     assert states["pt-x"].get("awaiting") is None
+
+
+# -- the hand-over: the local id's partition sends its state with the link ------------------------------
+
+
+def test_a_handed_over_objection_holds_at_once_with_no_round_trip_and_nothing_held() -> None:
+    """The local id's partition hands its state over with the link (as identity records it): the INS
+    id's partition merges it as the patient.linked event comes, so the objection made under the local
+    id applies to the link notice and to the next diagnosis, with no request, answer or held event."""
+    states: dict[str, Any] = {}
+    sharing = stage(states)
+    sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
+    sharing.handle(
+        event("pt-local", {**OBJECTION, "patient": {"reference": "Patient/pt-local"}}, 2, "consent"), now=NOW
+    )
+    handover = sharing.hand_over("pt-local", "pt-x")
+    assert handover["state"] is not None and states["pt-local#merged-into"] == "pt-x"
+    linked = sharing.handle(link("pt-local", "pt-x"), now=NOW, handover=handover)
+    assert [s for s in linked if s.topic == "t.merge"] == [], "no round trip"
+    assert "pt-x#held" not in states and not states["pt-x"].get("awaiting")
+    condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 3, "condition")
+    decided = linked + sharing.handle(condition, now=NOW)
+    assert copies(decided) == []
+    rules = {d["rule"] for audit in audits(decided) for d in share_decisions(audit.value)}
+    assert rules == {"objection"}, "the link notice and the diagnosis meet the objection"
+
+
+def test_a_local_id_with_nothing_to_hand_over_says_so_and_the_link_changes_nothing() -> None:
+    """A local id the share stage never saw: its hand-over is empty (said, so that nothing is asked),
+    nothing is written for it, and the INS id's sharing goes on as before the link."""
+    states: dict[str, Any] = {}
+    sharing = stage(states)
+    sharing.handle(event("pt-x", declaring_gp("pt-x"), 1, "patient"), now=NOW)
+    before = {key: value for key, value in states.items() if "#d:" not in key}
+    handover = sharing.hand_over("pt-new", "pt-x")
+    assert handover == {"from": "pt-new", "to": "pt-x", "state": None, "waiting": []}
+    linked = sharing.handle(link("pt-new", "pt-x"), now=NOW, handover=handover)
+    assert [s for s in linked if s.topic == "t.merge"] == [] and len(audits(linked)) == 1
+    written = {key: value for key, value in states.items() if "#d:" not in key}  # but the decisions
+    assert written == before, "nothing written: the state is the INS id's as it was"
+    condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 3, "condition")
+    assert len(copies(sharing.handle(condition, now=NOW))) == 1
+
+
+def test_a_hand_over_read_again_merges_to_the_same_state_and_sends_what_it_sent() -> None:
+    """The forwarded input read again (its worker died): the same hand-over, the same merged state,
+    and the link notice's decisions again under the same ids."""
+    states: dict[str, Any] = {}
+    sharing = stage(states)
+    sharing.handle(event("pt-local", declaring_gp("pt-local"), 1, "patient"), now=NOW)
+    handover = sharing.hand_over("pt-local", "pt-x")
+    first = sharing.handle(link("pt-local", "pt-x"), now=NOW, handover=handover)
+    merged = dict(states["pt-x"])
+    again = sharing.handle(link("pt-local", "pt-x"), now=NOW, handover=handover)
+    assert states["pt-x"] == merged
+    assert [(s.topic, s.value.get("id") or s.value.get("event_id")) for s in again] == [
+        (s.topic, s.value.get("id") or s.value.get("event_id")) for s in first
+    ]
+    condition = event("pt-x", {**CONDITION, "subject": {"reference": "Patient/pt-x"}}, 3, "condition")
+    assert len(copies(sharing.handle(condition, now=NOW))) == 1, "the GP declared under the local id"
+
+
+def test_a_link_without_a_hand_over_still_takes_the_round_trip() -> None:
+    """An input sent on by an earlier version carries no hand-over: the merge is asked for."""
+    sharing = stage({})
+    [request] = [s for s in sharing.handle(link("pt-local", "pt-x"), now=NOW) if s.topic == "t.merge"]
+    assert request.value["type"] == "request"
+    other = sharing.hand_over("pt-other", "pt-x")
+    [request] = [
+        s for s in sharing.handle(link("pt-local", "pt-x"), now=NOW, handover=other) if s.topic == "t.merge"
+    ]
+    assert request.value["type"] == "request", "a hand-over of another local id is not this link's"
