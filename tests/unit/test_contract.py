@@ -42,6 +42,7 @@ from hub.pathway.event import PathwayEvent, event_id_for
 from hub.pathway.network_id import NETWORK_ID_SYSTEM, PatientKey
 from hub.schemas import SCHEMAS_DIR, schema_errors
 from hub.sources.keys import Rotation, audit_key_rotation
+from hub.streams.routing import IdentityRouter, ShareRouter
 from hub.topics import (
     AUDIT,
     CONTRACT_TOPICS,
@@ -50,6 +51,7 @@ from hub.topics import (
     RECIPIENT_PATHWAY_TEMPLATE,
     SHARE_MERGE,
     SOURCE_RECEIPTS_TEMPLATE,
+    TopicNames,
 )
 
 ASYNCAPI = SCHEMAS_DIR / "asyncapi.yaml"
@@ -609,3 +611,33 @@ def test_share_merge_records_match_the_inline_schemas() -> None:
     assert (forward.topic, forward.key) == (SHARE_MERGE, event.patient_id)
     assert _payload_errors("shareMergeEvent", forward.value) == []
     assert _payload_errors("shareMergeEvent", {**forward.value, "forwarded": 5}) != []
+
+
+def test_an_input_sent_on_with_a_link_carries_a_hand_over_that_matches_its_inline_schema() -> None:
+    """The identity agent sends the input of a newly recorded link on to the INS-based id with the
+    share stage's hand-over of the local id (hub.streams.routing.IdentityRouter): valid as written,
+    with a state or with none."""
+    local_id = PatientKey("local", "urn:hub:demo:gp:patient", "GP1-000001").network_id(KEY)
+    event = _event()
+    outcome = Accepted("lab-biomed", "m1", (event,), patient_id=event.patient_id)
+    link = json.loads(json.dumps(link_record(IdentityLink(local_id, event.patient_id), outcome, ORIGIN, AT)))
+    states: dict[str, Any] = {local_id: PatientShareState.empty(local_id).to_json()}
+    sharing = ShareStage(
+        RecipientRegistry({}),
+        PolicyConfig(id="hub-secret-partage", version="1", recency=timedelta(days=90), sensitive_codes={}),
+        states,
+        topic_prefix="",
+        audit_topic=AUDIT,
+        merge_topic=SHARE_MERGE,
+    )
+    router = IdentityRouter(IdentityStage({}, {}, {}), TopicNames(""), ShareRouter(sharing))
+    [forwarded] = router.route(json.dumps(link).encode())
+    record = json.loads(forwarded.value or b"")
+    assert record["handover"]["state"] == states[local_id]
+    assert _payload_errors("identityInput", record) == []
+    unseen = PatientKey("local", "urn:hub:demo:gp:patient", "GP1-000009").network_id(KEY)
+    nothing = sharing.hand_over(unseen, event.patient_id)
+    assert (nothing["state"], nothing["waiting"]) == (None, [])
+    assert _payload_errors("identityInput", {**record, "handover": nothing}) == []
+    assert _payload_errors("identityInput", {**record, "handover": {**nothing, "to": "x"}}) != []
+    assert _payload_errors("identityInput", {**record, "handover": {**record["handover"], "state": 1}}) != []
