@@ -581,6 +581,18 @@ def test_identity_records_match_the_inline_schemas() -> None:
     assert _payload_errors("pathwayEvent", linked) == []
 
 
+def share_stage(states: dict[str, Any]) -> ShareStage:
+    """A share stage without recipients, on ``states`` (its merges and hand-overs are what is checked)."""
+    return ShareStage(
+        RecipientRegistry({}),
+        PolicyConfig(id="hub-secret-partage", version="1", recency=timedelta(days=90), sensitive_codes={}),
+        states,
+        topic_prefix="",
+        audit_topic=AUDIT,
+        merge_topic=SHARE_MERGE,
+    )
+
+
 def test_share_merge_records_match_the_inline_schemas() -> None:
     """The share stage's merge request (on patient.linked) and its answer validate against their
     inline asyncapi.yaml schemas."""
@@ -589,14 +601,7 @@ def test_share_merge_records_match_the_inline_schemas() -> None:
     outcome = Accepted("lab-biomed", "m1", (event,), patient_id=event.patient_id)
     linked = linked_event(link_record(IdentityLink(local_id, event.patient_id), outcome, ORIGIN, AT))
     states: dict[str, Any] = {local_id: PatientShareState.empty(local_id).to_json()}
-    stage = ShareStage(
-        RecipientRegistry({}),
-        PolicyConfig(id="hub-secret-partage", version="1", recency=timedelta(days=90), sensitive_codes={}),
-        states,
-        topic_prefix="",
-        audit_topic=AUDIT,
-        merge_topic=SHARE_MERGE,
-    )
+    stage = share_stage(states)
     (request,) = [s for s in stage.handle(linked.to_dict(), now=AT) if s.topic == SHARE_MERGE]
     assert request.key == local_id
     assert _payload_errors("shareMergeRequest", request.value) == []
@@ -622,14 +627,7 @@ def test_an_input_sent_on_with_a_link_carries_a_hand_over_that_matches_its_inlin
     outcome = Accepted("lab-biomed", "m1", (event,), patient_id=event.patient_id)
     link = json.loads(json.dumps(link_record(IdentityLink(local_id, event.patient_id), outcome, ORIGIN, AT)))
     states: dict[str, Any] = {local_id: PatientShareState.empty(local_id).to_json()}
-    sharing = ShareStage(
-        RecipientRegistry({}),
-        PolicyConfig(id="hub-secret-partage", version="1", recency=timedelta(days=90), sensitive_codes={}),
-        states,
-        topic_prefix="",
-        audit_topic=AUDIT,
-        merge_topic=SHARE_MERGE,
-    )
+    sharing = share_stage(states)
     router = IdentityRouter(IdentityStage({}, {}, {}), TopicNames(""), ShareRouter(sharing))
     [forwarded] = router.route(json.dumps(link).encode())
     record = json.loads(forwarded.value or b"")
