@@ -426,8 +426,9 @@ class Agents:
         """A thin agent: per batch of records, route each (open, decide, seal), send them all, then
         write the tables of its group ``writes`` (:meth:`table`).
 
-        Batches (``take_batches``: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS) pay
-        one round of acknowledgements and one producer linger for many inputs; a batch's offsets are
+        Batches (:meth:`take`: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS, longer
+        under a backlog) pay one round of acknowledgements and one producer linger for many inputs, and
+        write each table key once; a batch's offsets are
         acknowledged only after the body is done with it (never when the agent stops on it, nor when a
         rebalance reassigned its partitions meanwhile: :func:`write_tables`), and every
         record sent is acknowledged by Kafka before the next batch. The tables the batch wrote are
