@@ -59,6 +59,15 @@ STAGE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+#: Records in one batch an agent took: one at low load, up to the batch's maximum under a backlog.
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200)
+STAGE_BATCH_RECORDS = Histogram(
+    "hub_stage_batch_records",
+    "Records in each batch a stage's agent took (hub.streams.agents: larger under a backlog).",
+    ["stage"],
+    buckets=BATCH_BUCKETS,
+    registry=REGISTRY,
+)
 STAGE_FAILURES = Counter(
     "hub_stage_failures",
     "Records on which a stage raised, or that Kafka refused for good (the partition moves on).",

@@ -396,6 +396,7 @@ class Agents:
 
         async def seal(stream: Any) -> None:
             async for events in self.take(stream):
+                counting.batch_taken("audit-seal", len(events))
                 for event in events:
                     message = event.message
                     try:
@@ -454,6 +455,7 @@ class Agents:
             # Not faust's take_events: it acknowledges a batch the agent stopped on (hub.streams.batches).
             async for events in self.take(stream):
                 started = time.perf_counter()
+                counting.batch_taken(name, len(events))
                 # The group's batches begun before this one: this one may have read their writes, so
                 # it writes its own after them (share and share-merge; no wait while routing).
                 earlier = list(unwritten)

@@ -20,6 +20,7 @@ from hub.metrics import (
     PATHWAY_EVENTS,
     RECEIPTS_TOTAL,
     SHARE_DECISIONS,
+    STAGE_BATCH_RECORDS,
     STAGE_FAILURES,
     STAGE_OUTPUTS,
     STAGE_RECORDS,
@@ -71,6 +72,11 @@ def _count(out: Outgoing) -> None:
             network=label(network.get("id") if isinstance(network, dict) else None),
             status=label(value.get("status")),
         ).inc()
+
+
+def batch_taken(stage: str, records: int) -> None:
+    """Count one batch a stage's agent took, by its size (``hub_stage_batch_records``)."""
+    STAGE_BATCH_RECORDS.labels(stage=stage).observe(records)
 
 
 def observe(stage: str, outgoing: list[Outgoing], seconds: float, *, contents: bool = True) -> None:

@@ -67,6 +67,7 @@ def test_receipts_by_status_and_code(
     assert sample(text, "hub_dlq_total", code="signature.missing") == 1
     assert sample(text, "hub_stage_records_total", stage="ingest") == 2
     assert sample(text, "hub_stage_seconds_count", stage="identity") >= 1
+    assert sample(text, "hub_stage_batch_records_count", stage="ingest") >= 1
     assert "p-metrics-1" not in text
     log = hub_env.log_file.read_text(encoding="utf-8", errors="replace")
     assert "metrics.listening" in log and str(metrics_port) in log

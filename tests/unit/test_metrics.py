@@ -147,6 +147,15 @@ def test_records_of_other_topics_and_unreadable_values_count_only_as_stage_outpu
     assert after == receipts
 
 
+def test_each_batch_is_counted_by_its_size() -> None:
+    batches = value("hub_stage_batch_records_count", stage="identity")
+    small = value("hub_stage_batch_records_bucket", stage="identity", le="5.0")
+    counting.batch_taken("identity", 3)
+    counting.batch_taken("identity", 120)
+    assert value("hub_stage_batch_records_count", stage="identity") == batches + 2
+    assert value("hub_stage_batch_records_bucket", stage="identity", le="5.0") == small + 1
+
+
 def test_a_failure_is_counted() -> None:
     before = value("hub_stage_failures_total", stage="share")
     counting.failed("share")
