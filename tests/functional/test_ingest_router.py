@@ -372,6 +372,24 @@ def test_a_link_carries_the_local_ids_share_state_to_the_ins_id_instead_of_a_mer
     assert not states.get(INS_ID, {}).get("awaiting") and f"{INS_ID}#held" not in states
 
 
+def test_a_bug_taking_the_hand_over_costs_the_link_its_shortcut_not_the_input() -> None:
+    """The local id's state cannot be taken (a bug): the input goes on without a hand-over, so the
+    INS id's partition asks for the state over hub.share-merge.v1; the failure is logged and counted."""
+
+    class FailingHandOver(Deciding):
+        def hand_over(self, local_id: str, ins_id: str) -> dict[str, Any]:
+            raise KeyError("a bug in the share stage")
+
+    failures = metrics.REGISTRY.get_sample_value
+    before = failures("hub_stage_failures_total", {"stage": "share"}) or 0.0
+    identity = IdentityRouter(IdentityStage({}, {}, {}), TOPICS, FailingHandOver())  # type: ignore[arg-type]
+    sent = through_both(ingest_router(), identity, record(QUALIFIED_PATIENT, message_id="m-1"))
+    [moved] = [out for out in sent if out.topic == TOPICS.identity and out.key == INS_ID.encode()]
+    assert value_of(moved)["linked"]["local_id"] == LOCAL_ID and "handover" not in value_of(moved)
+    assert TOPICS.receipts in {out.topic for out in sent}, "the input is published and receipted"
+    assert failures("hub_stage_failures_total", {"stage": "share"}) == before + 1
+
+
 def test_a_resent_message_id_is_receipted_duplicate_and_sends_no_event() -> None:
     """The second copy of one message id publishes nothing and repeats the first event ids."""
     ingest, identity = ingest_router(), identity_router()
