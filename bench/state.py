@@ -6,7 +6,7 @@ throughput phase (its ``--patients`` demo patients, every table entry as the wor
 
 - **Read**: each table's changelog topic of that phase, to its end, keeping the latest value of each
   key (a deletion removes it; a batch record's entries are read as records of their own,
-  hub.streams.changelog_batches): what the table holds. Sealed values (``hub.streams.tables.SEALED_TABLES``)
+  hub.table_batches): what the table holds. Sealed values (``hub.streams.tables.SEALED_TABLES``)
   are opened with the hub's own keyring.
 - **Copy**: copy ``n`` of an entry has its patient renamed, ``pt-x`` becoming ``pt-x~n`` wherever the
   key names it (:func:`copy_key`, after ``hub.crypto.records.patient_of_table_key``), and its value

@@ -181,10 +181,7 @@ class ShareStage:
         target = self.state_of(patient_id)
         changed = False
         if handover.get("state") is not None:
-            other = replace(
-                PatientShareState.from_json(handover["state"]), patient_id=patient_id, awaiting=()
-            )
-            merged = target.merged_with(other)
+            merged = target.merged_with(_linked_state(patient_id, handover["state"]))
             if merged != target:
                 self._store(patient_id, state=merged)
                 changed = True
@@ -504,11 +501,7 @@ class ShareStage:
                 for event in released.get("events") or []
                 for share in self._decide(event, target, datetime.now(UTC))
             ]
-        other = (
-            PatientShareState.empty(record["to"])
-            if record.get("state") is None
-            else replace(PatientShareState.from_json(record["state"]), patient_id=record["to"], awaiting=())
-        )
+        other = _linked_state(record["to"], record.get("state"))
         merged = replace(
             target.merged_with(other), awaiting=tuple(i for i in target.awaiting if i != record["from"])
         )
@@ -533,6 +526,13 @@ class ShareStage:
             )
         )
         return shares
+
+
+def _linked_state(patient_id: str, stored: Any) -> PatientShareState:
+    """A linked local id's stored state (None: it had none) as the patient's, to merge into theirs."""
+    if stored is None:
+        return PatientShareState.empty(patient_id)
+    return replace(PatientShareState.from_json(stored), patient_id=patient_id, awaiting=())
 
 
 def _held_key(patient_id: str) -> str:

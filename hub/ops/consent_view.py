@@ -98,7 +98,8 @@ def last_state(
         if key_of(record) == patient_id:
             last = record
     # The index's last record: its value now (a deletion: none waits).
-    index = next(iter(reversed(list(waiting_index))), None)
+    indexes = list(waiting_index)
+    index = indexes[-1] if indexes else None
     if last is None:
         waiting = _waiting_count(index.value) if index is not None else 0
         if index is not None and waiting:

@@ -258,7 +258,7 @@ class IdentityRouter:
         """
         record = decode_json(value)
         sends = self.stage.handle(record)
-        handover = record.get("handover") if isinstance(record, dict) else None
+        handover = record.get("handover")
         out = []
         for send in sends:
             if send.topic == "pathway":
@@ -296,8 +296,7 @@ class IdentityRouter:
         try:
             return share.hand_over(str(link["local_id"]), str(link["ins_id"]))
         except Exception as exc:
-            counting.failed("share")
-            log.error("stage.record_failed", stage="share", error=type(exc).__name__)
+            _share_failed(exc)
             return None
 
     @staticmethod
@@ -312,9 +311,14 @@ class IdentityRouter:
         try:
             return share.route(event, handover=handover)
         except Exception as exc:
-            counting.failed("share")
-            log.error("stage.record_failed", stage="share", error=type(exc).__name__)
+            _share_failed(exc)
             return []
+
+
+def _share_failed(exc: Exception) -> None:
+    """A bug in the share stage, inside the identity agent: logged (its type only) and counted."""
+    counting.failed("share")
+    log.error("stage.record_failed", stage="share", error=type(exc).__name__)
 
 
 class ShareRouter:
