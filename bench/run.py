@@ -60,6 +60,7 @@ from aiokafka import TopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import KafkaError
 
+from bench.sampling import SAMPLE_RATE, Sampler, summarise_file
 from bench.state import (
     MAX_RECORD_BYTES,
     copies_for,
@@ -431,6 +432,7 @@ def result_document(
     scaling: Mapping[str, Any] | None,
     state: Mapping[str, Any] | None = None,
     profile: Mapping[str, Any] | None = None,
+    samples: Mapping[str, Any] | None = None,
     machine: Mapping[str, Any] | None = None,
     started_at: datetime | None = None,
 ) -> dict[str, Any]:
@@ -448,6 +450,7 @@ def result_document(
         "scaling": dict(scaling) if scaling is not None else None,
         "state": dict(state) if state is not None else None,
         "profile": dict(profile) if profile is not None else None,
+        "samples": dict(samples) if samples is not None else None,
     }
     document["targets"] = [asdict(target) for target in evaluate_targets(document)]
     return document
@@ -1571,6 +1574,8 @@ class BenchConfig:
     skip_scaling: bool = False
     #: Run the single worker under cProfile, writing this file.
     profile: Path | None = None
+    #: Sample the single worker with py-spy in the throughput phase, writing this file (bench/sampling.py).
+    sample: Path | None = None
     #: Seconds to wait for a phase's receipts before giving up.
     timeout: float = 600.0
     #: Patients in the state phase (0: no state phase): copies of the throughput phase's state.
@@ -1666,6 +1671,8 @@ class Bench:
         self.work_dir = work_dir
         self.workers: list[Worker] = []
         self.starts = 0
+        #: The throughput phase's py-spy summary, with ``sample`` (bench/sampling.py).
+        self.samples: dict[str, Any] | None = None
         # The workers' data keys and table state stay in the benchmark's folder (removed at the end).
         self.demo = {
             **prepare_demo_environment().environ,
@@ -1702,7 +1709,13 @@ class Bench:
             self.workers.pop().stop()
 
     async def hub_phase(
-        self, name: str, feed: Sequence[FeedMessage], *, workers: int, profile: Path | None = None
+        self,
+        name: str,
+        feed: Sequence[FeedMessage],
+        *,
+        workers: int,
+        profile: Path | None = None,
+        sample: Path | None = None,
     ) -> tuple[Phase, Passthrough, HubRun, list[Worker], float]:
         """Fresh topics; the raw passthrough of the signed feed; then the hub on the same records.
 
@@ -1735,17 +1748,26 @@ class Bench:
         self.progress(f"{name}: the worker(s) hold every ingest partition ({rss_ready:.0f} MB RSS)")
         # Signed again now: the same bodies and sizes as the passthrough's, fresh signatures.
         records = [signed(m, self.secrets[m.source_id]) for m in feed]
-        run = await measure_hub(
-            phase,
-            started,
-            feed,
-            records,
-            raw,
-            progress=self.progress,
-            timeout=config.timeout,
-            broker_pid=self.broker_pid,
-        )
+        sampler = None
+        if sample is not None:
+            sampler = Sampler.attach(started[0].process.pid, sample, self.work_dir / "py-spy.log")
+            self.progress(f"{name}: py-spy samples the worker ({SAMPLE_RATE}/s) into {sample}")
+        try:
+            run = await measure_hub(
+                phase,
+                started,
+                feed,
+                records,
+                raw,
+                progress=self.progress,
+                timeout=config.timeout,
+                broker_pid=self.broker_pid,
+            )
+        finally:
+            written = sampler.stop() if sampler is not None else None
         summary = run.as_dict()
+        if written is not None:
+            self.samples = summarise_file(written, cpu_ms_per_input=summary["worker_cpu_ms_per_input"])
         self.progress(
             f"{name}: {summary['inputs_per_s']:,.1f} inputs/s, {summary['pathway_events_per_s']:,.1f} "
             f"pathway events/s, ratio to raw {summary['ratio_to_raw']:.3f}"
@@ -1949,7 +1971,7 @@ class Bench:
         ]
 
         phase, raw, run, workers, rss_at_start = await self.hub_phase(
-            "one", throughput_feed, workers=1, profile=config.profile
+            "one", throughput_feed, workers=1, profile=config.profile, sample=config.sample
         )
         hub = run.as_dict()
         rate = max(1.0, hub["inputs_per_s"] * LOAD_FACTOR)
@@ -2054,6 +2076,7 @@ class Bench:
             memory=memory,
             scaling=scaling,
             profile=profile,
+            samples=self.samples,
             machine=machine,
             started_at=started_at,
         )

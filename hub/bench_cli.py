@@ -56,6 +56,19 @@ _QUICK_OPTIONS = ("patients", "duration", "partitions", "skip_scaling")
     help="Where --profile writes the cProfile data.",
 )
 @click.option(
+    "--sample",
+    is_flag=True,
+    help="Sample the single worker with py-spy in the throughput phase (no slowdown); "
+    "print its CPU by stage.",
+)
+@click.option(
+    "--sample-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench-worker-samples.txt"),
+    show_default=True,
+    help="Where --sample writes py-spy's collapsed stacks.",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("bench-results.json"),
@@ -72,11 +85,19 @@ def bench(ctx: click.Context, /, **options: Any) -> None:
     every process the benchmark started, and the broker if it started one.
     """
     from bench.run import QUICK, BenchConfig, render_profile, render_table, run_bench  # noqa: PLC0415
+    from bench.sampling import render as render_samples  # noqa: PLC0415
 
     profile_output: Path = options.pop("profile_output")
+    sample_output: Path = options.pop("sample_output")
+    if options["profile"] and options["sample"]:
+        raise click.UsageError("--profile and --sample measure the same worker two ways: choose one")
     output: Path = options.pop("output")
     quick: bool = options.pop("quick")
-    given = {**options, "profile": profile_output.resolve() if options["profile"] else None}
+    given = {
+        **options,
+        "profile": profile_output.resolve() if options["profile"] else None,
+        "sample": sample_output.resolve() if options["sample"] else None,
+    }
     base = QUICK if quick else BenchConfig()
     explicit = {
         name: value
@@ -95,4 +116,7 @@ def bench(ctx: click.Context, /, **options: Any) -> None:
     if result["profile"]:
         click.echo("")
         click.echo(render_profile(result["profile"]))
+    if result["samples"]:
+        click.echo("")
+        click.echo(render_samples(result["samples"], result["samples"]["file"]))
     click.echo(f"\nresults: {output} (config: {json.dumps(asdict(config), default=str)})", err=True)

@@ -315,6 +315,7 @@ def test_result_document_shape_is_json_and_carries_its_targets() -> None:
         "scaling",
         "state",
         "profile",
+        "samples",
         "targets",
     }
     assert document["schema"] == RESULT_SCHEMA
