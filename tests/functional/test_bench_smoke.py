@@ -244,7 +244,7 @@ def _document(
             if speedup is None
             else {
                 "raw_passthrough": {"records_per_s": 7000.0},
-                "hub": {**hub, "inputs_per_s": 50.0 * speedup},
+                "hub": {**hub, "inputs_per_s": 50.0 * speedup, "machine_cores_busy": 1.93},
                 "speedup": speedup,
             }
         ),
@@ -368,11 +368,12 @@ def test_the_run_ends_with_the_table_of_every_target() -> None:
         "worker peak RSS with 100,000 patients in state",
         "<= 300 MB",
         "180 MB at 500 patients",
-        "not measured (1)",
+        "not measured (2)",
     ]
-    assert rows[7][3] == "not measured (2)"
-    assert lines[10].startswith(
-        "(1) throughput phase's worker with 500 patients in state; the target is for 100,000"
+    assert rows[5][3] == "no (1)"  # why: how busy the machine was (test_targets_met_and_missed_at_the_limits)
+    assert rows[7][3] == "not measured (3)"
+    assert lines[11].startswith(
+        "(2) throughput phase's worker with 500 patients in state; the target is for 100,000"
     )
     assert len({len(line) for line in lines[:10]}) == 1  # aligned columns
 
@@ -402,6 +403,8 @@ def test_targets_met_and_missed_at_the_limits() -> None:
     assert [t["met"] for t in past["targets"]] == [MISSED] * 8
     assert [t["value"] for t in past["targets"]] == [0.2499, 1.51, 12.1, 100.0, 250.0, 1.69, 300.1, 30.1]
     assert render_targets(past["targets"]).count("| no ") == 8
+    # A missed speedup says how much of the machine the two workers' run had left.
+    assert past["targets"][5]["note"] == "the two workers' run kept 1.93 of the machine's 2 cores busy"
 
 
 def test_a_skipped_or_smaller_measure_is_never_met() -> None:
