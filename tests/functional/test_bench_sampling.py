@@ -6,11 +6,14 @@ thread, faust's consumer thread and the metrics server's thread.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from bench.sampling import OTHER, Sampler, SamplerError, render, stage_of, summarise
+from bench.sampling import OTHER, Sampler, SamplerError, collapsed_stacks, render, stage_of, summarise
 
 LOOP = (
     "_run_module_as_main (<frozen runpy>:198);worker (hub/cli.py:120);run_worker (hub/streams/worker.py:97);"
@@ -106,3 +109,27 @@ def test_a_sampler_that_wrote_nothing_says_why(tmp_path: Path) -> None:
     sampler = Sampler.attach(2**22 + 1, tmp_path / "samples.txt", log)  # no such process
     with pytest.raises(SamplerError, match="py-spy wrote no samples"):
         sampler.stop(timeout=30)
+
+
+def test_the_sampler_reads_a_running_python_process(tmp_path: Path) -> None:
+    """py-spy itself, attached to a real process: what it writes is what :func:`summarise` reads."""
+    script = tmp_path / "busy.py"
+    script.write_text(
+        "import time\n"
+        "def spinning_here():\n"
+        "    end = time.monotonic() + 60\n"
+        "    while time.monotonic() < end:\n"
+        "        sum(range(1000))\n"
+        "spinning_here()\n"
+    )
+    busy = subprocess.Popen([sys.executable, str(script)])
+    try:
+        sampler = Sampler.attach(busy.pid, tmp_path / "samples.txt", tmp_path / "py-spy.log")
+        time.sleep(1.5)
+        written = sampler.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+    stacks = list(collapsed_stacks(written.read_text().splitlines()))
+    assert sum(count for _, count in stacks) > 0
+    assert any(frame.startswith("spinning_here (") for frames, _ in stacks for frame in frames)
