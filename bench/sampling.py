@@ -2,11 +2,14 @@
 
 ``hub bench --profile`` runs the worker under cProfile, which doubles its cost and inflates whatever
 makes many small calls (the event loop, aiokafka): its proportions are skewed. ``hub bench --sample``
-instead attaches py-spy (``py-spy record --format raw``) to the single worker for the throughput
-phase; py-spy reads the process's stacks 200 times a second from another process, so the worker runs
-at its own speed. :func:`summarise` then reads the collapsed stacks and says which share of the event
-loop thread's busy samples each stage took; multiplied by the phase's worker CPU per input, that is
-milliseconds of CPU per input by stage (the figure issue 13's target is written in).
+instead attaches py-spy (``py-spy record --format raw --nonblocking``) to the single worker for the
+throughput phase; py-spy reads the process's stacks 100 times a second from another process, without
+pausing it. It is not free on a small machine (it shares the cores with the worker and the broker:
+102 and 118 inputs/s at 100 and 50 samples a second against 138 without it, one run each on 2 cores),
+so the shares are those of a slowed run. :func:`summarise` reads the collapsed stacks and says which
+share of the event loop thread's busy samples each stage took; multiplied by the same run's worker
+CPU per input, that is milliseconds of CPU per input by stage (the figure issue 13's target is
+written in).
 
 Only the event-loop thread is counted: faust's consumer thread, the metrics server and the broker
 watch spend their time waiting; a stack whose innermost frame is a selector's ``select`` or a
@@ -28,7 +31,7 @@ from typing import Any
 from hub.errors import ErrorCode, HubError
 
 #: Samples per second: enough for a few thousand samples in the throughput phase.
-SAMPLE_RATE = 200
+SAMPLE_RATE = 100
 #: The event loop thread's stacks all pass through the worker's entry point.
 WORKER_ENTRY = "run_worker (hub/streams/worker.py"
 #: Frames that only other threads run.
@@ -90,6 +93,9 @@ class Sampler:
                     "raw",
                     "--output",
                     str(output),
+                    # Read while the worker runs: pausing it for each sample (py-spy's default) cost
+                    # more (70 inputs/s in one run at 200 samples a second).
+                    "--nonblocking",
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -58,7 +58,7 @@ _QUICK_OPTIONS = ("patients", "duration", "partitions", "skip_scaling")
 @click.option(
     "--sample",
     is_flag=True,
-    help="Sample the single worker with py-spy in the throughput phase (no slowdown); "
+    help="Sample the single worker with py-spy in the throughput phase (slows it less than cProfile); "
     "print its CPU by stage.",
 )
 @click.option(
