@@ -539,7 +539,13 @@ def render_table(result: Mapping[str, Any]) -> str:
             (
                 "latency offered load",
                 f"{_fmt(latency['offered_inputs_per_s'], 'inputs/s')} for {latency['seconds']:.0f} s "
-                f"({latency['sent']:,} inputs)",
+                f"({latency['sent']:,} inputs)"
+                + (
+                    f"; worker busy {latency['worker_busy_while_offered']:.0%} meanwhile, "
+                    f"{latency['worker_cpu_ms_per_input']:.1f} ms of CPU per input"
+                    if "worker_busy_while_offered" in latency
+                    else ""
+                ),
             )
         )
         rows.append(_latency_row("  ingest -> receipt", latency["receipt_ms"]))
@@ -1486,6 +1492,7 @@ async def measure_latency(
             await consumer.position(tp)
         collector = asyncio.create_task(_collect(consumer, phase, arrivals, stop, opener))
         sent: dict[str, float] = {}
+        cpu_start = worker.cpu_seconds()
         start = time.monotonic()
         for index, message in enumerate(messages[:count]):
             delay = pacing_delay(start, index, rate, time.monotonic())
@@ -1502,11 +1509,13 @@ async def measure_latency(
             )
         await producer.flush()
         offered_seconds = time.monotonic() - start
+        cpu_offered = worker.cpu_seconds() - cpu_start
         progress(f"  sent {count:,} inputs in {offered_seconds:.1f} s; waiting for their receipts")
         deadline = time.monotonic() + max(60.0, duration)
         while sum(1 for m in sent if m in arrivals.receipts) < count and time.monotonic() < deadline:
             worker.check()
             await asyncio.sleep(0.25)
+        cpu_handled = worker.cpu_seconds() - cpu_start
         while time.time() - arrivals.last_output < QUIET_SECONDS / 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
         stop.set()
@@ -1521,6 +1530,10 @@ async def measure_latency(
         "achieved_inputs_per_s": round(per_second(count, offered_seconds), 1),
         "seconds": round(offered_seconds, 1),
         "sent": count,
+        # How far from its limit "half the sustained load" kept the worker: a batch of one input
+        # costs more than one of a backlog's, so half the inputs can take more than half the CPU.
+        "worker_busy_while_offered": round(per_second(cpu_offered, offered_seconds), 3),
+        "worker_cpu_ms_per_input": round(per_second(cpu_handled * 1000, count), 2),
         "receipts_seen": len(receipt_ms),
         "receipt_ms": latency_summary(receipt_ms),
         "recipient_ms": latency_summary(recipient_ms),
