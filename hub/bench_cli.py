@@ -31,6 +31,13 @@ _QUICK_OPTIONS = ("patients", "duration", "partitions", "skip_scaling")
     show_default=True,
     help="Seconds of fixed offered load in the latency phase.",
 )
+@click.option(
+    "--latency-rate",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Inputs/s offered in the latency phase (default: half the measured throughput, the target's "
+    "load; another rate's p99s are shown, not compared).",
+)
 @click.option("--partitions", type=click.IntRange(1), default=6, show_default=True, help="Topic partitions.")
 @click.option(
     "--bootstrap",

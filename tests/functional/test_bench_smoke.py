@@ -24,6 +24,7 @@ from bench.run import (
     Passthrough,
     ProbeWatch,
     ReceiptTracker,
+    evaluate_targets,
     latencies,
     latency_summary,
     median_run,
@@ -508,3 +509,15 @@ def test_a_new_input_without_receipt_while_the_others_have_theirs_fails_the_run(
         BenchFailed, match=r"state restart: 2 of 3 new inputs have no receipt .*\(b-new, c-new\)"
     ):
         watch.check(copies=3, now=1001.1 + PROBE_STALL_SECONDS)
+
+
+def test_a_latency_taken_at_a_rate_given_is_shown_and_never_compared() -> None:
+    document = _document(
+        ratio=0.05, cpu_ms=5.0, records=11.8, recipient_p99=60.0, alert_p99=80.0, speedup=None
+    )
+    document["config"]["latency_rate"] = 20.0
+    rows = {t.measure: t for t in evaluate_targets(document)}
+    recipient = rows["p99 ingest -> recipient topic, at half the sustained load"]
+    assert (recipient.measured, recipient.met, recipient.value) == ("60.0 ms (n=10)", NOT_MEASURED, 60.0)
+    assert recipient.note == "at 20 inputs/s (--latency-rate), not half the sustained load"
+    assert rows["p99 ingest -> alert, at half the sustained load"].met == NOT_MEASURED
