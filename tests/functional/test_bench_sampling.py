@@ -126,7 +126,14 @@ def test_the_sampler_reads_a_running_python_process(tmp_path: Path) -> None:
     try:
         sampler = Sampler.attach(busy.pid, tmp_path / "samples.txt", tmp_path / "py-spy.log")
         time.sleep(1.5)
-        written = sampler.stop()
+        try:
+            written = sampler.stop()
+        except SamplerError as refused:
+            # A container without CAP_SYS_PTRACE (or ptrace_scope 3) refuses any attach: the
+            # environment's limit, not the sampler's; `hub bench --sample` says so the same way.
+            if "ermission denied" in str(refused) or "ot permitted" in str(refused):
+                pytest.skip(f"this machine refuses ptrace: {refused}")
+            raise
     finally:
         busy.kill()
         busy.wait()
