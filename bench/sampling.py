@@ -64,7 +64,7 @@ OTHER = "event loop and the rest"
 class SamplerError(HubError):
     """py-spy is missing or could not attach to the worker."""
 
-    code = ErrorCode.BROKER_PREREQUISITE_MISSING
+    code = ErrorCode.INTERNAL  # as the benchmark's other failures (bench.run.BenchFailed)
 
 
 @dataclass

@@ -6,14 +6,26 @@ thread, faust's consumer thread and the metrics server's thread.
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.sampling import OTHER, Sampler, SamplerError, collapsed_stacks, render, stage_of, summarise
+from bench.sampling import (
+    OTHER,
+    STAGE_FRAMES,
+    WORKER_ENTRY,
+    Sampler,
+    SamplerError,
+    collapsed_stacks,
+    render,
+    stage_of,
+    summarise,
+)
 
 LOOP = (
     "_run_module_as_main (<frozen runpy>:198);worker (hub/cli.py:120);run_worker (hub/streams/worker.py:97);"
@@ -140,3 +152,19 @@ def test_the_sampler_reads_a_running_python_process(tmp_path: Path) -> None:
     stacks = list(collapsed_stacks(written.read_text().splitlines()))
     assert sum(count for _, count in stacks) > 0
     assert any(frame.startswith("spinning_here (") for frames, _ in stacks for frame in frames)
+
+
+def test_every_frame_the_summary_looks_for_names_a_function_of_the_hub() -> None:
+    """A stage renamed or moved in the hub must not leave its samples silently under "the rest"."""
+    names = {WORKER_ENTRY.split(" (")[0]: WORKER_ENTRY.split(" (")[1]}
+    for _, function, file in STAGE_FRAMES:
+        names[function] = file
+    for function, file in names.items():
+        module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+        outer, _, inner = function.partition(".<locals>.")
+        target: Any = module
+        for part in outer.split("."):
+            target = getattr(target, part)
+        assert callable(target), function
+        if inner:  # a function defined inside another (Agents.add's process): its code is there
+            assert inner in {c.co_name for c in target.__code__.co_consts if hasattr(c, "co_name")}, function
