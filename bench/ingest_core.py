@@ -14,6 +14,11 @@ Each input is timed ``--rounds`` times and its fastest run kept (the machine is 
 the cost, the rest is other processes). The outcome of every input is also hashed (``outcomes``): two
 runs that print the same hash accepted and rejected exactly the same inputs, with the same codes,
 details, events and warnings, which is how a change to the core is shown to change only its cost.
+
+``--idle-gaps 0,100`` instead times each input once, in order, with that many milliseconds of sleep
+before each, the gaps taking turns for ``--rounds`` rounds: the CPU one input costs when inputs come
+back to back against when the process idles between them, as a worker does at a low load (on this
+machine the same code costs more after an idle gap: docs/PERFORMANCE.md, session 15).
 """
 
 from __future__ import annotations
@@ -191,6 +196,25 @@ def measure(inputs: list[Input], context: IngestContext, rounds: int) -> dict[st
     return {"groups": groups, "outcomes": digest.hexdigest()[:16]}
 
 
+def idle_gap_costs(
+    inputs: list[Input], context: IngestContext, gaps_ms: list[float], rounds: int
+) -> dict[str, list[float]]:
+    """Mean CPU µs per input of :func:`process_ingest`, each input timed once after sleeping its gap;
+    per gap, one figure per round (the gaps take turns, so a slower phase of the machine hits all)."""
+    costs: dict[str, list[float]] = {f"{gap:g} ms": [] for gap in gaps_ms}
+    for _ in range(rounds):
+        for gap in gaps_ms:
+            spent = 0
+            for item in inputs:
+                if gap:
+                    time.sleep(gap / 1000)
+                start = time.process_time_ns()
+                process_ingest(item.record, context, now=NOW)
+                spent += time.process_time_ns() - start
+            costs[f"{gap:g} ms"].append(round(spent / len(inputs) / 1000, 1))
+    return costs
+
+
 def render(result: dict[str, Any]) -> str:
     """The result as a table: one line per group."""
     header = (
@@ -220,6 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entries", type=int, default=8, help="Synthea resources per Bundle (default 8)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per input, fastest kept (default 3)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--idle-gaps",
+        default=None,
+        help="comma-separated ms of sleep before each input (e.g. 0,100): CPU per input after an idle gap",
+    )
+    parser.add_argument(
+        "--inputs", type=int, default=400, help="with --idle-gaps: the first N demo inputs (default 400)"
+    )
     args = parser.parse_args(argv)
     context = ingest_context()
     inputs = list(demo_inputs(args.patients, args.seed))
@@ -231,6 +263,20 @@ def main(argv: list[str] | None = None) -> None:
         firsts[item.group] += 1
         if firsts[item.group] <= 20:
             process_ingest(item.record, context, now=NOW)
+    if args.idle_gaps is not None:
+        gaps = list(dict.fromkeys(float(gap) for gap in args.idle_gaps.split(",")))
+        demo = [item for item in inputs if item.group.startswith("demo")][: args.inputs]
+        costs = idle_gap_costs(demo, context, gaps, args.rounds)
+        print(
+            json.dumps(costs, indent=2)
+            if args.json
+            else "\n".join(
+                f"idle gap {gap:>7}: {', '.join(f'{c:,.0f}' for c in per_round)} µs of CPU per input "
+                f"({len(demo)} demo inputs, each timed once, by round)"
+                for gap, per_round in costs.items()
+            )
+        )
+        return
     result = measure(inputs, context, args.rounds)
     print(json.dumps(result, indent=2) if args.json else render(result))
 

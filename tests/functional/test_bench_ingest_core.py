@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bench.ingest_core import SYNTHEA_DIR, demo_inputs, ingest_context, measure, render, synthea_inputs
+from bench.ingest_core import (
+    SYNTHEA_DIR,
+    demo_inputs,
+    idle_gap_costs,
+    ingest_context,
+    measure,
+    render,
+    synthea_inputs,
+)
 from hub.ingest.outcome import IngestRecord
 
 
@@ -36,3 +44,10 @@ def test_the_outcome_hash_changes_when_one_decision_does() -> None:
         measure([broken, *inputs[1:]], context, rounds=1)["outcomes"]
         != measure(inputs, context, rounds=1)["outcomes"]
     )
+
+
+def test_idle_gaps_time_each_input_once_per_gap_and_round() -> None:
+    inputs = list(demo_inputs(2, 7))[:3]
+    costs = idle_gap_costs(inputs, ingest_context(), [0, 1], rounds=2)
+    assert list(costs) == ["0 ms", "1 ms"]
+    assert all(len(per_round) == 2 and all(c > 0 for c in per_round) for per_round in costs.values())
