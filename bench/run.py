@@ -548,7 +548,8 @@ def render_table(result: Mapping[str, Any]) -> str:
                 f"({latency['sent']:,} inputs)"
                 + (
                     f"; worker busy {latency['worker_busy_while_offered']:.0%} meanwhile, "
-                    f"{latency['worker_cpu_ms_per_input']:.1f} ms of CPU per input"
+                    f"{latency['worker_cpu_ms_per_input']:.1f} ms of CPU per input "
+                    f"({latency.get('worker_event_loop_cpu_share', 0):.0%} in its event loop's thread)"
                     if "worker_busy_while_offered" in latency
                     else ""
                 ),
@@ -933,13 +934,15 @@ def _proc_status_kb(pid: int, field_name: str) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User plus system CPU time a process has used so far; 0 when it cannot be read."""
+def cpu_seconds(pid: int | None, *, thread: int | None = None) -> float:
+    """User plus system CPU time a process (or one of its threads) has used so far; 0 when it cannot
+    be read."""
     if pid is None:
         return 0.0
+    stat = Path(f"/proc/{pid}/stat") if thread is None else Path(f"/proc/{pid}/task/{thread}/stat")
     with contextlib.suppress(OSError, ValueError, IndexError):
         # Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
-        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        fields = stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return 0.0
 
@@ -1022,6 +1025,11 @@ class Worker:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid)
+
+    def event_loop_cpu_seconds(self) -> float:
+        """CPU of its main thread, where faust runs the agents' event loop (its consumer has a thread
+        of its own)."""
+        return cpu_seconds(self.process.pid, thread=self.process.pid)
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (faust stops in order; cProfile writes its file), SIGKILL after ``timeout``."""
@@ -1500,7 +1508,7 @@ async def measure_latency(
             await consumer.position(tp)
         collector = asyncio.create_task(_collect(consumer, phase, arrivals, stop, opener))
         sent: dict[str, float] = {}
-        cpu_start = worker.cpu_seconds()
+        cpu_start, loop_start = worker.cpu_seconds(), worker.event_loop_cpu_seconds()
         start = time.monotonic()
         for index, message in enumerate(messages[:count]):
             delay = pacing_delay(start, index, rate, time.monotonic())
@@ -1524,6 +1532,7 @@ async def measure_latency(
             worker.check()
             await asyncio.sleep(0.25)
         cpu_handled = worker.cpu_seconds() - cpu_start
+        loop_handled = worker.event_loop_cpu_seconds() - loop_start
         while time.time() - arrivals.last_output < QUIET_SECONDS / 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
         stop.set()
@@ -1542,6 +1551,8 @@ async def measure_latency(
         # costs more than one of a backlog's, so half the inputs can take more than half the CPU.
         "worker_busy_while_offered": round(per_second(cpu_offered, offered_seconds), 3),
         "worker_cpu_ms_per_input": round(per_second(cpu_handled * 1000, count), 2),
+        # The rest is faust's consumer thread (fetching) and the worker's other threads.
+        "worker_event_loop_cpu_share": round(per_second(loop_handled, cpu_handled), 3),
         "receipts_seen": len(receipt_ms),
         "receipt_ms": latency_summary(receipt_ms),
         "recipient_ms": latency_summary(recipient_ms),

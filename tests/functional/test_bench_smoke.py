@@ -223,6 +223,7 @@ def _document(
             "sent": 625,
             "worker_busy_while_offered": 0.62,
             "worker_cpu_ms_per_input": 24.8,
+            "worker_event_loop_cpu_share": 0.81,
             "receipt_ms": {"count": 625, "p50": 30.0, "p95": 90.0, "p99": 120.0, "max": 130.0},
             "recipient_ms": summary(recipient_p99),
             "alert_ms": summary(alert_p99),
@@ -352,7 +353,9 @@ def test_the_run_ends_with_the_table_of_every_target() -> None:
     assert "x1.60" in summary
     assert "3.5 MB on disk, 1,120 kB per 1,000 inputs; 3,125 keys, 0.8 MB live" in summary
     assert "worker CPU while idle" in summary and "6.9 % of a core" in summary
-    assert "(625 inputs); worker busy 62% meanwhile, 24.8 ms of CPU per input" in summary
+    assert (
+        "(625 inputs); worker busy 62% meanwhile, 24.8 ms of CPU per input (81% in its event loop" in summary
+    )
     assert (
         "ready in 12.0 s (10 new inputs end to end; receipts in 11.0 s), 0 changelog records read" in summary
     )
