@@ -102,7 +102,8 @@ def librdkafka_run(bootstrap: str, source: str, target: str, partitions: int, ex
         while count < expected:
             if time.monotonic() > stalled_at:
                 raise HubError(
-                    f"librdkafka read {count:,} of {expected:,} records, then nothing for {STALL_SECONDS:.0f} s"
+                    f"librdkafka read {count:,} of {expected:,} records, "
+                    f"then nothing for {STALL_SECONDS:.0f} s"
                 )
             messages = consumer.consume(num_messages=1000, timeout=1.0)
             if messages:
