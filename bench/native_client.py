@@ -29,7 +29,7 @@ from bench.run import passthrough, preload, prepare_feed, signed, wait_for_leade
 from hub.broker.embedded import BrokerLayout, EmbeddedBroker
 from hub.errors import ErrorCode, HubError
 from hub.kafka.admin import ensure_topics
-from hub.run import DEMO_SOURCES_FILE
+from hub.run import DEMO_SOURCES_FILE, prepare_demo_environment
 from hub.settings import Settings
 from hub.sources.registry import load_sources
 
@@ -138,6 +138,8 @@ def measure(bootstrap: str, *, patients: int, partitions: int, runs: int) -> dic
     source = f"{prefix}.source"
     created = ensure_topics(bootstrap, [source], partitions=partitions, replication_factor=1)
     wait_for_leaders(bootstrap, created)
+    # The demo sources' secret files, made once as `hub run` and `hub bench` make them (never committed).
+    prepare_demo_environment()
     registry = load_sources(DEMO_SOURCES_FILE)
     secrets = {s.id: s.secrets[0] for s in registry.sources.values()}
     feed = prepare_feed(patients, 7, datetime.now(UTC))
