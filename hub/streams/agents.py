@@ -428,11 +428,10 @@ class Agents:
         write the tables of its group ``writes`` (:meth:`table`).
 
         Batches (:meth:`take`: up to BATCH_MAX records, or what came within BATCH_WITHIN_SECONDS, longer
-        under a backlog) pay one round of acknowledgements and one producer linger for many inputs, and
-        write each table key once; a batch's offsets are
-        acknowledged only after the body is done with it (never when the agent stops on it, nor when a
-        rebalance reassigned its partitions meanwhile: :func:`write_tables`), and every
-        record sent is acknowledged by Kafka before the next batch. The tables the batch wrote are
+        under a backlog) pay one round of acknowledgements and one producer linger for many inputs; a
+        batch's offsets are acknowledged only after the body is done with it (never when the agent
+        stops on it, nor when a rebalance reassigned its partitions meanwhile: :func:`write_tables`),
+        and every record sent is acknowledged by Kafka before the next batch. The tables the batch wrote are
         written once per key (hub.streams.batch_writes) after its records are acknowledged: after a
         crash the tables are never ahead of what was sent. A table that says "released" or "decided"
         while the records it stands for were lost loses them for good: the event read again finds
