@@ -209,6 +209,8 @@ class _Member(NamedTuple):
 
     rule: str | None  # a FHIR type whose rule fhir_rules checks (id, base64Binary, xhtml), or the above
     inner: str | None  # the type of the element it holds, walked with that type's members
+    #: It holds JSON objects: a data type, a backbone element, a primitive's ``_name``, a resource.
+    objects: bool = False
 
 
 @cache
@@ -222,12 +224,12 @@ def _members_of(version: str, type_name: str) -> dict[str, _Member]:
         if element.primitive:
             rule = element.type_name if element.type_name in fhir_rules.CHECKED_TYPES else None
             found[name] = _Member(rule, None)
-            found[f"_{name}"] = _Member(_EXTRAS_RULE, "Element")
+            found[f"_{name}"] = _Member(_EXTRAS_RULE, "Element", objects=True)
         elif element.type_name == "Resource":
-            found[name] = _Member(None, None)
+            found[name] = _Member(None, None, objects=True)
         else:
             rule = _EXTENSIONS_RULE if name in fhir_rules.EXTENSION_LISTS else None
-            found[name] = _Member(rule, element.type_name)
+            found[name] = _Member(rule, element.type_name, objects=True)
     return found
 
 
@@ -269,6 +271,17 @@ def _items(value: Any, where: _Where) -> list[tuple[_Where, Any]]:
     if isinstance(value, list):
         return [((where, n), item) for n, item in enumerate(value)]
     return [(where, value)]
+
+
+def _object_problem(value: Any, where: _Where, *, resource: bool) -> str | None:
+    """A data type, backbone element or resource is a JSON object, not a string or a number: the models
+    would read a string of JSON in its place, and hand the string to the stages after. (A null in a list
+    was checked before; an array in an array is walked for its shapes, and its depth, then refused.)"""
+    for at, item in _items(value, where):
+        if item is not None and not isinstance(item, dict | list):
+            what = "a resource (an object with a resourceType)" if resource else "an object"
+            return f"{_path(at)}: must be {what}"
+    return None
 
 
 def _rules_problem(node: dict[str, Any], key: str, value: Any, parent: _Where, rule: str) -> str | None:
@@ -338,12 +351,15 @@ def _members(
     plain = role in (_ELEMENT, _EXTRAS)  # no container of resources in it
     for key, value in node.items():
         known = members.get(key)
-        if plain and isinstance(value, str) and value and (known is None or known.rule is None):
+        checked = known is not None and (known.rule is not None or known.objects)
+        if plain and isinstance(value, str) and value and not checked:
             continue  # the most common member, a primitive's value without a rule: nothing to check
         member: _Where = (where, key)
         problem = _member_problem(node, key, value, member, resource_type)
         if problem is None and known is not None and known.rule is not None:
             problem = _rules_problem(node, key, value, where, known.rule)
+        if problem is None and known is not None and known.objects:
+            problem = _object_problem(value, member, resource=known.inner is None)
         if problem is not None:
             return problem, []
         if role == _ENTRY and key == "resource":

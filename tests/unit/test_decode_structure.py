@@ -198,6 +198,28 @@ def test_a_resource_anywhere_is_checked_for_its_type() -> None:
     )
 
 
+@pytest.mark.parametrize("version", ["3.0", "4.0", "4.3", "5.0"])
+@pytest.mark.parametrize(
+    ("document", "detail"),
+    [
+        (OBSERVATION | {"code": json.dumps({"text": "glycémie"})}, "Observation.code: must be an object"),
+        (OBSERVATION | {"category": [{"text": "a"}, "b"]}, "Observation.category.1: must be an object"),
+        (OBSERVATION | {"_status": json.dumps({"id": "s"})}, "Observation._status: must be an object"),
+        (
+            TRANSACTION
+            | {"entry": [{"resource": OBSERVATION, "request": json.dumps({"method": "POST", "url": "x"})}]},
+            "Bundle.entry.0.request: must be an object",
+        ),
+    ],
+    ids=["data type", "item of a list", "primitive's _name", "backbone element"],
+)
+def test_a_string_of_json_standing_for_an_object_is_refused(document: Any, detail: str, version: str) -> None:
+    """fhir.resources' models parse a string given for an object as JSON, and accept it: the string then
+    reached the stages after ingest (an R5 Bundle's ``entry.request`` as a string made the converter
+    raise; found by tests/unit/test_fast_validation.py's wide search). FHIR JSON has an object there."""
+    assert rejected(document, version) == Rejected(ErrorCode.FHIR_INVALID, detail)
+
+
 @pytest.mark.parametrize("version", ["3.0", "4.0", "5.0"])
 def test_nesting_deeper_than_xml_allows_is_refused_before_any_recursive_walk(version: str) -> None:
     """500 nested arrays (which json.loads reads) are ``payload.malformed``, not a RecursionError."""
