@@ -22,7 +22,7 @@ from hub.errors import ErrorCode
 from hub.ingest import fhir_rules
 from hub.ingest.fhir_xml import read_xml
 from hub.ingest.outcome import Rejected
-from hub.normalise import versions
+from hub.normalise import fast_validation, versions
 from hub.normalise.fhir_errors import path_step, unreadable_detail, validation_detail
 from hub.normalise.fhir_model import VERSION_NAMES, elements, model_lookup
 from hub.normalise.instants import fix_naive_times_before_validation, naive_time_step
@@ -413,7 +413,10 @@ def _structure_problem(document: dict[str, Any], version: str) -> Rejected | Non
 
 
 def _validate_r4(document: dict[str, Any], version: str) -> Rejected | None:
-    """One validation with the R4B models (the structure check has found the resource type)."""
+    """One validation with the R4B models (the structure check has found the resource type): their
+    compiled first look, and the models themselves where it does not accept (their words for a reject)."""
+    if fast_validation.models_accept(document, version):
+        return None
     resource_type = str(document["resourceType"])
     try:
         versions.source_model(resource_type, version).model_validate(document)

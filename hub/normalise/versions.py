@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from hub.errors import ErrorCode
+from hub.normalise import fast_validation
 from hub.normalise.clinical_scope import not_clinical
 from hub.normalise.fhir_errors import unreadable_detail, validation_detail
 from hub.normalise.fhir_model import elements, model_lookup
@@ -3789,6 +3790,8 @@ def validate_version(document: Mapping[str, Any], version: str) -> str | None:
     model_class = source_model(resource_type, version) if isinstance(resource_type, str) else None
     if model_class is None:
         return "no known FHIR resourceType"
+    if isinstance(document, dict) and fast_validation.models_accept(document, version):
+        return None  # the models' compiled first look: it accepts only what they accept
     try:
         model_class.model_validate(document)
     except ValidationError as exc:
