@@ -16,12 +16,13 @@ into Python for every element are replaced:
 - every other model validator is kept where it stands (FHIRPrimitiveExtension's, for one).
 
 The result is only ever a *yes*: :func:`models_accept` answers True when the compiled check accepts the
-resource, which it does only where the models accept it too (nothing in it is more lenient: it coerces
-what the models coerce, with their own schemas, and where they do more, parsing a string of JSON in
-place of an object or taking ``resource_type`` or an element's ``resourceType``, it refuses); on False the caller validates with the models, as before, and their verdict
-and their words stand. So every reject is still the models' own, with the same details, and the
-differential tests (tests/unit/test_fast_validation.py, tests/corpus) hold the two to the same accepts.
-A library upgrade that changes a model's schema shape the compiler relies on fails at compile time
+resource, which it does only where the models accept it too. Nothing in it is more lenient: it coerces
+what the models coerce, with their own schemas, and where they do more (parse a string of JSON in
+place of an object, take ``resource_type`` or an element's ``resourceType``) it refuses. On False the
+caller validates with the models, as before, and their verdict and their words stand. So every reject
+is still the models' own, with the same details, and the differential tests
+(tests/unit/test_fast_validation.py, tests/corpus) hold the two to the same accepts. A library upgrade
+that changes a model's schema shape the compiler relies on fails at compile time
 (:class:`UnexpectedSchema`), and the models then decide every input.
 """
 
@@ -63,6 +64,37 @@ def models_accept(document: dict[str, Any], version: str) -> bool:
     return _version_validator(version).accepts(document)
 
 
+@cache  # one entry per model class: a fixed set
+def element_models(model_class: Any) -> dict[str, Any]:
+    """The complex fields of a model, by field name: the model of the element each holds, or
+    :data:`RESOURCE` for a resource-typed field (each resource names its own type). Read from the same
+    schemas the compiler reads; a primitive field is absent."""
+    found: dict[str, Any] = {}
+    for name, field in _peel(model_class.__name__, model_class.__pydantic_core_schema__)[0]["fields"].items():
+        wrapper = _element_wrapper(field["schema"])
+        if wrapper is not None:
+            model = _closure(wrapper["function"]["function"])["source_type"].get_model_klass()
+            found[name] = RESOURCE if model.__name__ == "Resource" else model
+    return found
+
+
+#: What :func:`element_models` gives for a resource-typed field.
+RESOURCE = "Resource"
+
+
+def _element_wrapper(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The complex element's wrap validator inside a field's schema (under its default, nullable and
+    list wrappers), or None for a primitive field."""
+    while schema.get("type") in {"default", "nullable", "list"}:
+        schema = schema["items_schema"] if schema["type"] == "list" else schema["schema"]
+    if (
+        schema.get("type") == "function-wrap"
+        and _qualname(schema["function"]["function"]) == _ELEMENT_WRAPPER
+    ):
+        return schema
+    return None
+
+
 #: The union of the resource types compiled so far: the root, and every resource-typed element.
 _RESOURCES = "resources"
 
@@ -78,6 +110,8 @@ class _VersionValidator:
         self.resource_types: frozenset[str] = frozenset()
         self.validator: SchemaValidator | None = None
         self.broken = False  # a model the compiler does not know: the models decide every input
+        # Kept between builds: each model is rewritten once, a new build adds only the new types' models.
+        self.compiler = _Compiler(version)
 
     def accepts(self, document: dict[str, Any]) -> bool:
         if self._validates(document):
@@ -104,11 +138,11 @@ class _VersionValidator:
 
     def _build(self) -> None:
         try:
-            compiler = _Compiler(self.version)
+            compiler = self.compiler
             union = core_schema.tagged_union_schema(
                 {
                     name: compiler.reference(_resource_model(self.version, name))
-                    for name in self.resource_types
+                    for name in sorted(self.resource_types)
                 },
                 discriminator="resourceType",
                 ref=_RESOURCES,
@@ -300,10 +334,7 @@ def _without_nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_complex(items: dict[str, Any]) -> bool:
-    items = _without_nullable(items)
-    return (
-        items.get("type") == "function-wrap" and _qualname(items["function"]["function"]) == _ELEMENT_WRAPPER
-    )
+    return _element_wrapper(items) is not None
 
 
 def _required_and_choice_check(model_class: Any) -> Callable[[dict[str, Any]], dict[str, Any]] | None:

@@ -3710,9 +3710,12 @@ def _r5_extension_value(extension: dict[str, Any], path: str, run: _Run) -> None
             extension[key] = sub.done()
 
 
-def _referenced_type(reference: BaseModel) -> str | None:
-    """The R4 resource type a Reference names, when it names one."""
-    literal, declared = getattr(reference, "reference", None), getattr(reference, "type", None)
+def _referenced_type(reference: BaseModel | dict[str, Any]) -> str | None:
+    """The R4 resource type a Reference names, when it names one (a model, or the same in a document)."""
+    if isinstance(reference, dict):
+        literal, declared = reference.get("reference"), reference.get("type")
+    else:
+        literal, declared = getattr(reference, "reference", None), getattr(reference, "type", None)
     match = _URL_TYPE.search(literal) if isinstance(literal, str) else None
     named = match["type"] if match else declared
     return named if isinstance(named, str) and _is_r4_type(named) else None
@@ -3766,12 +3769,61 @@ def _reference_problem(model: BaseModel, path: str) -> str | None:
     return None
 
 
+class _Unsure(Exception):
+    """The document walk met what it does not read as the model walk would: the models decide."""
+
+
+@cache  # one entry per model class: a fixed set
+def _field_names(model_class: type[BaseModel]) -> dict[str, str]:
+    """A document member's field name: by alias (``_status``) and by name (``status__ext``), as the
+    models' config takes both."""
+    found = {name: name for name in model_class.model_fields}
+    found.update({field.alias: name for name, field in model_class.model_fields.items() if field.alias})
+    return found
+
+
+def _document_reference_problem(node: dict[str, Any], model_class: Any, path: str) -> str | None:
+    """:func:`_reference_problem` on a document the models accept, without building their model: the
+    same fields in the same order, each element read from the document, each resource by its type."""
+    from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
+
+    fields, names = _model_fields(model_class), _field_names(model_class)
+    elements = fast_validation.element_models(model_class)
+    present = [(names[key], value) for key, value in node.items() if key != "resourceType" or key in names]
+    if len({name for name, _ in present}) != len(present):
+        raise _Unsure  # one field given under its alias and its name: which the model keeps is its own
+    for name, value in sorted(present, key=lambda pair: fields[pair[0]].order):
+        if name not in elements:
+            continue  # a primitive: no model in it
+        where, allowed = f"{path}.{fields[name].label}", fields[name].allowed
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, dict):
+                continue
+            if allowed is not None and (named := _referenced_type(item)) is not None and named not in allowed:
+                return f"{where}: R4 does not allow a reference to that resource type here"
+            if elements[name] == fast_validation.RESOURCE:
+                problem = _document_reference_problem(
+                    item, get_fhir_model_class(item["resourceType"]), item["resourceType"]
+                )
+            else:
+                problem = _document_reference_problem(item, elements[name], where)
+            if problem is not None:
+                return problem
+    return None
+
+
 def _r4_problem(resource: dict[str, Any]) -> str | None:
     """What makes the converted resource invalid R4: a model validation error (element locations and
     error types), or a reference R4 does not allow."""
     from fhir.resources.R4B import get_fhir_model_class  # noqa: PLC0415 - heavy import, once
 
     resource_type = resource["resourceType"]
+    if fast_validation.models_accept(resource, "4.0"):
+        # Valid R4 to the models (their compiled first look): the references, read from the document.
+        try:
+            return _document_reference_problem(resource, get_fhir_model_class(resource_type), resource_type)
+        except (_Unsure, KeyError):
+            pass
     try:
         model = get_fhir_model_class(resource_type).model_validate(resource)
     except ValidationError as exc:
