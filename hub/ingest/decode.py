@@ -358,7 +358,7 @@ def _members(
         problem = _member_problem(node, key, value, member, resource_type)
         if problem is None and known is not None and known.rule is not None:
             problem = _rules_problem(node, key, value, where, known.rule)
-        if problem is None and known is not None and known.objects:
+        if problem is None and known is not None and known.objects and not isinstance(value, dict):
             problem = _object_problem(value, member, resource=known.inner is None)
         if problem is not None:
             return problem, []

@@ -29,6 +29,7 @@ that changes a model's schema shape the compiler relies on fails at compile time
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from functools import cache
 from typing import Any, cast
@@ -112,19 +113,18 @@ class _VersionValidator:
         self.broken = False  # a model the compiler does not know: the models decide every input
         # Kept between builds: each model is rewritten once, a new build adds only the new types' models.
         self.compiler = _Compiler(version)
+        self.lock = threading.Lock()
 
     def accepts(self, document: dict[str, Any]) -> bool:
         if self._validates(document):
             return True
-        new = frozenset(
-            name
-            for name in _resource_types(document) - self.resource_types
-            if _resource_model(self.version, name)
-        )
-        if not new or self.broken:
-            return False
-        self.resource_types |= new
-        self._build()
+        with self.lock:  # one rebuild at a time, should two threads ever share a version's validator
+            unseen = _resource_types(document) - self.resource_types
+            new = frozenset(name for name in unseen if _resource_model(self.version, name) is not None)
+            if not new or self.broken:
+                return False
+            self.resource_types |= new
+            self._build()
         return self._validates(document)
 
     def _validates(self, document: dict[str, Any]) -> bool:
