@@ -28,7 +28,6 @@ that changes a model's schema shape the compiler relies on fails at compile time
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from functools import cache
@@ -36,9 +35,10 @@ from typing import Any, cast
 
 from pydantic_core import SchemaValidator, core_schema
 
+from hub.logging import get_logger
 from hub.normalise.fhir_model import model_lookup
 
-_LOG = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: fhir_core's wrap validator of a complex element: builds the element's model (fhir_core/types.py).
 _ELEMENT_WRAPPER = "FhirBase.__get_pydantic_core_schema__.<locals>._validate"
@@ -151,7 +151,8 @@ class _VersionValidator:
             root = core_schema.definition_reference_schema(_RESOURCES)
             self.validator = SchemaValidator(core_schema.definitions_schema(root, definitions))
         except UnexpectedSchema as unexpected:
-            _LOG.warning("FHIR %s is validated without the compiled first look: %s", self.version, unexpected)
+            # Every input of the version is then validated by the models alone: slower, deciding alike.
+            log.warning("fhir.first_look_unavailable", fhir_version=self.version, reason=str(unexpected))
             self.validator, self.broken = None, True
 
 
@@ -341,8 +342,11 @@ def _required_and_choice_check(model_class: Any) -> Callable[[dict[str, Any]], d
     """fhir_core's checks after a model is built (validate_after_model_construction), on the fields
     validated: a required primitive has a value or an extension in its ``_name``; of a choice element's
     fields at most one is set, and one when the element is required."""
-    required = model_class.get_required_fields(None)
-    groups = model_class.get_one_of_many_fields(None)
+    try:  # instance methods returning class constants: called without an instance
+        required = model_class.get_required_fields(None)
+        groups = model_class.get_one_of_many_fields(None)
+    except (AttributeError, TypeError) as changed:
+        raise UnexpectedSchema(f"{model_class.__name__}'s required or choice elements") from changed
     if not required and not groups:
         return None
     aliases = model_class.get_alias_mapping() if required else {}

@@ -240,3 +240,14 @@ def test_decode_decides_every_mutated_body_as_the_models_alone_decide(case: tupl
     with mock.patch.object(fast_validation, "models_accept", return_value=False):
         models_alone = decoding.decode(body, content_type, default_version=version, zone=PARIS)
     assert repr(with_check) == repr(models_alone)
+
+
+def test_a_model_the_compiler_does_not_know_leaves_every_input_to_the_models() -> None:
+    """A library upgrade that changes a schema's shape: the version's first look is off (logged), and
+    ingest still decides every input, with the models alone."""
+    first_look = fast_validation._VersionValidator("4.0")
+    with mock.patch.object(fast_validation, "_peel", side_effect=fast_validation.UnexpectedSchema("changed")):
+        assert first_look.accepts(OBSERVATION) is False
+    assert first_look.broken
+    assert first_look.accepts(OBSERVATION) is False  # and it does not try to build again
+    assert models_validate(OBSERVATION, "4.0")
