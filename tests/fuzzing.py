@@ -105,17 +105,17 @@ _json_values = st.recursive(
 )
 
 
-def _paths(document: Json, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def paths_in(document: Json, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every path to a value inside a JSON document (bounded, so a big seed stays cheap)."""
     found = [prefix]
     if len(prefix) > 8:
         return found
     if isinstance(document, dict):
         for key, value in document.items():
-            found += _paths(value, (*prefix, key))
+            found += paths_in(value, (*prefix, key))
     elif isinstance(document, list):
         for index, value in enumerate(document[:8]):
-            found += _paths(value, (*prefix, index))
+            found += paths_in(value, (*prefix, index))
     return found
 
 
@@ -148,7 +148,7 @@ def mutated_fhir(draw: st.DrawFn) -> Json:
     """A real resource with one to four changes: values replaced, keys deleted, huge or odd values."""
     document = draw(st.sampled_from(seeds()))
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        paths = _paths(document)
+        paths = paths_in(document)
         path = draw(st.sampled_from(paths))
         action = draw(st.sampled_from(["replace", "replace", "delete", "huge", "deep", "number", "type"]))
         if action == "delete" and path:

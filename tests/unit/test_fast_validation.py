@@ -34,6 +34,7 @@ from hub.ingest import decode as decoding
 from hub.normalise import fast_validation
 from hub.normalise.instants import fix_naive_times_before_validation
 from hub.normalise.versions import source_model
+from tests.fuzzing import paths_in
 from tests.fuzzing import seeds as synthea_seeds
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -171,19 +172,6 @@ _RENAMES = {
 }
 
 
-def _paths(document: Json, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    if len(prefix) > 10:
-        return found
-    if isinstance(document, dict):
-        for key, value in document.items():
-            found += _paths(value, (*prefix, key))
-    elif isinstance(document, list):
-        for index, value in enumerate(document[:6]):
-            found += _paths(value, (*prefix, index))
-    return found
-
-
 def _apply(document: Json, path: tuple[Any, ...], change: Any) -> Json:
     """``document`` with ``change(parent, last step)`` applied where ``path`` ends (copies on the way)."""
     if len(path) == 1:
@@ -199,7 +187,7 @@ def _apply(document: Json, path: tuple[Any, ...], change: Any) -> Json:
 def mutated(draw: st.DrawFn) -> tuple[Json, str]:
     document, version = draw(st.sampled_from(corpus()))
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        paths = [path for path in _paths(document) if path]
+        paths = [path for path in paths_in(document) if path]
         path = draw(st.sampled_from(paths))
         action = draw(st.sampled_from(["replace", "delete", "rename", "string-of-json", "add", "wrap"]))
 
