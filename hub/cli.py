@@ -22,6 +22,7 @@ from hub.errors import BrokerError, ConfigError
 from hub.gateway.cli import gateway
 from hub.keys.cli import keys
 from hub.keyservice.cli import recipients
+from hub.logging import configure_logging
 from hub.ops.cli import consent, trace
 from hub.ops.dlq_cli import dlq
 from hub.ops.erase_cli import erase
@@ -41,6 +42,10 @@ err = Console(stderr=True)
 @click.version_option(package_name="hub")
 def main() -> None:
     """Integration hub for shared medical records on Apache Kafka."""
+    # Log lines go to stderr from the start, for every command: structlog's default writes them to
+    # stdout, where they broke the JSON a command prints (`hub erase --json` logging `ingest.rolled`).
+    # The long-running services configure logging again from their settings.
+    configure_logging("info", json=False)
 
 
 @main.command()
