@@ -572,7 +572,7 @@ def _canonical(code: str, value: float, unit: str) -> tuple[float, str] | None:
         "valueQuantity": {"value": value, "unit": unit, "system": UCUM_SYSTEM, "code": unit},
     }
     normalised, steps = normalise_quantities(probe)
-    if any(step.startswith("unit-unknown:") for step in steps):
+    if any(step.startswith(("unit-unknown:", "unit-unconvertible:")) for step in steps):
         return None
     quantity = normalised["valueQuantity"]
     return float(quantity["value"]), str(quantity["code"])

@@ -9,7 +9,9 @@ Steps name LOINC codes and UCUM codes, never values:
 ``unit:<loinc>:<from>-><to>`` (a value converted; the original is kept as an extension on the Quantity),
 ``unit-range:<loinc>:<from>-><to>`` (a reference range converted, without the original),
 ``unit-coded:<loinc>:<code>`` (a canonical quantity given its UCUM system and code),
-``unit-unknown:<loinc>:<unit>`` (not converted).
+``unit-unknown:<loinc>:<unit>`` (not converted),
+``unit-unconvertible:<loinc>:<unit>`` (a known unit, but a value no float holds once converted, such
+as 10^400 mg/dL: kept as sent).
 """
 
 from __future__ import annotations
@@ -224,7 +226,8 @@ def _convert(value: Fraction, source: _Unit, target: _Unit) -> float:
 
 def convert_value(value: float | Decimal, from_unit: str, to_unit: str, loinc_code: str) -> float | None:
     """``value`` of the analyte ``loinc_code`` from one unit to another (UCUM codes or usual texts),
-    rounded as :func:`_convert` says; None when the analyte or a unit is not known.
+    rounded as :func:`_convert` says; None when the analyte or a unit is not known, or when no float
+    holds the result.
 
     For thresholds written in another unit than the canonical one (an HbA1c criterion in mmol/mol), and
     for showing a canonical value in a recipient's unit.
@@ -237,7 +240,10 @@ def convert_value(value: float | Decimal, from_unit: str, to_unit: str, loinc_co
     target = _ucum_code(analyte, {"unit": to_unit})
     if source is None or target is None:
         return None
-    return _convert(number, analyte.units[source], analyte.units[target])
+    try:
+        return _convert(number, analyte.units[source], analyte.units[target])
+    except OverflowError:  # no float holds it in the other unit
+        return None
 
 
 def _loinc_codes(concept: Any) -> list[str]:
@@ -292,10 +298,12 @@ def _quantity(
         )
         keep_original = not in_range and overwritten
     else:
-        converted.update(
-            value=_convert(number, analyte.units[code], analyte.units[analyte.canonical]),
-            unit=analyte.display,
-        )
+        try:
+            value = _convert(number, analyte.units[code], analyte.units[analyte.canonical])
+        except OverflowError:  # beyond any float once converted: kept as sent, and said (no value)
+            steps.append(f"unit-unconvertible:{loinc}:{code}")
+            return quantity
+        converted.update(value=value, unit=analyte.display)
         steps.append(f"{'unit-range' if in_range else 'unit'}:{loinc}:{code}->{analyte.canonical}")
         keep_original = not in_range
     if keep_original:

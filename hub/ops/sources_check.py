@@ -45,7 +45,7 @@ _PER_RESOURCE_PREFIXES = (
     "bundle-entry:",
     "code-mapped:",
     "code-unmapped:",
-    "unit",  # unit:, unit-range:, unit-coded:, unit-unknown:
+    "unit",  # unit:, unit-range:, unit-coded:, unit-unknown:, unit-unconvertible:
     "instants-utc",
     "instant-unreadable:",
     "naive-time-",
@@ -128,7 +128,8 @@ class PartReport:
     unmapped: tuple[Count, ...] = ()
     #: ``system|code->system|code`` codings added from the source's ConceptMaps, per event.
     mapped: tuple[Count, ...] = ()
-    #: ``unit:``, ``unit-range:``, ``unit-coded:`` and ``unit-unknown:`` steps, by events carrying them.
+    #: ``unit:``, ``unit-range:``, ``unit-coded:``, ``unit-unknown:`` and ``unit-unconvertible:`` steps,
+    #: by events carrying them.
     units: tuple[Count, ...] = ()
     #: ``naive-time-*`` and ``instant-unreadable:*`` steps, by events carrying them.
     instants: tuple[Count, ...] = ()

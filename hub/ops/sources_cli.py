@@ -192,7 +192,8 @@ def _print_part(console: Console, part: PartReport, *, show_resources: bool) -> 
         ("unmapped", part.unmapped, "yellow"),
     ):
         for count in counts:
-            warn = "yellow" if count.item.startswith(("unit-unknown:", "instant-unreadable:")) else style
+            warned = ("unit-unknown:", "unit-unconvertible:", "instant-unreadable:")
+            warn = "yellow" if count.item.startswith(warned) else style
             _line(console, f"  {name:<9} {count.item}  x{count.count}", warn)
     _print_conversions(console, part)
 

@@ -291,3 +291,21 @@ def test_normalising_twice_changes_nothing_more() -> None:
     twice, steps = normalise_quantities(once)
     assert twice == once
     assert steps == []
+
+
+@pytest.mark.parametrize(
+    ("loinc", "huge", "unit"),
+    [("2339-0", 10**400, "mg/dL"), ("8302-2", 1e308, "m")],
+    ids=["integer", "float"],
+)
+def test_a_value_beyond_any_float_once_converted_is_kept_and_said(loinc: str, huge: float, unit: str) -> None:
+    """A glucose of 10^400 mg/dL (a valid FHIR decimal) is no float once in mmol/L, nor 1e308 m once in
+    cm: the conversion raised OverflowError, an internal error for the input (found by `make fuzz`).
+    Kept as sent, the step saying so without the value; in a reference range alike."""
+    resource = observation(loinc, ucum(huge, unit))
+    result, steps = normalise_quantities(resource)
+    assert result == resource
+    assert steps == [f"unit-unconvertible:{loinc}:{unit}"]
+    in_range = observation(loinc, referenceRange=[{"high": ucum(huge, unit)}])
+    assert normalise_quantities(in_range) == (in_range, [f"unit-unconvertible:{loinc}:{unit}"])
+    assert convert_value(huge, unit, "cm" if unit == "m" else "mmol/L", loinc) is None
