@@ -208,7 +208,7 @@ def _rounded(value: Fraction, places: int) -> float:
     return float(magnitude if value >= 0 else -magnitude)
 
 
-def _convert(value: Fraction, source: _Unit, target: _Unit) -> float:
+def _convert(value: Fraction, source: _Unit, target: _Unit) -> float | None:
     """``value`` from one unit of an analyte to another, computed exactly, then rounded once.
 
     Rounding rule: to the fewest decimals whose step is no coarser than one step of the source unit's
@@ -219,9 +219,13 @@ def _convert(value: Fraction, source: _Unit, target: _Unit) -> float:
     count fits an analyte's range (two digits turn an HbA1c of 108 mmol/mol into 110).
     FHIR decimals carry their precision in their text, but the hub's JSON numbers are floats (trailing
     zeros lost), so the resolution comes from the unit, not from the digits the source wrote.
+    None when no float holds the result.
     """
     exact = (source.scale * value + source.offset - target.offset) / target.scale
-    return _rounded(exact, _places(Fraction(1, 10**source.places) * source.scale / target.scale))
+    try:
+        return _rounded(exact, _places(Fraction(1, 10**source.places) * source.scale / target.scale))
+    except OverflowError:  # a valid FHIR decimal no float holds once converted (10^400 mg/dL)
+        return None
 
 
 def convert_value(value: float | Decimal, from_unit: str, to_unit: str, loinc_code: str) -> float | None:
@@ -240,10 +244,7 @@ def convert_value(value: float | Decimal, from_unit: str, to_unit: str, loinc_co
     target = _ucum_code(analyte, {"unit": to_unit})
     if source is None or target is None:
         return None
-    try:
-        return _convert(number, analyte.units[source], analyte.units[target])
-    except OverflowError:  # no float holds it in the other unit
-        return None
+    return _convert(number, analyte.units[source], analyte.units[target])
 
 
 def _loinc_codes(concept: Any) -> list[str]:
@@ -298,9 +299,8 @@ def _quantity(
         )
         keep_original = not in_range and overwritten
     else:
-        try:
-            value = _convert(number, analyte.units[code], analyte.units[analyte.canonical])
-        except OverflowError:  # beyond any float once converted: kept as sent, and said (no value)
+        value = _convert(number, analyte.units[code], analyte.units[analyte.canonical])
+        if value is None:  # beyond any float once converted: kept as sent, and said (no value)
             steps.append(f"unit-unconvertible:{loinc}:{code}")
             return quantity
         converted.update(value=value, unit=analyte.display)
