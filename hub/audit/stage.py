@@ -14,7 +14,7 @@ record it vouches for is acknowledged, so ``hub audit verify`` never sees a chec
 chain; it carries that record's offset, where the next sealer of the partition starts verifying.
 
 When it takes a partition over, before sealing anything there, the stage verifies the partition from
-its last signed checkpoint (from its start without one) with the chain key (:func:`recover_chain`)
+its last signed checkpoint (from its start without one) with the chain key (:func:`recover_chains`)
 and never chains onto a record it cannot verify: it then starts a new segment
 (:func:`hub.audit.sealer.assess_takeover`) and logs ``audit.tail_unverifiable``.
 """
@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from faust.exceptions import ConsumerNotStarted
 from kafka import TopicPartition
 
 from hub.audit.chain import ChainHead, Checkpoint, decode_checkpoint, encode_checkpoint
@@ -53,21 +54,43 @@ _CHECKPOINT_WINDOW = 64
 _STALL_SECONDS = 30.0
 
 
-def _read(consumer: Any, tp: TopicPartition, start: int, end: int) -> Iterator[Any]:
-    """The records of one assigned partition from ``start`` up to (not including) ``end``."""
-    consumer.seek(tp, start)
-    last_progress = time.monotonic()
-    while consumer.position(tp) < end:
-        if time.monotonic() - last_progress > _STALL_SECONDS:
-            raise TimeoutError(f"could not read {tp.topic}[{tp.partition}] up to offset {end}")
-        for message in consumer.poll(timeout_ms=500).get(tp, []):
+class _Partitions:
+    """The audit and checkpoint partitions of a take-over, read one at a time by one kafka-python client.
+
+    They are all assigned at once and their log bounds asked for in two requests: assigning one
+    partition after another changed the client's topics each time, and each change cost a metadata
+    round (some 60 ms a partition here). The partitions not being read are paused, so nothing else
+    is fetched.
+    """
+
+    def __init__(self, consumer: Any, topics: Iterable[str], partitions: Iterable[int]) -> None:
+        self.consumer = consumer
+        tps = [TopicPartition(topic, partition) for topic in topics for partition in partitions]
+        consumer.assign(tps)
+        consumer.pause(*tps)
+        self.begin: dict[TopicPartition, int] = consumer.beginning_offsets(tps)
+        self.end: dict[TopicPartition, int] = consumer.end_offsets(tps)
+
+    def read(self, tp: TopicPartition, start: int, end: int) -> Iterator[Any]:
+        """The records of ``tp`` from ``start`` up to (not including) ``end``."""
+        consumer = self.consumer
+        consumer.seek(tp, start)
+        consumer.resume(tp)
+        try:
             last_progress = time.monotonic()
-            if message.offset < end:
-                yield message
+            while consumer.position(tp) < end:
+                if time.monotonic() - last_progress > _STALL_SECONDS:
+                    raise TimeoutError(f"could not read {tp.topic}[{tp.partition}] up to offset {end}")
+                for message in consumer.poll(timeout_ms=500).get(tp, []):
+                    last_progress = time.monotonic()
+                    if message.offset < end:
+                        yield message
+        finally:
+            consumer.pause(tp)
 
 
 def last_checkpoint(
-    bootstrap: str, topic: str, partition: int, public_key: Ed25519PublicKey
+    log_: _Partitions, topic: str, partition: int, public_key: Ed25519PublicKey
 ) -> Checkpoint | None:
     """The validly signed checkpoint of chain ``partition`` with the highest position and an offset.
 
@@ -75,32 +98,26 @@ def last_checkpoint(
     can add records to it, but not sign them; an old checkpoint written again only makes the
     sealer read more.
     """
-    consumer = new_consumer(bootstrap, enable_auto_commit=False, group_id=None)
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        begin = consumer.beginning_offsets([tp])[tp]
-        end = consumer.end_offsets([tp])[tp]
-        while end > begin:
-            start = max(begin, end - _CHECKPOINT_WINDOW)
-            found = [
-                checkpoint
-                for checkpoint in (decode_checkpoint(m.value) for m in _read(consumer, tp, start, end))
-                if checkpoint is not None
-                and checkpoint.partition == partition
-                and checkpoint.offset is not None
-                and signature_valid(checkpoint, public_key)
-            ]
-            if found:
-                return max(found, key=lambda c: c.seq)
-            end = start
-        return None
-    finally:
-        consumer.close()
+    tp = TopicPartition(topic, partition)
+    begin, end = log_.begin[tp], log_.end[tp]
+    while end > begin:
+        start = max(begin, end - _CHECKPOINT_WINDOW)
+        found = [
+            checkpoint
+            for checkpoint in (decode_checkpoint(m.value) for m in log_.read(tp, start, end))
+            if checkpoint is not None
+            and checkpoint.partition == partition
+            and checkpoint.offset is not None
+            and signature_valid(checkpoint, public_key)
+        ]
+        if found:
+            return max(found, key=lambda c: c.seq)
+        end = start
+    return None
 
 
 def _verify_from(
-    bootstrap: str,
+    log_: _Partitions,
     topic: str,
     *,
     partition: int,
@@ -110,33 +127,27 @@ def _verify_from(
 ) -> Takeover | None:
     """Verify one partition from ``anchor``'s record (or its start); None when that record is not
     the one the checkpoint signed for (its unsigned offset was wrong)."""
-    consumer = new_consumer(bootstrap, enable_auto_commit=False, group_id=None)
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        begin = consumer.beginning_offsets([tp])[tp]
-        end = consumer.end_offsets([tp])[tp]
-        anchored = anchor is not None and anchor.offset is not None and begin <= anchor.offset < end
-        start = anchor.offset if anchored and anchor is not None and anchor.offset is not None else begin
-        verifier = ChainVerifier(
-            [] if anchor is None else [anchor],
-            public_key,
-            [chain_key],
-            log_start={partition: start},
-            log_end={partition: end},
-        )
-        for message in _read(consumer, tp, start, end):
-            verifier.add(
-                AuditRecord(
-                    partition,
-                    message.offset,
-                    message.key,
-                    message.value or b"",
-                    headers_of(message.headers),
-                )
+    tp = TopicPartition(topic, partition)
+    begin, end = log_.begin[tp], log_.end[tp]
+    anchored = anchor is not None and anchor.offset is not None and begin <= anchor.offset < end
+    start = anchor.offset if anchored and anchor is not None and anchor.offset is not None else begin
+    verifier = ChainVerifier(
+        [] if anchor is None else [anchor],
+        public_key,
+        [chain_key],
+        log_start={partition: start},
+        log_end={partition: end},
+    )
+    for message in log_.read(tp, start, end):
+        verifier.add(
+            AuditRecord(
+                partition,
+                message.offset,
+                message.key,
+                message.value or b"",
+                headers_of(message.headers),
             )
-    finally:
-        consumer.close()
+        )
     report = verifier.finish()
     if anchored and anchor is not None:
         part = report.partitions.get(partition)
@@ -145,30 +156,18 @@ def _verify_from(
     return assess_takeover(report, partition, read_from=start, end=end)
 
 
-def recover_chain(
-    bootstrap: str,
+def _recover_one(
+    log_: _Partitions,
     topics: TopicNames,
     partition: int,
     chain_key: ChainKey,
     public_key: Ed25519PublicKey | None,
 ) -> Takeover:
-    """What a sealer taking over one ``hub.audit.v1`` partition goes on from, verified.
-
-    From the record of the partition's last signed checkpoint when there is one (a bounded read:
-    at most one checkpoint interval), else from the partition's first record.
-    """
     anchor = (
-        None
-        if public_key is None
-        else last_checkpoint(bootstrap, topics.audit_checkpoints, partition, public_key)
+        None if public_key is None else last_checkpoint(log_, topics.audit_checkpoints, partition, public_key)
     )
     takeover = _verify_from(
-        bootstrap,
-        topics.audit,
-        partition=partition,
-        chain_key=chain_key,
-        public_key=public_key,
-        anchor=anchor,
+        log_, topics.audit, partition=partition, chain_key=chain_key, public_key=public_key, anchor=anchor
     )
     if takeover is None:
         log.warning(
@@ -179,7 +178,7 @@ def recover_chain(
             "from its start",
         )
         takeover = _verify_from(
-            bootstrap,
+            log_,
             topics.audit,
             partition=partition,
             chain_key=chain_key,
@@ -189,6 +188,31 @@ def recover_chain(
     if takeover is None:  # pragma: no cover - without an anchor there is nothing to mismatch
         raise RuntimeError("audit chain recovery without an anchor cannot mismatch")
     return takeover
+
+
+def recover_chains(
+    bootstrap: str,
+    topics: TopicNames,
+    partitions: Sequence[int],
+    chain_key: ChainKey,
+    public_key: Ed25519PublicKey | None,
+) -> dict[int, Takeover]:
+    """What a sealer taking over ``hub.audit.v1`` partitions goes on from, verified, per partition.
+
+    Each from the record of the partition's last signed checkpoint when there is one (a bounded
+    read: at most one checkpoint interval), else from the partition's first record. One client reads
+    them all, one partition after another: its connection and the broker's metadata, most of a small
+    partition's time, are had once (docs/PERFORMANCE.md, session 17).
+    """
+    consumer = new_consumer(bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        log_ = _Partitions(consumer, (topics.audit, topics.audit_checkpoints), partitions)
+        return {
+            partition: _recover_one(log_, topics, partition, chain_key, public_key)
+            for partition in partitions
+        }
+    finally:
+        consumer.close()
 
 
 def _kinds(problems: Iterable[Problem]) -> dict[str, int]:
@@ -201,9 +225,10 @@ class ChainWriter:
     Two agents append: the sealing agent (each stage's AuditEvents read from ``hub.audit-unsealed.v1``)
     and the deciding agents (their share decisions' AuditEvents, written here directly: the record is
     keyed by the patient, on the partition of the pathway event being decided, which the worker holds
-    with the chain). A lock per partition keeps seal-then-send atomic, so records reach the log in the order
-    they were chained. Before the first record of a partition, the partition is verified from its
-    last signed checkpoint (:func:`recover_chain`); a head is forgotten when the partition is revoked.
+    with the chain). A lock per partition keeps seal-then-send atomic, so records reach the log in the
+    order they were chained. Before the first record of a partition, the partition is verified from
+    its last signed checkpoint (:func:`recover_chains`, with the other partitions held here); a head
+    is forgotten when the partition is revoked.
     """
 
     def __init__(
@@ -240,6 +265,12 @@ class ChainWriter:
         #: Per partition, the last sealed head and its delivery: a checkpoint waits for it.
         self.pending: dict[int, tuple[ChainHead, Awaitable[Any]]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        # The chain of partition p is written by the agents holding hub.audit-unsealed.v1 p and
+        # hub.identity.v1 p (and hub.share-merge.v1 p): co-partitioned, so one worker holds them all.
+        self.chained_from = {topics.audit_unsealed, topics.identity, topics.share_merge}
+        #: How many times heads were forgotten: a take-over keeps other partitions' heads it read
+        #: only if this did not change while it read.
+        self._forgotten = 0
 
     async def append(
         self,
@@ -275,6 +306,7 @@ class ChainWriter:
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions revoked: another worker may chain them now, and a head held here would fork them."""
+        self._forgotten += 1
         self.sealer.forget(partitions)
         for partition in partitions:
             self.pending.pop(partition, None)
@@ -314,17 +346,8 @@ class ChainWriter:
         self.pending[partition] = (sealed.head, delivered)
         return delivered
 
-    async def _take_over(self, partition: int) -> None:
-        # Anything this process still has in flight must be in the log before reading it back.
-        await self.app.producer.flush()
-        takeover = await in_daemon_thread(
-            recover_chain,
-            self.settings.bootstrap_servers,
-            self.topics,
-            partition,
-            self.chain_key,
-            self.public_key,
-        )
+    def _start(self, partition: int, takeover: Takeover) -> None:
+        """Hold a recovered head, and log what its read found."""
         self.sealer.start(partition, takeover.head, now=time.monotonic())
         if takeover.earlier:
             log.warning(
@@ -341,6 +364,54 @@ class ChainWriter:
                 seq=takeover.head.seq,
                 read_from=takeover.read_from,
             )
+
+    def _assigned(self) -> set[int]:
+        """The chain partitions this worker holds now (empty before the consumer's first assignment)."""
+        try:
+            assignment = self.app.consumer.assignment()
+        except ConsumerNotStarted:  # an app driven without Kafka (tests): the asked partition only
+            return set()
+        return {tp.partition for tp in assignment if tp.topic in self.chained_from}
+
+    async def _take_over(self, partition: int) -> None:
+        """Recover ``partition``'s head, and those of the other chain partitions held here not yet known.
+
+        One read for all: a worker started (or given its partitions) takes over every chain it holds
+        at its first AuditEvent, for about the price of one (docs/PERFORMANCE.md, session 17). Another
+        partition's head is kept only when no partition was forgotten meanwhile (a rebalance may have
+        given it to another worker), none was started since (its own first append read it, later), and
+        its tail verified: a tail that needs a segment break is read again by its own first append,
+        which sends the break under that partition's lock.
+        """
+        # Anything this process still has in flight must be in the log before reading it back.
+        await self.app.producer.flush()
+        forgotten = self._forgotten
+        partitions = sorted({partition} | {p for p in self._assigned() if not self.sealer.knows(p)})
+        began = time.monotonic()
+        takeovers = await in_daemon_thread(
+            recover_chains,
+            self.settings.bootstrap_servers,
+            self.topics,
+            partitions,
+            self.chain_key,
+            self.public_key,
+        )
+        kept = [partition]
+        for other, takeover in takeovers.items():
+            if other == partition or self._forgotten != forgotten or self.sealer.knows(other):
+                continue
+            if takeover.break_reason is None:
+                self._start(other, takeover)
+                kept.append(other)
+        log.info(
+            "audit.take_over",
+            partitions=sorted(kept),
+            read=partitions,
+            seconds=round(time.monotonic() - began, 3),
+        )
+        takeover = takeovers[partition]
+        self._start(partition, takeover)
+        if takeover.break_reason is None:
             return
         offsets = [p.offset for p in takeover.unverifiable if p.offset is not None]
         # An upgrade from unkeyed chains is expected once per partition; anything else is an alarm.
@@ -380,13 +451,9 @@ def chain_writer(
     """
     writer = ChainWriter(app, settings, topics, raw_topic, chain_key=chain_key)
 
-    # The chain of partition p is written by the agents holding hub.audit-unsealed.v1 p and
-    # hub.identity.v1 p (and hub.share-merge.v1 p): co-partitioned, so one worker holds them all.
-    chained_from = {topics.audit_unsealed, topics.identity, topics.share_merge}
-
     def on_revoked(_sender: Any, /, *args: Any, signal: Any, **_kwargs: Any) -> None:
         revoked = args[0] if args else _kwargs.get("revoked", ())
-        writer.forget({tp.partition for tp in revoked if tp.topic in chained_from})
+        writer.forget({tp.partition for tp in revoked if tp.topic in writer.chained_from})
 
     app.on_partitions_revoked.connect(on_revoked)
 

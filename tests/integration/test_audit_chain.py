@@ -179,7 +179,8 @@ def test_the_pipelines_chain_verifies_and_each_tampering_is_reported_as_what_it_
 
     # A restart: the new worker verifies each chain from its last checkpoint and goes on from its head.
     stop_worker(worker)
-    again = start_worker(hub_env)
+    restarted_log = hub_env.work_dir / "restarted-worker.log"
+    again = start_worker(hub_env, log_file=restarted_log)
     try:
         send_rejects(hub_env, "after", 9)
         audit = wait_for(hub_env, hub_env.topics.audit, 18)
@@ -201,7 +202,13 @@ def test_the_pipelines_chain_verifies_and_each_tampering_is_reported_as_what_it_
     assert len(checkpoints) >= len(by_partition)
     assert all(c.offset is not None for c in checkpoints), "each checkpoint says where its record is"
     log = hub_env.log_file.read_text(encoding="utf-8", errors="replace")
-    assert "audit.chain_recovered" in log and "audit.tail_unverifiable" not in log
+    restarted = restarted_log.read_text(encoding="utf-8", errors="replace")
+    for text in (log, restarted):
+        assert "audit.chain_recovered" in text and "audit.tail_unverifiable" not in text
+    take_overs = [json.loads(line) for line in restarted.splitlines() if '"audit.take_over"' in line]
+    assert take_overs and take_overs[0]["partitions"] == list(range(PARTITIONS)), (
+        "the restarted worker takes over every chain it holds at its first AuditEvent, in one read"
+    )
 
     clean = verify(hub_env, "--from-beginning", state=hub_env.work_dir / "clean.json")
     assert clean.returncode == 0, clean.stdout + clean.stderr
