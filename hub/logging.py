@@ -118,7 +118,7 @@ def configure_logging(level: str = "info", *, json: bool = True, stream: TextIO 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter at info hides the hub's own lines; their warnings still show.
-    for noisy in ("aiokafka", "kafka", "faust", "mode", "librdkafka"):
+    for noisy in ("aiokafka", "kafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[

@@ -66,10 +66,6 @@ class Settings(BaseSettings):
     #: faust table store: ``rocksdb://`` (rocksdict, on disk: a restarted worker reads only the
     #: changelogs' tail); ``memory://`` only where a test chooses it (rebuilt from every changelog).
     table_store: Literal["rocksdb://", "memory://"] = "rocksdb://"
-    #: The client a worker sends every record with (its stages', the audit chain's, the tables'
-    #: changelogs): ``librdkafka`` (confluent-kafka: the produce path in C threads,
-    #: hub.kafka.native_producer) or ``aiokafka`` (faust's own).
-    worker_producer: Literal["librdkafka", "aiokafka"] = "aiokafka"
     #: Where faust keeps table state (<app id>-data below it, one folder per worker of the host:
     #: hub.streams.store); None: <state_dir>/tables. Never the working directory: table state is
     #: patient data (sealed, but still kept out of checkouts).

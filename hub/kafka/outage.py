@@ -54,10 +54,10 @@ REMINDER_SECONDS = 300.0
 PROBE_TIMEOUT_SECONDS = 2.0
 
 #: The client libraries' loggers (and their children) whose connection errors are folded.
-CLIENT_LOGGERS = ("aiokafka", "kafka", "faust", "mode", "librdkafka")
+CLIENT_LOGGERS = ("aiokafka", "kafka", "faust", "mode")
 
-# What a client says when it cannot reach a broker, lower-cased, from aiokafka 0.14, kafka-python 3
-# and librdkafka 2 (and the asyncio/OS errors they quote). A line that names none of these is not
+# What a client says when it cannot reach a broker, lower-cased, from aiokafka 0.14 and
+# kafka-python 3 (and the asyncio/OS errors they quote). A line that names none of these is not
 # folded, whatever its level: authorisation, protocol or record errors keep their own lines.
 _CONNECTION_MARKERS = (
     "unable connect to node",  # aiokafka: each failed connect, per node
@@ -79,8 +79,6 @@ _CONNECTION_MARKERS = (
     "[errno 104]",  # ECONNRESET
     "[errno 113]",  # EHOSTUNREACH
     "no route to host",
-    "brokers are down",  # librdkafka: "1/1 brokers are down"
-    "disconnected (after",  # librdkafka: "...: Disconnected (after 1234ms in state UP)"
 )
 # aiokafka: "Connection at host:port closed"
 _CONNECTION_CLOSED = re.compile(r"connection at \S+ closed")

@@ -1,8 +1,7 @@
 """How every hub client authenticates to Kafka: one :class:`KafkaSecurity`, rendered per client library.
 
-The hub talks to Kafka through four libraries (kafka-python for the CLI and the admin client,
-aiokafka for the gateway, faust over aiokafka for the workers, librdkafka for the workers' stage
-records). Each spells TLS and SASL options its
+The hub talks to Kafka through three libraries (kafka-python for the CLI and the admin client,
+aiokafka for the gateway, faust over aiokafka for the workers). Each spells TLS and SASL options its
 own way; this module is the only place that knows those spellings, so a process configured with
 ``HUB_KAFKA_SECURITY_PROTOCOL=SASL_SSL`` (plus the CA file, user name and password file) is secured
 in every client it opens.
@@ -118,22 +117,6 @@ class KafkaSecurity:
                 "sasl_mechanism": self.mechanism,
                 "sasl_plain_username": self.username,
                 "sasl_plain_password": self.password,
-            }
-        return options
-
-    def librdkafka(self) -> dict[str, Any]:
-        """librdkafka's properties (confluent-kafka), for the stages' producer (hub.kafka.native_producer)."""
-        options: dict[str, Any] = {"security.protocol": self.protocol}
-        if self.uses_tls:
-            # librdkafka checks the broker's host name against its certificate ("https") by default.
-            options |= {"ssl.endpoint.identification.algorithm": "https"}
-            if self.ca_file is not None:
-                options["ssl.ca.location"] = str(self.ca_file)
-        if self.uses_sasl:
-            options |= {
-                "sasl.mechanism": self.mechanism,
-                "sasl.username": self.username,
-                "sasl.password": self.password,
             }
         return options
 

@@ -21,7 +21,6 @@ from hub.crypto.keyring import Keyring
 from hub.identity.stage import IdentityStage
 from hub.ingest.pipeline import IngestContext
 from hub.kafka.clients import in_daemon_thread
-from hub.kafka.native_producer import worker_producer
 from hub.kafka.security import KafkaSecurity
 from hub.logging import get_logger
 from hub.networks import NetworkRegistry, reload
@@ -35,7 +34,6 @@ from hub.streams.routing import (
     ShareRouter,
 )
 from hub.streams.store import STORE_URLS, claim_table_folder
-from hub.streams.transport import IdempotentProducer
 from hub.topics import TopicNames
 
 log = get_logger(__name__)
@@ -153,16 +151,6 @@ def create_app(
     """
     topics = TopicNames(settings.topic_prefix)
     app = faust_app(settings)
-    # Every record the worker sends, through librdkafka when the settings say so (hub.streams.transport).
-    producer = app.producer
-    if not isinstance(producer, IdempotentProducer):  # pragma: no cover - the hubkafka:// transport's
-        raise TypeError(f"the worker's producer is {type(producer).__name__}, not the hub's")
-    producer.native = worker_producer(
-        settings,
-        linger_seconds=PRODUCER_LINGER_SECONDS,
-        batch_bytes=PRODUCER_BATCH_BYTES,
-        max_request_bytes=INTERNAL_RECORD_LIMIT,
-    )
 
     def raw_topic(name: str) -> faust.TopicT:
         # Bytes in, bytes out: the pure core owns every encoding decision.

@@ -20,7 +20,6 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
 from hub.errors import BatchOutdated
-from hub.kafka.native_producer import NativeSendError
 from hub.logging import get_logger
 from hub.records import Outgoing
 
@@ -56,8 +55,6 @@ def is_permanent(exc: BaseException) -> bool:
     is what a broker that is down for a while gives: it is resent like any transient error.
     """
     cause = _kafka_error(exc)
-    if isinstance(cause, NativeSendError):  # librdkafka's, which retried the transient ones itself
-        return not cause.retriable
     if not isinstance(cause, KafkaError):
         return False
     return not cause.retriable and type(cause).__name__ != "KafkaTimeoutError"

@@ -23,70 +23,23 @@ since the last seek and not acknowledged (:meth:`RewindingConsumer._new_offset`)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import Any, cast
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, Message, RecordMetadata
-from typing_extensions import override
+from faust.types import TP, Message
 
-from hub.kafka.native_producer import NativeProducer
 from hub.logging import get_logger
 
 log = get_logger(__name__)
 
 
 class IdempotentProducer(faust_aiokafka.Producer):
-    """Every send waits for all in-sync replicas and carries a producer sequence number.
-
-    With :attr:`native` set (the worker's ``HUB_WORKER_PRODUCER=librdkafka``, hub.streams.app), the
-    records leave through librdkafka instead (hub.kafka.native_producer, the same guarantees): every
-    one of them, the stages', the audit chain's and the tables' changelogs, so a partition is written
-    by one client and its records keep their order. aiokafka's producer is still started, idle: faust
-    asks it for partitions and topic creation.
-    """
-
-    #: The worker's librdkafka producer, or None: aiokafka's sends.
-    native: NativeProducer | None = None
+    """Every send waits for all in-sync replicas and carries a producer sequence number."""
 
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
-
-    @override  # faust's signature, positional arguments and all
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: Any,
-        *,
-        transactional_id: str | None = None,
-    ) -> Awaitable[RecordMetadata]:
-        if self.native is None or transactional_id:
-            return await super().send(
-                topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
-            )
-        if isinstance(headers, Mapping):
-            headers = list(headers.items())
-        self._send_on_produce_message(
-            key=key, value=value, partition=partition, timestamp=timestamp, headers=headers
-        )
-        # The record's timestamp is librdkafka's (the time it was handed over): faust gives none.
-        delivered = await self.native.send(topic, key, value, partition=partition, headers=headers or ())
-        return cast("Awaitable[RecordMetadata]", delivered)
-
-    async def flush(self) -> None:
-        await super().flush()  # faust's buffer first: what it holds goes to send() above
-        if self.native is not None:
-            await self.native.flush()
-
-    async def on_stop(self) -> None:
-        if self.native is not None:
-            await self.native.close()
-        await super().on_stop()
 
 
 def never_committed(
