@@ -206,8 +206,9 @@ def test_the_pipelines_chain_verifies_and_each_tampering_is_reported_as_what_it_
     for text in (log, restarted):
         assert "audit.chain_recovered" in text and "audit.tail_unverifiable" not in text
     take_overs = [json.loads(line) for line in restarted.splitlines() if '"audit.take_over"' in line]
-    assert take_overs and take_overs[0]["partitions"] == list(range(PARTITIONS)), (
-        "the restarted worker takes over every chain it holds at its first AuditEvent, in one read"
+    # At its first AuditEvent (again after a rebalance, should one come in the middle of that read).
+    assert any(t["partitions"] == list(range(PARTITIONS)) for t in take_overs), (
+        f"the restarted worker takes over every chain it holds in one read: {take_overs}"
     )
 
     clean = verify(hub_env, "--from-beginning", state=hub_env.work_dir / "clean.json")
