@@ -27,7 +27,7 @@ import kafka.record.util
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaProducer
 
-from hub.audit.chain import encode_checkpoint
+from hub.audit.chain import ChainHead, encode_checkpoint
 from hub.audit.chainkey import ChainKey
 from hub.audit.cli import _bounded
 from hub.audit.sealer import Sealer, Takeover
@@ -59,9 +59,7 @@ def write_chains(
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
         for partition in range(partitions):
-            sealer.start(
-                partition, recover_chains(bootstrap, topics, [partition], key, None)[partition].head, now=0
-            )
+            sealer.start(partition, ChainHead.genesis(), now=0)  # fresh topics: every chain starts here
             for n in range(checkpointed + after):
                 sealed = sealer.seal(partition, b"pt", VALUE)
                 sent = producer.send(
