@@ -1,9 +1,15 @@
 """The keyring: data keys by id, unwrapped on demand and cached for a short, bounded time.
 
 Performance: one AES-GCM operation is microseconds, an unwrap plus a SQLite read tens of them, so
-unwrapped keys are cached (LRU, ``max_keys``). Erasure: a cached key is trusted for at most
-``ttl_seconds``, after which the store is read again; so a key destroyed by ``hub erase`` in another
-process stops working in every worker of the machine within that time (docs/SECURITY.md).
+unwrapped keys are cached (LRU, ``max_keys``). Erasure: the cache is trusted for at most
+``ttl_seconds``; then, before it serves another key, the keyring asks the store which keys were
+destroyed since it last asked (one query, the store's destruction log) and drops them; so a key
+destroyed by ``hub erase`` in another process stops working in every worker of the machine within
+that time (docs/SECURITY.md). Asking once for the whole cache, rather than reading and unwrapping each
+key again once its own time is up, is what keeps a worker whose patients come back every few seconds
+from reading the store for most of the keys it uses (docs/PERFORMANCE.md, session 18). A key is still
+read and unwrapped again once it has been cached ``unwrap_seconds`` (5 minutes): a KEK whose use is
+revoked (a KMS's) stops a running worker within that time too, as it stops a new one at once.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from hub.errors import KeyDestroyed, KeyUnknown
 #: How long a worker may keep using a key after it was destroyed elsewhere.
 DEFAULT_TTL_SECONDS = 5.0
 DEFAULT_MAX_KEYS = 50_000
+#: How long a key unwrapped once is used before it is read from the store and unwrapped again.
+DEFAULT_UNWRAP_SECONDS = 300.0
 
 
 class Keyring:
@@ -35,20 +43,41 @@ class Keyring:
         *,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         max_keys: int = DEFAULT_MAX_KEYS,
+        unwrap_seconds: float = DEFAULT_UNWRAP_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.provider = provider
         self.ttl_seconds = ttl_seconds
         self.max_keys = max_keys
+        self.unwrap_seconds = max(unwrap_seconds, ttl_seconds)
         self.clock = clock
+        #: key id -> (when it was unwrapped, the key), least recently used first.
         self._cache: OrderedDict[str, tuple[float, AESGCM]] = OrderedDict()
+        #: When the cache was last brought in line with the store's destructions, and the number of
+        #: the last destruction seen then (None before the first look: the cache is empty).
+        self._checked_at = float("-inf")
+        self._destructions_seen: int | None = None
+
+    def _drop_destroyed(self) -> float:
+        """Once the cache is ``ttl_seconds`` old, drop the keys destroyed since the last look; the time."""
+        now = self.clock()
+        if now - self._checked_at <= self.ttl_seconds:
+            return now
+        # The time is taken before the query: whatever is destroyed after it is seen at the next look,
+        # which comes no later than ``ttl_seconds`` after this one.
+        destroyed, self._destructions_seen = self.store.destroyed_since(self._destructions_seen)
+        for key_id in destroyed:
+            self._cache.pop(key_id, None)
+        self._checked_at = now
+        return now
 
     def _cached(self, key_id: str) -> AESGCM | None:
+        now = self._drop_destroyed()
         entry = self._cache.get(key_id)
         if entry is None:
             return None
-        if self.clock() - entry[0] > self.ttl_seconds:
+        if now - entry[0] > self.unwrap_seconds:
             del self._cache[key_id]
             return None
         self._cache.move_to_end(key_id)
@@ -135,3 +164,4 @@ class Keyring:
     def forget_cache(self) -> None:
         """Drop every cached key (tests; a worker simply waits ``ttl_seconds``)."""
         self._cache.clear()
+        self._checked_at = float("-inf")

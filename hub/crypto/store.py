@@ -31,6 +31,29 @@ CREATE TABLE IF NOT EXISTS data_keys (
 )
 """
 
+# Every destruction, in the order they were committed: a process that caches keys asks for the ones
+# after the last it saw, in one query, instead of reading each cached key again (hub.crypto.keyring).
+# Triggers rather than a write in :meth:`KeyStore.destroy`, so that whatever destroys a key in this
+# file is logged, a tombstone inserted for an unused id as much as a key overwritten.
+_DESTRUCTIONS = (
+    """
+CREATE TABLE IF NOT EXISTS key_destructions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id TEXT NOT NULL
+)
+""",
+    """
+CREATE TRIGGER IF NOT EXISTS key_destroyed_on_update AFTER UPDATE OF wrapped, destroyed_at ON data_keys
+WHEN NEW.destroyed_at IS NOT NULL OR NEW.wrapped IS NULL
+BEGIN INSERT INTO key_destructions (key_id) VALUES (NEW.key_id); END
+""",
+    """
+CREATE TRIGGER IF NOT EXISTS key_destroyed_on_insert AFTER INSERT ON data_keys
+WHEN NEW.destroyed_at IS NOT NULL OR NEW.wrapped IS NULL
+BEGIN INSERT INTO key_destructions (key_id) VALUES (NEW.key_id); END
+""",
+)
+
 
 _SELECT_KEY = "SELECT key_id, kek_id, wrapped, created_at, destroyed_at FROM data_keys WHERE key_id = ?"
 
@@ -92,6 +115,8 @@ class KeyStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute(_SCHEMA)
+            for statement in _DESTRUCTIONS:
+                self._db.execute(statement)
             # Files made before the store was 0600 (or by another tool) are brought in line too.
             for companion in wal_files(path):
                 if companion.exists():
@@ -190,6 +215,18 @@ class KeyStore:
             # Old page images live in the WAL until a checkpoint copies and truncates it.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return bool(row and row[0])
+
+    def destroyed_since(self, seen: int | None) -> tuple[list[str], int]:
+        """The key ids destroyed after the destruction numbered ``seen`` (None: none of them, only
+        where the log stands now), and the number of the last destruction to pass next time."""
+        with self._lock:
+            if seen is None:
+                row = self._db.execute("SELECT coalesce(max(seq), 0) FROM key_destructions").fetchone()
+                return [], int(row[0])
+            rows = self._db.execute(
+                "SELECT seq, key_id FROM key_destructions WHERE seq > ? ORDER BY seq", (seen,)
+            ).fetchall()
+        return [str(key_id) for _, key_id in rows], int(rows[-1][0]) if rows else seen
 
     def key_ids(self, prefix: str = "") -> list[str]:
         """Every key id starting with ``prefix``, destroyed ones included."""

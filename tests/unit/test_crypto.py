@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from hub.crypto.keyids import recipient_key_id
 from hub.crypto.keyring import Keyring
 from hub.crypto.keys import LocalKeyProvider, parse_kek
 from hub.crypto.records import RecordOpener, RecordSealer, SealedTable
-from hub.crypto.store import KeyStore
+from hub.crypto.store import KeyStore, StoredKey
 from hub.errors import (
     ConfigError,
     DecryptFailed,
@@ -131,6 +132,99 @@ def test_destroy_reaches_another_process_keyring_after_its_cache_ttl(store: KeyS
     clock.now = 5.1
     with pytest.raises(KeyDestroyed):
         worker.open(sealed, topic="t", record_id="e1")
+
+
+class CountingStore(KeyStore):
+    """The key store, counting the reads of keys and of the destruction log."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.key_reads = 0
+        self.log_reads = 0
+
+    def get_many(self, key_ids: Iterable[str]) -> dict[str, StoredKey]:
+        self.key_reads += 1
+        return super().get_many(key_ids)
+
+    def destroyed_since(self, seen: int | None) -> tuple[list[str], int]:
+        self.log_reads += 1
+        return super().destroyed_since(seen)
+
+
+def test_cached_keys_are_checked_against_the_store_in_one_query_per_ttl(tmp_path: Path) -> None:
+    """Past the TTL the keyring asks the store once which keys were destroyed, not for every key again;
+    the one destroyed meanwhile by another process stops working, the others go on from the cache."""
+    clock = Clock()
+    store = CountingStore(tmp_path / "keys.sqlite3")
+    worker = Keyring(store, LocalKeyProvider(KEK), ttl_seconds=5.0, clock=clock)
+    patients = [f"pt-{n}" for n in range(50)]
+    worker.prepare((patient, None) for patient in patients)
+    sealed = {patient: worker.seal(PLAIN, key_id=patient, topic="t", record_id="e1") for patient in patients}
+    Keyring(KeyStore(tmp_path / "keys.sqlite3"), LocalKeyProvider(KEK)).destroy("pt-7", by="test")
+    clock.now = 5.1
+    store.key_reads = store.log_reads = 0
+    opened = {}
+    for patient, value in sealed.items():
+        try:
+            opened[patient] = worker.open(value, topic="t", record_id="e1")
+        except KeyDestroyed:
+            opened[patient] = b""
+    assert opened == {patient: b"" if patient == "pt-7" else PLAIN for patient in patients}
+    # One look at the destruction log for the whole cache; the store read once more: for pt-7 alone.
+    assert (store.log_reads, store.key_reads) == (1, 1)
+
+
+def test_a_destruction_written_by_any_process_reaches_the_log(tmp_path: Path) -> None:
+    """The log is kept by triggers in the file: a key destroyed by SQL that knows nothing of it (an
+    earlier version's ``hub erase``), and a tombstone for an id never used, both reach a worker."""
+    path = tmp_path / "keys.sqlite3"
+    clock = Clock()
+    worker = Keyring(KeyStore(path), LocalKeyProvider(KEK), ttl_seconds=5.0, clock=clock)
+    sealed = worker.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    with sqlite3.connect(path) as earlier_version:
+        earlier_version.execute(
+            "UPDATE data_keys SET wrapped = NULL, destroyed_at = '2026-12-08T00:00:00+00:00' "
+            "WHERE key_id = 'pt-a'"
+        )
+    KeyStore(path).destroy("pt-never-seen", by="test")
+    assert worker.open(sealed, topic="t", record_id="e1") == PLAIN  # within the TTL
+    clock.now = 5.1
+    with pytest.raises(KeyDestroyed):
+        worker.open(sealed, topic="t", record_id="e1")
+    assert KeyStore(path).destroyed_since(0)[0] == ["pt-a", "pt-never-seen"]
+
+
+def test_a_store_made_before_the_destruction_log_gets_it_when_opened(tmp_path: Path) -> None:
+    """A key store file of an earlier version (no log, no triggers) is given both at its first opening."""
+    path = tmp_path / "keys.sqlite3"
+    with sqlite3.connect(path) as earlier_version:
+        earlier_version.execute(
+            "CREATE TABLE data_keys (key_id TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped BLOB, "
+            "created_at TEXT NOT NULL, destroyed_at TEXT, destroyed_by TEXT)"
+        )
+    store = KeyStore(path)
+    assert store.destroyed_since(None) == ([], 0)
+    Keyring(store, LocalKeyProvider(KEK)).seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    store.destroy("pt-a", by="test")
+    assert store.destroyed_since(0) == (["pt-a"], 1)
+    assert store.destroyed_since(1) == ([], 1)
+
+
+def test_a_cached_key_is_unwrapped_again_after_unwrap_seconds(tmp_path: Path) -> None:
+    """However often it is used, a key is read and unwrapped again once cached ``unwrap_seconds``: a
+    KEK revoked in a KMS stops a running worker within that time."""
+    clock = Clock()
+    store = CountingStore(tmp_path / "keys.sqlite3")
+    worker = Keyring(store, LocalKeyProvider(KEK), ttl_seconds=5.0, unwrap_seconds=300.0, clock=clock)
+    sealed = worker.seal(PLAIN, key_id="pt-a", topic="t", record_id="e1")
+    store.key_reads = 0
+    for second in range(0, 300, 4):
+        clock.now = float(second)
+        worker.open(sealed, topic="t", record_id="e1")
+    assert store.key_reads == 0
+    clock.now = 301.0
+    worker.open(sealed, topic="t", record_id="e1")
+    assert store.key_reads == 1
 
 
 def test_destroyed_key_bytes_are_not_left_in_the_store_file(keyring: Keyring, store: KeyStore) -> None:
