@@ -23,7 +23,6 @@ since the last seek and not acknowledged (:meth:`RewindingConsumer._new_offset`)
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -67,12 +66,6 @@ class RewindingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # aiokafka takes fetch_max_bytes at construction only, and faust builds the consumer: set what
         # start() reads (aiokafka pinned <0.15; tests/unit/test_transport.py checks it is read).
         consumer._fetch_max_bytes = FETCH_MAX_BYTES
-        # Experiment (session 18, reverted in the next commit): fetches that wait for data up to
-        # HUB_EXP_FETCH_WAIT_MS, to fetch less often at a steady load. Measured no cheaper per input.
-        wait_ms = os.environ.get("HUB_EXP_FETCH_WAIT_MS")
-        if wait_ms:
-            consumer._fetch_min_bytes = int(os.environ.get("HUB_EXP_FETCH_MIN_BYTES", "65536"))
-            consumer._fetch_max_wait_ms = int(wait_ms)
         return consumer
 
     async def _seek_to_committed(self) -> Mapping[TopicPartition, int]:
