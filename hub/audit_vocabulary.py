@@ -98,6 +98,8 @@ AUDIT_COMPONENT = "hub-audit"
 #: The share stage's: one AuditEvent per pathway event now, one per decision before (still read).
 SHARE_DECISIONS = "share-decisions"
 SHARE_DECISION = "share-decision"
+#: The share stage's late releases: the waiting events one event released, in one AuditEvent.
+SHARE_RELEASES = "share-releases"
 INGEST_REJECT = "ingest-reject"
 CONSENT_REJECTED = "consent-rejected"
 KEY_RELEASE = "key-release"

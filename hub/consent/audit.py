@@ -45,6 +45,7 @@ from hub.audit_vocabulary import (
     SHARE_COMPONENT,
     SHARE_DECISION,
     SHARE_DECISIONS,
+    SHARE_RELEASES,
     SOURCE_ROLE,
     SYSTEM_OBJECT,
     TREATMENT,
@@ -125,7 +126,102 @@ def audit_decisions(
     """
     event_id = _event_id(event)
     first = decisions[0][1]
-    recipient_ids = [r if isinstance(r, str) else r.id for r, _ in decisions]
+    recipient_ids = [_recipient_id(r) for r, _ in decisions]
+    permitted = sum(1 for _, decision in decisions if decision.verdict == PERMIT)
+    return audit_event(
+        id=audit_id(
+            SHARE_DECISIONS,
+            event_id,
+            first.policy_version,
+            *sorted(recipient_ids),
+            *(() if released_by is None else ("released-by", released_by)),
+        ),
+        type=EXPORT,
+        subtype=SHARE_DECISIONS,
+        action="R",
+        recorded=_aware(recorded),
+        outcome=OUTCOME_SUCCESS if permitted else OUTCOME_NOT_DONE,
+        description=f"sent to {permitted} of {len(decisions)} recipients",
+        purpose=[TREATMENT],
+        agents=[
+            agent(SOURCE_ROLE, component(SHARE_COMPONENT), requestor=False),
+            *(_recipient_agent(recipient) for recipient, _ in decisions),
+        ],
+        source=observer(SHARE_COMPONENT),
+        entities=[*_decided_entities(event, decisions, released_by), *_patient_entity(event)],
+    )
+
+
+#: Released events in one ``share-releases`` AuditEvent at most: a patient's release of hundreds of
+#: waiting events (up to MAX_WAITING_EVENTS) is told in several, each a bounded record.
+RELEASES_PER_AUDIT = 50
+
+
+def audit_releases(
+    released: Sequence[tuple[Mapping[str, Any], Sequence[tuple[Recipient | str, FinalDecision]]]],
+    *,
+    released_by: str,
+    recorded: datetime,
+) -> list[dict[str, Any]]:
+    """The AuditEvents of the late releases one event made: each released event and its recipients'
+    verdict, rule and basis, ``RELEASES_PER_AUDIT`` events to an AuditEvent (subtype ``share-releases``).
+
+    One record where one per released event was written before (a release is a patient's care team or
+    consent changing, and it releases every event that waited for it: the demo mix wrote 2.50 audit
+    records per input instead of 2.74-2.81, docs/PERFORMANCE.md session 18). Every fact a
+    ``share-decisions`` AuditEvent of one released event held is here: the event entity (its id, kind,
+    source, policy and ``released_by``) followed by one entity per recipient released. The id is
+    stable for the releasing event, the policy version and the (event, recipient) pairs: a release
+    read again yields the same ids.
+    """
+    audits: list[dict[str, Any]] = []
+    for start in range(0, len(released), RELEASES_PER_AUDIT):
+        part = released[start : start + RELEASES_PER_AUDIT]
+        policy_version = part[0][1][0][1].policy_version
+        pairs = sorted(
+            f"{_event_id(event)}|{_recipient_id(r)}" for event, decisions in part for r, _ in decisions
+        )
+        recipients = {_recipient_id(r): r for _, decisions in part for r, _ in decisions}
+        audits.append(
+            audit_event(
+                id=audit_id(SHARE_RELEASES, released_by, policy_version, *pairs),
+                type=EXPORT,
+                subtype=SHARE_RELEASES,
+                action="R",
+                recorded=_aware(recorded),
+                outcome=OUTCOME_SUCCESS,
+                description=f"released {len(part)} waiting events to {len(recipients)} recipients",
+                purpose=[TREATMENT],
+                agents=[
+                    agent(SOURCE_ROLE, component(SHARE_COMPONENT), requestor=False),
+                    *(_recipient_agent(recipient) for recipient in recipients.values()),
+                ],
+                source=observer(SHARE_COMPONENT),
+                entities=[
+                    *(
+                        item
+                        for event, decisions in part
+                        for item in _decided_entities(event, decisions, released_by)
+                    ),
+                    *_patient_entity(part[0][0]),
+                ],
+            )
+        )
+    return audits
+
+
+def _recipient_id(recipient: Recipient | str) -> str:
+    return recipient if isinstance(recipient, str) else recipient.id
+
+
+def _decided_entities(
+    event: Mapping[str, Any],
+    decisions: Sequence[tuple[Recipient | str, FinalDecision]],
+    released_by: str | None,
+) -> list[dict[str, Any]]:
+    """An event's entity (its id, with the policy, ``released_by``, kind and source as details), then
+    one entity per recipient decided: its verdict, rule, reason, policy and topic."""
+    first = decisions[0][1]
     common = [detail("policy", first.policy), detail("policy_version", first.policy_version)]
     if released_by is not None:
         common.append(detail("released_by", released_by))
@@ -149,40 +245,17 @@ def audit_decisions(
                 detail("topic", recipient_pathway(recipient_id)),
             ],
         )
-        for recipient_id, (_, decision) in zip(recipient_ids, decisions, strict=True)
+        for recipient_id, decision in ((_recipient_id(r), d) for r, d in decisions)
     ]
-    permitted = sum(1 for _, decision in decisions if decision.verdict == PERMIT)
-    return audit_event(
-        id=audit_id(
-            SHARE_DECISIONS,
-            event_id,
-            first.policy_version,
-            *sorted(recipient_ids),
-            *(() if released_by is None else ("released-by", released_by)),
+    return [
+        entity(
+            identified(EVENT_ID_SYSTEM, _event_id(event)),
+            type=SYSTEM_OBJECT,
+            role=DOMAIN_RESOURCE_ROLE,
+            details=common,
         ),
-        type=EXPORT,
-        subtype=SHARE_DECISIONS,
-        action="R",
-        recorded=_aware(recorded),
-        outcome=OUTCOME_SUCCESS if permitted else OUTCOME_NOT_DONE,
-        description=f"sent to {permitted} of {len(decisions)} recipients",
-        purpose=[TREATMENT],
-        agents=[
-            agent(SOURCE_ROLE, component(SHARE_COMPONENT), requestor=False),
-            *(_recipient_agent(recipient) for recipient, _ in decisions),
-        ],
-        source=observer(SHARE_COMPONENT),
-        entities=[
-            entity(
-                identified(EVENT_ID_SYSTEM, event_id),
-                type=SYSTEM_OBJECT,
-                role=DOMAIN_RESOURCE_ROLE,
-                details=common,
-            ),
-            *per_recipient,
-            *_patient_entity(event),
-        ],
-    )
+        *per_recipient,
+    ]
 
 
 def _details_of(entity: Any) -> dict[str, str]:
@@ -198,15 +271,22 @@ def share_decisions(audit: Any) -> list[dict[str, str]]:
     """Every share decision an AuditEvent records, one dict per recipient; [] for any other record.
 
     Each dict has ``event_id``, ``recipient``, ``verdict``, ``rule``, ``reason``, ``policy``,
-    ``policy_version`` and ``topic`` (and ``kind``, ``source`` when known). Reads both forms: one
-    AuditEvent per event (``share-decisions``) and, written before it, one per decision.
+    ``policy_version`` and ``topic`` (and ``kind``, ``source``, ``released_by`` when known). Reads every
+    form: one AuditEvent per event (``share-decisions``), the late releases one event made
+    (``share-releases``), and, written before both, one per decision (``share-decision``).
     """
     if not isinstance(audit, dict):
         return []
     codes = {s.get("code") for s in audit.get("subtype") or () if isinstance(s, dict)}
     entities = audit.get("entity")
-    if not isinstance(entities, list) or not entities or not codes & {SHARE_DECISIONS, SHARE_DECISION}:
+    if (
+        not isinstance(entities, list)
+        or not entities
+        or not codes & {SHARE_DECISIONS, SHARE_DECISION, SHARE_RELEASES}
+    ):
         return []
+    if SHARE_RELEASES in codes:
+        return _released(entities)
     what = entities[0].get("what") if isinstance(entities[0], dict) else None
     identifier = what.get("identifier") if isinstance(what, dict) else None
     event_id = str(identifier.get("value", "")) if isinstance(identifier, dict) else ""
@@ -218,6 +298,27 @@ def share_decisions(audit: Any) -> list[dict[str, str]]:
         for entity in entities[1:]
         if isinstance(entity, dict) and entity.get("role") == DATA_DESTINATION_ROLE
     ]
+
+
+def _released(entities: list[Any]) -> list[dict[str, str]]:
+    """The decisions of a ``share-releases`` AuditEvent: each recipient entity with the details of the
+    event entity before it."""
+    found: list[dict[str, str]] = []
+    common: dict[str, str] | None = None
+    for item in entities:
+        if not isinstance(item, dict):
+            continue
+        if item.get("role") == DATA_DESTINATION_ROLE:
+            if common is not None:
+                found.append({**common, **_details_of(item)})
+            continue
+        what = item.get("what")
+        identifier = what.get("identifier") if isinstance(what, dict) else None
+        if isinstance(identifier, dict) and identifier.get("system") == EVENT_ID_SYSTEM:
+            common = {**_details_of(item), "event_id": str(identifier.get("value", ""))}
+        else:
+            common = None  # the patient, or anything else: no recipient belongs to it
+    return found
 
 
 def audit_reject(rejected: Rejected, *, origin: KafkaCoordinates, recorded: datetime) -> dict[str, Any]:

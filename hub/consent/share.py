@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hub.consent.audit import audit_consent_rejected, audit_decisions
+from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_releases
 from hub.consent.decisions import (
     MAX_WAITING_EVENTS,
     WAITING_FIELD,
@@ -326,7 +326,8 @@ class ShareStage:
         index = self._waiting_ids(patient_id)
         hopeful: dict[str, bool] = {}
         still_waiting: list[str] = []
-        shares: list[Share] = []
+        releases: list[tuple[Mapping[str, Any], list[tuple[Recipient, FinalDecision]]]] = []
+        copies: list[Share] = []
         for event_id in index:
             if event_id == by:
                 continue
@@ -336,14 +337,8 @@ class ShareStage:
                 continue
             late, waiting = self._decide_waiting(record, record.event, state, at, hopeful)
             if late:
-                shares.append(
-                    Share(
-                        self.audit_topic,
-                        patient_id,
-                        audit_decisions(late, event=record.event, recorded=at, released_by=by),
-                    )
-                )
-                shares.extend(self._copies(patient_id, record.event, late))
+                releases.append((record.event, late))
+                copies.extend(self._copies(patient_id, record.event, late))
                 released.extend((event_id, recipient.id) for recipient, _ in late)
             if late or tuple(waiting) != record.waiting:
                 self.decided[decided_key(patient_id, event_id)] = replace(
@@ -358,6 +353,8 @@ class ShareStage:
                 still_waiting.append(event_id)
         if still_waiting != [i for i in index if i != by]:
             self._store(patient_id, waiting=still_waiting)
+        # What was released is audited before any of it is sent (hub.audit chains it in this order).
+        shares = self._release_audits(patient_id, releases, released_by=by, recorded=at) + copies
         if shares:
             log.info("share.released", patient_id=patient_id, records=len(shares))
         return shares
@@ -411,6 +408,9 @@ class ShareStage:
         by_event: dict[str, list[str]] = {}
         for event_id, recipient_id in record.released:
             by_event.setdefault(event_id, []).append(recipient_id)
+        releases: list[tuple[Mapping[str, Any], list[tuple[Recipient, FinalDecision]]]] = []
+        copies: list[Share] = []
+        recorded: LateRelease | None = None
         for event_id, recipient_ids in by_event.items():
             stored = self.decided.get(decided_key(patient_id, event_id))
             released = DecisionRecord.from_json(stored) if stored is not None else None
@@ -423,20 +423,29 @@ class ShareStage:
             ]
             if not late:
                 continue
-            shares.append(
-                Share(
-                    self.audit_topic,
-                    patient_id,
-                    audit_decisions(
-                        [(r, item.decision) for r, item in late],
-                        event=released.event,
-                        recorded=late[0][1].at,
-                        released_by=late[0][1].released_by,
-                    ),
-                )
+            recorded = recorded or late[0][1]
+            releases.append((released.event, [(r, item.decision) for r, item in late]))
+            copies.extend(self._copies(patient_id, released.event, [(r, i.decision) for r, i in late]))
+        if recorded is not None:
+            shares += self._release_audits(
+                patient_id, releases, released_by=recorded.released_by, recorded=recorded.at
             )
-            shares.extend(self._copies(patient_id, released.event, [(r, i.decision) for r, i in late]))
-        return shares
+        return shares + copies
+
+    def _release_audits(
+        self,
+        patient_id: str,
+        releases: list[tuple[Mapping[str, Any], list[tuple[Recipient, FinalDecision]]]],
+        *,
+        released_by: str,
+        recorded: datetime,
+    ) -> list[Share]:
+        """The AuditEvents of one event's late releases (hub.consent.audit.audit_releases), none when
+        it released nothing."""
+        if not releases:
+            return []
+        audits = audit_releases(releases, released_by=released_by, recorded=recorded)
+        return [Share(self.audit_topic, patient_id, audit) for audit in audits]
 
     def waiting_events(self, patient_id: str) -> list[dict[str, Any]]:
         """The patient's waiting decision records, as stored (a linked identity's, for the merge)."""

@@ -152,9 +152,9 @@ class Selection:
         if subject is None:
             return False
         system, value = subject
-        return (system == EVENT_ID_SYSTEM and value in self.event_ids) or (
-            system == KAFKA_RECORD_SYSTEM and value in self.inputs
-        )
+        if system == KAFKA_RECORD_SYSTEM:
+            return value in self.inputs
+        return system == EVENT_ID_SYSTEM and not self.event_ids.isdisjoint(audited_events(audit))
 
     def wants_copy(self, copy: Any) -> bool:
         """A recipient copy of one of the events."""
@@ -192,6 +192,14 @@ def audit_subject(audit: Any) -> tuple[str, str] | None:
     except (KeyError, IndexError, TypeError):
         return None
     return (system, value) if isinstance(system, str) and isinstance(value, str) else None
+
+
+def audited_events(audit: Any) -> set[str]:
+    """The pathway events an AuditEvent is about: its first entity's, and for late releases
+    (``share-releases``) every event it released."""
+    subject = audit_subject(audit)
+    events = {subject[1]} if subject is not None and subject[0] == EVENT_ID_SYSTEM else set()
+    return events | {decision["event_id"] for decision in share_decisions(audit)}
 
 
 def audit_subtype(audit: Any) -> str | None:
@@ -453,12 +461,13 @@ def _event_view(
     copies: dict[str, set[str]] | None,
     recipients: Sequence[str],
 ) -> EventView:
-    about = [value for value in audits if audit_subject(value) == (EVENT_ID_SYSTEM, event_id)]
+    about = [value for value in audits if event_id in audited_events(value)]
     decisions = sorted(
         (
             _decision(value, details, copies, event_id)
             for value in about
             for details in share_decisions(value)
+            if details.get("event_id", event_id) == event_id  # a release names several events
         ),
         key=lambda decision: (decision.recipient, decision.recorded or ""),
     )

@@ -10,14 +10,19 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from hub.consent.audit import (
+from hub.audit_vocabulary import (
     EVENT_ID_SYSTEM,
     OUTCOME_NOT_DONE,
     OUTCOME_SUCCESS,
     SHARE_DECISIONS,
+    SHARE_RELEASES,
+)
+from hub.consent.audit import (
+    RELEASES_PER_AUDIT,
     audit_consent_rejected,
     audit_decisions,
     audit_reject,
+    audit_releases,
     share_decisions,
 )
 from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision
@@ -177,6 +182,56 @@ def test_records_written_before_one_per_event_are_still_read() -> None:
         )
         == []
     )
+
+
+def released_event(n: int) -> dict[str, Any]:
+    return {**patient_event(), "event_id": f"{EVENT_ID[:-4]}{n:04d}", "kind": "condition"}
+
+
+def test_late_releases_of_one_event_are_one_audit_event_that_loses_no_decision() -> None:
+    """The events one event released, to one recipient or two, in one valid AuditEvent (share-releases):
+    read back, each released event's decisions are what one AuditEvent per event said, released_by too."""
+    releaser = "00000000-0000-5000-8000-000000000002"
+    permit = final("permit", "care_team")
+    releases: list[tuple[dict[str, Any], list[tuple[Recipient | str, FinalDecision]]]] = [
+        (released_event(1), [(HOSPITAL, permit)]),
+        (released_event(2), [(HOSPITAL, permit), (GP, final("permit", "explicit_consent"))]),
+    ]
+    (audit,) = audit_releases(releases, released_by=releaser, recorded=RECORDED)
+    AuditEvent.model_validate(audit)
+    assert audit["subtype"][0]["code"] == SHARE_RELEASES
+    assert (audit["type"]["code"], audit["action"], audit["outcome"]) == ("110106", "R", OUTCOME_SUCCESS)
+    assert audit["outcomeDesc"] == "released 2 waiting events to 2 recipients"
+    assert [a["name"] for a in audit["agent"][1:]] == ["demo-hospital-chu", GP]
+    one_each = [
+        decision
+        for event, decisions in releases
+        for decision in share_decisions(
+            audit_decisions(decisions, event=event, recorded=RECORDED, released_by=releaser)
+        )
+    ]
+    assert share_decisions(audit) == one_each
+    assert len(one_each) == 3 and all(d["released_by"] == releaser for d in one_each)
+    assert audit["entity"][-1]["what"]["identifier"] == {"system": NETWORK_ID_SYSTEM, "value": PATIENT}
+    assert_no_identity(audit)
+    again = audit_releases(releases, released_by=releaser, recorded=RECORDED)
+    assert [a["id"] for a in again] == [audit["id"]], "a release read again has the same id"
+    other = audit_releases(releases[:1], released_by=releaser, recorded=RECORDED)
+    assert other[0]["id"] != audit["id"]
+
+
+def test_a_release_of_many_events_is_told_in_bounded_audit_events() -> None:
+    """More than RELEASES_PER_AUDIT events released at once: several AuditEvents, every event in one."""
+    count = 2 * RELEASES_PER_AUDIT + 3
+    releases: list[tuple[dict[str, Any], list[tuple[Recipient | str, FinalDecision]]]] = [
+        (released_event(n), [(HOSPITAL, final("permit", "care_team"))]) for n in range(count)
+    ]
+    audits = audit_releases(releases, released_by=EVENT_ID, recorded=RECORDED)
+    assert [len(share_decisions(a)) for a in audits] == [RELEASES_PER_AUDIT, RELEASES_PER_AUDIT, 3]
+    assert [d["event_id"] for a in audits for d in share_decisions(a)] == [
+        released_event(n)["event_id"] for n in range(count)
+    ]
+    assert len({a["id"] for a in audits}) == 3
 
 
 def test_agents_are_the_hub_and_the_recipients() -> None:

@@ -16,7 +16,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from hub.consent import policy as rules
-from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject
+from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject, audit_releases
 from hub.consent.minimise import recipient_copy
 from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision, PolicyConfig
 from hub.consent.recipients import FINESS_SYSTEM, Identifier, Recipient, RecipientRegistry, Subscription
@@ -414,6 +414,17 @@ AUDIT_CASES = {
         recorded=AT,
         released_by="00000000-0000-5000-8000-000000000002",
     ),
+    "late releases of one event": lambda: audit_releases(
+        [
+            (_event().to_dict(), [(HOSPITAL, _decision("permit", rules.CARE_TEAM, "in the care team"))]),
+            (
+                _event(event_id="00000000-0000-5000-8000-000000000003").to_dict(),
+                [(HOSPITAL, _decision("permit", rules.EXPLICIT_CONSENT, "the patient consents"))],
+            ),
+        ],
+        released_by="00000000-0000-5000-8000-000000000002",
+        recorded=AT,
+    )[0],
     "deny": lambda: audit_decisions(
         [(HOSPITAL, _decision("deny", rules.OBJECTION, "the patient objects to sharing with everyone"))],
         event=_event().to_dict(),
@@ -507,6 +518,10 @@ def test_audit_schema_can_fail() -> None:
     assert schema_errors("audit-event.schema.json", {**permit, "entity": [event, entity, by_ins]})
     reject = AUDIT_CASES["ingest reject"]()
     assert schema_errors("audit-event.schema.json", {**reject, "outcome": "0"})
+    releases = AUDIT_CASES["late releases of one event"]()
+    assert schema_errors("audit-event.schema.json", {**releases, "outcome": "4"}), "a release is sent"
+    patient_only = [e for e in releases["entity"] if e["role"]["code"] != "16"]
+    assert schema_errors("audit-event.schema.json", {**releases, "entity": patient_only}), "no recipient"
 
 
 def test_audit_schema_knows_every_rule_and_reject_code() -> None:

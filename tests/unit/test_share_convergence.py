@@ -277,6 +277,31 @@ def test_a_redelivered_releasing_event_sends_its_late_releases_again() -> None:
     assert holdings(again)["t.hub.pathway.gp-x.v1"] == {HOSPITAL_FEED[0]["event_id"], GP_FEED[1]["event_id"]}
 
 
+def test_the_events_one_event_releases_are_audited_in_one_record_before_any_is_sent() -> None:
+    """The hospital's diagnosis and stay both wait for the GP's basis; the Patient declaring the GP
+    releases both: one share-releases AuditEvent for the two (not one each), ahead of their copies,
+    and the same record again when the Patient is read again."""
+    sharing = stage()
+    diagnosis, stay = HOSPITAL_FEED
+    run([diagnosis, stay], sharing)
+    first = sharing.handle(GP_FEED[1], now=NOW)
+    released = [
+        s for s in first if s.topic == "t.audit" and s.value["subtype"][0]["code"] == "share-releases"
+    ]
+    assert len(released) == 1
+    decisions = share_decisions(released[0].value)
+    assert [(d["event_id"], d["recipient"], d["released_by"]) for d in decisions] == [
+        (diagnosis["event_id"], "gp-x", GP_FEED[1]["event_id"]),
+        (stay["event_id"], "gp-x", GP_FEED[1]["event_id"]),
+    ]
+    copies = [n for n, s in enumerate(first) if s.topic == "t.hub.pathway.gp-x.v1"]
+    assert first.index(released[0]) < min(
+        n for n in copies if first[n].value["event_id"] in {diagnosis["event_id"], stay["event_id"]}
+    )
+    again = sharing.handle(GP_FEED[1], now=NOW + timedelta(minutes=1))
+    assert [(s.topic, s.value) for s in again] == [(s.topic, s.value) for s in first]
+
+
 def test_events_decided_longer_ago_than_the_look_back_are_not_released() -> None:
     sharing = stage()
     sharing.handle(HOSPITAL_FEED[0], now=NOW - POLICY.backfill - timedelta(hours=1))

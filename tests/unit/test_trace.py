@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject
+from hub.consent.audit import audit_consent_rejected, audit_decisions, audit_reject, audit_releases
 from hub.consent.decisions import WAITING_FIELD, waiting_key
 from hub.consent.policy import FinalDecision
 from hub.consent.recipients import FINESS_SYSTEM, NETWORK_SYSTEM, RPPS_SYSTEM, Identifier
@@ -226,6 +226,31 @@ def test_an_event_shows_its_receipt_and_every_recipients_decision_and_copy(world
     table = rows(render(trace))
     assert table["outsider"][1:3] == ["deny", "deny_by_default"]
     assert table["gp-dr-x"][1:5] == ["permit", "care_team", "2026-11-22.1", "yes"]
+
+
+def test_an_event_released_late_shows_the_release_among_its_decisions(world: dict[str, Any]) -> None:
+    """The release of E1 and E2 to hosp-a, told in one share-releases AuditEvent whose first entity is
+    E1: tracing E2 finds it too, and shows only E2's part of it."""
+    releaser = "33333333-3333-5333-8333-333333333333"
+    release = audit_releases(
+        [
+            (event(E1, "patient"), [("hosp-a", decision("permit", "care_team", "a stay began"))]),
+            (event(E2, "condition"), [("hosp-a", decision("permit", "explicit_consent", "consented"))]),
+        ],
+        released_by=releaser,
+        recorded=datetime(2026, 11, 21, 16, 0, tzinfo=UTC),
+    )
+    audit = Topic(PREFIX + "a")
+    audit.records = list(world["audit"])
+    for value in release:
+        audit.add(value)
+    trace = build_trace(Target("event", E2), recipients=["hosp-a"], **{**world, "audit": audit.records})
+    [only] = trace.events
+    hospital = [(d.verdict, d.rule, d.recorded) for d in only.decisions if d.recipient == "hosp-a"]
+    assert hospital == [
+        ("permit", "care_team", "2026-11-21T15:00:00.000Z"),
+        ("permit", "explicit_consent", "2026-11-21T16:00:00.000Z"),
+    ]
 
 
 @pytest.mark.parametrize(
