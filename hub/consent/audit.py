@@ -300,6 +300,32 @@ def share_decisions(audit: Any) -> list[dict[str, str]]:
     ]
 
 
+def decision_labels(audit: Any) -> list[tuple[str, str]]:
+    """``(rule, verdict)`` of every share decision an AuditEvent records, as :func:`share_decisions`
+    finds them, without building each decision: the metrics count every AuditEvent a worker writes."""
+    if not isinstance(audit, dict):
+        return []
+    codes = {s.get("code") for s in audit.get("subtype") or () if isinstance(s, dict)}
+    entities = audit.get("entity")
+    if not isinstance(entities, list) or not entities:
+        return []
+    if SHARE_DECISION in codes:
+        deciding = entities[:1]
+    elif codes & {SHARE_DECISIONS, SHARE_RELEASES}:
+        deciding = [e for e in entities if isinstance(e, dict) and e.get("role") == DATA_DESTINATION_ROLE]
+    else:
+        return []
+    found = []
+    for item in deciding:
+        said = {"rule": "", "verdict": ""}
+        details = item.get("detail") if isinstance(item, dict) else None
+        for one in details if isinstance(details, list) else ():
+            if isinstance(one, dict) and one.get("type") in said:
+                said[one["type"]] = str(one.get("valueString", ""))
+        found.append((said["rule"], said["verdict"]))
+    return found
+
+
 def _released(entities: list[Any]) -> list[dict[str, str]]:
     """The decisions of a ``share-releases`` AuditEvent: each recipient entity with the details of the
     event entity before it."""

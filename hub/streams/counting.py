@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from hub.consent.audit import share_decisions
+from hub.consent.audit import decision_labels
 from hub.metrics import (
     ALERTS_TOTAL,
     DLQ_TOTAL,
@@ -36,6 +36,36 @@ def _topic_is(topic: str, name: str) -> bool:
     return topic == name or topic.endswith("." + name)
 
 
+#: The topics whose records say something counted, by the contract name each is.
+_COUNTED = (DLQ, RECEIPTS, PATHWAY, AUDIT_UNSEALED, ALERTS)
+#: Topic -> the contract topic it is, or None: a worker writes a few dozen topics, each record counted.
+_TOPIC_KINDS: dict[str, str | None] = {}
+#: Label values -> their series: ``labels()`` takes a lock and builds a key for each record otherwise.
+_SERIES: dict[tuple[int, tuple[str, ...]], Any] = {}
+#: Bounds of the two caches: far above what a worker meets (its topics; codes, kinds, rules, networks).
+_CACHED_MAX = 10_000
+
+
+def _kind_of(topic: str) -> str | None:
+    kind = _TOPIC_KINDS.get(topic, "")
+    if kind == "":
+        kind = next((name for name in _COUNTED if _topic_is(topic, name)), None)
+        if len(_TOPIC_KINDS) < _CACHED_MAX:
+            _TOPIC_KINDS[topic] = kind
+    return kind
+
+
+def _inc(metric: Any, *values: str) -> None:
+    """``metric.labels(*values).inc()``, the series looked up once."""
+    key = (id(metric), values)
+    series = _SERIES.get(key)
+    if series is None:
+        series = metric.labels(*values)
+        if len(_SERIES) < _CACHED_MAX:
+            _SERIES[key] = series
+    series.inc()
+
+
 def _decode(value: bytes | None) -> Any:
     if value is None:
         return None
@@ -46,32 +76,32 @@ def _decode(value: bytes | None) -> Any:
 
 
 def _count(out: Outgoing) -> None:
-    topic = out.topic
-    if _topic_is(topic, DLQ):
-        DLQ_TOTAL.labels(code=label(header(out.headers, ERROR_CODE_HEADER) or "")).inc()
+    kind = _kind_of(out.topic)
+    if kind is None:
         return
-    if not any(_topic_is(topic, name) for name in (RECEIPTS, PATHWAY, AUDIT_UNSEALED, ALERTS)):
+    if kind == DLQ:
+        _inc(DLQ_TOTAL, label(header(out.headers, ERROR_CODE_HEADER) or ""))
         return
     value = out.plain if out.plain is not None else _decode(out.value)
     if not isinstance(value, dict):
         return
-    if _topic_is(topic, RECEIPTS):
+    # Label values in the order each metric declares its labels (hub.metrics).
+    if kind == RECEIPTS:
         error = value.get("error")
         code = error.get("code") if isinstance(error, dict) else ""
-        RECEIPTS_TOTAL.labels(status=label(value.get("status")), code=label(code)).inc()
-    elif _topic_is(topic, PATHWAY):
-        PATHWAY_EVENTS.labels(kind=label(value.get("kind"))).inc()
-    elif _topic_is(topic, AUDIT_UNSEALED):  # stages audit here; hub.audit seals it
-        for decision in share_decisions(value):
-            SHARE_DECISIONS.labels(
-                rule=label(decision.get("rule")), verdict=label(decision.get("verdict"))
-            ).inc()
+        _inc(RECEIPTS_TOTAL, label(value.get("status")), label(code))
+    elif kind == PATHWAY:
+        _inc(PATHWAY_EVENTS, label(value.get("kind")))
+    elif kind == AUDIT_UNSEALED:  # stages audit here; hub.audit seals it
+        for rule, verdict in decision_labels(value):
+            _inc(SHARE_DECISIONS, label(rule), label(verdict))
     else:
         network = value.get("network")
-        ALERTS_TOTAL.labels(
-            network=label(network.get("id") if isinstance(network, dict) else None),
-            status=label(value.get("status")),
-        ).inc()
+        _inc(
+            ALERTS_TOTAL,
+            label(network.get("id") if isinstance(network, dict) else None),
+            label(value.get("status")),
+        )
 
 
 def batch_taken(stage: str, records: int) -> None:

@@ -23,6 +23,7 @@ from hub.consent.audit import (
     audit_decisions,
     audit_reject,
     audit_releases,
+    decision_labels,
     share_decisions,
 )
 from hub.consent.policy import POLICY_VERSION, Decision, FinalDecision
@@ -232,6 +233,35 @@ def test_a_release_of_many_events_is_told_in_bounded_audit_events() -> None:
         released_event(n)["event_id"] for n in range(count)
     ]
     assert len({a["id"] for a in audits}) == 3
+
+
+def test_the_metrics_reader_finds_the_decisions_share_decisions_finds() -> None:
+    """decision_labels (what hub_share_decisions_total counts) agrees with share_decisions on every
+    form: one per event, late releases, the earlier one per decision, and records of no decision."""
+    decisions: list[tuple[Recipient | str, FinalDecision]] = [
+        (HOSPITAL, final("permit", "care_team")),
+        (GP, final("deny", "objection")),
+    ]
+    forms = [
+        audit_decisions(decisions, event=patient_event(), recorded=RECORDED),
+        *audit_releases(
+            [(patient_event(), decisions[:1]), (released_event(3), decisions)],
+            released_by=EVENT_ID,
+            recorded=RECORDED,
+        ),
+        {
+            "subtype": [{"system": "urn:hub:audit-event-subtype", "code": "share-decision"}],
+            "entity": [
+                {"detail": [{"type": "verdict", "valueString": "deny"}, {"type": "rule", "valueString": "x"}]}
+            ],
+        },
+        audit_reject(Rejected(ErrorCode.SOURCE_UNKNOWN, "x"), origin=ORIGIN, recorded=RECORDED),
+        {"subtype": "not a list", "entity": None},
+    ]
+    for audit in forms:
+        expected = [(d.get("rule", ""), d.get("verdict", "")) for d in share_decisions(audit)]
+        assert decision_labels(audit) == expected
+    assert [len(decision_labels(a)) for a in forms] == [2, 3, 1, 0, 0]
 
 
 def test_agents_are_the_hub_and_the_recipients() -> None:

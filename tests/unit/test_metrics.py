@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from hub import metrics
-from hub.consent.audit import audit_decisions, audit_reject
+from hub.consent.audit import audit_decisions, audit_reject, audit_releases
 from hub.consent.policy import Decision, FinalDecision
 from hub.errors import ErrorCode
 from hub.gateway.app import create_app
@@ -126,6 +126,25 @@ def test_a_share_decision_by_rule_and_verdict() -> None:
     before = value("hub_share_decisions_total", rule="care-team", verdict="deny")
     counting.observe("share", [share_decision()], 0.001)
     assert value("hub_share_decisions_total", rule="care-team", verdict="deny") == before + 1
+
+
+def test_late_releases_count_every_decision_they_hold() -> None:
+    """A share-releases AuditEvent of two events, one released to two recipients: three decisions."""
+    permit = FinalDecision(
+        "permit", "care_team", "in the care team", "policy", "1", (Decision("permit", "care_team", "x"),)
+    )
+    events = [
+        {"event_id": f"e-{n}", "patient_id": PATIENT, "kind": "observation", "source": {"id": "gp-test"}}
+        for n in (1, 2)
+    ]
+    (audit,) = audit_releases(
+        [(events[0], [("hospital", permit)]), (events[1], [("hospital", permit), ("gp", permit)])],
+        released_by="e-0",
+        recorded=AT,
+    )
+    before = value("hub_share_decisions_total", rule="care_team", verdict="permit")
+    counting.observe("identity", [Outgoing(TOPICS.audit_unsealed, PATIENT.encode(), _json(audit))], 0.001)
+    assert value("hub_share_decisions_total", rule="care_team", verdict="permit") == before + 3
 
 
 def test_an_alert_by_network_and_status() -> None:
