@@ -128,27 +128,50 @@ def audit_decisions(
     first = decisions[0][1]
     recipient_ids = [_recipient_id(r) for r, _ in decisions]
     permitted = sum(1 for _, decision in decisions if decision.verdict == PERMIT)
-    return audit_event(
-        id=audit_id(
+    return _share_audit(
+        audit_id(
             SHARE_DECISIONS,
             event_id,
             first.policy_version,
             *sorted(recipient_ids),
             *(() if released_by is None else ("released-by", released_by)),
         ),
-        type=EXPORT,
-        subtype=SHARE_DECISIONS,
-        action="R",
-        recorded=_aware(recorded),
+        SHARE_DECISIONS,
+        recorded=recorded,
         outcome=OUTCOME_SUCCESS if permitted else OUTCOME_NOT_DONE,
         description=f"sent to {permitted} of {len(decisions)} recipients",
+        recipients=[recipient for recipient, _ in decisions],
+        entities=[*_decided_entities(event, decisions, released_by), *_patient_entity(event)],
+    )
+
+
+def _share_audit(
+    audit_id_: str,
+    subtype: str,
+    *,
+    recorded: datetime,
+    outcome: str,
+    description: str,
+    recipients: Sequence[Recipient | str],
+    entities: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """An AuditEvent of the share stage (share decisions, late releases): an export for treatment by
+    the hub to the ``recipients`` decided."""
+    return audit_event(
+        id=audit_id_,
+        type=EXPORT,
+        subtype=subtype,
+        action="R",
+        recorded=_aware(recorded),
+        outcome=outcome,
+        description=description,
         purpose=[TREATMENT],
         agents=[
             agent(SOURCE_ROLE, component(SHARE_COMPONENT), requestor=False),
-            *(_recipient_agent(recipient) for recipient, _ in decisions),
+            *(_recipient_agent(recipient) for recipient in recipients),
         ],
         source=observer(SHARE_COMPONENT),
-        entities=[*_decided_entities(event, decisions, released_by), *_patient_entity(event)],
+        entities=entities,
     )
 
 
@@ -183,20 +206,13 @@ def audit_releases(
         )
         recipients = {_recipient_id(r): r for _, decisions in part for r, _ in decisions}
         audits.append(
-            audit_event(
-                id=audit_id(SHARE_RELEASES, released_by, policy_version, *pairs),
-                type=EXPORT,
-                subtype=SHARE_RELEASES,
-                action="R",
-                recorded=_aware(recorded),
+            _share_audit(
+                audit_id(SHARE_RELEASES, released_by, policy_version, *pairs),
+                SHARE_RELEASES,
+                recorded=recorded,
                 outcome=OUTCOME_SUCCESS,
                 description=f"released {len(part)} waiting events to {len(recipients)} recipients",
-                purpose=[TREATMENT],
-                agents=[
-                    agent(SOURCE_ROLE, component(SHARE_COMPONENT), requestor=False),
-                    *(_recipient_agent(recipient) for recipient in recipients.values()),
-                ],
-                source=observer(SHARE_COMPONENT),
+                recipients=list(recipients.values()),
                 entities=[
                     *(
                         item
