@@ -55,15 +55,19 @@ def _kind_of(topic: str) -> str | None:
     return kind
 
 
-def _inc(metric: Any, *values: str) -> None:
-    """``metric.labels(*values).inc()``, the series looked up once."""
+def _series(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once."""
     key = (id(metric), values)
     series = _SERIES.get(key)
     if series is None:
         series = metric.labels(*values)
         if len(_SERIES) < _CACHED_MAX:
             _SERIES[key] = series
-    series.inc()
+    return series
+
+
+def _inc(metric: Any, *values: str) -> None:
+    _series(metric, *values).inc()
 
 
 def _decode(value: bytes | None) -> Any:
@@ -106,7 +110,7 @@ def _count(out: Outgoing) -> None:
 
 def batch_taken(stage: str, records: int) -> None:
     """Count one batch a stage's agent took, by its size (``hub_stage_batch_records``)."""
-    STAGE_BATCH_RECORDS.labels(stage=stage).observe(records)
+    _series(STAGE_BATCH_RECORDS, stage).observe(records)
 
 
 def observe(stage: str, outgoing: list[Outgoing], seconds: float, *, contents: bool = True) -> None:
@@ -115,9 +119,9 @@ def observe(stage: str, outgoing: list[Outgoing], seconds: float, *, contents: b
     A worker that seals its outputs (encryption at rest) counts their contents with :func:`count_outputs`
     before sealing, since a sealed value cannot be read here, and passes ``contents=False``.
     """
-    STAGE_RECORDS.labels(stage=stage).inc()
-    STAGE_SECONDS.labels(stage=stage).observe(seconds)
-    STAGE_OUTPUTS.labels(stage=stage).inc(len(outgoing))
+    _inc(STAGE_RECORDS, stage)
+    _series(STAGE_SECONDS, stage).observe(seconds)
+    _series(STAGE_OUTPUTS, stage).inc(len(outgoing))
     if contents:
         count_outputs(outgoing)
 
@@ -130,4 +134,4 @@ def count_outputs(outgoing: Iterable[Outgoing]) -> None:
 
 def failed(stage: str) -> None:
     """Count a record on which a stage raised."""
-    STAGE_FAILURES.labels(stage=stage).inc()
+    _inc(STAGE_FAILURES, stage)
