@@ -27,6 +27,7 @@ from hub.audit_vocabulary import (
     EVENT_ID_SYSTEM,
     INGEST_REJECT,
     KAFKA_RECORD_SYSTEM,
+    SHARE_RELEASES,
     SUBTYPE_SYSTEM,
 )
 from hub.consent.audit import share_decisions
@@ -199,11 +200,13 @@ def audited_events(audit: Any) -> set[str]:
     (``share-releases``) every event it released."""
     subject = audit_subject(audit)
     events = {subject[1]} if subject is not None and subject[0] == EVENT_ID_SYSTEM else set()
-    return events | {decision["event_id"] for decision in share_decisions(audit)}
+    if audit_subtype(audit) == SHARE_RELEASES:  # read only there: a trace reads the whole audit topic
+        events |= {decision["event_id"] for decision in share_decisions(audit)}
+    return events
 
 
 def audit_subtype(audit: Any) -> str | None:
-    """``share-decision``, ``ingest-reject`` or ``consent-rejected``."""
+    """``share-decisions``, ``share-releases``, ``ingest-reject``, ``consent-rejected``... (its code)."""
     subtypes = audit.get("subtype") if isinstance(audit, dict) else None
     for coding in subtypes if isinstance(subtypes, list) else ():
         if isinstance(coding, dict) and coding.get("system") == SUBTYPE_SYSTEM:
