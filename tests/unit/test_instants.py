@@ -8,8 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from hub.normalise import instants
 from hub.normalise.instants import fix_naive_times_before_validation, normalise_instants
 from hub.normalise.time import parse_fhir_datetime
 
@@ -293,3 +296,58 @@ def test_repaired_then_normalised_equals_normalised_directly() -> None:
     direct, _ = normalise_instants(bundle, PARIS)
     assert via_repair == direct
     assert direct["timestamp"] == "2025-03-30T01:30:00Z"
+
+
+# -- the walk skipped when no naive time is in the document (hub.normalise.instants._may_rewrite) -------
+
+_DATE_KEYS = st.sampled_from(["effectiveDateTime", "issued", "start", "event", "valueInstant", "note", "id"])
+_DATE_TEXTS = st.one_of(
+    st.from_regex(
+        r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})?\Z"
+    ),
+    st.sampled_from(["2024-05-02T08:15:00", "2024-02-30T10:00:00", "2025-03-30T02:30:00", "2024-05-02"]),
+    st.sampled_from(['x"2024-05-02T08:15:00', "2024-05-02T08:15:00\\", "2024-05-02T08:15:00\u0000"]),
+    st.text(max_size=12),
+)
+_LEAVES = st.one_of(_DATE_TEXTS, st.integers(-(2**70), 2**70), st.booleans(), st.none())
+_DOCUMENTS = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_DATE_KEYS, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@given(
+    document=st.dictionaries(_DATE_KEYS, _DOCUMENTS, max_size=5), zone=st.sampled_from([PARIS, GUADELOUPE])
+)
+def test_the_naive_time_walk_is_skipped_only_where_it_would_change_nothing(
+    document: dict[str, Any], zone: ZoneInfo
+) -> None:
+    """Whatever the document, the repair gives what the walk gives; where the JSON text shows no naive
+    time, the walk itself would have returned the document untouched (the same object)."""
+    report = instants._Report()
+    walked = instants._walk(document, instants._with_local_offset, zone, report)
+    assert fix_naive_times_before_validation(document, zone) == (walked, report.rewritten)
+    if not instants._may_rewrite(document, instants._with_local_offset, zone):
+        assert walked is document and not report.rewritten and not report.unreadable
+
+
+def test_a_document_without_naive_times_is_returned_as_it_is_without_a_walk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The common case, an input whose times all carry an offset: no walk at all; one naive time: the walk."""
+    walks: list[Any] = []
+    walk = instants._walk
+
+    def counted(*args: Any) -> Any:
+        walks.append(args)
+        return walk(*args)
+
+    monkeypatch.setattr(instants, "_walk", counted)
+    document = observation(effectiveDateTime="2024-05-02T08:15:00+02:00", issued="2024-05-02T09:00:00Z")
+    assert fix_naive_times_before_validation(document, PARIS) == (document, False)
+    assert walks == []
+    naive = observation(effectiveDateTime="2024-05-02T08:15:00")
+    repaired, rewritten = fix_naive_times_before_validation(naive, PARIS)
+    assert rewritten and repaired["effectiveDateTime"] == "2024-05-02T08:15:00+02:00"
+    assert walks and walks[0][0] is naive  # walked from its root (and into its elements)
