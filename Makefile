@@ -61,7 +61,7 @@ bench: install
 # Not part of `make test`: the wide random search of ingest (HUB_FUZZ_EXAMPLES inputs, 20,000 by
 # default, new ones each run); `make test` replays a fixed 300 (docs/INGEST.md, "Fuzzing").
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/unit/test_ingest_fuzz.py tests/unit/test_fast_validation.py -q -p no:cacheprovider
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/unit/test_ingest_fuzz.py tests/unit/test_fast_validation.py tests/unit/test_instants.py -q -p no:cacheprovider
 	cat test-output/fuzz-ingest.json
 
 browser: install $(CHROMIUM)
