@@ -114,15 +114,13 @@ def audit_decisions(
     *,
     event: Mapping[str, Any],
     recorded: datetime,
-    released_by: str | None = None,
 ) -> dict[str, Any]:
     """The one AuditEvent of a pathway event's share decisions: every recipient's verdict, rule, reason.
 
     ``decisions`` is not empty; a recipient is an id when unregistered. The id is stable for the
     event, the policy version and the recipients decided: a redelivered event yields the same id.
-    ``released_by`` is the id of the event whose state change released this one to the recipients
-    decided here, when it waited for a basis (a late release, docs/CONSENT.md "Convergence"); the
-    detail ``released_by`` says so, and the id differs from the event's first decisions'.
+    Late releases are told by :func:`audit_releases` (before session 18 by an AuditEvent of this
+    form with the detail ``released_by``, which :func:`share_decisions` still reads).
     """
     event_id = _event_id(event)
     first = decisions[0][1]
@@ -134,14 +132,13 @@ def audit_decisions(
             event_id,
             first.policy_version,
             *sorted(recipient_ids),
-            *(() if released_by is None else ("released-by", released_by)),
         ),
         SHARE_DECISIONS,
         recorded=recorded,
         outcome=OUTCOME_SUCCESS if permitted else OUTCOME_NOT_DONE,
         description=f"sent to {permitted} of {len(decisions)} recipients",
         recipients=[recipient for recipient, _ in decisions],
-        entities=[*_decided_entities(event, decisions, released_by), *_patient_entity(event)],
+        entities=[*_decided_entities(event, decisions, None), *_patient_entity(event)],
     )
 
 

@@ -205,11 +205,9 @@ def test_late_releases_of_one_event_are_one_audit_event_that_loses_no_decision()
     assert audit["outcomeDesc"] == "released 2 waiting events to 2 recipients"
     assert [a["name"] for a in audit["agent"][1:]] == ["demo-hospital-chu", GP]
     one_each = [
-        decision
+        {**decision, "released_by": releaser}
         for event, decisions in releases
-        for decision in share_decisions(
-            audit_decisions(decisions, event=event, recorded=RECORDED, released_by=releaser)
-        )
+        for decision in share_decisions(audit_decisions(decisions, event=event, recorded=RECORDED))
     ]
     assert share_decisions(audit) == one_each
     assert len(one_each) == 3 and all(d["released_by"] == releaser for d in one_each)

@@ -402,17 +402,27 @@ def test_pathway_event_with_bad_fields_fails() -> None:
     )
 
 
+def _released_as_written_before(audit: dict[str, Any], released_by: str) -> dict[str, Any]:
+    """A late release as hubs before session 18 wrote it (still on their topics): a share-decisions
+    AuditEvent whose event entity carries the detail ``released_by``."""
+    event, *rest = audit["entity"]
+    details = [*event["detail"], {"type": "released_by", "valueString": released_by}]
+    return {**audit, "entity": [{**event, "detail": details}, *rest]}
+
+
 AUDIT_CASES = {
     "permit": lambda: audit_decisions(
         [(HOSPITAL, _decision("permit", rules.CARE_TEAM, "the recipient is the patient's declared GP"))],
         event=_event().to_dict(),
         recorded=AT,
     ),
-    "late release": lambda: audit_decisions(
-        [(HOSPITAL, _decision("permit", rules.CARE_TEAM, "the recipient is the patient's declared GP"))],
-        event=_event().to_dict(),
-        recorded=AT,
-        released_by="00000000-0000-5000-8000-000000000002",
+    "late release": lambda: _released_as_written_before(
+        audit_decisions(
+            [(HOSPITAL, _decision("permit", rules.CARE_TEAM, "the recipient is the patient's declared GP"))],
+            event=_event().to_dict(),
+            recorded=AT,
+        ),
+        "00000000-0000-5000-8000-000000000002",
     ),
     "late releases of one event": lambda: audit_releases(
         [
